@@ -1,0 +1,120 @@
+"""The fused CPU path of ``p_pool2d``: a C++ kernel (``csrc/p_pool2d_cpu.cpp``), compiled on first use.
+
+It computes exactly the reference op's arithmetic in one pass over the windows, vectorised with ATen's
+``Vectorized<float>`` (SLEEF exp/log, AVX2 where the CPU has it). It serves fp32 CPU tensors; everything else
+goes to the reference op. The build is cached by torch (``TORCH_EXTENSIONS_DIR``, default
+``~/.cache/torch_extensions``); if it fails (no C++ compiler, say), ``p_pool2d`` warns once and uses the
+reference op. ``POLYPOOL_CPU_KERNEL=0`` turns the fused path off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .geometry import Window
+
+log = logging.getLogger(__name__)
+SOURCE = Path(__file__).with_name("csrc") / "p_pool2d_cpu.cpp"
+
+_lock = threading.Lock()
+_extension = None
+_load_error: Optional[str] = None
+
+
+def _build_flags() -> list[str]:
+    flags = ["-O3", "-fopenmp"]
+    capability = torch.backends.cpu.get_cpu_capability()  # what torch itself dispatches to on this CPU
+    if capability in ("AVX2", "AVX512"):
+        flags += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    return flags
+
+
+def load_extension():
+    """The compiled module, building it on the first call; None (with a warning, once) if it cannot be built."""
+    global _extension, _load_error
+    if _extension is not None or _load_error is not None:
+        return _extension
+    with _lock:
+        if _extension is not None or _load_error is not None:
+            return _extension
+        from torch.utils import cpp_extension
+
+        flags = _build_flags()
+        digest = hashlib.sha1(SOURCE.read_bytes() + " ".join(flags).encode() + torch.__version__.encode()).hexdigest()
+        log.info("building polypool's fused CPU P-pooling kernel (once; cached by torch)")
+        try:
+            _extension = cpp_extension.load(
+                name=f"polypool_p_pool2d_cpu_{digest[:12]}", sources=[str(SOURCE)], extra_cflags=flags,
+                extra_ldflags=["-fopenmp"], verbose=False)
+        except Exception as error:  # a missing compiler, headers, ...: the reference op still works
+            _load_error = f"{type(error).__name__}: {error}"
+            warnings.warn(f"polypool: the fused CPU P-pooling kernel could not be built, using the (slower) "
+                          f"reference op instead. Set POLYPOOL_CPU_KERNEL=0 to skip the build. Cause: "
+                          f"{_load_error[:500]}", RuntimeWarning, stacklevel=3)
+    return _extension
+
+
+def enabled() -> bool:
+    return os.environ.get("POLYPOOL_CPU_KERNEL", "1") != "0"
+
+
+def supports(x: Tensor, alpha) -> bool:
+    """Whether the fused CPU path serves this call (fp32 CPU input and alpha; the kernel builds)."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or not enabled():
+        return False
+    if isinstance(alpha, Tensor) and (alpha.device.type != "cpu" or alpha.dtype not in (torch.float32, torch.float64)):
+        return False
+    return load_extension() is not None
+
+
+def _kernel_alpha(alpha, n: int, c: int, out_h: int, out_w: int) -> tuple[Tensor, bool]:
+    """alpha as the kernel wants it: one fp32 value per (sample, channel) plane, or a dense (N, C, oh, ow) map."""
+    if not isinstance(alpha, Tensor):
+        return torch.full((n * c,), float(alpha)), False
+    a = alpha.detach().to(torch.float32)
+    while a.dim() < 4:
+        a = a.unsqueeze(0)
+    if a.shape[-1] == 1 and a.shape[-2] == 1:
+        return a.expand(n, c, 1, 1).reshape(n * c).contiguous(), False
+    return a.expand(n, c, out_h, out_w).contiguous(), True
+
+
+class PPool2dCPU(torch.autograd.Function):
+    """``_PPool2d`` of the reference op, computed by the fused C++ kernel (fp32, CPU, non-negative x)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, alpha, window: Window):
+        ext = load_extension()
+        x = x.contiguous()
+        n, c, height, width = x.shape
+        out_h, out_w = window.output_size(height, width)
+        kernel_alpha, dense = _kernel_alpha(alpha, n, c, out_h, out_w)
+        args = (list(window.kernel), list(window.stride), list(window.padding))
+        y, m, den = ext.forward(x, kernel_alpha, dense, *args, [out_h, out_w])
+        ctx.window, ctx.dense = window, dense
+        ctx.alpha_shape = alpha.shape if isinstance(alpha, Tensor) else None
+        ctx.alpha_dtype = alpha.dtype if isinstance(alpha, Tensor) else None
+        ctx.save_for_backward(x, kernel_alpha, m, den, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor):
+        x, kernel_alpha, m, den, y = ctx.saved_tensors
+        window: Window = ctx.window
+        need_alpha = ctx.needs_input_grad[1] and ctx.alpha_shape is not None
+        grad_x, grad_alpha_map = load_extension().backward(
+            x, kernel_alpha, ctx.dense, m, den, y, grad_y.contiguous().to(torch.float32), need_alpha,
+            list(window.kernel), list(window.stride), list(window.padding))
+        grad_alpha = None
+        if need_alpha:
+            grad_alpha = grad_alpha_map.sum_to_size(ctx.alpha_shape).to(ctx.alpha_dtype)
+        return (grad_x if ctx.needs_input_grad[0] else None), grad_alpha, None

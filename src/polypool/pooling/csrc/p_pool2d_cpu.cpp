@@ -1,0 +1,256 @@
+// Fused CPU kernels for P-pooling (fp32, NCHW): forward and analytic backward in one pass over the windows.
+//
+// The same max-normalised arithmetic as the reference op (polypool/pooling/functional.py), with
+//   r = x / m (window max),  p = r^a = exp(a * log r),  den = sum p,  q = sum p r / den,  y = m q,
+//   dx_i = g/den * ((a+1) p_i - a q p_i / r_i),   da = g m / den * sum_i p_i (r_i - q) log r_i,
+// and the same conventions (0^0 = 1, an all-zero window has r = 1, 0 * log 0 = 0, r^(a-1) at r = 0 is 1 if a = 1
+// and 0 otherwise; a window does not include its ceil-mode overhang).
+//
+// Layout of the work: one (sample, channel) plane per task, one output row at a time. The kh*kw input rows
+// under an output row are first copied into contiguous, zero-padded buffers (one per window offset), so all the
+// arithmetic is vectorised along the output row with ATen's Vectorized<float> (SLEEF exp/log). The backward
+// scatters into a per-plane padded gradient buffer, so no two threads ever write the same element.
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace {
+
+using Vec = at::vec::Vectorized<float>;
+constexpr int64_t kLanes = Vec::size();
+
+struct Geometry {
+  int64_t H, W, kh, kw, sh, sw, ph, pw, oh, ow;
+  int64_t ow_padded;  // ow rounded up to whole vectors
+  int64_t Hpad, Wpad;  // the padded input, overhang included
+  std::vector<int64_t> valid_rows;  // per di: outputs o with o*sh + di inside the padded input
+  std::vector<int64_t> valid_cols;  // per dj: the same for columns
+
+  Geometry(int64_t H_, int64_t W_, int64_t kh_, int64_t kw_, int64_t sh_, int64_t sw_, int64_t ph_, int64_t pw_,
+           int64_t oh_, int64_t ow_)
+      : H(H_), W(W_), kh(kh_), kw(kw_), sh(sh_), sw(sw_), ph(ph_), pw(pw_), oh(oh_), ow(ow_) {
+    ow_padded = (ow + kLanes - 1) / kLanes * kLanes;
+    Hpad = std::max(H + 2 * ph, (oh - 1) * sh + kh);
+    Wpad = std::max(W + 2 * pw, (ow - 1) * sw + kw);
+    for (int64_t d = 0; d < kh; ++d) valid_rows.push_back(std::min(oh, (H + 2 * ph - d + sh - 1) / sh));
+    for (int64_t d = 0; d < kw; ++d) valid_cols.push_back(std::min(ow, (W + 2 * pw - d + sw - 1) / sw));
+  }
+};
+
+// buf[j] = the padded input at (row o*sh + di, column j*sw + dj), 0 in the padding and the vector tail.
+inline void gather_row(const float* plane, const Geometry& g, int64_t o, int64_t di, int64_t dj, float* buf) {
+  const int64_t row = o * g.sh + di - g.ph;
+  if (row < 0 || row >= g.H) {
+    std::fill(buf, buf + g.ow_padded, 0.f);
+    return;
+  }
+  // outputs j whose column j*sw + dj - pw lies inside the input: [first, last)
+  const int64_t offset = dj - g.pw;
+  const int64_t first = offset >= 0 ? 0 : (-offset + g.sw - 1) / g.sw;
+  const int64_t last = std::min(g.ow, (g.W - 1 - offset) / g.sw + 1);
+  const float* src = plane + row * g.W + offset;
+  std::fill(buf, buf + first, 0.f);
+  if (g.sw == 1) {
+    std::copy(src + first, src + last, buf + first);
+  } else {
+    for (int64_t j = first; j < last; ++j) buf[j] = src[j * g.sw];
+  }
+  std::fill(buf + std::max(first, last), buf + g.ow_padded, 0.f);
+}
+
+// Per-plane alpha: a constant (layer/channel alpha) or one row of a dense alpha map.
+struct AlphaRow {
+  const float* dense;  // nullptr when constant
+  float value;
+  inline Vec load(int64_t j) const { return dense ? Vec::loadu(dense + j) : Vec(value); }
+};
+
+// r^a for r in [0, 1], with 0^0 = 1.
+inline Vec pow_unit(const Vec& r, const Vec& log_r, const Vec& a) {
+  const Vec p = (a * log_r).exp();  // exp(-inf) = 0 for r = 0 and a > 0
+  return Vec::blendv(p, Vec(1.f), a == Vec(0.f));
+}
+
+struct RowBuffers {
+  std::vector<float> windows, col_mask, alpha, tmp;
+  RowBuffers(const Geometry& g, bool dense_alpha)
+      : windows(g.kh * g.kw * g.ow_padded), col_mask(g.kw * g.ow_padded, 0.f),
+        alpha(dense_alpha ? g.ow_padded : 0, 0.f), tmp(g.ow_padded) {
+    for (int64_t dj = 0; dj < g.kw; ++dj)
+      std::fill(col_mask.begin() + dj * g.ow_padded, col_mask.begin() + dj * g.ow_padded + g.valid_cols[dj], 1.f);
+  }
+  float* window(const Geometry& g, int64_t di, int64_t dj) { return windows.data() + (di * g.kw + dj) * g.ow_padded; }
+  void gather(const float* plane, const Geometry& g, int64_t o) {
+    for (int64_t di = 0; di < g.kh; ++di)
+      for (int64_t dj = 0; dj < g.kw; ++dj) gather_row(plane, g, o, di, dj, window(g, di, dj));
+  }
+  AlphaRow alpha_row(const float* alpha_plane, float alpha_value, const Geometry& g, int64_t o) {
+    if (alpha_plane == nullptr) return AlphaRow{nullptr, alpha_value};
+    std::copy(alpha_plane + o * g.ow, alpha_plane + (o + 1) * g.ow, alpha.begin());
+    return AlphaRow{alpha.data(), 0.f};
+  }
+};
+
+inline Vec load_row(const float* row, int64_t j, int64_t ow) {
+  return Vec::loadu(row + j, static_cast<int>(std::min<int64_t>(kLanes, ow - j)));
+}
+
+inline void store_row(const Vec& v, float* row, int64_t j, int64_t ow) {
+  v.store(row + j, static_cast<int>(std::min<int64_t>(kLanes, ow - j)));
+}
+
+Geometry make_geometry(const torch::Tensor& x, std::vector<int64_t> k, std::vector<int64_t> s,
+                       std::vector<int64_t> p, std::vector<int64_t> out) {
+  return Geometry(x.size(2), x.size(3), k[0], k[1], s[0], s[1], p[0], p[1], out[0], out[1]);
+}
+
+void check_inputs(const torch::Tensor& x, const torch::Tensor& alpha, bool dense_alpha, const Geometry& g) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous() && x.dim() == 4,
+              "p_pool2d_cpu: x must be a contiguous 4-D float32 CPU tensor");
+  TORCH_CHECK(alpha.scalar_type() == at::kFloat && alpha.is_contiguous(), "p_pool2d_cpu: alpha must be contiguous fp32");
+  const int64_t planes = x.size(0) * x.size(1);
+  TORCH_CHECK(alpha.numel() == (dense_alpha ? planes * g.oh * g.ow : planes),
+              "p_pool2d_cpu: alpha must hold one value per plane, or per output when dense");
+}
+
+}  // namespace
+
+// Returns (y, m, den), each (N, C, oh, ow) fp32.
+std::vector<torch::Tensor> forward(torch::Tensor x, torch::Tensor alpha, bool dense_alpha, std::vector<int64_t> kernel,
+                                   std::vector<int64_t> stride, std::vector<int64_t> padding,
+                                   std::vector<int64_t> out_size) {
+  const Geometry g = make_geometry(x, kernel, stride, padding, out_size);
+  check_inputs(x, alpha, dense_alpha, g);
+  const int64_t planes = x.size(0) * x.size(1);
+  auto y = torch::empty({x.size(0), x.size(1), g.oh, g.ow}, x.options());
+  auto m_out = torch::empty_like(y);
+  auto den_out = torch::empty_like(y);
+  const float* x_data = x.data_ptr<float>();
+  const float* a_data = alpha.data_ptr<float>();
+  float* y_data = y.data_ptr<float>();
+  float* m_data = m_out.data_ptr<float>();
+  float* den_data = den_out.data_ptr<float>();
+
+  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+    RowBuffers buf(g, dense_alpha);
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const float* xp = x_data + plane * g.H * g.W;
+      const float* alpha_plane = dense_alpha ? a_data + plane * g.oh * g.ow : nullptr;
+      const float alpha_value = dense_alpha ? 0.f : a_data[plane];
+      for (int64_t o = 0; o < g.oh; ++o) {
+        buf.gather(xp, g, o);
+        const AlphaRow a_row = buf.alpha_row(alpha_plane, alpha_value, g, o);
+        const int64_t out_offset = (plane * g.oh + o) * g.ow;
+        for (int64_t j = 0; j < g.ow; j += kLanes) {
+          Vec m = Vec::loadu(buf.window(g, 0, 0) + j);
+          for (int64_t d = 1; d < g.kh * g.kw; ++d)
+            m = at::vec::maximum(m, Vec::loadu(buf.windows.data() + d * g.ow_padded + j));
+          const Vec zero_mask = m == Vec(0.f);
+          const Vec zero = Vec::blendv(Vec(0.f), Vec(1.f), zero_mask);
+          const Vec inv_m = Vec::blendv(m, Vec(1.f), zero_mask).reciprocal();
+          const Vec a = a_row.load(j);
+          Vec num(0.f), den(0.f);
+          for (int64_t di = 0; di < g.kh; ++di) {
+            if (o >= g.valid_rows[di]) continue;  // ceil-mode overhang: not part of the window
+            for (int64_t dj = 0; dj < g.kw; ++dj) {
+              const Vec r = Vec::loadu(buf.window(g, di, dj) + j) * inv_m + zero;
+              Vec p = pow_unit(r, r.log(), a);
+              if (g.valid_cols[dj] < g.ow) p = p * Vec::loadu(buf.col_mask.data() + dj * g.ow_padded + j);
+              den = den + p;
+              num = num + p * r;
+            }
+          }
+          store_row(num / den * m, y_data + out_offset, j, g.ow);
+          store_row(m, m_data + out_offset, j, g.ow);
+          store_row(den, den_data + out_offset, j, g.ow);
+        }
+      }
+    }
+  });
+  return {y, m_out, den_out};
+}
+
+// Returns (grad_x (N, C, H, W), grad_alpha per output (N, C, oh, ow), empty unless need_alpha).
+std::vector<torch::Tensor> backward(torch::Tensor x, torch::Tensor alpha, bool dense_alpha, torch::Tensor m_t,
+                                    torch::Tensor den_t, torch::Tensor y_t, torch::Tensor grad_y, bool need_alpha,
+                                    std::vector<int64_t> kernel, std::vector<int64_t> stride,
+                                    std::vector<int64_t> padding) {
+  const Geometry g = make_geometry(x, kernel, stride, padding, {m_t.size(2), m_t.size(3)});
+  check_inputs(x, alpha, dense_alpha, g);
+  TORCH_CHECK(grad_y.is_contiguous() && m_t.is_contiguous() && den_t.is_contiguous() && y_t.is_contiguous(),
+              "p_pool2d_cpu: saved tensors and grad_y must be contiguous");
+  const int64_t planes = x.size(0) * x.size(1);
+  auto grad_x = torch::empty_like(x);
+  auto grad_alpha = need_alpha ? torch::empty_like(m_t) : torch::Tensor();
+  const float* x_data = x.data_ptr<float>();
+  const float* a_data = alpha.data_ptr<float>();
+  const float* m_data = m_t.data_ptr<float>();
+  const float* den_data = den_t.data_ptr<float>();
+  const float* y_data = y_t.data_ptr<float>();
+  const float* g_data = grad_y.data_ptr<float>();
+  float* gx_data = grad_x.data_ptr<float>();
+  float* ga_data = need_alpha ? grad_alpha.data_ptr<float>() : nullptr;
+
+  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+    RowBuffers buf(g, dense_alpha);
+    std::vector<float> grad_pad(g.Hpad * g.Wpad);
+    for (int64_t plane = begin; plane < end; ++plane) {
+      std::fill(grad_pad.begin(), grad_pad.end(), 0.f);
+      const float* xp = x_data + plane * g.H * g.W;
+      const float* alpha_plane = dense_alpha ? a_data + plane * g.oh * g.ow : nullptr;
+      const float alpha_value = dense_alpha ? 0.f : a_data[plane];
+      for (int64_t o = 0; o < g.oh; ++o) {
+        buf.gather(xp, g, o);
+        const AlphaRow a_row = buf.alpha_row(alpha_plane, alpha_value, g, o);
+        const int64_t out_offset = (plane * g.oh + o) * g.ow;
+        for (int64_t j = 0; j < g.ow; j += kLanes) {
+          const Vec m = load_row(m_data + out_offset, j, g.ow);
+          const Vec zero_mask = m == Vec(0.f);
+          const Vec zero = Vec::blendv(Vec(0.f), Vec(1.f), zero_mask);
+          const Vec inv_m = Vec::blendv(m, Vec(1.f), zero_mask).reciprocal();
+          const Vec q = load_row(y_data + out_offset, j, g.ow) * inv_m + zero;  // y/m; 1 in an all-zero window
+          // den >= 1 on real outputs; the vector tail loads den = 0 and is never stored.
+          const Vec g_over_den = load_row(g_data + out_offset, j, g.ow) / load_row(den_data + out_offset, j, g.ow);
+          const Vec a = a_row.load(j);
+          const Vec coef_p = g_over_den * (a + Vec(1.f));
+          const Vec coef_p_over_r = g_over_den * a * q;
+          const Vec at_zero = Vec::blendv(Vec(0.f), Vec(1.f), a == Vec(1.f));  // r^(a-1) at r = 0
+          Vec alpha_sum(0.f);
+          for (int64_t di = 0; di < g.kh; ++di) {
+            if (o >= g.valid_rows[di]) continue;  // overhang rows: cropped from dx, and r log r = 0 there
+            float* grad_row = grad_pad.data() + (o * g.sh + di) * g.Wpad;
+            for (int64_t dj = 0; dj < g.kw; ++dj) {
+              const Vec r = Vec::loadu(buf.window(g, di, dj) + j) * inv_m + zero;
+              const Vec log_r = r.log();
+              const Vec p = pow_unit(r, log_r, a);
+              const Vec positive = r > Vec(0.f);
+              if (need_alpha) alpha_sum = alpha_sum + Vec::blendv(Vec(0.f), p * (r - q) * log_r, positive);
+              const Vec p_over_r = Vec::blendv(at_zero, p / r, positive);
+              (coef_p * p - coef_p_over_r * p_over_r).store(buf.tmp.data());
+              const int64_t count = std::min<int64_t>(kLanes, g.ow - j);
+              for (int64_t t = 0; t < count; ++t) grad_row[(j + t) * g.sw + dj] += buf.tmp[t];
+            }
+          }
+          if (need_alpha) {
+            const Vec g_m_over_den = g_over_den * m;
+            store_row(alpha_sum * g_m_over_den, ga_data + out_offset, j, g.ow);
+          }
+        }
+      }
+      float* gx_plane = gx_data + plane * g.H * g.W;
+      for (int64_t h = 0; h < g.H; ++h)
+        std::copy(grad_pad.begin() + (h + g.ph) * g.Wpad + g.pw, grad_pad.begin() + (h + g.ph) * g.Wpad + g.pw + g.W,
+                  gx_plane + h * g.W);
+    }
+  });
+  return {grad_x, grad_alpha};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.def("forward", &forward, "P-pooling forward (fp32 CPU, fused)");
+  module.def("backward", &backward, "P-pooling backward (fp32 CPU, fused)");
+}

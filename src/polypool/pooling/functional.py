@@ -1,0 +1,279 @@
+"""P-pooling (Wei et al., CVPR 2019): the exact, numerically stable reference op.
+
+    y_j = sum_{i in R_j} x_i^(a+1) / sum_{i in R_j} x_i^a,   a >= 0
+
+a = 0 is average pooling and a -> inf is max pooling, in forward and backward (supplement, Props 1-2).
+
+How it is computed, and why
+---------------------------
+* **Max-normalised form.** With m_j the window max and r_i = x_i / m_j in [0, 1],
+  y_j = m_j * sum r^(a+1) / sum r^a. The max element contributes exactly 1 to the denominator, so nothing
+  overflows for any a, and an underflow of r^a to 0 is the correct a -> inf limit. All arithmetic is in fp32
+  (fp64 for fp64 inputs), whatever the input dtype.
+* **One window offset at a time.** Instead of unfolding (k*k/stride^2 copies of x), the op loops over the
+  kh*kw offsets of the window; each offset is a strided view of x of the output's size. Memory stays at a few
+  output-sized buffers and the same code serves every kernel/stride/padding/ceil_mode.
+* **Analytic backward** (supplement Sec. 1, facts.md), with w_i = r_i^a / sum r^a and q = y / m:
+      dy/dx_i = w_i * ((a+1) - a*q/r_i),        dy/da = m * sum_i w_i (r_i - q) ln r_i.
+  Only the window max m and the denominator sum r^a are saved besides x and y (and q = y/m in fp32 for
+  fp16/bf16 inputs); naive autograd keeps four input-sized intermediates.
+
+Conventions, all documented in the README
+-----------------------------------------
+* Padding is zeros, counted in the window like ``avg_pool2d(count_include_pad=True)``; in ceil mode the part of
+  a window that overhangs the padded input is not part of the window (as in ``avg_pool2d``).
+* 0^0 = 1 (torch.pow), so at a = 0 zeros, padding included, count as elements: Prop. 1 holds exactly.
+* A window of all zeros gives y = 0 and the average-pooling gradient (finite, never NaN).
+* Where x_i = 0 and 0 < a < 1 the exact dy/dx_i is -inf (x^a has an infinite slope at 0); we take its weight's
+  convention instead: a term with w_i = 0 contributes 0, as torch.pow's exponent gradient does at base 0. The
+  same convention gives 0*ln 0 = 0 in dy/da.
+* Negative inputs: each (sample, channel) map whose minimum is negative is shifted by that (detached) minimum,
+  pooled, and shifted back, as the authors' code does. Zero padding then means "the map's minimum".
+* NaN/Inf inputs propagate like in torch's poolings; ``check=True`` raises a clear error instead.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import cpu_fused
+from .geometry import IntOrPair, Window
+
+Alpha = Union[float, Tensor]
+Backend = Literal["auto", "reference", "cpu_fused"]
+BACKENDS = ("auto", "reference", "cpu_fused")
+
+__all__ = ["p_pool2d", "alpha_shape_error", "shift_negative"]
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _window_offsets(window: Window, out_h: int, out_w: int):
+    """Yield (row_slice, col_slice, di, dj) of every window offset, in padded-input coordinates."""
+    (kh, kw), (sh, sw) = window.kernel, window.stride
+    for di in range(kh):
+        rows = slice(di, di + sh * (out_h - 1) + 1, sh)
+        for dj in range(kw):
+            yield rows, slice(dj, dj + sw * (out_w - 1) + 1, sw), di, dj
+
+
+def _overhang_mask(window: Window, height: int, width: int, out_h: int, out_w: int, di: int, dj: int,
+                   like: Tensor) -> Optional[Tensor]:
+    """None if offset (di, dj) of every window lies in the padded input, else a 0/1 mask of the outputs where it
+    does (ceil mode: the last row/column of windows can overhang, and the overhang is not part of the window)."""
+    (sh, sw), (ph, pw) = window.stride, window.padding
+    valid_h = min(out_h, -(-(height + 2 * ph - di) // sh))  # number of outputs i with i*sh + di < H + 2ph
+    valid_w = min(out_w, -(-(width + 2 * pw - dj) // sw))
+    if valid_h == out_h and valid_w == out_w:
+        return None
+    mask = torch.zeros(out_h, out_w, dtype=like.dtype, device=like.device)
+    mask[:valid_h, :valid_w] = 1
+    return mask
+
+
+def _pad(x: Tensor, window: Window) -> Tensor:
+    height, width = x.shape[-2:]
+    (ph, pw), (oh, ow) = window.padding, window.overhang(height, width)
+    if ph == pw == oh == ow == 0:
+        return x
+    return F.pad(x, (pw, pw + ow, ph, ph + oh))
+
+
+def _window_max(xp: Tensor, window: Window, out_h: int, out_w: int) -> Tensor:
+    """The max over each zero-padded window (x >= 0, so the zero padding and overhang never win over the input).
+
+    A running ``torch.maximum`` over the offsets' strided views: several times faster than ``F.max_pool2d`` on
+    the CPU, and it propagates NaN like it.
+    """
+    m = None
+    for rows, cols, _, _ in _window_offsets(window, out_h, out_w):
+        m = xp[..., rows, cols].clone() if m is None else torch.maximum(m, xp[..., rows, cols], out=m)
+    return m
+
+
+def _normaliser(m: Tensor, acc: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(1/m, is_zero) with 1/m := 1 where the window is all zeros; r = x/m + is_zero is then 1 there."""
+    m = m.to(acc)
+    zero = m == 0
+    inv_m = torch.where(zero, torch.ones_like(m), m).reciprocal_()
+    return inv_m, zero.to(acc)
+
+
+class _PPool2d(torch.autograd.Function):
+    """Forward and analytic backward of P-pooling on a non-negative input."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, alpha: Alpha, window: Window):
+        height, width = x.shape[-2:]
+        out_h, out_w = window.output_size(height, width)
+        acc = _accumulation_dtype(x.dtype)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            xp = _pad(x, window)
+            m = _window_max(xp, window, out_h, out_w)
+            inv_m, zero = _normaliser(m, acc)
+            a = alpha.to(acc) if isinstance(alpha, Tensor) else float(alpha)
+            num = torch.zeros(m.shape, dtype=acc, device=x.device)
+            den = torch.zeros_like(num)
+            for rows, cols, di, dj in _window_offsets(window, out_h, out_w):
+                r = torch.addcmul(zero, xp[..., rows, cols], inv_m)  # x/m, or 1 in an all-zero window
+                p = r.pow(a)
+                mask = _overhang_mask(window, height, width, out_h, out_w, di, dj, p)
+                if mask is not None:
+                    p.mul_(mask)
+                den.add_(p)
+                num.addcmul_(p, r)
+            q = num.div_(den)  # den >= 1: the max element (or every element of an all-zero window) adds 1
+            y = (q * m).to(x.dtype)
+        # Backward needs q = y/m to ~1e-7: it enters as (a+1) - a*q/r, a difference of O(a) terms. In fp32/fp64
+        # y/m is that exact and y costs nothing to keep (it is the output); in fp16/bf16 keep q itself in fp32.
+        exact_output = x.dtype == acc
+        ctx.q_from_output = exact_output
+        ctx.window = window
+        ctx.alpha_shape = alpha.shape if isinstance(alpha, Tensor) else None
+        ctx.alpha_value = None if isinstance(alpha, Tensor) else float(alpha)
+        tensors = (x, m, den.to(x.dtype), y if exact_output else q)
+        ctx.save_for_backward(*tensors, *((alpha,) if isinstance(alpha, Tensor) else ()))
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor):
+        x, m, den, y_or_q, *alpha_tensor = ctx.saved_tensors
+        alpha = alpha_tensor[0] if alpha_tensor else ctx.alpha_value
+        window: Window = ctx.window
+        need_x, need_alpha = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        height, width = x.shape[-2:]
+        out_h, out_w = m.shape[-2:]
+        acc = _accumulation_dtype(x.dtype)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            inv_m, zero = _normaliser(m, acc)
+            # q = y/m, and 1 in an all-zero window (y = 0, every r = 1)
+            q = torch.addcmul(zero, y_or_q.to(acc), inv_m) if ctx.q_from_output else y_or_q
+            a = alpha.to(acc) if isinstance(alpha, Tensor) else alpha
+            g_over_den = grad_y.to(acc) / den.to(acc)
+            xp = _pad(x, window)
+            grad_xp = torch.zeros(xp.shape, dtype=acc, device=x.device) if need_x else None
+            # r^(a-1) at r = 0: 1 if a == 1, else 0 (exact for a > 1, the w_i = 0 convention for a < 1).
+            at_zero = (a == 1).to(acc) if isinstance(a, Tensor) else float(a == 1)
+            need_alpha = need_alpha and isinstance(alpha, Tensor)
+            if need_x:
+                coef_p, coef_p_over_r = g_over_den * (a + 1), g_over_den * a * q
+            alpha_sum = torch.zeros_like(g_over_den) if need_alpha else None
+            for rows, cols, _, _ in _window_offsets(window, out_h, out_w):
+                r = torch.addcmul(zero, xp[..., rows, cols], inv_m)
+                p = r.pow(a)
+                positive = r > 0
+                if need_alpha:
+                    # sum_i p_i (r_i - q) ln r_i, with 0 * ln 0 := 0
+                    alpha_sum.add_(torch.where(positive, p * (r - q) * torch.log(r), 0.0))
+                if need_x:
+                    # g * w_i * ((a+1) - a q / r_i), with w_i = p_i / den
+                    p_over_r = torch.where(positive, p / r, at_zero)
+                    grad_xp[..., rows, cols] += p.mul_(coef_p).sub_(p_over_r.mul_(coef_p_over_r))
+            grad_x = None
+            if need_x:
+                ph, pw = window.padding
+                grad_x = grad_xp[..., ph:ph + height, pw:pw + width].to(x.dtype)
+            grad_alpha = None
+            if need_alpha:
+                grad_alpha = alpha_sum.mul_(g_over_den).mul_(m.to(acc))
+                grad_alpha = grad_alpha.sum_to_size(ctx.alpha_shape).to(alpha.dtype)
+        return grad_x, grad_alpha, None
+
+
+def alpha_shape_error(alpha: Tensor, out_shape: torch.Size) -> Optional[str]:
+    """A message if ``alpha`` does not broadcast to the output shape ``(N, C, H_out, W_out)``, else None."""
+    try:
+        if torch.broadcast_shapes(alpha.shape, out_shape) == out_shape:
+            return None
+    except RuntimeError:
+        pass
+    return (
+        f"alpha of shape {tuple(alpha.shape)} does not broadcast to the output shape {tuple(out_shape)}: use a "
+        f"scalar (one per layer), shape (C, 1, 1) (one per channel), or (N, C, H_out, W_out) (dense)"
+    )
+
+
+def shift_negative(x: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+    """Shift each (sample, channel) map with a negative minimum up to 0; returns the shifted x and the shift."""
+    shift = x.detach().amin(dim=(-2, -1), keepdim=True).clamp_(max=0)
+    if not torch.compiler.is_compiling() and not bool((shift < 0).any()):
+        return x, None  # the common case after a ReLU: no copy
+    return x - shift, shift
+
+
+def p_pool2d(
+    input: Tensor,
+    alpha: Alpha,
+    kernel_size: IntOrPair,
+    stride: Optional[IntOrPair] = None,
+    padding: IntOrPair = 0,
+    ceil_mode: bool = False,
+    check: bool = False,
+    backend: Backend = "auto",
+) -> Tensor:
+    """P-pooling over 2-D windows: ``sum x^(alpha+1) / sum x^alpha`` per window.
+
+    Args:
+        input: ``(N, C, H, W)`` or ``(C, H, W)`` floating tensor (fp16, bf16, fp32 or fp64, any memory format).
+        alpha: the exponent, >= 0. A Python float (fixed), or a tensor broadcasting to the output
+            ``(N, C, H_out, W_out)``: a scalar per layer, ``(C, 1, 1)`` per channel, or dense.
+        kernel_size, stride, padding, ceil_mode: as in ``F.max_pool2d``; the windows and output shape are
+            exactly max_pool2d's. ``stride`` defaults to ``kernel_size``.
+        check: raise a ``ValueError`` on NaN/Inf in ``input`` or a negative/NaN ``alpha`` (one device sync).
+            Off by default: NaN/Inf then propagate, like in torch's poolings.
+        backend: ``"auto"`` (the fused kernel where one serves the input, else the reference),
+            ``"reference"`` (the pure-torch op in this file), or ``"cpu_fused"`` (the C++ kernel; fp32 CPU only).
+
+    Returns:
+        ``(N, C, H_out, W_out)`` in the input's dtype, computed in fp32 (fp64 for fp64 inputs).
+    """
+    if not isinstance(input, Tensor) or not input.is_floating_point():
+        raise TypeError(f"p_pool2d expects a floating-point tensor, got {type(input).__name__}"
+                        f"{'' if not isinstance(input, Tensor) else ' of dtype ' + str(input.dtype)}")
+    if input.dim() == 3:
+        alpha_3d = alpha.unsqueeze(0) if isinstance(alpha, Tensor) and alpha.dim() == 4 else alpha
+        return p_pool2d(input.unsqueeze(0), alpha_3d, kernel_size, stride, padding, ceil_mode, check).squeeze(0)
+    if input.dim() != 4:
+        raise ValueError(f"p_pool2d expects a (N, C, H, W) or (C, H, W) input, got shape {tuple(input.shape)}")
+    window = Window.make(kernel_size, stride, padding, ceil_mode)
+    out_shape = torch.Size((*input.shape[:2], *window.output_size(*input.shape[-2:])))
+    if isinstance(alpha, Tensor):
+        message = alpha_shape_error(alpha, out_shape)
+        if message:
+            raise ValueError(message)
+        if not alpha.is_floating_point():
+            alpha = alpha.to(input.dtype)
+    else:
+        alpha = float(alpha)
+        if not alpha >= 0:  # also catches NaN
+            raise ValueError(f"alpha must be >= 0 (0 is average pooling, large is max pooling), got {alpha}")
+    if check:
+        if not bool(torch.isfinite(input).all()):
+            raise ValueError(
+                f"p_pool2d got NaN or Inf in its input of shape {tuple(input.shape)}: fix the layer before the "
+                f"pooling (lower the learning rate, check the data), or pass check=False to propagate them"
+            )
+        if isinstance(alpha, Tensor) and not bool((alpha >= 0).all()):
+            raise ValueError("alpha must be >= 0 everywhere (got a negative or NaN value); clamp it to [0, inf)")
+    x, shift = shift_negative(input)
+    y = _select_backend(backend, x, alpha).apply(x, alpha, window)
+    return y if shift is None else y + shift
+
+
+def _select_backend(backend: Backend, x: Tensor, alpha: Alpha):
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "reference" or torch.compiler.is_compiling():
+        return _PPool2d  # under torch.compile the reference op's torch ops are traced and fused by inductor
+    if cpu_fused.supports(x, alpha):
+        return cpu_fused.PPool2dCPU
+    if backend == "cpu_fused":
+        raise ValueError(f"backend='cpu_fused' serves fp32 CPU tensors with a built kernel; got a {x.dtype} tensor on "
+                         f"{x.device} (kernel enabled: {cpu_fused.enabled()})")
+    return _PPool2d

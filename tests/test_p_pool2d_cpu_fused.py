@@ -1,0 +1,102 @@
+"""The fused CPU kernel against the reference op: same values and gradients on fresh random inputs."""
+
+import itertools
+
+import pytest
+import torch
+
+from polypool.pooling import p_pool2d
+from polypool.pooling import cpu_fused
+from polypool.pooling.geometry import Window
+
+pytestmark = pytest.mark.skipif(not cpu_fused.enabled(), reason="POLYPOOL_CPU_KERNEL=0 turns the fused CPU path off")
+
+GRID = list(itertools.product([2, 3], [1, 2, 3], [0, 1], [False, True]))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernel_builds():
+    assert cpu_fused.load_extension() is not None, f"the CPU kernel failed to build: {cpu_fused._load_error}"
+
+
+def uses_kernel(y) -> bool:
+    """Whether the autograd graph of y runs through the fused kernel's Function."""
+    stack, seen = [y.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if "PPool2dCPU" in type(node).__name__:
+            return True
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return False
+
+
+def compare(x, alpha, kernel, stride, padding, ceil_mode, rtol=1e-5):
+    """Values to rtol; gradients to rtol plus the fp32 conditioning of (a+1) - a q / r, about a * eps."""
+    x_ref = x.detach().clone().requires_grad_(True)
+    a_ref = alpha.detach().clone().requires_grad_(True) if isinstance(alpha, torch.Tensor) else alpha
+    x = x.detach().clone().requires_grad_(True)
+    a = alpha.detach().clone().requires_grad_(True) if isinstance(alpha, torch.Tensor) else alpha
+    y = p_pool2d(x, a, kernel, stride, padding, ceil_mode, backend="cpu_fused")
+    y_ref = p_pool2d(x_ref, a_ref, kernel, stride, padding, ceil_mode, backend="reference")
+    assert uses_kernel(y)
+    torch.testing.assert_close(y, y_ref, rtol=rtol, atol=1e-6)
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    y_ref.backward(grad)
+    a_max = float(alpha.max()) if isinstance(alpha, torch.Tensor) else float(alpha)
+    conditioning = 2 * max(a_max, 1.0) * torch.finfo(torch.float32).eps * grad.abs().max().item()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=rtol, atol=1e-5 + conditioning)
+    if isinstance(alpha, torch.Tensor):  # a sum of terms that cancel (sum_i w_i (x_i - y) = 0): absolute scale
+        torch.testing.assert_close(a.grad, a_ref.grad, rtol=1e-4, atol=1e-4 * a_ref.grad.abs().max().item() + 1e-6)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,ceil_mode", GRID)
+def test_grid_channel_alpha(kernel, stride, padding, ceil_mode):
+    x = torch.rand(3, 5, 13, 18)
+    x[x < 0.2] = 0  # ReLU zeros
+    x[0, 0] = 0  # all-zero windows
+    alpha = torch.rand(5, 1, 1) * 20
+    alpha[0] = 0.0  # average pooling, 0^0 = 1
+    alpha[1] = 1.0  # r^(a-1) at r = 0 is 1
+    alpha[2] = 0.5  # the w = 0 convention at r = 0
+    compare(x, alpha, kernel, stride, padding, ceil_mode)
+
+
+@pytest.mark.parametrize("alpha_kind", ["float", "layer", "dense"])
+@pytest.mark.parametrize("kernel,stride,padding,ceil_mode", [(2, 2, 0, False), (3, 2, 1, True), (3, 1, 1, False)])
+def test_alpha_shapes(alpha_kind, kernel, stride, padding, ceil_mode):
+    x = torch.rand(2, 4, 21, 17) * 5
+    out_h, out_w = Window.make(kernel, stride, padding, ceil_mode).output_size(21, 17)
+    alpha = {"float": 30.0, "layer": torch.tensor(7.5),
+             "dense": torch.rand(2, 4, out_h, out_w) * 50}[alpha_kind]
+    compare(x, alpha, kernel, stride, padding, ceil_mode)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1e-3, 1.0, 50.0, 1e4])
+def test_extreme_alphas_and_large_activations(alpha):
+    x = torch.rand(2, 3, 16, 16) * 3e4
+    compare(x, torch.tensor(alpha), 3, 2, 1, False)
+
+
+def test_wide_rows_and_negative_inputs():
+    x = torch.randn(1, 2, 9, 70)  # rows longer than one vector, and a shift for the negatives
+    compare(x, torch.rand(2, 1, 1) * 10, 2, 2, 0, True)
+
+
+def test_non_contiguous_and_channels_last_inputs():
+    x = torch.rand(2, 6, 12, 14).contiguous(memory_format=torch.channels_last)
+    compare(x, torch.rand(6, 1, 1) * 10, 3, 2, 1, False)
+    compare(torch.rand(2, 6, 24, 14)[:, :, ::2], torch.tensor(3.0), 2, 2, 0, False)
+
+
+def test_auto_backend_uses_the_kernel_for_fp32_and_the_reference_otherwise():
+    x = torch.rand(1, 2, 8, 8, requires_grad=True)
+    assert "PPool2dCPU" in type(p_pool2d(x, 2.0, 2).grad_fn).__name__
+    assert type(p_pool2d(x.double(), 2.0, 2).grad_fn).__name__ == "_PPool2dBackward"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        p_pool2d(x, 2.0, 2, backend="cuda")
+    with pytest.raises(ValueError, match="fp32 CPU"):
+        p_pool2d(x.double(), 2.0, 2, backend="cpu_fused")
