@@ -37,11 +37,10 @@ from __future__ import annotations
 from typing import Literal, Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from . import cpu_fused
-from .geometry import IntOrPair, Window
+from .geometry import IntOrPair, Window, overhang_mask, pad_window_input, window_max, window_offsets
 
 Alpha = Union[float, Tensor]
 Backend = Literal["auto", "reference", "cpu_fused"]
@@ -52,49 +51,6 @@ __all__ = ["p_pool2d", "alpha_shape_error", "shift_negative"]
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _window_offsets(window: Window, out_h: int, out_w: int):
-    """Yield (row_slice, col_slice, di, dj) of every window offset, in padded-input coordinates."""
-    (kh, kw), (sh, sw) = window.kernel, window.stride
-    for di in range(kh):
-        rows = slice(di, di + sh * (out_h - 1) + 1, sh)
-        for dj in range(kw):
-            yield rows, slice(dj, dj + sw * (out_w - 1) + 1, sw), di, dj
-
-
-def _overhang_mask(window: Window, height: int, width: int, out_h: int, out_w: int, di: int, dj: int,
-                   like: Tensor) -> Optional[Tensor]:
-    """None if offset (di, dj) of every window lies in the padded input, else a 0/1 mask of the outputs where it
-    does (ceil mode: the last row/column of windows can overhang, and the overhang is not part of the window)."""
-    (sh, sw), (ph, pw) = window.stride, window.padding
-    valid_h = min(out_h, -(-(height + 2 * ph - di) // sh))  # number of outputs i with i*sh + di < H + 2ph
-    valid_w = min(out_w, -(-(width + 2 * pw - dj) // sw))
-    if valid_h == out_h and valid_w == out_w:
-        return None
-    mask = torch.zeros(out_h, out_w, dtype=like.dtype, device=like.device)
-    mask[:valid_h, :valid_w] = 1
-    return mask
-
-
-def _pad(x: Tensor, window: Window) -> Tensor:
-    height, width = x.shape[-2:]
-    (ph, pw), (oh, ow) = window.padding, window.overhang(height, width)
-    if ph == pw == oh == ow == 0:
-        return x
-    return F.pad(x, (pw, pw + ow, ph, ph + oh))
-
-
-def _window_max(xp: Tensor, window: Window, out_h: int, out_w: int) -> Tensor:
-    """The max over each zero-padded window (x >= 0, so the zero padding and overhang never win over the input).
-
-    A running ``torch.maximum`` over the offsets' strided views: several times faster than ``F.max_pool2d`` on
-    the CPU, and it propagates NaN like it.
-    """
-    m = None
-    for rows, cols, _, _ in _window_offsets(window, out_h, out_w):
-        m = xp[..., rows, cols].clone() if m is None else torch.maximum(m, xp[..., rows, cols], out=m)
-    return m
 
 
 def _normaliser(m: Tensor, acc: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -114,16 +70,16 @@ class _PPool2d(torch.autograd.Function):
         out_h, out_w = window.output_size(height, width)
         acc = _accumulation_dtype(x.dtype)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            xp = _pad(x, window)
-            m = _window_max(xp, window, out_h, out_w)
+            xp = pad_window_input(x, window)
+            m = window_max(xp, window, out_h, out_w)
             inv_m, zero = _normaliser(m, acc)
             a = alpha.to(acc) if isinstance(alpha, Tensor) else float(alpha)
             num = torch.zeros(m.shape, dtype=acc, device=x.device)
             den = torch.zeros_like(num)
-            for rows, cols, di, dj in _window_offsets(window, out_h, out_w):
+            for rows, cols, di, dj in window_offsets(window, out_h, out_w):
                 r = torch.addcmul(zero, xp[..., rows, cols], inv_m)  # x/m, or 1 in an all-zero window
                 p = r.pow(a)
-                mask = _overhang_mask(window, height, width, out_h, out_w, di, dj, p)
+                mask = overhang_mask(window, height, width, out_h, out_w, di, dj, p)
                 if mask is not None:
                     p.mul_(mask)
                 den.add_(p)
@@ -156,7 +112,7 @@ class _PPool2d(torch.autograd.Function):
             q = torch.addcmul(zero, y_or_q.to(acc), inv_m) if ctx.q_from_output else y_or_q
             a = alpha.to(acc) if isinstance(alpha, Tensor) else alpha
             g_over_den = grad_y.to(acc) / den.to(acc)
-            xp = _pad(x, window)
+            xp = pad_window_input(x, window)
             grad_xp = torch.zeros(xp.shape, dtype=acc, device=x.device) if need_x else None
             # r^(a-1) at r = 0: 1 if a == 1, else 0 (exact for a > 1, the w_i = 0 convention for a < 1).
             at_zero = (a == 1).to(acc) if isinstance(a, Tensor) else float(a == 1)
@@ -164,7 +120,7 @@ class _PPool2d(torch.autograd.Function):
             if need_x:
                 coef_p, coef_p_over_r = g_over_den * (a + 1), g_over_den * a * q
             alpha_sum = torch.zeros_like(g_over_den) if need_alpha else None
-            for rows, cols, _, _ in _window_offsets(window, out_h, out_w):
+            for rows, cols, _, _ in window_offsets(window, out_h, out_w):
                 r = torch.addcmul(zero, xp[..., rows, cols], inv_m)
                 p = r.pow(a)
                 positive = r > 0

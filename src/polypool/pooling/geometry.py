@@ -8,7 +8,12 @@ The windows are exactly those of ``F.max_pool2d`` / ``F.avg_pool2d``: the same o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
+
+import torch
+
+import torch.nn.functional as F
+from torch import Tensor
 
 IntOrPair = Union[int, Sequence[int]]
 
@@ -89,3 +94,57 @@ class Window:
 
     def as_kwargs(self) -> dict:
         return dict(kernel_size=self.kernel, stride=self.stride, padding=self.padding, ceil_mode=self.ceil_mode)
+
+
+def pad_ceil_overhang(x: Tensor, window: Window) -> Tensor:
+    """Zero-pad the bottom/right of ``x`` by the ceil-mode overhang, so that a convolution with the window's
+    kernel, stride and padding gives the pooling's output size (a conv has no ceil mode)."""
+    over_h, over_w = window.overhang(*x.shape[-2:])
+    return F.pad(x, (0, over_w, 0, over_h)) if over_h or over_w else x
+
+
+# The offset loop shared by the poolings that need more than a max or a mean of each window (P-pooling, DPP,
+# Lp): one strided view of the padded input per window offset, each the size of the output.
+
+def window_offsets(window: Window, out_h: int, out_w: int):
+    """Yield (row_slice, col_slice, di, dj) of every window offset, in padded-input coordinates."""
+    (kh, kw), (sh, sw) = window.kernel, window.stride
+    for di in range(kh):
+        rows = slice(di, di + sh * (out_h - 1) + 1, sh)
+        for dj in range(kw):
+            yield rows, slice(dj, dj + sw * (out_w - 1) + 1, sw), di, dj
+
+
+def overhang_mask(window: Window, height: int, width: int, out_h: int, out_w: int, di: int, dj: int,
+                   like: Tensor) -> Optional[Tensor]:
+    """None if offset (di, dj) of every window lies in the padded input, else a 0/1 mask of the outputs where it
+    does (ceil mode: the last row/column of windows can overhang, and the overhang is not part of the window)."""
+    (sh, sw), (ph, pw) = window.stride, window.padding
+    valid_h = min(out_h, -(-(height + 2 * ph - di) // sh))  # number of outputs i with i*sh + di < H + 2ph
+    valid_w = min(out_w, -(-(width + 2 * pw - dj) // sw))
+    if valid_h == out_h and valid_w == out_w:
+        return None
+    mask = torch.zeros(out_h, out_w, dtype=like.dtype, device=like.device)
+    mask[:valid_h, :valid_w] = 1
+    return mask
+
+
+def pad_window_input(x: Tensor, window: Window) -> Tensor:
+    """Zero-pad x by the window's padding, plus the ceil-mode overhang on the bottom/right."""
+    height, width = x.shape[-2:]
+    (ph, pw), (oh, ow) = window.padding, window.overhang(height, width)
+    if ph == pw == oh == ow == 0:
+        return x
+    return F.pad(x, (pw, pw + ow, ph, ph + oh))
+
+
+def window_max(xp: Tensor, window: Window, out_h: int, out_w: int) -> Tensor:
+    """The max over each window of the zero-padded input ``xp``; on x >= 0 it equals ``F.max_pool2d``.
+
+    A running ``torch.maximum`` over the offsets' strided views: several times faster than ``F.max_pool2d`` on
+    the CPU, and it propagates NaN like it.
+    """
+    m = None
+    for rows, cols, _, _ in window_offsets(window, out_h, out_w):
+        m = xp[..., rows, cols].clone() if m is None else torch.maximum(m, xp[..., rows, cols], out=m)
+    return m

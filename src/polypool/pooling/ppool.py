@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Literal, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .bounded import clamp_inward
 from .functional import p_pool2d
-from .geometry import IntOrPair, Window
+from .geometry import IntOrPair, Window, pad_ceil_overhang
 
 AlphaMode = Literal["layer", "channel", "dense"]
 ALPHA_MODES = ("layer", "channel", "dense")
@@ -38,11 +38,7 @@ class DenseAlphaBranch(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = x.detach()
         x = x / (x.abs().amax(dim=(-2, -1), keepdim=True) + 1) * self.input_scale
-        out_h, out_w = self.window.output_size(*x.shape[-2:])
-        over_h, over_w = self.window.overhang(*x.shape[-2:])
-        if over_h or over_w:  # ceil mode: a conv has no ceil mode, so pad the overhang with zeros
-            x = F.pad(x, (0, over_w, 0, over_h))
-        alpha = self.proj(self.act(self.conv(x)))[..., :out_h, :out_w]
+        alpha = self.proj(self.act(self.conv(pad_ceil_overhang(x, self.window))))
         return alpha.clamp(*self.alpha_range)
 
 
@@ -59,7 +55,9 @@ class PPool2d(nn.Module):
         alpha_init: the initial alpha. The authors start at 30 (close to max pooling, which suits fine-tuning a
             max-pooled backbone); 0 gives exactly average pooling.
         alpha_range: ``(min, max)`` that alpha is clamped to, as the authors' Hardtanh does ([1, 50] in their
-            first code). A clamp, not a reparameterisation, so the gradient is zero once alpha sits at a bound.
+            first code): a clamp, not a reparameterisation. For a learned layer/channel alpha the clamp keeps the
+            gradient components that point back into the range (:func:`clamp_inward`), so an alpha initialised on a
+            bound (0, say) still learns; the dense branch's output is clamped exactly as the authors' Hardtanh.
         dense_input_scale: the authors' ``side_branch_scale`` for dense mode.
         check: raise on NaN/Inf inputs instead of propagating them (see :func:`p_pool2d`).
 
@@ -112,7 +110,7 @@ class PPool2d(nn.Module):
             if x is None:
                 raise ValueError("dense alpha depends on the input: pass the pooling input x")
             return self.alpha_branch(x)
-        return self.alpha.clamp(*self.alpha_range)
+        return clamp_inward(self.alpha, *self.alpha_range)
 
     def forward(self, x: Tensor) -> Tensor:
         alpha = self.current_alpha(x)
