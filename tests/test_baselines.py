@@ -81,6 +81,10 @@ def test_count_include_pad_carries_over_or_fails_clearly():
     with pytest.raises(ValueError, match="cannot express count_include_pad=False"):
         build_pooling("ppool", 3, 2, 1, count_include_pad=False)
     build_pooling("ppool", 3, 2, 1, count_include_pad=True)  # what P-pooling does anyway
+    # without padding the flag changes nothing, ceil-mode overhang included (resnet-D's avg_down pools)
+    ppool = build_pooling("ppool", 2, 2, 0, True, count_include_pad=False, alpha_init=0.0, alpha_range=(0.0, 1.0))
+    x = torch.rand(1, 2, 7, 7)
+    torch.testing.assert_close(ppool(x), F.avg_pool2d(x, 2, 2, 0, True, count_include_pad=False))
 
 
 @pytest.mark.parametrize("name,needs", [("strided_conv", "channels"), ("dpp", "channels"), ("lp", "channels")])

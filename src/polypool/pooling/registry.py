@@ -10,7 +10,7 @@ from torch import nn
 from .basic import avg_pool, max_pool
 from .dpp import DetailPreservingPool2d
 from .gated import GatedPool2d, MixedPool2d
-from .geometry import IntOrPair
+from .geometry import IntOrPair, to_pair
 from .lp import LearnedNormPool2d
 from .ppool import PPool2d
 from .strided_conv import StridedConvPool2d
@@ -48,8 +48,8 @@ def build_pooling(name: str, kernel_size: IntOrPair, stride: Optional[IntOrPair]
     """Build pooling ``name`` with ``nn.MaxPool2d``'s window arguments; ``kwargs`` are the layer's own options.
 
     ``count_include_pad`` (from an average-pooling site) is passed on to the layers that have it; a layer that
-    always counts the zero padding (P-pooling, DPP, Lp, Strided-C) raises for ``count_include_pad=False`` rather
-    than silently changing the site's border behaviour.
+    always counts the zero padding (P-pooling, DPP, Lp, Strided-C) raises for ``count_include_pad=False`` with
+    non-zero padding, rather than silently changing the site's border behaviour.
     """
     factory = _factory(name)
     accepted = pooling_options(name)
@@ -57,9 +57,11 @@ def build_pooling(name: str, kernel_size: IntOrPair, stride: Optional[IntOrPair]
     if count_include_pad is not None:
         if "count_include_pad" in accepted:
             kwargs["count_include_pad"] = count_include_pad
-        elif not count_include_pad:
+        elif not count_include_pad and to_pair(padding, "padding") != (0, 0):
+            # Without padding the flag changes nothing (a ceil-mode overhang is never counted), so only padded
+            # windows are a problem.
             raise ValueError(f"pooling {name!r} counts the zero padding in every window and cannot express "
-                             f"count_include_pad=False; use 'avg', 'gated' or 'mixed' there, or padding=0")
+                             f"count_include_pad=False with padding={padding}; use 'avg', 'gated' or 'mixed' there")
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         raise TypeError(f"pooling {name!r} got unexpected option(s) {unknown}; it accepts {accepted}")

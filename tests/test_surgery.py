@@ -1,0 +1,211 @@
+"""swap_pooling on timm backbones: exact site counts, exact equivalences, gradients, feature extraction."""
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from timm.layers import create_pool2d, get_notrace_functions, get_notrace_modules
+from torch import nn
+
+from polypool.pooling import PPool2d, pooling_parameters
+from polypool.surgery import find_pooling_sites, swap_pooling
+
+# Counted by hand in timm 1.0.x sources (pretrained=False everywhere: there is no network here).
+EXPECTED_COUNTS = {  # (module max, module avg, functional max, functional avg)
+    "vgg16": (5, 0, 0, 0),  # features: five MaxPool2d(2, 2)
+    "resnet50": (1, 0, 0, 0),  # the stem's MaxPool2d(3, 2, 1)
+    "resnet50d": (1, 3, 0, 0),  # the stem, and avg_down's AvgPool2d in layers 2-4
+    "densenet121": (1, 3, 0, 0),  # the stem, and the three transitions
+    "inception_v3": (2, 0, 2, 9),  # Pool1/Pool2; InceptionB/D F.max_pool2d; InceptionA x3, C x4, E x2 F.avg_pool2d
+    "inception_v4": (4, 14, 0, 0),
+}
+PPOOL_AS_MAX = {"alpha_init": 1e4, "alpha_range": (0.0, 1e4)}
+PPOOL_AS_AVG = {"avg": {"alpha_init": 0.0}}
+
+
+def counts(report):
+    return (report.count("module", "max"), report.count("module", "avg"), report.count("functional", "max"),
+            report.count("functional", "avg"))
+
+
+def small_input(name, batch=2):
+    size = 299 if "inception" in name else 96
+    return torch.rand(batch, 3, size, size)
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_COUNTS))
+def test_exact_site_counts_and_bit_exact_swap_to_the_same_pooling(name):
+    model = timm.create_model(name, pretrained=False).eval()
+    x = small_input(name, batch=1)
+    with torch.no_grad():
+        before = model(x)
+    report = swap_pooling(model, {"max": "max", "avg": "avg"}, input_size=tuple(x.shape[1:]))
+    assert counts(report) == EXPECTED_COUNTS[name]
+    assert len(report.swapped) == sum(EXPECTED_COUNTS[name])
+    with torch.no_grad():
+        after = model(x)
+    assert torch.equal(before, after)  # bit for bit
+
+
+@pytest.mark.parametrize("name", ["vgg16", "resnet50", "inception_v3", "densenet121"])
+def test_ppool_at_large_alpha_is_max_and_at_zero_is_avg(name):
+    model = timm.create_model(name, pretrained=False).eval()
+    x = small_input(name, batch=1)
+    with torch.no_grad():
+        before = model(x)
+    report = swap_pooling(model, "ppool", input_size=tuple(x.shape[1:]), kind_kwargs=PPOOL_AS_AVG, **PPOOL_AS_MAX)
+    assert len(report.swapped) == len(report.local_sites) > 0
+    with torch.no_grad():
+        after = model(x)
+    torch.testing.assert_close(after, before, rtol=1e-3, atol=1e-3 * before.abs().max().item())
+
+
+def test_every_alpha_gets_a_gradient_after_a_swap():
+    model = timm.create_model("inception_v3", pretrained=False)
+    report = swap_pooling(model, "ppool", alpha_mode="channel", alpha_init=5.0)
+    assert len(report.swapped) == 13
+    model(torch.rand(2, 3, 160, 160)).square().mean().backward()
+    alphas = dict(pooling_parameters(model))
+    assert len(alphas) == 13
+    for name, alpha in alphas.items():
+        assert alpha.grad is not None and alpha.grad.abs().sum() > 0, name
+
+
+def test_report_table_lists_every_site():
+    model = timm.create_model("inception_v3", pretrained=False)
+    report = swap_pooling(model, {"max": "ppool", "avg": None})
+    text = str(report)
+    assert "4 of 13 local pooling sites swapped" in text
+    assert "Mixed_6a.max_pool2d" in text and "F.max_pool2d -> PPool2d" in text
+    assert "left: avg sites are not swapped" in text
+    assert "global_pool" in text and "left: global/adaptive pooling" in text
+    assert isinstance(model.Mixed_6a.polypool_max_pool2d, PPool2d)
+
+
+def test_features_only_and_output_stride_keep_working():
+    model = timm.create_model("resnet50d", pretrained=False, features_only=True, output_stride=8)
+    channels = model.feature_info.channels()
+    report = swap_pooling(model, "ppool", input_size=(3, 64, 64))
+    assert counts(report) == (1, 3, 0, 0)
+    features = model(torch.rand(1, 3, 64, 64))
+    assert [f.shape[1] for f in features] == channels
+    assert [f.shape[-1] for f in features] == [32, 16, 8, 8, 8]  # output stride 8
+
+
+def test_inception_features_and_forward_intermediates_after_a_functional_swap():
+    model = timm.create_model("inception_v3", pretrained=False, features_only=True)
+    report = swap_pooling(model, "ppool")
+    assert counts(report) == EXPECTED_COUNTS["inception_v3"]
+    features = model(torch.rand(1, 3, 160, 160))
+    assert [f.shape[1] for f in features] == model.feature_info.channels()
+
+    full = timm.create_model("inception_v3", pretrained=False)
+    swap_pooling(full, "ppool")
+    final, intermediates = full.forward_intermediates(torch.rand(1, 3, 160, 160))
+    assert len(intermediates) == len(full.feature_info) and final.shape[1] == 2048
+    keys = set(full.state_dict())
+    assert "Mixed_5b.branch1x1.conv.weight" in keys and "Mixed_5b.polypool_avg_pool2d.alpha" in keys
+
+
+def test_same_padding_pools_keep_their_padding():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), create_pool2d("max", 3, stride=2, padding="same"),
+                          create_pool2d("avg", 3, stride=2, padding="same"))
+    assert [type(m).__name__ for m in model][2:] == ["MaxPool2dSame", "AvgPool2dSame"]
+    x = torch.rand(1, 3, 17, 18)
+    before = model(x)
+    report = swap_pooling(model, "ppool", input_size=(3, 17, 18), kind_kwargs=PPOOL_AS_AVG, **PPOOL_AS_MAX)
+    assert [s.new for s in report.swapped] == ["SamePadded(PPool2d)", "SamePadded(PPool2d)"]
+    torch.testing.assert_close(model(x), before, rtol=1e-3, atol=1e-4)
+
+
+def test_a_model_without_pooling_gets_a_report_of_zero_and_a_warning():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+    with pytest.warns(UserWarning, match="no local pooling site"):
+        report = swap_pooling(model, "ppool", input_size=(3, 16, 16))
+    assert len(report.swapped) == 0 and "0 of 0 local pooling sites swapped" in str(report)
+    assert {s.old for s in report.sites} == {"Conv2d", "AdaptiveAvgPool2d"}
+
+
+def test_an_argument_the_target_cannot_express_names_the_site_and_changes_nothing():
+    model = timm.create_model("inception_v4", pretrained=False).eval()
+    x = torch.rand(1, 3, 96, 96)
+    with torch.no_grad():
+        before = model(x)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"cannot swap features\.6\.branch3\.0 \(AvgPool2d.*count_include_pad=False"):
+        swap_pooling(model, "ppool", input_size=(3, 96, 96))
+    assert all(isinstance(model.get_submodule(s.name), nn.MaxPool2d) for s in find_pooling_sites(model)
+               if s.kind == "max")
+    assert model.state_dict().keys() == state.keys()
+    with torch.no_grad():
+        assert torch.equal(model(x), before)
+    dilated = nn.Sequential(nn.MaxPool2d(3, 1, 1, dilation=2))
+    with pytest.raises(ValueError, match="only 'max' supports a dilated window"):
+        swap_pooling(dilated, "ppool", input_size=(1, 8, 8))
+
+
+class TrainingBranch(nn.Module):
+    """A block whose forward pools differently in training and in eval."""
+
+    def forward(self, x):
+        if self.training:
+            return F.max_pool2d(x, 2)
+        return F.avg_pool2d(x, 3, 1, 1)
+
+
+def test_functional_sites_in_training_only_branches_are_swapped_in_both_modes():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), TrainingBranch())
+    report = swap_pooling(model, "ppool", input_size=(3, 8, 8))
+    assert counts(report) == (0, 0, 1, 1) and len(report.swapped) == 2
+    block = model[2]
+    x = torch.rand(1, 3, 8, 8)
+    assert model.train()(x).shape[-1] == 4 and model.eval()(x).shape[-1] == 8
+    assert isinstance(block.polypool_max_pool2d, PPool2d) and isinstance(block.polypool_avg_pool2d, PPool2d)
+
+
+def independent_count(model: nn.Module) -> int:
+    """Pooling modules by type, plus the functional calls with a fixed window found by tracing the whole model."""
+    modules = sum(isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) for m in model.modules())
+    leaves = tuple(get_notrace_modules())
+
+    class Tracer(torch.fx.Tracer):
+        def is_leaf_module(self, m, qualified_name):
+            return isinstance(m, leaves) or super().is_leaf_module(m, qualified_name)
+
+    graph = Tracer(autowrap_functions=tuple(f for f in get_notrace_functions() if callable(f))).trace(model)
+    functional = 0
+    for node in graph.nodes:
+        if node.op == "call_function" and (node.target is F.max_pool2d or node.target is F.avg_pool2d):
+            kernel = node.args[1] if len(node.args) > 1 else node.kwargs["kernel_size"]
+            fixed = not isinstance(kernel, torch.fx.Node) and not (
+                isinstance(kernel, (tuple, list)) and any(isinstance(k, torch.fx.Node) for k in kernel))
+            functional += fixed
+    return modules + functional
+
+
+SWEEP = [
+    "resnet18", "resnet18d", "resnet26t", "resnet34", "resnet50d", "resnetaa50", "resnetv2_50d", "resnext26ts",
+    "seresnext26d_32x4d", "ecaresnet26t", "eca_resnext26ts", "legacy_seresnet18", "legacy_seresnext26_32x4d",
+    "skresnet18", "res2net50_14w_8s", "res2next50", "resnest14d", "resnetblur18", "nf_resnet26", "nf_regnet_b0",
+    "tresnet_m", "densenet121", "vgg11", "inception_v3", "ese_vovnet19b_dw", "dla34", "dla46_c", "dpn68",
+    "cspresnet50", "ghostnetv2_100", "botnet26t_256", "lambda_resnet26t",
+]
+# Padded average pools with count_include_pad=False, which P-pooling cannot express: swapped to 'gated' instead.
+SWEEP_EXCLUDING_PAD = ["inception_v4", "inception_resnet_v2", "poolformer_s12"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SWEEP + SWEEP_EXCLUDING_PAD)
+def test_sweep_timm_architectures(name):
+    model = timm.create_model(name, pretrained=False)
+    expected = independent_count(model)
+    assert expected > 0, f"{name} has no local pooling: it does not belong in the sweep"
+    size = 256 if name.endswith("_256") else 96
+    pooling = {"max": "ppool", "avg": "gated"} if name in SWEEP_EXCLUDING_PAD else "ppool"
+    report = swap_pooling(model, pooling, input_size=(3, size, size))
+    assert len(report.local_sites) == len(report.swapped) == expected
+    out = model(torch.rand(2, 3, size, size))
+    out.square().mean().backward()
+    assert torch.isfinite(out).all()
+    for param_name, param in pooling_parameters(model):
+        assert param.grad is not None and torch.isfinite(param.grad).all(), param_name
