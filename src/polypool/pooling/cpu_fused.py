@@ -115,6 +115,8 @@ class PPool2dCPU(torch.autograd.Function):
             x, kernel_alpha, ctx.dense, m, den, y, grad_y.contiguous().to(torch.float32), need_alpha,
             list(window.kernel), list(window.stride), list(window.padding))
         grad_alpha = None
-        if need_alpha:
+        if need_alpha:  # per output (dense) or per (sample, channel) plane: sum over what alpha broadcasts
+            if not ctx.dense:
+                grad_alpha_map = grad_alpha_map.view(*x.shape[:2], 1, 1)
             grad_alpha = grad_alpha_map.sum_to_size(ctx.alpha_shape).to(ctx.alpha_dtype)
         return (grad_x if ctx.needs_input_grad[0] else None), grad_alpha, None

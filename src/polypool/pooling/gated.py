@@ -53,14 +53,9 @@ class GatedPool2d(_MaxAvgMix):
 
     def gate_values(self, x: Tensor) -> Tensor:
         """sigmoid(w^T x) per window and channel, shape of the output."""
-        n, c = x.shape[:2]
-        x = pad_ceil_overhang(x, self.window)
-        args = (None, self.stride, self.padding)
-        if self.gate == "layer":  # the same mask on every channel: fold channels into the batch
-            logits = F.conv2d(x.reshape(n * c, 1, *x.shape[-2:]), self.gate_weight, *args)
-            logits = logits.reshape(n, c, *logits.shape[-2:])
-        else:
-            logits = F.conv2d(x, self.gate_weight, *args, 1, c)
+        channels = x.shape[1]
+        weight = self.gate_weight.expand(channels, 1, *self.kernel_size)  # "layer": one mask on every channel
+        logits = F.conv2d(pad_ceil_overhang(x, self.window), weight, None, self.stride, self.padding, 1, channels)
         return torch.sigmoid(logits)
 
     def forward(self, x: Tensor) -> Tensor:

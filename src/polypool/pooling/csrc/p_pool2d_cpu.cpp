@@ -174,7 +174,8 @@ std::vector<torch::Tensor> forward(torch::Tensor x, torch::Tensor alpha, bool de
   return {y, m_out, den_out};
 }
 
-// Returns (grad_x (N, C, H, W), grad_alpha per output (N, C, oh, ow), empty unless need_alpha).
+// Returns (grad_x (N, C, H, W), grad_alpha: per output (N, C, oh, ow) for a dense alpha, else per plane (N*C);
+// empty unless need_alpha).
 std::vector<torch::Tensor> backward(torch::Tensor x, torch::Tensor alpha, bool dense_alpha, torch::Tensor m_t,
                                     torch::Tensor den_t, torch::Tensor y_t, torch::Tensor grad_y, bool need_alpha,
                                     std::vector<int64_t> kernel, std::vector<int64_t> stride,
@@ -185,7 +186,8 @@ std::vector<torch::Tensor> backward(torch::Tensor x, torch::Tensor alpha, bool d
               "p_pool2d_cpu: saved tensors and grad_y must be contiguous");
   const int64_t planes = x.size(0) * x.size(1);
   auto grad_x = torch::empty_like(x);
-  auto grad_alpha = need_alpha ? torch::empty_like(m_t) : torch::Tensor();
+  // dense alpha: one gradient per output; otherwise one per plane, reduced here (no output-sized temporary)
+  auto grad_alpha = !need_alpha ? torch::Tensor() : dense_alpha ? torch::empty_like(m_t) : torch::zeros({planes}, x.options());
   const float* x_data = x.data_ptr<float>();
   const float* a_data = alpha.data_ptr<float>();
   const float* m_data = m_t.data_ptr<float>();
@@ -203,6 +205,7 @@ std::vector<torch::Tensor> backward(torch::Tensor x, torch::Tensor alpha, bool d
       const float* xp = x_data + plane * g.H * g.W;
       const float* alpha_plane = dense_alpha ? a_data + plane * g.oh * g.ow : nullptr;
       const float alpha_value = dense_alpha ? 0.f : a_data[plane];
+      double plane_grad_alpha = 0.0;
       for (int64_t o = 0; o < g.oh; ++o) {
         buf.gather(xp, g, o);
         const AlphaRow a_row = buf.alpha_row(alpha_plane, alpha_value, g, o);
@@ -237,10 +240,18 @@ std::vector<torch::Tensor> backward(torch::Tensor x, torch::Tensor alpha, bool d
           }
           if (need_alpha) {
             const Vec g_m_over_den = g_over_den * m;
-            store_row(alpha_sum * g_m_over_den, ga_data + out_offset, j, g.ow);
+            const Vec grad_a = alpha_sum * g_m_over_den;
+            if (dense_alpha) {
+              store_row(grad_a, ga_data + out_offset, j, g.ow);
+            } else {
+              grad_a.store(buf.tmp.data());
+              const int64_t count = std::min<int64_t>(kLanes, g.ow - j);
+              for (int64_t t = 0; t < count; ++t) plane_grad_alpha += buf.tmp[t];
+            }
           }
         }
       }
+      if (need_alpha && !dense_alpha) ga_data[plane] = static_cast<float>(plane_grad_alpha);
       float* gx_plane = gx_data + plane * g.H * g.W;
       for (int64_t h = 0; h < g.H; ++h)
         std::copy(grad_pad.begin() + (h + g.ph) * g.Wpad + g.pw, grad_pad.begin() + (h + g.ph) * g.Wpad + g.pw + g.W,
