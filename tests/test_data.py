@@ -69,8 +69,6 @@ def test_voc_batches_have_the_right_shapes_types_and_labels(voc_root):
 def test_voc_palette_png_is_read_as_class_indices(voc_root):
     png = voc_root / "VOCdevkit/VOC2012/SegmentationClass/2007_000000.png"
     assert Image.open(png).mode == "P"
-    dm = voc(voc_root)
-    dm.setup("validate")
     ds = voc(voc_root).make_dataset("train", train=False)
     _, mask = ds.load(0)
     assert set(mask.unique().tolist()) <= set(range(21)) | {255}

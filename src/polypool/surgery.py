@@ -354,7 +354,7 @@ def _site_kwargs(site: PoolingSite, target: str) -> dict:
 
 def _build(site: PoolingSite, target: str, pooling_kwargs: dict) -> nn.Module:
     window = _site_kwargs(site, target)
-    window.update({k: v for k, v in pooling_kwargs.items()})
+    window.update(pooling_kwargs)
     kernel_size, stride = window.pop("kernel_size"), window.pop("stride")
     padding, ceil_mode = window.pop("padding", 0), window.pop("ceil_mode", False)
     try:
@@ -392,7 +392,7 @@ def _rewrite_owner(owner: _Owner, targets: dict[str, str]) -> Callable[[], None]
                 continue
             attr = _attr_name(module, node.name)
             if not hasattr(module, attr):
-                module.add_module(attr, _ChannelProbe(node.target, {k: v for k, v in site.args.items()}))
+                module.add_module(attr, _ChannelProbe(node.target, dict(site.args)))
                 added.append(attr)
             with graph.inserting_after(node):
                 replacement = graph.call_module(attr, (node.args[0],))

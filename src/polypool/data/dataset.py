@@ -1,0 +1,120 @@
+"""A segmentation dataset over (image, mask) file pairs, with the checks that keep bad data from loading quietly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from .classes import IGNORE_INDEX
+
+
+class DatasetError(ValueError):
+    """Bad data on disk: the message names the file or folder and says how to fix it."""
+
+
+def require_dir(path: Path, what: str, layout: str) -> Path:
+    if not path.is_dir():
+        raise DatasetError(f"{what} not found: {path} does not exist or is not a folder. Expected layout:\n{layout}")
+    return path
+
+
+def read_split_file(path: Path, layout: str) -> list[str]:
+    """The ids listed in a split file, one per line; a missing or empty file is an error."""
+    if not path.is_file():
+        raise DatasetError(f"split file not found: {path}. Expected layout:\n{layout}")
+    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise DatasetError(f"split file {path} is empty: it should list one image id per line")
+    return ids
+
+
+def pair_by_stem(images: dict[str, Path], masks: dict[str, Path], image_dir: Path, mask_dir: Path) -> list[tuple[Path, Path]]:
+    """Pair files that share an id; an image without a mask or a mask without an image is an error."""
+    lonely_images = sorted(set(images) - set(masks))
+    lonely_masks = sorted(set(masks) - set(images))
+    problems = []
+    if lonely_images:
+        problems.append(f"{len(lonely_images)} image(s) in {image_dir} without a mask in {mask_dir}, e.g. "
+                        f"{images[lonely_images[0]]}")
+    if lonely_masks:
+        problems.append(f"{len(lonely_masks)} mask(s) in {mask_dir} without an image in {image_dir}, e.g. "
+                        f"{masks[lonely_masks[0]]}")
+    if problems:
+        raise DatasetError("; ".join(problems) + ". Restore the missing files or remove the extra ones.")
+    return [(images[key], masks[key]) for key in sorted(images)]
+
+
+def load_image(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode now: a truncated or corrupt file fails here, not later
+            return image
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise DatasetError(f"cannot read {path} ({type(error).__name__}: {error}): the file is corrupt or "
+                           f"truncated; re-extract it from the dataset archive") from error
+
+
+def read_label_png(path: Path) -> np.ndarray:
+    """Label values of a grey or palette PNG (a palette PNG's pixel values are its palette indices)."""
+    return np.asarray(load_image(path))
+
+
+class SegmentationDataset(Dataset):
+    """(image, mask) samples from a list of file pairs.
+
+    Args:
+        pairs: ``(image path, mask path)``.
+        num_classes: valid labels are ``0 .. num_classes-1`` and 255 (ignore).
+        transform: a joint transform ``(image uint8 (3,H,W), mask int64 (H,W)) -> (image, mask)``.
+        label_map: a 256-entry lookup table applied to the raw mask values (Cityscapes' labelId -> trainId,
+            ADE20K's shift), or None.
+        mask_reader: how to turn the mask file into label values (default: the PNG's values, which for VOC's
+            palette PNGs are the palette indices).
+        check_labels: raise if a mask holds a value outside ``[0, num_classes) U {255}`` (after ``label_map``).
+    """
+
+    def __init__(self, pairs: Sequence[tuple[Path, Path]], num_classes: int, transform: Optional[Callable] = None,
+                 label_map: Optional[np.ndarray] = None, mask_reader: Optional[Callable[[Path], np.ndarray]] = None,
+                 check_labels: bool = True):
+        self.pairs = list(pairs)
+        self.num_classes = num_classes
+        self.transform = transform
+        self.label_map = label_map
+        self.mask_reader = mask_reader or read_label_png
+        self.check_labels = check_labels
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The raw sample: the image as uint8 (3, H, W) and the mask as int64 (H, W), before any transform."""
+        image_path, mask_path = self.pairs[index]
+        image = np.asarray(load_image(image_path).convert("RGB"))
+        mask = self.mask_reader(mask_path)
+        if mask.ndim != 2:
+            raise DatasetError(f"mask {mask_path} has shape {mask.shape}: a label mask is a single-channel (or "
+                               f"palette) image of label values")
+        if image.shape[:2] != mask.shape:
+            raise DatasetError(f"image {image_path} is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is "
+                               f"{mask.shape[1]}x{mask.shape[0]}: they must have the same size")
+        if self.label_map is not None:
+            mask = self.label_map[mask]
+        if self.check_labels:
+            values = np.unique(mask)
+            bad = values[(values >= self.num_classes) & (values != IGNORE_INDEX)]
+            if bad.size:
+                raise DatasetError(f"mask {mask_path} holds label value(s) {bad.tolist()[:10]} outside "
+                                   f"[0, {self.num_classes}) and {IGNORE_INDEX} (ignore): fix the mask, or pass "
+                                   f"check_labels=False to skip this check")
+        return torch.from_numpy(image.copy()).permute(2, 0, 1).contiguous(), torch.from_numpy(mask.astype(np.int64))
+
+    def __getitem__(self, index: int):
+        image, mask = self.load(index)
+        if self.transform is not None:
+            image, mask = self.transform(image, mask)
+        return image, mask
