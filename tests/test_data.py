@@ -327,3 +327,16 @@ def test_download_without_network_names_the_folder_and_the_url(tmp_path, monkeyp
         voc(tmp_path / "voc", download=True).prepare_data()
     with pytest.raises(DatasetError, match=r"cityscapes-dataset.com/downloads"):
         CityscapesDataModule(tmp_path / "cs", download=True).prepare_data()
+
+
+@pytest.mark.parametrize("cls", [VOCSegmentationDataModule, CityscapesDataModule, ADE20KDataModule])
+def test_every_datamodule_argument_is_exposed_to_lightning_cli(cls, tmp_path):
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(cls, "data")
+    cfg = parser.parse_args([f"--data.root={tmp_path}", "--data.crop_size=[64,96]", "--data.scale_range=[0.75,1.5]",
+                             "--data.batch_size=3", "--data.check_labels=false", "--data.train_split=custom"])
+    dm = cls(**cfg.data.as_dict())
+    assert (dm.crop_size, dm.scale_range, dm.batch_size, dm.check_labels, dm.train_split) == (
+        (64, 96), (0.75, 1.5), 3, False, "custom")
