@@ -1,5 +1,21 @@
-"""The paper's segmentation networks (heads on timm backbones). The LightningModule comes with issue 6."""
+"""The paper's segmentation networks (heads on timm backbones) and the LightningModule that trains them."""
 
-from .networks import ASPP, LargeFOVHead, build_vgg16_largefov
+from .networks import (
+    ASPP,
+    LargeFOVHead,
+    SegmentationNetwork,
+    build_network,
+    build_vgg16_largefov,
+    create_timm_model,
+)
+from .segmentation import SegmentationModel
 
-__all__ = ["ASPP", "LargeFOVHead", "build_vgg16_largefov"]
+__all__ = [
+    "ASPP",
+    "LargeFOVHead",
+    "SegmentationModel",
+    "SegmentationNetwork",
+    "build_network",
+    "build_vgg16_largefov",
+    "create_timm_model",
+]

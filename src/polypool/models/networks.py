@@ -53,13 +53,18 @@ class ASPP(nn.Module):
         return torch.stack([branch(x) for branch in self.branches]).sum(0)
 
 
-def build_vgg16_largefov(pretrained: bool = False, **timm_kwargs) -> nn.Sequential:
-    """timm's ``vgg16.features`` at output stride 8, as DeepLab-LargeFOV has it (before any pooling swap).
+def build_vgg16_largefov(pretrained: bool = False, weights: str | None = None) -> nn.Sequential:
+    """timm's ``vgg16.features`` at output stride 8, as DeepLab-LargeFOV has it (before any pooling swap)."""
+    return build_vgg16_largefov_from(create_timm_model("vgg16", pretrained, weights))
+
+
+def build_vgg16_largefov_from(vgg: nn.Module) -> nn.Sequential:
+    """Restructure a timm ``vgg16``'s features in place and return them.
 
     timm's VGG asserts output_stride 32, so the restructuring is done here on its module tree: the five
-    ``MaxPool2d`` become 3x3 windows (stride 2, 2, 2, 1, 1, padding 1) and conv5_1-3 get dilation 2.
+    ``MaxPool2d`` become 3x3 windows (stride 2, 2, 2, 1, 1, padding 1) and conv5_1-3 get dilation 2. The
+    classifier (fc6/fc7 as 7x7/1x1 convs of 4096 channels) is dropped: LargeFOV's fc6/fc7 are new layers.
     """
-    vgg = timm.create_model("vgg16", pretrained=pretrained, **timm_kwargs)
     features = vgg.features
     for index, stride in zip(VGG16_POOL_INDICES, (2, 2, 2, 1, 1)):
         if not isinstance(features[index], nn.MaxPool2d):
@@ -70,3 +75,90 @@ def build_vgg16_largefov(pretrained: bool = False, **timm_kwargs) -> nn.Sequenti
         conv = features[index]
         conv.dilation, conv.padding = (2, 2), (2, 2)
     return features
+
+
+class LastFeatureMap(nn.Module):
+    """A timm ``features_only`` model that returns its deepest feature map instead of a list."""
+
+    def __init__(self, features: nn.Module):
+        super().__init__()
+        self.features = features
+        self.out_channels = features.feature_info.channels()[-1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.features(x)[-1]
+
+
+def create_timm_model(name: str, pretrained: bool = False, weights: str | None = None, **kwargs) -> nn.Module:
+    """``timm.create_model`` with the errors a user can act on: an unknown name lists close names; pretrained
+    weights that cannot be downloaded (no network) say how to pass a local file instead; ``weights`` is a local
+    file timm loads through ``pretrained_cfg_overlay=dict(file=...)``."""
+    from pathlib import Path
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:10]
+        raise ValueError(f"unknown timm backbone {name!r}; close names: {close}")
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file {path} does not exist: pass the path of a timm checkpoint or "
+                                    f"state dict (.pth, .bin or .safetensors) for {name!r}")
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
+        pretrained = True
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except Exception as error:  # noqa: BLE001 - hub, HTTP, socket and offline-mode errors all end up here
+        if not pretrained or weights is not None:
+            raise
+        raise RuntimeError(
+            f"could not load pretrained weights for timm model {name!r} ({type(error).__name__}: {error}). Without "
+            f"network, download the weights where you have it (e.g. timm.create_model({name!r}, pretrained=True) "
+            f"and torch.save(model.state_dict(), 'weights.pth')), then pass the file: weights='weights.pth' "
+            f"(--model.weights on the command line), which timm loads with "
+            f"pretrained_cfg_overlay=dict(file='weights.pth')") from error
+
+
+class SegmentationNetwork(nn.Module):
+    """``backbone`` (image -> feature map) and ``head`` (feature map -> logits), upsampled bilinearly to the
+    input size."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = self.head(self.backbone(x))
+        return nn.functional.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def build_network(backbone: str, num_classes: int, head: str = "auto", output_stride: int = 8,
+                  pretrained: bool = False, weights: str | None = None) -> SegmentationNetwork:
+    """The paper's networks: ``vgg16`` -> DeepLab-LargeFOV; a timm ResNet -> dilated ResNet (``output_stride``)
+    with ASPP; ``inception_v3`` (and other timm backbones) -> their deepest features with ASPP.
+
+    ``head="auto"`` picks LargeFOV for vgg16 and ASPP otherwise.
+    """
+    if backbone == "vgg16":
+        if output_stride != 8:
+            raise ValueError(f"VGG16-LargeFOV has output stride 8 (got output_stride={output_stride})")
+        vgg = create_timm_model("vgg16", pretrained, weights)
+        features = build_vgg16_largefov_from(vgg)
+        in_channels = 512
+    else:
+        kwargs = {"features_only": True, "out_indices": (-1,)}
+        if output_stride != 32:
+            kwargs["output_stride"] = output_stride
+        try:
+            features = LastFeatureMap(create_timm_model(backbone, pretrained, weights, **kwargs))
+        except TypeError as error:
+            raise ValueError(f"timm backbone {backbone!r} cannot be built with output_stride={output_stride} "
+                             f"({error}); use output_stride=32 for it") from error
+        in_channels = features.out_channels
+    head = ("largefov" if backbone == "vgg16" else "aspp") if head == "auto" else head
+    if head == "largefov":
+        head_module: nn.Module = LargeFOVHead(in_channels, num_classes)
+    elif head == "aspp":
+        head_module = ASPP(in_channels, num_classes)
+    else:
+        raise ValueError(f"head must be 'auto', 'largefov' or 'aspp', got {head!r}")
+    return SegmentationNetwork(features, head_module)
