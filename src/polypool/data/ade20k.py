@@ -27,6 +27,7 @@ def ade20k_label_map() -> np.ndarray:
 class ADE20KDataModule(SegmentationDataModule):
     """ADE20K SceneParsing from ``ADEChallengeData2016.zip``: 150 classes (names from objectInfo150)."""
 
+    dataset_name = "ade20k"
     num_classes = 150
     class_names = ADE20K_CLASSES
     palette = ade20k_palette()

@@ -29,6 +29,7 @@ class CityscapesDataModule(SegmentationDataModule):
     Cityscapes needs a login to download, so ``download=True`` explains where to get it.
     """
 
+    dataset_name = "cityscapes"
     num_classes = 19
 
     def __init__(self, root: Union[str, Path] = "data/cityscapes", batch_size: int = 8, num_workers: int = 4,

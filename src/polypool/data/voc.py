@@ -51,6 +51,7 @@ class VOCSegmentationDataModule(SegmentationDataModule):
     the folder and the URL to fetch by hand.
     """
 
+    dataset_name = "voc"
     num_classes = 21
     class_names = VOC_CLASSES
     palette = voc_palette()

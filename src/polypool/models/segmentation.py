@@ -23,6 +23,13 @@ from ..surgery import SwapReport, swap_pooling
 from .networks import build_network
 
 
+# What the paper's authors used where the registry's defaults differ (facts.md): P-pooling with dense alpha from
+# the side branch, initialised at 30 and clamped to [1, 50]; DPP "lite asym" (the registry default).
+PAPER_POOLING_KWARGS: dict[str, dict[str, Any]] = {
+    "ppool": {"alpha_mode": "dense", "alpha_init": 30.0, "alpha_range": (1.0, 50.0)},
+}
+
+
 class SegmentationModel(L.LightningModule):
     """A DeepLab-style network (VGG16-LargeFOV, dilated ResNet + ASPP, Inception + ASPP) whose every local pooling
     layer is replaced by ``pooling`` (a name of :func:`polypool.pooling.build_pooling`).
@@ -33,7 +40,8 @@ class SegmentationModel(L.LightningModule):
         weights: a local weights file for the backbone, loaded by timm (``pretrained_cfg_overlay=dict(file=...)``).
         pooling: ``max`` (the pre-trained backbone as it is), ``avg``, ``strided_conv``, ``gated``, ``mixed``,
             ``dpp``, ``lp`` or ``ppool``.
-        pooling_kwargs: options of the pooling layers (``alpha_mode``, ``alpha_init``, ``alpha_range``, ...).
+        pooling_kwargs: options of the pooling layers (``alpha_mode``, ``alpha_init``, ``alpha_range``, ...);
+            None takes :data:`PAPER_POOLING_KWARGS` for that pooling (the authors' settings, facts.md).
         head: ``auto`` (LargeFOV for vgg16, ASPP otherwise), ``largefov`` or ``aspp``.
         num_classes, ignore_index: of the dataset (LightningCLI links them from the DataModule).
         class_names: for logging per-class IoU by name (default: VOC's for 21 classes).
@@ -74,8 +82,10 @@ class SegmentationModel(L.LightningModule):
         self.class_names = list(class_names) if class_names is not None else (
             list(VOC_CLASSES) if num_classes == len(VOC_CLASSES) else [f"class_{i}" for i in range(num_classes)])
         self.network = build_network(backbone, num_classes, head, output_stride, pretrained, weights)
+        if pooling_kwargs is None:
+            pooling_kwargs = PAPER_POOLING_KWARGS.get(pooling, {})
         self.swap_report: SwapReport = swap_pooling(self.network.backbone, pooling, input_size=swap_input_size,
-                                                    **(pooling_kwargs or {}))
+                                                    **pooling_kwargs)
         self.loss = nn.CrossEntropyLoss(ignore_index=ignore_index)
         # The benchmark mIoU: a dataset-level confusion matrix (reduced over DDP ranks), absent classes NaN.
         self.val_iou = MulticlassJaccardIndex(num_classes, average=None, ignore_index=ignore_index,

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Reproduce a table of the paper: train every pooling variant, then regenerate the table from the logged runs.
+#
+#   ./reproduce.sh DATASET BACKBONE [--quick] [--gpus N] [--seeds K] [-- extra LightningCLI overrides]
+#
+#   ./reproduce.sh voc vgg --quick       # a miniature run on the CPU with generated data (minutes)
+#   ./reproduce.sh voc vgg --gpus 4      # supplementary Table 1 on real PASCAL VOC 2012 (+SBD) in data/voc
+#   ./reproduce.sh voc resnet --gpus 4 --seeds 3 -- --trainer.max_steps 30000
+#
+# Finished runs (their record exists) are skipped and interrupted ones resume from their last checkpoint, so the
+# script can simply be run again.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+usage() { sed -n '2,12p' "$0"; exit "${1:-0}"; }
+[ $# -ge 2 ] || usage 2
+DATASET=$1 BACKBONE=$2
+shift 2
+QUICK=0 GPUS=0 SEEDS=1 EXTRA=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --gpus) GPUS=$2; shift ;;
+    --seeds) SEEDS=$2; shift ;;
+    --) shift; EXTRA=("$@"); break ;;
+    -h|--help) usage 0 ;;
+    *) echo "reproduce.sh: unknown option $1" >&2; usage 2 ;;
+  esac
+  shift
+done
+
+CONFIG=configs/$DATASET/$BACKBONE.yaml
+[ -f "$CONFIG" ] || { echo "reproduce.sh: no config $CONFIG (have: $(ls configs/*/*.yaml | grep -v trainer | tr '\n' ' '))" >&2; exit 2; }
+POOLINGS=(max avg strided_conv gated dpp ppool)   # the rows of the supplement's tables
+
+make setup >/dev/null
+PY=.venv/bin/python
+START=$(date +%s)
+
+if [ "$QUICK" = 1 ]; then
+  [ "$DATASET" = voc ] || { echo "reproduce.sh: --quick generates a mini VOC set; use it with 'voc'" >&2; exit 2; }
+  OUT=results/quick
+  DATA=data/quick/voc
+  if [ ! -d "$DATA/VOCdevkit" ]; then
+    $PY -m polypool.data.fixtures voc "$DATA" --train 64 --val 16 --seed 0
+  fi
+  ARGS=(--config "$CONFIG" --config configs/trainer/quick.yaml --data.init_args.root "$DATA")
+  NOTE="Miniature run (./reproduce.sh $DATASET $BACKBONE --quick): a generated 64-image VOC-format set, no pretrained weights, 64 CPU steps per variant. It shows that the whole pipeline runs; its numbers say nothing about the paper's."
+else
+  OUT=results
+  ROOT=$($PY - "$CONFIG" <<'PYEOF'
+import sys, yaml
+print(yaml.safe_load(open(sys.argv[1]))["data"]["init_args"]["root"])
+PYEOF
+)
+  [ -d "$ROOT" ] || { echo "reproduce.sh: no data at $ROOT. See README.md, 'Data' (or pass -- --data.init_args.root DIR, or --data.init_args.download true)." >&2; exit 1; }
+  ARGS=(--config "$CONFIG")
+  if [ "$GPUS" -gt 1 ]; then ARGS+=(--config configs/trainer/ddp.yaml --trainer.devices "$GPUS");
+  elif [ "$GPUS" = 1 ]; then ARGS+=(--config configs/trainer/gpu.yaml);
+  else ARGS+=(--config configs/trainer/cpu.yaml); fi
+  NOTE=""
+fi
+
+RUNS=$OUT/runs
+for POOLING in "${POOLINGS[@]}"; do
+  for ((SEED = 0; SEED < SEEDS; SEED++)); do
+    RECORD=$RUNS/$DATASET/$BACKBONE/$POOLING/$SEED.json
+    if [ -f "$RECORD" ]; then echo "== $POOLING seed $SEED: done ($RECORD)"; continue; fi
+    LOGDIR=$OUT/logs/$DATASET/$BACKBONE/$POOLING/$SEED
+    RESUME=()
+    if [ -f "$LOGDIR/checkpoints/last.ckpt" ]; then RESUME=(--ckpt_path last); echo "== $POOLING seed $SEED: resuming"; fi
+    echo "== $POOLING seed $SEED"
+    $PY -m polypool fit "${ARGS[@]}" --model.pooling "$POOLING" --seed_everything "$SEED" \
+      --trainer.default_root_dir "$LOGDIR" --records_root "$RUNS" "${RESUME[@]}" "${EXTRA[@]}"
+  done
+done
+
+$PY -m polypool.tables --runs "$RUNS" --dataset "$DATASET" --backbone "$BACKBONE" --out "$OUT/${DATASET}_${BACKBONE}" --note "$NOTE"
+echo "reproduce.sh: done in $(( $(date +%s) - START )) s; table: $OUT/${DATASET}_${BACKBONE}.md"

@@ -1,0 +1,87 @@
+"""``python -m polypool {fit,validate,test,predict} --config configs/<dataset>/<backbone>.yaml [overrides]``.
+
+LightningCLI over :class:`SegmentationModel` and the DataModules (``data.class_path`` picks the dataset). The
+DataModule's ``num_classes``, ``class_names`` and ``ignore_index`` are linked into the model.
+
+Unless the config sets ``trainer.logger`` / checkpointing itself, every run gets, in ``trainer.default_root_dir``:
+
+* ``CSVLogger`` **first** (so LightningCLI's ``config.yaml`` and the checkpoints go to the run's own folder; with
+  W&B first they would go to a shared one and the second run would crash, Lightning issues 11256/14162), then
+  :class:`PolypoolWandbLogger` (offline without credentials; ``--wandb_project null`` turns it off), grouped by
+  dataset/backbone and tagged with the pooling, with the resolved config;
+* ``ModelCheckpoint`` keeping the best val mIoU and ``last.ckpt`` in ``<default_root_dir>/checkpoints``, so
+  ``--ckpt_path last`` resumes an interrupted run (optimizer and scheduler state included);
+* :class:`RunRecord` writing ``<records_root>/<dataset>/<backbone>/<pooling>/<seed>.json`` when the fit ends, and
+  :class:`QualitativePanel` (W&B only).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger
+
+from .callbacks import QualitativePanel, RunRecord, backbone_family
+from .data import SegmentationDataModule
+from .loggers import PolypoolWandbLogger
+from .models import SegmentationModel
+
+
+class PolypoolCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        for key in ("num_classes", "class_names", "ignore_index"):
+            parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
+        parser.add_argument("--wandb_project", type=Optional[str], default="polypool",
+                            help="W&B project of the run (offline without credentials); null: no W&B logger")
+        parser.add_argument("--records_root", type=str, default="results/runs",
+                            help="where RunRecord writes <dataset>/<backbone>/<pooling>/<seed>.json")
+
+    def _run_setting(self, key: str) -> Any:
+        return self.config[self.subcommand][key] if self.subcommand else self.config[key]
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
+        root = Path(config.get("default_root_dir") or "results/logs")
+        config["default_root_dir"] = str(root)
+        if config.get("logger") in (None, True):
+            loggers = [CSVLogger(save_dir=str(root), name="", version="")]
+            project = self._run_setting("wandb_project")
+            if project:
+                loggers.append(PolypoolWandbLogger(project=project, save_dir=str(root)))
+            config["logger"] = loggers
+        given = config.get("callbacks") or []
+        given = given if isinstance(given, list) else [given]
+        extra = []
+        if not any(isinstance(c, ModelCheckpoint) for c in given) and config.get("enable_checkpointing", True) is not False:
+            extra.append(ModelCheckpoint(dirpath=str(root / "checkpoints"), monitor="val/mIoU", mode="max",
+                                         save_last=True, filename="best-{step}"))
+        if not any(isinstance(c, RunRecord) for c in given):
+            extra.append(RunRecord(root=self._run_setting("records_root")))
+        if not any(isinstance(c, QualitativePanel) for c in given):
+            extra.append(QualitativePanel())
+        return super()._instantiate_trainer(config, callbacks + extra)
+
+    def before_fit(self) -> None:
+        """Fill in the run's identity: W&B group/tags/config, and the record's config hash and seed."""
+        config = self.config[self.subcommand].as_dict()
+        dataset = getattr(self.datamodule, "dataset_name", type(self.datamodule).__name__)
+        backbone = backbone_family(self.model.hparams.backbone)
+        pooling = self.model.hparams.pooling
+        for logger in self.trainer.loggers:
+            if isinstance(logger, PolypoolWandbLogger):
+                logger.set_run_info(group=f"{dataset}/{backbone}", tags=[pooling, dataset, backbone], config=config)
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, RunRecord):
+                callback.config = {k: v for k, v in config.items() if k not in ("ckpt_path", "config")}
+                callback.seed = config.get("seed_everything")
+
+
+def main(args: Optional[list[str]] = None) -> PolypoolCLI:
+    return PolypoolCLI(SegmentationModel, SegmentationDataModule, subclass_mode_data=True,
+                       auto_configure_optimizers=False, save_config_kwargs={"overwrite": True}, args=args)
+
+
+if __name__ == "__main__":
+    main()
