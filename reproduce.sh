@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce a table of the paper: train every pooling variant, then regenerate the table from the logged runs.
 #
-#   ./reproduce.sh DATASET BACKBONE [--quick] [--gpus N] [--seeds K] [-- extra LightningCLI overrides]
+#   ./reproduce.sh DATASET BACKBONE [--quick] [--gpus N] [--seeds K] [--out DIR] [-- extra LightningCLI overrides]
 #
 #   ./reproduce.sh voc vgg --quick       # a miniature run on the CPU with generated data (minutes)
 #   ./reproduce.sh voc vgg --gpus 4      # supplementary Table 1 on real PASCAL VOC 2012 (+SBD) in data/voc
@@ -16,12 +16,13 @@ usage() { sed -n '2,12p' "$0"; exit "${1:-0}"; }
 [ $# -ge 2 ] || usage 2
 DATASET=$1 BACKBONE=$2
 shift 2
-QUICK=0 GPUS=0 SEEDS=1 EXTRA=()
+QUICK=0 GPUS=0 SEEDS=1 OUT_DIR="" EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
     --gpus) GPUS=$2; shift ;;
     --seeds) SEEDS=$2; shift ;;
+    --out) OUT_DIR=$2; shift ;;
     --) shift; EXTRA=("$@"); break ;;
     -h|--help) usage 0 ;;
     *) echo "reproduce.sh: unknown option $1" >&2; usage 2 ;;
@@ -39,15 +40,15 @@ START=$(date +%s)
 
 if [ "$QUICK" = 1 ]; then
   [ "$DATASET" = voc ] || { echo "reproduce.sh: --quick generates a mini VOC set; use it with 'voc'" >&2; exit 2; }
-  OUT=results/quick
-  DATA=data/quick/voc
+  OUT=${OUT_DIR:-results/quick}
+  DATA=$([ -n "$OUT_DIR" ] && echo "$OUT_DIR/data/voc" || echo data/quick/voc)
   if [ ! -d "$DATA/VOCdevkit" ]; then
     $PY -m polypool.data.fixtures voc "$DATA" --train 64 --val 16 --seed 0
   fi
   ARGS=(--config "$CONFIG" --config configs/trainer/quick.yaml --data.init_args.root "$DATA")
-  NOTE="Miniature run (./reproduce.sh $DATASET $BACKBONE --quick): a generated 64-image VOC-format set, no pretrained weights, 64 CPU steps per variant. It shows that the whole pipeline runs; its numbers say nothing about the paper's."
+  NOTE="Miniature run (./reproduce.sh $DATASET $BACKBONE --quick): a generated 64-image VOC-format set, no pretrained weights, 48 CPU steps per variant. It shows that the whole pipeline runs; its numbers say nothing about the paper's."
 else
-  OUT=results
+  OUT=${OUT_DIR:-results}
   ROOT=$($PY - "$CONFIG" <<'PYEOF'
 import sys, yaml
 print(yaml.safe_load(open(sys.argv[1]))["data"]["init_args"]["root"])

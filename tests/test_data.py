@@ -340,3 +340,24 @@ def test_every_datamodule_argument_is_exposed_to_lightning_cli(cls, tmp_path):
     dm = cls(**cfg.data.as_dict())
     assert (dm.crop_size, dm.scale_range, dm.batch_size, dm.check_labels, dm.train_split) == (
         (64, 96), (0.75, 1.5), 3, False, "custom")
+
+
+def test_augmentation_depends_on_seed_epoch_and_index_only(voc_root):
+    from polypool.data.dataset import EpochSampler
+
+    dm = voc(voc_root)
+    dm.setup("fit")
+    dataset = dm.train_dataset
+    n = len(dataset)
+    first, again = dataset[3], dataset[3]
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])  # no global RNG involved
+    later = dataset[2 * n + 3]  # the same image in epoch 2: another crop/flip/scale
+    assert not torch.equal(first[0], later[0])
+    sampler = EpochSampler(dataset, seed=5)
+    sampler.set_epoch(2)
+    order = list(sampler)
+    assert sorted(i - 2 * n for i in order) == list(range(n))
+    sampler.set_epoch(2)
+    assert list(sampler) == order  # a resumed epoch sees the same order
+    unset = EpochSampler(dataset, seed=5)
+    assert [i // n for i in list(unset)] == [0] * n and [i // n for i in list(unset)] == [1] * n

@@ -10,7 +10,8 @@ Unless the config sets ``trainer.logger`` / checkpointing itself, every run gets
   :class:`PolypoolWandbLogger` (offline without credentials; ``--wandb_project null`` turns it off), grouped by
   dataset/backbone and tagged with the pooling, with the resolved config;
 * ``ModelCheckpoint`` keeping the best val mIoU and ``last.ckpt`` in ``<default_root_dir>/checkpoints``, so
-  ``--ckpt_path last`` resumes an interrupted run (optimizer and scheduler state included);
+  ``--ckpt_path last`` resumes an interrupted run where it stopped: optimizer and scheduler state, and the
+  position in the epoch (the training loader is resumable, see ``polypool.data.dataset.ResumableLoader``);
 * :class:`RunRecord` writing ``<records_root>/<dataset>/<backbone>/<pooling>/<seed>.json`` when the fit ends, and
   :class:`QualitativePanel` (W&B only).
 """
@@ -55,8 +56,9 @@ class PolypoolCLI(LightningCLI):
         given = given if isinstance(given, list) else [given]
         extra = []
         if not any(isinstance(c, ModelCheckpoint) for c in given) and config.get("enable_checkpointing", True) is not False:
-            extra.append(ModelCheckpoint(dirpath=str(root / "checkpoints"), monitor="val/mIoU", mode="max",
-                                         save_last=True, filename="best-{step}"))
+            checkpoints = str(root / "checkpoints")
+            extra.append(ModelCheckpoint(dirpath=checkpoints, monitor="val/mIoU", mode="max", filename="best-{step}",
+                                         save_last=True))
         if not any(isinstance(c, RunRecord) for c in given):
             extra.append(RunRecord(root=self._run_setting("records_root")))
         if not any(isinstance(c, QualitativePanel) for c in given):

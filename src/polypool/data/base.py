@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import partial
 from pathlib import Path
 from typing import Optional, Union
@@ -10,7 +11,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from .classes import IGNORE_INDEX
-from .dataset import SegmentationDataset
+from .dataset import EpochSampler, ResumableLoader, SegmentationDataset
 from .transforms import pad_collate, train_transform, val_transform
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -73,6 +74,8 @@ class SegmentationDataModule(L.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if stage in (None, "fit") and self.train_dataset is None:
             self.train_dataset = self.make_dataset(self.train_split, train=True)
+            # the seed of seed_everything (LightningCLI's --seed_everything), else 0
+            self.train_dataset.seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         if stage in (None, "fit", "validate", "test", "predict") and self.val_dataset is None:
             self.val_dataset = self.make_dataset(self.val_split, train=False)
 
@@ -83,7 +86,8 @@ class SegmentationDataModule(L.LightningDataModule):
         return val_transform(self.mean, self.std)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_dataset, batch_size=self.batch_size, shuffle=True, drop_last=True,
+        sampler = EpochSampler(self.train_dataset, seed=self.train_dataset.seed)
+        return ResumableLoader(self.train_dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:

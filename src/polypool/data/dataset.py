@@ -8,7 +8,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .classes import IGNORE_INDEX
 
@@ -76,17 +76,19 @@ class SegmentationDataset(Dataset):
         mask_reader: how to turn the mask file into label values (default: the PNG's values, which for VOC's
             palette PNGs are the palette indices).
         check_labels: raise if a mask holds a value outside ``[0, num_classes) U {255}`` (after ``label_map``).
+        seed: the augmentation seed (with the epoch and the sample index).
     """
 
     def __init__(self, pairs: Sequence[tuple[Path, Path]], num_classes: int, transform: Optional[Callable] = None,
                  label_map: Optional[np.ndarray] = None, mask_reader: Optional[Callable[[Path], np.ndarray]] = None,
-                 check_labels: bool = True):
+                 check_labels: bool = True, seed: int = 0):
         self.pairs = list(pairs)
         self.num_classes = num_classes
         self.transform = transform
         self.label_map = label_map
         self.mask_reader = mask_reader or read_label_png
         self.check_labels = check_labels
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -114,7 +116,72 @@ class SegmentationDataset(Dataset):
         return torch.from_numpy(image.copy()).permute(2, 0, 1).contiguous(), torch.from_numpy(mask.astype(np.int64))
 
     def __getitem__(self, index: int):
+        """``index`` may carry the epoch (``epoch * len(self) + i``, see :class:`EpochSampler`): the sample's
+        augmentation is drawn from a generator seeded by (seed, epoch, i) alone."""
+        epoch, index = divmod(index, len(self.pairs))
         image, mask = self.load(index)
         if self.transform is not None:
-            image, mask = self.transform(image, mask)
+            seed = int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0])
+            image, mask = self.transform(image, mask, torch.Generator().manual_seed(seed))
         return image, mask
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffles with a generator seeded by (seed, epoch) and hands the epoch to the dataset inside each index
+    (``epoch * len + i``), so that order and augmentation are a function of the seed and the epoch only: they
+    survive worker processes and a resumed run alike. Lightning calls ``set_epoch`` at every epoch; without it the
+    epoch counts the iterations.
+    """
+
+    def __init__(self, dataset: SegmentationDataset, seed: int = 0, shuffle: bool = True):
+        self.dataset, self.seed, self.shuffle = dataset, seed, shuffle
+        self.epoch, self._epoch_set = 0, False
+        self.skip = 0  # samples of this epoch already consumed (set by ResumableLoader when resuming)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self._epoch_set = epoch, True
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self):
+        epoch = self.epoch
+        if not self._epoch_set:
+            self.epoch += 1  # no set_epoch since the last pass (a wrapping sampler): count the passes
+        self._epoch_set = False
+        n = len(self.dataset)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)) \
+            if self.shuffle else torch.arange(n)
+        skip, self.skip = self.skip, 0
+        return iter((epoch * n + order[skip:]).tolist())
+
+
+class ResumableLoader(DataLoader):
+    """A training DataLoader that can save and restore its position within the epoch.
+
+    Lightning stores ``state_dict()`` in checkpoints and calls ``load_state_dict`` when resuming, so a run resumed
+    from a mid-epoch checkpoint continues with exactly the batches an uninterrupted run would see (with an
+    :class:`EpochSampler`; under DDP's sampler wrapper the position within the epoch is not restored).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._batches_done = 0
+        self._resume_at = 0
+
+    def __iter__(self):
+        skip, self._resume_at = self._resume_at, 0
+        if skip and isinstance(self.sampler, EpochSampler):
+            self.sampler.skip = skip * self.batch_size
+        self._batches_done = skip
+        for batch in super().__iter__():
+            self._batches_done += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": getattr(self.sampler, "epoch", 0), "batches_done": self._batches_done}
+
+    def load_state_dict(self, state: dict) -> None:
+        if isinstance(self.sampler, EpochSampler):
+            self.sampler.set_epoch(state["epoch"])
+        self._resume_at = state["batches_done"]

@@ -1,14 +1,15 @@
 """Joint image/mask transforms: every geometric change moves the image and its mask together.
 
 Images are ``uint8`` tensors ``(3, H, W)`` until :class:`Normalize`, masks ``int64`` ``(H, W)`` with 255 = ignore.
-Masks are only ever resampled with nearest neighbour. Randomness comes from torch's global generator, which
-Lightning seeds per worker (``seed_everything(..., workers=True)``), so runs are deterministic under a seed.
+Masks are only ever resampled with nearest neighbour. Every transform takes an optional ``torch.Generator``: the
+datasets draw one per (seed, epoch, sample), so augmentation does not depend on worker scheduling or on where a
+resumed run restarted.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,15 +18,16 @@ from torch import Tensor
 from .classes import IGNORE_INDEX
 
 Sample = tuple[Tensor, Tensor]
+Generator = Optional[torch.Generator]
 
 
 class Compose:
     def __init__(self, transforms: Sequence[Callable[[Tensor, Tensor], Sample]]):
         self.transforms = list(transforms)
 
-    def __call__(self, image: Tensor, mask: Tensor) -> Sample:
+    def __call__(self, image: Tensor, mask: Tensor, generator: Generator = None) -> Sample:
         for transform in self.transforms:
-            image, mask = transform(image, mask)
+            image, mask = transform(image, mask, generator)
         return image, mask
 
     def __repr__(self) -> str:
@@ -48,9 +50,9 @@ class RandomScale:
             raise ValueError(f"scale_range must be (min, max) with 0 < min <= max, got {scale_range}")
         self.scale_range = (float(low), float(high))
 
-    def __call__(self, image: Tensor, mask: Tensor) -> Sample:
+    def __call__(self, image: Tensor, mask: Tensor, generator: Generator = None) -> Sample:
         low, high = self.scale_range
-        scale = low + (high - low) * torch.rand(()).item()
+        scale = low + (high - low) * torch.rand((), generator=generator).item()
         height, width = image.shape[-2:]
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
         return resize(image, mask, size) if size != (height, width) else (image, mask)
@@ -67,7 +69,7 @@ class RandomCrop:
         self.crop_size = crop_size
         self.fill = torch.tensor([round(255 * f) for f in fill], dtype=torch.uint8)
 
-    def __call__(self, image: Tensor, mask: Tensor) -> Sample:
+    def __call__(self, image: Tensor, mask: Tensor, generator: Generator = None) -> Sample:
         crop_h, crop_w = self.crop_size
         height, width = image.shape[-2:]
         pad_h, pad_w = max(crop_h - height, 0), max(crop_w - width, 0)
@@ -78,8 +80,8 @@ class RandomCrop:
             padded_mask[:height, :width] = mask
             image, mask = padded, padded_mask
             height, width = image.shape[-2:]
-        top = int(torch.randint(0, height - crop_h + 1, ()).item())
-        left = int(torch.randint(0, width - crop_w + 1, ()).item())
+        top = int(torch.randint(0, height - crop_h + 1, (), generator=generator).item())
+        left = int(torch.randint(0, width - crop_w + 1, (), generator=generator).item())
         return image[:, top:top + crop_h, left:left + crop_w], mask[top:top + crop_h, left:left + crop_w]
 
     def __repr__(self) -> str:
@@ -90,8 +92,8 @@ class RandomHorizontalFlip:
     def __init__(self, p: float = 0.5):
         self.p = p
 
-    def __call__(self, image: Tensor, mask: Tensor) -> Sample:
-        if torch.rand(()).item() < self.p:
+    def __call__(self, image: Tensor, mask: Tensor, generator: Generator = None) -> Sample:
+        if torch.rand((), generator=generator).item() < self.p:
             return image.flip(-1), mask.flip(-1)
         return image, mask
 
@@ -106,7 +108,7 @@ class Normalize:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
-    def __call__(self, image: Tensor, mask: Tensor) -> Sample:
+    def __call__(self, image: Tensor, mask: Tensor, generator: Generator = None) -> Sample:
         return (image.float() / 255 - self.mean) / self.std, mask
 
     def __repr__(self) -> str:

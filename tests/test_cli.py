@@ -1,0 +1,154 @@
+"""python -m polypool: every config parses, fit logs and records, resume, DDP on CPU, reproduce.sh --quick."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from polypool.cli import main
+from polypool.data.fixtures import make_voc
+from polypool.pooling import POOLING_NAMES
+
+REPO = Path(__file__).parents[1]
+BASE_CONFIGS = sorted(str(p.relative_to(REPO)) for p in REPO.glob("configs/*/*.yaml") if p.parent.name != "trainer")
+PRESETS = sorted(str(p.relative_to(REPO)) for p in REPO.glob("configs/trainer/*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def in_repo(monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+@pytest.fixture(scope="module")
+def voc_root(tmp_path_factory):
+    return make_voc(tmp_path_factory.mktemp("voc"), n_train=8, n_val=4, seed=0)
+
+
+def test_the_paper_configs_exist():
+    assert BASE_CONFIGS == ["configs/ade20k/inception.yaml", "configs/cityscapes/inception.yaml",
+                            "configs/voc/resnet.yaml", "configs/voc/vgg.yaml"]
+    assert PRESETS == ["configs/trainer/cpu.yaml", "configs/trainer/ddp.yaml", "configs/trainer/gpu.yaml",
+                       "configs/trainer/quick.yaml"]
+
+
+@pytest.mark.parametrize("preset", [None, *PRESETS])
+@pytest.mark.parametrize("config", BASE_CONFIGS)
+def test_every_config_parses_with_print_config(config, preset, capsys):
+    args = ["fit", "--config", config] + (["--config", preset] if preset else []) + ["--print_config"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "class_path: polypool.data." in printed and "pooling: ppool" in printed
+
+
+def fit_args(root, tmp_path, backbone="resnet18", pooling="ppool", steps=4, extra=()):
+    return ["fit", "--config", "configs/voc/resnet.yaml", "--config", "configs/trainer/quick.yaml",
+            "--data.init_args.root", str(root), "--data.init_args.batch_size", "4", "--data.init_args.crop_size",
+            "48", "--model.backbone", backbone, "--model.pooling", pooling, "--model.output_stride", "8",
+            "--trainer.max_epochs", "-1", "--trainer.max_steps", str(steps), "--trainer.limit_val_batches", "2",
+            "--trainer.check_val_every_n_epoch", "1", "--trainer.default_root_dir", str(tmp_path / "logs"),
+            "--trainer.log_every_n_steps", "1", "--records_root", str(tmp_path / "runs"), *extra]
+
+
+def test_fit_logs_checkpoints_and_writes_a_record_that_the_table_reads(voc_root, tmp_path):
+    cli = main(fit_args(voc_root, tmp_path))
+    record_path = tmp_path / "runs" / "voc" / "resnet" / "ppool" / "0.json"
+    record = json.loads(record_path.read_text())
+    assert record["steps"] == 4 and len(record["per_class_iou"]) == 21 and 0 <= record["miou"] <= 1
+    assert record["git_commit"] and record["config_hash"] != "none" and record["backbone"] == "resnet18"
+    logs = tmp_path / "logs"
+    assert (logs / "config.yaml").is_file() and (logs / "checkpoints" / "last.ckpt").is_file()
+    header = (logs / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train/loss", "train/lr", "val/mIoU", "val/IoU/aeroplane"} <= set(header)
+    assert any(h.startswith("alpha/features.maxpool/") for h in header)
+    assert type(cli.trainer.loggers[0]).__name__ == "CSVLogger"  # first, so config.yaml goes to the run's folder
+    assert type(cli.trainer.loggers[1]).__name__ == "PolypoolWandbLogger" and cli.trainer.loggers[1]._offline
+    from polypool.tables import main as tables
+
+    text = tables(["--runs", str(tmp_path / "runs"), "--dataset", "voc", "--backbone", "resnet",
+                   "--out", str(tmp_path / "table")])
+    assert "| P-pooling |" in text and "Missing runs (shown as -): Max, Average, Strided-C, Gated, DPP." in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pooling", POOLING_NAMES)
+@pytest.mark.parametrize("backbone,config", [("vgg16", "configs/voc/vgg.yaml"), ("resnet50", "configs/voc/resnet.yaml"),
+                                             ("inception_v3", "configs/cityscapes/inception.yaml")])
+def test_fit_every_backbone_and_pooling_through_the_cli(voc_root, tmp_path, backbone, config, pooling):
+    args = fit_args(voc_root, tmp_path, backbone=backbone, pooling=pooling, steps=2)
+    args[2] = config
+    if backbone == "inception_v3":  # Cityscapes config, VOC fixture: the data class and a crop Inception accepts
+        args += ["--data", "polypool.data.VOCSegmentationDataModule", "--data.init_args.root", str(voc_root),
+                 "--data.init_args.crop_size", "96", "--model.output_stride", "32"]
+    main(args)
+    assert (tmp_path / "runs" / "voc").rglob("0.json")
+
+
+def final_weights(cli):
+    return {k: v.clone() for k, v in cli.model.state_dict().items()}
+
+
+class Interrupt(L.Callback):
+    """Kills a run as step 4 starts, after the checkpoint of the validation at step 3 (mid-epoch)."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == 4:
+            raise KeyboardInterrupt("simulated interruption")
+
+
+def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(voc_root, tmp_path):
+    # 8 images, batch 4: 2 steps an epoch; validation (and last.ckpt) every 3 steps, so mid-epoch
+    schedule = ["--trainer.check_val_every_n_epoch", "null", "--trainer.val_check_interval", "3"]
+    full = main(fit_args(voc_root, tmp_path / "full", steps=6, extra=schedule))
+    with pytest.raises(SystemExit):  # Lightning shuts down gracefully on KeyboardInterrupt, then exits with 1
+        main(fit_args(voc_root, tmp_path / "resumed", steps=6, extra=schedule + ["--trainer.callbacks+=test_cli.Interrupt"]))
+    assert not (tmp_path / "resumed/runs").exists()  # an interrupted run writes no record
+    assert torch.load(tmp_path / "resumed/logs/checkpoints/last.ckpt", weights_only=False)["global_step"] == 3
+    resumed = main(fit_args(voc_root, tmp_path / "resumed", steps=6, extra=schedule + ["--ckpt_path", "last"]))
+    assert resumed.trainer.global_step == 6
+    a, b = final_weights(full), final_weights(resumed)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=key)
+    assert resumed.trainer.optimizers[0].param_groups[0]["lr"] == full.trainer.optimizers[0].param_groups[0]["lr"]
+    ra = json.loads((tmp_path / "full" / "runs/voc/resnet/ppool/0.json").read_text())
+    rb = json.loads((tmp_path / "resumed" / "runs/voc/resnet/ppool/0.json").read_text())
+    assert ra["miou"] == pytest.approx(rb["miou"]) and rb["steps"] == 6
+
+
+def test_ddp_on_two_cpu_processes_gives_the_same_val_metrics(voc_root, tmp_path):
+    common = ["validate", "--config", "configs/voc/resnet.yaml", "--config", "configs/trainer/cpu.yaml",
+              "--data.init_args.root", str(voc_root), "--data.init_args.num_workers", "0",
+              "--data.init_args.train_split", "train",
+              "--model.backbone", "resnet18", "--model.pooling", "ppool", "--model.pretrained", "false",
+              "--model.tta_flip", "false", "--wandb_project", "null", "--seed_everything", "3"]
+    single = main(common + ["--trainer.default_root_dir", str(tmp_path / "one")])
+    double = main(common + ["--trainer.default_root_dir", str(tmp_path / "two"), "--trainer.devices", "2",
+                            "--trainer.strategy", "ddp_spawn"])
+    one, two = single.trainer.callback_metrics, double.trainer.callback_metrics
+    assert one["val/mIoU"].item() == pytest.approx(two["val/mIoU"].item(), abs=1e-6)
+    assert one["val/IoU/background"].item() == pytest.approx(two["val/IoU/background"].item(), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_reproduce_quick_end_to_end(tmp_path):
+    out = tmp_path / "quick"
+    result = subprocess.run(["bash", "reproduce.sh", "voc", "vgg", "--quick", "--out", str(out)], cwd=REPO,
+                            capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (out / "voc_vgg.md").read_text()
+    assert "Miniature run" in table and "Missing runs" not in table
+    for label in ("Max", "Average", "Strided-C", "Gated", "DPP", "P-pooling"):
+        assert f"| {label} |" in table
+    assert len(list((out / "runs" / "voc" / "vgg").glob("*/0.json"))) == 6
+    again = subprocess.run(["bash", "reproduce.sh", "voc", "vgg", "--quick", "--out", str(out)], cwd=REPO,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count(": done (") == 6  # finished runs are not redone
