@@ -46,7 +46,7 @@ if [ "$QUICK" = 1 ]; then
     $PY -m polypool.data.fixtures voc "$DATA" --train 64 --val 16 --seed 0
   fi
   ARGS=(--config "$CONFIG" --config configs/trainer/quick.yaml --data.init_args.root "$DATA")
-  NOTE="Miniature run (./reproduce.sh $DATASET $BACKBONE --quick): a generated 64-image VOC-format set, no pretrained weights, 48 CPU steps per variant. It shows that the whole pipeline runs; its numbers say nothing about the paper's."
+  NOTE="Miniature run (./reproduce.sh $DATASET $BACKBONE --quick): a generated 64-image VOC-format set, no pretrained weights (no network), 48 CPU steps per variant. It shows that the whole pipeline runs end to end; 48 steps from random initialisation are far too few for VGG16 (no batch norm) to learn much beyond the background, so its numbers say nothing about the paper's."
 else
   OUT=${OUT_DIR:-results}
   ROOT=$($PY - "$CONFIG" <<'PYEOF'
