@@ -120,7 +120,8 @@ def test_a_few_steps_bring_the_loss_down_and_follow_the_poly_schedule(voc_fixtur
 @pytest.mark.parametrize("backbone", list(BACKBONES))
 def test_training_steps_on_fixtures_for_every_pooling(voc_fixture, backbone, pooling):
     L.seed_everything(0)
-    model = make_model(backbone, pooling, lr=0.01)
+    # Inception from scratch (BN, an ASPP head at output stride 32) diverges at lr 0.01 and drifts at 0.001
+    model = make_model(backbone, pooling, lr=1e-4 if backbone == "inception_v3" else 0.01)
     _, losses = fit_a_few_steps(model, voc_fixture, steps=8, crop_size=96 if backbone == "inception_v3" else 64)
     assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
 
