@@ -378,12 +378,16 @@ def _attr_name(owner: nn.Module, node_name: str) -> str:
     return name
 
 
-def _rewrite_owner(owner: _Owner, targets: dict[str, str]) -> Callable[[], None]:
+def _rewrite_owner(owner: _Owner, targets: dict[str, str]) -> tuple[Callable[[], None], dict[int, tuple]]:
     """Route the owner's functional sites with a target through child modules (channel probes for now), and
-    give the module a subclass whose forward is the rewritten graph. Returns the undo."""
+    give the module a subclass whose forward is the rewritten graph.
+
+    Returns the undo, and for each rewritten site (by ``id``) the ``(module, attribute)`` of its child module.
+    """
     module = owner.module
     original_class = module.__class__
     added = []
+    slots = {}
     forwards = {}
     for flag, graph in owner.graphs.items():
         for node in list(graph.nodes):
@@ -394,6 +398,7 @@ def _rewrite_owner(owner: _Owner, targets: dict[str, str]) -> Callable[[], None]
             if not hasattr(module, attr):
                 module.add_module(attr, _ChannelProbe(node.target, dict(site.args)))
                 added.append(attr)
+                slots[id(site)] = (module, attr)
             with graph.inserting_after(node):
                 replacement = graph.call_module(attr, (node.args[0],))
             node.replace_all_uses_with(replacement)
@@ -415,7 +420,7 @@ def _rewrite_owner(owner: _Owner, targets: dict[str, str]) -> Callable[[], None]
         for attr in added:
             delattr(module, attr)
 
-    return undo
+    return undo, slots
 
 
 def _dummy_input(model: nn.Module, input_size: Optional[tuple]) -> torch.Tensor:
@@ -458,6 +463,7 @@ def swap_pooling(model: nn.Module, pooling: PoolingChoice, *, input_size: Option
         if site.kind is not None and targets[id(site)] is None:
             site.reason = f"{site.kind} sites are not swapped (pooling={pooling!r})"
     undo: list[Callable[[], None]] = []
+    slots: dict[int, tuple] = {}  # functional site -> (owning module, attribute of its child module)
     try:
         hooks = []
         for site in sites:  # module sites: record channels with forward hooks
@@ -468,7 +474,9 @@ def swap_pooling(model: nn.Module, pooling: PoolingChoice, *, input_size: Option
         for owner in owners:
             chosen = {n: targets[id(s)] for n, s in owner.sites.items() if s.kind is not None and targets[id(s)]}
             if chosen:
-                undo.append(_rewrite_owner(owner, chosen))
+                undo_owner, owner_slots = _rewrite_owner(owner, chosen)
+                undo.append(undo_owner)
+                slots.update(owner_slots)
         if any(s.kind is not None for s in sites):
             was_training = model.training
             model.eval()
@@ -479,11 +487,10 @@ def swap_pooling(model: nn.Module, pooling: PoolingChoice, *, input_size: Option
                 model.train(was_training)
                 for hook in hooks:
                     hook.remove()
-        for owner in owners:  # functional sites: the probes saw the channels
-            for node_name, site in owner.sites.items():
-                probe = getattr(owner.module, f"polypool_{node_name}", None)
-                if isinstance(probe, _ChannelProbe):
-                    site.channels = probe.channels
+        for site in sites:  # functional sites: the probes saw the channels
+            if id(site) in slots:
+                owner_module, attr = slots[id(site)]
+                site.channels = getattr(owner_module, attr).channels
         # Build every new layer before changing anything, so that an error leaves the model as it was.
         new_layers = []
         for site in sites:
@@ -499,9 +506,7 @@ def swap_pooling(model: nn.Module, pooling: PoolingChoice, *, input_size: Option
         if site.source == "module":
             _set_module(model, site.name, layer)
         else:
-            owner_name, _, node_name = site.name.rpartition(".") if "." in site.name else ("", "", site.name)
-            owner = model.get_submodule(owner_name) if owner_name else model
-            setattr(owner, f"polypool_{node_name}", layer)
+            setattr(*slots[id(site)], layer)
         site.new, site.swapped, site.reason = type(layer).__name__, True, ""
         if isinstance(layer, SamePadded):
             site.new = f"SamePadded({type(layer.pool).__name__})"
