@@ -9,6 +9,8 @@ from polypool.pooling import p_pool2d
 from polypool.pooling import cpu_fused
 from polypool.pooling.geometry import Window
 
+from fused_checks import compare_to_reference
+
 pytestmark = pytest.mark.skipif(not cpu_fused.enabled(), reason="POLYPOOL_CPU_KERNEL=0 turns the fused CPU path off")
 
 GRID = list(itertools.product([2, 3], [1, 2, 3], [0, 1], [False, True]))
@@ -19,38 +21,8 @@ def kernel_builds():
     assert cpu_fused.load_extension() is not None, f"the CPU kernel failed to build: {cpu_fused._load_error}"
 
 
-def uses_kernel(y) -> bool:
-    """Whether the autograd graph of y runs through the fused kernel's Function."""
-    stack, seen = [y.grad_fn], set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        if "PPool2dCPU" in type(node).__name__:
-            return True
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return False
-
-
-def compare(x, alpha, kernel, stride, padding, ceil_mode, rtol=1e-5):
-    """Values to rtol; gradients to rtol plus the fp32 conditioning of (a+1) - a q / r, about a * eps."""
-    x_ref = x.detach().clone().requires_grad_(True)
-    a_ref = alpha.detach().clone().requires_grad_(True) if isinstance(alpha, torch.Tensor) else alpha
-    x = x.detach().clone().requires_grad_(True)
-    a = alpha.detach().clone().requires_grad_(True) if isinstance(alpha, torch.Tensor) else alpha
-    y = p_pool2d(x, a, kernel, stride, padding, ceil_mode, backend="cpu_fused")
-    y_ref = p_pool2d(x_ref, a_ref, kernel, stride, padding, ceil_mode, backend="reference")
-    assert uses_kernel(y)
-    torch.testing.assert_close(y, y_ref, rtol=rtol, atol=1e-6)
-    grad = torch.randn_like(y)
-    y.backward(grad)
-    y_ref.backward(grad)
-    a_max = float(alpha.max()) if isinstance(alpha, torch.Tensor) else float(alpha)
-    conditioning = 2 * max(a_max, 1.0) * torch.finfo(torch.float32).eps * grad.abs().max().item()
-    torch.testing.assert_close(x.grad, x_ref.grad, rtol=rtol, atol=1e-5 + conditioning)
-    if isinstance(alpha, torch.Tensor):  # a sum of terms that cancel (sum_i w_i (x_i - y) = 0): absolute scale
-        torch.testing.assert_close(a.grad, a_ref.grad, rtol=1e-4, atol=1e-4 * a_ref.grad.abs().max().item() + 1e-6)
+def compare(x, alpha, kernel, stride, padding, ceil_mode):
+    compare_to_reference(x, alpha, kernel, stride, padding, ceil_mode, backend="cpu_fused", function_name="PPool2dCPU")
 
 
 @pytest.mark.parametrize("kernel,stride,padding,ceil_mode", GRID)

@@ -20,6 +20,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .alpha_layout import alpha_grad_to_shape, kernel_alpha
 from .geometry import Window
 
 log = logging.getLogger(__name__)
@@ -76,18 +77,6 @@ def supports(x: Tensor, alpha) -> bool:
     return load_extension() is not None
 
 
-def _kernel_alpha(alpha, n: int, c: int, out_h: int, out_w: int) -> tuple[Tensor, bool]:
-    """alpha as the kernel wants it: one fp32 value per (sample, channel) plane, or a dense (N, C, oh, ow) map."""
-    if not isinstance(alpha, Tensor):
-        return torch.full((n * c,), float(alpha)), False
-    a = alpha.detach().to(torch.float32)
-    while a.dim() < 4:
-        a = a.unsqueeze(0)
-    if a.shape[-1] == 1 and a.shape[-2] == 1:
-        return a.expand(n, c, 1, 1).reshape(n * c).contiguous(), False
-    return a.expand(n, c, out_h, out_w).contiguous(), True
-
-
 class PPool2dCPU(torch.autograd.Function):
     """``_PPool2d`` of the reference op, computed by the fused C++ kernel (fp32, CPU, non-negative x)."""
 
@@ -97,26 +86,24 @@ class PPool2dCPU(torch.autograd.Function):
         x = x.contiguous()
         n, c, height, width = x.shape
         out_h, out_w = window.output_size(height, width)
-        kernel_alpha, dense = _kernel_alpha(alpha, n, c, out_h, out_w)
+        alpha_k, dense = kernel_alpha(alpha, n, c, out_h, out_w, x.device)
         args = (list(window.kernel), list(window.stride), list(window.padding))
-        y, m, den = ext.forward(x, kernel_alpha, dense, *args, [out_h, out_w])
+        y, m, den = ext.forward(x, alpha_k, dense, *args, [out_h, out_w])
         ctx.window, ctx.dense = window, dense
         ctx.alpha_shape = alpha.shape if isinstance(alpha, Tensor) else None
         ctx.alpha_dtype = alpha.dtype if isinstance(alpha, Tensor) else None
-        ctx.save_for_backward(x, kernel_alpha, m, den, y)
+        ctx.save_for_backward(x, alpha_k, m, den, y)
         return y
 
     @staticmethod
     def backward(ctx, grad_y: Tensor):
-        x, kernel_alpha, m, den, y = ctx.saved_tensors
+        x, alpha_k, m, den, y = ctx.saved_tensors
         window: Window = ctx.window
         need_alpha = ctx.needs_input_grad[1] and ctx.alpha_shape is not None
         grad_x, grad_alpha_map = load_extension().backward(
-            x, kernel_alpha, ctx.dense, m, den, y, grad_y.contiguous().to(torch.float32), need_alpha,
+            x, alpha_k, ctx.dense, m, den, y, grad_y.contiguous().to(torch.float32), need_alpha,
             list(window.kernel), list(window.stride), list(window.padding))
         grad_alpha = None
-        if need_alpha:  # per output (dense) or per (sample, channel) plane: sum over what alpha broadcasts
-            if not ctx.dense:
-                grad_alpha_map = grad_alpha_map.view(*x.shape[:2], 1, 1)
-            grad_alpha = grad_alpha_map.sum_to_size(ctx.alpha_shape).to(ctx.alpha_dtype)
+        if need_alpha:
+            grad_alpha = alpha_grad_to_shape(grad_alpha_map, ctx.dense, *x.shape[:2], ctx.alpha_shape, ctx.alpha_dtype)
         return (grad_x if ctx.needs_input_grad[0] else None), grad_alpha, None

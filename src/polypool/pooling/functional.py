@@ -39,12 +39,12 @@ from typing import Literal, Optional, Union
 import torch
 from torch import Tensor
 
-from . import cpu_fused
+from . import cpu_fused, triton_fused
 from .geometry import IntOrPair, Window, overhang_mask, pad_window_input, window_max, window_offsets
 
 Alpha = Union[float, Tensor]
-Backend = Literal["auto", "reference", "cpu_fused"]
-BACKENDS = ("auto", "reference", "cpu_fused")
+Backend = Literal["auto", "reference", "cpu_fused", "triton"]
+BACKENDS = ("auto", "reference", "cpu_fused", "triton")
 
 __all__ = ["p_pool2d", "alpha_shape_error", "shift_negative"]
 
@@ -184,7 +184,8 @@ def p_pool2d(
         check: raise a ``ValueError`` on NaN/Inf in ``input`` or a negative/NaN ``alpha`` (one device sync).
             Off by default: NaN/Inf then propagate, like in torch's poolings.
         backend: ``"auto"`` (the fused kernel where one serves the input, else the reference),
-            ``"reference"`` (the pure-torch op in this file), or ``"cpu_fused"`` (the C++ kernel; fp32 CPU only).
+            ``"reference"`` (the pure-torch op in this file), ``"cpu_fused"`` (the C++ kernel; fp32 CPU only),
+            or ``"triton"`` (the Triton kernels; fp32/fp16/bf16 on CUDA, or on CPU with ``TRITON_INTERPRET=1``).
 
     Returns:
         ``(N, C, H_out, W_out)`` in the input's dtype, computed in fp32 (fp64 for fp64 inputs).
@@ -227,9 +228,16 @@ def _select_backend(backend: Backend, x: Tensor, alpha: Alpha):
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "reference" or torch.compiler.is_compiling():
         return _PPool2d  # under torch.compile the reference op's torch ops are traced and fused by inductor
-    if cpu_fused.supports(x, alpha):
+    if backend in ("auto", "triton") and triton_fused.supports(x, alpha, allow_cpu=backend == "triton"):
+        return triton_fused.PPool2dTriton
+    if backend in ("auto", "cpu_fused") and cpu_fused.supports(x, alpha):
         return cpu_fused.PPool2dCPU
     if backend == "cpu_fused":
         raise ValueError(f"backend='cpu_fused' serves fp32 CPU tensors with a built kernel; got a {x.dtype} tensor on "
                          f"{x.device} (kernel enabled: {cpu_fused.enabled()})")
+    if backend == "triton":
+        raise ValueError(
+            f"backend='triton' serves fp32/fp16/bf16 CUDA tensors (CPU ones with TRITON_INTERPRET=1) with Triton "
+            f"installed; got a {x.dtype} tensor on {x.device} (Triton installed: {triton_fused.kernels() is not None}, "
+            f"POLYPOOL_TRITON enabled: {triton_fused.enabled()}, interpreter: {triton_fused.interpreting()})")
     return _PPool2d

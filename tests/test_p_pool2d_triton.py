@@ -1,0 +1,111 @@
+"""The Triton kernels against the reference op, on fresh random inputs.
+
+On a GPU machine they run on CUDA; elsewhere through Triton's CPU interpreter (``TRITON_INTERPRET=1``, set in
+conftest.py), which executes the same kernel code with numpy. Every buffer a kernel fills is poisoned with NaN
+first, so an element a kernel forgets to write fails the comparison.
+"""
+
+import itertools
+
+import pytest
+import torch
+
+from polypool.pooling import p_pool2d, triton_fused
+from polypool.pooling.geometry import Window
+
+from fused_checks import compare_to_reference
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+GRID = list(itertools.product([2, 3], [1, 2, 3], [0, 1], [False, True]))
+
+pytestmark = pytest.mark.skipif(not triton_fused.enabled(), reason="POLYPOOL_TRITON=0 turns the Triton path off")
+
+
+@pytest.fixture(autouse=True)
+def poisoned_buffers(monkeypatch):
+    """Kernel outputs start as NaN instead of whatever torch.empty holds."""
+    monkeypatch.setattr(triton_fused, "_alloc",
+                        lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device))
+
+
+def test_triton_is_installed_and_serves_this_device():
+    assert triton_fused.kernels() is not None, "triton is a dependency (torch installs it); it failed to import"
+    x = torch.rand(1, 1, 4, 4, device=DEVICE)
+    assert triton_fused.supports(x, 1.0, allow_cpu=True)
+
+
+def compare(x, alpha, kernel, stride, padding, ceil_mode, rtol=1e-5):
+    compare_to_reference(x.to(DEVICE), alpha.to(DEVICE) if isinstance(alpha, torch.Tensor) else alpha, kernel,
+                         stride, padding, ceil_mode, backend="triton", function_name="PPool2dTriton", rtol=rtol)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,ceil_mode", GRID)
+def test_grid_channel_alpha(kernel, stride, padding, ceil_mode):
+    x = torch.rand(2, 4, 11, 13)
+    x[x < 0.2] = 0  # ReLU zeros
+    x[0, 0] = 0  # all-zero windows
+    alpha = torch.rand(4, 1, 1) * 20
+    alpha[0] = 0.0  # average pooling, 0^0 = 1
+    alpha[1] = 1.0  # r^(a-1) at r = 0 is 1
+    alpha[2] = 0.5  # the w = 0 convention at r = 0
+    compare(x, alpha, kernel, stride, padding, ceil_mode)
+
+
+@pytest.mark.parametrize("alpha_kind", ["float", "layer", "dense"])
+@pytest.mark.parametrize("kernel,stride,padding,ceil_mode", [(2, 2, 0, False), (3, 2, 1, True), ((2, 3), (1, 2), (1, 0), False)])
+def test_alpha_shapes(alpha_kind, kernel, stride, padding, ceil_mode):
+    x = torch.rand(2, 3, 15, 12) * 5
+    out_h, out_w = Window.make(kernel, stride, padding, ceil_mode).output_size(15, 12)
+    alpha = {"float": 30.0, "layer": torch.tensor(7.5), "dense": torch.rand(2, 3, out_h, out_w) * 50}[alpha_kind]
+    compare(x, alpha, kernel, stride, padding, ceil_mode)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1e-3, 1.0, 50.0, 1e4])
+def test_extreme_alphas_and_large_activations(alpha):
+    x = torch.rand(2, 3, 12, 12) * 3e4
+    compare(x, torch.tensor(alpha), 3, 2, 1, False)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])
+@pytest.mark.parametrize("alpha", [0.0, 5.0, 50.0])
+def test_low_precision_is_computed_in_fp32(dtype, rtol, alpha):
+    """fp16/bf16 in and out, fp32 inside: the result is the fp32 result rounded once (q is saved in fp32)."""
+    x = (torch.rand(2, 3, 12, 12) * 3e4 if dtype == torch.float16 else torch.rand(2, 3, 12, 12) * 1e6).to(dtype)
+    compare(x, torch.full((3, 1, 1), alpha), 3, 2, 1, True, rtol=rtol)
+
+
+def test_negative_non_contiguous_and_channels_last_inputs():
+    compare(torch.randn(1, 2, 9, 40), torch.rand(2, 1, 1) * 10, 2, 2, 0, True)  # shifted by the map's minimum
+    compare(torch.rand(2, 4, 12, 14).contiguous(memory_format=torch.channels_last), torch.rand(4, 1, 1) * 10, 3, 2, 1, False)
+    compare(torch.rand(2, 3, 24, 14)[:, :, ::2], torch.tensor(3.0), 2, 2, 0, False)
+
+
+def test_planes_span_several_blocks():
+    """More outputs and inputs per plane than one program's block: the block offsets and the partial dalpha sums."""
+    assert 40 * 40 > triton_fused.BLOCK
+    compare(torch.rand(1, 2, 40, 40), torch.rand(2, 1, 1) * 10, 3, 1, 1, False)
+
+
+def test_nan_propagates_and_check_raises():
+    x = torch.rand(1, 1, 6, 6, device=DEVICE)
+    x[0, 0, 1, 1] = float("nan")
+    y = p_pool2d(x, 5.0, 2, backend="triton")
+    assert torch.isnan(y[0, 0, 0, 0]) and torch.isfinite(y[0, 0, 1:, :]).all() and torch.isfinite(y[0, 0, :, 1:]).all()
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        p_pool2d(x, 5.0, 2, check=True, backend="triton")
+
+
+def test_dispatch(monkeypatch):
+    x = torch.rand(1, 2, 8, 8, device=DEVICE)
+    if DEVICE == "cuda":  # the default for CUDA tensors
+        assert "PPool2dTriton" in type(p_pool2d(x.requires_grad_(), 2.0, 2).grad_fn).__name__
+    else:  # on CPU the default stays the C++ kernel; the interpreter only serves an explicit backend="triton"
+        assert "PPool2dTriton" not in type(p_pool2d(x.requires_grad_(), 2.0, 2).grad_fn).__name__
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+            p_pool2d(x, 2.0, 2, backend="triton")
+    with pytest.raises(ValueError, match="fp32/fp16/bf16"):
+        p_pool2d(x.double(), 2.0, 2, backend="triton")
+    monkeypatch.setenv("POLYPOOL_TRITON", "0")
+    with pytest.raises(ValueError, match="POLYPOOL_TRITON enabled: False"):
+        p_pool2d(x, 2.0, 2, backend="triton")
