@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from polypool.pooling import p_pool2d, triton_fused
+from polypool.pooling.fused_interface import NegativeInput
 from polypool.pooling.geometry import Window
 
 from fused_checks import compare_to_reference
@@ -23,9 +24,11 @@ pytestmark = pytest.mark.skipif(not triton_fused.enabled(), reason="POLYPOOL_TRI
 
 @pytest.fixture(autouse=True)
 def poisoned_buffers(monkeypatch):
-    """Kernel outputs start as NaN instead of whatever torch.empty holds."""
-    monkeypatch.setattr(triton_fused, "_alloc",
-                        lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device))
+    """Kernel outputs start as NaN (the negative-input flags as 1, "negative") instead of what torch.empty holds."""
+    def poisoned(shape, dtype, device):
+        return torch.full(shape, float("nan") if dtype.is_floating_point else 1, dtype=dtype, device=device)
+
+    monkeypatch.setattr(triton_fused, "_alloc", poisoned)
 
 
 def test_triton_is_installed_and_serves_this_device():
@@ -109,3 +112,18 @@ def test_dispatch(monkeypatch):
     monkeypatch.setenv("POLYPOOL_TRITON", "0")
     with pytest.raises(ValueError, match="POLYPOOL_TRITON enabled: False"):
         p_pool2d(x, 2.0, 2, backend="triton")
+
+
+def test_negative_inputs_are_flagged_by_the_kernel():
+    """Every program writes its flag (poisoned as "negative" above), and a negative anywhere is reported, also
+    in a trailing row that no window reads (then p_pool2d shifts the map, as the reference does)."""
+    window = Window.make(2, 2, 0, False)
+    x = torch.rand(2, 3, 41, 40, device=DEVICE)
+    assert triton_fused.PPool2dTriton.apply(x, 3.0, window).shape == (2, 3, 20, 20)  # no NegativeInput raised
+    for row in (5, 40):  # row 40 lies in no window of a floor-mode 2x2/2 pooling of 41 rows
+        bad = x.clone()
+        bad[1, 2, row, 7] = -0.5
+        with pytest.raises(NegativeInput):
+            triton_fused.PPool2dTriton.apply(bad, 3.0, window)
+        torch.testing.assert_close(p_pool2d(bad, 3.0, 2, backend="triton"),
+                                   p_pool2d(bad, 3.0, 2, backend="reference"), rtol=1e-5, atol=1e-6)

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .alpha_layout import alpha_grad_to_shape, kernel_alpha
+from .fused_interface import alpha_grad_to_shape, kernel_alpha, raise_if_negative
 from .geometry import Window
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,8 @@ def supports(x: Tensor, alpha) -> bool:
 
 
 class PPool2dCPU(torch.autograd.Function):
-    """``_PPool2d`` of the reference op, computed by the fused C++ kernel (fp32, CPU, non-negative x)."""
+    """``_PPool2d`` of the reference op, computed by the fused C++ kernel (fp32, CPU); raises NegativeInput on a
+    negative x."""
 
     @staticmethod
     def forward(ctx, x: Tensor, alpha, window: Window):
@@ -88,7 +89,8 @@ class PPool2dCPU(torch.autograd.Function):
         out_h, out_w = window.output_size(height, width)
         alpha_k, dense = kernel_alpha(alpha, n, c, out_h, out_w, x.device)
         args = (list(window.kernel), list(window.stride), list(window.padding))
-        y, m, den = ext.forward(x, alpha_k, dense, *args, [out_h, out_w])
+        y, m, den, negative = ext.forward(x, alpha_k, dense, *args, [out_h, out_w])
+        raise_if_negative(negative, x, window)
         ctx.window, ctx.dense = window, dense
         ctx.alpha_shape = alpha.shape if isinstance(alpha, Tensor) else None
         ctx.alpha_dtype = alpha.dtype if isinstance(alpha, Tensor) else None

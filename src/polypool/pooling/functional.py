@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from . import cpu_fused, triton_fused
+from .fused_interface import NegativeInput
 from .geometry import IntOrPair, Window, overhang_mask, pad_window_input, window_max, window_offsets
 
 Alpha = Union[float, Tensor]
@@ -218,8 +219,14 @@ def p_pool2d(
             )
         if isinstance(alpha, Tensor) and not bool((alpha >= 0).all()):
             raise ValueError("alpha must be >= 0 everywhere (got a negative or NaN value); clamp it to [0, inf)")
+    function = _select_backend(backend, input, alpha)
+    if function is not _PPool2d:  # a fused kernel checks for negatives as it reads x: no pass of its own
+        try:
+            return function.apply(input, alpha, window)
+        except NegativeInput:
+            pass
     x, shift = shift_negative(input)
-    y = _select_backend(backend, x, alpha).apply(x, alpha, window)
+    y = function.apply(x, alpha, window)
     return y if shift is None else y + shift
 
 

@@ -19,7 +19,7 @@ import os
 import torch
 from torch import Tensor
 
-from .alpha_layout import alpha_grad_to_shape, kernel_alpha
+from .fused_interface import alpha_grad_to_shape, kernel_alpha, raise_if_negative
 from .geometry import Window
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -81,7 +81,7 @@ def _blocks(n: int) -> int:
 
 
 class PPool2dTriton(torch.autograd.Function):
-    """``_PPool2d`` of the reference op, computed by the Triton kernels (non-negative x)."""
+    """``_PPool2d`` of the reference op, computed by the Triton kernels; raises NegativeInput on a negative x."""
 
     @staticmethod
     def forward(ctx, x: Tensor, alpha, window: Window):
@@ -96,10 +96,14 @@ class PPool2dTriton(torch.autograd.Function):
         m = _alloc(out_shape, x.dtype, x.device)
         den = _alloc(out_shape, torch.float32, x.device)
         q = _alloc(out_shape, torch.float32, x.device) if save_q else den  # den is a placeholder: the kernel does not write q then
+        grid = (n * c, _blocks(out_h * out_w))
+        negative = _alloc(grid, torch.int8, x.device)
         with _device_guard(x):
-            k.p_pool2d_forward_kernel[(n * c, _blocks(out_h * out_w))](
-                x, alpha_k, y, m, den, q, height, width, out_h, out_w,
+            k.p_pool2d_forward_kernel[grid](
+                x, alpha_k, y, m, den, q, negative, height, width, out_h, out_w,
                 DENSE=dense, SAVE_Q=save_q, **_geometry_args(window))
+        # One device sync: the reference pays it too (its shift check), without the kernel's fused pass over x.
+        raise_if_negative(bool(negative.any()), x, window)
         ctx.window, ctx.dense, ctx.q_saved = window, dense, save_q
         ctx.alpha_shape = alpha.shape if isinstance(alpha, Tensor) else None
         ctx.alpha_dtype = alpha.dtype if isinstance(alpha, Tensor) else None

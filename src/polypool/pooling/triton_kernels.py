@@ -11,7 +11,8 @@ Work layout: program axis 0 is the (sample, channel) plane (no 65535 limit there
 (forward, dalpha) or of inputs (dx). alpha is either one value per plane or dense (one per output).
 
 * forward: one program per BLOCK outputs; the window is read twice (max, then the sums), the second time from
-  cache. It writes y, m (exact in x's dtype), den and, for fp16/bf16, q in fp32 (the backward needs q to ~1e-7).
+  cache. It writes y, m (exact in x's dtype), den and, for fp16/bf16, q in fp32 (the backward needs q to ~1e-7),
+  and one flag per program: whether a window held a negative x (the arithmetic assumes x >= 0).
 * dx: a gather: one program per BLOCK *inputs*, looping over the kh*kw window offsets and keeping those whose
   output exists (for stride < kernel an input lies in several windows). No atomics, no zero-fill of dx.
 * dalpha: one program per BLOCK outputs recomputing the window sums; a dense alpha gets one value per output,
@@ -46,7 +47,7 @@ def _load_alpha(alpha_ptr, plane, offs, mask, DENSE: tl.constexpr, n_out):
 
 @triton.jit
 def p_pool2d_forward_kernel(
-    x_ptr, alpha_ptr, y_ptr, m_ptr, den_ptr, q_ptr,
+    x_ptr, alpha_ptr, y_ptr, m_ptr, den_ptr, q_ptr, negative_ptr,
     H, W, OH, OW,
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
     DENSE: tl.constexpr, SAVE_Q: tl.constexpr, BLOCK: tl.constexpr,
@@ -62,6 +63,7 @@ def p_pool2d_forward_kernel(
     w0 = ow * SW - PW
 
     m = tl.zeros((BLOCK,), dtype=tl.float32)  # x >= 0 and the padding is 0, so 0 is a neutral start
+    low = tl.zeros((BLOCK,), dtype=tl.float32)
     for di in tl.static_range(KH):
         for dj in tl.static_range(KW):
             h = h0 + di
@@ -69,6 +71,9 @@ def p_pool2d_forward_kernel(
             inside = valid & (h >= 0) & (h < H) & (w >= 0) & (w < W)
             v = tl.load(x_plane + h * W + w, mask=inside, other=0.0).to(tl.float32)
             m = tl.maximum(m, v)
+            low = tl.minimum(low, v)
+    # one flag per program: did a window hold a negative x? (then the caller shifts the maps and calls again)
+    tl.store(negative_ptr + plane * tl.num_programs(1) + tl.program_id(1), (tl.min(low, axis=0) < 0.0).to(tl.int8))
 
     zero = tl.where(m == 0.0, 1.0, 0.0)
     inv_m = 1.0 / tl.where(m == 0.0, 1.0, m)

@@ -16,6 +16,8 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <atomic>
+#include <tuple>
 #include <vector>
 
 namespace {
@@ -129,8 +131,9 @@ void check_inputs(const torch::Tensor& x, const torch::Tensor& alpha, bool dense
 
 }  // namespace
 
-// Returns (y, m, den), each (N, C, oh, ow) fp32.
-std::vector<torch::Tensor> forward(torch::Tensor x, torch::Tensor alpha, bool dense_alpha, std::vector<int64_t> kernel,
+// Returns (y, m, den), each (N, C, oh, ow) fp32, and whether a window held a negative x (then the caller
+// shifts the maps and calls again: the arithmetic here assumes x >= 0).
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, bool> forward(torch::Tensor x, torch::Tensor alpha, bool dense_alpha, std::vector<int64_t> kernel,
                                    std::vector<int64_t> stride, std::vector<int64_t> padding,
                                    std::vector<int64_t> out_size) {
   const Geometry g = make_geometry(x, kernel, stride, padding, out_size);
@@ -145,8 +148,10 @@ std::vector<torch::Tensor> forward(torch::Tensor x, torch::Tensor alpha, bool de
   float* m_data = m_out.data_ptr<float>();
   float* den_data = den_out.data_ptr<float>();
 
+  std::atomic<bool> any_negative{false};
   at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
     RowBuffers buf(g, dense_alpha);
+    Vec low(0.f);  // the running minimum of every window element (padding and vector tails are 0)
     for (int64_t plane = begin; plane < end; ++plane) {
       const float* xp = x_data + plane * g.H * g.W;
       const float* alpha_plane = dense_alpha ? a_data + plane * g.oh * g.ow : nullptr;
@@ -157,8 +162,12 @@ std::vector<torch::Tensor> forward(torch::Tensor x, torch::Tensor alpha, bool de
         const int64_t out_offset = (plane * g.oh + o) * g.ow;
         for (int64_t j = 0; j < g.ow; j += kLanes) {
           Vec m = Vec::loadu(buf.window(g, 0, 0) + j);
-          for (int64_t d = 1; d < g.kh * g.kw; ++d)
-            m = at::vec::maximum(m, Vec::loadu(buf.windows.data() + d * g.ow_padded + j));
+          low = at::vec::minimum(low, m);
+          for (int64_t d = 1; d < g.kh * g.kw; ++d) {
+            const Vec v = Vec::loadu(buf.windows.data() + d * g.ow_padded + j);
+            m = at::vec::maximum(m, v);
+            low = at::vec::minimum(low, v);
+          }
           const Vec zero_mask = m == Vec(0.f);
           const Vec zero = Vec::blendv(Vec(0.f), Vec(1.f), zero_mask);
           const Vec inv_m = Vec::blendv(m, Vec(1.f), zero_mask).reciprocal();
@@ -180,8 +189,11 @@ std::vector<torch::Tensor> forward(torch::Tensor x, torch::Tensor alpha, bool de
         }
       }
     }
+    float lows[kLanes];
+    low.store(lows);
+    if (*std::min_element(lows, lows + kLanes) < 0.f) any_negative = true;
   });
-  return {y, m_out, den_out};
+  return {y, m_out, den_out, any_negative.load()};
 }
 
 // Returns (grad_x (N, C, H, W), grad_alpha: per output (N, C, oh, ow) for a dense alpha, else per plane (N*C);

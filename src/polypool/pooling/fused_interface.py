@@ -1,4 +1,5 @@
-"""How the fused kernels (C++ on CPU, Triton on GPU) take alpha, and how their alpha gradient is summed back.
+"""What the fused kernels (C++ on CPU, Triton on GPU) share: how they take alpha, how their alpha gradient is
+summed back, and how they report a negative input.
 
 A kernel takes alpha in one of two layouts: one fp32 value per (sample, channel) plane, for a fixed float and
 for layer/channel alpha, or a dense ``(N, C, H_out, W_out)`` map. Its alpha gradient comes back in the same
@@ -11,6 +12,30 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+
+from .geometry import Window
+
+
+class NegativeInput(Exception):
+    """Raised by a fused forward that met a negative x: its arithmetic assumes x >= 0. ``p_pool2d`` catches it,
+    shifts the maps with a negative minimum (the reference's rule) and calls the kernel again. The kernels check
+    the window elements as they read them, so the common (post-ReLU) case costs no extra pass over x."""
+
+
+def raise_if_negative(kernel_saw_negative: bool, x: Tensor, window: Window) -> None:
+    """Raise NegativeInput if the kernel saw a negative, or an element that no window covers is negative."""
+    if kernel_saw_negative or uncovered_negative(x, window):
+        raise NegativeInput
+
+
+def uncovered_negative(x: Tensor, window: Window) -> bool:
+    """Whether x has a negative element that no window reads (floor mode can leave trailing rows/columns)."""
+    height, width = x.shape[-2:]
+    out_h, out_w = window.output_size(height, width)
+    end_h = (out_h - 1) * window.stride[0] + window.kernel[0] - window.padding[0]
+    end_w = (out_w - 1) * window.stride[1] + window.kernel[1] - window.padding[1]
+    return bool(end_h < height and (x[..., end_h:, :] < 0).any()) or bool(
+        end_w < width and (x[..., :, end_w:] < 0).any())
 
 
 def kernel_alpha(alpha, n: int, c: int, out_h: int, out_w: int, device: torch.device) -> tuple[Tensor, bool]:
