@@ -67,6 +67,14 @@ def test_fit_logs_checkpoints_and_writes_a_record_that_the_table_reads(voc_root,
     header = (logs / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"train/loss", "train/lr", "val/mIoU", "val/IoU/aeroplane"} <= set(header)
     assert any(h.startswith("alpha/features.maxpool/") for h in header)
+    from polypool.callbacks import load_alpha_history
+
+    history = load_alpha_history(logs / "alpha_history.jsonl")  # quick.yaml: AlphaHistory every 4 steps
+    assert [snapshot["step"] for snapshot in history] == [0, 4]
+    pool = history[-1]["layers"]["features.maxpool"]  # dense alpha over the probe image: 64 channels x 12 x 12
+    assert pool["mode"] == "dense" and sum(pool["hist"]["counts"]) == 64 * 12 * 12
+    assert pool["sampled"] and len(pool["values"]) == 1024 and pool["min"] <= min(pool["values"])
+    assert 1.0 <= pool["min"] <= pool["mean"] <= pool["max"] <= 50.0
     assert type(cli.trainer.loggers[0]).__name__ == "CSVLogger"  # first, so config.yaml goes to the run's folder
     assert type(cli.trainer.loggers[1]).__name__ == "PolypoolWandbLogger" and cli.trainer.loggers[1]._offline
     from polypool.tables import main as tables

@@ -226,3 +226,43 @@ def test_dense_alpha_maps_of_one_image():
     maps = model.dense_alpha_maps(torch.rand(2, 3, 64, 96))
     assert list(maps) == ["features.maxpool"] and maps["features.maxpool"].shape == (64, 16, 24)
     assert ((maps["features.maxpool"] >= 1) & (maps["features.maxpool"] <= 50)).all()
+
+
+def test_alpha_history_records_channel_alpha_over_training(voc_fixture, tmp_path):
+    from polypool.callbacks import AlphaHistory, load_alpha_history
+
+    model = SegmentationModel(backbone="resnet18", pooling="ppool", output_stride=8, lr=0.01,
+                              pooling_kwargs={"alpha_mode": "channel", "alpha_init": 3.0, "alpha_range": (0.0, 10.0)})
+    dm = VOCSegmentationDataModule(voc_fixture, batch_size=4, num_workers=0, crop_size=48)
+    trainer = L.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path,
+                        callbacks=[AlphaHistory(every_n_steps=2, bins=20)], limit_val_batches=0)
+    trainer.fit(model, dm)
+    history = load_alpha_history(tmp_path / AlphaHistory.filename)
+    assert [snapshot["step"] for snapshot in history] == [0, 2, 4]
+    first, last = (history[i]["layers"]["features.maxpool"] for i in (0, -1))
+    assert first["values"] == [3.0] * 64  # the init, before the first update
+    learned = model.network.backbone.get_submodule("features.maxpool").current_alpha().flatten().tolist()
+    assert last["values"] == pytest.approx(learned, abs=1e-6) and not last["sampled"]
+    assert last["values"] != first["values"]  # it learned
+    counts, edges = last["hist"]["counts"], last["hist"]["edges"]
+    assert len(counts) == 20 and edges[0] == 0.0 and edges[-1] == 10.0 and sum(counts) == 64
+    for value in last["values"]:
+        assert counts[min(int(value / 10.0 * 20), 19)] > 0
+    with pytest.raises(ValueError, match="every_n_steps"):
+        AlphaHistory(every_n_steps=0)
+
+
+def test_alpha_history_probe_leaves_the_training_untouched():
+    from polypool.callbacks import AlphaHistory
+
+    model = SegmentationModel(backbone="resnet18", pooling="ppool", output_stride=32,
+                              pooling_kwargs={"alpha_mode": "dense"}).train()
+    bn = model.network.backbone.get_submodule("features.bn1")
+    before = bn.running_mean.clone(), bn.num_batches_tracked.clone()
+    callback = AlphaHistory()
+    callback._probe = torch.rand(1, 3, 64, 64)
+    layers = callback.snapshot(model)
+    assert model.training and bn.training  # back in training mode
+    assert torch.equal(bn.running_mean, before[0]) and torch.equal(bn.num_batches_tracked, before[1])
+    assert layers["features.maxpool"]["mode"] == "dense" and len(layers["features.maxpool"]["values"]) == 1024

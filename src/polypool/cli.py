@@ -12,8 +12,9 @@ Unless the config sets ``trainer.logger`` / checkpointing itself, every run gets
 * ``ModelCheckpoint`` keeping the best val mIoU and ``last.ckpt`` in ``<default_root_dir>/checkpoints``, so
   ``--ckpt_path last`` resumes an interrupted run where it stopped: optimizer and scheduler state, and the
   position in the epoch (the training loader is resumable, see ``polypool.data.dataset.ResumableLoader``);
-* :class:`RunRecord` writing ``<records_root>/<dataset>/<backbone>/<pooling>/<seed>.json`` when the fit ends, and
-  :class:`QualitativePanel` (W&B only).
+* :class:`RunRecord` writing ``<records_root>/<dataset>/<backbone>/<pooling>/<seed>.json`` when the fit ends,
+  :class:`AlphaHistory` (P-pooling's alpha every 100 steps, ``<default_root_dir>/alpha_history.jsonl``) and
+  :class:`QualitativePanel` (W&B only). A config that lists one of these callbacks itself replaces the default.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
-from .callbacks import QualitativePanel, RunRecord, backbone_family
+from .callbacks import AlphaHistory, QualitativePanel, RunRecord, backbone_family
 from .data import SegmentationDataModule
 from .loggers import PolypoolWandbLogger
 from .models import SegmentationModel
@@ -61,6 +62,8 @@ class PolypoolCLI(LightningCLI):
                                          save_last=True))
         if not any(isinstance(c, RunRecord) for c in given):
             extra.append(RunRecord(root=self._run_setting("records_root")))
+        if not any(isinstance(c, AlphaHistory) for c in given):
+            extra.append(AlphaHistory())
         if not any(isinstance(c, QualitativePanel) for c in given):
             extra.append(QualitativePanel())
         return super()._instantiate_trainer(config, callbacks + extra)
