@@ -266,13 +266,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--val", type=int, default=12)
     parser.add_argument("--sbd", type=int, default=0, help="VOC only: extra SBD-only images (trainaug)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"),
+                        help="image size (default: voc 96 128, cityscapes 64 128, ade20k 72 96)")
     args = parser.parse_args(argv)
+    if args.size is not None and min(args.size) < 16:
+        parser.error(f"--size {args.size[0]} {args.size[1]}: images need at least 16 pixels per side")
+    size = {} if args.size is None else {"size": tuple(args.size)}
     if args.dataset == "voc":
-        make_voc(args.root, args.train, args.val, seed=args.seed, n_sbd=args.sbd)
+        make_voc(args.root, args.train, args.val, seed=args.seed, n_sbd=args.sbd, **size)
     elif args.dataset == "cityscapes":
-        make_cityscapes(args.root, args.train, args.val, seed=args.seed)
+        make_cityscapes(args.root, args.train, args.val, seed=args.seed, **size)
     else:
-        make_ade20k(args.root, args.train, args.val, seed=args.seed)
+        make_ade20k(args.root, args.train, args.val, seed=args.seed, **size)
     print(f"wrote {args.dataset} to {args.root}")
 
 
