@@ -46,7 +46,7 @@ if [ "$QUICK" = 1 ]; then
     $PY -m polypool.data.fixtures voc "$DATA" --train 64 --val 16 --seed 0
   fi
   ARGS=(--config "$CONFIG" --config configs/trainer/quick.yaml --data.init_args.root "$DATA")
-  NOTE="Miniature run (./reproduce.sh $DATASET $BACKBONE --quick): a generated 64-image VOC-format set, no pretrained weights (no network), 48 CPU steps per variant. It shows that the whole pipeline runs end to end; 48 steps from random initialisation are far too few for VGG16 (no batch norm) to learn much beyond the background, so its numbers say nothing about the paper's."
+  NOTE=(--quick)
 else
   OUT=${OUT_DIR:-results}
   ROOT=$($PY - "$CONFIG" <<'PYEOF'
@@ -59,7 +59,7 @@ PYEOF
   if [ "$GPUS" -gt 1 ]; then ARGS+=(--config configs/trainer/ddp.yaml --trainer.devices "$GPUS");
   elif [ "$GPUS" = 1 ]; then ARGS+=(--config configs/trainer/gpu.yaml);
   else ARGS+=(--config configs/trainer/cpu.yaml); fi
-  NOTE=""
+  NOTE=()
 fi
 
 RUNS=$OUT/runs
@@ -76,5 +76,5 @@ for POOLING in "${POOLINGS[@]}"; do
   done
 done
 
-$PY -m polypool.tables --runs "$RUNS" --dataset "$DATASET" --backbone "$BACKBONE" --out "$OUT/${DATASET}_${BACKBONE}" --note "$NOTE"
+$PY -m polypool.tables --runs "$RUNS" --dataset "$DATASET" --backbone "$BACKBONE" --out "$OUT/${DATASET}_${BACKBONE}" "${NOTE[@]}"
 echo "reproduce.sh: done in $(( $(date +%s) - START )) s; table: $OUT/${DATASET}_${BACKBONE}.md"

@@ -92,3 +92,11 @@ def test_csv_logger_metrics_are_a_source_too(tmp_path):
     table = load_csv_logs(tmp_path / "logs")
     mean, _ = table.row("max")
     assert mean[0] == pytest.approx(50.0) and np.isnan(mean[20]) and mean[-1] == pytest.approx(50.0)
+
+
+def test_quick_flag_puts_the_quick_runs_note_above_the_tables(tmp_path):
+    from polypool.tables import QUICK_NOTE
+
+    text = main(["--runs", str(tmp_path / "none"), "--dataset", "voc", "--backbone", "vgg",
+                 "--out", str(tmp_path / "t"), "--quick"])
+    assert text.splitlines()[2] == QUICK_NOTE and "--quick" in QUICK_NOTE

@@ -29,6 +29,11 @@ METHODS = (("max", "Max"), ("avg", "Average"), ("strided_conv", "Strided-C"), ("
            ("ppool", "P-pooling"))
 PAPER_TABLES = {("voc", "vgg"): "table1_voc_vgg.tsv", ("voc", "resnet"): "table2_voc_resnet.tsv"}
 PAPER_DIR = Path(__file__).resolve().parents[2] / "results" / "paper"
+# The note above tables of ``./reproduce.sh voc vgg --quick`` runs (``--quick`` below; the results notebook uses it).
+QUICK_NOTE = ("Miniature run (./reproduce.sh voc vgg --quick): a generated 64-image VOC-format set, no pretrained "
+              "weights (no network), 48 CPU steps per variant. It shows that the whole pipeline runs end to end; 48 "
+              "steps from random initialisation are far too few for VGG16 (no batch norm) to learn much beyond the "
+              "background, so its numbers say nothing about the paper's.")
 
 
 @dataclass
@@ -219,7 +224,10 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     parser.add_argument("--backbone", default="vgg")
     parser.add_argument("--out", type=Path, help="output stem (default results/<dataset>_<backbone>)")
     parser.add_argument("--note", default="", help="a line printed above the tables (e.g. 'miniature run')")
+    parser.add_argument("--quick", action="store_true", help="note that these are reproduce.sh --quick runs")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.note = " ".join(filter(None, [QUICK_NOTE, args.note]))
     if args.wandb:
         ours = load_wandb(args.wandb, args.dataset, args.backbone)
     elif args.csv_logs:

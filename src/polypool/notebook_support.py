@@ -1,0 +1,133 @@
+"""What the notebooks in ``notebooks/`` share: where the repository and ``results/figures`` are, saving a figure,
+getting the ``--quick`` reproduction's runs (running it when they are missing) and loading their checkpoints.
+
+The notebooks run top to bottom on a fresh clone with no GPU: anything they need that is not committed (the
+quick runs, gitignored) they make with the same commands a user would type.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+QUICK_OUT = Path("results/quick")
+QUICK_DATA = Path("data/quick/voc")  # where ./reproduce.sh voc vgg --quick generates its mini VOC set
+QUICK_LABEL = "QUICK RUN: 48 CPU steps on a generated 64-image VOC-format set, no pretrained weights"
+
+
+def repo_root() -> Path:
+    """The checkout holding ``reproduce.sh``: the package's own (editable install) or the working directory's."""
+    for start in (Path(__file__).resolve(), Path.cwd().resolve()):
+        for folder in (start, *start.parents):
+            if (folder / "reproduce.sh").is_file() and (folder / "src" / "polypool").is_dir():
+                return folder
+    raise FileNotFoundError("no polypool checkout found (a folder with reproduce.sh and src/polypool) above "
+                            f"{Path(__file__).resolve()} or {Path.cwd()}; run the notebook from inside the repository")
+
+
+def figures_dir() -> Path:
+    folder = repo_root() / "results" / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def save_figure(fig, name: str) -> Path:
+    """Writes ``results/figures/<name>.png`` and returns its path."""
+    path = figures_dir() / f"{name}.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    print(f"wrote {path.relative_to(repo_root())}")
+    return path
+
+
+def _run(command: Sequence[str]) -> None:
+    print("$", " ".join(str(c) for c in command), flush=True)
+    done = subprocess.run([str(c) for c in command], cwd=repo_root(), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, command))} failed (exit {done.returncode}):\n"
+                           f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+
+
+def quick_runs(dataset: str = "voc", backbone: str = "vgg") -> Path:
+    """``results/quick/runs`` with a record for every pooling of the table; runs ``./reproduce.sh voc vgg --quick``
+    first when one is missing (about a minute per pooling on two CPU cores; finished runs are skipped)."""
+    runs = repo_root() / QUICK_OUT / "runs"
+    poolings = ("max", "avg", "strided_conv", "gated", "dpp", "ppool")
+    if not all((runs / dataset / backbone / p / "0.json").is_file() for p in poolings):
+        _run(["bash", "reproduce.sh", dataset, backbone, "--quick"])
+    return runs
+
+
+def quick_log_dir(pooling: str, dataset: str = "voc", backbone: str = "vgg", seed: int = 0) -> Path:
+    """The ``trainer.default_root_dir`` of one quick run (checkpoints, metrics.csv, alpha_history.jsonl)."""
+    quick_runs(dataset, backbone)
+    return repo_root() / QUICK_OUT / "logs" / dataset / backbone / pooling / str(seed)
+
+
+def best_checkpoint(log_dir: Path) -> Path:
+    """The best-mIoU checkpoint of a run folder (``best-step=*.ckpt``), else ``last.ckpt``."""
+    folder = Path(log_dir) / "checkpoints"
+    best = sorted(folder.glob("best-*.ckpt"))
+    if best:
+        return best[-1]
+    if (folder / "last.ckpt").is_file():
+        return folder / "last.ckpt"
+    raise FileNotFoundError(f"no checkpoint in {folder}: train the run first (see README.md, 'Reproducing')")
+
+
+def load_model(checkpoint: Path):
+    """A :class:`SegmentationModel` from a checkpoint, on the CPU, in eval mode."""
+    from .models import SegmentationModel
+
+    model = SegmentationModel.load_from_checkpoint(checkpoint, map_location="cpu")
+    return model.eval()
+
+
+def train_quick_variant(name: str, overrides: Sequence[str], data_root: Optional[Path] = None,
+                        config: str = "configs/voc/vgg.yaml") -> Path:
+    """One extra quick run (the ``--quick`` preset plus ``overrides``) in ``results/quick/logs/extra/<name>``,
+    trained unless its checkpoint exists; returns its log folder. The data defaults to the quick VOC set."""
+    quick_runs()  # generates the quick data too
+    root = repo_root()
+    log_dir = root / QUICK_OUT / "logs" / "extra" / name
+    if not (log_dir / "checkpoints" / "last.ckpt").is_file():
+        data_root = data_root or root / QUICK_DATA
+        _run([sys.executable, "-m", "polypool", "fit", "--config", config, "--config", "configs/trainer/quick.yaml",
+              "--data.init_args.root", data_root, "--seed_everything", "0", "--wandb_project", "null",
+              "--trainer.default_root_dir", log_dir, "--records_root", root / QUICK_OUT / "runs_extra", *overrides])
+    return log_dir
+
+
+# Miniature max/P-pooling pairs for the datasets the quick reproduction does not cover: generated sets large enough
+# for Inception (it needs about 75 px), trained with the dataset's own config and the quick preset.
+MINIATURE_SETS = {"cityscapes": ("128", "256", "train"), "ade20k": ("128", "160", "training")}  # size, train split
+MINIATURE_LABEL = "MINIATURE: 24 CPU steps of Inception-v3 from random weights on a generated {dataset} set"
+
+
+def miniature_data(dataset: str) -> Path:
+    """``data/quick/<dataset>``: a generated set (32 train, 4 val images) in the official layout, made if missing."""
+    root = repo_root() / "data" / "quick" / dataset
+    if not root.is_dir():
+        height, width, _ = MINIATURE_SETS[dataset]
+        _run([sys.executable, "-m", "polypool.data.fixtures", dataset, root, "--train", "32", "--val", "4",
+              "--size", height, width, "--seed", "0"])
+    return root
+
+
+def miniature_pair(dataset: str) -> dict[str, Path]:
+    """``{"max": log dir, "ppool": log dir}`` of two miniature Inception runs on :func:`miniature_data`."""
+    # Inception from scratch: lr 1e-4; the quick preset's train split is VOC's name, so give the dataset's own.
+    overrides = ["--model.lr", "0.0001", "--data.init_args.crop_size", "96",
+                 "--data.init_args.train_split", MINIATURE_SETS[dataset][2]]
+    return {pooling: train_quick_variant(f"{dataset}_inception_{pooling}", [*overrides, "--model.pooling", pooling],
+                                         data_root=miniature_data(dataset), config=f"configs/{dataset}/inception.yaml")
+            for pooling in ("max", "ppool")}
+
+
+@torch.no_grad()
+def predict(model, images: torch.Tensor) -> torch.Tensor:
+    """Class maps ``(N, H, W)`` of normalised images (no test-time augmentation)."""
+    return model(images).argmax(1)
