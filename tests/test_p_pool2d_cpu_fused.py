@@ -54,6 +54,24 @@ def test_extreme_alphas_and_large_activations(alpha):
     compare(x, torch.tensor(alpha), 3, 2, 1, False)
 
 
+@pytest.mark.parametrize("alpha_kind", ["channel", "dense"])
+@pytest.mark.parametrize("size", [(14, 14), (8, 36), (4, 32)])  # output rows of 7, 8 + 8 + 2 and 16: vector tails
+def test_vgg_2x2_stride_2_tiles(size, alpha_kind):
+    """2x2/2 pools of even-sized maps take the kernel's tiled path (deinterleaved loads, interleaved stores)."""
+    x = torch.rand(2, 5, *size)
+    x[x < 0.2] = 0
+    x[0, 0] = 0
+    if alpha_kind == "channel":
+        alpha = torch.rand(5, 1, 1) * 20
+        alpha[0], alpha[1], alpha[2] = 0.0, 1.0, 0.5
+    else:
+        alpha = torch.rand(2, 5, size[0] // 2, size[1] // 2) * 50
+        alpha[:, 0, 0], alpha[:, 1, 1] = 0.0, 1.0
+    compare(x, alpha, 2, 2, 0, False)
+    compare(x, alpha, 2, 2, 0, True)  # ceil mode changes nothing on even sizes
+    compare(torch.randn(2, 5, *size), alpha, 2, 2, 0, False)  # negatives: flagged, shifted, pooled again
+
+
 def test_wide_rows_and_negative_inputs():
     x = torch.randn(1, 2, 9, 70)  # rows longer than one vector, and a shift for the negatives
     compare(x, torch.rand(2, 1, 1) * 10, 2, 2, 0, True)
