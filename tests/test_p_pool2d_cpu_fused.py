@@ -106,3 +106,25 @@ def test_negative_inputs_are_flagged_by_the_kernel():
             cpu_fused.PPool2dCPU.apply(bad, 3.0, window)
         torch.testing.assert_close(p_pool2d(bad, 3.0, 2, backend="cpu_fused"),
                                    p_pool2d(bad, 3.0, 2, backend="reference"), rtol=1e-5, atol=1e-6)
+
+
+def test_subnormal_input_gradients_are_flushed_to_zero():
+    """Tiny window weights r^a times a small upstream gradient give subnormal dx, which slows the next layer's
+    convolution backward several-fold on x86; the kernel writes 0 there, the reference keeps them."""
+    x = torch.tensor([[1.0, 0.1], [0.5, 0.2]]).repeat(1, 4, 8, 8)  # (1, 4, 16, 16): 2x2 tiles, the tiled path
+    grad = torch.full((1, 4, 8, 8), 1e-6)
+    alpha = torch.tensor(36.0)  # dx of the 0.1s: 1e-6 * (37 - 360) * 0.1^36 = -3e-40, subnormal
+    tiny = torch.finfo(torch.float32).tiny
+
+    def input_grad(backend, size):
+        leaf = x[..., :size, :size].clone().requires_grad_(True)
+        p_pool2d(leaf, alpha, 2, backend=backend).backward(grad[..., :size // 2, :size // 2])
+        return leaf.grad
+
+    for size in (16, 15):  # the tiled path, and the general one (odd size)
+        reference, fused = input_grad("reference", size), input_grad("cpu_fused", size)
+        subnormal = (reference != 0) & (reference.abs() < tiny)
+        assert subnormal.any()  # the case is exercised
+        assert not ((fused != 0) & (fused.abs() < tiny)).any()
+        assert (fused[subnormal] == 0).all()
+        torch.testing.assert_close(fused, reference, rtol=1e-5, atol=tiny)

@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <limits>
 #include <tuple>
 #include <vector>
 
@@ -114,13 +115,16 @@ struct BackwardCoefficients {
         at_zero(Vec::blendv(Vec(0.f), Vec(1.f), alpha == Vec(1.f))) {}  // r^(a-1) at r = 0
 
   // dx of one window element x (normalised by n); adds its term of dy/da (before the factor m / den) to alpha_sum.
+  // Subnormal results (|dx| < 1.2e-38, from the tiny weights r^a of a large alpha) are flushed to 0: left in, they
+  // make the next layer's convolution backward several times slower on x86 (measured: 5x for VGG16's conv1_2).
   inline Vec grad_x(const Vec& x, const Normaliser& n, bool need_alpha, Vec& alpha_sum) const {
     const Vec r = x * n.inv_m + n.zero;
     const Vec log_r = log_unit(r);
     const Vec p = pow_unit(r, log_r, a);
     const Vec positive = r > Vec(0.f);
     if (need_alpha) alpha_sum = alpha_sum + Vec::blendv(Vec(0.f), p * (r - q) * log_r, positive);
-    return coef_p * p - coef_p_over_r * Vec::blendv(at_zero, p / r, positive);
+    const Vec dx = coef_p * p - coef_p_over_r * Vec::blendv(at_zero, p / r, positive);
+    return Vec::blendv(dx, Vec(0.f), dx.abs() < Vec(std::numeric_limits<float>::min()));
   }
 };
 
