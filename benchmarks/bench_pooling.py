@@ -1,14 +1,22 @@
-"""Pooling benchmark: forward and forward+backward time, and the extra memory kept for backward.
+"""Pooling benchmark: forward and forward+backward time, extra memory kept for backward, and a training step.
 
 Every row is measured side by side on the same input in one run (rows interleaved within each repetition,
 median taken), and reported as a ratio to ``F.max_pool2d``: the machine is noisy, so only the ratios mean much.
 
-    python benchmarks/bench_pooling.py                 # all shapes, all rows
-    python benchmarks/bench_pooling.py --quick         # two small shapes, for a smoke run
-    python benchmarks/bench_pooling.py --out results/bench/cpu.md
+    python benchmarks/bench_pooling.py                        # every shape and row, then the training step
+    python benchmarks/bench_pooling.py --quick                # two small shapes, for a smoke run
+    python benchmarks/bench_pooling.py --shapes vgg16@224 --rows core --no-train-step
+    python benchmarks/bench_pooling.py --out results/bench/cpu_2core.md
+
+Rows: ``max_pool2d``, ``avg_pool2d``, the naive composition (pow, two avg_pools, divide, through autograd), our
+reference op, our default op (the fused kernel of the device: Triton on CUDA, C++ on CPU), and with ``--rows all``
+the baseline layers of the registry. Shapes: VGG16's five pools at 224 and 512 crops, the ResNet stem pool and
+inception_v3's 3x3 stride-1 average pools (P-pooling replaces them too), batch 8.
 
 "Extra memory" is the bytes of tensors that autograd saves for backward, not counting the input and the output
-(which the surrounding network keeps anyway), divided by the input's bytes.
+(which the surrounding network keeps anyway), divided by the input's bytes. On CUDA, "GB/s" is the bandwidth
+floor of a pooling (forward: read x, write y; backward: read x and dy, write dx) over the measured fwd+bwd time,
+and "% copy" compares it with a device-to-device copy measured in the same run.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from polypool.pooling import p_pool2d
+from polypool.pooling import POOLING_NAMES, build_pooling, p_pool2d
 
 
 @dataclass(frozen=True)
@@ -35,20 +43,27 @@ class Shape:
     stride: int
     padding: int = 0
     ceil_mode: bool = False
+    count_include_pad: bool = True
 
 
-# VGG16 at a 224 crop, batch 8 (its five 2x2/2 max pools), and the ResNet stem pool (3x3/2, pad 1).
-SHAPES = [
-    Shape("vgg16.pool1", (8, 64, 224, 224), 2, 2),
-    Shape("vgg16.pool2", (8, 128, 112, 112), 2, 2),
-    Shape("vgg16.pool3", (8, 256, 56, 56), 2, 2),
-    Shape("vgg16.pool4", (8, 512, 28, 28), 2, 2),
-    Shape("vgg16.pool5", (8, 512, 14, 14), 2, 2),
-    Shape("resnet.stem_pool", (8, 64, 112, 112), 3, 2, 1),
+def vgg16_pools(crop: int, batch: int = 8) -> list[Shape]:
+    """VGG16's five 2x2/2 max pools at a square crop."""
+    sizes = [(64, crop), (128, crop // 2), (256, crop // 4), (512, crop // 8), (512, crop // 16)]
+    return [Shape(f"vgg16@{crop}.pool{i + 1}", (batch, c, s, s), 2, 2) for i, (c, s) in enumerate(sizes)]
+
+
+# inception_v3 at 299: the 3x3/1 (pad 1) average pools of the Mixed_5 (35x35), Mixed_6 (17x17), Mixed_7 (8x8) blocks
+INCEPTION_POOLS = [
+    Shape("inception_v3.Mixed_5b.avgpool", (8, 192, 35, 35), 3, 1, 1),
+    Shape("inception_v3.Mixed_6b.avgpool", (8, 768, 17, 17), 3, 1, 1),
+    Shape("inception_v3.Mixed_7b.avgpool", (8, 1280, 8, 8), 3, 1, 1),
 ]
-QUICK_SHAPES = [Shape("vgg16.pool3", (8, 256, 56, 56), 2, 2), Shape("resnet.stem_pool", (2, 64, 112, 112), 3, 2, 1)]
+SHAPES = [*vgg16_pools(224), *vgg16_pools(512), Shape("resnet.stem_pool", (8, 64, 112, 112), 3, 2, 1),
+          *INCEPTION_POOLS]
+QUICK_SHAPES = [Shape("vgg16@224.pool3", (8, 256, 56, 56), 2, 2), Shape("resnet.stem_pool", (2, 64, 112, 112), 3, 2, 1)]
 
 Row = Callable[[torch.Tensor], torch.Tensor]
+CORE_ROWS = ("max_pool2d", "avg_pool2d", "naive P-pool (autograd)", "p_pool2d reference", "p_pool2d (ours, default)")
 
 
 def naive_p_pool(alpha: torch.Tensor, s: Shape) -> Row:
@@ -59,33 +74,23 @@ def naive_p_pool(alpha: torch.Tensor, s: Shape) -> Row:
     return row
 
 
-def make_rows(s: Shape, channels: int) -> dict[str, tuple[Row, list[torch.Tensor]]]:
+def make_rows(s: Shape, device: torch.device, baselines: bool) -> dict[str, tuple[Row, list[torch.Tensor]]]:
     """name -> (function of x, learned parameters that get gradients too)."""
-    alpha = torch.tensor(30.0, requires_grad=True)  # the authors' initial alpha, one per layer
+    alpha = torch.tensor(30.0, device=device, requires_grad=True)  # the authors' initial alpha, one per layer
     pool_args = dict(kernel_size=s.kernel, stride=s.stride, padding=s.padding, ceil_mode=s.ceil_mode)
     rows = {
         "max_pool2d": (lambda x: F.max_pool2d(x, **pool_args), []),
-        "avg_pool2d": (lambda x: F.avg_pool2d(x, **pool_args), []),
+        "avg_pool2d": (lambda x: F.avg_pool2d(x, **pool_args, count_include_pad=s.count_include_pad), []),
         "naive P-pool (autograd)": (naive_p_pool(alpha, s), [alpha]),
         "p_pool2d reference": (lambda x: p_pool2d(x, alpha, **pool_args, backend="reference"), [alpha]),
         "p_pool2d (ours, default)": (lambda x: p_pool2d(x, alpha, **pool_args), [alpha]),
     }
-    rows.update(extra_rows(s, channels))
-    return rows
-
-
-def extra_rows(s: Shape, channels: int) -> dict[str, tuple[Row, list[torch.Tensor]]]:
-    """The baseline layers of the registry, when it exists (issue "Baseline poolings")."""
-    try:
-        from polypool.pooling import build_pooling, POOLING_NAMES
-    except ImportError:
-        return {}
-    rows = {}
-    for name in POOLING_NAMES:
-        if name in ("max", "avg", "ppool"):
-            continue  # measured above
-        layer = build_pooling(name, s.kernel, s.stride, s.padding, s.ceil_mode, channels=channels)
-        rows[f"{name} (layer)"] = (layer, list(layer.parameters()))
+    if baselines:
+        for name in POOLING_NAMES:
+            if name in ("max", "avg", "ppool"):
+                continue  # measured above
+            layer = build_pooling(name, s.kernel, s.stride, s.padding, s.ceil_mode, channels=s.size[1]).to(device)
+            rows[f"{name} (layer)"] = (layer, list(layer.parameters()))
     return rows
 
 
@@ -103,67 +108,152 @@ def saved_bytes(row: Row, x: torch.Tensor) -> int:
     return sum(nbytes for key, nbytes in saved.items() if key not in free)
 
 
+def clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def measure(rows: dict, x: torch.Tensor, reps: int) -> dict[str, dict[str, float]]:
     grads = {}
     times = {name: {"fwd": [], "fwdbwd": []} for name in rows}
-    for name, (row, _) in rows.items():  # warm-up, and the upstream gradient of each row's output shape
-        with torch.no_grad():
-            grads[name] = torch.rand_like(row(x))
+    for name, (row, params) in rows.items():  # warm-up (kernel builds, autotuning), and each row's upstream gradient
+        y = row(x)
+        grads[name] = torch.rand_like(y)
+        torch.autograd.backward(y, grads[name], inputs=[x, *params])
     for _ in range(reps):
         for name, (row, params) in rows.items():
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                row(x)
-            t1 = time.perf_counter()
-            y = row(x)
-            torch.autograd.backward(y, grads[name], inputs=[x, *params])
-            t2 = time.perf_counter()
-            times[name]["fwd"].append((t1 - t0) * 1e3)
-            times[name]["fwdbwd"].append((t2 - t1) * 1e3)
             x.grad = None
             for p in params:
                 p.grad = None
+            t0 = clock(x.device)
+            with torch.no_grad():
+                row(x)
+            t1 = clock(x.device)
+            y = row(x)
+            torch.autograd.backward(y, grads[name], inputs=[x, *params])
+            t2 = clock(x.device)
+            times[name]["fwd"].append((t1 - t0) * 1e3)
+            times[name]["fwdbwd"].append((t2 - t1) * 1e3)
     result = {}
     for name, (row, _) in rows.items():
         result[name] = {
             "fwd": statistics.median(times[name]["fwd"]),
             "fwdbwd": statistics.median(times[name]["fwdbwd"]),
             "extra_mem": saved_bytes(row, x) / (x.numel() * x.element_size()),
+            "out_numel": grads[name].numel(),
         }
     return result
 
 
-def format_table(shape: Shape, result: dict) -> str:
+def copy_bandwidth(x: torch.Tensor, reps: int) -> float:
+    """Device-to-device copy bandwidth in GB/s (read + write) on a tensor of x's size."""
+    src, dst = x.detach().clone(), torch.empty_like(x)
+    dst.copy_(src)
+    times = []
+    for _ in range(max(reps, 5)):
+        t0 = clock(x.device)
+        dst.copy_(src)
+        times.append(clock(x.device) - t0)
+    return 2 * x.numel() * x.element_size() / statistics.median(times) / 1e9
+
+
+def format_table(shape: Shape, result: dict, x: torch.Tensor, copy_gbps: float | None) -> str:
     base = result["max_pool2d"]
+    gpu = copy_gbps is not None
     lines = [
         f"### {shape.name}: input {tuple(shape.size)}, kernel {shape.kernel}, stride {shape.stride}, "
-        f"padding {shape.padding}",
+        f"padding {shape.padding}" + (f"; copy bandwidth {copy_gbps:.0f} GB/s" if gpu else ""),
         "",
-        "| row | fwd ms | fwd+bwd ms | fwd / max | fwd+bwd / max | extra memory / input |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| row | fwd ms | fwd+bwd ms | fwd / max | fwd+bwd / max | extra memory / input |"
+        + (" fwd+bwd GB/s | % copy |" if gpu else ""),
+        "|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if gpu else ""),
     ]
     for name, r in result.items():
-        lines.append(f"| {name} | {r['fwd']:.2f} | {r['fwdbwd']:.2f} | {r['fwd'] / base['fwd']:.2f}x | "
-                     f"{r['fwdbwd'] / base['fwdbwd']:.2f}x | {r['extra_mem']:.2f} |")
+        line = (f"| {name} | {r['fwd']:.3f} | {r['fwdbwd']:.3f} | {r['fwd'] / base['fwd']:.2f}x | "
+                f"{r['fwdbwd'] / base['fwdbwd']:.2f}x | {r['extra_mem']:.2f} |")
+        if gpu:  # the floor: fwd reads x, writes y; bwd reads x and dy, writes dx
+            floor = (3 * x.numel() + 2 * r["out_numel"]) * x.element_size()
+            gbps = floor / (r["fwdbwd"] * 1e-3) / 1e9
+            line += f" {gbps:.0f} | {100 * gbps / copy_gbps:.0f}% |"
+        lines.append(line)
     return "\n".join(lines)
+
+
+def train_step_table(device: torch.device, reps: int, batch: int = 8, crop: int = 321) -> str:
+    """One SGD step (forward, loss, backward, update) of VGG16-LargeFOV with max pooling and with P-pooling
+    (the authors' dense alpha), interleaved, median of ``reps``."""
+    from polypool.models import SegmentationModel
+
+    torch.manual_seed(0)
+    images = torch.randn(batch, 3, crop, crop, device=device)
+    masks = torch.randint(0, 21, (batch, crop, crop), device=device)
+    models = {name: SegmentationModel(backbone="vgg16", pooling=name).to(device) for name in ("max", "ppool")}
+    optimizers = {name: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9) for name, m in models.items()}
+
+    def step(name):
+        model, optimizer = models[name], optimizers[name]
+        optimizer.zero_grad(set_to_none=True)
+        model.loss(model(images), masks).backward()
+        optimizer.step()
+
+    times = {name: [] for name in models}
+    for name in models:
+        step(name)  # warm-up
+    for _ in range(reps):
+        for name in models:
+            t0 = clock(device)
+            step(name)
+            times[name].append((clock(device) - t0) * 1e3)
+    max_ms, ppool_ms = statistics.median(times["max"]), statistics.median(times["ppool"])
+    return "\n".join([
+        f"### VGG16-LargeFOV training step: batch {batch}, {crop}x{crop}, SGD, median of {reps}", "",
+        "| pooling | step ms | / max |", "|---|---:|---:|",
+        f"| max | {max_ms:.1f} | 1.00x |",
+        f"| P-pooling (dense alpha, fused default) | {ppool_ms:.1f} | {ppool_ms / max_ms:.2f}x |",
+    ])
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="two small shapes, 2 repetitions")
+    parser.add_argument("--quick", action="store_true", help="two small shapes, 2 repetitions, no training step")
     parser.add_argument("--reps", type=int, default=5, help="repetitions per row (the median is reported)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--shapes", nargs="*", default=None,
+                        help="only the shapes whose name contains one of these strings (e.g. vgg16@224 inception)")
+    parser.add_argument("--rows", choices=["core", "all"], default="all", help="core: without the baseline layers")
+    parser.add_argument("--no-train-step", action="store_true", help="skip the VGG16-LargeFOV training step")
+    parser.add_argument("--train-step-reps", type=int, default=3)
     parser.add_argument("--out", help="also write the tables to this markdown file")
     args = parser.parse_args(argv)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     shapes = QUICK_SHAPES if args.quick else SHAPES
+    if args.shapes:
+        shapes = [s for s in shapes if any(part in s.name for part in args.shapes)]
     reps = 2 if args.quick else args.reps
     torch.manual_seed(0)
-    header = (f"# Pooling benchmark (CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-              f"{platform.processor() or platform.machine()}), fp32, median of {reps}\n")
+    header = (f"# Pooling benchmark: {device_description(device)}, torch {torch.__version__}, {args.dtype}, "
+              f"median of {reps}\n\nCommand: `python benchmarks/bench_pooling.py "
+              f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n")
     print(header, flush=True)
     tables = [header]
     for shape in shapes:
-        x = torch.rand(shape.size).requires_grad_(True)
-        table = format_table(shape, measure(make_rows(shape, shape.size[1]), x, reps))
+        x = torch.rand(shape.size, device=device, dtype=dtype).requires_grad_(True)
+        rows = make_rows(shape, device, baselines=args.rows == "all")
+        copy_gbps = copy_bandwidth(x, reps) if device.type == "cuda" else None
+        table = format_table(shape, measure(rows, x, reps), x, copy_gbps)
+        print(table + "\n", flush=True)
+        tables.append(table + "\n")
+        del x
+    if not (args.quick or args.no_train_step):
+        table = train_step_table(device, args.train_step_reps)
         print(table + "\n", flush=True)
         tables.append(table + "\n")
     if args.out:
