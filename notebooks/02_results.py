@@ -40,8 +40,10 @@ def our_runs(backbone: str) -> tuple[Table, str]:
 
 tables = {backbone: our_runs(backbone) for backbone in ("vgg", "resnet")}
 for backbone, (table, kind) in tables.items():
-    seeds = {LABELS[m]: len(r) for m, r in table.runs.items()}
-    print(f"voc/{backbone}: {kind} runs {seeds if seeds else '(none: ./reproduce.sh voc ' + backbone + ')'}")
+    if kind == "none":
+        print(f"voc/{backbone}: no runs (./reproduce.sh voc {backbone} trains them)")
+    else:
+        print(f"voc/{backbone}: {kind} runs, seeds per pooling: {({LABELS[m]: len(r) for m, r in table.runs.items()})}")
 
 # %% [markdown]
 # ## The tables
