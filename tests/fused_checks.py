@@ -1,8 +1,11 @@
 """Shared checks of the fused P-pooling kernels (C++ CPU, Triton) against the reference op."""
 
+import pytest
 import torch
 
 from polypool.pooling import p_pool2d
+from polypool.pooling.fused_interface import NegativeInput
+from polypool.pooling.geometry import Window
 
 
 def runs_through(y: torch.Tensor, function_name: str) -> bool:
@@ -45,3 +48,18 @@ def compare_to_reference(x, alpha, kernel, stride, padding, ceil_mode, *, backen
     if isinstance(alpha, torch.Tensor):
         scale = a_ref.grad.abs().max().item()
         torch.testing.assert_close(a.grad, a_ref.grad, rtol=max(rtol, 1e-4), atol=max(rtol, 1e-4) * scale + 1e-6)
+
+
+def check_negative_flag(function, backend: str, device="cpu"):
+    """``function`` (a fused autograd Function) raises NegativeInput for a negative anywhere, also in a trailing
+    row that no window reads, and not otherwise; p_pool2d then shifts the map, as the reference does."""
+    window = Window.make(2, 2, 0, False)
+    x = torch.rand(2, 3, 41, 40, device=device)
+    assert function.apply(x, 3.0, window).shape == (2, 3, 20, 20)  # no NegativeInput raised
+    for row in (5, 40):  # row 40 lies in no window of a floor-mode 2x2/2 pooling of 41 rows
+        bad = x.clone()
+        bad[1, 2, row, 7] = -0.5
+        with pytest.raises(NegativeInput):
+            function.apply(bad, 3.0, window)
+        torch.testing.assert_close(p_pool2d(bad, 3.0, 2, backend=backend),
+                                   p_pool2d(bad, 3.0, 2, backend="reference"), rtol=1e-5, atol=1e-6)

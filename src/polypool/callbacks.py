@@ -145,8 +145,9 @@ class AlphaHistory(L.Callback):
             else:
                 alpha = module.current_alpha().detach().float().cpu().flatten()
                 values = alpha
-            counts = torch.histc(alpha, bins=self.bins, min=low, max=high if high > low else low + 1.0)
-            edges = torch.linspace(low, high if high > low else low + 1.0, self.bins + 1)
+            top = high if high > low else low + 1.0  # a fixed alpha (low == high) still gets bins
+            counts = torch.histc(alpha, bins=self.bins, min=low, max=top)
+            edges = torch.linspace(low, top, self.bins + 1)
             stats[name] = {"mode": module.alpha_mode, "range": [low, high], "mean": alpha.mean().item(),
                            "min": alpha.min().item(), "max": alpha.max().item(),
                            "values": [round(v, 6) for v in values.tolist()], "sampled": module.alpha_mode == "dense",
