@@ -15,6 +15,13 @@ AlphaMode = Literal["layer", "channel", "dense"]
 ALPHA_MODES = ("layer", "channel", "dense")
 
 
+def scale_gradient(x: Tensor, scale: float) -> Tensor:
+    """``x`` in the forward pass (exactly: ``x.detach() + 0``), ``scale`` times its gradient in the backward pass."""
+    if scale == 1.0:
+        return x
+    return x.detach() + (x - x.detach()) * scale
+
+
 class DenseAlphaBranch(nn.Module):
     """The side branch of the authors' code that predicts one alpha per output position and channel.
 
@@ -59,6 +66,8 @@ class PPool2d(nn.Module):
             gradient components that point back into the range (:func:`clamp_inward`), so an alpha initialised on a
             bound (0, say) still learns; the dense branch's output is clamped exactly as the authors' Hardtanh.
         dense_input_scale: the authors' ``side_branch_scale`` for dense mode.
+        alpha_grad_scale: multiplies the gradient that reaches alpha (and through it the dense branch), leaving the
+            forward pass unchanged; the authors' PyTorch code scales it by 3 (docs/paper_notes.md).
         check: raise on NaN/Inf inputs instead of propagating them (see :func:`p_pool2d`).
 
     The learned parameter is ``alpha`` (layer/channel) or the submodule ``alpha_branch`` (dense); every name
@@ -77,6 +86,7 @@ class PPool2d(nn.Module):
         alpha_init: float = 30.0,
         alpha_range: tuple[float, float] = (1.0, 50.0),
         dense_input_scale: float = 1.0,
+        alpha_grad_scale: float = 1.0,
         check: bool = False,
     ):
         super().__init__()
@@ -92,7 +102,10 @@ class PPool2d(nn.Module):
             raise ValueError(f"alpha_init={alpha_init} lies outside alpha_range=({low}, {high})")
         if alpha_mode != "layer" and (channels is None or channels < 1):
             raise ValueError(f"alpha_mode={alpha_mode!r} needs the number of input channels: pass channels=C")
+        if not alpha_grad_scale > 0:
+            raise ValueError(f"alpha_grad_scale must be > 0, got {alpha_grad_scale}")
         self.alpha_mode = alpha_mode
+        self.alpha_grad_scale = float(alpha_grad_scale)
         self.alpha_range = (low, high)
         self.channels = channels
         self.check = check
@@ -113,7 +126,7 @@ class PPool2d(nn.Module):
         return clamp_inward(self.alpha, *self.alpha_range)
 
     def forward(self, x: Tensor) -> Tensor:
-        alpha = self.current_alpha(x)
+        alpha = scale_gradient(self.current_alpha(x), self.alpha_grad_scale)
         if self.alpha_mode == "dense":
             with torch.no_grad():  # for alpha_stats(): dense alpha exists only during a forward pass
                 self.last_alpha_stats.copy_(torch.stack([alpha.mean(), alpha.min(), alpha.max()]).float())
@@ -139,6 +152,8 @@ class PPool2d(nn.Module):
         return (
             f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
             f"ceil_mode={self.ceil_mode}, alpha_mode={self.alpha_mode}, channels={self.channels}, "
-            f"alpha_range={self.alpha_range}, alpha(mean={stats['mean']:.3g}, min={stats['min']:.3g}, "
+            f"alpha_range={self.alpha_range}, "
+            + (f"alpha_grad_scale={self.alpha_grad_scale:g}, " if self.alpha_grad_scale != 1.0 else "")
+            + f"alpha(mean={stats['mean']:.3g}, min={stats['min']:.3g}, "
             f"max={stats['max']:.3g})"
         )
