@@ -54,12 +54,22 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _normaliser(m: Tensor, acc: torch.dtype) -> tuple[Tensor, Tensor]:
-    """(1/m, is_zero) with 1/m := 1 where the window is all zeros; r = x/m + is_zero is then 1 there."""
+def _normaliser(m: Tensor, acc: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """(m, 1/m, is_zero) with a window max below the smallest normal number flushed to 0 (its reciprocal would
+    overflow) and 1/m := 1 where the window is then all zeros; r = x/m + is_zero is 1 there."""
     m = m.to(acc)
-    zero = m == 0
+    zero = m < torch.finfo(acc).tiny  # NaN stays NaN: NaN < tiny is False
+    m = torch.where(zero, 0.0, m)
     inv_m = torch.where(zero, torch.ones_like(m), m).reciprocal_()
-    return inv_m, zero.to(acc)
+    return m, inv_m, zero.to(acc)
+
+
+def _unit_ratio(v: Tensor, inv_m: Tensor, zero: Tensor) -> Tensor:
+    """r = x/m in [0, 1] (1 in an all-zero window), with subnormals flushed: an element x or a ratio r below the
+    smallest normal number counts as 0, as on a GPU that flushes denormals. So 1/r, r^a and ln r stay finite."""
+    r = torch.addcmul(zero, v, inv_m)
+    tiny = torch.finfo(r.dtype).tiny
+    return torch.where((v < tiny) | (r < tiny), zero, r)
 
 
 class _PPool2d(torch.autograd.Function):
@@ -72,13 +82,12 @@ class _PPool2d(torch.autograd.Function):
         acc = _accumulation_dtype(x.dtype)
         with torch.autocast(device_type=x.device.type, enabled=False):
             xp = pad_window_input(x, window)
-            m = window_max(xp, window, out_h, out_w)
-            inv_m, zero = _normaliser(m, acc)
+            m, inv_m, zero = _normaliser(window_max(xp, window, out_h, out_w), acc)
             a = alpha.to(acc) if isinstance(alpha, Tensor) else float(alpha)
             num = torch.zeros(m.shape, dtype=acc, device=x.device)
             den = torch.zeros_like(num)
             for rows, cols, di, dj in window_offsets(window, out_h, out_w):
-                r = torch.addcmul(zero, xp[..., rows, cols], inv_m)  # x/m, or 1 in an all-zero window
+                r = _unit_ratio(xp[..., rows, cols], inv_m, zero)  # x/m, or 1 in an all-zero window
                 p = r.pow(a)
                 mask = overhang_mask(window, height, width, out_h, out_w, di, dj, p)
                 if mask is not None:
@@ -87,6 +96,7 @@ class _PPool2d(torch.autograd.Function):
                 num.addcmul_(p, r)
             q = num.div_(den)  # den >= 1: the max element (or every element of an all-zero window) adds 1
             y = (q * m).to(x.dtype)
+            m = m.to(x.dtype)
         # Backward needs q = y/m to ~1e-7: it enters as (a+1) - a*q/r, a difference of O(a) terms. In fp32/fp64
         # y/m is that exact and y costs nothing to keep (it is the output); in fp16/bf16 keep q itself in fp32.
         exact_output = x.dtype == acc
@@ -108,7 +118,7 @@ class _PPool2d(torch.autograd.Function):
         out_h, out_w = m.shape[-2:]
         acc = _accumulation_dtype(x.dtype)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            inv_m, zero = _normaliser(m, acc)
+            m, inv_m, zero = _normaliser(m, acc)  # m was saved flushed: this only rebuilds 1/m
             # q = y/m, and 1 in an all-zero window (y = 0, every r = 1)
             q = torch.addcmul(zero, y_or_q.to(acc), inv_m) if ctx.q_from_output else y_or_q
             a = alpha.to(acc) if isinstance(alpha, Tensor) else alpha
@@ -117,12 +127,14 @@ class _PPool2d(torch.autograd.Function):
             grad_xp = torch.zeros(xp.shape, dtype=acc, device=x.device) if need_x else None
             # r^(a-1) at r = 0: 1 if a == 1, else 0 (exact for a > 1, the w_i = 0 convention for a < 1).
             at_zero = (a == 1).to(acc) if isinstance(a, Tensor) else float(a == 1)
+            # the a q p/r term is 0 where a = 0, never 0 * (p/r) (which is NaN if r were subnormal)
+            nonzero_a = (a != 0) if isinstance(a, Tensor) else a != 0
             need_alpha = need_alpha and isinstance(alpha, Tensor)
             if need_x:
                 coef_p, coef_p_over_r = g_over_den * (a + 1), g_over_den * a * q
             alpha_sum = torch.zeros_like(g_over_den) if need_alpha else None
             for rows, cols, _, _ in window_offsets(window, out_h, out_w):
-                r = torch.addcmul(zero, xp[..., rows, cols], inv_m)
+                r = _unit_ratio(xp[..., rows, cols], inv_m, zero)
                 p = r.pow(a)
                 positive = r > 0
                 if need_alpha:
@@ -130,7 +142,7 @@ class _PPool2d(torch.autograd.Function):
                     alpha_sum.add_(torch.where(positive, p * (r - q) * torch.log(r), 0.0))
                 if need_x:
                     # g * w_i * ((a+1) - a q / r_i), with w_i = p_i / den
-                    p_over_r = torch.where(positive, p / r, at_zero)
+                    p_over_r = torch.where(positive & nonzero_a, p / r, at_zero)  # at_zero is 0 where a = 0
                     grad_xp[..., rows, cols] += p.mul_(coef_p).sub_(p_over_r.mul_(coef_p_over_r))
             grad_x = None
             if need_x:
@@ -138,7 +150,7 @@ class _PPool2d(torch.autograd.Function):
                 grad_x = grad_xp[..., ph:ph + height, pw:pw + width].to(x.dtype)
             grad_alpha = None
             if need_alpha:
-                grad_alpha = alpha_sum.mul_(g_over_den).mul_(m.to(acc))
+                grad_alpha = alpha_sum.mul_(g_over_den).mul_(m)
                 grad_alpha = grad_alpha.sum_to_size(ctx.alpha_shape).to(alpha.dtype)
         return grad_x, grad_alpha, None
 
@@ -196,7 +208,8 @@ def p_pool2d(
                         f"{'' if not isinstance(input, Tensor) else ' of dtype ' + str(input.dtype)}")
     if input.dim() == 3:
         alpha_3d = alpha.unsqueeze(0) if isinstance(alpha, Tensor) and alpha.dim() == 4 else alpha
-        return p_pool2d(input.unsqueeze(0), alpha_3d, kernel_size, stride, padding, ceil_mode, check).squeeze(0)
+        return p_pool2d(input.unsqueeze(0), alpha_3d, kernel_size, stride, padding, ceil_mode, check,
+                        backend).squeeze(0)
     if input.dim() != 4:
         raise ValueError(f"p_pool2d expects a (N, C, H, W) or (C, H, W) input, got shape {tuple(input.shape)}")
     window = Window.make(kernel_size, stride, padding, ceil_mode)
