@@ -34,6 +34,22 @@ def loop_reference(x, alpha, kernel, stride, padding, ceil_mode):
     return torch.stack(rows, -2)
 
 
+def convention_alpha_grad(x, alpha, kernel, stride, padding):
+    """dy/dalpha = m sum_i w_i (r_i - q) ln r_i per window (float64, floor mode; r = x/m, q = y/m, w = r^a / sum r^a)
+    with 0 ln 0 := 0: the documented formula and convention. At alpha = 0 a zero in a window makes the true
+    one-sided derivative infinite (0^0 = 1 but 0^a = 0 for a > 0), and the convention's value then depends on the
+    normalisation (m sum w (r - q) ln r is sum w (x - y) ln x only where no zero is dropped), so there the
+    documented max-normalised form, not autograd of the definition, is what the op must compute."""
+    n, c, h, w = x.shape
+    out_h, out_w = Window.make(kernel, stride, padding, False).output_size(h, w)
+    cols = F.unfold(x.double(), kernel, padding=padding, stride=stride).view(n, c, kernel * kernel, -1)
+    m = cols.amax(2, keepdim=True)
+    r = cols / m
+    p = r ** alpha
+    q = (p * r).sum(2, keepdim=True) / p.sum(2, keepdim=True)
+    log = torch.where(r > 0, r.clamp(min=1e-300).log(), 0.0)
+    return (m[:, :, 0] * (p * (r - q) * log).sum(2) / p.sum(2)).view(n, c, out_h, out_w)
+
 def distinct_positive(shape, gap=0.05, seed=None):
     """Positive values with no ties and a gap between them, so the arg-max of every window is unique."""
     n = torch.Size(shape).numel()
@@ -130,38 +146,178 @@ def test_low_precision_large_alpha_large_activations(dtype, rtol):
 
 
 @pytest.mark.parametrize("alpha", [0.0, 1e-3, 1.0, 1e4])
-def test_extreme_alphas_stay_finite_and_in_window_range(alpha):
-    x = (torch.rand(2, 4, 9, 9) * 1e3).requires_grad_(True)
+def test_extreme_alphas_match_their_limits_or_the_float64_loop_reference(alpha):
+    # fp32 through the default backend; the expected values are independent of the op: average pooling at 0,
+    # max pooling at 1e4 (distinct values, so every window has one arg-max), the float64 definition in between.
+    x64 = distinct_positive((2, 4, 9, 9), gap=1.0)  # 1 .. 648: large activations
+    x = x64.float().requires_grad_(True)
     alpha_t = torch.full((4, 1, 1), alpha, requires_grad=True)
     y = p_pool2d(x, alpha_t, 3, 2, 1)
-    y.sum().backward()
+    grad = torch.rand(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) + 0.5
+    y.backward(grad.float())
     assert torch.isfinite(y).all() and torch.isfinite(x.grad).all() and torch.isfinite(alpha_t.grad).all()
-    # the output is a weighted mean of the window (zeros of the padding included): never above the max
-    assert (y <= F.max_pool2d(x, 3, 2, 1) * (1 + 1e-6)).all()
+    x_ref = x64.clone().requires_grad_(True)
+    if alpha == 1e4:
+        y_ref = F.max_pool2d(x_ref, 3, 2, 1)
+    elif alpha == 0.0:
+        y_ref = F.avg_pool2d(x_ref, 3, 2, 1, count_include_pad=True)
+    conditioning = 2 * max(alpha, 1.0) * torch.finfo(torch.float32).eps * 1.5  # fp32's (a+1) - a q / r
+    if alpha in (0.0, 1e4):
+        y_ref.backward(grad)
+        torch.testing.assert_close(y.double(), y_ref.detach(), rtol=1e-5, atol=0)
+        torch.testing.assert_close(x.grad.double(), x_ref.grad, rtol=1e-4, atol=1e-5 + conditioning)
+    if alpha < 1e4:  # the loop reference overflows float64 at 1e4 (648^1e4)
+        a_ref = torch.full((4, 1, 1), alpha, dtype=torch.float64, requires_grad=True)
+        y_ref = loop_reference(x_ref, a_ref, 3, 2, 1, False)
+        (gx_ref,) = torch.autograd.grad(y_ref, x_ref, grad)
+        torch.testing.assert_close(y.double(), y_ref.detach(), rtol=1e-5, atol=0)
+        torch.testing.assert_close(x.grad.double(), gx_ref, rtol=1e-4, atol=1e-5)
+        ga_ref = (convention_alpha_grad(x64, alpha, 3, 2, 1) * grad).sum((0, 2, 3))[:, None, None]
+        torch.testing.assert_close(alpha_t.grad.double(), ga_ref, rtol=1e-4, atol=1e-3)
+    else:  # dy/dalpha = m sum w (r - q) ln r vanishes as every weight but the max's underflows
+        assert alpha_t.grad.abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("backend,dtype", [("auto", torch.float32), ("reference", torch.float64)])
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0, 30.0])
+def test_all_zero_input_gives_zero_and_the_average_pooling_gradient(alpha, backend, dtype):
+    x = torch.zeros(2, 3, 6, 7, dtype=dtype, requires_grad=True)
+    alpha_t = torch.tensor(alpha, dtype=dtype, requires_grad=True)
+    y = p_pool2d(x, alpha_t, 3, 2, 1, True, backend=backend)
+    assert (y == 0).all()
+    grad = torch.rand_like(y) + 0.5
+    y.backward(grad)
+    # the convention: an all-zero window back-propagates like average pooling (count_include_pad), and every
+    # r is 1 there, so dy/dalpha = m sum w (r - q) ln r is exactly 0
+    x_avg = torch.zeros(2, 3, 6, 7, dtype=dtype, requires_grad=True)
+    F.avg_pool2d(x_avg, 3, 2, 1, True).backward(grad)
+    torch.testing.assert_close(x.grad, x_avg.grad)
+    assert alpha_t.grad.item() == 0
+
+
+def relu_pattern(shape, dtype=torch.float64, seed=0):
+    """Positive values with exact zeros at every third element (row-major): every window of >= 2 elements along a
+    row holds a positive, so the definition's 0/0 never occurs, while most windows hold exact zeros."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(shape, generator=g, dtype=dtype) + 0.1
+    flat = torch.arange(x[0, 0].numel()).reshape(shape[-2:])
+    x[..., flat % 3 == 1] = 0
+    return x
+
+
+def covered(shape, kernel, stride, padding, ceil_mode):
+    """The input elements that some window reads."""
+    ones = torch.ones(shape, dtype=torch.float64, requires_grad=True)
+    (read,) = torch.autograd.grad(F.avg_pool2d(ones, kernel, stride, padding, ceil_mode).sum(), ones)
+    return read > 0
+
+
+ZERO_WINDOWS = [(2, 2, 0, False), (3, 2, 1, True), (3, 1, 1, False), (2, 1, 0, True)]
+
+
+@pytest.mark.parametrize("alpha_kind", ["float", "tensor"])
+@pytest.mark.parametrize("kernel,stride,padding,ceil_mode", ZERO_WINDOWS)
+def test_reference_op_at_exact_zeros_with_alpha_one(alpha_kind, kernel, stride, padding, ceil_mode):
+    # alpha = 1: y = sum x^2 / sum x, and dy/dx_i = -y / sum x at x_i = 0 (r^(a-1) = 1 there), a finite value that
+    # the loop reference's autograd (pow's gradient a * x^(a-1) with 0^0 = 1) gets right.
+    x = relu_pattern(ODD_SHAPE).requires_grad_(True)
+    assert (F.max_pool2d(x, kernel, stride, padding, ceil_mode=ceil_mode) > 0).all()
+    alpha = torch.tensor(1.0, dtype=torch.float64, requires_grad=True) if alpha_kind == "tensor" else 1.0
+    y = p_pool2d(x, alpha, kernel, stride, padding, ceil_mode, backend="reference")
+    a_ref = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    y_ref = loop_reference(x, a_ref, kernel, stride, padding, ceil_mode)
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    grad = torch.rand(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) + 0.5
+    gx_ref, ga_ref = torch.autograd.grad(y_ref, (x, a_ref), grad)
+    if alpha_kind == "tensor":
+        gx, ga = torch.autograd.grad(y, (x, alpha), grad)
+        torch.testing.assert_close(ga, ga_ref, rtol=1e-10, atol=1e-12)
+    else:
+        (gx,) = torch.autograd.grad(y, x, grad)
+    read_zeros = (x.detach() == 0) & covered(ODD_SHAPE, kernel, stride, padding, ceil_mode)
+    assert gx_ref[read_zeros].abs().min() > 1e-3  # the gradient of a zero that a window reads is not 0 at a = 1
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("alpha_kind", ["float", "tensor"])
+@pytest.mark.parametrize("alpha_value", [0.5, 0.01])
+@pytest.mark.parametrize("kernel,stride,padding,ceil_mode", ZERO_WINDOWS)
+def test_reference_op_at_exact_zeros_with_alpha_below_one(alpha_kind, alpha_value, kernel, stride, padding,
+                                                          ceil_mode):
+    # 0 < alpha < 1: the exact dy/dx_i at x_i = 0 is -inf; the documented convention (w_i = 0 contributes 0) gives
+    # exactly 0 there. Everywhere else the gradient is the definition's, and dy/dalpha uses 0 ln 0 = 0.
+    x = relu_pattern(ODD_SHAPE, seed=2).requires_grad_(True)
+    alpha = torch.tensor(alpha_value, dtype=torch.float64, requires_grad=True) if alpha_kind == "tensor" \
+        else alpha_value
+    y = p_pool2d(x, alpha, kernel, stride, padding, ceil_mode, backend="reference")
+    a_ref = torch.tensor(alpha_value, dtype=torch.float64, requires_grad=True)
+    y_ref = loop_reference(x, a_ref, kernel, stride, padding, ceil_mode)
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    grad = torch.randn(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    gx_ref, ga_ref = torch.autograd.grad(y_ref, (x, a_ref), grad)
+    if alpha_kind == "tensor":
+        gx, ga = torch.autograd.grad(y, (x, alpha), grad)
+        torch.testing.assert_close(ga, ga_ref, rtol=1e-10, atol=1e-12)
+    else:
+        (gx,) = torch.autograd.grad(y, x, grad)
+    zeros = x.detach() == 0
+    read_zeros = zeros & covered(ODD_SHAPE, kernel, stride, padding, ceil_mode)
+    assert read_zeros.sum() > 0 and not torch.isfinite(gx_ref[read_zeros]).any()  # what the convention replaces
+    assert (gx[zeros] == 0).all()
+    torch.testing.assert_close(gx[~zeros], gx_ref[~zeros], rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0, 30.0])
-def test_all_zero_input_gives_zero_and_finite_gradients(alpha):
-    x = torch.zeros(2, 3, 6, 7, requires_grad=True)
-    alpha_t = torch.tensor(alpha, requires_grad=True)
-    y = p_pool2d(x, alpha_t, 3, 2, 1, True)
-    assert (y == 0).all()
-    y.backward(torch.ones_like(y))
-    assert torch.isfinite(x.grad).all() and torch.isfinite(alpha_t.grad).all()
-    # the convention: an all-zero window back-propagates like average pooling (count_include_pad)
-    x_avg = torch.zeros(2, 3, 6, 7, requires_grad=True)
-    F.avg_pool2d(x_avg, 3, 2, 1, True).backward(torch.ones_like(y))
-    torch.testing.assert_close(x.grad, x_avg.grad)
-
-
-def test_partial_zeros_with_small_alpha_have_finite_gradients():
-    x = torch.rand(2, 3, 8, 8)
-    x[x < 0.5] = 0  # ReLU-like exact zeros
+def test_reference_op_with_some_all_zero_windows(alpha):
+    # Non-overlapping 2x2 windows, a third of them all zeros: those give y = 0, the average-pooling gradient, and
+    # no alpha gradient; every other window is the definition's (computed on a copy whose zero blocks are ones).
+    x = torch.rand(2, 3, 8, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) + 0.1
+    blocks = torch.arange(20).reshape(4, 5) % 3 == 0  # output positions whose window is all zeros
+    zero_in = blocks.repeat_interleave(2, 0).repeat_interleave(2, 1)
+    x[..., zero_in] = 0
+    x[..., ~zero_in] *= (torch.arange(80).reshape(8, 10)[~zero_in] % 2 == 0)  # and exact zeros elsewhere
     x.requires_grad_(True)
+    alpha_t = torch.full((2, 3, 4, 5), alpha, dtype=torch.float64, requires_grad=True)  # dense: one per window
+    y = p_pool2d(x, alpha_t, 2, backend="reference")
+    grad = torch.rand(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(6)) + 0.5
+    gx, ga = torch.autograd.grad(y, (x, alpha_t), grad)
+    assert (y[..., blocks] == 0).all() and (ga[..., blocks] == 0).all()
+    torch.testing.assert_close(gx[..., zero_in], (grad / 4).repeat_interleave(2, 2).repeat_interleave(2, 3)[
+        ..., zero_in], rtol=1e-12, atol=0)
+    filled = torch.where(zero_in, 1.0, x.detach()).requires_grad_(True)
+    a_ref = alpha_t.detach().clone().requires_grad_(True)
+    y_ref = loop_reference(filled, a_ref, 2, 2, 0, False)
+    gx_ref, ga_ref = torch.autograd.grad(y_ref, (filled, a_ref), grad)
+    torch.testing.assert_close(y[..., ~blocks], y_ref[..., ~blocks], rtol=1e-12, atol=1e-12)
+    ga_convention = convention_alpha_grad(filled.detach(), alpha, 2, 2, 0) * grad
+    torch.testing.assert_close(ga[..., ~blocks], ga_convention[..., ~blocks], rtol=1e-10, atol=1e-12)
+    if alpha > 0:  # at 0 the exact zeros make the derivative a convention (see convention_alpha_grad)
+        torch.testing.assert_close(ga[..., ~blocks], ga_ref[..., ~blocks], rtol=1e-10, atol=1e-12)
+    positive = ~zero_in & (x.detach()[0, 0] > 0)  # the exact zeros outside the blocks: 0 (a < 1) or finite
+    if alpha == 0.5:
+        assert (gx[..., ~zero_in & (x.detach()[0, 0] == 0)] == 0).all()
+    else:
+        torch.testing.assert_close(gx[..., ~zero_in], gx_ref[..., ~zero_in], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gx[..., positive], gx_ref[..., positive], rtol=1e-10, atol=1e-12)
+
+
+def test_partial_zeros_with_small_alpha_match_the_definition_in_fp32():
+    # The default (fp32) backend on ReLU-like exact zeros at alpha = 0.5: the float64 definition's values and
+    # gradients, 0 at the zeros (the convention), and 0 ln 0 = 0 in the alpha gradient.
+    x64 = relu_pattern((2, 3, 8, 8), seed=7)
+    x = x64.float().requires_grad_(True)
     alpha = torch.tensor(0.5, requires_grad=True)
     y = p_pool2d(x, alpha, 2, 2)
     y.sum().backward()
-    assert torch.isfinite(x.grad).all() and torch.isfinite(alpha.grad)
+    x_ref = x64.clone().requires_grad_(True)
+    a_ref = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    y_ref = loop_reference(x_ref, a_ref, 2, 2, 0, False)
+    y_ref.sum().backward()
+    zeros = x64 == 0
+    torch.testing.assert_close(y.double(), y_ref.detach(), rtol=1e-6, atol=1e-7)
+    assert (x.grad[zeros] == 0).all()
+    torch.testing.assert_close(x.grad.double()[~zeros], x_ref.grad[~zeros], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(alpha.grad.double(), a_ref.grad, rtol=1e-5, atol=1e-6)
 
 
 def test_negative_inputs_are_shifted_per_sample_and_channel():
@@ -177,6 +333,55 @@ def test_negative_inputs_are_shifted_per_sample_and_channel():
     (gx_ref,) = torch.autograd.grad(y_ref, x, grad)
     torch.testing.assert_close(gx, gx_ref)
     assert y.min() >= x.min() - 1e-12  # still a mean of the window (padding = the map's minimum)
+
+
+def fused_backend_available(backend, x, alpha):
+    from polypool.pooling import cpu_fused, triton_fused
+
+    if backend == "cpu_fused":
+        return cpu_fused.supports(x, alpha)
+    if backend == "triton":
+        return triton_fused.supports(x, alpha, allow_cpu=True)
+    return True
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu_fused", "triton"])
+@pytest.mark.parametrize("kernel,stride,width", [(2, 2, 9), (3, 2, 10)])
+def test_a_negative_in_a_column_that_no_window_reads_still_shifts_its_map(backend, kernel, stride, width):
+    # Floor mode reads no window over the last column here, yet the map's minimum (the shift) is taken over the
+    # whole map, as in the authors' code. A kernel that checks only the elements it reads must still shift this
+    # map (p_pool2d is not shift-equivariant, so the result changes).
+    x = torch.rand(2, 3, 8, width, generator=torch.Generator().manual_seed(8)) + 0.1
+    x[1, 2, 3, width - 1] = -0.5
+    out_w = Window.make(kernel, stride, 0, False).output_size(8, width)[1]
+    assert (out_w - 1) * stride + kernel == width - 1  # the last column lies in no window
+    if not fused_backend_available(backend, x, 3.0):
+        pytest.skip(f"{backend} does not serve this input here")
+    y = p_pool2d(x, 3.0, kernel, stride, backend=backend)
+    x64 = x.double()
+    shift = x64.amin(dim=(-2, -1), keepdim=True).clamp(max=0)
+    y_ref = loop_reference(x64 - shift, 3.0, kernel, stride, 0, False) + shift
+    torch.testing.assert_close(y.double(), y_ref, rtol=1e-5, atol=1e-6)
+    unshifted = loop_reference(x64[1, 2][None, None], 3.0, kernel, stride, 0, False)[0, 0]
+    assert (y_ref[1, 2] - unshifted).abs().max() > 1e-2  # the shift matters for this map...
+    torch.testing.assert_close(y[:1].double(), loop_reference(x64[:1], 3.0, kernel, stride, 0, False), rtol=1e-5,
+                               atol=1e-6)  # ...and only for its own map
+
+
+def test_uncovered_negative_sees_trailing_rows_and_columns_only():
+    from polypool.pooling.fused_interface import uncovered_negative
+
+    window = Window.make(2, 2, 0, False)
+    x = torch.rand(1, 1, 5, 7)
+    assert not uncovered_negative(x, window)
+    for (row, col), expected in {(4, 0): True, (0, 6): True, (4, 6): True, (3, 5): False}.items():
+        bad = x.clone()
+        bad[0, 0, row, col] = -1.0
+        assert uncovered_negative(bad, window) == expected, (row, col)
+    ceil = Window.make(2, 2, 0, True)  # every element is read in ceil mode
+    bad = x.clone()
+    bad[0, 0, 4, 6] = -1.0
+    assert not uncovered_negative(bad, ceil)
 
 
 def test_channels_last_and_non_contiguous_inputs():
