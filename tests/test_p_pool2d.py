@@ -411,10 +411,21 @@ def test_autocast_bf16_input():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         h = torch.relu(conv(x))
         assert h.dtype == torch.bfloat16
+        h.retain_grad()
         y = p_pool2d(h, 30.0, 2, 2)
-    assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
-    y.float().sum().backward()
-    assert torch.isfinite(conv.weight.grad).all() and conv.weight.grad.abs().sum() > 0
+    assert y.dtype == torch.bfloat16
+    grad = torch.rand(y.shape, generator=torch.Generator().manual_seed(9)) + 0.5
+    y.float().backward(grad)
+    # Expected: the float64 op on the very bf16 values that reached it, rounded once to bf16 (the op computes in
+    # fp32 whatever autocast says); its gradient to h the same, and the conv's gradient is then conv's backward.
+    h64 = h.detach().double().requires_grad_(True)
+    y64 = p_pool2d(h64, 30.0, 2, 2)
+    (gh64,) = torch.autograd.grad(y64, h64, grad.double())
+    torch.testing.assert_close(y.double(), y64.detach(), rtol=2 ** -8, atol=1e-6)
+    torch.testing.assert_close(h.grad.double(), gh64, rtol=2 ** -8, atol=2 ** -8 * gh64.abs().max().item())
+    (gw,) = torch.autograd.grad(F.conv2d(x, conv.weight, conv.bias, padding=1), conv.weight,
+                                h.grad.float() * (h.detach() > 0))
+    torch.testing.assert_close(conv.weight.grad, gw, rtol=2e-2, atol=2e-2 * gw.abs().max().item())
 
 
 @pytest.mark.slow
