@@ -116,3 +116,39 @@ def test_subnormal_input_gradients_are_flushed_to_zero():
         assert not ((fused != 0) & (fused.abs() < tiny)).any()
         assert (fused[subnormal] == 0).all()
         torch.testing.assert_close(fused, reference, rtol=1e-5, atol=tiny)
+
+
+def test_channels_last_input_gives_channels_last_y_and_dx():
+    """As max_pool2d does: an NHWC network keeps its layout through the pooling."""
+    x = torch.rand(2, 6, 12, 14).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    assert torch.nn.functional.max_pool2d(x, 3, 2, 1).is_contiguous(memory_format=torch.channels_last)
+    y = p_pool2d(x, 3.0, 3, 2, 1, backend="cpu_fused")
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    y.backward(torch.rand_like(y))
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_no_backward_state_without_gradients(monkeypatch):
+    """Under no_grad (or when nothing requires a gradient) the kernel writes y only, not m and den."""
+    ext = cpu_fused.load_extension()
+    calls = []
+
+    class Spy:
+        def forward(self, *args):
+            out = ext.forward(*args)
+            calls.append((args[-1], out[1].numel(), out[2].numel()))
+            return out
+
+        def backward(self, *args):
+            return ext.backward(*args)
+
+    monkeypatch.setattr(cpu_fused, "load_extension", lambda: Spy())
+    x = torch.rand(2, 3, 8, 8, requires_grad=True)
+    with torch.no_grad():
+        y = p_pool2d(x, 30.0, 2, backend="cpu_fused")
+    assert calls[-1] == (False, 0, 0)
+    assert p_pool2d(x.detach(), 30.0, 3, 2, 1, backend="cpu_fused").shape == (2, 3, 4, 4)  # the general path
+    assert calls[-1] == (False, 0, 0)
+    y_grad = p_pool2d(x, 30.0, 2, backend="cpu_fused")
+    assert calls[-1] == (True, 2 * 3 * 4 * 4, 2 * 3 * 4 * 4)
+    torch.testing.assert_close(y, y_grad)

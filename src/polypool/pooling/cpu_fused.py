@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .fused_interface import alpha_grad_to_shape, kernel_alpha, raise_if_negative
+from .fused_interface import alpha_grad_to_shape, is_channels_last, kernel_alpha, raise_if_negative
 from .geometry import Window
 
 log = logging.getLogger(__name__)
@@ -79,33 +79,43 @@ def supports(x: Tensor, alpha) -> bool:
 
 class PPool2dCPU(torch.autograd.Function):
     """``_PPool2d`` of the reference op, computed by the fused C++ kernel (fp32, CPU); raises NegativeInput on a
-    negative x."""
+    negative x.
+
+    ``need_grad=False`` (``p_pool2d`` passes it under ``no_grad`` or when nothing requires a gradient): the kernel
+    writes only y, not the backward's window max and denominator. The kernel works on NCHW; a channels_last input
+    gets y and dx back in channels_last, as ``max_pool2d`` does (one copy each way)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, alpha, window: Window):
+    def forward(ctx, x: Tensor, alpha, window: Window, need_grad: bool = True):
         ext = load_extension()
+        channels_last = is_channels_last(x)
         x = x.contiguous()
         n, c, height, width = x.shape
         out_h, out_w = window.output_size(height, width)
         alpha_k, dense = kernel_alpha(alpha, n, c, out_h, out_w, x.device)
         args = (list(window.kernel), list(window.stride), list(window.padding))
-        y, m, den, negative = ext.forward(x, alpha_k, dense, *args, [out_h, out_w])
+        y, m, den, negative = ext.forward(x, alpha_k, dense, *args, [out_h, out_w], need_grad)
         raise_if_negative(negative, x, window)
-        ctx.window, ctx.dense = window, dense
+        ctx.window, ctx.dense, ctx.channels_last = window, dense, channels_last
         ctx.alpha_shape = alpha.shape if isinstance(alpha, Tensor) else None
         ctx.alpha_dtype = alpha.dtype if isinstance(alpha, Tensor) else None
-        ctx.save_for_backward(x, alpha_k, m, den, y)
-        return y
+        if need_grad:
+            ctx.save_for_backward(x, alpha_k, m, den, y)
+        return y.contiguous(memory_format=torch.channels_last) if channels_last else y
 
     @staticmethod
     def backward(ctx, grad_y: Tensor):
+        if not ctx.saved_tensors:
+            raise RuntimeError("p_pool2d (cpu_fused) ran its forward with need_grad=False: no state for a backward")
         x, alpha_k, m, den, y = ctx.saved_tensors
         window: Window = ctx.window
         need_alpha = ctx.needs_input_grad[1] and ctx.alpha_shape is not None
         grad_x, grad_alpha_map = load_extension().backward(
             x, alpha_k, ctx.dense, m, den, y, grad_y.contiguous().to(torch.float32), need_alpha,
             list(window.kernel), list(window.stride), list(window.padding))
+        if ctx.channels_last:
+            grad_x = grad_x.contiguous(memory_format=torch.channels_last)
         grad_alpha = None
         if need_alpha:
             grad_alpha = alpha_grad_to_shape(grad_alpha_map, ctx.dense, *x.shape[:2], ctx.alpha_shape, ctx.alpha_dtype)
-        return (grad_x if ctx.needs_input_grad[0] else None), grad_alpha, None
+        return (grad_x if ctx.needs_input_grad[0] else None), grad_alpha, None, None

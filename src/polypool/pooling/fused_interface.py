@@ -38,16 +38,31 @@ def uncovered_negative(x: Tensor, window: Window) -> bool:
         end_w < width and (x[..., :, end_w:] < 0).any())
 
 
-def kernel_alpha(alpha, n: int, c: int, out_h: int, out_w: int, device: torch.device) -> tuple[Tensor, bool]:
-    """(alpha as a contiguous fp32 tensor, dense): ``(N*C,)`` per plane, or ``(N, C, out_h, out_w)`` when dense."""
+def is_channels_last(x: Tensor) -> bool:
+    """Whether x is laid out channels_last (and not also plain contiguous, as a C = 1 or 1x1 map can be): then
+    ``max_pool2d`` returns channels_last y and dx, and so do the fused paths."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def alpha_is_dense(alpha) -> bool:
+    """Whether alpha varies over the output positions (then the kernels take one value per output)."""
+    return isinstance(alpha, Tensor) and alpha.dim() >= 1 and (
+        alpha.shape[-1] != 1 or (alpha.dim() >= 2 and alpha.shape[-2] != 1))
+
+
+def kernel_alpha(alpha, n: int, c: int, out_h: int, out_w: int, device: torch.device,
+                 channels_last: bool = False) -> tuple[Tensor, bool]:
+    """(alpha as a dense fp32 tensor, dense): ``(N*C,)`` per plane, or ``(N, C, out_h, out_w)`` when dense, laid
+    out like the output (channels_last when ``channels_last``)."""
     if not isinstance(alpha, Tensor):
         return torch.full((n * c,), float(alpha), device=device), False
     a = alpha.detach().to(device=device, dtype=torch.float32)
     while a.dim() < 4:
         a = a.unsqueeze(0)
-    if a.shape[-1] == 1 and a.shape[-2] == 1:
+    if not alpha_is_dense(a):
         return a.expand(n, c, 1, 1).reshape(n * c).contiguous(), False
-    return a.expand(n, c, out_h, out_w).contiguous(), True
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return a.expand(n, c, out_h, out_w).contiguous(memory_format=memory_format), True
 
 
 def alpha_grad_to_shape(grad: Tensor, dense: bool, n: int, c: int, alpha_shape: torch.Size,

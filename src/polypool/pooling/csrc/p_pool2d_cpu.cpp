@@ -92,38 +92,53 @@ inline Vec pow_unit(const Vec& r, const Vec& log_r, const Vec& a) {
   return Vec::blendv(p, Vec(1.f), a == Vec(0.f));
 }
 
-// 1/m and the all-zero-window indicator of a vector of window maxima: r = x * inv_m + zero is then 1 in an
-// all-zero window (and in the vector tail, which loads zeros and is never stored).
+// Subnormals count as 0 (as on a GPU that flushes denormals): a window max below the smallest normal float would
+// overflow 1/m, and a subnormal element or ratio x/m would overflow p/r (0 * inf = NaN at alpha = 0).
+const Vec kTiny(std::numeric_limits<float>::min());
+
+// A window max below the smallest normal float flushed to 0 (NaN stays NaN).
+inline Vec flush_max(const Vec& m) { return Vec::blendv(m, Vec(0.f), m < kTiny); }
+
+// 1/m and the all-zero-window indicator of a vector of (flushed) window maxima: r = x * inv_m + zero is then 1 in
+// an all-zero window (and in the vector tail, which loads zeros and is never stored).
 struct Normaliser {
   Vec inv_m, zero;
   explicit Normaliser(const Vec& m) {
-    const Vec zero_mask = m == Vec(0.f);
+    const Vec zero_mask = m < kTiny;
     zero = Vec::blendv(Vec(0.f), Vec(1.f), zero_mask);
     inv_m = Vec::blendv(m, Vec(1.f), zero_mask).reciprocal();
+  }
+  // r = x/m in [0, 1], 1 in an all-zero window; an element or a ratio below the smallest normal float counts as 0.
+  inline Vec ratio(const Vec& x) const {
+    const Vec r = x * inv_m + zero;
+    return Vec::blendv(r, zero, (x < kTiny) | (r < kTiny));
   }
 };
 
 // What the backward needs per output, for dx_i = coef_p * p_i - coef_p_over_r * p_i / r_i.
 struct BackwardCoefficients {
-  Vec q, g_over_den, a, coef_p, coef_p_over_r, at_zero;
+  Vec q, g_over_den, a, coef_p, coef_p_over_r, at_zero, alpha_zero;
   BackwardCoefficients(const Vec& y, const Vec& den, const Vec& grad, const Vec& alpha, const Normaliser& n)
       : q(y * n.inv_m + n.zero),  // y/m; 1 in an all-zero window
         g_over_den(grad / den),    // den >= 1 on real outputs; the vector tail loads den = 0 and is never stored
         a(alpha),
         coef_p(g_over_den * (alpha + Vec(1.f))),
         coef_p_over_r(g_over_den * alpha * q),
-        at_zero(Vec::blendv(Vec(0.f), Vec(1.f), alpha == Vec(1.f))) {}  // r^(a-1) at r = 0
+        at_zero(Vec::blendv(Vec(0.f), Vec(1.f), alpha == Vec(1.f))),  // r^(a-1) at r = 0
+        alpha_zero(alpha == Vec(0.f)) {}
 
   // dx of one window element x (normalised by n); adds its term of dy/da (before the factor m / den) to alpha_sum.
   // Subnormal results (|dx| < 1.2e-38, from the tiny weights r^a of a large alpha) are flushed to 0: left in, they
   // make the next layer's convolution backward several times slower on x86 (measured: 5x for VGG16's conv1_2).
   inline Vec grad_x(const Vec& x, const Normaliser& n, bool need_alpha, Vec& alpha_sum) const {
-    const Vec r = x * n.inv_m + n.zero;
+    const Vec r = n.ratio(x);
     const Vec log_r = log_unit(r);
     const Vec p = pow_unit(r, log_r, a);
     const Vec positive = r > Vec(0.f);
     if (need_alpha) alpha_sum = alpha_sum + Vec::blendv(Vec(0.f), p * (r - q) * log_r, positive);
-    const Vec dx = coef_p * p - coef_p_over_r * Vec::blendv(at_zero, p / r, positive);
+    // the a q p/r term is 0 where a = 0 (never 0 * p/r)
+    const Vec p_over_r = Vec::blendv(Vec::blendv(at_zero, p / r, positive), Vec(0.f), alpha_zero);
+    const Vec dx = coef_p * p - coef_p_over_r * p_over_r;
     return Vec::blendv(dx, Vec(0.f), dx.abs() < Vec(std::numeric_limits<float>::min()));
   }
 };
@@ -214,13 +229,14 @@ inline void forward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, c
       m = at::vec::maximum(m, v);
       low = at::vec::minimum(low, v);
     }
+    m = flush_max(m);
     const Normaliser n(m);
     const Vec a = a_row.load(j);
     Vec num(0.f), den(0.f);
     for (int64_t di = 0; di < g.kh; ++di) {
       if (o >= g.valid_rows[di]) continue;  // ceil-mode overhang: not part of the window
       for (int64_t dj = 0; dj < g.kw; ++dj) {
-        const Vec r = Vec::loadu(buf.window(g, di, dj) + j) * n.inv_m + n.zero;
+        const Vec r = n.ratio(Vec::loadu(buf.window(g, di, dj) + j));
         Vec p = pow_unit(r, log_unit(r), a);
         if (g.valid_cols[dj] < g.ow) p = p * Vec::loadu(buf.col_mask.data() + dj * g.ow_padded + j);
         den = den + p;
@@ -228,8 +244,10 @@ inline void forward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, c
       }
     }
     store_row(num / den * m, y, j, g.ow);
-    store_row(m, m_out, j, g.ow);
-    store_row(den, den_out, j, g.ow);
+    if (m_out != nullptr) {  // the backward's state: not written when no gradient is needed
+      store_row(m, m_out, j, g.ow);
+      store_row(den, den_out, j, g.ow);
+    }
   }
 }
 
@@ -239,39 +257,42 @@ inline void forward_row_2x2(const float* x_row, const Geometry& g, const AlphaRo
     const int64_t count = std::min<int64_t>(kLanes, g.ow - j);
     const auto top = load_pairs(x_row, j, count), bottom = load_pairs(x_row + g.W, j, count);
     const Vec xs[4] = {top.first, top.second, bottom.first, bottom.second};
-    const Vec m = at::vec::maximum(at::vec::maximum(xs[0], xs[1]), at::vec::maximum(xs[2], xs[3]));
+    const Vec m = flush_max(at::vec::maximum(at::vec::maximum(xs[0], xs[1]), at::vec::maximum(xs[2], xs[3])));
     low = at::vec::minimum(low, at::vec::minimum(at::vec::minimum(xs[0], xs[1]), at::vec::minimum(xs[2], xs[3])));
     const Normaliser n(m);
     const Vec a = a_row.load(j);
     Vec num(0.f), den(0.f);
     for (const Vec& x : xs) {
-      const Vec r = x * n.inv_m + n.zero;
+      const Vec r = n.ratio(x);
       const Vec p = pow_unit(r, log_unit(r), a);
       den = den + p;
       num = num + p * r;
     }
     store_row(num / den * m, y, j, g.ow);
-    store_row(m, m_out, j, g.ow);
-    store_row(den, den_out, j, g.ow);
+    if (m_out != nullptr) {  // the backward's state: not written when no gradient is needed
+      store_row(m, m_out, j, g.ow);
+      store_row(den, den_out, j, g.ow);
+    }
   }
 }
 
-// Returns (y, m, den), each (N, C, oh, ow) fp32, and whether a window held a negative x (then the caller
-// shifts the maps and calls again: the arithmetic here assumes x >= 0).
+// Returns (y, m, den), each (N, C, oh, ow) fp32 (m and den empty unless need_state: the backward's state), and
+// whether a window held a negative x (then the caller shifts the maps and calls again: the arithmetic here assumes
+// x >= 0).
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, bool> forward(
     torch::Tensor x, torch::Tensor alpha, bool dense_alpha, std::vector<int64_t> kernel, std::vector<int64_t> stride,
-    std::vector<int64_t> padding, std::vector<int64_t> out_size) {
+    std::vector<int64_t> padding, std::vector<int64_t> out_size, bool need_state) {
   const Geometry g = make_geometry(x, kernel, stride, padding, out_size);
   check_inputs(x, alpha, dense_alpha, g);
   const int64_t planes = x.size(0) * x.size(1);
   auto y = torch::empty({x.size(0), x.size(1), g.oh, g.ow}, x.options());
-  auto m_out = torch::empty_like(y);
-  auto den_out = torch::empty_like(y);
+  auto m_out = need_state ? torch::empty_like(y) : torch::empty({0}, x.options());
+  auto den_out = need_state ? torch::empty_like(y) : torch::empty({0}, x.options());
   const float* x_data = x.data_ptr<float>();
   const float* a_data = alpha.data_ptr<float>();
   float* y_data = y.data_ptr<float>();
-  float* m_data = m_out.data_ptr<float>();
-  float* den_data = den_out.data_ptr<float>();
+  float* m_data = need_state ? m_out.data_ptr<float>() : nullptr;
+  float* den_data = need_state ? den_out.data_ptr<float>() : nullptr;
   const bool tiled = tiles_2x2(g);
 
   std::atomic<bool> any_negative{false};
@@ -286,11 +307,13 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, bool> forward(
         const int64_t out = (plane * g.oh + o) * g.ow;
         if (tiled) {
           const AlphaRow a_row{alpha_plane ? alpha_plane + o * g.ow : nullptr, alpha_value, g.ow};
-          forward_row_2x2(xp + 2 * o * g.W, g, a_row, y_data + out, m_data + out, den_data + out, low);
+          forward_row_2x2(xp + 2 * o * g.W, g, a_row, y_data + out, m_data ? m_data + out : nullptr,
+                          den_data ? den_data + out : nullptr, low);
         } else {
           buf.gather(xp, g, o);
           const AlphaRow a_row = buf.alpha_row(alpha_plane, alpha_value, g, o);
-          forward_row_general(buf, g, o, a_row, y_data + out, m_data + out, den_data + out, low);
+          forward_row_general(buf, g, o, a_row, y_data + out, m_data ? m_data + out : nullptr,
+                              den_data ? den_data + out : nullptr, low);
         }
       }
     }
