@@ -24,8 +24,11 @@ pytestmark = pytest.mark.skipif(not triton_fused.enabled(), reason="POLYPOOL_TRI
 @pytest.fixture(autouse=True)
 def poisoned_buffers(monkeypatch):
     """Kernel outputs start as NaN (the negative-input flags as 1, "negative") instead of what torch.empty holds."""
-    def poisoned(shape, dtype, device):
-        return torch.full(shape, float("nan") if dtype.is_floating_point else 1, dtype=dtype, device=device)
+    def poisoned(shape, dtype, device, channels_last=False):
+        empty = original(shape, dtype, device, channels_last)
+        return empty.fill_(float("nan") if dtype.is_floating_point else 1)
+
+    original = triton_fused._alloc
 
     monkeypatch.setattr(triton_fused, "_alloc", poisoned)
 
@@ -83,9 +86,11 @@ def test_negative_non_contiguous_and_channels_last_inputs():
 
 
 def test_planes_span_several_blocks():
-    """More outputs and inputs per plane than one program's block: the block offsets and the partial dalpha sums."""
-    assert 40 * 40 > triton_fused.BLOCK
-    compare(torch.rand(1, 2, 40, 40), torch.rand(2, 1, 1) * 10, 3, 1, 1, False)
+    """More outputs and inputs per plane than one program's block, and blocks that straddle two planes: the flat
+    index's plane and position, and the per-plane dalpha sums."""
+    block = triton_fused.block_size(2 * 40 * 41)
+    assert 40 * 41 > block and (40 * 41) % block  # the second plane starts inside a block
+    compare(torch.rand(1, 2, 40, 41), torch.rand(2, 1, 1) * 10, 3, 1, 1, False)
 
 
 def test_nan_propagates_and_check_raises():

@@ -13,7 +13,7 @@ How it is computed, and why
 * **One window offset at a time.** Instead of unfolding (k*k/stride^2 copies of x), the op loops over the
   kh*kw offsets of the window; each offset is a strided view of x of the output's size. Memory stays at a few
   output-sized buffers and the same code serves every kernel/stride/padding/ceil_mode.
-* **Analytic backward** (supplement Sec. 1, facts.md), with w_i = r_i^a / sum r^a and q = y / m:
+* **Analytic backward** (supplement Sec. 1, docs/paper_notes.md), with w_i = r_i^a / sum r^a and q = y / m:
       dy/dx_i = w_i * ((a+1) - a*q/r_i),        dy/da = m * sum_i w_i (r_i - q) ln r_i.
   Only the window max m and the denominator sum r^a are saved besides x and y (and q = y/m in fp32 for
   fp16/bf16 inputs); naive autograd keeps four input-sized intermediates.
@@ -233,13 +233,31 @@ def p_pool2d(
         if isinstance(alpha, Tensor) and not bool((alpha >= 0).all()):
             raise ValueError("alpha must be >= 0 everywhere (got a negative or NaN value); clamp it to [0, inf)")
     function = _select_backend(backend, input, alpha)
-    if function is not _PPool2d:  # a fused kernel checks for negatives as it reads x: no pass of its own
-        try:
-            return function.apply(input, alpha, window)
-        except NegativeInput:
-            pass
+    if function is _PPool2d:
+        x, shift = shift_negative(input)
+        y = function.apply(x, alpha, window)
+        return y if shift is None else y + shift
+    # a fused kernel checks for negatives as it reads x (no pass of its own), and writes the backward's state only
+    # when a gradient can be asked for
+    need_grad = torch.is_grad_enabled() and (
+        input.requires_grad or (isinstance(alpha, Tensor) and alpha.requires_grad))
+    if function is triton_fused.PPool2dTriton:  # with its safety nets: a failure falls back to the reference op
+        def run(x):
+            return triton_fused.apply(x, alpha, window, need_grad, explicit=backend == "triton")
+    else:
+        def run(x):
+            return function.apply(x, alpha, window, need_grad)
+    try:
+        return run(input)
+    except NegativeInput:
+        pass
+    except triton_fused.TritonFailure:  # warned once; the path is off from now on
+        return p_pool2d(input, alpha, kernel_size, stride, padding, ceil_mode)  # auto: no Triton any more
     x, shift = shift_negative(input)
-    y = function.apply(x, alpha, window)
+    try:
+        y = run(x)
+    except triton_fused.TritonFailure:
+        y = _PPool2d.apply(x, alpha, window)
     return y if shift is None else y + shift
 
 
@@ -259,5 +277,6 @@ def _select_backend(backend: Backend, x: Tensor, alpha: Alpha):
         raise ValueError(
             f"backend='triton' serves fp32/fp16/bf16 CUDA tensors (CPU ones with TRITON_INTERPRET=1) with Triton "
             f"installed; got a {x.dtype} tensor on {x.device} (Triton installed: {triton_fused.kernels() is not None}, "
-            f"POLYPOOL_TRITON enabled: {triton_fused.enabled()}, interpreter: {triton_fused.interpreting()})")
+            f"POLYPOOL_TRITON enabled: {triton_fused.enabled()}, interpreter: {triton_fused.interpreting()}, "
+            f"switched off after a failure: {triton_fused.failure() or 'no'})")
     return _PPool2d

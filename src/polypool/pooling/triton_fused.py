@@ -3,11 +3,23 @@
 ``p_pool2d`` uses it by default for fp32/fp16/bf16 CUDA tensors when Triton imports; everything else goes to the
 C++ CPU kernel or the reference op. With ``TRITON_INTERPRET=1`` set before the first use, ``backend="triton"``
 also runs it on CPU tensors through Triton's interpreter (slow; it is how the tests check it without a GPU).
-``POLYPOOL_TRITON=0`` turns the path off.
 
-Saved for backward: x (the caller's graph keeps it anyway), the window max m in x's dtype (exact: m is one of
-the x), the denominator in fp32, and y for fp32 inputs or q = y/m in fp32 for fp16/bf16 (the backward's
-(a+1) - a q/r needs q to fp32 precision).
+``POLYPOOL_TRITON``: ``0`` turns the path off; ``strict`` makes every failure of it raise (for tests and
+benchmarks); anything else (the default) makes the default path safe on a machine where Triton cannot work:
+
+* The first launch compiles the kernels, builds a C launcher (a C compiler is needed), loads libcuda and writes
+  Triton's cache. If that or any later launch fails, ``p_pool2d`` warns once (with the cause, and the variable) and
+  uses the reference op from then on in this process. A failure in a backward is answered by the reference op's
+  backward for that call.
+* The first call for each (device, dtype, alpha layout) first runs the kernels on a tiny input, forward and
+  backward, against the reference op; a mismatch is such a failure too.
+
+An explicit ``backend="triton"`` never falls back: it raises.
+
+Saved for backward (only when a gradient can be asked for): x itself (no copy, whatever its layout), the window
+max m in x's dtype (exact: m is one of the x), the denominator in fp32, and y for fp32 inputs or q = y/m in fp32
+for fp16/bf16 (the backward's (a+1) - a q/r needs q to fp32 precision). A channels_last x gets channels_last y and
+dx, as from ``max_pool2d``.
 """
 
 from __future__ import annotations
@@ -15,20 +27,30 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import threading
+import warnings
+from typing import Optional
 
 import torch
 from torch import Tensor
 
-from .fused_interface import alpha_grad_to_shape, kernel_alpha, raise_if_negative
+from .fused_interface import (NegativeInput, alpha_grad_to_shape, alpha_is_dense, is_channels_last, kernel_alpha,
+                              raise_if_negative)
 from .geometry import Window
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-BLOCK = 512
 NUM_WARPS = 4
+INT64_FROM = 2**31 - 1 - 2 * 1024  # index arithmetic in int64 from this many elements (any tensor, any span)
+
+
+def mode() -> str:
+    """``POLYPOOL_TRITON``: "off" (0), "strict", or "on" (the default: fall back to the reference on failure)."""
+    value = os.environ.get("POLYPOOL_TRITON", "1").strip().lower()
+    return "off" if value == "0" else "strict" if value == "strict" else "on"
 
 
 def enabled() -> bool:
-    return os.environ.get("POLYPOOL_TRITON", "1") != "0"
+    return mode() != "off"
 
 
 def interpreting() -> bool:
@@ -49,10 +71,51 @@ def kernels():
     return triton_kernels
 
 
+# ------------------------------------------------------------------------------------------------ safety nets
+
+class TritonFailure(RuntimeError):
+    """The Triton path failed (compile, launch, or the first-result check) and has been switched off for this
+    process; ``p_pool2d`` answers the call with the reference op."""
+
+
+_lock = threading.RLock()
+_failure: Optional[str] = None  # why the path is off for this process (after a warning), or None
+_checked: set = set()  # (device, dtype, dense) whose first result matched the reference
+
+
+def failure() -> Optional[str]:
+    """Why the Triton path was switched off in this process, or None."""
+    return _failure
+
+
+def reset() -> None:
+    """Forget a recorded failure and the first-result checks (for tests)."""
+    global _failure
+    with _lock:
+        _failure = None
+        _checked.clear()
+
+
+def _record_failure(cause: str) -> None:
+    global _failure
+    with _lock:
+        if _failure is not None:
+            return
+        _failure = cause
+    warnings.warn(
+        f"polypool: the Triton P-pooling kernels failed, so p_pool2d uses the (slower) reference op from now on in "
+        f"this process. Set POLYPOOL_TRITON=0 to skip the Triton path, or POLYPOOL_TRITON=strict to raise instead. "
+        f"Cause: {cause[:800]}", RuntimeWarning, stacklevel=4)
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}".strip()
+
+
 def supports(x: Tensor, alpha, allow_cpu: bool = False) -> bool:
     """Whether the Triton path serves this call: fp32/16/bf16 on CUDA (or on CPU through the interpreter when
-    ``allow_cpu``), Triton installed, ``POLYPOOL_TRITON`` not 0."""
-    if x.dtype not in DTYPES or not enabled():
+    ``allow_cpu``), Triton installed, ``POLYPOOL_TRITON`` not 0, and no failure recorded in this process."""
+    if x.dtype not in DTYPES or not enabled() or _failure is not None:
         return False
     on_device = x.is_cuda or (allow_cpu and x.device.type == "cpu" and interpreting())
     if not on_device:
@@ -62,77 +125,212 @@ def supports(x: Tensor, alpha, allow_cpu: bool = False) -> bool:
     return kernels() is not None
 
 
-def _alloc(shape, dtype: torch.dtype, device: torch.device) -> Tensor:
+def apply(x: Tensor, alpha, window: Window, need_grad: bool, explicit: bool) -> Tensor:
+    """``PPool2dTriton`` with the safety nets: the first-result check, and on any failure (but NegativeInput) a
+    warning and TritonFailure, unless ``explicit`` (``backend="triton"``) or strict mode, which raise it as is."""
+    try:
+        _check_first_result(x, alpha, window)
+        return PPool2dTriton.apply(x, alpha, window, need_grad, explicit)
+    except NegativeInput:
+        raise
+    except Exception as error:
+        if explicit or mode() == "strict":
+            raise
+        _record_failure(_describe(error))
+        raise TritonFailure(_describe(error)) from error
+
+
+def _check_first_result(x: Tensor, alpha, window: Window) -> None:
+    """Once per (device, dtype, alpha layout): the kernels' forward and gradients on a tiny input against the
+    reference op's; a RuntimeError on a mismatch. Skipped while a CUDA graph is being captured (it syncs)."""
+    dense = alpha_is_dense(alpha)
+    key = (x.device, x.dtype, dense)
+    if key in _checked:
+        return
+    if x.is_cuda and torch.cuda.is_current_stream_capturing():
+        return
+    with _lock:
+        if key in _checked:
+            return
+        mismatch = _first_result_mismatch(x.device, x.dtype, dense, alpha, window)
+        if mismatch:
+            raise RuntimeError(f"the first result of the Triton kernels ({x.dtype}, "
+                               f"{'dense' if dense else 'per-plane'} alpha, {x.device}) does not match the "
+                               f"reference op: {mismatch}")
+        _checked.add(key)
+
+
+def _first_result_mismatch(device, dtype, dense: bool, alpha, window: Window) -> Optional[str]:
+    from .functional import _PPool2d  # the reference op (functional.py imports this module)
+
+    (kh, kw), (sh, sw) = window.kernel, window.stride
+    generator = torch.Generator().manual_seed(0)
+    height, width = kh + 3 * sh, kw + 4 * sw + 1
+    x = torch.rand((2, 3, height, width), generator=generator)
+    x[x < 0.2] = 0  # ReLU zeros
+    x[0, 0, :kh, :kw] = 0  # an all-zero window
+    out_h, out_w = window.output_size(height, width)
+    a = torch.rand((2, 3, out_h, out_w) if dense else (3, 1, 1), generator=generator) * 20
+    a.view(-1)[:2] = torch.tensor([0.0, 1.0])  # average pooling; r^(a-1) at r = 0 is 1
+    x = x.to(dtype).float()  # the values the kernels see
+    g = torch.rand((2, 3, out_h, out_w), generator=generator)
+    alpha_dtype = alpha.dtype if isinstance(alpha, Tensor) else torch.float32
+    results = []
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+        for function, xv, gv, extra in ((PPool2dTriton, x.to(device, dtype), g.to(device, dtype), (True, True)),
+                                        (_PPool2d, x, g, ())):
+            xv = xv.clone().requires_grad_(True)
+            av = a.to(device if extra else "cpu", alpha_dtype).requires_grad_(True)
+            y = function.apply(xv, av, window, *extra)
+            grads = torch.autograd.grad(y, (xv, av), gv)
+            results.append([t.detach().float().cpu() for t in (y, *grads)])
+    rtol = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}[dtype]
+    for name, got, want in zip(("y", "dx", "dalpha"), *results):
+        scale = want.abs().max().item()
+        if not torch.allclose(got, want, rtol=rtol, atol=rtol * scale + 1e-6):
+            error = (got - want).abs().max().item()
+            return f"{name} differs by up to {error:.3g} (scale {scale:.3g})"
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ launches
+
+def _alloc(shape, dtype: torch.dtype, device: torch.device, channels_last: bool = False) -> Tensor:
     """Every buffer the kernels fill (each element written once; the tests poison this to check that)."""
-    return torch.empty(shape, dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device,
+                       memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def _device_guard(x: Tensor):
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
-def _geometry_args(window: Window) -> dict:
+def block_size(total: int) -> int:
+    """Elements per program: larger blocks for larger tensors (fewer programs), small ones for small tensors (enough
+    programs to fill the GPU). The flat grid leaves idle lanes only in the last block."""
+    return 1024 if total >= 1 << 22 else 512 if total >= 1 << 18 else 256 if total >= 1 << 14 else 128
+
+
+def _span(t: Tensor) -> int:
+    """The number of elements between t's first and last addressed element, plus one."""
+    return 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()) if size > 0)
+
+
+def _launch_args(window: Window, x: Tensor, total: int, channels_last: bool, *others: Tensor) -> dict:
     (kh, kw), (sh, sw), (ph, pw) = window.kernel, window.stride, window.padding
-    return dict(KH=kh, KW=kw, SH=sh, SW=sw, PH=ph, PW=pw, BLOCK=BLOCK, num_warps=NUM_WARPS)
+    idx64 = max(total, _span(x), *(t.numel() for t in others)) > INT64_FROM
+    return dict(KH=kh, KW=kw, SH=sh, SW=sw, PH=ph, PW=pw, CL=channels_last, IDX64=idx64, BLOCK=block_size(total),
+                num_warps=NUM_WARPS)
 
 
-def _blocks(n: int) -> int:
-    return (n + BLOCK - 1) // BLOCK
+def _grid(total: int, block: int) -> tuple[int]:
+    return ((total + block - 1) // block,)
 
 
 class PPool2dTriton(torch.autograd.Function):
-    """``_PPool2d`` of the reference op, computed by the Triton kernels; raises NegativeInput on a negative x."""
+    """``_PPool2d`` of the reference op, computed by the Triton kernels; raises NegativeInput on a negative x.
+
+    ``need_grad=False`` (``p_pool2d`` passes it under ``no_grad`` or when nothing requires a gradient): only y is
+    written, not the backward's state. ``explicit``: a failure in the backward raises (else the reference op's
+    backward answers it, after the warning)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, alpha, window: Window):
+    def forward(ctx, x: Tensor, alpha, window: Window, need_grad: bool = True, explicit: bool = True):
         k = kernels()
-        x = x.contiguous()
         n, c, height, width = x.shape
         out_h, out_w = window.output_size(height, width)
-        alpha_k, dense = kernel_alpha(alpha, n, c, out_h, out_w, x.device)
+        channels_last = is_channels_last(x)
+        alpha_k, dense = kernel_alpha(alpha, n, c, out_h, out_w, x.device, channels_last=channels_last)
         save_q = x.dtype != torch.float32
         out_shape = (n, c, out_h, out_w)
-        y = _alloc(out_shape, x.dtype, x.device)
-        m = _alloc(out_shape, x.dtype, x.device)
-        den = _alloc(out_shape, torch.float32, x.device)
-        q = _alloc(out_shape, torch.float32, x.device) if save_q else den  # den is a placeholder: the kernel does not write q then
-        grid = (n * c, _blocks(out_h * out_w))
-        negative = _alloc(grid, torch.int8, x.device)
+        total = n * c * out_h * out_w
+        y = _alloc(out_shape, x.dtype, x.device, channels_last)
+        if need_grad:
+            m = _alloc(out_shape, x.dtype, x.device, channels_last)
+            den = _alloc(out_shape, torch.float32, x.device, channels_last)
+            q = _alloc(out_shape, torch.float32, x.device, channels_last) if save_q else den  # den: a placeholder
+        else:
+            m = den = q = y  # placeholders: the kernel stores none of them
+        args = _launch_args(window, x, total, channels_last, y)
+        negative = _alloc(_grid(total, args["BLOCK"]), torch.int8, x.device)
         with _device_guard(x):
-            k.p_pool2d_forward_kernel[grid](
-                x, alpha_k, y, m, den, q, negative, height, width, out_h, out_w,
-                DENSE=dense, SAVE_Q=save_q, **_geometry_args(window))
+            k.p_pool2d_forward_kernel[_grid(total, args["BLOCK"])](
+                x, alpha_k, y, m, den, q, negative, total, c, height, width, out_h, out_w, *x.stride(),
+                DENSE=dense, SAVE_Q=save_q, STORE_STATE=need_grad, **args)
         # One device sync: the reference pays it too (its shift check), without the kernel's fused pass over x.
         raise_if_negative(bool(negative.any()), x, window)
-        ctx.window, ctx.dense, ctx.q_saved = window, dense, save_q
+        ctx.window, ctx.dense, ctx.q_saved, ctx.explicit = window, dense, save_q, explicit
+        ctx.channels_last = channels_last
         ctx.alpha_shape = alpha.shape if isinstance(alpha, Tensor) else None
         ctx.alpha_dtype = alpha.dtype if isinstance(alpha, Tensor) else None
-        ctx.save_for_backward(x, alpha_k, m, den, q if save_q else y)
+        if need_grad:
+            ctx.save_for_backward(x, alpha_k, m, den, q if save_q else y)
         return y
 
     @staticmethod
     def backward(ctx, grad_y: Tensor):
+        if not ctx.saved_tensors:
+            raise RuntimeError("p_pool2d (triton) ran its forward with need_grad=False: no state for a backward")
         x, alpha_k, m, den, y_or_q = ctx.saved_tensors
-        k = kernels()
-        n, c, height, width = x.shape
-        out_h, out_w = m.shape[-2:]
-        grad_y = grad_y.contiguous()
         need_x = ctx.needs_input_grad[0]
         need_alpha = ctx.needs_input_grad[1] and ctx.alpha_shape is not None
-        args = (height, width, out_h, out_w)
-        flags = dict(DENSE=ctx.dense, Q_SAVED=ctx.q_saved, **_geometry_args(ctx.window))
-        grad_x = grad_alpha = None
-        with _device_guard(x):
-            if need_x:
-                grad_x = _alloc(x.shape, x.dtype, x.device)  # every element is written: the kernel gathers, no zero fill
-                k.p_pool2d_grad_input_kernel[(n * c, _blocks(height * width))](
-                    x, alpha_k, m, den, y_or_q, grad_y, grad_x, *args, **flags)
-            if need_alpha:
-                blocks = _blocks(out_h * out_w)
-                # dense: one value per output; per plane: one partial sum per program, summed below
-                partial = _alloc(m.shape if ctx.dense else (n * c, blocks), torch.float32, x.device)
-                k.p_pool2d_grad_alpha_kernel[(n * c, blocks)](
-                    x, alpha_k, m, den, y_or_q, grad_y, partial, *args, **flags)
-                grad_map = partial if ctx.dense else partial.sum(dim=1)
-                grad_alpha = alpha_grad_to_shape(grad_map, ctx.dense, n, c, ctx.alpha_shape, ctx.alpha_dtype)
-        return grad_x, grad_alpha, None
+        try:
+            grad_x, grad_map = _backward_kernels(ctx, x, alpha_k, m, den, y_or_q, grad_y, need_x, need_alpha)
+        except Exception as error:
+            if ctx.explicit or mode() == "strict":
+                raise
+            _record_failure(_describe(error))
+            grad_x, grad_map = _reference_backward(ctx, x, alpha_k, grad_y, need_x, need_alpha)
+        grad_alpha = None
+        if need_alpha:
+            n, c = x.shape[:2]
+            grad_alpha = alpha_grad_to_shape(grad_map, ctx.dense, n, c, ctx.alpha_shape, ctx.alpha_dtype)
+        return grad_x, grad_alpha, None, None, None
+
+
+def _backward_kernels(ctx, x, alpha_k, m, den, y_or_q, grad_y, need_x: bool, need_alpha: bool):
+    k = kernels()
+    n, c, height, width = x.shape
+    out_h, out_w = m.shape[-2:]
+    channels_last = ctx.channels_last
+    grad_y = grad_y.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    flags = dict(DENSE=ctx.dense, Q_SAVED=ctx.q_saved)
+    geometry = (c, height, width, out_h, out_w, *x.stride())
+    grad_x = grad_map = None
+    with _device_guard(x):
+        if need_x:
+            total = x.numel()
+            grad_x = _alloc(x.shape, x.dtype, x.device, channels_last)  # every element is written: no zero fill
+            args = _launch_args(ctx.window, x, total, channels_last, m)
+            k.p_pool2d_grad_input_kernel[_grid(total, args["BLOCK"])](
+                x, alpha_k, m, den, y_or_q, grad_y, grad_x, total, *geometry, **flags, **args)
+        if need_alpha:
+            total = m.numel()
+            partial = _alloc(m.shape, torch.float32, x.device, channels_last)  # one value per output
+            args = _launch_args(ctx.window, x, total, channels_last, m)
+            k.p_pool2d_grad_alpha_kernel[_grid(total, args["BLOCK"])](
+                x, alpha_k, m, den, y_or_q, grad_y, partial, total, *geometry, **flags, **args)
+            grad_map = partial if ctx.dense else partial.sum(dim=(2, 3)).reshape(n * c)
+    return grad_x, grad_map
+
+
+def _reference_backward(ctx, x, alpha_k, grad_y, need_x: bool, need_alpha: bool):
+    """The gradients by the reference op (recomputing its forward): the answer to a failed backward launch."""
+    from .functional import _PPool2d
+
+    n, c = x.shape[:2]
+    alpha = alpha_k if ctx.dense else alpha_k.view(n, c, 1, 1)
+    with torch.enable_grad():
+        xr = x.detach().requires_grad_(need_x)
+        ar = alpha.detach().requires_grad_(need_alpha)
+        y = _PPool2d.apply(xr, ar, ctx.window)
+        inputs = [t for t, needed in ((xr, need_x), (ar, need_alpha)) if needed]
+        grads = list(torch.autograd.grad(y, inputs, grad_y))
+    grad_x = grads.pop(0) if need_x else None
+    grad_map = None
+    if need_alpha:
+        grad_map = grads.pop(0)
+        grad_map = grad_map if ctx.dense else grad_map.reshape(n * c)
+    if grad_x is not None and ctx.channels_last:
+        grad_x = grad_x.contiguous(memory_format=torch.channels_last)
+    return grad_x, grad_map
