@@ -209,3 +209,57 @@ def test_sweep_timm_architectures(name):
     assert torch.isfinite(out).all()
     for param_name, param in pooling_parameters(model):
         assert param.grad is not None and torch.isfinite(param.grad).all(), param_name
+
+
+class CeilModeSites(nn.Module):
+    """Ceil-mode pooling sites, module and functional (positional and keyword), each fed a map size where ceil and
+    floor mode give different output sizes (13 -> 7 vs 6 for 2x2/2, 13 -> 5 vs 4 for 3x3/3)."""
+
+    def __init__(self):
+        super().__init__()
+        self.avg = nn.AvgPool2d(2, 2, ceil_mode=True)
+        self.max = nn.MaxPool2d(3, 3, ceil_mode=True)
+
+    def forward(self, x):
+        return (self.avg(x), self.max(x), F.avg_pool2d(x, 3, 3, 0, True),
+                F.avg_pool2d(x, kernel_size=2, ceil_mode=True), F.max_pool2d(x, 2, 2, 0, 1, True))
+
+
+CEIL_SITES = {  # site name -> (kernel, stride, padding, output size on 13x13)
+    "avg": ((2, 2), (2, 2), (0, 0), 7), "max": ((3, 3), (3, 3), (0, 0), 5), "avg_pool2d": ((3, 3), (3, 3), (0, 0), 5),
+    "avg_pool2d_1": ((2, 2), (2, 2), (0, 0), 7), "max_pool2d": ((2, 2), (2, 2), (0, 0), 7),
+}
+
+
+def ceil_site_layers(model):
+    return {"avg": model.avg, "max": model.max, "avg_pool2d": model.polypool_avg_pool2d,
+            "avg_pool2d_1": model.polypool_avg_pool2d_1, "max_pool2d": model.polypool_max_pool2d}
+
+
+@pytest.mark.parametrize("target", ["ppool", "avg", "gated", "strided_conv"])
+def test_ceil_mode_carries_over_to_every_site_at_odd_sizes(target):
+    model = CeilModeSites()
+    x = torch.rand(2, 3, 13, 13)
+    before = model(x)
+    assert [y.shape[-1] for y in before] == [7, 5, 5, 7, 7]
+    kwargs = ({"kind_kwargs": PPOOL_AS_AVG, **PPOOL_AS_MAX} if target == "ppool" else {})
+    report = swap_pooling(model, target, input_size=(3, 13, 13), **kwargs)
+    assert counts(report) == (1, 1, 1, 2) and len(report.swapped) == 5
+    assert {s.name.rpartition(".")[2] or s.name: s.args["ceil_mode"] for s in report.sites} == dict.fromkeys(
+        CEIL_SITES, True)
+    for name, layer in ceil_site_layers(model).items():  # the new layer's own arguments
+        kernel, stride, padding, _ = CEIL_SITES[name]
+        assert type(layer).__name__ == {"ppool": "PPool2d", "avg": "AvgPool2d", "gated": "GatedPool2d",
+                                        "strided_conv": "StridedConvPool2d"}[target], name
+        assert (tuple(layer.kernel_size), tuple(layer.stride), tuple(layer.padding), layer.ceil_mode) == (
+            kernel, stride, padding, True), name
+    after = model(x)
+    assert [y.shape[-1] for y in after] == [size for *_, size in CEIL_SITES.values()]
+    if target == "ppool":  # alpha = 0 at the avg sites, 1e4 at the max sites: the same values, overhang included
+        for old, new in zip(before, after):
+            torch.testing.assert_close(new, old, rtol=1e-3, atol=1e-4)
+    if target == "avg":  # the avg sites bit for bit, the max sites now average the same (ceil-mode) windows
+        for i in (0, 2, 3):
+            assert torch.equal(after[i], before[i])
+        torch.testing.assert_close(after[1], F.avg_pool2d(x, 3, 3, 0, True))
+        torch.testing.assert_close(after[4], F.avg_pool2d(x, 2, 2, 0, True))
