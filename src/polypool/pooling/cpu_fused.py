@@ -86,7 +86,7 @@ class PPool2dCPU(torch.autograd.Function):
     gets y and dx back in channels_last, as ``max_pool2d`` does (one copy each way)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, alpha, window: Window, need_grad: bool = True):
+    def forward(ctx, x: Tensor, alpha, window: Window, need_grad: bool = True, check_negative: bool = True):
         ext = load_extension()
         channels_last = is_channels_last(x)
         x = x.contiguous()
@@ -95,7 +95,8 @@ class PPool2dCPU(torch.autograd.Function):
         alpha_k, dense = kernel_alpha(alpha, n, c, out_h, out_w, x.device)
         args = (list(window.kernel), list(window.stride), list(window.padding))
         y, m, den, negative = ext.forward(x, alpha_k, dense, *args, [out_h, out_w], need_grad)
-        raise_if_negative(negative, x, window)
+        if check_negative:  # False: the caller guarantees x >= 0
+            raise_if_negative(negative, x, window)
         ctx.window, ctx.dense, ctx.channels_last = window, dense, channels_last
         ctx.alpha_shape = alpha.shape if isinstance(alpha, Tensor) else None
         ctx.alpha_dtype = alpha.dtype if isinstance(alpha, Tensor) else None
@@ -118,4 +119,4 @@ class PPool2dCPU(torch.autograd.Function):
         grad_alpha = None
         if need_alpha:
             grad_alpha = alpha_grad_to_shape(grad_alpha_map, ctx.dense, *x.shape[:2], ctx.alpha_shape, ctx.alpha_dtype)
-        return (grad_x if ctx.needs_input_grad[0] else None), grad_alpha, None, None
+        return (grad_x if ctx.needs_input_grad[0] else None), grad_alpha, None, None, None

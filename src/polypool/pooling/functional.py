@@ -185,6 +185,7 @@ def p_pool2d(
     ceil_mode: bool = False,
     check: bool = False,
     backend: Backend = "auto",
+    input_nonnegative: bool = False,
 ) -> Tensor:
     """P-pooling over 2-D windows: ``sum x^(alpha+1) / sum x^alpha`` per window.
 
@@ -199,6 +200,9 @@ def p_pool2d(
         backend: ``"auto"`` (the fused kernel where one serves the input, else the reference),
             ``"reference"`` (the pure-torch op in this file), ``"cpu_fused"`` (the C++ kernel; fp32 CPU only),
             or ``"triton"`` (the Triton kernels; fp32/fp16/bf16 on CUDA, or on CPU with ``TRITON_INTERPRET=1``).
+        input_nonnegative: the caller guarantees ``input >= 0`` (it is a ReLU's output: ``swap_pooling`` sets this
+            on the layers it puts after a ReLU). Skips the negative-input check, which costs a device sync per
+            call on the GPU (and so prevents CUDA-graph capture). A negative input then gives wrong results.
 
     Returns:
         ``(N, C, H_out, W_out)`` in the input's dtype, computed in fp32 (fp64 for fp64 inputs).
@@ -209,7 +213,7 @@ def p_pool2d(
     if input.dim() == 3:
         alpha_3d = alpha.unsqueeze(0) if isinstance(alpha, Tensor) and alpha.dim() == 4 else alpha
         return p_pool2d(input.unsqueeze(0), alpha_3d, kernel_size, stride, padding, ceil_mode, check,
-                        backend).squeeze(0)
+                        backend, input_nonnegative).squeeze(0)
     if input.dim() != 4:
         raise ValueError(f"p_pool2d expects a (N, C, H, W) or (C, H, W) input, got shape {tuple(input.shape)}")
     window = Window.make(kernel_size, stride, padding, ceil_mode)
@@ -234,25 +238,28 @@ def p_pool2d(
             raise ValueError("alpha must be >= 0 everywhere (got a negative or NaN value); clamp it to [0, inf)")
     function = _select_backend(backend, input, alpha)
     if function is _PPool2d:
-        x, shift = shift_negative(input)
+        x, shift = (input, None) if input_nonnegative else shift_negative(input)
         y = function.apply(x, alpha, window)
         return y if shift is None else y + shift
     # a fused kernel checks for negatives as it reads x (no pass of its own), and writes the backward's state only
     # when a gradient can be asked for
     need_grad = torch.is_grad_enabled() and (
         input.requires_grad or (isinstance(alpha, Tensor) and alpha.requires_grad))
+    check_negative = not input_nonnegative
     if function is triton_fused.PPool2dTriton:  # with its safety nets: a failure falls back to the reference op
         def run(x):
-            return triton_fused.apply(x, alpha, window, need_grad, explicit=backend == "triton")
+            return triton_fused.apply(x, alpha, window, need_grad, explicit=backend == "triton",
+                                      check_negative=check_negative)
     else:
         def run(x):
-            return function.apply(x, alpha, window, need_grad)
+            return function.apply(x, alpha, window, need_grad, check_negative)
     try:
         return run(input)
     except NegativeInput:
         pass
     except triton_fused.TritonFailure:  # warned once; the path is off from now on
-        return p_pool2d(input, alpha, kernel_size, stride, padding, ceil_mode)  # auto: no Triton any more
+        return p_pool2d(input, alpha, kernel_size, stride, padding, ceil_mode,  # auto: no Triton any more
+                        input_nonnegative=input_nonnegative)
     x, shift = shift_negative(input)
     try:
         y = run(x)

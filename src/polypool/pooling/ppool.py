@@ -117,6 +117,10 @@ class PPool2d(nn.Module):
             shape = (channels, 1, 1) if alpha_mode == "channel" else ()
             self.alpha = nn.Parameter(torch.full(shape, float(alpha_init)))
 
+    # True when the input is known to be >= 0 (a ReLU's output; swap_pooling sets it): p_pool2d then skips its
+    # negative-input check and the device sync it costs. A class attribute, so older pickled layers have it too.
+    input_nonnegative: bool = False
+
     def current_alpha(self, x: Optional[Tensor] = None) -> Tensor:
         """The clamped alpha used in the forward pass (dense mode needs the pooling input ``x``)."""
         if self.alpha_mode == "dense":
@@ -130,7 +134,8 @@ class PPool2d(nn.Module):
         if self.alpha_mode == "dense":
             with torch.no_grad():  # for alpha_stats(): dense alpha exists only during a forward pass
                 self.last_alpha_stats.copy_(torch.stack([alpha.mean(), alpha.min(), alpha.max()]).float())
-        return p_pool2d(x, alpha, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.check)
+        return p_pool2d(x, alpha, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.check,
+                        input_nonnegative=self.input_nonnegative)
 
     @torch.no_grad()
     def alpha_stats(self) -> dict:

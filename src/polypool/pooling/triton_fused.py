@@ -125,12 +125,12 @@ def supports(x: Tensor, alpha, allow_cpu: bool = False) -> bool:
     return kernels() is not None
 
 
-def apply(x: Tensor, alpha, window: Window, need_grad: bool, explicit: bool) -> Tensor:
+def apply(x: Tensor, alpha, window: Window, need_grad: bool, explicit: bool, check_negative: bool = True) -> Tensor:
     """``PPool2dTriton`` with the safety nets: the first-result check, and on any failure (but NegativeInput) a
     warning and TritonFailure, unless ``explicit`` (``backend="triton"``) or strict mode, which raise it as is."""
     try:
         _check_first_result(x, alpha, window)
-        return PPool2dTriton.apply(x, alpha, window, need_grad, explicit)
+        return PPool2dTriton.apply(x, alpha, window, need_grad, explicit, check_negative)
     except NegativeInput:
         raise
     except Exception as error:
@@ -232,10 +232,13 @@ class PPool2dTriton(torch.autograd.Function):
 
     ``need_grad=False`` (``p_pool2d`` passes it under ``no_grad`` or when nothing requires a gradient): only y is
     written, not the backward's state. ``explicit``: a failure in the backward raises (else the reference op's
-    backward answers it, after the warning)."""
+    backward answers it, after the warning). ``check_negative=False``: the caller guarantees x >= 0 (a ReLU's
+    output), so the forward does not read back the kernel's negative flags: no device sync, and CUDA graphs can
+    capture it."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, alpha, window: Window, need_grad: bool = True, explicit: bool = True):
+    def forward(ctx, x: Tensor, alpha, window: Window, need_grad: bool = True, explicit: bool = True,
+                check_negative: bool = True):
         k = kernels()
         n, c, height, width = x.shape
         out_h, out_w = window.output_size(height, width)
@@ -258,7 +261,8 @@ class PPool2dTriton(torch.autograd.Function):
                 x, alpha_k, y, m, den, q, negative, total, c, height, width, out_h, out_w, *x.stride(),
                 DENSE=dense, SAVE_Q=save_q, STORE_STATE=need_grad, **args)
         # One device sync: the reference pays it too (its shift check), without the kernel's fused pass over x.
-        raise_if_negative(bool(negative.any()), x, window)
+        if check_negative:
+            raise_if_negative(bool(negative.any()), x, window)
         ctx.window, ctx.dense, ctx.q_saved, ctx.explicit = window, dense, save_q, explicit
         ctx.channels_last = channels_last
         ctx.alpha_shape = alpha.shape if isinstance(alpha, Tensor) else None
@@ -285,7 +289,7 @@ class PPool2dTriton(torch.autograd.Function):
         if need_alpha:
             n, c = x.shape[:2]
             grad_alpha = alpha_grad_to_shape(grad_map, ctx.dense, n, c, ctx.alpha_shape, ctx.alpha_dtype)
-        return grad_x, grad_alpha, None, None, None
+        return grad_x, grad_alpha, None, None, None, None
 
 
 def _backward_kernels(ctx, x, alpha_k, m, den, y_or_q, grad_y, need_x: bool, need_alpha: bool):
