@@ -16,6 +16,7 @@ from polypool.data import (
 from polypool.data import voc as voc_module
 from polypool.data.fixtures import make_ade20k, make_cityscapes, make_voc
 from polypool.data.transforms import (
+    Compose,
     Normalize,
     RandomCrop,
     RandomHorizontalFlip,
@@ -198,6 +199,63 @@ def test_crop_pads_with_the_mean_and_ignore():
     assert (crop_mask == 255).sum() == 16 * 20 - 10 * 12
     padded = crop_mask == 255
     assert crop_image[0][padded].eq(round(255 * 0.5)).all() and crop_image[2][padded].eq(0).all()
+
+
+def positional_sample(height=40, width=50):
+    """Channel 0 holds the row, channel 1 the column, channel 2 their sum mod 256; the mask is a function of the
+    image, (row + 3 col) mod 21, so any crop, flip or offset between image and mask shows."""
+    rows = torch.arange(height)[:, None].expand(height, width)
+    cols = torch.arange(width)[None, :].expand(height, width)
+    image = torch.stack([rows, cols, (rows + cols) % 256]).to(torch.uint8)
+    return image, mask_of(image)
+
+
+def mask_of(image):
+    return (image[0].long() + 3 * image[1].long()) % 21
+
+
+def test_crop_cuts_image_and_mask_at_the_same_random_offset():
+    image, mask = positional_sample(40, 50)
+    crop = RandomCrop((16, 20), (0.5, 0.5, 0.5))
+    offsets = set()
+    for seed in range(24):
+        crop_image, crop_mask = crop(image, mask, torch.Generator().manual_seed(seed))
+        assert crop_image.shape == (3, 16, 20) and crop_mask.shape == (16, 20)
+        top, left = int(crop_image[0, 0, 0]), int(crop_image[1, 0, 0])
+        offsets.add((top, left))
+        assert 0 <= top <= 40 - 16 and 0 <= left <= 50 - 20
+        assert torch.equal(crop_image, image[:, top:top + 16, left:left + 20])  # a contiguous window of the image
+        assert torch.equal(crop_mask, mask_of(crop_image))  # and the mask cut at the same place
+    tops, lefts = {top for top, _ in offsets}, {left for _, left in offsets}
+    assert min(tops) <= 4 and max(tops) >= 20 and min(lefts) <= 6 and max(lefts) >= 24  # over the whole range
+
+
+def test_crop_of_a_sample_larger_in_one_axis_only_pads_the_other():
+    image, mask = positional_sample(10, 50)  # shorter than the crop, wider than it
+    crop = RandomCrop((16, 20), (0.5, 0.25, 0.0))
+    lefts = set()
+    for seed in range(8):
+        crop_image, crop_mask = crop(image, mask, torch.Generator().manual_seed(seed))
+        left = int(crop_image[1, 0, 0])
+        lefts.add(left)
+        assert torch.equal(crop_image[:, :10], image[:, :, left:left + 20])
+        assert torch.equal(crop_mask[:10], mask_of(crop_image[:, :10]))
+        fill = torch.tensor([128, 64, 0], dtype=torch.uint8)[:, None, None]
+        assert (crop_mask[10:] == 255).all() and (crop_image[:, 10:] == fill).all()
+    assert len(lefts) > 3
+
+
+def test_train_transform_keeps_the_mask_a_function_of_the_image():
+    # scale (nearest for the mask: a mask pixel is the mask of some image pixel), crop and flip together, at
+    # scale 1 so the image keeps its exact values: every mask pixel is the function of its image pixel
+    image, mask = positional_sample(40, 50)
+    transform = Compose([RandomScale((1.0, 1.0)), RandomCrop((24, 24), (0.5,) * 3), RandomHorizontalFlip()])
+    flips = set()
+    for seed in range(10):
+        out_image, out_mask = transform(image, mask, torch.Generator().manual_seed(seed))
+        assert torch.equal(out_mask, mask_of(out_image))
+        flips.add(bool(out_image[1, 0, 0] > out_image[1, 0, -1]))
+    assert flips == {True, False}
 
 
 def test_transforms_are_deterministic_under_a_seed():
