@@ -88,6 +88,7 @@ class PoolingSite:
     swapped: bool = False
     reason: str = ""
     same_padding: bool = False  # timm's TF-"SAME" padding, applied before the pooling
+    after_relu: Optional[bool] = None  # the dummy forward fed it a ReLU module's output (so it is never negative)
 
     def describe_args(self) -> str:
         short = {"kernel_size": "k", "stride": "s", "padding": "p", "dilation": "d", "ceil_mode": "ceil",
@@ -464,22 +465,37 @@ def swap_pooling(model: nn.Module, pooling: PoolingChoice, *, input_size: Option
             site.reason = f"{site.kind} sites are not swapped (pooling={pooling!r})"
     undo: list[Callable[[], None]] = []
     slots: dict[int, tuple] = {}  # functional site -> (owning module, attribute of its child module)
+    relu_outputs: dict[int, torch.Tensor] = {}  # the dummy forward's ReLU outputs, kept alive so ids stay unique
+
+    def see_input(site: PoolingSite, x: torch.Tensor) -> None:  # is the site's input a ReLU module's output?
+        site.after_relu = site.after_relu is not False and relu_outputs.get(id(x)) is x
+
+    def see_module_site(site: PoolingSite, x: torch.Tensor) -> None:
+        site.channels = x.shape[-3]
+        see_input(site, x)
+
     try:
         hooks = []
         for site in sites:  # module sites: record channels with forward hooks
             if site.source == "module" and site.kind is not None:
                 module = model.get_submodule(site.name)
                 hooks.append(module.register_forward_hook(
-                    lambda mod, inputs, output, site=site: setattr(site, "channels", inputs[0].shape[-3])))
+                    lambda mod, inputs, output, site=site: see_module_site(site, inputs[0])))
         for owner in owners:
             chosen = {n: targets[id(s)] for n, s in owner.sites.items() if s.kind is not None and targets[id(s)]}
             if chosen:
                 undo_owner, owner_slots = _rewrite_owner(owner, chosen)
                 undo.append(undo_owner)
                 slots.update(owner_slots)
+        for site in sites:  # functional sites: their probes see the input
+            if id(site) in slots:
+                hooks.append(getattr(*slots[id(site)]).register_forward_hook(
+                    lambda mod, inputs, output, site=site: see_input(site, inputs[0])))
         if any(s.kind is not None for s in sites):
             was_training = model.training
             model.eval()
+            hooks += [m.register_forward_hook(lambda mod, inputs, output: relu_outputs.setdefault(id(output), output))
+                      for m in model.modules() if isinstance(m, (nn.ReLU, nn.ReLU6))]
             try:
                 with torch.no_grad():
                     model(_dummy_input(model, input_size))
@@ -487,6 +503,7 @@ def swap_pooling(model: nn.Module, pooling: PoolingChoice, *, input_size: Option
                 model.train(was_training)
                 for hook in hooks:
                     hook.remove()
+                relu_outputs.clear()
         for site in sites:  # functional sites: the probes saw the channels
             if id(site) in slots:
                 owner_module, attr = slots[id(site)]
@@ -503,6 +520,8 @@ def swap_pooling(model: nn.Module, pooling: PoolingChoice, *, input_size: Option
             action()
         raise
     for site, target, layer in new_layers:
+        if site.after_relu and hasattr(layer, "input_nonnegative"):  # P-pooling skips its negative check (a sync)
+            layer.input_nonnegative = True
         if site.source == "module":
             _set_module(model, site.name, layer)
         else:
