@@ -26,5 +26,11 @@ test-fast: setup
 bench: setup
 	$(PY) benchmarks/bench_pooling.py
 
+# The CUDA path's acceptance check on one GPU (Triton tests, Triton vs reference, > 2^31 elements, speed vs
+# max_pool2d and the copy ceiling, VGG16-LargeFOV bf16 steps): writes results/bench/<gpu>.md. Needs CUDA.
+.PHONY: gpu-check
+gpu-check: setup
+	$(PY) scripts/gpu_check.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info
