@@ -100,3 +100,102 @@ def test_quick_flag_puts_the_quick_runs_note_above_the_tables(tmp_path):
     text = main(["--runs", str(tmp_path / "none"), "--dataset", "voc", "--backbone", "vgg",
                  "--out", str(tmp_path / "t"), "--quick"])
     assert text.splitlines()[2] == QUICK_NOTE and "--quick" in QUICK_NOTE
+
+
+# --- our rows differing from the paper's: the sign of every difference, and the files read back ------------------
+
+def known_deltas():
+    """A difference per method and column, different for every method (swapped rows show) and of both signs."""
+    return np.array([[((7 * m + 3 * j) % 9 - 4) * 0.3 for j in range(22)] for m in range(len(METHODS))])
+
+
+def paper_tsv_rows(backbone):
+    """The paper's rows straight from results/paper/*.tsv, in METHODS order."""
+    name = {"vgg": "table1_voc_vgg.tsv", "resnet": "table2_voc_resnet.tsv"}[backbone]
+    rows = {row[0]: row[1:] for row in (line.split("\t") for line in
+                                        (SUPPLEMENT.parent / name).read_text().splitlines()[1:])}
+    return np.array([[float(v) for v in rows[label]] for _, label in METHODS])
+
+
+def read_csv_sections(path):
+    import csv
+
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    sections = {}
+    for row in rows[1:]:
+        sections.setdefault(row[0], []).append(row[1:])
+    return rows[0], sections
+
+
+def read_tex_sections(path):
+    """{title: [[label, (text, bold), ...], ...]} from the .tex file's tabulars."""
+    sections, current = {}, None
+    for line in path.read_text().splitlines():
+        if line.startswith("% "):
+            current = sections.setdefault(line[2:], [])
+        elif line.endswith(" \\\\") and not line.startswith("Method"):
+            cells = line[:-3].split(" & ")
+            current.append([cells[0]] + [(re.sub(r"\\textbf\{(.*)\}", r"\1", c).replace("$\\pm$", "±"),
+                                          c.startswith("\\textbf")) for c in cells[1:]])
+    return sections
+
+
+@pytest.mark.parametrize("backbone", ["vgg", "resnet"])
+def test_rows_that_differ_from_the_paper_give_signed_differences_in_every_file(tmp_path, backbone):
+    paper = load_paper("voc", backbone)
+    paper_rows = paper_tsv_rows(backbone)  # read here, not through load_paper: a row mix-up there must show
+    deltas = known_deltas()
+    ours_rows = np.round(paper_rows + deltas, 1)
+    assert (deltas > 0).any() and (deltas < 0).any() and (deltas == 0).any()
+    write_records(tmp_path / "runs", "voc", backbone, [[(f"{v:.1f}", False) for v in row] for row in ours_rows])
+    stem = tmp_path / f"voc_{backbone}"
+    text = main(["--runs", str(tmp_path / "runs"), "--dataset", "voc", "--backbone", backbone, "--out", str(stem)])
+
+    header, csv_sections = read_csv_sections(stem.with_suffix(".csv"))
+    assert header == ["table", "method"] + paper.columns
+    assert set(csv_sections) == {"ours", "paper", "ours - paper"}
+    labels = [label for _, label in METHODS]
+    for name, expected in (("ours", ours_rows), ("paper", paper_rows)):
+        assert [row[0] for row in csv_sections[name]] == labels
+        assert np.array([[float(v) for v in row[1:]] for row in csv_sections[name]]) == pytest.approx(expected)
+    csv_deltas = csv_sections["ours - paper"]
+    assert [row[0] for row in csv_deltas] == labels
+    for (method, label), row, expected in zip(METHODS, csv_deltas, deltas):
+        for cell, d in zip(row[1:], expected):
+            assert cell == f"{d:+.1f}".replace("-0.0", "+0.0"), (label, cell, d)
+            assert np.sign(float(cell)) == np.sign(round(d, 1)), (label, cell, d)  # ours above the paper: +
+
+    tex = read_tex_sections(stem.with_suffix(".tex"))
+    assert list(tex) == ["ours", "paper (supplement)", "ours - paper"]
+    for title, values in (("ours", ours_rows), ("paper (supplement)", paper_rows)):
+        rows = tex[title]
+        assert [row[0] for row in rows] == labels
+        got = np.array([[float(text) for text, _ in row[1:]] for row in rows])
+        assert got == pytest.approx(values)
+        bold = np.array([[b for _, b in row[1:]] for row in rows])
+        assert (bold == (values == values.max(0))).all(), title  # the best of each column, and only it
+    assert [[text for text, _ in row[1:]] for row in tex["ours - paper"]] == [row[1:] for row in csv_deltas]
+    md_deltas = text.split("**ours - paper**")[1]
+    for (_, label), row in zip(METHODS, csv_deltas):
+        assert f"| {label} | " + " | ".join(row[1:]) + " |" in md_deltas
+
+
+def test_seeds_table_reads_back_paper_and_differences(tmp_path):
+    root = tmp_path / "runs"
+    paper = load_paper("voc", "vgg")
+    for seed, value in ((0, 0.5), (1, 0.7)):  # P-pooling: 60.0 ± 14.1 in every class
+        path = root / "voc" / "vgg" / "ppool" / f"{seed}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"per_class_iou": [value] * 21, "miou": value}))
+    main(["--runs", str(root), "--dataset", "voc", "--backbone", "vgg", "--out", str(tmp_path / "t")])
+    _, sections = read_csv_sections(tmp_path / "t.csv")
+    assert sections["ours"][-1][1:] == ["60.0 ± 14.1"] * 22 and sections["ours"][0][1:] == ["-"] * 22
+    paper_ppool = paper.row("ppool")[0]
+    assert [float(v) for v in sections["paper"][-1][1:]] == pytest.approx(paper_ppool)
+    deltas = sections["ours - paper"]
+    assert deltas[0][1:] == ["-"] * 22  # no run of ours: no difference
+    assert deltas[-1][1:] == [f"{60.0 - p:+.1f}" for p in paper_ppool]  # the mean over seeds minus the paper
+    assert [np.sign(float(cell)) for cell in deltas[-1][1:]] == [np.sign(60.0 - p) for p in paper_ppool]
+    tex = read_tex_sections(tmp_path / "t.tex")
+    assert tex["ours"][-1][1] == ("60.0 ± 14.1", True)  # the only row with runs: bold everywhere
