@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Reproduce a table of the paper: train every pooling variant, then regenerate the table from the logged runs.
 #
-#   ./reproduce.sh DATASET BACKBONE [--quick] [--gpus N] [--seeds K] [--out DIR] [-- extra LightningCLI overrides]
+#   ./reproduce.sh DATASET CONFIG [--quick] [--gpus N] [--seeds K] [--out DIR] [-- extra LightningCLI overrides]
 #
 #   ./reproduce.sh voc vgg --quick       # a miniature run on the CPU with generated data (minutes)
-#   ./reproduce.sh voc vgg --gpus 4      # supplementary Table 1 on real PASCAL VOC 2012 (+SBD) in data/voc
+#   ./reproduce.sh voc vgg --gpus 4      # supplementary Table 1, the authors' recipe (configs/voc/vgg.yaml)
+#   ./reproduce.sh voc vgg_largefov --gpus 4   # Table 1 with DeepLab-LargeFOV's recipe
 #   ./reproduce.sh voc resnet --gpus 4 --seeds 3 -- --trainer.max_steps 30000
 #
-# Finished runs (their record exists) are skipped and interrupted ones resume from their last checkpoint, so the
-# script can simply be run again.
+# CONFIG names configs/DATASET/CONFIG.yaml; its runs, records, logs and W&B group are its own. Finished runs (their
+# record exists) are skipped and interrupted ones resume from their last checkpoint, so the script can simply be
+# run again.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-usage() { sed -n '2,12p' "$0"; exit "${1:-0}"; }
+usage() { sed -n '2,14p' "$0"; exit "${1:-0}"; }
 [ $# -ge 2 ] || usage 2
 DATASET=$1 BACKBONE=$2
 shift 2
@@ -72,9 +74,10 @@ for POOLING in "${POOLINGS[@]}"; do
     if [ -f "$LOGDIR/checkpoints/last.ckpt" ]; then RESUME=(--ckpt_path last); echo "== $POOLING seed $SEED: resuming"; fi
     echo "== $POOLING seed $SEED"
     $PY -m polypool fit "${ARGS[@]}" --model.pooling "$POOLING" --seed_everything "$SEED" \
-      --trainer.default_root_dir "$LOGDIR" --records_root "$RUNS" "${RESUME[@]}" "${EXTRA[@]}"
+      --trainer.default_root_dir "$LOGDIR" --records_root "$RUNS" --experiment "$BACKBONE" \
+      ${RESUME[@]+"${RESUME[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}
   done
 done
 
-$PY -m polypool.tables --runs "$RUNS" --dataset "$DATASET" --backbone "$BACKBONE" --out "$OUT/${DATASET}_${BACKBONE}" "${NOTE[@]}"
+$PY -m polypool.tables --runs "$RUNS" --dataset "$DATASET" --backbone "$BACKBONE" --out "$OUT/${DATASET}_${BACKBONE}" ${NOTE[@]+"${NOTE[@]}"}
 echo "reproduce.sh: done in $(( $(date +%s) - START )) s; table: $OUT/${DATASET}_${BACKBONE}.md"

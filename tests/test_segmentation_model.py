@@ -50,17 +50,61 @@ def test_every_backbone_with_every_pooling(backbone, pooling):
         assert param.grad.abs().sum() > 0, f"{name} gets no gradient"
 
 
+def pool_windows(features):
+    return [(p.kernel_size, p.stride, p.padding) for p in features if isinstance(p, (PPool2d, torch.nn.MaxPool2d))]
+
+
 def test_vgg16_largefov_structure():
-    model = make_model("vgg16", "ppool")
+    model = make_model("vgg16", "ppool", head="largefov")
     features, head = model.network.backbone, model.network.head
-    pools = [m for m in features if isinstance(m, PPool2d)]
-    assert [(p.kernel_size, p.stride, p.padding) for p in pools] == [((3, 3), (2, 2), (1, 1))] * 3 + [
-        ((3, 3), (1, 1), (1, 1))] * 2
+    assert pool_windows(features) == [((3, 3), (2, 2), (1, 1))] * 3 + [((3, 3), (1, 1), (1, 1))] * 2
     convs = [m for m in features if isinstance(m, torch.nn.Conv2d)]
     assert [c.dilation for c in convs[-3:]] == [(2, 2)] * 3 and all(c.dilation == (1, 1) for c in convs[:-3])
     assert (head.fc6.kernel_size, head.fc6.dilation, head.fc6.out_channels) == ((3, 3), (12, 12), 1024)
     assert (head.fc7.kernel_size, head.fc7.out_channels, head.classifier.out_channels) == ((1, 1), 1024, 21)
     assert features(torch.rand(1, 3, 64, 64)).shape[-2:] == (8, 8)  # output stride 8
+    assert isinstance(head.drop, torch.nn.Dropout) and not isinstance(head.drop, torch.nn.Dropout2d)
+
+
+def test_vgg16_20m_is_the_authors_layout():
+    model = SegmentationModel(backbone="vgg16", pooling="max", head="vgg16_20m")
+    features, head = model.network.backbone, model.network.head
+    assert pool_windows(features) == [(2, 2, 1)] * 3 + [(2, 1, 0), (3, 1, 1)]
+    convs = [m for m in features if isinstance(m, torch.nn.Conv2d)]
+    assert [c.dilation for c in convs[-3:]] == [(2, 2)] * 3 and all(c.dilation == (1, 1) for c in convs[:-3])
+    assert (head.fc6.kernel_size, head.fc6.dilation, head.fc6.padding, head.fc6.out_channels) == (
+        (3, 3), (1, 1), (1, 1), 1024)
+    # 321 -> 161 -> 81 -> 41 (2x2/2 pad 1, floor) -> 40 (2x2/1) -> 40 (3x3/1 pad 1)
+    assert features(torch.rand(1, 3, 321, 321)).shape[-2:] == (40, 40)
+    assert model(torch.rand(1, 3, 65, 49)).shape == (1, 21, 65, 49)
+    with pytest.raises(ValueError, match="vgg16 takes head 'vgg16_20m'.*or 'largefov'"):
+        SegmentationModel(backbone="vgg16", head="aspp")
+    with pytest.raises(ValueError, match="'vgg16_20m' is a VGG16 head"):
+        SegmentationModel(backbone="resnet18", head="vgg16_20m", output_stride=32)
+
+
+@pytest.mark.parametrize("head", ["vgg16_20m", "largefov"])
+def test_vgg_fc6_fc7_start_from_the_subsampled_imagenet_fc_layers(tmp_path, head):
+    reference = timm.create_model("vgg16", pretrained=False)  # random "ImageNet" weights, saved as a local file
+    with torch.no_grad():
+        for param in reference.pre_logits.parameters():
+            param.normal_()
+    path = tmp_path / "vgg16.pth"
+    torch.save(reference.state_dict(), path)
+    model = SegmentationModel(backbone="vgg16", head=head, weights=str(path))
+    fc1, fc2, network_head = reference.pre_logits.fc1, reference.pre_logits.fc2, model.network.head
+    assert torch.equal(network_head.fc6.weight, fc1.weight[::4, :, ::3, ::3])
+    assert torch.equal(network_head.fc6.bias, fc1.bias[::4])
+    assert torch.equal(network_head.fc7.weight, fc2.weight[::4, ::4])
+    assert torch.equal(network_head.fc7.bias, fc2.bias[::4])
+    assert torch.equal(model.network.backbone[0].weight, reference.features[0].weight)
+    # fc6/fc7 are ImageNet layers (backbone lr); only the classifier is new (head lr)
+    groups = {g["name"]: g for g in model.parameter_groups()}
+    head_ids = {id(p) for g in groups.values() if g["name"].startswith("head/") for p in g["params"]}
+    assert head_ids == {id(p) for p in network_head.classifier.parameters()}
+    # without ImageNet weights they are random (PyTorch's default init), not copies
+    scratch = SegmentationModel(backbone="vgg16", head=head).network.head
+    assert not torch.equal(scratch.fc6.weight, fc1.weight[::4, :, ::3, ::3])
 
 
 def test_resnet_has_output_stride_8_and_an_aspp_head():
@@ -70,16 +114,110 @@ def test_resnet_has_output_stride_8_and_an_aspp_head():
     assert [s.name for s in model.swap_report.swapped] == ["features.maxpool"]
 
 
+def test_resnet50_deeplabv3_head_at_output_stride_16():
+    model = SegmentationModel(backbone="resnet18", head="aspp_v3", output_stride=16)
+    head = model.network.head
+    assert model.network.backbone(torch.rand(1, 3, 64, 64)).shape[-2:] == (4, 4)
+    assert [b[0].dilation for b in head.branches] == [(1, 1), (6, 6), (12, 12), (18, 18)]
+    assert model(torch.rand(2, 3, 64, 80)).shape == (2, 21, 64, 80)
+    at_8 = SegmentationModel(backbone="resnet18", head="aspp_v3", output_stride=8).network.head
+    assert [b[0].dilation for b in at_8.branches] == [(1, 1), (12, 12), (24, 24), (36, 36)]
+
+
+def groups_by_name(model):
+    return {g["name"]: g for g in model.parameter_groups()}
+
+
 def test_parameter_groups_and_learning_rates():
-    model = make_model("resnet50", "ppool", lr=0.01, head_lr_mult=10.0, pooling_lr_mult=3.0, weight_decay=5e-4)
-    groups = {g["name"]: g for g in model.parameter_groups()}
-    assert (groups["backbone"]["lr"], groups["head"]["lr"], groups["pooling"]["lr"]) == pytest.approx(
-        (0.01, 0.1, 0.03))
-    assert (groups["backbone"]["weight_decay"], groups["head"]["weight_decay"],
-            groups["pooling"]["weight_decay"]) == (5e-4, 5e-4, 0.0)
-    assert [id(p) for p in groups["pooling"]["params"]] == [id(p) for _, p in pooling_parameters(model)]
+    model = make_model("resnet50", "ppool", lr=0.01, head_lr_mult=10.0, pooling_lr_mult=3.0, weight_decay=5e-4,
+                       bias_lr_mult=2.0)
+    groups = groups_by_name(model)
+    assert sorted(groups) == ["backbone/norm", "backbone/weight", "head/bias", "head/weight", "pooling/weight"]
+    lr = {name: g["lr"] for name, g in groups.items()}
+    assert lr == pytest.approx({"backbone/norm": 0.01, "backbone/weight": 0.01, "head/bias": 0.2,
+                                "head/weight": 0.1, "pooling/weight": 0.03})
+    decay = {name: g["weight_decay"] for name, g in groups.items()}
+    assert decay == {"backbone/norm": 0.0, "backbone/weight": 5e-4, "head/bias": 0.0, "head/weight": 5e-4,
+                     "pooling/weight": 0.0}
+    assert [id(p) for p in groups["pooling/weight"]["params"]] == [id(p) for _, p in pooling_parameters(model)]
+    norms = [p for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()]
+    assert {id(p) for p in groups["backbone/norm"]["params"]} == {id(p) for p in norms}
     every = [id(p) for g in groups.values() for p in g["params"]]
     assert len(every) == len(set(every)) == len(list(model.parameters()))  # each parameter exactly once
+    decayed = SegmentationModel(backbone="resnet18", output_stride=32, decay_norm_and_bias=True)
+    assert groups_by_name(decayed)["backbone/norm"]["weight_decay"] == 5e-4
+
+
+def test_the_dense_alpha_branch_multipliers_reach_the_optimiser():
+    model = SegmentationModel(backbone="resnet18", pooling="ppool", output_stride=32, lr=0.002, weight_decay=5e-4,
+                              alpha_conv_lr_mult=1.0, alpha_prelu_lr_mult=100.0, alpha_bias_lr_mult=180.0,
+                              alpha_grad_scale=3.0)
+    model.trainer = type("FakeTrainer", (), {"estimated_stepping_batches": 100})()  # what configure_optimizers reads
+    optimizer = model.configure_optimizers()["optimizer"]
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    branch = model.network.backbone.get_submodule("features.maxpool").alpha_branch
+    assert branch.proj.bias.tolist() == [30.0] * 64
+    expected = {"alpha_conv/weight": ({id(branch.conv.weight), id(branch.proj.weight)}, 0.002, 5e-4),
+                "alpha_prelu/weight": ({id(branch.act.weight)}, 0.2, 0.0),
+                "alpha_bias/bias": ({id(branch.proj.bias)}, 0.36, 0.0)}
+    for name, (ids, lr, decay) in expected.items():
+        assert {id(p) for p in groups[name]["params"]} == ids, name
+        assert (groups[name]["lr"], groups[name]["weight_decay"]) == (pytest.approx(lr), decay), name
+    assert model.network.backbone.get_submodule("features.maxpool").alpha_grad_scale == 3.0
+
+
+def test_alpha_grad_scale_multiplies_the_branch_gradients_and_leaves_the_forward_alone():
+    torch.manual_seed(0)
+    x = torch.rand(2, 4, 9, 9)
+    results = []
+    for scale in (1.0, 3.0):
+        torch.manual_seed(1)
+        pool = PPool2d(3, 2, 1, channels=4, alpha_mode="dense", alpha_grad_scale=scale)
+        y = pool(x)
+        (y * torch.linspace(0, 1, y.numel()).view_as(y)).sum().backward()
+        results.append((y.detach(), pool.alpha_branch.proj.bias.grad.clone(), pool.alpha_branch.act.weight.grad))
+    assert torch.equal(results[0][0], results[1][0])
+    assert results[0][1].abs().sum() > 0
+    torch.testing.assert_close(results[1][1], 3 * results[0][1])
+    torch.testing.assert_close(results[1][2], 3 * results[0][2])
+    with pytest.raises(ValueError, match="alpha_grad_scale must be > 0"):
+        PPool2d(2, alpha_grad_scale=0.0)
+
+
+def test_frozen_batchnorm_keeps_its_statistics_and_parameters():
+    model = SegmentationModel(backbone="resnet18", output_stride=32, batchnorm="frozen").train()
+    bn = model.network.backbone.get_submodule("features.bn1")
+    before = bn.running_mean.clone()
+    model(torch.rand(2, 3, 64, 64))
+    assert model.training and not bn.training and torch.equal(bn.running_mean, before)
+    names = {g["name"] for g in model.parameter_groups()}
+    assert "backbone/norm" not in names and not bn.weight.requires_grad
+    trained = SegmentationModel(backbone="resnet18", output_stride=32).train()
+    trained(torch.rand(2, 3, 64, 64))
+    assert not torch.equal(trained.network.backbone.get_submodule("features.bn1").running_mean, before)
+
+
+def test_max_is_the_pretrained_network_and_max_all_turns_every_site_into_max():
+    kept = SegmentationModel(backbone="inception_v3", pooling="max", output_stride=32)
+    kinds = [s.kind for s in kept.swap_report.sites if s.kind]
+    assert (kinds.count("avg"), kinds.count("max"), kept.swap_report.swapped) == (9, 4, [])
+    every = SegmentationModel(backbone="inception_v3", pooling="max_all", output_stride=32)
+    assert len(every.swap_report.swapped) == 13
+    assert {s.new for s in every.swap_report.swapped} == {"MaxPool2d"}
+    # "max" is timm's network as it is: its features equal an untouched timm model's with the same weights
+    timm_features = timm.create_model("inception_v3", features_only=True, out_indices=(-1,)).eval()
+    timm_features.load_state_dict(kept.network.backbone.features.state_dict())
+    images = torch.rand(1, 3, 96, 96)
+    with torch.no_grad():
+        assert torch.equal(kept.eval().network.backbone(images), timm_features(images)[-1])
+        every.network.backbone.load_state_dict(kept.network.backbone.state_dict())
+        assert not torch.allclose(every.eval().network.backbone(images), timm_features(images)[-1])
+
+
+def test_input_normalisation_comes_from_the_backbone_weights():
+    assert SegmentationModel(backbone="inception_v3", output_stride=32).input_mean_std == ((0.5,) * 3, (0.5,) * 3)
+    assert SegmentationModel(backbone="resnet18", output_stride=32).input_mean_std == (
+        (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +250,8 @@ def test_a_few_steps_bring_the_loss_down_and_follow_the_poly_schedule(voc_fixtur
     assert len(losses) == 10 and np.mean(losses[-3:]) < np.mean(losses[:3])
     groups = {g["name"]: g for g in trainer.optimizers[0].param_groups}
     factor = (1 - 10 / 10) ** 0.9
-    assert groups["backbone"]["lr"] == pytest.approx(0.01 * factor) and groups["head"]["initial_lr"] == 0.1
+    assert groups["backbone/weight"]["lr"] == pytest.approx(0.01 * factor)
+    assert groups["head/weight"]["initial_lr"] == 0.1
 
 
 @pytest.mark.slow
@@ -214,7 +353,7 @@ def test_bad_configuration_errors():
         SegmentationModel(backbone="resnet5O")
     with pytest.raises(ValueError, match="unknown pooling 'pool'"):
         SegmentationModel(backbone="resnet18", pooling="pool", output_stride=32)
-    with pytest.raises(ValueError, match="VGG16-LargeFOV has output stride 8"):
+    with pytest.raises(ValueError, match="VGG16 segmentation networks have output stride 8"):
         SegmentationModel(backbone="vgg16", output_stride=16)
     with pytest.raises(ValueError, match="class_names has 2 names for num_classes=3"):
         SegmentationModel(backbone="resnet18", num_classes=3, class_names=["a", "b"], output_stride=32)

@@ -31,51 +31,148 @@ def config_hash(config: Optional[dict]) -> str:
 
 
 class RunRecord(L.Callback):
-    """Writes ``<root>/<dataset>/<backbone>/<pooling>/<seed>.json`` when a fit ends: per-class IoU (NaN for absent
-    classes, written as null), mIoU, class names, the config hash, the git commit, steps and wall time.
+    """Writes ``<root>/<dataset>/<experiment>/<pooling>/<seed>.json`` when a fit ends: per-class IoU (NaN for absent
+    classes, written as null), mIoU, class names, the experiment and its config files, the config hash, the git
+    commit, steps, wall time, and for every P-pooling layer alpha's mean and spread at the first and the last step.
 
-    ``dataset`` and ``backbone`` default to the DataModule's ``dataset_name`` and the model's backbone family
-    (vgg16 -> "vgg", resnet* -> "resnet", inception* -> "inception"). The CLI passes the resolved config.
+    ``dataset`` defaults to the DataModule's ``dataset_name``; ``experiment`` (the CLI sets it to the config's name,
+    e.g. ``vgg_largefov``) to the model's backbone family (vgg16 -> "vgg", resnet* -> "resnet", inception* ->
+    "inception"). The alpha statistics are taken over a fixed probe image (the first training image) for a dense
+    alpha; the probe, the first statistics and the elapsed time are checkpointed, so a resumed run records the
+    whole run.
     """
 
-    def __init__(self, root: str = "results/runs", dataset: Optional[str] = None, backbone: Optional[str] = None):
-        self.root, self.dataset, self.backbone = Path(root), dataset, backbone
+    def __init__(self, root: str = "results/runs", dataset: Optional[str] = None, experiment: Optional[str] = None):
+        self.root, self.dataset, self.experiment = Path(root), dataset, experiment
         self.config: Optional[dict] = None
+        self.config_files: list[str] = []
         self.seed: Optional[int] = None
         self._start: Optional[float] = None
+        self._elapsed_before = 0.0  # wall time of earlier attempts of this run (from the checkpoint)
+        self._probe: Optional[torch.Tensor] = None
+        self._alpha_first: Optional[dict] = None
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._start = time.time()
 
+    def elapsed(self) -> float:
+        return self._elapsed_before + (time.time() - self._start if self._start is not None else 0.0)
+
+    def state_dict(self) -> dict:
+        return {"elapsed_s": self.elapsed(), "probe": self._probe, "alpha_first": self._alpha_first}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._elapsed_before = float(state.get("elapsed_s", 0.0))
+        self._probe, self._alpha_first = state.get("probe"), state.get("alpha_first")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if self._probe is None:
+            self._probe = batch[0][:1].detach().cpu().clone()
+        if self._alpha_first is None:
+            self._alpha_first = {"step": int(trainer.global_step), "layers": alpha_summary(pl_module, self._probe)}
+
     def record_path(self, trainer, pl_module) -> Path:
         dataset = self.dataset or getattr(trainer.datamodule, "dataset_name", "dataset")
-        backbone = self.backbone or backbone_family(pl_module.hparams.backbone)
+        experiment = self.experiment or backbone_family(pl_module.hparams.backbone)
         seed = self.seed if self.seed is not None else 0
-        return self.root / dataset / backbone / pl_module.hparams.pooling / f"{seed}.json"
+        return self.root / dataset / experiment / pl_module.hparams.pooling / f"{seed}.json"
 
     def on_fit_end(self, trainer, pl_module) -> None:
+        # Every rank evaluates its share of the whole val set (also a run resumed at max_steps, which trained no
+        # step now); the metric is reduced over the ranks, then rank 0 writes.
+        iou = final_evaluation(trainer, pl_module)
         if not trainer.is_global_zero:
             return
-        if pl_module.last_val_iou is None:  # no validation ran yet: validate once for the record
-            trainer.validate(pl_module, datamodule=trainer.datamodule, verbose=False)
-        iou = pl_module.last_val_iou
         per_class = [None if math.isnan(v) else float(v) for v in iou.tolist()]
+        path = self.record_path(trainer, pl_module)
+        alpha = {}
+        if self._probe is not None:
+            last = alpha_summary(pl_module, self._probe)
+            if last:
+                alpha = {"probe": "the first training image (dense alpha: statistics over its alpha map)",
+                         "first": self._alpha_first, "last": {"step": int(trainer.global_step), "layers": last}}
         record = {
-            "dataset": self.record_path(trainer, pl_module).parts[-4],
+            "dataset": path.parts[-4],
+            "experiment": path.parts[-3],
+            "config_files": list(self.config_files),
             "backbone": pl_module.hparams.backbone,
             "pooling": pl_module.hparams.pooling,
             "seed": self.seed,
             "class_names": list(pl_module.class_names),
             "per_class_iou": per_class,
             "miou": float(torch.nanmean(iou)),
+            "alpha": alpha,
             "config_hash": config_hash(self.config),
             "git_commit": git_commit(),
             "steps": int(trainer.global_step),
-            "wall_time_s": round(time.time() - (self._start or time.time()), 1),
+            "wall_time_s": round(self.elapsed(), 1),
         }
-        path = self.record_path(trainer, pl_module)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+@torch.no_grad()
+def final_evaluation(trainer, pl_module) -> torch.Tensor:
+    """Per-class IoU of ``pl_module`` on the DataModule's whole val set (no ``limit_val_batches``), under the
+    model's test-time protocol, with a fresh copy of its metric reduced over the DDP ranks. Called on every rank.
+    Also logs ``final/mIoU`` and ``final/IoU/<class>`` at the last step."""
+    datamodule = trainer.datamodule
+    if getattr(datamodule, "val_dataset", None) is None:
+        datamodule.setup("validate")
+    metric = pl_module.val_iou.clone()
+    metric.reset()
+    was_training = pl_module.training
+    pl_module.eval()
+    try:
+        with trainer.precision_plugin.forward_context():
+            for images, masks in datamodule.val_dataloader():
+                images, masks = images.to(pl_module.device), masks.to(pl_module.device)
+                metric.update(pl_module.evaluation_prediction(images), masks)
+        iou = metric.compute().detach().float().cpu()
+    finally:
+        pl_module.train(was_training)
+    if trainer.is_global_zero:
+        values = {"final/mIoU": float(torch.nanmean(iou))}
+        values.update({f"final/IoU/{name}": float(v) for name, v in zip(pl_module.class_names, iou)})
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=int(trainer.global_step))
+            logger.save()
+    return iou
+
+
+@torch.no_grad()
+def alpha_maps(pl_module, probe: Optional[torch.Tensor]) -> dict[str, tuple[Any, torch.Tensor]]:
+    """``{layer name: (PPool2d, alpha)}`` for every P-pooling layer of a :class:`SegmentationModel`'s backbone:
+    the alpha itself in layer/channel mode, the dense alpha map of ``probe`` (one image) in dense mode.
+
+    The dense probe runs in eval mode: a training-mode forward would update the BatchNorm statistics (and fails on
+    one image at 1x1 resolution), so looking at alpha must not touch the training."""
+    from .pooling import PPool2d
+
+    backbone = pl_module.network.backbone  # the names are those of the alpha/<name>/... scalars
+    layers = {name: module for name, module in backbone.named_modules() if isinstance(module, PPool2d)}
+    dense = {}
+    if probe is not None and any(m.alpha_mode == "dense" for m in layers.values()):
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            dense = pl_module.dense_alpha_maps(probe.to(pl_module.device))
+        finally:
+            pl_module.train(was_training)
+    return {name: (module, dense[name] if module.alpha_mode == "dense"
+                   else module.current_alpha().detach().float().cpu())
+            for name, module in layers.items() if module.alpha_mode != "dense" or name in dense}
+
+
+def alpha_summary(pl_module, probe: Optional[torch.Tensor]) -> dict[str, dict]:
+    """Mean, spread (std over channels and positions), min and max of every P-pooling layer's alpha."""
+    summary = {}
+    for name, (module, alpha) in alpha_maps(pl_module, probe).items():
+        values = alpha.flatten().double()
+        summary[name] = {"mode": module.alpha_mode, "mean": values.mean().item(),
+                         "std": values.std(unbiased=False).item(), "min": values.min().item(),
+                         "max": values.max().item()}
+    return summary
 
 
 class AlphaHistory(L.Callback):
@@ -119,31 +216,16 @@ class AlphaHistory(L.Callback):
     @torch.no_grad()
     def snapshot(self, pl_module) -> dict:
         """``{layer name: statistics}`` of every P-pooling layer of the model, now."""
-        from .pooling import PPool2d
-
-        backbone = pl_module.network.backbone  # the names are those of the alpha/<name>/... scalars
-        layers = {name: module for name, module in backbone.named_modules() if isinstance(module, PPool2d)}
-        dense = {}
-        if self._probe is not None and any(m.alpha_mode == "dense" for m in layers.values()):
-            # In eval mode: a training-mode forward would update the BatchNorm statistics (and fails on one image
-            # at 1x1 resolution), so the probe must not touch the training.
-            was_training = pl_module.training
-            pl_module.eval()
-            try:
-                dense = pl_module.dense_alpha_maps(self._probe.to(pl_module.device))
-            finally:
-                pl_module.train(was_training)
         stats = {}
-        for name, module in layers.items():
+        for name, (module, alpha) in alpha_maps(pl_module, self._probe).items():
             low, high = module.alpha_range
+            alpha = alpha.flatten()
             if module.alpha_mode == "dense":
-                alpha = dense[name].flatten()
                 if name not in self._sample_positions:
                     generator = torch.Generator().manual_seed(0)
                     self._sample_positions[name] = torch.randperm(alpha.numel(), generator=generator)[:self.max_values]
                 values = alpha[self._sample_positions[name]]
             else:
-                alpha = module.current_alpha().detach().float().cpu().flatten()
                 values = alpha
             top = high if high > low else low + 1.0  # a fixed alpha (low == high) still gets bins
             counts = torch.histc(alpha, bins=self.bins, min=low, max=top)

@@ -8,11 +8,11 @@ Unless the config sets ``trainer.logger`` / checkpointing itself, every run gets
 * ``CSVLogger`` **first** (so LightningCLI's ``config.yaml`` and the checkpoints go to the run's own folder; with
   W&B first they would go to a shared one and the second run would crash, Lightning issues 11256/14162), then
   :class:`PolypoolWandbLogger` (offline without credentials; ``--wandb_project null`` turns it off), grouped by
-  dataset/backbone and tagged with the pooling, with the resolved config;
+  dataset/experiment (the config's name) and tagged with the pooling, with the resolved config;
 * ``ModelCheckpoint`` keeping the best val mIoU and ``last.ckpt`` in ``<default_root_dir>/checkpoints``, so
   ``--ckpt_path last`` resumes an interrupted run where it stopped: optimizer and scheduler state, and the
   position in the epoch (the training loader is resumable, see ``polypool.data.dataset.ResumableLoader``);
-* :class:`RunRecord` writing ``<records_root>/<dataset>/<backbone>/<pooling>/<seed>.json`` when the fit ends,
+* :class:`RunRecord` writing ``<records_root>/<dataset>/<experiment>/<pooling>/<seed>.json`` when the fit ends,
   :class:`AlphaHistory` (P-pooling's alpha every 100 steps, ``<default_root_dir>/alpha_history.jsonl``) and
   :class:`QualitativePanel` (W&B only). A config that lists one of these callbacks itself replaces the default.
 """
@@ -39,7 +39,12 @@ class PolypoolCLI(LightningCLI):
         parser.add_argument("--wandb_project", type=Optional[str], default="polypool",
                             help="W&B project of the run (offline without credentials); null: no W&B logger")
         parser.add_argument("--records_root", type=str, default="results/runs",
-                            help="where RunRecord writes <dataset>/<backbone>/<pooling>/<seed>.json")
+                            help="where RunRecord writes <dataset>/<experiment>/<pooling>/<seed>.json")
+        parser.add_argument("--experiment", type=Optional[str], default=None,
+                            help="the name that keeps this configuration's runs apart: records in <records_root>/"
+                                 "<dataset>/<experiment>/, W&B group <dataset>/<experiment> (reproduce.sh passes the "
+                                 "config's name, e.g. vgg_largefov); default: the --config file's name, else the "
+                                 "backbone family (vgg, resnet, inception)")
 
     def _run_setting(self, key: str) -> Any:
         return self.config[self.subcommand][key] if self.subcommand else self.config[key]
@@ -68,19 +73,36 @@ class PolypoolCLI(LightningCLI):
             extra.append(QualitativePanel())
         return super()._instantiate_trainer(config, callbacks + extra)
 
+    def experiment_name(self) -> str:
+        """``--experiment``, else the name of the last ``--config`` file outside configs/trainer (the presets),
+        else the backbone family."""
+        given = self._run_setting("experiment")
+        if given:
+            return given
+        configs = [Path(str(getattr(c, "relative", c))) for c in (self._run_setting("config") or [])]
+        configs = [c for c in configs if c.parent.name != "trainer"]
+        return configs[-1].stem if configs else backbone_family(self.model.hparams.backbone)
+
+    def config_files(self) -> list[str]:
+        return [str(getattr(c, "relative", c)) for c in (self._run_setting("config") or [])]
+
     def before_fit(self) -> None:
-        """Fill in the run's identity: W&B group/tags/config, and the record's config hash and seed."""
+        """Fill in the run's identity: W&B group/tags/config, and the record's experiment, config and seed."""
         config = self.config[self.subcommand].as_dict()
         dataset = getattr(self.datamodule, "dataset_name", type(self.datamodule).__name__)
+        experiment = self.experiment_name()
         backbone = backbone_family(self.model.hparams.backbone)
         pooling = self.model.hparams.pooling
         for logger in self.trainer.loggers:
             if isinstance(logger, PolypoolWandbLogger):
-                logger.set_run_info(group=f"{dataset}/{backbone}", tags=[pooling, dataset, backbone], config=config)
+                logger.set_run_info(group=f"{dataset}/{experiment}", tags=[pooling, dataset, backbone, experiment],
+                                    config=config)
         for callback in self.trainer.callbacks:
             if isinstance(callback, RunRecord):
                 callback.config = {k: v for k, v in config.items() if k not in ("ckpt_path", "config")}
                 callback.seed = config.get("seed_everything")
+                callback.experiment = callback.experiment or experiment
+                callback.config_files = self.config_files()
 
 
 def main(args: Optional[list[str]] = None) -> PolypoolCLI:

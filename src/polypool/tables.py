@@ -1,9 +1,12 @@
 """Logged runs -> the supplement's Tables 1 and 2 (per-class IoU and mIoU), the paper's rows beside ours.
 
     python -m polypool.tables --runs results/runs --dataset voc --backbone vgg
+    python -m polypool.tables --runs results/runs --dataset voc --backbone vgg_largefov
     python -m polypool.tables --wandb ENTITY/PROJECT --dataset voc --backbone resnet
 
-Writes ``results/<dataset>_<backbone>.{md,csv,tex}``: our rows (mean ± std over seeds), the paper's rows, and our
+``--backbone`` names the experiment, i.e. the config whose runs are read (``configs/voc/vgg.yaml`` -> ``vgg``,
+``configs/voc/vgg_largefov.yaml`` -> ``vgg_largefov``); the paper's table is the one of its backbone family (both
+VGG configs against Table 1, both ResNet configs against Table 2). Writes ``results/<dataset>_<experiment>.{md,csv,tex}``: our rows (mean ± std over seeds), the paper's rows, and our
 minus the paper's; the best value of each column is bold, as in the supplement. A missing run is a dash and is
 listed under the table, never filled in. Sources: our run records (``RunRecord``), CSVLogger's ``metrics.csv``
 files (W&B offline runs keep their metrics in a binary file), or the W&B API.
@@ -38,10 +41,12 @@ QUICK_NOTE = ("Miniature run (./reproduce.sh voc vgg --quick): a generated 64-im
 
 @dataclass
 class Table:
-    """Per-class IoU (percent) of each method: a list of runs (seeds), each ``len(columns) - 1`` values + mean."""
+    """Per-class IoU (percent) of each method: a list of runs (seeds), each ``len(columns) - 1`` values + mean.
+    ``records`` keeps the run records it was read from (config files, alpha over training)."""
 
     columns: list[str]
     runs: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    records: dict[str, list[dict]] = field(default_factory=dict)
 
     def row(self, method: str) -> Optional[tuple[np.ndarray, np.ndarray]]:
         """(mean, std) over the seeds, or None when the method has no run."""
@@ -66,7 +71,37 @@ def load_records(root: Path, dataset: str, backbone: str) -> Table:
         for path in sorted((root / dataset / backbone / method).glob("*.json")):
             record = json.loads(path.read_text())
             table.runs.setdefault(method, []).append(record_values(record["per_class_iou"], record.get("miou")))
+            table.records.setdefault(method, []).append(record)
     return table
+
+
+def paper_table_key(dataset: str, experiment: str) -> tuple[str, str]:
+    """The paper table an experiment is compared with: its backbone family's (vgg_largefov -> (voc, vgg))."""
+    for family in ("vgg", "resnet", "inception"):
+        if experiment.startswith(family):
+            return dataset, family
+    return dataset, experiment
+
+
+def provenance_lines(table: Table) -> list[str]:
+    """Which config files the rows came from, and for every P-pooling run whether alpha moved."""
+    configs = sorted({" + ".join(r.get("config_files") or []) for rs in table.records.values() for r in rs} - {""})
+    lines = [f"Our rows: runs of {', '.join(f'`{c}`' for c in configs)}." if configs else ""]
+    for method, label in METHODS:
+        for record in table.records.get(method, []):
+            alpha = record.get("alpha") or {}
+            first, last = (alpha.get("first") or {}), (alpha.get("last") or {})
+            layers = last.get("layers") or {}
+            if not layers:
+                continue
+            moves = []
+            for name, stats in layers.items():
+                start = (first.get("layers") or {}).get(name)
+                begin = f"{start['mean']:.4g} (spread {start['std']:.3g})" if start else "?"
+                moves.append(f"{name} {begin} -> {stats['mean']:.4g} (spread {stats['std']:.3g})")
+            lines.append(f"{label} seed {record.get('seed')}: alpha mean from step {first.get('step', '?')} to step "
+                         f"{last.get('step')}: " + "; ".join(moves) + ".")
+    return [line for line in lines if line]
 
 
 def load_metrics_csv(path: Path, class_names: Sequence[str] = VOC_CLASSES) -> np.ndarray:
@@ -198,6 +233,9 @@ def write_tables(ours: Table, paper: Optional[Table], out_stem: Path, note: str 
     missing = missing_runs(ours)
     if missing:
         md.append(f"Missing runs (shown as -): {', '.join(missing)}.")
+    provenance = provenance_lines(ours)
+    if provenance:
+        md += [""] + [f"- {line}" for line in provenance]
     text = "\n".join(md).rstrip() + "\n"
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     out_stem.with_suffix(".md").write_text(text)
@@ -221,7 +259,8 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     source.add_argument("--csv-logs", type=Path, help="CSVLogger folders: <dir>/<pooling>/<seed>/metrics.csv")
     source.add_argument("--wandb", help="ENTITY/PROJECT: read finished runs from the W&B API")
     parser.add_argument("--dataset", default="voc")
-    parser.add_argument("--backbone", default="vgg")
+    parser.add_argument("--backbone", default="vgg",
+                        help="the experiment (config name) whose runs to read: vgg, vgg_largefov, resnet, ...")
     parser.add_argument("--out", type=Path, help="output stem (default results/<dataset>_<backbone>)")
     parser.add_argument("--note", default="", help="a line printed above the tables (e.g. 'miniature run')")
     parser.add_argument("--quick", action="store_true", help="note that these are reproduce.sh --quick runs")
@@ -234,7 +273,8 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         ours = load_csv_logs(args.csv_logs)
     else:
         ours = load_records(args.runs, args.dataset, args.backbone)
-    paper = load_paper(args.dataset, args.backbone) if (args.dataset, args.backbone) in PAPER_TABLES else None
+    key = paper_table_key(args.dataset, args.backbone)
+    paper = load_paper(*key) if key in PAPER_TABLES else None
     text = write_tables(ours, paper, args.out or Path("results") / f"{args.dataset}_{args.backbone}", args.note)
     print(text)
     return text

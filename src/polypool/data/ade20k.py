@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 
@@ -34,12 +34,12 @@ class ADE20KDataModule(SegmentationDataModule):
 
     def __init__(self, root: Union[str, Path] = "data/ade20k", batch_size: int = 8, num_workers: int = 4,
                  crop_size: Union[int, tuple[int, int]] = 512, scale_range: tuple[float, float] = (0.5, 2.0),
-                 mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
-                 std: tuple[float, float, float] = (0.229, 0.224, 0.225), train_split: str = "training",
+                 mean: Optional[tuple[float, float, float]] = None,
+                 std: Optional[tuple[float, float, float]] = None, train_split: str = "training",
                  val_split: str = "validation", val_batch_size: int = 1, check_labels: bool = True,
-                 download: bool = False):
+                 download: bool = False, hflip: bool = True):
         super().__init__(root, batch_size, num_workers, crop_size, scale_range, mean, std, train_split, val_split,
-                         val_batch_size, check_labels, download)
+                         val_batch_size, check_labels, download, hflip)
         self.base = self.root / "ADEChallengeData2016"
 
     def download_dataset(self) -> None:

@@ -11,7 +11,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from .classes import IGNORE_INDEX
-from .dataset import EpochSampler, ResumableLoader, SegmentationDataset
+from .dataset import EpochSampler, ResumableLoader, SegmentationDataset, ShardSampler
 from .transforms import pad_collate, train_transform, val_transform
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -24,6 +24,13 @@ class SegmentationDataModule(L.LightningDataModule):
 
     ``prepare_data`` only checks the folders (or downloads, when ``download=True``); ``setup`` builds the datasets,
     so the module is safe under DDP.
+
+    ``batch_size`` is the **global** batch of one optimiser step, as papers state it: under DDP each of the
+    ``world_size`` processes loads ``batch_size / world_size`` samples (:meth:`per_rank_batch_size`), and a batch
+    that does not divide fails in ``setup``, before training. ``val_batch_size`` is per process.
+
+    ``mean``/``std`` default to None: the normalisation the model's pretrained backbone expects (the trainer's
+    LightningModule's ``input_mean_std``, from timm's pretrained config), else ImageNet's. Pass them to override.
     """
 
     ignore_index = IGNORE_INDEX
@@ -37,19 +44,32 @@ class SegmentationDataModule(L.LightningDataModule):
         num_workers: int = 4,
         crop_size: Union[int, tuple[int, int]] = 321,
         scale_range: tuple[float, float] = (0.5, 2.0),
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
+        mean: Optional[tuple[float, float, float]] = None,
+        std: Optional[tuple[float, float, float]] = None,
         train_split: str = "train",
         val_split: str = "val",
         val_batch_size: int = 1,
         check_labels: bool = True,
         download: bool = False,
+        hflip: bool = True,
     ):
         super().__init__()
         self.root = Path(root).expanduser()
         self.batch_size, self.num_workers, self.val_batch_size = batch_size, num_workers, val_batch_size
         self.crop_size = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
-        self.scale_range, self.mean, self.std = tuple(scale_range), tuple(mean), tuple(std)
+        for name, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if len(self.crop_size) != 2 or min(self.crop_size) < 1:
+            raise ValueError(f"crop_size must be a positive size (an int or (height, width)), got {crop_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if (mean is None) != (std is None):
+            raise ValueError("pass both mean and std, or neither (then the backbone's pretrained config decides)")
+        self.scale_range = tuple(scale_range)
+        self.mean = tuple(mean) if mean is not None else None
+        self.std = tuple(std) if std is not None else None
+        self.hflip = hflip
         self.train_split, self.val_split = train_split, val_split
         self.check_labels, self.download = check_labels, download
         self.train_dataset: Optional[SegmentationDataset] = None
@@ -71,7 +91,35 @@ class SegmentationDataModule(L.LightningDataModule):
             self.download_dataset()
         self.check_layout()
 
+    # -- DDP and normalisation ----------------------------------------------------------------------------------
+    def world(self) -> tuple[int, int]:
+        """(world size, global rank) of the attached trainer; (1, 0) without one."""
+        trainer = getattr(self, "trainer", None)
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def per_rank_batch_size(self) -> int:
+        """``batch_size / world_size``: what each DDP process loads so that one step sees ``batch_size`` samples."""
+        world_size, _ = self.world()
+        if self.batch_size % world_size:
+            works = [n for n in range(1, self.batch_size + 1) if self.batch_size % n == 0]
+            raise ValueError(f"batch_size={self.batch_size} is the global batch of one step and must split evenly "
+                             f"over the {world_size} processes (devices x nodes); with batch_size="
+                             f"{self.batch_size} use {works} processes, or change the batch")
+        return self.batch_size // world_size
+
+    def resolve_normalization(self) -> None:
+        """Fill in ``mean``/``std`` from the model's backbone (or ImageNet's) if they were not given."""
+        if self.mean is not None:
+            return
+        trainer = getattr(self, "trainer", None)
+        model = trainer.lightning_module if trainer is not None else None
+        mean_std = getattr(model, "input_mean_std", None)
+        self.mean, self.std = mean_std if mean_std is not None else (IMAGENET_MEAN, IMAGENET_STD)
+
     def setup(self, stage: Optional[str] = None) -> None:
+        if stage in (None, "fit"):
+            self.per_rank_batch_size()  # fail before training, on every rank, if the batch does not split
+        self.resolve_normalization()
         if stage in (None, "fit") and self.train_dataset is None:
             self.train_dataset = self.make_dataset(self.train_split, train=True)
             # the seed of seed_everything (LightningCLI's --seed_everything), else 0
@@ -80,20 +128,26 @@ class SegmentationDataModule(L.LightningDataModule):
             self.val_dataset = self.make_dataset(self.val_split, train=False)
 
     def train_transform(self):
-        return train_transform(self.crop_size, self.scale_range, self.mean, self.std)
+        self.resolve_normalization()
+        return train_transform(self.crop_size, self.scale_range, self.mean, self.std, hflip=self.hflip)
 
     def val_transform(self):
+        self.resolve_normalization()
         return val_transform(self.mean, self.std)
 
     def train_dataloader(self) -> DataLoader:
-        sampler = EpochSampler(self.train_dataset, seed=self.train_dataset.seed)
-        return ResumableLoader(self.train_dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        world_size, rank = self.world()
+        sampler = EpochSampler(self.train_dataset, seed=self.train_dataset.seed, num_replicas=world_size, rank=rank)
+        return ResumableLoader(self.train_dataset, batch_size=self.per_rank_batch_size(), sampler=sampler,
+                               drop_last=True, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
         # Full-resolution images differ in size: batch 1, or a padded collate (padding ignored as 255).
-        return DataLoader(self.val_dataset, batch_size=self.val_batch_size, shuffle=False,
-                          num_workers=self.num_workers, collate_fn=partial(pad_collate, size_divisor=8),
+        # Every rank evaluates its own share, none padded or repeated (ShardSampler), so the summed confusion
+        # matrix counts each image once.
+        world_size, rank = self.world()
+        return DataLoader(self.val_dataset, batch_size=self.val_batch_size,
+                          sampler=ShardSampler(self.val_dataset, world_size, rank), num_workers=self.num_workers, collate_fn=partial(pad_collate, size_divisor=8),
                           persistent_workers=self.num_workers > 0)
 
     def test_dataloader(self) -> DataLoader:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 
@@ -34,12 +34,12 @@ class CityscapesDataModule(SegmentationDataModule):
 
     def __init__(self, root: Union[str, Path] = "data/cityscapes", batch_size: int = 8, num_workers: int = 4,
                  crop_size: Union[int, tuple[int, int]] = 769, scale_range: tuple[float, float] = (0.5, 2.0),
-                 mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
-                 std: tuple[float, float, float] = (0.229, 0.224, 0.225), train_split: str = "train",
+                 mean: Optional[tuple[float, float, float]] = None,
+                 std: Optional[tuple[float, float, float]] = None, train_split: str = "train",
                  val_split: str = "val", val_batch_size: int = 1, check_labels: bool = True,
-                 download: bool = False, prefer_train_ids: bool = True):
+                 download: bool = False, hflip: bool = True, prefer_train_ids: bool = True):
         super().__init__(root, batch_size, num_workers, crop_size, scale_range, mean, std, train_split, val_split,
-                         val_batch_size, check_labels, download)
+                         val_batch_size, check_labels, download, hflip)
         self.prefer_train_ids = prefer_train_ids
         self.class_names = cityscapes_classes()
         self.palette = cityscapes_palette()

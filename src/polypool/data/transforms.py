@@ -115,9 +115,11 @@ class Normalize:
         return f"Normalize(mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})"
 
 
-def train_transform(crop_size: tuple[int, int], scale_range: tuple[float, float], mean, std) -> Compose:
-    """Random scale, crop (padding with the mean / 255), horizontal flip, normalise."""
-    return Compose([RandomScale(scale_range), RandomCrop(crop_size, mean), RandomHorizontalFlip(), Normalize(mean, std)])
+def train_transform(crop_size: tuple[int, int], scale_range: tuple[float, float], mean, std,
+                    hflip: bool = True) -> Compose:
+    """Random scale, crop (padding with the mean / 255), horizontal flip (unless ``hflip=False``), normalise."""
+    flip = [RandomHorizontalFlip()] if hflip else []
+    return Compose([RandomScale(scale_range), RandomCrop(crop_size, mean), *flip, Normalize(mean, std)])
 
 
 def val_transform(mean, std) -> Compose:

@@ -58,12 +58,12 @@ class VOCSegmentationDataModule(SegmentationDataModule):
 
     def __init__(self, root: Union[str, Path] = "data/voc", batch_size: int = 8, num_workers: int = 4,
                  crop_size: Union[int, tuple[int, int]] = 321, scale_range: tuple[float, float] = (0.5, 2.0),
-                 mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
-                 std: tuple[float, float, float] = (0.229, 0.224, 0.225), train_split: str = "train",
-                 val_split: str = "val", val_batch_size: int = 1, check_labels: bool = True, download: bool = False,
+                 mean: Optional[tuple[float, float, float]] = None,
+                 std: Optional[tuple[float, float, float]] = None, train_split: str = "train",
+                 val_split: str = "val", val_batch_size: int = 1, check_labels: bool = True, download: bool = False, hflip: bool = True,
                  sbd_root: Optional[Union[str, Path]] = None):
         super().__init__(root, batch_size, num_workers, crop_size, scale_range, mean, std, train_split, val_split,
-                         val_batch_size, check_labels, download)
+                         val_batch_size, check_labels, download, hflip)
         self.voc_dir = self.root / "VOCdevkit" / "VOC2012"
         self.sbd_dir = Path(sbd_root).expanduser() if sbd_root else self.root / "benchmark_RELEASE" / "dataset"
 

@@ -2,7 +2,9 @@
 
 from .networks import (
     ASPP,
+    ASPPv3,
     LargeFOVHead,
+    VGGHead,
     SegmentationNetwork,
     build_network,
     build_vgg16_largefov,
@@ -12,7 +14,9 @@ from .segmentation import SegmentationModel
 
 __all__ = [
     "ASPP",
+    "ASPPv3",
     "LargeFOVHead",
+    "VGGHead",
     "SegmentationModel",
     "SegmentationNetwork",
     "build_network",

@@ -1,10 +1,18 @@
 """DeepLab-style segmentation networks on timm backbones, with the pooling layers left for ``swap_pooling``.
 
-* VGG16-LargeFOV (DeepLab v1; the paper's Table 1): timm's ``vgg16.features`` restructured to output stride 8 --
-  pool1-3 become 3x3/2 pad 1, pool4 and pool5 3x3/1 pad 1, conv5 is dilated x2 -- then fc6 (3x3, dilation 12,
-  1024 channels), fc7 (1x1, 1024) and a 1x1 classifier (:class:`LargeFOVHead`).
-* ASPP (DeepLab v2): parallel 3x3 classifiers with dilations 6/12/18/24, summed; the head of the ResNet and
-  Inception networks.
+Two VGG16 layouts (docs/paper_notes.md, "The authors' training configurations"), both on timm's ``vgg16.features``
+restructured to output stride 8, with conv5 dilated x2:
+
+* ``vgg16_20m``, the authors' VGG16 (DeepLab's "VGG16_20M" initialisation model, as their code trains it):
+  pool1-3 2x2/2 pad 1, pool4 2x2/1, pool5 3x3/1 pad 1; fc6 3x3 **dilation 1**, 1024 channels; fc7 1x1, 1024.
+* ``largefov``, DeepLab-LargeFOV (DeepLab v1): pool1-3 3x3/2 pad 1, pool4-5 3x3/1 pad 1; fc6 3x3 dilation 12.
+
+Both heads end in dropout and a 1x1 classifier (:class:`VGGHead`); with ImageNet weights, fc6/fc7 start from timm's
+``pre_logits`` subsampled as DeepLab did (:func:`init_vgg_head_from_imagenet`), so only the classifier is new.
+
+Two ASPP heads: DeepLab v2's (parallel 3x3 classifiers at rates 6/12/18/24, summed; :class:`ASPP`) and DeepLabv3's
+(1x1 and three 3x3 branches at 6/12/18 plus image pooling, 256 channels with BatchNorm, a 1x1 projection and a 1x1
+classifier; :class:`ASPPv3`).
 """
 
 from __future__ import annotations
@@ -17,10 +25,19 @@ from torch import Tensor, nn
 
 VGG16_POOL_INDICES = (4, 9, 16, 23, 30)  # positions of pool1..pool5 in timm's vgg16.features
 VGG16_CONV5_INDICES = (24, 26, 28)
+# (kernel, stride, padding) of pool1..pool5 in each VGG16 layout (docs/paper_notes.md)
+VGG16_POOLS = {
+    "vgg16_20m": ((2, 2, 1), (2, 2, 1), (2, 2, 1), (2, 1, 0), (3, 1, 1)),
+    "largefov": ((3, 2, 1), (3, 2, 1), (3, 2, 1), (3, 1, 1), (3, 1, 1)),
+}
+VGG16_FC6_DILATION = {"vgg16_20m": 1, "largefov": 12}
+HEADS = ("auto", "vgg16_20m", "largefov", "aspp", "aspp_v3")
 
 
-class LargeFOVHead(nn.Module):
-    """DeepLab-LargeFOV's fc6 (3x3, dilation 12), fc7 (1x1), with ReLU and dropout, and the 1x1 classifier."""
+class VGGHead(nn.Module):
+    """fc6 (3x3, ``dilation``), fc7 (1x1), each with ReLU and element-wise dropout (``nn.Dropout``, as DeepLab's
+    Caffe dropout layers), and the new 1x1 classifier. fc6/fc7 are VGG16's fully connected layers as convolutions:
+    with ImageNet weights they start from them (:func:`init_vgg_head_from_imagenet`)."""
 
     def __init__(self, in_channels: int, num_classes: int, channels: int = 1024, dilation: int = 12,
                  dropout: float = 0.5):
@@ -28,15 +45,39 @@ class LargeFOVHead(nn.Module):
         self.fc6 = nn.Conv2d(in_channels, channels, 3, padding=dilation, dilation=dilation)
         self.fc7 = nn.Conv2d(channels, channels, 1)
         self.act = nn.ReLU(inplace=True)
-        self.drop = nn.Dropout2d(dropout)
+        self.drop = nn.Dropout(dropout)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
         nn.init.normal_(self.classifier.weight, std=0.01)
         nn.init.zeros_(self.classifier.bias)
+
+    def new_modules(self) -> list[nn.Module]:
+        """The layers that never come from ImageNet weights (they get the head's learning rate)."""
+        return [self.classifier]
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.drop(self.act(self.fc6(x)))
         x = self.drop(self.act(self.fc7(x)))
         return self.classifier(x)
+
+
+LargeFOVHead = VGGHead  # the name this head had when LargeFOV was the only VGG layout
+
+
+@torch.no_grad()
+def init_vgg_head_from_imagenet(head: VGGHead, vgg: nn.Module) -> None:
+    """DeepLab's initialisation of fc6/fc7 from VGG16's ImageNet fc layers, subsampled to 1024 channels:
+    ``fc6 = fc1[::4, :, ::3, ::3]`` (4096x512x7x7 -> 1024x512x3x3), ``fc7 = fc2[::4, ::4]``, biases ``[::4]``
+    (DeepLab's "VGG16_20M" model, which the authors also start from; docs/paper_notes.md)."""
+    fc1, fc2 = vgg.pre_logits.fc1, vgg.pre_logits.fc2
+    expected = {"fc1": (4096, 512, 7, 7), "fc2": (4096, 4096, 1, 1)}
+    for name, layer in (("fc1", fc1), ("fc2", fc2)):
+        if tuple(layer.weight.shape) != expected[name]:
+            raise RuntimeError(f"timm's vgg16.pre_logits.{name} has shape {tuple(layer.weight.shape)}, expected "
+                               f"{expected[name]}: this timm version changed the VGG layout")
+    head.fc6.weight.copy_(fc1.weight[::4, :, ::3, ::3])
+    head.fc6.bias.copy_(fc1.bias[::4])
+    head.fc7.weight.copy_(fc2.weight[::4, ::4])
+    head.fc7.bias.copy_(fc2.bias[::4])
 
 
 class ASPP(nn.Module):
@@ -49,32 +90,69 @@ class ASPP(nn.Module):
             nn.init.normal_(branch.weight, std=0.01)
             nn.init.zeros_(branch.bias)
 
+    def new_modules(self) -> list[nn.Module]:
+        return [self]
+
     def forward(self, x: Tensor) -> Tensor:
         return torch.stack([branch(x) for branch in self.branches]).sum(0)
 
 
+def conv_bn_relu(in_channels: int, out_channels: int, kernel: int = 1, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, padding=dilation * (kernel // 2),
+                                   dilation=dilation, bias=False),
+                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+
+
+class ASPPv3(nn.Module):
+    """DeepLabv3's ASPP (Chen et al., 2017): a 1x1 branch, three 3x3 branches at ``rates`` (6/12/18 at output
+    stride 16) and an image-pooling branch, each conv-BN-ReLU with ``channels`` outputs, concatenated, projected by
+    a 1x1 conv-BN-ReLU, then a 1x1 classifier. The head of the authors' ResNet configuration."""
+
+    def __init__(self, in_channels: int, num_classes: int, rates: Sequence[int] = (6, 12, 18), channels: int = 256):
+        super().__init__()
+        self.branches = nn.ModuleList([conv_bn_relu(in_channels, channels)] +
+                                      [conv_bn_relu(in_channels, channels, 3, r) for r in rates])
+        self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), conv_bn_relu(in_channels, channels))
+        self.project = conv_bn_relu(channels * (len(rates) + 2), channels)
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def new_modules(self) -> list[nn.Module]:
+        return [self]
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled = self.image_pool(x).expand(-1, -1, *x.shape[-2:])
+        return self.classifier(self.project(torch.cat([branch(x) for branch in self.branches] + [pooled], 1)))
+
+
 def build_vgg16_largefov(pretrained: bool = False, weights: str | None = None) -> nn.Sequential:
     """timm's ``vgg16.features`` at output stride 8, as DeepLab-LargeFOV has it (before any pooling swap)."""
-    return build_vgg16_largefov_from(create_timm_model("vgg16", pretrained, weights))
+    return build_vgg16_features_from(create_timm_model("vgg16", pretrained, weights), "largefov")
 
 
-def build_vgg16_largefov_from(vgg: nn.Module) -> nn.Sequential:
-    """Restructure a timm ``vgg16``'s features in place and return them.
+def build_vgg16_features_from(vgg: nn.Module, layout: str = "largefov") -> nn.Sequential:
+    """Restructure a timm ``vgg16``'s features in place to output stride 8 and return them.
 
     timm's VGG asserts output_stride 32, so the restructuring is done here on its module tree: the five
-    ``MaxPool2d`` become 3x3 windows (stride 2, 2, 2, 1, 1, padding 1) and conv5_1-3 get dilation 2. The
-    classifier (fc6/fc7 as 7x7/1x1 convs of 4096 channels) is dropped: LargeFOV's fc6/fc7 are new layers.
+    ``MaxPool2d`` get the windows of ``layout`` (:data:`VGG16_POOLS`) and conv5_1-3 get dilation 2. timm's
+    ``pre_logits`` (fc6/fc7 as 7x7/1x1 convs of 4096 channels) is not part of the features: the head takes what
+    it needs from it (:func:`init_vgg_head_from_imagenet`).
     """
+    if layout not in VGG16_POOLS:
+        raise ValueError(f"VGG16 layout must be one of {sorted(VGG16_POOLS)}, got {layout!r}")
     features = vgg.features
-    for index, stride in zip(VGG16_POOL_INDICES, (2, 2, 2, 1, 1)):
+    for index, (kernel, stride, padding) in zip(VGG16_POOL_INDICES, VGG16_POOLS[layout]):
         if not isinstance(features[index], nn.MaxPool2d):
             raise RuntimeError(f"timm's vgg16.features[{index}] is {type(features[index]).__name__}, expected "
                                f"MaxPool2d: this timm version changed the VGG layout")
-        features[index] = nn.MaxPool2d(3, stride, 1)
+        features[index] = nn.MaxPool2d(kernel, stride, padding)
     for index in VGG16_CONV5_INDICES:
         conv = features[index]
         conv.dilation, conv.padding = (2, 2), (2, 2)
     return features
+
+
+def build_vgg16_largefov_from(vgg: nn.Module) -> nn.Sequential:
+    return build_vgg16_features_from(vgg, "largefov")
 
 
 class LastFeatureMap(nn.Module):
@@ -96,7 +174,10 @@ def create_timm_model(name: str, pretrained: bool = False, weights: str | None =
     from pathlib import Path
 
     if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:10]
+        import difflib
+
+        base = name.split(".")[0]
+        close = difflib.get_close_matches(base, timm.list_models(), n=10, cutoff=0.6)
         raise ValueError(f"unknown timm backbone {name!r}; close names: {close}")
     if weights is not None:
         path = Path(weights).expanduser()
@@ -133,32 +214,43 @@ class SegmentationNetwork(nn.Module):
 
 def build_network(backbone: str, num_classes: int, head: str = "auto", output_stride: int = 8,
                   pretrained: bool = False, weights: str | None = None) -> SegmentationNetwork:
-    """The paper's networks: ``vgg16`` -> DeepLab-LargeFOV; a timm ResNet -> dilated ResNet (``output_stride``)
-    with ASPP; ``inception_v3`` (and other timm backbones) -> their deepest features with ASPP.
+    """The paper's networks.
 
-    ``head="auto"`` picks LargeFOV for vgg16 and ASPP otherwise.
+    * ``vgg16`` (any timm tag, e.g. ``vgg16.tv_in1k``) with head ``vgg16_20m`` (the authors') or ``largefov``
+      (DeepLab's; what ``auto`` picks): VGG16 features at output stride 8 and :class:`VGGHead`.
+    * any other timm backbone (ResNets dilated to ``output_stride``; ``inception_v3`` at 32) with ``aspp``
+      (DeepLab v2, what ``auto`` picks) or ``aspp_v3`` (DeepLabv3: rates 6/12/18 at output stride 16, doubled
+      at 8).
     """
-    if backbone == "vgg16":
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+    if backbone.split(".")[0] == "vgg16":
+        head = "largefov" if head == "auto" else head
+        if head not in VGG16_POOLS:
+            raise ValueError(f"vgg16 takes head 'vgg16_20m' (the authors' layout) or 'largefov' (DeepLab's), "
+                             f"got {head!r}")
         if output_stride != 8:
-            raise ValueError(f"VGG16-LargeFOV has output stride 8 (got output_stride={output_stride})")
-        vgg = create_timm_model("vgg16", pretrained, weights)
-        features = build_vgg16_largefov_from(vgg)
-        in_channels = 512
+            raise ValueError(f"the VGG16 segmentation networks have output stride 8 (got output_stride={output_stride})")
+        vgg = create_timm_model(backbone, pretrained, weights)
+        features = build_vgg16_features_from(vgg, head)
+        head_module: nn.Module = VGGHead(512, num_classes, dilation=VGG16_FC6_DILATION[head])
+        if pretrained or weights is not None:
+            init_vgg_head_from_imagenet(head_module, vgg)
+        return SegmentationNetwork(features, head_module)
+    head = "aspp" if head == "auto" else head
+    if head not in ("aspp", "aspp_v3"):
+        raise ValueError(f"backbone {backbone!r} takes head 'aspp' or 'aspp_v3' ({head!r} is a VGG16 head)")
+    kwargs = {"features_only": True, "out_indices": (-1,)}
+    if output_stride != 32:
+        kwargs["output_stride"] = output_stride
+    try:
+        features = LastFeatureMap(create_timm_model(backbone, pretrained, weights, **kwargs))
+    except TypeError as error:
+        raise ValueError(f"timm backbone {backbone!r} cannot be built with output_stride={output_stride} "
+                         f"({error}); use output_stride=32 for it") from error
+    if head == "aspp":
+        head_module = ASPP(features.out_channels, num_classes)
     else:
-        kwargs = {"features_only": True, "out_indices": (-1,)}
-        if output_stride != 32:
-            kwargs["output_stride"] = output_stride
-        try:
-            features = LastFeatureMap(create_timm_model(backbone, pretrained, weights, **kwargs))
-        except TypeError as error:
-            raise ValueError(f"timm backbone {backbone!r} cannot be built with output_stride={output_stride} "
-                             f"({error}); use output_stride=32 for it") from error
-        in_channels = features.out_channels
-    head = ("largefov" if backbone == "vgg16" else "aspp") if head == "auto" else head
-    if head == "largefov":
-        head_module: nn.Module = LargeFOVHead(in_channels, num_classes)
-    elif head == "aspp":
-        head_module = ASPP(in_channels, num_classes)
-    else:
-        raise ValueError(f"head must be 'auto', 'largefov' or 'aspp', got {head!r}")
+        rates = tuple(r * max(16 // output_stride, 1) for r in (6, 12, 18))
+        head_module = ASPPv3(features.out_channels, num_classes, rates)
     return SegmentationNetwork(features, head_module)

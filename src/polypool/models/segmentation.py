@@ -9,7 +9,7 @@ deterministic CUDA kernels, so ``deterministic=True`` would fail on GPU.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence, get_args
 
 import lightning as L
 import torch
@@ -18,38 +18,73 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassJaccardIndex
 
 from ..data.classes import IGNORE_INDEX, VOC_CLASSES
+from ..data.base import IMAGENET_MEAN, IMAGENET_STD
 from ..pooling import PPool2d, pooling_parameters
 from ..surgery import SwapReport, swap_pooling
 from .networks import build_network
 
+NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
-# What the paper's authors used where the registry's defaults differ (facts.md): P-pooling with dense alpha from
-# the side branch, initialised at 30 and clamped to [1, 50]; DPP "lite asym" (the registry default).
+
+def backbone_mean_std(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """mean/std of timm's pretrained config for ``backbone`` (name or name.tag); ImageNet's when it has none."""
+    import timm
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(backbone)
+    except Exception:  # noqa: BLE001 - an unknown name fails later, with its own message
+        cfg = None
+    mean = getattr(cfg, "mean", None) or IMAGENET_MEAN
+    std = getattr(cfg, "std", None) or IMAGENET_STD
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+# What the paper's authors used where the registry's defaults differ (docs/paper_notes.md): P-pooling with dense
+# alpha from the side branch, initialised at 30 and clamped to [1, 50]; DPP "lite asym" (the registry default).
 PAPER_POOLING_KWARGS: dict[str, dict[str, Any]] = {
     "ppool": {"alpha_mode": "dense", "alpha_init": 30.0, "alpha_range": (1.0, 50.0)},
 }
+# The model's pooling choices: the registry's names, where "max" is the pre-trained backbone exactly as it is (its
+# average-pooling sites stay average pooling), and "max_all" turns every site, average pools included, into max.
+ModelPooling = Literal["max", "max_all", "avg", "strided_conv", "gated", "mixed", "dpp", "lp", "ppool"]
+Head = Literal["auto", "vgg16_20m", "largefov", "aspp", "aspp_v3"]
+BatchNormPolicy = Literal["train", "frozen"]
 
 
 class SegmentationModel(L.LightningModule):
-    """A DeepLab-style network (VGG16-LargeFOV, dilated ResNet + ASPP, Inception + ASPP) whose every local pooling
-    layer is replaced by ``pooling`` (a name of :func:`polypool.pooling.build_pooling`).
+    """A DeepLab-style network (VGG16 in the authors' or DeepLab-LargeFOV's layout, dilated ResNet + ASPP, Inception
+    + ASPP) whose every local pooling layer is replaced by ``pooling``.
 
     Args:
-        backbone: a timm model name: ``vgg16`` (Table 1), ``resnet101``/``resnet50`` (Table 2), ``inception_v3``.
+        backbone: a timm model name, with a weights tag where it matters (``resnet101.tv_in1k``): ``vgg16``
+            (Table 1), ``resnet50``/``resnet101`` (Table 2), ``inception_v3``.
         pretrained: load timm's ImageNet weights (needs network, or ``weights``).
         weights: a local weights file for the backbone, loaded by timm (``pretrained_cfg_overlay=dict(file=...)``).
-        pooling: ``max`` (the pre-trained backbone as it is), ``avg``, ``strided_conv``, ``gated``, ``mixed``,
-            ``dpp``, ``lp`` or ``ppool``.
+        pooling: ``max`` (the pre-trained backbone as it is: no site changes), ``max_all`` (every site max
+            pooling, average pools included), or a pooling of :func:`polypool.pooling.build_pooling` at every site:
+            ``avg``, ``strided_conv``, ``gated``, ``mixed``, ``dpp``, ``lp`` or ``ppool``.
         pooling_kwargs: options of the pooling layers (``alpha_mode``, ``alpha_init``, ``alpha_range``, ...);
-            None takes :data:`PAPER_POOLING_KWARGS` for that pooling (the authors' settings, facts.md).
-        head: ``auto`` (LargeFOV for vgg16, ASPP otherwise), ``largefov`` or ``aspp``.
+            None takes :data:`PAPER_POOLING_KWARGS` for that pooling (the authors' settings).
+        head: ``vgg16_20m`` (the authors' VGG16: 2x2 pools, fc6 3x3 dilation 1) or ``largefov`` (DeepLab-LargeFOV)
+            for vgg16; ``aspp`` (DeepLab v2) or ``aspp_v3`` (DeepLabv3) for the others; ``auto``: largefov / aspp.
         num_classes, ignore_index: of the dataset (LightningCLI links them from the DataModule).
         class_names: for logging per-class IoU by name (default: VOC's for 21 classes).
-        output_stride: 8 (DeepLab) for VGG16 and ResNets; 32 for inception_v3 (timm has no dilated variant).
-        lr, momentum, weight_decay, poly_power: SGD with a poly schedule, lr * (1 - step/max_steps)^poly_power.
-        head_lr_mult: the new head learns ``head_lr_mult`` times faster (DeepLab's x10).
-        pooling_lr_mult: learning-rate multiplier of the pooling parameters (alpha, gates, DPP, ...), which also
-            get no weight decay.
+        output_stride: 8 for VGG16; 8 or 16 for ResNets; 32 for inception_v3 (timm has no dilated variant).
+        lr, momentum, weight_decay, poly_power: SGD with a poly schedule, lr * (1 - step/max_steps)^poly_power,
+            for the per-pixel **mean** cross-entropy (the authors' summed loss needs its lr divided by H x W).
+        head_lr_mult: the layers that never come from ImageNet weights (the classifier; the whole ASPP head)
+            learn ``head_lr_mult`` times faster (DeepLab's x10).
+        bias_lr_mult: biases learn ``bias_lr_mult`` times faster (DeepLab's Caffe models: x2).
+        decay_norm_and_bias: apply weight decay to biases and normalisation parameters too (off: only weights of
+            convolutions and linear layers decay).
+        batchnorm: ``train`` (BatchNorm statistics and affine parameters train; SyncBN under the ddp preset) or
+            ``frozen`` (the backbone's BatchNorm layers stay in eval mode with fixed parameters, as DeepLab v2).
+        pooling_lr_mult: learning-rate multiplier of the learned poolings' parameters (layer/channel alpha, gates,
+            DPP, Lp, Strided-C), which get no weight decay.
+        alpha_conv_lr_mult, alpha_prelu_lr_mult, alpha_bias_lr_mult: the dense alpha branch's parts (the depthwise
+            k x k and 1x1 convs' weights, with weight decay; the PReLU slopes and the 1x1 conv's bias, without).
+            The authors: x1, x100, x180.
+        alpha_grad_scale: multiplies the gradient that reaches alpha (the authors: x3); P-pooling only.
         tta_flip, tta_scales: test-time augmentation in ``predict_step`` (horizontal flip; input scales).
     """
 
@@ -58,9 +93,9 @@ class SegmentationModel(L.LightningModule):
         backbone: str = "vgg16",
         pretrained: bool = False,
         weights: Optional[str] = None,
-        pooling: str = "max",
+        pooling: ModelPooling = "max",
         pooling_kwargs: Optional[dict[str, Any]] = None,
-        head: str = "auto",
+        head: Head = "auto",
         num_classes: int = 21,
         ignore_index: int = IGNORE_INDEX,
         class_names: Optional[Sequence[str]] = None,
@@ -70,27 +105,65 @@ class SegmentationModel(L.LightningModule):
         weight_decay: float = 5e-4,
         poly_power: float = 0.9,
         head_lr_mult: float = 10.0,
+        bias_lr_mult: float = 1.0,
+        decay_norm_and_bias: bool = False,
+        batchnorm: BatchNormPolicy = "train",
         pooling_lr_mult: float = 1.0,
+        alpha_conv_lr_mult: float = 1.0,
+        alpha_prelu_lr_mult: float = 1.0,
+        alpha_bias_lr_mult: float = 1.0,
+        alpha_grad_scale: float = 1.0,
         tta_flip: bool = False,
         tta_scales: Sequence[float] = (1.0,),
         swap_input_size: tuple[int, int, int] = (3, 128, 128),
     ):
         super().__init__()
         self.save_hyperparameters()
+        if pooling not in get_args(ModelPooling):
+            raise ValueError(f"unknown pooling {pooling!r}; valid names: {', '.join(get_args(ModelPooling))}")
+        if batchnorm not in get_args(BatchNormPolicy):
+            raise ValueError(f"batchnorm must be one of {get_args(BatchNormPolicy)}, got {batchnorm!r}")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names for num_classes={num_classes}")
         self.class_names = list(class_names) if class_names is not None else (
             list(VOC_CLASSES) if num_classes == len(VOC_CLASSES) else [f"class_{i}" for i in range(num_classes)])
         self.network = build_network(backbone, num_classes, head, output_stride, pretrained, weights)
         if pooling_kwargs is None:
-            pooling_kwargs = PAPER_POOLING_KWARGS.get(pooling, {})
-        self.swap_report: SwapReport = swap_pooling(self.network.backbone, pooling, input_size=swap_input_size,
+            pooling_kwargs = dict(PAPER_POOLING_KWARGS.get(pooling, {}))
+        if pooling == "ppool" and alpha_grad_scale != 1.0:
+            pooling_kwargs = {**pooling_kwargs, "alpha_grad_scale": alpha_grad_scale}
+        # "max" swaps nothing (the report still lists every site); "max_all" is the registry's max at every site.
+        choice = {"max": None, "avg": None} if pooling == "max" else ("max" if pooling == "max_all" else pooling)
+        self.swap_report: SwapReport = swap_pooling(self.network.backbone, choice, input_size=swap_input_size,
                                                     **pooling_kwargs)
+        if batchnorm == "frozen":
+            for module in self.frozen_norm_layers():
+                module.eval()
+                for param in module.parameters():
+                    param.requires_grad_(False)
         self.loss = nn.CrossEntropyLoss(ignore_index=ignore_index)
         # The benchmark mIoU: a dataset-level confusion matrix (reduced over DDP ranks), absent classes NaN.
         self.val_iou = MulticlassJaccardIndex(num_classes, average=None, ignore_index=ignore_index,
                                               validate_args=False, zero_division=float("nan"))
         self.last_val_iou: Optional[Tensor] = None
+
+    @property
+    def input_mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The input normalisation the backbone's weights expect (timm's pretrained config of ``backbone``, e.g.
+        0.5/0.5 for inception_v3's ``tv_in1k``); ImageNet's for a backbone without one."""
+        return backbone_mean_std(self.hparams.backbone)
+
+    def frozen_norm_layers(self) -> list[nn.Module]:
+        """The backbone's BatchNorm layers when ``batchnorm="frozen"`` (else none)."""
+        if self.hparams.batchnorm != "frozen":
+            return []
+        return [m for m in self.network.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for module in self.frozen_norm_layers():  # frozen statistics: eval mode even while training
+            module.eval()
+        return self
 
     def forward(self, images: Tensor) -> Tensor:
         return self.network(images)
@@ -107,7 +180,7 @@ class SegmentationModel(L.LightningModule):
         images, masks = batch
         logits = self(images)
         self.log("val/loss", self.loss(logits, masks), sync_dist=True)
-        self.val_iou.update(logits.argmax(1), masks)
+        self.val_iou.update(self.evaluation_prediction(images, logits), masks)
         if batch_idx == 0 and self._wandb_runs():
             self._log_dense_alpha_maps(images)
 
@@ -173,6 +246,16 @@ class SegmentationModel(L.LightningModule):
                                                                         f"[{low:g}, {high:g}] -> [0, 1]"),
                          "trainer/global_step": self.global_step})
 
+    def uses_tta(self) -> bool:
+        return bool(self.hparams.tta_flip) or tuple(self.hparams.tta_scales) != (1.0,)
+
+    def evaluation_prediction(self, images: Tensor, logits: Optional[Tensor] = None) -> Tensor:
+        """Class maps under the configured test-time protocol (``tta_flip``/``tta_scales``; none: one forward of
+        the whole image). ``logits``: the plain forward's output, if already computed."""
+        if self.uses_tta():
+            return self.predict_logits(images).argmax(1)
+        return (self(images) if logits is None else logits).argmax(1)
+
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         """Class maps ``(N, H, W)`` at the input resolution, averaging logits over ``tta_scales`` and flips."""
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -193,24 +276,57 @@ class SegmentationModel(L.LightningModule):
 
     # -- optimisation -------------------------------------------------------------------------------------------
     def parameter_groups(self) -> list[dict]:
-        """backbone x1 (weight decay), head x head_lr_mult (weight decay), pooling x pooling_lr_mult (none)."""
+        """SGD parameter groups, one per (part, kind) that has parameters, each named ``part/kind``.
+
+        Parts: ``backbone`` (x1; VGG's fc6/fc7 belong to it, they come from ImageNet's fc layers), ``head`` (the new
+        layers, x ``head_lr_mult``), ``pooling`` (learned poolings, x ``pooling_lr_mult``), and the dense alpha
+        branch's ``alpha_conv`` / ``alpha_prelu`` / ``alpha_bias`` (x their multipliers). Kinds: ``weight`` (weight
+        decay), ``bias`` (x ``bias_lr_mult``) and ``norm`` (BatchNorm's); biases and norm parameters get no weight
+        decay unless ``decay_norm_and_bias``, and pooling and alpha-branch parameters other than ``alpha_conv``'s
+        never do. Frozen parameters (``requires_grad=False``) are left out.
+        """
         hp = self.hparams
-        pooling = [p for _, p in pooling_parameters(self.network.backbone)]
-        pooling_ids = {id(p) for p in pooling}
-        backbone = [p for p in self.network.backbone.parameters() if id(p) not in pooling_ids]
-        groups = [
-            {"name": "backbone", "params": backbone, "lr": hp.lr, "weight_decay": hp.weight_decay},
-            {"name": "head", "params": list(self.network.head.parameters()), "lr": hp.lr * hp.head_lr_mult,
-             "weight_decay": hp.weight_decay},
-            {"name": "pooling", "params": pooling, "lr": hp.lr * hp.pooling_lr_mult, "weight_decay": 0.0},
-        ]
-        return [g for g in groups if g["params"]]
+        part_of: dict[int, str] = {}
+        for name, module in self.network.backbone.named_modules():
+            branch = getattr(module, "alpha_branch", None) if isinstance(module, PPool2d) else None
+            if branch is not None:
+                part_of.update({id(branch.conv.weight): "alpha_conv", id(branch.proj.weight): "alpha_conv",
+                                id(branch.act.weight): "alpha_prelu", id(branch.proj.bias): "alpha_bias"})
+        for _, param in pooling_parameters(self.network.backbone):
+            part_of.setdefault(id(param), "pooling")
+        head = self.network.head
+        new = head.new_modules() if hasattr(head, "new_modules") else [head]
+        for module in new:
+            for param in module.parameters():
+                part_of[id(param)] = "head"
+        norm_params = {id(p) for m in self.network.modules() if isinstance(m, NORM_TYPES) for p in m.parameters()}
+        lr_mult = {"backbone": 1.0, "head": hp.head_lr_mult, "pooling": hp.pooling_lr_mult,
+                   "alpha_conv": hp.alpha_conv_lr_mult, "alpha_prelu": hp.alpha_prelu_lr_mult,
+                   "alpha_bias": hp.alpha_bias_lr_mult}
+        groups: dict[str, dict] = {}
+        for name, param in self.network.named_parameters():
+            if not param.requires_grad:
+                continue
+            part = part_of.get(id(param), "backbone")
+            kind = "norm" if id(param) in norm_params else ("bias" if name.endswith("bias") else "weight")
+            if part in ("pooling", "alpha_prelu", "alpha_bias"):
+                decay = 0.0
+            elif part == "alpha_conv":
+                decay = hp.weight_decay
+            else:
+                decay = hp.weight_decay if kind == "weight" or hp.decay_norm_and_bias else 0.0
+            lr = hp.lr * lr_mult[part] * (hp.bias_lr_mult if kind == "bias" and part in ("backbone", "head") else 1.0)
+            key = f"{part}/{kind}"
+            group = groups.setdefault(key, {"name": key, "params": [], "lr": lr, "weight_decay": decay})
+            group["params"].append(param)
+        order = list(lr_mult)
+        return sorted(groups.values(), key=lambda g: (order.index(g["name"].split("/")[0]), g["name"]))
 
     def configure_optimizers(self):
         hp = self.hparams
         optimizer = torch.optim.SGD(self.parameter_groups(), lr=hp.lr, momentum=hp.momentum,
                                     weight_decay=hp.weight_decay)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: max(1.0 - step / total, 0.0) ** hp.poly_power)
+        # lr * (1 - step / total) ** poly_power, DeepLab's "poly"; torch's own scheduler (picklable, for ddp_spawn)
+        schedule = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total, power=hp.poly_power)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

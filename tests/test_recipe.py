@@ -1,0 +1,216 @@
+"""The full-scale recipe: the global batch under DDP, evaluation that counts each image once, the authors' and
+DeepLab's configs, normalisation from the backbone, and the run record's alpha."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+
+from polypool.cli import main
+from polypool.data import VOCSegmentationDataModule
+from polypool.data.dataset import EpochSampler, ShardSampler
+from polypool.data.fixtures import make_voc
+
+REPO = Path(__file__).parents[1]
+
+
+@pytest.fixture(autouse=True)
+def in_repo(monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+@pytest.fixture(scope="module")
+def voc_root(tmp_path_factory):
+    return make_voc(tmp_path_factory.mktemp("voc"), n_train=8, n_val=7, seed=0)
+
+
+class FakeTrainer:
+    def __init__(self, world_size=1, global_rank=0, lightning_module=None):
+        self.world_size, self.global_rank, self.lightning_module = world_size, global_rank, lightning_module
+
+
+# -- the global batch -----------------------------------------------------------------------------------------------
+def test_epoch_sampler_gives_each_rank_a_disjoint_share_of_the_same_epoch_order():
+    dataset = list(range(11))
+    single = list(EpochSampler(dataset, seed=5))
+    shares = [list(EpochSampler(dataset, seed=5, num_replicas=3, rank=r)) for r in range(3)]
+    assert [len(s) for s in shares] == [3, 3, 3]  # 11 cut to 9: every rank has as many batches
+    merged = [shares[r][i] for i in range(3) for r in range(3)]
+    assert merged == single[:9]  # the single-process order, dealt out to the ranks
+    with pytest.raises(ValueError, match="rank must be in"):
+        EpochSampler(dataset, num_replicas=2, rank=2)
+
+
+def test_the_batch_is_global_and_must_split_over_the_processes(voc_root):
+    dm = VOCSegmentationDataModule(voc_root, batch_size=20, num_workers=0)
+    dm.trainer = FakeTrainer(world_size=4)
+    assert dm.per_rank_batch_size() == 5
+    dm.trainer = FakeTrainer(world_size=3)
+    with pytest.raises(ValueError, match=r"batch_size=20 is the global batch.*3 processes.*\[1, 2, 4, 5, 10, 20\]"):
+        dm.setup("fit")  # before any training
+    with pytest.raises(ValueError, match="crop_size must be a positive size"):
+        VOCSegmentationDataModule(voc_root, crop_size=-5)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        VOCSegmentationDataModule(voc_root, batch_size=0)
+
+
+class BatchLog(L.Callback):
+    """Writes, per rank, the batch size and a hash of every image of each training step."""
+
+    def __init__(self, out: str):
+        self.out = out
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        hashes = [hashlib.sha1(image.numpy().tobytes()).hexdigest() for image in batch[0]]
+        with open(Path(self.out) / f"rank{trainer.global_rank}.jsonl", "a") as f:
+            f.write(json.dumps({"step": trainer.global_step, "hashes": hashes,
+                                "loader_batch_size": trainer.train_dataloader.batch_size}) + "\n")
+
+
+def torchrun(args, tmp_path):
+    """``python -m polypool ARGS`` in 2 processes under torchrun (gloo on the CPU), as a node would launch it.
+    (ddp_spawn on the CPU shares the model's tensors between the processes, metric states included, so it
+    cannot test what each rank counts.)"""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_port", str(29500 + os.getpid() % 1000), "-m", "polypool", *args,
+                             "--trainer.devices", "2", "--trainer.strategy", "ddp"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def ddp_args(voc_root, tmp_path, subcommand="fit"):
+    return [subcommand, "--config", "configs/voc/resnet.yaml", "--config", "configs/trainer/cpu.yaml",
+            "--data.init_args.root", str(voc_root), "--data.init_args.num_workers", "0",
+            "--data.init_args.train_split", "train", "--data.init_args.crop_size", "48",
+            "--model.backbone", "resnet18", "--model.pooling", "ppool", "--model.pretrained", "false",
+            "--model.output_stride", "32", "--wandb_project", "null", "--trainer.default_root_dir", str(tmp_path),
+            "--records_root", str(tmp_path / "runs")]
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_split_the_global_batch(voc_root, tmp_path):
+    torchrun(ddp_args(voc_root, tmp_path) + [
+        "--data.init_args.batch_size", "4", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",
+        "--trainer.enable_checkpointing", "false",
+        "--trainer.callbacks+=" + json.dumps({"class_path": "test_recipe.BatchLog", "init_args": {"out": str(tmp_path)}})],
+        tmp_path)
+    logs = [[json.loads(line) for line in (tmp_path / f"rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
+    assert [len(log) for log in logs] == [2, 2]
+    for step in range(2):
+        a, b = logs[0][step], logs[1][step]
+        assert a["loader_batch_size"] == b["loader_batch_size"] == 2 and len(a["hashes"]) == len(b["hashes"]) == 2
+        assert len(set(a["hashes"]) | set(b["hashes"])) == 4  # one step consumed 4 distinct samples
+
+
+# -- evaluation counts each image once ----------------------------------------------------------------------------
+def test_shard_sampler_neither_pads_nor_drops():
+    shares = [list(ShardSampler(list(range(7)), 3, r)) for r in range(3)]
+    assert shares == [[0, 3, 6], [1, 4], [2, 5]] and sorted(sum(shares, [])) == list(range(7))
+    assert [len(ShardSampler(list(range(7)), 3, r)) for r in range(3)] == [3, 2, 2]
+
+
+class ConfusionLog(L.Callback):
+    """Writes the confusion matrix summed over the ranks at the end of each validation (rank 0)."""
+
+    def __init__(self, out: str):
+        self.out = out
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        metric = pl_module.val_iou
+        with metric.sync_context():
+            confmat = metric.confmat.clone()
+        if trainer.is_global_zero:
+            Path(self.out).write_text(json.dumps(confmat.tolist()))
+
+
+@pytest.mark.slow
+def test_ddp_validation_on_seven_images_equals_one_process_exactly(voc_root, tmp_path):
+    def run(folder, launch):
+        out = tmp_path / folder / "confmat.json"
+        out.parent.mkdir()
+        launch(ddp_args(voc_root, tmp_path / folder, "validate") + ["--seed_everything", "3",
+               "--trainer.callbacks+=" + json.dumps({"class_path": "test_recipe.ConfusionLog",
+                                                     "init_args": {"out": str(out)}})])
+        return torch.tensor(json.loads(out.read_text()))
+
+    one = run("one", main)
+    two = run("two", lambda args: torchrun(args, tmp_path))
+    assert one.sum() > 0 and torch.equal(one, two)  # Lightning's padding sampler would count one image twice
+    voc = VOCSegmentationDataModule(voc_root, num_workers=0)
+    voc.setup("validate")
+    pixels = sum(int((mask != 255).sum()) for _, mask in (voc.val_dataset.load(i) for i in range(7)))
+    assert int(one.sum()) == pixels  # every labelled pixel of the 7 images, once
+
+
+# -- configs ----------------------------------------------------------------------------------------------------------
+def load(name):
+    return yaml.safe_load((REPO / "configs" / "voc" / f"{name}.yaml").read_text())
+
+
+def test_the_authors_configs_follow_their_code():
+    vgg, resnet = load("vgg"), load("resnet")
+    assert vgg["model"]["head"] == "vgg16_20m" and vgg["data"]["init_args"]["crop_size"] == 321
+    assert vgg["data"]["init_args"]["batch_size"] == 20 and vgg["data"]["init_args"]["scale_range"] == [1.0, 1.0]
+    assert vgg["model"]["lr"] == pytest.approx(2e-8 * 321 ** 2, rel=1e-3)  # the summed loss's lr, as a mean loss
+    assert vgg["model"]["weight_decay"] == pytest.approx(5e-4 / 321 ** 2, rel=0.02)
+    assert vgg["model"]["head_lr_mult"] == 10.0 and vgg["model"]["poly_power"] == 1.0
+    assert vgg["trainer"]["max_steps"] == 20 * 602
+    assert resnet["model"]["backbone"] == "resnet50.tv_in1k" and resnet["model"]["head"] == "aspp_v3"
+    assert resnet["model"]["output_stride"] == 16 and resnet["data"]["init_args"]["crop_size"] == 504
+    assert resnet["data"]["init_args"]["batch_size"] == 24
+    assert resnet["model"]["lr"] == pytest.approx(1e-7 * 504 ** 2, rel=1e-3)
+    for config in (vgg, resnet):
+        model = config["model"]
+        assert (model["alpha_conv_lr_mult"], model["alpha_prelu_lr_mult"], model["alpha_bias_lr_mult"],
+                model["alpha_grad_scale"]) == (1.0, 100.0, 180.0, 3.0)
+        assert model["tta_flip"] is False  # one scale, no flip
+
+
+def test_deeplab_configs_keep_deeplab():
+    largefov, v2 = load("vgg_largefov"), load("resnet101_deeplabv2")
+    assert largefov["model"]["head"] == "largefov" and largefov["model"]["lr"] == 0.001
+    assert v2["model"]["backbone"] == "resnet101.tv_in1k" and v2["model"]["batchnorm"] == "frozen"
+    assert v2["model"]["head"] == "aspp" and v2["model"]["output_stride"] == 8
+
+
+@pytest.mark.parametrize("name", ["vgg", "vgg_largefov", "resnet", "resnet101_deeplabv2"])
+def test_every_value_of_the_voc_configs_cites_a_source(name):
+    lines = (REPO / "configs" / "voc" / f"{name}.yaml").read_text().splitlines()
+    values = [line for line in lines if ":" in line and not line.strip().startswith("#")
+              and not line.rstrip().endswith(":") and "class_path" not in line and "seed_everything" not in line]
+    uncited = [line for line in values if "#" not in line and not line.strip().startswith(("num_workers", "root",
+               "val_split", "default_root_dir", "val_check_interval", "check_val_every_n_epoch"))]
+    assert uncited == []
+
+
+# -- normalisation from the weights ---------------------------------------------------------------------------------
+def test_the_datamodule_takes_mean_and_std_from_the_models_backbone(voc_root):
+    from polypool.models import SegmentationModel
+
+    model = SegmentationModel(backbone="inception_v3", output_stride=32)
+    dm = VOCSegmentationDataModule(voc_root, num_workers=0)
+    dm.trainer = FakeTrainer(lightning_module=model)
+    dm.setup("validate")
+    assert dm.mean == dm.std == (0.5, 0.5, 0.5)
+    image, _ = dm.val_dataset[0]
+    raw, _ = dm.val_dataset.load(0)
+    torch.testing.assert_close(image, (raw.float() / 255 - 0.5) / 0.5)
+    explicit = VOCSegmentationDataModule(voc_root, num_workers=0, mean=(0.1, 0.2, 0.3), std=(1.0, 1.0, 1.0))
+    explicit.trainer = FakeTrainer(lightning_module=model)
+    explicit.setup("validate")
+    assert explicit.mean == (0.1, 0.2, 0.3)  # an explicit value wins
+    alone = VOCSegmentationDataModule(voc_root, num_workers=0)
+    alone.setup("validate")
+    assert alone.mean == (0.485, 0.456, 0.406)  # no model: ImageNet's
+    with pytest.raises(ValueError, match="pass both mean and std"):
+        VOCSegmentationDataModule(voc_root, mean=(0.5, 0.5, 0.5))
