@@ -28,7 +28,7 @@ class DetailPreservingPool2d(nn.Module):
     ``alpha`` and ``lambda_`` (both >= 0, one per channel, kept in range by :func:`clamp_inward`) start at 0, as in the
     P-pooling authors' re-implementation, so the layer starts as average pooling (``lambda = 0`` gives w = alpha + 1,
     a constant). The default, ``lite`` + ``asym``, is the variant the P-pooling authors used for their tables
-    (facts.md). Padding is zeros, counted like ``avg_pool2d(count_include_pad=True)``.
+    (docs/paper_notes.md). Padding is zeros, counted like ``avg_pool2d(count_include_pad=True)``.
 
     Learned parameters: ``alpha``, ``lambda_`` (``(C, 1, 1)``) and, for ``full``, ``filter_weight`` (``(C, 1, 3, 3)``).
     """

@@ -27,7 +27,7 @@ class DenseAlphaBranch(nn.Module):
 
     Input: the pooling input scaled to ``x / (max_hw |x| + 1) * scale`` per (sample, channel) and **detached**;
     then a depthwise k x k conv with the pooling's stride and padding (no bias), PReLU (init 0.25), a depthwise
-    1x1 conv whose bias starts at ``alpha_init``, and a Hardtanh clamp to the alpha range (facts.md).
+    1x1 conv whose bias starts at ``alpha_init``, and a Hardtanh clamp to the alpha range (docs/paper_notes.md).
     """
 
     def __init__(self, channels: int, window: Window, alpha_init: float, alpha_range: tuple[float, float],
