@@ -72,6 +72,18 @@ def _unit_ratio(v: Tensor, inv_m: Tensor, zero: Tensor) -> Tensor:
     return torch.where((v < tiny) | (r < tiny), zero, r)
 
 
+def _window_max(xp: Tensor, window: Window, out_h: int, out_w: int) -> Tensor:
+    """The window max; when traced (torch.compile, torch.export) without ``out=`` ops, which an exported program
+    cannot run where an input requires grad ("functions with out=... arguments don't support automatic
+    differentiation")."""
+    if not torch.compiler.is_compiling():
+        return window_max(xp, window, out_h, out_w)
+    m = None
+    for rows, cols, _, _ in window_offsets(window, out_h, out_w):
+        m = xp[..., rows, cols] if m is None else torch.maximum(m, xp[..., rows, cols])
+    return m
+
+
 class _PPool2d(torch.autograd.Function):
     """Forward and analytic backward of P-pooling on a non-negative input."""
 
@@ -82,7 +94,7 @@ class _PPool2d(torch.autograd.Function):
         acc = _accumulation_dtype(x.dtype)
         with torch.autocast(device_type=x.device.type, enabled=False):
             xp = pad_window_input(x, window)
-            m, inv_m, zero = _normaliser(window_max(xp, window, out_h, out_w), acc)
+            m, inv_m, zero = _normaliser(_window_max(xp, window, out_h, out_w), acc)
             a = alpha.to(acc) if isinstance(alpha, Tensor) else float(alpha)
             num = torch.zeros(m.shape, dtype=acc, device=x.device)
             den = torch.zeros_like(num)
