@@ -39,7 +39,7 @@ from typing import Literal, Optional, Union
 import torch
 from torch import Tensor
 
-from . import cpu_fused, triton_fused
+from . import cpu_fused, custom_ops, triton_fused
 from .fused_interface import NegativeInput
 from .geometry import IntOrPair, Window, overhang_mask, pad_window_input, window_max, window_offsets
 
@@ -248,6 +248,12 @@ def p_pool2d(
             )
         if isinstance(alpha, Tensor) and not bool((alpha >= 0).all()):
             raise ValueError("alpha must be >= 0 everywhere (got a negative or NaN value); clamp it to [0, inf)")
+    if torch.compiler.is_compiling() and not torch.compiler.is_exporting() and backend in BACKENDS:
+        # torch.compile: the fused kernels as torch.library ops, which Inductor calls (torch.export keeps the
+        # reference op's plain torch ops, which any runtime can run)
+        op = custom_ops.serves(input, alpha, backend)
+        if op is not None:
+            return custom_ops.compiled_p_pool2d(input, alpha, window, op, input_nonnegative)
     function = _select_backend(backend, input, alpha)
     if function is _PPool2d:
         x, shift = (input, None) if input_nonnegative else shift_negative(input)
@@ -284,7 +290,7 @@ def _select_backend(backend: Backend, x: Tensor, alpha: Alpha):
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "reference" or torch.compiler.is_compiling():
-        return _PPool2d  # under torch.compile the reference op's torch ops are traced and fused by inductor
+        return _PPool2d  # traced (torch.export, or no fused op serves): the reference op's torch ops
     if backend in ("auto", "triton") and triton_fused.supports(x, alpha, allow_cpu=backend == "triton"):
         return triton_fused.PPool2dTriton
     if backend in ("auto", "cpu_fused") and cpu_fused.supports(x, alpha):

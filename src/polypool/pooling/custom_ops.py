@@ -1,0 +1,227 @@
+"""The fused P-pooling kernels as ``torch.library`` ops, so that ``torch.compile`` calls them instead of tracing the
+reference op: ``polypool::p_pool2d_triton`` (``triton_op`` + ``wrap_triton``: Inductor sees the Triton kernels) and
+``polypool::p_pool2d_cpu`` (``custom_op`` around the C++ kernel), each with a fake kernel and an autograd formula
+whose backward is again such an op.
+
+``p_pool2d`` uses them only while ``torch.compile`` traces it (not under ``torch.export``, which keeps the reference
+op's plain torch ops so that the exported program runs anywhere). A compiled graph cannot branch on the data, so
+there the negative-input shift is always applied (the reference's rule: a map with a negative minimum is shifted by
+it; a zero shift costs one min-reduction) unless the caller says the input is non-negative; the first-result check
+and the fallback of the eager path do not apply inside a compiled graph.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import cpu_fused, triton_fused
+from .fused_interface import alpha_is_dense, is_channels_last
+from .geometry import Window
+
+__all__ = ["compiled_p_pool2d", "serves"]
+
+
+def _window_args(window: Window) -> tuple[list[int], list[int], list[int]]:
+    return list(window.kernel), list(window.stride), list(window.padding)
+
+
+# ------------------------------------------------------------------------------------------------ CPU (C++)
+
+@torch.library.custom_op("polypool::p_pool2d_cpu", mutates_args=())
+def p_pool2d_cpu(x: Tensor, alpha: Tensor, dense: bool, kernel: list[int], stride: list[int], padding: list[int],
+                 out_size: list[int]) -> tuple[Tensor, Tensor, Tensor]:
+    """(y, m, den) of a non-negative fp32 x; alpha fp32 per plane (N*C,) or dense (N, C, OH, OW)."""
+    y, m, den, _ = cpu_fused.load_extension().forward(x.contiguous(), alpha.contiguous(), dense, kernel, stride,
+                                                      padding, out_size, True)
+    return y, m, den
+
+
+@p_pool2d_cpu.register_fake
+def _(x, alpha, dense, kernel, stride, padding, out_size):
+    shape = (x.shape[0], x.shape[1], out_size[0], out_size[1])
+    return x.new_empty(shape), x.new_empty(shape), x.new_empty(shape)
+
+
+@torch.library.custom_op("polypool::p_pool2d_cpu_backward", mutates_args=())
+def p_pool2d_cpu_backward(x: Tensor, alpha: Tensor, dense: bool, m: Tensor, den: Tensor, y: Tensor, grad_y: Tensor,
+                          kernel: list[int], stride: list[int], padding: list[int]) -> tuple[Tensor, Tensor]:
+    grad_x, grad_alpha = cpu_fused.load_extension().backward(
+        x.contiguous(), alpha.contiguous(), dense, m.contiguous(), den.contiguous(), y.contiguous(),
+        grad_y.contiguous().float(), True, kernel, stride, padding)
+    return grad_x, grad_alpha
+
+
+@p_pool2d_cpu_backward.register_fake
+def _(x, alpha, dense, m, den, y, grad_y, kernel, stride, padding):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(alpha)
+
+
+def _cpu_setup(ctx, inputs, output):
+    x, alpha, dense, kernel, stride, padding, _ = inputs
+    y, m, den = output
+    ctx.save_for_backward(x, alpha, m, den, y)
+    ctx.args = (dense, kernel, stride, padding)
+
+
+def _cpu_backward(ctx, grad_y, grad_m, grad_den):
+    x, alpha, m, den, y = ctx.saved_tensors
+    dense, kernel, stride, padding = ctx.args
+    grad_x, grad_alpha = p_pool2d_cpu_backward(x, alpha, dense, m, den, y, grad_y, kernel, stride, padding)
+    return grad_x, grad_alpha, None, None, None, None, None
+
+
+p_pool2d_cpu.register_autograd(_cpu_backward, setup_context=_cpu_setup)
+
+
+# ------------------------------------------------------------------------------------------------ GPU (Triton)
+
+def _triton_args(window: Window, x: Tensor, total: int, channels_last: bool, *others: Tensor) -> dict:
+    return triton_fused._launch_args(window, x, total, channels_last, *others)
+
+
+def _triton_forward(x: Tensor, alpha: Tensor, dense: bool, kernel: list[int], stride: list[int],
+                    padding: list[int], out_size: list[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(y, m, den, q) of a non-negative x (fp32/fp16/bf16, any strides); q = y/m in fp32 (saved for fp16/bf16)."""
+    k = triton_fused.kernels()
+    window = Window.make(kernel, stride, padding)
+    n, c, height, width = x.shape
+    out_h, out_w = out_size
+    channels_last = is_channels_last(x)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    shape = (n, c, out_h, out_w)
+    y = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=memory_format)
+    m = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=memory_format)
+    den = torch.empty(shape, dtype=torch.float32, device=x.device, memory_format=memory_format)
+    q = torch.empty(shape, dtype=torch.float32, device=x.device, memory_format=memory_format)
+    total = n * c * out_h * out_w
+    args = _triton_args(window, x, total, channels_last, y)
+    grid = triton_fused._grid(total, args["BLOCK"])
+    negative = torch.empty(grid, dtype=torch.int8, device=x.device)  # not read: the caller shifted x
+    _launch(k.p_pool2d_forward_kernel)[grid](
+        x, alpha, y, m, den, q, negative, total, c, height, width, out_h, out_w, *x.stride(),
+        DENSE=dense, SAVE_Q=True, STORE_STATE=True, **args)
+    return y, m, den, q
+
+
+def _triton_backward_op(x: Tensor, alpha: Tensor, dense: bool, m: Tensor, den: Tensor, q: Tensor,
+                        grad_y: Tensor, kernel: list[int], stride: list[int],
+                        padding: list[int]) -> tuple[Tensor, Tensor]:
+    """(dx in x's layout, dalpha per output in fp32)."""
+    k = triton_fused.kernels()
+    window = Window.make(kernel, stride, padding)
+    n, c, height, width = x.shape
+    out_h, out_w = m.shape[-2], m.shape[-1]
+    channels_last = is_channels_last(x)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    grad_y = grad_y.contiguous(memory_format=memory_format)
+    grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=memory_format)
+    partial = torch.empty(m.shape, dtype=torch.float32, device=x.device, memory_format=memory_format)
+    geometry = (c, height, width, out_h, out_w, *x.stride())
+    total = x.numel()
+    args = _triton_args(window, x, total, channels_last, m)
+    _launch(k.p_pool2d_grad_input_kernel)[triton_fused._grid(total, args["BLOCK"])](
+        x, alpha, m, den, q, grad_y, grad_x, total, *geometry, DENSE=dense, Q_SAVED=True, **args)
+    total = m.numel()
+    args = _triton_args(window, x, total, channels_last, m)
+    _launch(k.p_pool2d_grad_alpha_kernel)[triton_fused._grid(total, args["BLOCK"])](
+        x, alpha, m, den, q, grad_y, partial, total, *geometry, DENSE=dense, Q_SAVED=True, **args)
+    return grad_x, partial
+
+
+def _launch(kernel):
+    """The kernel as Inductor sees it (wrap_triton), or as is under Triton's interpreter, whose kernels are not
+    JIT functions that wrap_triton can trace (there the ops are opaque custom ops with fake kernels instead)."""
+    return kernel if triton_fused.interpreting() else torch.library.wrap_triton(kernel)
+
+
+def _triton_forward_fake(x, alpha, dense, kernel, stride, padding, out_size):
+    memory_format = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+    shape = (x.shape[0], x.shape[1], out_size[0], out_size[1])
+    y, m = (torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=memory_format) for _ in range(2))
+    den, q = (torch.empty(shape, dtype=torch.float32, device=x.device, memory_format=memory_format) for _ in range(2))
+    return y, m, den, q
+
+
+def _triton_backward_fake(x, alpha, dense, m, den, q, grad_y, kernel, stride, padding):
+    memory_format = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+    return (torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=memory_format),
+            torch.empty(m.shape, dtype=torch.float32, device=x.device, memory_format=memory_format))
+
+
+if triton_fused.interpreting():  # read once, at import (as triton.jit does): the tests without a GPU
+    p_pool2d_triton = torch.library.custom_op("polypool::p_pool2d_triton", mutates_args=())(_triton_forward)
+    p_pool2d_triton.register_fake(_triton_forward_fake)
+    p_pool2d_triton_backward = torch.library.custom_op("polypool::p_pool2d_triton_backward",
+                                                       mutates_args=())(_triton_backward_op)
+    p_pool2d_triton_backward.register_fake(_triton_backward_fake)
+else:
+    p_pool2d_triton = torch.library.triton_op("polypool::p_pool2d_triton", mutates_args=())(_triton_forward)
+    p_pool2d_triton_backward = torch.library.triton_op("polypool::p_pool2d_triton_backward",
+                                                       mutates_args=())(_triton_backward_op)
+
+
+def _triton_setup(ctx, inputs, output):
+    x, alpha, dense, kernel, stride, padding, _ = inputs
+    y, m, den, q = output
+    ctx.save_for_backward(x, alpha, m, den, q)
+    ctx.args = (dense, kernel, stride, padding)
+
+
+def _triton_backward(ctx, grad_y, grad_m, grad_den, grad_q):
+    x, alpha, m, den, q = ctx.saved_tensors
+    dense, kernel, stride, padding = ctx.args
+    grad_x, partial = p_pool2d_triton_backward(x, alpha, dense, m, den, q, grad_y, kernel, stride, padding)
+    grad_alpha = partial if dense else partial.sum(dim=(2, 3)).reshape(-1)
+    return grad_x, grad_alpha, None, None, None, None, None
+
+
+p_pool2d_triton.register_autograd(_triton_backward, setup_context=_triton_setup)
+
+
+# ------------------------------------------------------------------------------------------------ dispatch
+
+def serves(x: Tensor, alpha, backend: str) -> Optional[str]:
+    """Which op serves a traced call: "triton", "cpu" or None (the reference op). Only checks that tracing can
+    follow (device, dtype, switches, a failure recorded earlier): the ops import Triton or build the C++ kernel
+    when they first run."""
+    if isinstance(alpha, Tensor) and alpha.device != x.device:
+        return None
+    on_triton_device = x.is_cuda or (backend == "triton" and x.device.type == "cpu" and triton_fused.interpreting())
+    if (backend in ("auto", "triton") and on_triton_device and x.dtype in triton_fused.DTYPES
+            and triton_fused.enabled() and triton_fused.failure() is None):
+        return "triton"
+    if (backend in ("auto", "cpu_fused") and x.device.type == "cpu" and x.dtype == torch.float32
+            and cpu_fused.enabled() and cpu_fused._load_error is None):
+        return "cpu"
+    return None
+
+
+def compiled_p_pool2d(x: Tensor, alpha, window: Window, op: str, nonnegative: bool) -> Tensor:
+    """P-pooling through the registered op ``op``; alpha's gradient flows through its layout change."""
+    n, c, height, width = x.shape
+    out_h, out_w = window.output_size(height, width)
+    shift = None
+    if not nonnegative:  # the reference's rule, without a data-dependent branch
+        shift = x.detach().amin(dim=(-2, -1), keepdim=True).clamp(max=0)
+        x = x - shift
+    dense = alpha_is_dense(alpha)
+    if not isinstance(alpha, Tensor):
+        alpha_k = torch.full((n * c,), float(alpha), device=x.device)
+    else:
+        a = alpha.to(device=x.device, dtype=torch.float32)
+        while a.dim() < 4:
+            a = a.unsqueeze(0)
+        if dense:
+            memory_format = torch.channels_last if is_channels_last(x) and op == "triton" else torch.contiguous_format
+            alpha_k = a.expand(n, c, out_h, out_w).contiguous(memory_format=memory_format)
+        else:
+            alpha_k = a.expand(n, c, 1, 1).reshape(n * c)
+    args = (dense, *_window_args(window), [out_h, out_w])
+    if op == "triton":
+        y = p_pool2d_triton(x, alpha_k, *args)[0]
+    else:
+        y = p_pool2d_cpu(x, alpha_k, *args)[0]
+    return y if shift is None else y + shift.to(y.dtype)
