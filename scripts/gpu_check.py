@@ -7,7 +7,7 @@
 
 Parts, each timed and guarded (a failure is reported and the next part runs):
  1. the Triton test files on the GPU (pytest: tests/test_p_pool2d_triton.py, test_cuda_path.py,
-    test_p_pool2d_subnormal.py, test_relu_hint.py);
+    test_p_pool2d_subnormal.py, test_relu_hint.py, test_compile.py);
  2. Triton against the reference op in fp32, fp16 and bf16 on the paper's pooling shapes (VGG16 at 224,
     VGG16-LargeFOV at 321, the ResNet stem, inception_v3's 3x3/1 pools), per-channel and dense alpha, values and
     both gradients, plus channels_last;
@@ -16,7 +16,8 @@ Parts, each timed and guarded (a failure is reported and the next part runs):
     ceiling), from benchmarks/bench_pooling.py;
  5. VGG16-LargeFOV training steps under bf16 autocast, max pooling against P-pooling (dense alpha);
  6. probes: a fresh process without a C compiler and with an empty Triton cache (the fallback), CUDA-graph capture
-    of a hinted (ReLU-input) forward, and the Triton path's state at the end.
+    of a hinted (ReLU-input) forward, torch.compile (Inductor) through the registered Triton op, and the Triton
+    path's state at the end.
 
 The Triton path runs in strict mode here (``POLYPOOL_TRITON=strict``): a failure raises instead of falling back, so
 every number is the Triton kernels' own.
@@ -129,7 +130,7 @@ def rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
 
 def part_pytest() -> None:
     files = ["tests/test_p_pool2d_triton.py", "tests/test_cuda_path.py", "tests/test_p_pool2d_subnormal.py",
-             "tests/test_relu_hint.py"]
+             "tests/test_relu_hint.py", "tests/test_compile.py"]
     env = {k: v for k, v in os.environ.items() if k not in ("POLYPOOL_TRITON", "TRITON_INTERPRET")}
     timeout = max(30, min(240, left() - 240))
     t0 = time.time()
@@ -342,6 +343,29 @@ def part_probes() -> None:
                  f"matches the reference: {same}")
         except Exception as error:
             emit(f"- CUDA-graph capture with the ReLU hint FAILS: {type(error).__name__}: {str(error)[:200]}")
+    if DEVICE.type == "cuda" and left() > 60:  # Inductor with the registered Triton op (triton_op + wrap_triton)
+        try:
+            x = torch.rand(8, 64, 56, 56, device=DEVICE, requires_grad=True)
+            a = torch.full((64, 1, 1), 30.0, device=DEVICE, requires_grad=True)
+
+            def f(x, a):
+                return p_pool2d(torch.relu(x), a, 3, 2, 1, input_nonnegative=True)
+
+            torch._dynamo.reset()
+            t0 = time.time()
+            compiled = torch.compile(f)
+            y = compiled(x, a)
+            g = torch.rand_like(y)
+            gx, ga = torch.autograd.grad(y, (x, a), g)
+            sync()
+            first = time.time() - t0
+            ye = f(x, a)
+            gxe, gae = torch.autograd.grad(ye, (x, a), g)
+            errors = [rel_error(u, v.float()) for u, v in ((y, ye), (gx, gxe), (ga, gae))]
+            emit(f"- torch.compile (Inductor, the registered Triton op): compile + first fwd/bwd {first:.1f} s; "
+                 f"max rel err vs eager y/dx/dalpha {errors[0]:.1e}/{errors[1]:.1e}/{errors[2]:.1e}")
+        except Exception as error:
+            emit(f"- torch.compile with the registered Triton op FAILS: {type(error).__name__}: {str(error)[:300]}")
     emit(f"- Triton path at the end: failure recorded: {triton_fused.failure() or 'none'}")
 
 
@@ -378,7 +402,7 @@ def main() -> int:
         emit(f"## {title}")
         emit()
         if key in ARGS.skip or (ARGS.smoke and key == "pytest"):
-            emit("- skipped" + (" (smoke run)" if ARGS.smoke else ""))
+            emit("- skipped (--skip)" if key in ARGS.skip else "- skipped (smoke run)")
             continue
         if left() < 30:
             emit("- skipped: the time budget is spent")
