@@ -151,16 +151,23 @@ def _triton_backward_fake(x, alpha, dense, m, den, q, grad_y, kernel, stride, pa
             torch.empty(m.shape, dtype=torch.float32, device=x.device, memory_format=memory_format))
 
 
+def _opaque_triton_ops():
+    forward = torch.library.custom_op("polypool::p_pool2d_triton", mutates_args=())(_triton_forward)
+    forward.register_fake(_triton_forward_fake)
+    backward = torch.library.custom_op("polypool::p_pool2d_triton_backward", mutates_args=())(_triton_backward_op)
+    backward.register_fake(_triton_backward_fake)
+    return forward, backward
+
+
 if triton_fused.interpreting():  # read once, at import (as triton.jit does): the tests without a GPU
-    p_pool2d_triton = torch.library.custom_op("polypool::p_pool2d_triton", mutates_args=())(_triton_forward)
-    p_pool2d_triton.register_fake(_triton_forward_fake)
-    p_pool2d_triton_backward = torch.library.custom_op("polypool::p_pool2d_triton_backward",
-                                                       mutates_args=())(_triton_backward_op)
-    p_pool2d_triton_backward.register_fake(_triton_backward_fake)
+    p_pool2d_triton, p_pool2d_triton_backward = _opaque_triton_ops()
 else:
-    p_pool2d_triton = torch.library.triton_op("polypool::p_pool2d_triton", mutates_args=())(_triton_forward)
-    p_pool2d_triton_backward = torch.library.triton_op("polypool::p_pool2d_triton_backward",
-                                                       mutates_args=())(_triton_backward_op)
+    try:
+        p_pool2d_triton = torch.library.triton_op("polypool::p_pool2d_triton", mutates_args=())(_triton_forward)
+        p_pool2d_triton_backward = torch.library.triton_op("polypool::p_pool2d_triton_backward",
+                                                           mutates_args=())(_triton_backward_op)
+    except Exception:  # a torch without triton_op support: the same ops, opaque to Inductor
+        p_pool2d_triton, p_pool2d_triton_backward = _opaque_triton_ops()
 
 
 def _triton_setup(ctx, inputs, output):
