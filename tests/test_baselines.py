@@ -49,6 +49,27 @@ def test_backward_gives_finite_gradients_to_input_and_every_parameter(name):
         assert param.grad.abs().sum() > 0, f"{name}.{param_name} gets no gradient"
 
 
+# Inside the parameters' ranges (clamp_inward changes the gradient on a bound), so finite differences apply.
+INTERIOR = {"dpp": {"lambda_init": 1.0, "alpha_init": 0.5}, "lp": {"p_init": 3.0}, "ppool": {"alpha_init": 3.0}}
+
+
+@pytest.mark.parametrize("name", POOLING_NAMES)
+@pytest.mark.parametrize("window", [(3, 2, 1, True), (2, 2, 0, False)])
+def test_gradients_to_input_and_every_parameter_match_finite_differences(name, window):
+    layer = build_pooling(name, *window, channels=CHANNELS, **INTERIOR.get(name, {})).double()
+    names, params = zip(*layer.named_parameters()) if list(layer.parameters()) else ((), ())
+    # Continuous values: no ties (max pooling is differentiable) and no DPP difference within a step of 0, where
+    # its asymmetric reward relu(d)^2 has a kink in its derivative that finite differences would see.
+    x = 1 + torch.rand(2, CHANNELS, 7, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x = x.requires_grad_(True)
+
+    def run(x, *values):
+        return torch.func.functional_call(layer, dict(zip(names, values)), (x,))
+
+    inputs = (x, *(p.detach().clone().requires_grad_(True) for p in params))
+    assert torch.autograd.gradcheck(run, inputs, atol=1e-6, rtol=1e-4)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", POOLING_NAMES)
 def test_compiles_with_torch_compile(name):
@@ -124,10 +145,24 @@ def test_gated_pooling_limits():
         torch.testing.assert_close(layer(x), F.avg_pool2d(x, 2))
 
 
-def test_gated_pooling_gate_depends_on_the_region():
-    layer = GatedPool2d(2, channels=CHANNELS)
-    gate = layer.gate_values(torch.rand(1, CHANNELS, 8, 8))
-    assert gate.shape == (1, CHANNELS, 4, 4) and gate.std() > 0
+@pytest.mark.parametrize("gate", ["layer", "channel"])
+def test_gated_pooling_gate_is_the_sigmoid_of_the_mask_over_each_window(gate):
+    # sigmoid(w^T x) window by window, from the definition; and f = s max + (1 - s) avg with it. A 3x3/2 window
+    # with padding 1 in ceil mode on 7x8 (output 4x5): zeros in the padding, the last column's windows overhang.
+    layer = GatedPool2d(3, 2, 1, True, channels=CHANNELS, gate=gate).double()
+    x = torch.rand(2, CHANNELS, 7, 8, dtype=torch.float64)
+    gate_values = layer.gate_values(x)
+    xp = F.pad(x, (1, 2, 1, 1))  # padding 1, plus one overhang column on the right (ceil mode)
+    w = layer.gate_weight.detach().expand(CHANNELS, 1, 3, 3)[:, 0]
+    expected = torch.empty(2, CHANNELS, 4, 5, dtype=torch.float64)
+    for i in range(4):
+        for j in range(5):
+            expected[:, :, i, j] = torch.sigmoid((xp[:, :, 2 * i:2 * i + 3, 2 * j:2 * j + 3] * w).sum((-2, -1)))
+    torch.testing.assert_close(gate_values, expected)
+    pooled_max, pooled_avg = F.max_pool2d(x, 3, 2, 1, ceil_mode=True), F.avg_pool2d(x, 3, 2, 1, ceil_mode=True)
+    torch.testing.assert_close(layer(x), expected * pooled_max + (1 - expected) * pooled_avg)
+    if gate == "channel":
+        assert not torch.allclose(gate_values[:, 0], layer.gate_values(x[:, [1, 1, 2, 3]])[:, 0])
 
 
 def test_mixed_pooling_limits():
@@ -154,12 +189,18 @@ def test_dpp_with_lambda_zero_is_average_pooling(variant, reward, kernel, stride
 
 
 def test_dpp_rewards_details_above_the_mean():
-    x = torch.zeros(1, 1, 2, 2)
-    x[0, 0, 0, 0] = 1.0  # one bright detail in a dark window
-    layer = DetailPreservingPool2d(2, channels=1, reward="asym", lambda_init=2.0)
-    assert layer(x).item() > 0.25 + 0.2  # well above the mean, towards the detail
-    sym = DetailPreservingPool2d(2, channels=1, reward="sym", lambda_init=2.0)
-    assert 0 <= sym(x).item() <= 1
+    # One bright detail in a dark 2x2 window, lambda = 2, alpha = 0, eps = 1e-3: the guide is the mean 1/4, so the
+    # detail's weight is (3/4)^2 + eps^2 and the others' eps^2 (asym: only values above the mean are rewarded)
+    # or (1/4)^2 + eps^2 (sym).
+    x = torch.zeros(1, 1, 2, 2, dtype=torch.float64)
+    x[0, 0, 0, 0] = 1.0
+    eps2 = 1e-6
+    detail = 0.75 ** 2 + eps2
+    for reward, other in (("asym", eps2), ("sym", 0.25 ** 2 + eps2)):
+        layer = DetailPreservingPool2d(2, channels=1, reward=reward, lambda_init=2.0).double()
+        assert layer(x).item() == pytest.approx(detail / (detail + 3 * other), rel=1e-12), reward
+    assert detail / (detail + 3 * eps2) > 0.99  # asym: almost the detail itself; sym: 3/4
+    assert detail / (detail + 3 * (0.0625 + eps2)) == pytest.approx(0.75, abs=1e-5)
 
 
 def test_lp_limits():
@@ -171,15 +212,28 @@ def test_lp_limits():
     torch.testing.assert_close(large(distinct), F.max_pool2d(distinct, 3, 2), rtol=1e-3, atol=0)
 
 
-def test_lp_is_finite_at_large_p_and_zero_windows():
+def test_lp_at_large_p_and_zero_windows_matches_a_log_space_reference():
     layer = LearnedNormPool2d(2, channels=CHANNELS, p_init=50.0)
-    x = torch.rand(1, CHANNELS, 8, 8) * 3e4
-    x[..., :4, :4] = 0
+    x = torch.rand(1, CHANNELS, 8, 8, generator=torch.Generator().manual_seed(0)) * 3e4 + 1.0
+    x[..., :4, :4] = 0  # four all-zero windows per channel
     x.requires_grad_(True)
     y = layer(x)
-    y.sum().backward()
-    assert torch.isfinite(y).all() and (y[..., :2, :2] == 0).all()
-    assert torch.isfinite(x.grad).all() and torch.isfinite(layer.p.grad).all()
+    grad = torch.rand(y.shape, generator=torch.Generator().manual_seed(1)) + 0.5
+    y.backward(grad)
+    # (mean |x|^p)^(1/p) = exp((logsumexp(p ln|x|) - ln 4) / p): no overflow at 3e4^50, and independent of the
+    # layer's max-normalised form; zero windows give 0 and pass no gradient (their max is 0 and detached).
+    x64 = x.detach().double().requires_grad_(True)
+    p64 = torch.tensor(50.0, dtype=torch.float64, requires_grad=True)
+    cols = F.unfold(x64, 2, stride=2).view(1, CHANNELS, 4, 16)
+    nonzero = cols.detach().amax(2) > 0
+    logs = torch.where(cols > 0, cols, 1.0).log()  # only the all-zero windows hold zeros: those are set below
+    y64 = torch.where(nonzero, torch.exp((torch.logsumexp(p64 * logs, 2) - torch.log(torch.tensor(4.0))) / p64), 0.0)
+    y64 = y64.view(1, CHANNELS, 4, 4)
+    gx64, gp64 = torch.autograd.grad(y64, (x64, p64), grad.double())
+    torch.testing.assert_close(y.double(), y64.detach(), rtol=1e-5, atol=0)
+    assert (y[..., :2, :2] == 0).all() and (x.grad[..., :4, :4] == 0).all()
+    torch.testing.assert_close(x.grad.double(), gx64, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(layer.p.grad.sum().double(), gp64, rtol=1e-4, atol=1e-3)
 
 
 def test_parameters_initialised_on_a_bound_still_learn():
