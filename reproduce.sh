@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce a table of the paper: train every pooling variant, then regenerate the table from the logged runs.
 #
-#   ./reproduce.sh DATASET CONFIG [--quick] [--gpus N] [--seeds K] [--out DIR] [-- extra LightningCLI overrides]
+#   ./reproduce.sh DATASET CONFIG [--quick] [--gpus N] [--seeds K] [--poolings a,b] [--out DIR] [-- overrides]
 #
 #   ./reproduce.sh voc vgg --quick       # a miniature run on the CPU with generated data (minutes)
 #   ./reproduce.sh voc vgg --gpus 4      # supplementary Table 1, the authors' recipe (configs/voc/vgg.yaml)
@@ -16,14 +16,15 @@ cd "$(dirname "$0")"
 
 usage() { sed -n '2,14p' "$0"; exit "${1:-0}"; }
 [ $# -ge 2 ] || usage 2
-DATASET=$1 BACKBONE=$2
+DATASET=$1 CONFIG_NAME=$2
 shift 2
-QUICK=0 GPUS=0 SEEDS=1 OUT_DIR="" EXTRA=()
+QUICK=0 GPUS=0 SEEDS=1 OUT_DIR="" EXTRA=() ONLY=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
     --gpus) GPUS=$2; shift ;;
     --seeds) SEEDS=$2; shift ;;
+    --poolings) IFS=, read -r -a ONLY <<< "$2"; shift ;;
     --out) OUT_DIR=$2; shift ;;
     --) shift; EXTRA=("$@"); break ;;
     -h|--help) usage 0 ;;
@@ -32,9 +33,15 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-CONFIG=configs/$DATASET/$BACKBONE.yaml
+CONFIG=configs/$DATASET/$CONFIG_NAME.yaml
 [ -f "$CONFIG" ] || { echo "reproduce.sh: no config $CONFIG (have: $(ls configs/*/*.yaml | grep -v trainer | tr '\n' ' '))" >&2; exit 2; }
 POOLINGS=(max avg strided_conv gated dpp ppool)   # the rows of the supplement's tables
+if [ ${#ONLY[@]} -gt 0 ]; then
+  for P in "${ONLY[@]}"; do
+    case " ${POOLINGS[*]} " in *" $P "*) ;; *) echo "reproduce.sh: --poolings: unknown row '$P' (rows: ${POOLINGS[*]})" >&2; exit 2 ;; esac
+  done
+  POOLINGS=("${ONLY[@]}")
+fi
 
 make setup >/dev/null
 PY=.venv/bin/python
@@ -67,17 +74,17 @@ fi
 RUNS=$OUT/runs
 for POOLING in "${POOLINGS[@]}"; do
   for ((SEED = 0; SEED < SEEDS; SEED++)); do
-    RECORD=$RUNS/$DATASET/$BACKBONE/$POOLING/$SEED.json
+    RECORD=$RUNS/$DATASET/$CONFIG_NAME/$POOLING/$SEED.json
     if [ -f "$RECORD" ]; then echo "== $POOLING seed $SEED: done ($RECORD)"; continue; fi
-    LOGDIR=$OUT/logs/$DATASET/$BACKBONE/$POOLING/$SEED
+    LOGDIR=$OUT/logs/$DATASET/$CONFIG_NAME/$POOLING/$SEED
     RESUME=()
     if [ -f "$LOGDIR/checkpoints/last.ckpt" ]; then RESUME=(--ckpt_path last); echo "== $POOLING seed $SEED: resuming"; fi
     echo "== $POOLING seed $SEED"
     $PY -m polypool fit "${ARGS[@]}" --model.pooling "$POOLING" --seed_everything "$SEED" \
-      --trainer.default_root_dir "$LOGDIR" --records_root "$RUNS" --experiment "$BACKBONE" \
+      --trainer.default_root_dir "$LOGDIR" --records_root "$RUNS" --experiment "$CONFIG_NAME" \
       ${RESUME[@]+"${RESUME[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}
   done
 done
 
-$PY -m polypool.tables --runs "$RUNS" --dataset "$DATASET" --backbone "$BACKBONE" --out "$OUT/${DATASET}_${BACKBONE}" ${NOTE[@]+"${NOTE[@]}"}
-echo "reproduce.sh: done in $(( $(date +%s) - START )) s; table: $OUT/${DATASET}_${BACKBONE}.md"
+$PY -m polypool.tables --runs "$RUNS" --dataset "$DATASET" --backbone "$CONFIG_NAME" --out "$OUT/${DATASET}_${CONFIG_NAME}" ${NOTE[@]+"${NOTE[@]}"}
+echo "reproduce.sh: done in $(( $(date +%s) - START )) s; table: $OUT/${DATASET}_${CONFIG_NAME}.md"

@@ -73,7 +73,9 @@ def test_fit_logs_checkpoints_and_writes_a_record_that_the_table_reads(voc_root,
     logs = tmp_path / "logs"
     assert (logs / "config.yaml").is_file() and (logs / "checkpoints" / "last.ckpt").is_file()
     header = (logs / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert {"train/loss", "train/lr", "val/mIoU", "val/IoU/aeroplane"} <= set(header)
+    assert {"train/loss", "val/mIoU", "val/IoU/aeroplane", "final/mIoU"} <= set(header)
+    # LearningRateMonitor: every named parameter group's rate, the dense alpha branch's included
+    assert {"lr-SGD/backbone/weight", "lr-SGD/head/weight", "lr-SGD/alpha_bias/bias"} <= set(header)
     assert any(h.startswith("alpha/features.maxpool/") for h in header)
     from polypool.callbacks import load_alpha_history
 
@@ -83,7 +85,7 @@ def test_fit_logs_checkpoints_and_writes_a_record_that_the_table_reads(voc_root,
     assert pool["mode"] == "dense" and sum(pool["hist"]["counts"]) == 64 * 12 * 12
     assert pool["sampled"] and len(pool["values"]) == 1024 and pool["min"] <= min(pool["values"])
     assert 1.0 <= pool["min"] <= pool["mean"] <= pool["max"] <= 50.0
-    assert type(cli.trainer.loggers[0]).__name__ == "CSVLogger"  # first, so config.yaml goes to the run's folder
+    assert type(cli.trainer.loggers[0]).__name__ == "ResumableCSVLogger"  # first, so config.yaml goes to the run's folder
     assert type(cli.trainer.loggers[1]).__name__ == "PolypoolWandbLogger" and cli.trainer.loggers[1]._offline
     from polypool.tables import main as tables
 
@@ -121,11 +123,15 @@ class Interrupt(L.Callback):
 def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(voc_root, tmp_path):
     # 8 images, batch 4: 2 steps an epoch; validation (and last.ckpt) every 3 steps, so mid-epoch
     schedule = ["--trainer.check_val_every_n_epoch", "null", "--trainer.val_check_interval", "3"]
+    import wandb
+
     full = main(fit_args(voc_root, tmp_path / "full", steps=6, extra=schedule))
+    wandb.finish()  # each attempt below is a process of its own on a real node
     with pytest.raises(SystemExit):  # Lightning shuts down gracefully on KeyboardInterrupt, then exits with 1
         main(fit_args(voc_root, tmp_path / "resumed", steps=6, extra=schedule + ["--trainer.callbacks+=test_cli.Interrupt"]))
     assert not (tmp_path / "resumed/runs").exists()  # an interrupted run writes no record
     assert torch.load(tmp_path / "resumed/logs/checkpoints/last.ckpt", weights_only=False)["global_step"] == 3
+    wandb.finish()  # the interrupted process's W&B run; a resumed attempt is a new process
     resumed = main(fit_args(voc_root, tmp_path / "resumed", steps=6, extra=schedule + ["--ckpt_path", "last"]))
     assert resumed.trainer.global_step == 6
     a, b = final_weights(full), final_weights(resumed)
@@ -135,6 +141,23 @@ def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(voc_root, tmp_
     ra = json.loads((tmp_path / "full" / "runs/voc/resnet/ppool/0.json").read_text())
     rb = json.loads((tmp_path / "resumed" / "runs/voc/resnet/ppool/0.json").read_text())
     assert ra["miou"] == pytest.approx(rb["miou"]) and rb["steps"] == 6
+    # the record's alpha starts at the first attempt's step 0, on the same probe image
+    assert rb["alpha"]["first"] == ra["alpha"]["first"] and rb["alpha"]["first"]["step"] == 0
+    # metrics.csv keeps the first attempt's rows: merged, the history equals the uninterrupted run's
+    from polypool.loggers import read_metrics
+
+    history_full = read_metrics(tmp_path / "full/logs/metrics.csv")
+    history_resumed = read_metrics(tmp_path / "resumed/logs/metrics.csv")
+    assert list(history_resumed) == list(history_full) and 0 in history_resumed
+    for step, values in history_full.items():
+        assert set(values) == set(history_resumed[step]), step
+        for key, value in values.items():
+            if not key.startswith(("epoch",)):
+                assert history_resumed[step][key] == pytest.approx(value, rel=1e-4, abs=1e-6, nan_ok=True), (step, key)
+    # one W&B run across both attempts: the id kept in the run folder, the offline run files under that id
+    run_id = (tmp_path / "resumed/logs/wandb_run_id").read_text().strip()
+    assert resumed.trainer.loggers[1].experiment.id == run_id
+    assert len(list((tmp_path / "resumed/logs/wandb").glob(f"offline-run-*-{run_id}"))) == 2
 
 
 @pytest.mark.slow

@@ -214,3 +214,63 @@ def test_the_datamodule_takes_mean_and_std_from_the_models_backbone(voc_root):
     assert alone.mean == (0.485, 0.456, 0.406)  # no model: ImageNet's
     with pytest.raises(ValueError, match="pass both mean and std"):
         VOCSegmentationDataModule(voc_root, mean=(0.5, 0.5, 0.5))
+
+
+# -- tables say which config their rows came from, and whether alpha moved -------------------------------------------
+def write_record(root, experiment, pooling, miou, alpha=None):
+    path = root / "voc" / experiment / pooling / "0.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"per_class_iou": [miou] * 21, "miou": miou, "seed": 0, "alpha": alpha or {},
+                                "config_files": [f"configs/voc/{experiment}.yaml"]}))
+
+
+def test_each_config_gets_its_own_table_against_the_same_paper_table(tmp_path):
+    from polypool.tables import main as tables, paper_table_key
+
+    assert paper_table_key("voc", "vgg_largefov") == paper_table_key("voc", "vgg") == ("voc", "vgg")
+    assert paper_table_key("voc", "resnet101_deeplabv2") == ("voc", "resnet")
+    moved = {"first": {"step": 0, "layers": {"features.4": {"mean": 30.0, "std": 0.01}}},
+             "last": {"step": 12040, "layers": {"features.4": {"mean": 29.5, "std": 0.2}}}}
+    write_record(tmp_path, "vgg_largefov", "ppool", 0.6, moved)
+    write_record(tmp_path, "vgg", "max", 0.5)
+    text = tables(["--runs", str(tmp_path), "--dataset", "voc", "--backbone", "vgg_largefov",
+                   "--out", str(tmp_path / "voc_vgg_largefov")])
+    assert "Our rows: runs of `configs/voc/vgg_largefov.yaml`." in text
+    assert "P-pooling seed 0: alpha mean from step 0 to step 12040: features.4 30 (spread 0.01) -> 29.5 " \
+           "(spread 0.2)." in text
+    assert "| P-pooling | **60.0** |" in text and "Missing runs (shown as -): Max," in text  # the vgg run is not mixed in
+    assert "**paper (supplement)**" in text  # Table 1 beside it
+
+
+@pytest.mark.slow
+def test_reproduce_takes_the_config_name_and_keeps_its_runs_apart(tmp_path):
+    out = tmp_path / "quick"
+    result = subprocess.run(["bash", "reproduce.sh", "voc", "vgg_largefov", "--quick", "--poolings", "max",
+                             "--out", str(out), "--", "--trainer.max_epochs", "1", "--wandb_project", "null"],
+                            cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((out / "runs/voc/vgg_largefov/max/0.json").read_text())
+    assert record["experiment"] == "vgg_largefov" and record["steps"] == 8
+    assert record["config_files"][0] == "configs/voc/vgg_largefov.yaml"
+    assert (out / "logs/voc/vgg_largefov/max/0/metrics.csv").is_file() and not (out / "runs/voc/vgg").exists()
+    assert "configs/voc/vgg_largefov.yaml" in (out / "voc_vgg_largefov.md").read_text()
+    bad = subprocess.run(["bash", "reproduce.sh", "voc", "vgg", "--quick", "--poolings", "maxx"], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "unknown row 'maxx'" in bad.stderr
+
+
+@pytest.mark.slow
+def test_alpha_branch_multipliers_move_alpha_in_training(tmp_path, capsys):
+    """A few hundred CPU steps of a one-pool network with dense P-pooling: the authors' multipliers (offset lr x180,
+    gradient x3) move alpha's offset about 540 times further than x1 does. Prints how far alpha moved."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from alpha_moves import AUTHORS, PLAIN, alpha_movement
+
+    root = make_voc(tmp_path / "voc", n_train=16, n_val=2, seed=1)
+    authors = alpha_movement(root, AUTHORS, steps=200, crop=32, backbone="resnet18")["features.maxpool"]
+    plain = alpha_movement(root, PLAIN, steps=200, crop=32, backbone="resnet18")["features.maxpool"]
+    with capsys.disabled():
+        for label, (mean0, mean1, std0, std1, offset) in (("authors'", authors), ("all x1", plain)):
+            print(f"\n{label}: alpha mean {mean0:.5f} -> {mean1:.5f}, spread {std0:.2e} -> {std1:.2e}, "
+                  f"offset moved {offset:.2e}")
+    assert authors[4] > 100 * plain[4] > 0  # the multipliers reach the training, not just the optimiser

@@ -22,13 +22,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.loggers import CSVLogger
 
 from .callbacks import AlphaHistory, QualitativePanel, RunRecord, backbone_family
 from .data import SegmentationDataModule
-from .loggers import PolypoolWandbLogger
+from .loggers import PolypoolWandbLogger, ResumableCSVLogger
 from .models import SegmentationModel
 
 
@@ -49,29 +48,35 @@ class PolypoolCLI(LightningCLI):
     def _run_setting(self, key: str) -> Any:
         return self.config[self.subcommand][key] if self.subcommand else self.config[key]
 
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        """LightningCLI's public hook: the run's loggers and default callbacks go in as trainer arguments."""
+        config = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
         root = Path(config.get("default_root_dir") or "results/logs")
-        config["default_root_dir"] = str(root)
-        if config.get("logger") in (None, True):
-            loggers = [CSVLogger(save_dir=str(root), name="", version="")]
+        kwargs.setdefault("default_root_dir", str(root))
+        if config.get("logger") in (None, True) and "logger" not in kwargs:
+            # CSV first (config.yaml and checkpoints in the run's folder); it keeps earlier attempts' rows
+            loggers: list = [ResumableCSVLogger(save_dir=str(root), name="", version="")]
             project = self._run_setting("wandb_project")
             if project:
                 loggers.append(PolypoolWandbLogger(project=project, save_dir=str(root)))
-            config["logger"] = loggers
+            kwargs["logger"] = loggers
         given = config.get("callbacks") or []
-        given = given if isinstance(given, list) else [given]
-        extra = []
+        given = list(given) if isinstance(given, list) else [given]
+        extra: list = []
         if not any(isinstance(c, ModelCheckpoint) for c in given) and config.get("enable_checkpointing", True) is not False:
-            checkpoints = str(root / "checkpoints")
-            extra.append(ModelCheckpoint(dirpath=checkpoints, monitor="val/mIoU", mode="max", filename="best-{step}",
-                                         save_last=True))
+            extra.append(ModelCheckpoint(dirpath=str(root / "checkpoints"), monitor="val/mIoU", mode="max",
+                                         filename="best-{step}", save_last=True))
+        if config.get("logger") is not False and not any(isinstance(c, LearningRateMonitor) for c in given):
+            extra.append(LearningRateMonitor(logging_interval="step"))  # every named parameter group
         if not any(isinstance(c, RunRecord) for c in given):
             extra.append(RunRecord(root=self._run_setting("records_root")))
         if not any(isinstance(c, AlphaHistory) for c in given):
             extra.append(AlphaHistory())
         if not any(isinstance(c, QualitativePanel) for c in given):
             extra.append(QualitativePanel())
-        return super()._instantiate_trainer(config, callbacks + extra)
+        if extra:
+            kwargs["callbacks"] = given + extra
+        return super().instantiate_trainer(**kwargs)
 
     def experiment_name(self) -> str:
         """``--experiment``, else the name of the last ``--config`` file outside configs/trainer (the presets),

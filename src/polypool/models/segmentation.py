@@ -12,6 +12,7 @@ import math
 from typing import Any, Literal, Optional, Sequence, get_args
 
 import lightning as L
+from lightning.pytorch.loggers import WandbLogger
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -173,7 +174,6 @@ class SegmentationModel(L.LightningModule):
         images, masks = batch
         loss = self.loss(self(images), masks)
         self.log("train/loss", loss, prog_bar=True)
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer else 0.0)
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -207,7 +207,7 @@ class SegmentationModel(L.LightningModule):
         """The W&B runs among the loggers (histograms and images go there; CSV keeps the scalars)."""
         if self._trainer is None:
             return []
-        return [logger.experiment for logger in self.loggers if type(logger).__name__ == "WandbLogger"]
+        return [logger.experiment for logger in self.loggers if isinstance(logger, WandbLogger)]
 
     def _log_histogram(self, key: str, values: Optional[Tensor]) -> None:
         if values is None:
