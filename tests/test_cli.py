@@ -22,6 +22,10 @@ def in_repo(monkeypatch):
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    yield
+    import wandb
+
+    wandb.finish()  # a W&B run left open would be reused by the next test's logger (one process, one run)
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +91,10 @@ def test_fit_logs_checkpoints_and_writes_a_record_that_the_table_reads(voc_root,
     assert 1.0 <= pool["min"] <= pool["mean"] <= pool["max"] <= 50.0
     assert type(cli.trainer.loggers[0]).__name__ == "ResumableCSVLogger"  # first, so config.yaml goes to the run's folder
     assert type(cli.trainer.loggers[1]).__name__ == "PolypoolWandbLogger" and cli.trainer.loggers[1]._offline
+    # what W&B received, read back from the offline run's own files: the panel and the dense alpha maps as images
+    run_dir = next((logs / "wandb").glob("offline-run-*"))
+    media = {p.parent.name for p in (run_dir / "files" / "media" / "images").rglob("*.png")}
+    assert {"val", "alpha_map"} <= media, media  # val/panel_*.png, alpha_map/features.maxpool_*.png
     from polypool.tables import main as tables
 
     text = tables(["--runs", str(tmp_path / "runs"), "--dataset", "voc", "--backbone", "resnet",
@@ -103,9 +111,17 @@ def test_fit_every_backbone_and_pooling_through_the_cli(voc_root, tmp_path, back
     args[2] = config
     if backbone == "inception_v3":  # Cityscapes config, VOC fixture: the data class and a crop Inception accepts
         args += ["--data", "polypool.data.VOCSegmentationDataModule", "--data.init_args.root", str(voc_root),
-                 "--data.init_args.crop_size", "96", "--model.output_stride", "32"]
+                 "--data.init_args.crop_size", "96", "--model.output_stride", "32", "--model.eval_mode", "whole"]
     main(args)
     assert len(list((tmp_path / "runs" / "voc").rglob("0.json"))) == 1
+
+
+def test_wandb_receives_the_alpha_histograms(voc_root, tmp_path):
+    main(fit_args(voc_root, tmp_path, steps=2, extra=["--model.pooling_kwargs", "{alpha_mode: channel}"]))
+    run_file = next((tmp_path / "logs" / "wandb").glob("offline-run-*/run-*.wandb")).read_bytes()
+    # the run's binary log holds each history key as text; histograms of a constant alpha must not crash numpy
+    assert b"alpha/features.maxpool/hist" in run_file and b"histogram" in run_file
+    assert b"alpha/features.maxpool/mean" in run_file
 
 
 def final_weights(cli):

@@ -274,3 +274,21 @@ def test_alpha_branch_multipliers_move_alpha_in_training(tmp_path, capsys):
             print(f"\n{label}: alpha mean {mean0:.5f} -> {mean1:.5f}, spread {std0:.2e} -> {std1:.2e}, "
                   f"offset moved {offset:.2e}")
     assert authors[4] > 100 * plain[4] > 0  # the multipliers reach the training, not just the optimiser
+
+
+def test_sliding_window_evaluation_is_a_model_option():
+    from polypool.inference import sliding_window_logits
+    from polypool.models import SegmentationModel
+
+    model = SegmentationModel(backbone="resnet18", num_classes=5, output_stride=32, eval_mode="sliding",
+                              eval_crop=(64, 64), eval_stride=(40, 40)).eval()
+    images = torch.rand(1, 3, 90, 130)
+    with torch.no_grad():
+        expected = sliding_window_logits(model, images, 5, (64, 64), (40, 40)).argmax(1)
+        assert torch.equal(model.evaluation_prediction(images), expected)
+        assert not torch.equal(expected, model(images).argmax(1))  # not the whole-image prediction
+    with pytest.raises(ValueError, match="eval_mode='sliding' needs eval_crop"):
+        SegmentationModel(backbone="resnet18", output_stride=32, eval_mode="sliding")
+    cityscapes = yaml.safe_load((REPO / "configs/cityscapes/inception.yaml").read_text())["model"]
+    ade20k = yaml.safe_load((REPO / "configs/ade20k/inception.yaml").read_text())["model"]
+    assert (cityscapes["eval_mode"], cityscapes["eval_crop"], ade20k["eval_mode"]) == ("sliding", [769, 769], "whole")

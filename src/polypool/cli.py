@@ -57,8 +57,8 @@ class PolypoolCLI(LightningCLI):
             # CSV first (config.yaml and checkpoints in the run's folder); it keeps earlier attempts' rows
             loggers: list = [ResumableCSVLogger(save_dir=str(root), name="", version="")]
             project = self._run_setting("wandb_project")
-            if project:
-                loggers.append(PolypoolWandbLogger(project=project, save_dir=str(root)))
+            if project:  # group, tags and config go to wandb.init through WandbLogger's own arguments
+                loggers.append(PolypoolWandbLogger(project=project, save_dir=str(root), **self.wandb_run_info()))
             kwargs["logger"] = loggers
         given = config.get("callbacks") or []
         given = list(given) if isinstance(given, list) else [given]
@@ -91,22 +91,23 @@ class PolypoolCLI(LightningCLI):
     def config_files(self) -> list[str]:
         return [str(getattr(c, "relative", c)) for c in (self._run_setting("config") or [])]
 
-    def before_fit(self) -> None:
-        """Fill in the run's identity: W&B group/tags/config, and the record's experiment, config and seed."""
-        config = self.config[self.subcommand].as_dict()
+    def wandb_run_info(self) -> dict[str, Any]:
+        """The W&B run's group (dataset/experiment), tags and resolved config."""
         dataset = getattr(self.datamodule, "dataset_name", type(self.datamodule).__name__)
         experiment = self.experiment_name()
         backbone = backbone_family(self.model.hparams.backbone)
-        pooling = self.model.hparams.pooling
-        for logger in self.trainer.loggers:
-            if isinstance(logger, PolypoolWandbLogger):
-                logger.set_run_info(group=f"{dataset}/{experiment}", tags=[pooling, dataset, backbone, experiment],
-                                    config=config)
+        tags = [self.model.hparams.pooling, dataset, backbone, experiment]
+        return {"group": f"{dataset}/{experiment}", "tags": tags,
+                "config": self.config[self.subcommand].as_dict() if self.subcommand else self.config.as_dict()}
+
+    def before_fit(self) -> None:
+        """Fill in the record's experiment, config files, resolved config and seed."""
+        config = self.config[self.subcommand].as_dict()
         for callback in self.trainer.callbacks:
             if isinstance(callback, RunRecord):
                 callback.config = {k: v for k, v in config.items() if k not in ("ckpt_path", "config")}
                 callback.seed = config.get("seed_everything")
-                callback.experiment = callback.experiment or experiment
+                callback.experiment = callback.experiment or self.experiment_name()
                 callback.config_files = self.config_files()
 
 

@@ -63,8 +63,8 @@ def has_wandb_credentials() -> bool:
 
 
 class PolypoolWandbLogger(WandbLogger):
-    """``WandbLogger`` that runs offline when no credentials are found (``offline=None``), and whose run group,
-    tags and config the CLI fills in (dataset/backbone, the pooling, the resolved config) before the run starts.
+    """``WandbLogger`` that runs offline when no credentials are found (``offline=None``); the CLI passes the run's
+    group (dataset/experiment), tags (the pooling, ...) and resolved config as ``wandb.init`` arguments.
 
     Offline runs are kept under ``save_dir``; ``wandb sync <run dir>`` uploads them later. The run's id is kept in
     ``<save_dir>/wandb_run_id``, so a resumed fit (``--ckpt_path last``) continues the same W&B run instead of
@@ -80,7 +80,6 @@ class PolypoolWandbLogger(WandbLogger):
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         if "id" not in kwargs and "version" not in kwargs:
             kwargs["id"] = self.run_id(Path(save_dir))
-            kwargs.setdefault("resume", "allow")
         super().__init__(project=project, save_dir=save_dir, offline=offline, **kwargs)
 
     @classmethod
@@ -94,7 +93,3 @@ class PolypoolWandbLogger(WandbLogger):
         if rank_zero_only.rank == 0:
             path.write_text(run_id + "\n")
         return run_id
-
-    def set_run_info(self, group: str, tags: list[str], config: dict) -> None:
-        """Group, tags and config of the run; takes effect if the W&B run has not started yet."""
-        self._wandb_init.update(group=group, tags=tags, config=config)

@@ -21,6 +21,7 @@ from torchmetrics.classification import MulticlassJaccardIndex
 from ..data.classes import IGNORE_INDEX, VOC_CLASSES
 from ..data.base import IMAGENET_MEAN, IMAGENET_STD
 from ..pooling import PPool2d, pooling_parameters
+from ..inference import sliding_window_logits
 from ..surgery import SwapReport, swap_pooling
 from .networks import build_network
 
@@ -50,6 +51,7 @@ PAPER_POOLING_KWARGS: dict[str, dict[str, Any]] = {
 ModelPooling = Literal["max", "max_all", "avg", "strided_conv", "gated", "mixed", "dpp", "lp", "ppool"]
 Head = Literal["auto", "vgg16_20m", "largefov", "aspp", "aspp_v3"]
 BatchNormPolicy = Literal["train", "frozen"]
+EvalMode = Literal["whole", "sliding"]
 
 
 class SegmentationModel(L.LightningModule):
@@ -86,7 +88,10 @@ class SegmentationModel(L.LightningModule):
             k x k and 1x1 convs' weights, with weight decay; the PReLU slopes and the 1x1 conv's bias, without).
             The authors: x1, x100, x180.
         alpha_grad_scale: multiplies the gradient that reaches alpha (the authors: x3); P-pooling only.
-        tta_flip, tta_scales: test-time augmentation in ``predict_step`` (horizontal flip; input scales).
+        tta_flip, tta_scales: test-time augmentation (horizontal flip; input scales) in validation, the final
+            evaluation and ``predict_step``.
+        eval_mode: ``whole`` (one forward of the whole, padded image) or ``sliding`` (overlapping ``eval_crop``
+            windows every ``eval_stride`` pixels, logits averaged; :func:`polypool.inference.sliding_window_logits`).
     """
 
     def __init__(
@@ -116,12 +121,22 @@ class SegmentationModel(L.LightningModule):
         alpha_grad_scale: float = 1.0,
         tta_flip: bool = False,
         tta_scales: Sequence[float] = (1.0,),
+        eval_mode: EvalMode = "whole",
+        eval_crop: Optional[tuple[int, int]] = None,
+        eval_stride: Optional[tuple[int, int]] = None,
         swap_input_size: tuple[int, int, int] = (3, 128, 128),
     ):
         super().__init__()
         self.save_hyperparameters()
         if pooling not in get_args(ModelPooling):
             raise ValueError(f"unknown pooling {pooling!r}; valid names: {', '.join(get_args(ModelPooling))}")
+        if eval_mode not in get_args(EvalMode):
+            raise ValueError(f"eval_mode must be one of {get_args(EvalMode)}, got {eval_mode!r}")
+        if eval_mode == "sliding":
+            if eval_crop is None or eval_stride is None:
+                raise ValueError("eval_mode='sliding' needs eval_crop=(height, width) and eval_stride=(height, width)")
+            if not all(0 < s <= c for s, c in zip(eval_stride, eval_crop)):
+                raise ValueError(f"need 0 < eval_stride <= eval_crop, got {eval_stride} and {eval_crop}")
         if batchnorm not in get_args(BatchNormPolicy):
             raise ValueError(f"batchnorm must be one of {get_args(BatchNormPolicy)}, got {batchnorm!r}")
         if class_names is not None and len(class_names) != num_classes:
@@ -201,7 +216,7 @@ class SegmentationModel(L.LightningModule):
                 for key in ("mean", "min", "max"):
                     if not math.isnan(stats[key]):
                         self.log(f"alpha/{name}/{key}", stats[key])
-                self._log_histogram(f"alpha/{name}/hist", stats.get("per_channel"))
+                self._log_histogram(f"alpha/{name}/hist", stats.get("per_channel"), module.alpha_range)
 
     def _wandb_runs(self) -> list:
         """The W&B runs among the loggers (histograms and images go there; CSV keeps the scalars)."""
@@ -209,13 +224,19 @@ class SegmentationModel(L.LightningModule):
             return []
         return [logger.experiment for logger in self.loggers if isinstance(logger, WandbLogger)]
 
-    def _log_histogram(self, key: str, values: Optional[Tensor]) -> None:
+    def _log_histogram(self, key: str, values: Optional[Tensor], value_range: tuple[float, float]) -> None:
+        """A W&B histogram over the fixed ``value_range`` (numpy cannot bin values that are all equal, as every
+        channel's alpha is at its init)."""
         if values is None:
             return
+        import numpy as np
+
+        low, high = value_range
+        counts, edges = np.histogram(values.numpy(), bins=64, range=(low, high if high > low else low + 1.0))
         for run in self._wandb_runs():
             import wandb
 
-            run.log({key: wandb.Histogram(values.numpy()), "trainer/global_step": self.global_step})
+            run.log({key: wandb.Histogram(np_histogram=(counts, edges)), "trainer/global_step": self.global_step})
 
     @torch.no_grad()
     def dense_alpha_maps(self, images: Tensor) -> dict[str, Tensor]:
@@ -247,7 +268,16 @@ class SegmentationModel(L.LightningModule):
                          "trainer/global_step": self.global_step})
 
     def uses_tta(self) -> bool:
-        return bool(self.hparams.tta_flip) or tuple(self.hparams.tta_scales) != (1.0,)
+        """Whether evaluation differs from one plain forward of the whole image."""
+        return (bool(self.hparams.tta_flip) or tuple(self.hparams.tta_scales) != (1.0,)
+                or self.hparams.eval_mode != "whole")
+
+    def view_logits(self, images: Tensor) -> Tensor:
+        """Logits of one view under ``eval_mode``."""
+        if self.hparams.eval_mode == "sliding":
+            return sliding_window_logits(self, images, self.hparams.num_classes, tuple(self.hparams.eval_crop),
+                                         tuple(self.hparams.eval_stride))
+        return self(images)
 
     def evaluation_prediction(self, images: Tensor, logits: Optional[Tensor] = None) -> Tensor:
         """Class maps under the configured test-time protocol (``tta_flip``/``tta_scales``; none: one forward of
@@ -269,7 +299,7 @@ class SegmentationModel(L.LightningModule):
                                                              align_corners=False)
             views = [scaled, scaled.flip(-1)] if self.hparams.tta_flip else [scaled]
             for i, view in enumerate(views):
-                logits = self(view)
+                logits = self.view_logits(view)
                 logits = logits.flip(-1) if i == 1 else logits
                 total = total + F.interpolate(logits, size=size, mode="bilinear", align_corners=False).softmax(1)
         return total
