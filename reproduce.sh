@@ -34,7 +34,11 @@ while [ $# -gt 0 ]; do
 done
 
 CONFIG=configs/$DATASET/$CONFIG_NAME.yaml
-[ -f "$CONFIG" ] || { echo "reproduce.sh: no config $CONFIG (have: $(ls configs/*/*.yaml | grep -v trainer | tr '\n' ' '))" >&2; exit 2; }
+if [ ! -f "$CONFIG" ]; then
+  HAVE=()
+  for C in configs/*/*.yaml; do [[ $C == configs/trainer/* ]] || HAVE+=("${C#configs/}"); done
+  echo "reproduce.sh: no config $CONFIG (have: ${HAVE[*]})" >&2; exit 2
+fi
 POOLINGS=(max avg strided_conv gated dpp ppool)   # the rows of the supplement's tables
 if [ ${#ONLY[@]} -gt 0 ]; then
   for P in "${ONLY[@]}"; do
@@ -58,12 +62,28 @@ if [ "$QUICK" = 1 ]; then
   NOTE=(--quick)
 else
   OUT=${OUT_DIR:-results}
-  ROOT=$($PY - "$CONFIG" <<'PYEOF'
+  # The data root and download flag as the run will see them: the config's, unless an override after -- says
+  # otherwise. A download happens here, once, before any (DDP) training process starts.
+  read -r ROOT DOWNLOAD TRAIN_SPLIT < <($PY - "$CONFIG" ${EXTRA[@]+"${EXTRA[@]}"} <<'PYEOF'
 import sys, yaml
-print(yaml.safe_load(open(sys.argv[1]))["data"]["init_args"]["root"])
+init = yaml.safe_load(open(sys.argv[1]))["data"]["init_args"]
+values = {"root": str(init["root"]), "download": str(init.get("download", False)).lower(),
+          "train_split": str(init.get("train_split", "train"))}
+args = sys.argv[2:]
+for i, arg in enumerate(args):
+    for key in values:
+        flag = f"--data.init_args.{key}"
+        if arg == flag and i + 1 < len(args):
+            values[key] = args[i + 1]
+        elif arg.startswith(flag + "="):
+            values[key] = arg.split("=", 1)[1]
+print(values["root"], values["download"].lower(), values["train_split"])
 PYEOF
 )
-  [ -d "$ROOT" ] || { echo "reproduce.sh: no data at $ROOT. See README.md, 'Data' (or pass -- --data.init_args.root DIR, or --data.init_args.download true)." >&2; exit 1; }
+  if [ "$DOWNLOAD" = true ]; then
+    $PY -m polypool.data.download "$DATASET" "$ROOT" --train-split "$TRAIN_SPLIT" || exit 1
+  fi
+  [ -d "$ROOT" ] || { echo "reproduce.sh: no data at $ROOT. See README.md, 'Data' (or pass -- --data.init_args.root DIR, or -- --data.init_args.download true)." >&2; exit 1; }
   ARGS=(--config "$CONFIG")
   if [ "$GPUS" -gt 1 ]; then ARGS+=(--config configs/trainer/ddp.yaml --trainer.devices "$GPUS");
   elif [ "$GPUS" = 1 ]; then ARGS+=(--config configs/trainer/gpu.yaml);

@@ -292,3 +292,36 @@ def test_sliding_window_evaluation_is_a_model_option():
     cityscapes = yaml.safe_load((REPO / "configs/cityscapes/inception.yaml").read_text())["model"]
     ade20k = yaml.safe_load((REPO / "configs/ade20k/inception.yaml").read_text())["model"]
     assert (cityscapes["eval_mode"], cityscapes["eval_crop"], ade20k["eval_mode"]) == ("sliding", [769, 769], "whole")
+
+
+# -- reproduce.sh on a real node ------------------------------------------------------------------------------------
+def test_shell_scripts_pass_shellcheck():
+    shellcheck = Path(sys.executable).parent / "shellcheck"
+    result = subprocess.run([str(shellcheck), "reproduce.sh", ".ci/run"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+def run_reproduce(*args):
+    # a proxy that refuses: "no network" on any machine, so a test never starts a 2 GB download
+    env = {**os.environ, "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
+           "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
+    return subprocess.run(["bash", "reproduce.sh", *args], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env=env)
+
+
+def test_reproduce_honours_the_data_root_and_download_overrides(tmp_path):
+    missing = run_reproduce("voc", "vgg", "--", "--data.init_args.root", str(tmp_path / "elsewhere"))
+    assert missing.returncode == 1 and f"no data at {tmp_path / 'elsewhere'}" in missing.stderr
+    # download true: fetched once, here, before training; without network it names the URL and the folder
+    offline = run_reproduce("voc", "vgg", "--", f"--data.init_args.root={tmp_path / 'voc'}",
+                            "--data.init_args.download", "true")
+    assert offline.returncode == 1
+    assert "host.robots.ox.ac.uk" in offline.stderr and f"{tmp_path / 'voc'}/VOCdevkit/VOC2012" in offline.stderr
+    unknown = run_reproduce("voc", "nope")
+    assert unknown.returncode == 2 and "voc/vgg_largefov.yaml" in unknown.stderr
+
+
+def test_gpu_presets_take_speed_over_determinism():
+    for preset in ("gpu", "ddp"):
+        trainer = yaml.safe_load((REPO / "configs" / "trainer" / f"{preset}.yaml").read_text())["trainer"]
+        assert trainer["benchmark"] is True and trainer["deterministic"] is False, preset

@@ -20,3 +20,30 @@ def download_or_explain(url: str, root: Path, expected: Path, what: str) -> None
                            f"download=True") from error
     if not expected.is_dir():
         raise DatasetError(f"{url} was extracted into {root}, but {expected} does not exist: check the archive")
+
+
+def main(argv=None) -> None:
+    """``python -m polypool.data.download {voc,cityscapes,ade20k} ROOT [--train-split S]``: fetch a dataset into
+    ROOT in this one process (reproduce.sh runs it before any DDP launch, so no rank waits at a barrier while
+    another downloads), then check its layout."""
+    import argparse
+
+    from . import ADE20KDataModule, CityscapesDataModule, VOCSegmentationDataModule
+
+    modules = {"voc": VOCSegmentationDataModule, "cityscapes": CityscapesDataModule, "ade20k": ADE20KDataModule}
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("dataset", choices=sorted(modules))
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--train-split", default=None, help="e.g. trainaug (VOC: also fetches SBD)")
+    args = parser.parse_args(argv)
+    kwargs = {"train_split": args.train_split} if args.train_split else {}
+    module = modules[args.dataset](args.root, download=True, **kwargs)
+    try:
+        module.prepare_data()
+    except DatasetError as error:
+        raise SystemExit(f"polypool.data.download: {error}") from None
+    print(f"{args.dataset}: ready in {args.root}")
+
+
+if __name__ == "__main__":
+    main()
