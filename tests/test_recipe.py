@@ -325,3 +325,47 @@ def test_gpu_presets_take_speed_over_determinism():
     for preset in ("gpu", "ddp"):
         trainer = yaml.safe_load((REPO / "configs" / "trainer" / f"{preset}.yaml").read_text())["trainer"]
         assert trainer["benchmark"] is True and trainer["deterministic"] is False, preset
+
+
+# -- bad values fail where they enter, by name ----------------------------------------------------------------------
+def test_bad_values_fail_before_training_with_their_name(voc_root, capsys):
+    base = ["fit", "--config", "configs/voc/vgg.yaml", "--config", "configs/trainer/quick.yaml",
+            "--data.init_args.root", str(voc_root), "--wandb_project", "null", "--trainer.max_steps", "1"]
+    with pytest.raises(SystemExit):  # a Literal: rejected by the parser, which lists the choices
+        main(base + ["--model.pooling", "nope"])
+    error = capsys.readouterr().err
+    assert "pooling" in error and "nope" in error and "ppool" in error and "max_all" in error
+    with pytest.raises(ValueError, match=r"crop_size must be a positive size.*-5"):
+        main(base + ["--data.init_args.crop_size", "-5"])
+    with pytest.raises(ValueError, match=r"scale_range must be \(min, max\)"):
+        main(base + ["--data.init_args.scale_range", "[2.0, 0.5]"])
+    from polypool.models import SegmentationModel
+
+    with pytest.raises(ValueError, match=r"unknown timm backbone 'vgg99'; close names: \[.*'vgg19'"):
+        SegmentationModel(backbone="vgg99")
+
+
+def test_the_record_keeps_the_wall_time_of_earlier_attempts():
+    from polypool.callbacks import RunRecord
+
+    first = RunRecord()
+    first._elapsed_before = 120.0
+    state = first.state_dict()
+    resumed = RunRecord()
+    resumed.load_state_dict(state)
+    resumed.on_fit_start(None, None)
+    assert 120.0 <= resumed.elapsed() < 130.0 and resumed.state_dict()["elapsed_s"] >= 120.0
+
+
+@pytest.mark.slow
+def test_a_ddp_run_resumed_at_max_steps_evaluates_on_every_rank_and_writes_its_record(voc_root, tmp_path):
+    args = ddp_args(voc_root, tmp_path) + ["--data.init_args.batch_size", "4", "--trainer.max_steps", "2",
+                                           "--trainer.limit_val_batches", "0"]
+    torchrun(args, tmp_path)
+    record = tmp_path / "runs/voc/resnet/ppool/0.json"
+    first = json.loads(record.read_text())
+    record.unlink()
+    torchrun(args + ["--ckpt_path", "last"], tmp_path)  # nothing left to train: only the final evaluation
+    again = json.loads(record.read_text())
+    assert again["steps"] == first["steps"] == 2 and again["miou"] == pytest.approx(first["miou"])
+    assert again["wall_time_s"] >= first["wall_time_s"]

@@ -62,6 +62,8 @@ class SegmentationDataModule(L.LightningDataModule):
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if len(self.crop_size) != 2 or min(self.crop_size) < 1:
             raise ValueError(f"crop_size must be a positive size (an int or (height, width)), got {crop_size}")
+        if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
+            raise ValueError(f"scale_range must be (min, max) with 0 < min <= max, got {scale_range}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         if (mean is None) != (std is None):
