@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from polypool.data import VOC_CLASSES
+from polypool.data.classes import VOC_SHORT_NAMES
 from polypool.tables import METHODS, load_csv_logs, load_paper, load_records, main, render_rows
 
 # The supplement's two per-class tables as printed, bold marks included (copied from shared/paper/supplementary.md).
@@ -199,3 +200,138 @@ def test_seeds_table_reads_back_paper_and_differences(tmp_path):
     assert [np.sign(float(cell)) for cell in deltas[-1][1:]] == [np.sign(60.0 - p) for p in paper_ppool]
     tex = read_tex_sections(tmp_path / "t.tex")
     assert tex["ours"][-1][1] == ("60.0 ± 14.1", True)  # the only row with runs: bold everywhere
+
+
+# --- the details mutation testing found unchecked ------------------------------------------------------------------
+
+def write_run(root, method, per_class, miou=None, seed=0, backbone="vgg"):
+    path = root / "voc" / backbone / method / f"{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"per_class_iou": per_class}
+    if miou is not None:
+        record["miou"] = miou
+    path.write_text(json.dumps(record))
+
+
+def test_markdown_and_latex_text_exactly(tmp_path):
+    from polypool.tables import Table, write_tables
+
+    columns = ["bg", "cat", "mean"]
+    ours = Table(columns, {"max": [np.array([50.06, np.nan, 40.0])], "ppool": [np.array([60.0, 30.0, 45.0]),
+                                                                               np.array([62.0, 30.0, 46.0])]})
+    paper = Table(columns, {"max": [np.array([50.1, 20.0, 35.0])], "ppool": [np.array([61.0, 31.0, 46.0])]})
+    text = write_tables(ours, paper, tmp_path / "a" / "b" / "t", note="a note")  # parents created
+    dashes = "| - | - | - |"
+    assert text == "\n".join([
+        "# t: per-class IoU (%) and mIoU", "", "a note", "",
+        "**ours**", "", "| Method | bg | cat | mean |", "|---|---:|---:|---:|",
+        "| Max | 50.1 | n/a | 40.0 |", f"| Average {dashes}", f"| Strided-C {dashes}", f"| Gated {dashes}",
+        f"| DPP {dashes}", "| P-pooling | **61.0 ± 1.4** | **30.0 ± 0.0** | **45.5 ± 0.7** |", "",
+        "**paper (supplement)**", "", "| Method | bg | cat | mean |", "|---|---:|---:|---:|",
+        "| Max | 50.1 | 20.0 | 35.0 |", f"| Average {dashes}", f"| Strided-C {dashes}", f"| Gated {dashes}",
+        f"| DPP {dashes}", "| P-pooling | **61.0** | **31.0** | **46.0** |", "",
+        "**ours - paper**", "", "| Method | bg | cat | mean |", "|---|---:|---:|---:|",
+        "| Max | +0.0 | n/a | +5.0 |", f"| Average {dashes}", f"| Strided-C {dashes}", f"| Gated {dashes}",
+        f"| DPP {dashes}", "| P-pooling | +0.0 | -1.0 | -0.5 |", "",
+        "Missing runs (shown as -): Average, Strided-C, Gated, DPP.", ""])  # -0.04 -> "+0.0", never "-0.0"
+    assert (tmp_path / "a" / "b" / "t.md").read_text() == text
+    tex_dashes = " & - & - & -"
+    assert (tmp_path / "a" / "b" / "t.tex").read_text() == "\n".join([
+        "% ours", "\\begin{tabular}{lccc}", "\\toprule", "Method & bg & cat & mean \\\\", "\\midrule",
+        "Max & 50.1 & n/a & 40.0 \\\\", f"Average{tex_dashes} \\\\", f"Strided-C{tex_dashes} \\\\",
+        f"Gated{tex_dashes} \\\\", f"DPP{tex_dashes} \\\\",
+        "P-pooling & \\textbf{61.0 $\\pm$ 1.4} & \\textbf{30.0 $\\pm$ 0.0} & \\textbf{45.5 $\\pm$ 0.7} \\\\",
+        "\\bottomrule", "\\end{tabular}", "",
+        "% paper (supplement)", "\\begin{tabular}{lccc}", "\\toprule", "Method & bg & cat & mean \\\\", "\\midrule",
+        "Max & 50.1 & 20.0 & 35.0 \\\\", f"Average{tex_dashes} \\\\", f"Strided-C{tex_dashes} \\\\",
+        f"Gated{tex_dashes} \\\\", f"DPP{tex_dashes} \\\\",
+        "P-pooling & \\textbf{61.0} & \\textbf{31.0} & \\textbf{46.0} \\\\", "\\bottomrule", "\\end{tabular}", "",
+        "% ours - paper", "\\begin{tabular}{lccc}", "\\toprule", "Method & bg & cat & mean \\\\", "\\midrule",
+        "Max & +0.0 & n/a & +5.0 \\\\", f"Average{tex_dashes} \\\\", f"Strided-C{tex_dashes} \\\\",
+        f"Gated{tex_dashes} \\\\", f"DPP{tex_dashes} \\\\", "P-pooling & +0.0 & -1.0 & -0.5 \\\\",
+        "\\bottomrule", "\\end{tabular}", ""])
+    csv_text = (tmp_path / "a" / "b" / "t.csv").read_bytes()
+    assert csv_text.splitlines()[:2] == [b"table,method,bg,cat,mean", b"ours,Max,50.1,n/a,40.0"]
+    assert csv_text.count(b"\r\n") == 19  # csv's own line ends, none doubled
+
+
+def test_bold_compares_at_the_printed_precision():
+    from polypool.tables import Table
+
+    table = Table(["bg", "mean"], {"max": [np.array([50.12, 40.04])], "avg": [np.array([50.08, 40.0])]})
+    rendered = {row[0]: row[1:] for row in render_rows(table, "md")}
+    assert rendered["Max"] == ["**50.1**", "**40.0**"] and rendered["Average"] == ["**50.1**", "**40.0**"]
+
+
+def test_single_run_has_zero_std_and_records_are_kept(tmp_path):
+    write_run(tmp_path, "max", [0.5] * 20 + [None])  # no miou logged: the mean of the classes present
+    table = load_records(tmp_path, "voc", "vgg")
+    mean, std = table.row("max")
+    assert mean[-1] == pytest.approx(50.0) and np.isnan(mean[20]) and (std == 0).all()
+    assert table.columns == list(VOC_SHORT_NAMES) + ["mean"]
+    assert table.records["max"][0]["per_class_iou"][0] == 0.5
+
+
+def test_record_values_without_and_with_a_logged_miou():
+    from polypool.tables import record_values
+
+    np.testing.assert_allclose(record_values([0.5, None, 0.7]), [50.0, np.nan, 70.0, 60.0])
+    np.testing.assert_allclose(record_values([0.5, None, 0.7], 0.4), [50.0, np.nan, 70.0, 40.0])
+
+
+def test_metrics_csv_cells_and_the_logged_miou(tmp_path):
+    from polypool.tables import load_metrics_csv
+
+    header = ["epoch", "step", "val/mIoU"] + [f"val/IoU/{n}" for n in VOC_CLASSES]
+    cells = ["0.5"] * 18 + ["", "nan", "0.25"]  # an empty cell and "nan" both mean "absent class"
+    path = tmp_path / "metrics.csv"
+    path.write_text("\n".join(",".join(r) for r in [header, ["0", "9", "0.4"] + cells]) + "\n")
+    values = load_metrics_csv(path)
+    assert values[0] == pytest.approx(50.0) and np.isnan(values[18]) and np.isnan(values[19])
+    assert values[20] == pytest.approx(25.0) and values[-1] == pytest.approx(40.0)  # the logged mIoU, not a mean
+    path.write_text(",".join(header) + "\n0,9," + "," * 20 + "\n")  # a training row only
+    with pytest.raises(ValueError, match=r"metrics.csv has no validation row \(no 'val/mIoU' value\)"):
+        load_metrics_csv(path)
+
+
+def test_paper_tables_and_their_keys():
+    from polypool.tables import paper_table_key
+
+    with pytest.raises(ValueError, match=r"no per-class table for cityscapes/resnet; it has \[\('voc', 'resnet'\)"):
+        load_paper("cityscapes", "resnet")
+    assert paper_table_key("voc", "vgg_largefov") == ("voc", "vgg")
+    assert paper_table_key("voc", "resnet101_deeplabv2") == ("voc", "resnet")
+    assert paper_table_key("ade20k", "inception_v3") == ("ade20k", "inception")
+    assert paper_table_key("voc", "other") == ("voc", "other")
+
+
+def test_main_defaults_read_results_runs_and_write_results(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write_run(tmp_path / "results" / "runs", "max", [0.5] * 21, 0.5)
+    text = main([])
+    assert capsys.readouterr().out == text + "\n"
+    assert (tmp_path / "results" / "voc_vgg.md").read_text() == text and "**paper (supplement)**" in text
+    assert "| Max | **50.0** |" in text
+
+
+def test_main_csv_logs_wandb_and_a_dataset_without_a_paper_table(tmp_path, monkeypatch):
+    from polypool import tables
+    from polypool.tables import Table
+
+    header = ["epoch", "step", "val/mIoU"] + [f"val/IoU/{n}" for n in VOC_CLASSES]
+    path = tmp_path / "logs" / "gated" / "0" / "metrics.csv"
+    path.parent.mkdir(parents=True)
+    path.write_text(",".join(header) + "\n0,9,0.3," + ",".join(["0.3"] * 21) + "\n")
+    text = main(["--csv-logs", str(tmp_path / "logs"), "--out", str(tmp_path / "c")])
+    assert "| Gated | **30.0** |" in text
+    calls = []
+
+    def fake_wandb(path, dataset, backbone):
+        calls.append((path, dataset, backbone))
+        return Table(list(VOC_SHORT_NAMES) + ["mean"], {"dpp": [np.full(22, 20.0)]})
+
+    monkeypatch.setattr(tables, "load_wandb", fake_wandb)
+    text = main(["--wandb", "me/polypool", "--dataset", "cityscapes", "--backbone", "resnet",
+                 "--out", str(tmp_path / "w")])
+    assert calls == [("me/polypool", "cityscapes", "resnet")]
+    assert "| DPP | **20.0** |" in text and "paper" not in text  # the paper has no Cityscapes per-class table
