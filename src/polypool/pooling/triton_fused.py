@@ -40,6 +40,7 @@ from .geometry import Window
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 NUM_WARPS = 4
+BLOCK = 1024  # the largest block that block_size() picks per call (kept as a constant for tools that print it)
 INT64_FROM = 2**31 - 1 - 2 * 1024  # index arithmetic in int64 from this many elements (any tensor, any span)
 
 
