@@ -68,6 +68,8 @@ def test_fit_logs_checkpoints_and_writes_a_record_that_the_table_reads(voc_root,
     assert record["steps"] == 4 and len(record["per_class_iou"]) == 21 and 0 <= record["miou"] <= 1
     assert record["git_commit"] and record["config_hash"] != "none" and record["backbone"] == "resnet18"
     assert record["experiment"] == "resnet"  # the --config file's name
+    assert 0 <= record["boundary_iou"]["mean"] <= 1 and len(record["boundary_iou"]["per_class"]) == 21
+    assert list(record["trimap_miou"]) == ["1", "2", "4", "8", "16", "32"]
     assert record["config_files"] == ["configs/voc/resnet.yaml", "configs/trainer/quick.yaml"]
     first, last = record["alpha"]["first"], record["alpha"]["last"]
     assert (first["step"], last["step"]) == (0, 4) and set(last["layers"]) == {"features.maxpool"}
@@ -77,7 +79,8 @@ def test_fit_logs_checkpoints_and_writes_a_record_that_the_table_reads(voc_root,
     logs = tmp_path / "logs"
     assert (logs / "config.yaml").is_file() and (logs / "checkpoints" / "last.ckpt").is_file()
     header = (logs / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert {"train/loss", "val/mIoU", "val/IoU/aeroplane", "final/mIoU"} <= set(header)
+    assert {"train/loss", "val/mIoU", "val/IoU/aeroplane", "final/mIoU", "final/boundary_mIoU",
+            "final/trimap_mIoU/1px"} <= set(header)
     # LearningRateMonitor: every named parameter group's rate, the dense alpha branch's included
     assert {"lr-SGD/backbone/weight", "lr-SGD/head/weight", "lr-SGD/alpha_bias/bias"} <= set(header)
     assert any(h.startswith("alpha/features.maxpool/") for h in header)

@@ -80,10 +80,11 @@ class RunRecord(L.Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         # Every rank evaluates its share of the whole val set (also a run resumed at max_steps, which trained no
         # step now); the metric is reduced over the ranks, then rank 0 writes.
-        iou = final_evaluation(trainer, pl_module)
+        evaluation = final_evaluation(trainer, pl_module)
         if not trainer.is_global_zero:
             return
-        per_class = [None if math.isnan(v) else float(v) for v in iou.tolist()]
+        iou = evaluation["iou"]
+        per_class = nan_to_none(iou)
         path = self.record_path(trainer, pl_module)
         alpha = {}
         if self._probe is not None:
@@ -101,6 +102,10 @@ class RunRecord(L.Callback):
             "class_names": list(pl_module.class_names),
             "per_class_iou": per_class,
             "miou": float(torch.nanmean(iou)),
+            # detail metrics (polypool.metrics): Boundary IoU at d = 2% of the diagonal, trimap mIoU per band width
+            "boundary_iou": {"per_class": nan_to_none(evaluation["boundary_iou"]),
+                             "mean": float(torch.nanmean(evaluation["boundary_iou"]))},
+            "trimap_miou": {str(w): float(torch.nanmean(v)) for w, v in evaluation["trimap"].items()},
             "alpha": alpha,
             "config_hash": config_hash(self.config),
             "git_commit": git_commit(),
@@ -112,32 +117,49 @@ class RunRecord(L.Callback):
 
 
 @torch.no_grad()
-def final_evaluation(trainer, pl_module) -> torch.Tensor:
-    """Per-class IoU of ``pl_module`` on the DataModule's whole val set (no ``limit_val_batches``), under the
-    model's test-time protocol, with a fresh copy of its metric reduced over the DDP ranks. Called on every rank.
-    Also logs ``final/mIoU`` and ``final/IoU/<class>`` at the last step."""
+def final_evaluation(trainer, pl_module) -> dict[str, Any]:
+    """``pl_module`` on the DataModule's whole val set (no ``limit_val_batches``), under the model's test-time
+    protocol, with fresh metrics reduced over the DDP ranks; called on every rank. Returns ``{"iou": per-class IoU,
+    "boundary_iou": per-class Boundary IoU, "trimap": {width: per-class IoU}}`` and logs their means as
+    ``final/mIoU``, ``final/boundary_mIoU`` and ``final/trimap_mIoU/<width>px`` (and ``final/IoU/<class>``)."""
+    from .metrics import BoundaryIoU, TrimapIoU
+
     datamodule = trainer.datamodule
     if getattr(datamodule, "val_dataset", None) is None:
         datamodule.setup("validate")
-    metric = pl_module.val_iou.clone()
-    metric.reset()
+    iou_metric = pl_module.val_iou.clone()
+    iou_metric.reset()
+    num_classes, ignore = pl_module.hparams.num_classes, pl_module.hparams.ignore_index
+    boundary_metric = BoundaryIoU(num_classes, ignore_index=ignore).to(pl_module.device)
+    trimap_metric = TrimapIoU(num_classes, ignore_index=ignore).to(pl_module.device)
     was_training = pl_module.training
     pl_module.eval()
     try:
         with trainer.precision_plugin.forward_context():
             for images, masks in datamodule.val_dataloader():
                 images, masks = images.to(pl_module.device), masks.to(pl_module.device)
-                metric.update(pl_module.evaluation_prediction(images), masks)
-        iou = metric.compute().detach().float().cpu()
+                preds = pl_module.evaluation_prediction(images)
+                for metric in (iou_metric, boundary_metric, trimap_metric):
+                    metric.update(preds, masks)
+        iou = iou_metric.compute().detach().float().cpu()
+        boundary = boundary_metric.compute().cpu()
+        trimap = trimap_metric.compute().cpu()
     finally:
         pl_module.train(was_training)
+    result = {"iou": iou, "boundary_iou": boundary,
+              "trimap": {w: trimap[i] for i, w in enumerate(trimap_metric.widths)}}
     if trainer.is_global_zero:
-        values = {"final/mIoU": float(torch.nanmean(iou))}
+        values = {"final/mIoU": float(torch.nanmean(iou)), "final/boundary_mIoU": float(torch.nanmean(boundary))}
+        values.update({f"final/trimap_mIoU/{w}px": float(torch.nanmean(v)) for w, v in result["trimap"].items()})
         values.update({f"final/IoU/{name}": float(v) for name, v in zip(pl_module.class_names, iou)})
         for logger in trainer.loggers:
             logger.log_metrics(values, step=int(trainer.global_step))
             logger.save()
-    return iou
+    return result
+
+
+def nan_to_none(values: torch.Tensor) -> list[Optional[float]]:
+    return [None if math.isnan(v) else float(v) for v in values.tolist()]
 
 
 @torch.no_grad()
