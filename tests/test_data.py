@@ -419,3 +419,68 @@ def test_augmentation_depends_on_seed_epoch_and_index_only(voc_root):
     assert list(sampler) == order  # a resumed epoch sees the same order
     unset = EpochSampler(dataset, seed=5)
     assert [i // n for i in list(unset)] == [0] * n and [i // n for i in list(unset)] == [1] * n
+
+
+# --- the details mutation testing found unchecked (transforms.py) -------------------------------------------------
+
+def test_scale_gives_the_drawn_size_within_the_range():
+    image, mask = positional_sample(20, 30)
+    sizes = set()
+    for seed in range(10):
+        scaled_image, scaled_mask = RandomScale((0.5, 1.5))(image, mask, torch.Generator().manual_seed(seed))
+        scale = 0.5 + torch.rand((), generator=torch.Generator().manual_seed(seed)).item()
+        assert scaled_image.shape == (3, round(20 * scale), round(30 * scale)) and scaled_image.dtype == torch.uint8
+        assert scaled_mask.shape == scaled_image.shape[-2:] and scaled_mask.dtype == torch.long
+        sizes.add(scaled_image.shape[-2:])
+    assert len(sizes) > 5
+    tiny_image, tiny_mask = RandomScale((0.2, 0.2))(image[:, :4, :4], mask[:4, :4])
+    assert tiny_image.shape == (3, 1, 1) and tiny_mask.shape == (1, 1)  # 0.8 px rounds to 1, never 0 (or 2)
+    for bad in [(0.0, 1.0), (1.5, 1.0)]:
+        with pytest.raises(ValueError, match=r"scale_range must be \(min, max\) with 0 < min <= max, got"):
+            RandomScale(bad)
+
+
+def test_resize_is_bilinear_without_corner_alignment_and_keeps_black_black():
+    image = torch.zeros(3, 2, 2, dtype=torch.uint8)
+    image[:, :, 1] = 200  # a black column and a grey one
+    mask = torch.tensor([[1, 2], [3, 4]])
+    from polypool.data.transforms import resize
+
+    out_image, out_mask = resize(image, mask, (2, 4))
+    # align_corners=False: output columns sample x = 0.25, 0.75, 1.25, 1.75 of the input (clamped to [0, 1])
+    assert out_image[0, 0].tolist() == [0, 50, 150, 200] and out_image.dtype == torch.uint8
+    assert out_mask.tolist() == [[1, 1, 2, 2], [3, 3, 4, 4]]
+
+
+def test_flip_uses_the_generator_only():
+    image, mask = positional_sample(4, 6)
+    flip = RandomHorizontalFlip(p=0.5)
+    for seed in range(8):
+        torch.manual_seed(100 + seed)  # the global generator must not matter
+        out_image, _ = flip(image, mask, torch.Generator().manual_seed(seed))
+        flipped = torch.rand((), generator=torch.Generator().manual_seed(seed)).item() < 0.5
+        assert torch.equal(out_image, image.flip(-1) if flipped else image)
+
+
+def test_crop_fill_of_a_white_mean_and_the_dtypes():
+    image, mask = positional_sample(4, 6)
+    crop_image, crop_mask = RandomCrop((6, 6), (1.0, 0.1, 0.0))(image, mask)
+    assert crop_image.dtype == torch.uint8 and crop_mask.dtype == torch.long
+    assert crop_image[:, 5, 0].tolist() == [255, 26, 0] and crop_mask[5, 0] == 255
+
+
+def test_train_transform_flips_unless_told_not_to():
+    with_flip = train_transform((8, 8), (1.0, 1.0), (0.5,) * 3, (0.25,) * 3)
+    without = train_transform((8, 8), (1.0, 1.0), (0.5,) * 3, (0.25,) * 3, hflip=False)
+    assert [type(t).__name__ for t in with_flip.transforms] == ["RandomScale", "RandomCrop", "RandomHorizontalFlip",
+                                                                "Normalize"]
+    assert [type(t).__name__ for t in without.transforms] == ["RandomScale", "RandomCrop", "Normalize"]
+
+
+def test_pad_collate_keeps_the_image_dtype_and_values():
+    a = (torch.full((3, 2, 3), 0.25, dtype=torch.float64), torch.zeros(2, 3, dtype=torch.long))
+    b = (torch.full((3, 3, 2), -1.5, dtype=torch.float64), torch.ones(3, 2, dtype=torch.long))
+    images, masks = pad_collate([a, b])
+    assert images.dtype == torch.float64 and masks.dtype == torch.long
+    assert images[0, :, :2, :3].eq(0.25).all() and images[1, :, :3, :2].eq(-1.5).all()
+    assert images[0, :, 2:].eq(0).all() and (masks[0, 2:] == 255).all() and (masks[1, :, 2:] == 255).all()
