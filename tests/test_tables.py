@@ -335,3 +335,18 @@ def test_main_csv_logs_wandb_and_a_dataset_without_a_paper_table(tmp_path, monke
                  "--out", str(tmp_path / "w")])
     assert calls == [("me/polypool", "cityscapes", "resnet")]
     assert "| DPP | **20.0** |" in text and "paper" not in text  # the paper has no Cityscapes per-class table
+
+
+def test_text_ends_once_notes_join_and_csv_log_columns(tmp_path):
+    from polypool.tables import QUICK_NOTE, Table, write_tables
+
+    full = Table(["bg", "mean"], {m: [np.array([50.0, 50.0])] for m, _ in METHODS})
+    text = write_tables(full, None, tmp_path / "full")  # no note, nothing missing: the text ends with its table
+    assert text.splitlines()[1:3] == ["", "**ours**"] and text.endswith("| **50.0** | **50.0** |\n")
+    text = main(["--runs", str(tmp_path / "none"), "--out", str(tmp_path / "q"), "--quick", "--note", "extra"])
+    assert text.splitlines()[2] == QUICK_NOTE + " extra"
+    header = ["epoch", "step", "val/mIoU"] + [f"val/IoU/{n}" for n in VOC_CLASSES]
+    path = tmp_path / "logs" / "max" / "0" / "metrics.csv"
+    path.parent.mkdir(parents=True)
+    path.write_text(",".join(header) + "\n0,9,0.3," + ",".join(["0.3"] * 21) + "\n")
+    assert load_csv_logs(tmp_path / "logs").columns == list(VOC_SHORT_NAMES) + ["mean"]
