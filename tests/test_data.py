@@ -480,7 +480,8 @@ def test_train_transform_flips_unless_told_not_to():
 def test_pad_collate_keeps_the_image_dtype_and_values():
     a = (torch.full((3, 2, 3), 0.25, dtype=torch.float64), torch.zeros(2, 3, dtype=torch.long))
     b = (torch.full((3, 3, 2), -1.5, dtype=torch.float64), torch.ones(3, 2, dtype=torch.long))
-    images, masks = pad_collate([a, b])
+    images, masks = pad_collate([a, b])  # size_divisor 1 by default: no rounding up
+    assert images.shape == (2, 3, 3, 3) and masks.shape == (2, 3, 3)
     assert images.dtype == torch.float64 and masks.dtype == torch.long
     assert images[0, :, :2, :3].eq(0.25).all() and images[1, :, :3, :2].eq(-1.5).all()
     assert images[0, :, 2:].eq(0).all() and (masks[0, 2:] == 255).all() and (masks[1, :, 2:] == 255).all()
