@@ -120,7 +120,10 @@ def test_fit_every_backbone_and_pooling_through_the_cli(voc_root, tmp_path, back
 
 
 def test_wandb_receives_the_alpha_histograms(voc_root, tmp_path):
+    import wandb
+
     main(fit_args(voc_root, tmp_path, steps=2, extra=["--model.pooling_kwargs", "{alpha_mode: channel}"]))
+    wandb.finish()  # flushes the run's binary log
     run_file = next((tmp_path / "logs" / "wandb").glob("offline-run-*/run-*.wandb")).read_bytes()
     # the run's binary log holds each history key as text; histograms of a constant alpha must not crash numpy
     assert b"alpha/features.maxpool/hist" in run_file and b"histogram" in run_file
