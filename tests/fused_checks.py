@@ -4,22 +4,8 @@ import pytest
 import torch
 
 from polypool.pooling import p_pool2d
-from polypool.pooling.fused_interface import NegativeInput
+from polypool.pooling.fused_interface import NegativeInput, runs_through  # noqa: F401 (re-exported)
 from polypool.pooling.geometry import Window
-
-
-def runs_through(y: torch.Tensor, function_name: str) -> bool:
-    """Whether the autograd graph of y runs through the autograd Function called ``function_name``."""
-    stack, seen = [y.grad_fn], set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        if function_name in type(node).__name__:
-            return True
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return False
 
 
 def compare_to_reference(x, alpha, kernel, stride, padding, ceil_mode, *, backend: str, function_name: str,

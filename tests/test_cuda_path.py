@@ -56,6 +56,10 @@ def auto_uses_triton(monkeypatch):
     monkeypatch.setattr(triton_fused, "supports", lambda x, alpha, allow_cpu=False: original(x, alpha, True))
 
 
+# where each kernel takes its element count (``total``) among its positional arguments
+TOTAL_ARG = {"p_pool2d_forward_kernel": 7, "p_pool2d_grad_factors_kernel": 8, "p_pool2d_grad_input_kernel": 4}
+
+
 class RecordingKernels:
     """Stands in for the kernels module: records every launch (kernel name, grid, total, BLOCK), optionally
     tampers with a kernel's result or raises instead of launching."""
@@ -73,7 +77,7 @@ class RecordingKernels:
                 def launch(*args, **kwargs):
                     if name in outer.fail:
                         raise RuntimeError(f"simulated failure of {name}")
-                    outer.launches.append(types.SimpleNamespace(name=name, grid=grid, total=args[7],
+                    outer.launches.append(types.SimpleNamespace(name=name, grid=grid, total=args[TOTAL_ARG[name]],
                                                                 block=kwargs["BLOCK"], kwargs=kwargs))
                     kernel[grid](*args, **kwargs)
                     if name in outer.tamper:
@@ -137,11 +141,11 @@ def test_a_failed_backward_is_answered_by_the_reference(monkeypatch, auto_uses_t
 
 @needs_triton
 @pytest.mark.parametrize("broken", ["p_pool2d_forward_kernel", "p_pool2d_grad_input_kernel",
-                                    "p_pool2d_grad_alpha_kernel"])
+                                    "p_pool2d_grad_factors_kernel"])
 def test_first_result_is_checked_against_the_reference(monkeypatch, auto_uses_triton, broken):
     """A kernel that runs but computes wrong values (a miscompile) is caught on the first call, before any result
     reaches the user: a warning, and the reference op's result."""
-    output_arg = {"p_pool2d_forward_kernel": 2, "p_pool2d_grad_input_kernel": 6, "p_pool2d_grad_alpha_kernel": 6}
+    output_arg = {"p_pool2d_forward_kernel": 2, "p_pool2d_grad_input_kernel": 3, "p_pool2d_grad_factors_kernel": 7}
     fake = RecordingKernels(tamper={broken: lambda args: args[output_arg[broken]].mul_(1.5)})
     monkeypatch.setattr(triton_fused, "kernels", lambda: fake)
     x = torch.rand(2, 3, 8, 8, device=DEVICE)
@@ -234,7 +238,7 @@ def test_one_flat_grid_without_idle_blocks(monkeypatch, shape, window):
     alpha = torch.full((shape[1], 1, 1), 5.0, device=DEVICE, requires_grad=True)
     launches = launches_of(monkeypatch, lambda: p_pool2d(x, alpha, *window, backend="triton").sum().backward())
     assert [launch.name for launch in launches] == [
-        "p_pool2d_forward_kernel", "p_pool2d_grad_input_kernel", "p_pool2d_grad_alpha_kernel"]
+        "p_pool2d_forward_kernel", "p_pool2d_grad_factors_kernel", "p_pool2d_grad_input_kernel"]
     for launch in launches:
         assert len(launch.grid) == 1 and launch.grid[0] < 2**31, launch
         assert 0 <= launch.grid[0] * launch.block - launch.total < launch.block, launch

@@ -126,18 +126,26 @@ def test_negative_inputs_are_flagged_by_the_kernel():
 @pytest.mark.parametrize("window,visits", [((2, 2, 0), 1), ((3, 2, 1), 4), ((3, 1, 1), 9), ((2, 3, 0), 1)])
 def test_dx_visits_only_the_windows_of_its_residue_class(monkeypatch, window, visits):
     """The dx gather visits ceil(KH/SH) x ceil(KW/SW) candidate windows per input (1 for VGG's 2x2/2, 4 for 3x3/2),
-    not all KH x KW window offsets. Counted in the interpreter: one _window_state per visit and program."""
+    not all KH x KW window offsets, and reads each window's precomputed factors there: the per-output state (1/m,
+    q, g/den) is worked out once per output (one _window_state per program of the factors kernel), not at every
+    visit. Counted in the interpreter, per program (64 inputs, 16 or fewer outputs: one program each)."""
     if DEVICE == "cuda":
         pytest.skip("counts calls in Triton's interpreter")
     module = triton_fused.kernels()
-    calls = []
-    original = module._window_state
-    monkeypatch.setattr(module, "_window_state", lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
+    states, visited = [], []
+    original_state, original_factors = module._window_state, getattr(module, "_load_factors", None)
+    monkeypatch.setattr(module, "_window_state",
+                        lambda *args, **kwargs: states.append(1) or original_state(*args, **kwargs))
+    if original_factors is not None:
+        monkeypatch.setattr(module, "_load_factors",
+                            lambda *args, **kwargs: visited.append(1) or original_factors(*args, **kwargs))
     x = torch.rand(1, 1, 8, 8, requires_grad=True)  # 64 inputs: one program
     y = p_pool2d(x, 3.0, *window, backend="triton")
-    calls.clear()
+    states.clear()
+    visited.clear()
     y.backward(torch.ones_like(y))
-    assert len(calls) == visits
+    assert len(visited) == visits
+    assert len(states) == 1  # once, per output, however many windows contain each input
     reference = x.detach().clone().requires_grad_(True)
     p_pool2d(reference, 3.0, *window, backend="reference").backward(torch.ones_like(y))
     torch.testing.assert_close(x.grad, reference.grad, rtol=1e-5, atol=1e-6)

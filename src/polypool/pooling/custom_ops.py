@@ -120,14 +120,16 @@ def _triton_backward_op(x: Tensor, alpha: Tensor, dense: bool, m: Tensor, den: T
     grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=memory_format)
     partial = torch.empty(m.shape, dtype=torch.float32, device=x.device, memory_format=memory_format)
     geometry = (c, height, width, out_h, out_w, *x.stride())
+    total_out = m.numel()
+    factors = torch.empty((3, total_out), dtype=torch.float32, device=x.device)  # per output, once
+    args = _triton_args(window, x, total_out, channels_last, m, factors)
+    _launch(k.p_pool2d_grad_factors_kernel)[triton_fused._grid(total_out, args["BLOCK"])](
+        x, alpha, m, den, q, grad_y, factors, partial, total_out, *geometry, DENSE=dense, Q_SAVED=True,
+        NEED_FACTORS=True, NEED_ALPHA=True, **args)
     total = x.numel()
-    args = _triton_args(window, x, total, channels_last, m)
+    args = _triton_args(window, x, total, channels_last, m, factors)
     _launch(k.p_pool2d_grad_input_kernel)[triton_fused._grid(total, args["BLOCK"])](
-        x, alpha, m, den, q, grad_y, grad_x, total, *geometry, DENSE=dense, Q_SAVED=True, **args)
-    total = m.numel()
-    args = _triton_args(window, x, total, channels_last, m)
-    _launch(k.p_pool2d_grad_alpha_kernel)[triton_fused._grid(total, args["BLOCK"])](
-        x, alpha, m, den, q, grad_y, partial, total, *geometry, DENSE=dense, Q_SAVED=True, **args)
+        x, alpha, factors, grad_x, total, total_out, *geometry, DENSE=dense, **args)
     return grad_x, partial
 
 

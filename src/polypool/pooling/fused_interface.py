@@ -71,3 +71,19 @@ def alpha_grad_to_shape(grad: Tensor, dense: bool, n: int, c: int, alpha_shape: 
     if not dense:
         grad = grad.view(n, c, 1, 1)
     return grad.sum_to_size(alpha_shape).to(dtype)
+
+
+def runs_through(y: Tensor, function_name: str) -> bool:
+    """Whether the autograd graph of y runs through a node whose type name contains ``function_name`` (an
+    autograd Function such as ``"PPool2dTriton"`` or ``"PPool2dCPU"``): which path computed y. Used by the tests
+    and by ``make gpu-check``."""
+    stack, seen = [y.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if function_name in type(node).__name__:
+            return True
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return False

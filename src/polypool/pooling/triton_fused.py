@@ -302,19 +302,22 @@ def _backward_kernels(ctx, x, alpha_k, m, den, y_or_q, grad_y, need_x: bool, nee
     flags = dict(DENSE=ctx.dense, Q_SAVED=ctx.q_saved)
     geometry = (c, height, width, out_h, out_w, *x.stride())
     grad_x = grad_map = None
+    total_out = m.numel()
     with _device_guard(x):
+        # per output, once: dx's factors (when dx is needed) and dalpha (when alpha needs a gradient)
+        factors = _alloc((3, total_out), torch.float32, x.device) if need_x else m  # m: a placeholder
+        partial = _alloc(m.shape, torch.float32, x.device, channels_last) if need_alpha else m
+        args = _launch_args(ctx.window, x, total_out, channels_last, m, factors)
+        k.p_pool2d_grad_factors_kernel[_grid(total_out, args["BLOCK"])](
+            x, alpha_k, m, den, y_or_q, grad_y, factors, partial, total_out, *geometry, **flags,
+            NEED_FACTORS=need_x, NEED_ALPHA=need_alpha, **args)
         if need_x:
             total = x.numel()
             grad_x = _alloc(x.shape, x.dtype, x.device, channels_last)  # every element is written: no zero fill
-            args = _launch_args(ctx.window, x, total, channels_last, m)
+            args = _launch_args(ctx.window, x, total, channels_last, m, factors)
             k.p_pool2d_grad_input_kernel[_grid(total, args["BLOCK"])](
-                x, alpha_k, m, den, y_or_q, grad_y, grad_x, total, *geometry, **flags, **args)
+                x, alpha_k, factors, grad_x, total, total_out, *geometry, DENSE=ctx.dense, **args)
         if need_alpha:
-            total = m.numel()
-            partial = _alloc(m.shape, torch.float32, x.device, channels_last)  # one value per output
-            args = _launch_args(ctx.window, x, total, channels_last, m)
-            k.p_pool2d_grad_alpha_kernel[_grid(total, args["BLOCK"])](
-                x, alpha_k, m, den, y_or_q, grad_y, partial, total, *geometry, **flags, **args)
             grad_map = partial if ctx.dense else partial.sum(dim=(2, 3)).reshape(n * c)
     return grad_x, grad_map
 

@@ -18,10 +18,12 @@ IDX64 switches the index arithmetic to int64 for tensors of 2^31 elements or mor
   cache. It writes y, and when a gradient can be asked for (STORE_STATE) m (exact in x's dtype), den and, for
   fp16/bf16, q in fp32 (the backward needs q to ~1e-7); and one flag per program: whether a window held a
   negative x (the arithmetic assumes x >= 0).
+* backward, per output (grad_factors): once per output, the factors every dx term of its window needs (signed
+  1/m, g/den (a+1), g/den a q), and, when alpha needs a gradient, dalpha from the recomputed window sums, one value
+  per output (summed per plane by torch for a per-plane alpha).
 * dx: a gather: one program per BLOCK *inputs*; each loops over the windows that contain its input only (its
-  residue class: ceil(KH/SH) x ceil(KW/SW) candidates, 1 for 2x2/2, 4 for 3x3/2). No atomics, no zero-fill.
-* dalpha: one program per BLOCK outputs recomputing the window sums, one value per output (summed per plane by
-  torch for a per-plane alpha).
+  residue class: ceil(KH/SH) x ceil(KW/SW) candidates, 1 for 2x2/2, 4 for 3x3/2), reading their precomputed
+  factors. No atomics, no zero-fill.
 
 Decoration reads ``TRITON_INTERPRET`` at import: with it set, the kernels run on CPU tensors (the tests).
 """
@@ -172,12 +174,66 @@ def _window_state(m_ptr, den_ptr, yq_ptr, g_ptr, out, mask, Q_SAVED: tl.constexp
 
 
 @triton.jit
-def p_pool2d_grad_input_kernel(
-    x_ptr, alpha_ptr, m_ptr, den_ptr, yq_ptr, g_ptr, gx_ptr,
+def p_pool2d_grad_factors_kernel(
+    x_ptr, alpha_ptr, m_ptr, den_ptr, yq_ptr, g_ptr, factors_ptr, ga_ptr,
     total, C, H, W, OH, OW, sxn, sxc, sxh, sxw,
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-    DENSE: tl.constexpr, Q_SAVED: tl.constexpr, CL: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.constexpr,
+    DENSE: tl.constexpr, Q_SAVED: tl.constexpr, NEED_FACTORS: tl.constexpr, NEED_ALPHA: tl.constexpr,
+    CL: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.constexpr,
 ):
+    """Per output, once: the factors that dx needs of each window (NEED_FACTORS), and dalpha (NEED_ALPHA).
+
+    factors is (3, total) fp32, laid out like the output: [0] the signed 1/m (-1 marks an all-zero window, where
+    1/m := 1 and r := 1), [1] g/den (a+1), [2] g/den a q; the dx of an element i of window j is then
+    factors[1] p - factors[2] p/r. Every input lies in about (K/S)^2 windows, so this is that many times less
+    per-output arithmetic (and three loads instead of four) than recomputing them in the dx gather.
+    """
+    offs = _program_offsets(BLOCK, IDX64)
+    valid = offs < total
+    n, c, oh, ow = _output_coords(offs, C, OH, OW, CL)
+    m, inv_m, zero, q, g_over_den = _window_state(m_ptr, den_ptr, yq_ptr, g_ptr, offs, valid, Q_SAVED)
+    a = _load_alpha(alpha_ptr, n * C + c, offs, valid, DENSE)
+    if NEED_FACTORS:
+        tl.store(factors_ptr + offs, tl.where(zero > 0.0, -1.0, inv_m), mask=valid)
+        tl.store(factors_ptr + (offs + total), g_over_den * (a + 1.0), mask=valid)
+        tl.store(factors_ptr + (offs + total + total), g_over_den * a * q, mask=valid)
+    if NEED_ALPHA:
+        x_base = x_ptr + n * sxn + c * sxc
+        h0 = oh * SH - PH
+        w0 = ow * SW - PW
+        total_sum = tl.zeros((BLOCK,), dtype=tl.float32)
+        for di in tl.static_range(KH):
+            for dj in tl.static_range(KW):
+                h = h0 + di
+                w = w0 + dj
+                inside = valid & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+                v = tl.load(x_base + h * sxh + w * sxw, mask=inside, other=0.0).to(tl.float32)
+                r = _ratio(v, inv_m, zero)
+                log2_r = _log2_positive(r)
+                p = _pow_unit(r, log2_r, a)
+                # 0 ln 0 = 0 (r = 0: zeros, padding), and the overhang has r = 0 too: it adds nothing
+                total_sum += tl.where(r > 0.0, p * (r - q) * log2_r, 0.0)
+        grad = total_sum * 0.6931471805599453 * g_over_den * m  # ln r = log2 r * ln 2
+        tl.store(ga_ptr + offs, grad, mask=valid)
+
+
+@triton.jit
+def _load_factors(factors_ptr, j, total_out, mask):
+    """(1/m, zero, g/den (a+1), g/den a q) of outputs ``j`` from ``p_pool2d_grad_factors_kernel``'s buffer."""
+    signed_inv_m = tl.load(factors_ptr + j, mask=mask, other=1.0)
+    coef_p = tl.load(factors_ptr + (j + total_out), mask=mask, other=0.0)
+    coef_p_over_r = tl.load(factors_ptr + (j + total_out + total_out), mask=mask, other=0.0)
+    return tl.abs(signed_inv_m), tl.where(signed_inv_m < 0.0, 1.0, 0.0), coef_p, coef_p_over_r
+
+
+@triton.jit
+def p_pool2d_grad_input_kernel(
+    x_ptr, alpha_ptr, factors_ptr, gx_ptr,
+    total, total_out, C, H, W, OH, OW, sxn, sxc, sxh, sxw,
+    KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+    DENSE: tl.constexpr, CL: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """dx from the per-output factors of ``p_pool2d_grad_factors_kernel`` (``total_out`` outputs)."""
     offs = _program_offsets(BLOCK, IDX64)
     valid = offs < total
     n, c, h, w = _output_coords(offs, C, H, W, CL)  # dx has x's shape, dense in the same memory order
@@ -196,43 +252,12 @@ def p_pool2d_grad_input_kernel(
             dj = w + PW - ow * SW
             hit = valid & (oh >= 0) & (ow >= 0) & (oh < OH) & (ow < OW) & (di < KH) & (dj < KW)
             j = _output_index(n, c, oh, ow, C, OH, OW, CL)
-            m, inv_m, zero, q, g_over_den = _window_state(m_ptr, den_ptr, yq_ptr, g_ptr, j, hit, Q_SAVED)
+            inv_m, zero, coef_p, coef_p_over_r = _load_factors(factors_ptr, j, total_out, hit)
             a = _load_alpha(alpha_ptr, plane, j, hit, DENSE)
             r = tl.where(hit, _ratio(x, inv_m, zero), 1.0)  # lanes without a window: keep r in [0, 1], no overflow
             p = _pow_unit(r, _log2_positive(r), a)
             at_zero = tl.where(a == 1.0, 1.0, 0.0)  # r^(a-1) at r = 0
             # p/r where r > 0 and a != 0: the a q p/r term is 0 at a = 0, never 0 * (p/r)
             p_over_r = tl.where((r > 0.0) & (a != 0.0), p / tl.where(r > 0.0, r, 1.0), at_zero)
-            acc += tl.where(hit, g_over_den * ((a + 1.0) * p - a * q * p_over_r), 0.0)
+            acc += tl.where(hit, coef_p * p - coef_p_over_r * p_over_r, 0.0)
     tl.store(gx_ptr + offs, acc.to(gx_ptr.dtype.element_ty), mask=valid)
-
-
-@triton.jit
-def p_pool2d_grad_alpha_kernel(
-    x_ptr, alpha_ptr, m_ptr, den_ptr, yq_ptr, g_ptr, ga_ptr,
-    total, C, H, W, OH, OW, sxn, sxc, sxh, sxw,
-    KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-    DENSE: tl.constexpr, Q_SAVED: tl.constexpr, CL: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.constexpr,
-):
-    offs = _program_offsets(BLOCK, IDX64)
-    valid = offs < total
-    n, c, oh, ow = _output_coords(offs, C, OH, OW, CL)
-    x_base = x_ptr + n * sxn + c * sxc
-    h0 = oh * SH - PH
-    w0 = ow * SW - PW
-    m, inv_m, zero, q, g_over_den = _window_state(m_ptr, den_ptr, yq_ptr, g_ptr, offs, valid, Q_SAVED)
-    a = _load_alpha(alpha_ptr, n * C + c, offs, valid, DENSE)
-    total_sum = tl.zeros((BLOCK,), dtype=tl.float32)
-    for di in tl.static_range(KH):
-        for dj in tl.static_range(KW):
-            h = h0 + di
-            w = w0 + dj
-            inside = valid & (h >= 0) & (h < H) & (w >= 0) & (w < W)
-            v = tl.load(x_base + h * sxh + w * sxw, mask=inside, other=0.0).to(tl.float32)
-            r = _ratio(v, inv_m, zero)
-            log2_r = _log2_positive(r)
-            p = _pow_unit(r, log2_r, a)
-            # 0 ln 0 = 0 (r = 0: zeros, padding), and the overhang has r = 0 too: it adds nothing
-            total_sum += tl.where(r > 0.0, p * (r - q) * log2_r, 0.0)
-    grad = total_sum * 0.6931471805599453 * g_over_den * m  # ln r = log2 r * ln 2
-    tl.store(ga_ptr + offs, grad, mask=valid)
