@@ -99,13 +99,29 @@ def test_count_include_pad_carries_over_or_fails_clearly():
     torch.testing.assert_close(avg(x), F.avg_pool2d(x, 3, 2, 1, count_include_pad=False))
     gated = build_pooling("gated", 3, 2, 1, count_include_pad=False)
     assert gated.count_include_pad is False
+    # a learned convolution has no "padding not counted": the clear error stays there
     with pytest.raises(ValueError, match="cannot express count_include_pad=False"):
-        build_pooling("ppool", 3, 2, 1, count_include_pad=False)
-    build_pooling("ppool", 3, 2, 1, count_include_pad=True)  # what P-pooling does anyway
+        build_pooling("strided_conv", 3, 2, 1, channels=2, count_include_pad=False)
+    build_pooling("strided_conv", 3, 2, 1, channels=2, count_include_pad=True)  # what it does anyway
     # without padding the flag changes nothing, ceil-mode overhang included (resnet-D's avg_down pools)
-    ppool = build_pooling("ppool", 2, 2, 0, True, count_include_pad=False, alpha_init=0.0, alpha_range=(0.0, 1.0))
-    x = torch.rand(1, 2, 7, 7)
-    torch.testing.assert_close(ppool(x), F.avg_pool2d(x, 2, 2, 0, True, count_include_pad=False))
+    strided = build_pooling("strided_conv", 2, 2, 0, True, channels=2, count_include_pad=False)
+    assert strided(x).shape == F.avg_pool2d(x, 2, 2, 0, True).shape
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True])
+def test_count_include_pad_false_in_the_window_means(ceil_mode):
+    """P-pooling at alpha = 0, DPP with alpha = lambda = 0 and Lp at p = 1 are average poolings (of |x| for Lp): with
+    count_include_pad=False they leave the padding out, as avg_pool2d(count_include_pad=False) does."""
+    x = torch.rand(2, 3, 9, 8)
+    want = F.avg_pool2d(x, 3, 2, 1, ceil_mode, count_include_pad=False)
+    assert not torch.allclose(want, F.avg_pool2d(x, 3, 2, 1, ceil_mode, count_include_pad=True))
+    ppool = build_pooling("ppool", 3, 2, 1, ceil_mode, count_include_pad=False, alpha_init=0.0,
+                          alpha_range=(0.0, 1.0))
+    assert ppool.count_include_pad is False
+    dpp = build_pooling("dpp", 3, 2, 1, ceil_mode, channels=3, count_include_pad=False)
+    lp = build_pooling("lp", 3, 2, 1, ceil_mode, channels=3, count_include_pad=False, p_init=1.0)
+    for layer in (ppool, dpp, lp):
+        torch.testing.assert_close(layer(x), want)
 
 
 @pytest.mark.parametrize("name,needs", [("strided_conv", "channels"), ("dpp", "channels"), ("lp", "channels")])

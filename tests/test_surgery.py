@@ -133,7 +133,7 @@ def test_an_argument_the_target_cannot_express_names_the_site_and_changes_nothin
         before = model(x)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValueError, match=r"cannot swap features\.6\.branch3\.0 \(AvgPool2d.*count_include_pad=False"):
-        swap_pooling(model, "ppool", input_size=(3, 96, 96))
+        swap_pooling(model, "strided_conv", input_size=(3, 96, 96))  # a learned conv: no "padding not counted"
     assert all(isinstance(model.get_submodule(s.name), nn.MaxPool2d) for s in find_pooling_sites(model)
                if s.kind == "max")
     assert model.state_dict().keys() == state.keys()
@@ -142,6 +142,24 @@ def test_an_argument_the_target_cannot_express_names_the_site_and_changes_nothin
     dilated = nn.Sequential(nn.MaxPool2d(3, 1, 1, dilation=2))
     with pytest.raises(ValueError, match="only 'max' supports a dilated window"):
         swap_pooling(dilated, "ppool", input_size=(1, 8, 8))
+
+
+def test_ppool_carries_count_include_pad_false_over():
+    """inception_v4's padded AvgPool2d(count_include_pad=False) sites become P-pooling that leaves the padding out
+    (at alpha = 0 exactly the average pool they replace)."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
+                          nn.AvgPool2d(3, 1, 1, count_include_pad=False), nn.AvgPool2d(3, 2, 1))
+    x = torch.rand(2, 3, 9, 9)
+    with torch.no_grad():
+        before = model(x)
+    report = swap_pooling(model, "ppool", input_size=(3, 9, 9), alpha_init=0.0, alpha_range=(0.0, 1.0))
+    assert len(report.swapped) == 2
+    assert [model[2].count_include_pad, model[3].count_include_pad] == [False, True]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before)
+    model = timm.create_model("inception_v4", pretrained=False).eval()
+    swap_pooling(model, "ppool", input_size=(3, 96, 96))
+    assert model.get_submodule("features.6.branch3.0").count_include_pad is False
 
 
 class TrainingBranch(nn.Module):
@@ -190,7 +208,7 @@ SWEEP = [
     "tresnet_m", "densenet121", "vgg11", "inception_v3", "ese_vovnet19b_dw", "dla34", "dla46_c", "dpn68",
     "cspresnet50", "ghostnetv2_100", "botnet26t_256", "lambda_resnet26t",
 ]
-# Padded average pools with count_include_pad=False, which P-pooling cannot express: swapped to 'gated' instead.
+# Padded average pools with count_include_pad=False: P-pooling leaves the padding out there too (issue 17).
 SWEEP_EXCLUDING_PAD = ["inception_v4", "inception_resnet_v2", "poolformer_s12"]
 
 
@@ -201,8 +219,7 @@ def test_sweep_timm_architectures(name):
     expected = independent_count(model)
     assert expected > 0, f"{name} has no local pooling: it does not belong in the sweep"
     size = 256 if name.endswith("_256") else 96
-    pooling = {"max": "ppool", "avg": "gated"} if name in SWEEP_EXCLUDING_PAD else "ppool"
-    report = swap_pooling(model, pooling, input_size=(3, size, size))
+    report = swap_pooling(model, "ppool", input_size=(3, size, size))
     assert len(report.local_sites) == len(report.swapped) == expected
     out = model(torch.rand(2, 3, size, size))
     out.square().mean().backward()

@@ -1,5 +1,6 @@
 """Pooling ops and layers: P-pooling and the baselines of the paper's tables, behind ``build_pooling``."""
 
+from .dense_alpha import dense_p_pool2d
 from .dpp import DetailPreservingPool2d
 from .functional import p_pool2d
 from .gated import GatedPool2d, MixedPool2d
@@ -19,6 +20,7 @@ __all__ = [
     "StridedConvPool2d",
     "Window",
     "build_pooling",
+    "dense_p_pool2d",
     "is_learned_pooling",
     "p_pool2d",
     "pooling_options",

@@ -86,7 +86,8 @@ class PPool2dCPU(torch.autograd.Function):
     gets y and dx back in channels_last, as ``max_pool2d`` does (one copy each way)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, alpha, window: Window, need_grad: bool = True, check_negative: bool = True):
+    def forward(ctx, x: Tensor, alpha, window: Window, need_grad: bool = True, check_negative: bool = True,
+                include_pad: bool = True):
         ext = load_extension()
         channels_last = is_channels_last(x)
         x = x.contiguous()
@@ -94,7 +95,7 @@ class PPool2dCPU(torch.autograd.Function):
         out_h, out_w = window.output_size(height, width)
         alpha_k, dense = kernel_alpha(alpha, n, c, out_h, out_w, x.device)
         args = (list(window.kernel), list(window.stride), list(window.padding))
-        y, m, den, negative = ext.forward(x, alpha_k, dense, *args, [out_h, out_w], need_grad)
+        y, m, den, negative = ext.forward(x, alpha_k, dense, *args, [out_h, out_w], need_grad, include_pad)
         if check_negative:  # False: the caller guarantees x >= 0
             raise_if_negative(negative, x, window)
         ctx.window, ctx.dense, ctx.channels_last = window, dense, channels_last
@@ -119,4 +120,4 @@ class PPool2dCPU(torch.autograd.Function):
         grad_alpha = None
         if need_alpha:
             grad_alpha = alpha_grad_to_shape(grad_alpha_map, ctx.dense, *x.shape[:2], ctx.alpha_shape, ctx.alpha_dtype)
-        return (grad_x if ctx.needs_input_grad[0] else None), grad_alpha, None, None, None
+        return (grad_x if ctx.needs_input_grad[0] else None), grad_alpha, None, None, None, None

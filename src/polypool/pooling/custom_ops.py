@@ -35,7 +35,7 @@ def p_pool2d_cpu(x: Tensor, alpha: Tensor, dense: bool, kernel: list[int], strid
                  out_size: list[int]) -> tuple[Tensor, Tensor, Tensor]:
     """(y, m, den) of a non-negative fp32 x; alpha fp32 per plane (N*C,) or dense (N, C, OH, OW)."""
     y, m, den, _ = cpu_fused.load_extension().forward(x.contiguous(), alpha.contiguous(), dense, kernel, stride,
-                                                      padding, out_size, True)
+                                                      padding, out_size, True, True)
     return y, m, den
 
 
@@ -102,7 +102,7 @@ def _triton_forward(x: Tensor, alpha: Tensor, dense: bool, kernel: list[int], st
     negative = torch.empty(grid, dtype=torch.int8, device=x.device)  # not read: the caller shifted x
     _launch(k.p_pool2d_forward_kernel)[grid](
         x, alpha, y, m, den, q, negative, total, c, height, width, out_h, out_w, *x.stride(),
-        DENSE=dense, SAVE_Q=True, STORE_STATE=True, **args)
+        DENSE=dense, SAVE_Q=True, STORE_STATE=True, INCLUDE_PAD=True, **args)
     return y, m, den, q
 
 

@@ -28,7 +28,8 @@ class DetailPreservingPool2d(nn.Module):
     ``alpha`` and ``lambda_`` (both >= 0, one per channel, kept in range by :func:`clamp_inward`) start at 0, as in the
     P-pooling authors' re-implementation, so the layer starts as average pooling (``lambda = 0`` gives w = alpha + 1,
     a constant). The default, ``lite`` + ``asym``, is the variant the P-pooling authors used for their tables
-    (docs/paper_notes.md). Padding is zeros, counted like ``avg_pool2d(count_include_pad=True)``.
+    (docs/paper_notes.md). Padding is zeros, counted like ``avg_pool2d(count_include_pad=True)``;
+    ``count_include_pad=False`` leaves it out of both the guide's mean and the weighted mean.
 
     Learned parameters: ``alpha``, ``lambda_`` (``(C, 1, 1)``) and, for ``full``, ``filter_weight`` (``(C, 1, 3, 3)``).
     """
@@ -36,7 +37,7 @@ class DetailPreservingPool2d(nn.Module):
     def __init__(self, kernel_size: IntOrPair, stride: Optional[IntOrPair] = None, padding: IntOrPair = 0,
                  ceil_mode: bool = False, *, channels: int, variant: Literal["lite", "full"] = "lite",
                  reward: Literal["asym", "sym"] = "asym", eps: float = 1e-3, alpha_init: float = 0.0,
-                 lambda_init: float = 0.0):
+                 lambda_init: float = 0.0, count_include_pad: bool = True):
         super().__init__()
         if channels is None or channels < 1:
             raise ValueError("dpp pooling learns alpha and lambda per channel: pass channels=C")
@@ -49,6 +50,7 @@ class DetailPreservingPool2d(nn.Module):
         self.window = Window.make(kernel_size, stride, padding, ceil_mode)
         self.kernel_size, self.stride, self.padding = self.window.kernel, self.window.stride, self.window.padding
         self.ceil_mode, self.variant, self.reward, self.eps = self.window.ceil_mode, variant, reward, eps
+        self.count_include_pad = bool(count_include_pad)
         self.alpha = nn.Parameter(torch.full((channels, 1, 1), float(alpha_init)))
         self.lambda_ = nn.Parameter(torch.full((channels, 1, 1), float(lambda_init)))
         if variant == "full":
@@ -61,7 +63,7 @@ class DetailPreservingPool2d(nn.Module):
         if self.variant == "full":
             weight = self.filter_weight / self.filter_weight.sum(dim=(-2, -1), keepdim=True)
             x = F.conv2d(x, weight, padding=1, groups=x.shape[1])
-        return F.avg_pool2d(x, **self.window.as_kwargs(), count_include_pad=True)
+        return F.avg_pool2d(x, **self.window.as_kwargs(), count_include_pad=self.count_include_pad)
 
     def forward(self, x: Tensor) -> Tensor:
         height, width = x.shape[-2:]
@@ -76,7 +78,7 @@ class DetailPreservingPool2d(nn.Module):
             if self.reward == "asym":
                 diff = torch.relu(diff)
             weight = alpha + (diff * diff + self.eps ** 2).pow(half_lambda)
-            mask = overhang_mask(self.window, height, width, out_h, out_w, di, dj, weight)
+            mask = overhang_mask(self.window, height, width, out_h, out_w, di, dj, weight, self.count_include_pad)
             if mask is not None:
                 weight = weight * mask
             num = weight * value if num is None else num + weight * value

@@ -20,8 +20,9 @@ How it is computed, and why
 
 Conventions, all documented in the README
 -----------------------------------------
-* Padding is zeros, counted in the window like ``avg_pool2d(count_include_pad=True)``; in ceil mode the part of
-  a window that overhangs the padded input is not part of the window (as in ``avg_pool2d``).
+* Padding is zeros, counted in the window like ``avg_pool2d(count_include_pad=True)`` (``count_include_pad=False``
+  leaves it out); in ceil mode the part of a window that overhangs the padded input is not part of the window (as
+  in ``avg_pool2d``).
 * 0^0 = 1 (torch.pow), so at a = 0 zeros, padding included, count as elements: Prop. 1 holds exactly.
 * A window of all zeros gives y = 0 and the average-pooling gradient (finite, never NaN).
 * Where x_i = 0 and 0 < a < 1 the exact dy/dx_i is -inf (x^a has an infinite slope at 0); we take its weight's
@@ -88,7 +89,7 @@ class _PPool2d(torch.autograd.Function):
     """Forward and analytic backward of P-pooling on a non-negative input."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, alpha: Alpha, window: Window):
+    def forward(ctx, x: Tensor, alpha: Alpha, window: Window, include_pad: bool = True):
         height, width = x.shape[-2:]
         out_h, out_w = window.output_size(height, width)
         acc = _accumulation_dtype(x.dtype)
@@ -101,7 +102,7 @@ class _PPool2d(torch.autograd.Function):
             for rows, cols, di, dj in window_offsets(window, out_h, out_w):
                 r = _unit_ratio(xp[..., rows, cols], inv_m, zero)  # x/m, or 1 in an all-zero window
                 p = r.pow(a)
-                mask = overhang_mask(window, height, width, out_h, out_w, di, dj, p)
+                mask = overhang_mask(window, height, width, out_h, out_w, di, dj, p, include_pad)
                 if mask is not None:
                     p.mul_(mask)
                 den.add_(p)
@@ -164,7 +165,7 @@ class _PPool2d(torch.autograd.Function):
             if need_alpha:
                 grad_alpha = alpha_sum.mul_(g_over_den).mul_(m)
                 grad_alpha = grad_alpha.sum_to_size(ctx.alpha_shape).to(alpha.dtype)
-        return grad_x, grad_alpha, None
+        return grad_x, grad_alpha, None, None
 
 
 def alpha_shape_error(alpha: Tensor, out_shape: torch.Size) -> Optional[str]:
@@ -198,6 +199,7 @@ def p_pool2d(
     check: bool = False,
     backend: Backend = "auto",
     input_nonnegative: bool = False,
+    count_include_pad: bool = True,
 ) -> Tensor:
     """P-pooling over 2-D windows: ``sum x^(alpha+1) / sum x^alpha`` per window.
 
@@ -215,6 +217,9 @@ def p_pool2d(
         input_nonnegative: the caller guarantees ``input >= 0`` (it is a ReLU's output: ``swap_pooling`` sets this
             on the layers it puts after a ReLU). Skips the negative-input check, which costs a device sync per
             call on the GPU (and so prevents CUDA-graph capture). A negative input then gives wrong results.
+        count_include_pad: as in ``avg_pool2d``: whether the zero padding is part of each window (the default). For
+            alpha > 0 a padded zero adds nothing to either sum, so this matters at alpha = 0, in all-zero windows,
+            and for maps shifted up by a negative minimum (where the padding stands for that minimum).
 
     Returns:
         ``(N, C, H_out, W_out)`` in the input's dtype, computed in fp32 (fp64 for fp64 inputs).
@@ -225,7 +230,7 @@ def p_pool2d(
     if input.dim() == 3:
         alpha_3d = alpha.unsqueeze(0) if isinstance(alpha, Tensor) and alpha.dim() == 4 else alpha
         return p_pool2d(input.unsqueeze(0), alpha_3d, kernel_size, stride, padding, ceil_mode, check,
-                        backend, input_nonnegative).squeeze(0)
+                        backend, input_nonnegative, count_include_pad).squeeze(0)
     if input.dim() != 4:
         raise ValueError(f"p_pool2d expects a (N, C, H, W) or (C, H, W) input, got shape {tuple(input.shape)}")
     window = Window.make(kernel_size, stride, padding, ceil_mode)
@@ -248,7 +253,9 @@ def p_pool2d(
             )
         if isinstance(alpha, Tensor) and not bool((alpha >= 0).all()):
             raise ValueError("alpha must be >= 0 everywhere (got a negative or NaN value); clamp it to [0, inf)")
-    if torch.compiler.is_compiling() and not torch.compiler.is_exporting() and backend in BACKENDS:
+    include_pad = bool(count_include_pad) or window.padding == (0, 0)  # without padding the flag changes nothing
+    if (torch.compiler.is_compiling() and not torch.compiler.is_exporting() and backend in BACKENDS
+            and include_pad):
         # torch.compile: the fused kernels as torch.library ops, which Inductor calls (torch.export keeps the
         # reference op's plain torch ops, which any runtime can run)
         op = custom_ops.serves(input, alpha, backend)
@@ -257,7 +264,7 @@ def p_pool2d(
     function = _select_backend(backend, input, alpha)
     if function is _PPool2d:
         x, shift = (input, None) if input_nonnegative else shift_negative(input)
-        y = function.apply(x, alpha, window)
+        y = function.apply(x, alpha, window, include_pad)
         return y if shift is None else y + shift
     # a fused kernel checks for negatives as it reads x (no pass of its own), and writes the backward's state only
     # when a gradient can be asked for
@@ -267,22 +274,22 @@ def p_pool2d(
     if function is triton_fused.PPool2dTriton:  # with its safety nets: a failure falls back to the reference op
         def run(x):
             return triton_fused.apply(x, alpha, window, need_grad, explicit=backend == "triton",
-                                      check_negative=check_negative)
+                                      check_negative=check_negative, include_pad=include_pad)
     else:
         def run(x):
-            return function.apply(x, alpha, window, need_grad, check_negative)
+            return function.apply(x, alpha, window, need_grad, check_negative, include_pad)
     try:
         return run(input)
     except NegativeInput:
         pass
     except triton_fused.TritonFailure:  # warned once; the path is off from now on
         return p_pool2d(input, alpha, kernel_size, stride, padding, ceil_mode,  # auto: no Triton any more
-                        input_nonnegative=input_nonnegative)
+                        input_nonnegative=input_nonnegative, count_include_pad=count_include_pad)
     x, shift = shift_negative(input)
     try:
         y = run(x)
     except triton_fused.TritonFailure:
-        y = _PPool2d.apply(x, alpha, window)
+        y = _PPool2d.apply(x, alpha, window, include_pad)
     return y if shift is None else y + shift
 
 

@@ -116,16 +116,21 @@ def window_offsets(window: Window, out_h: int, out_w: int):
 
 
 def overhang_mask(window: Window, height: int, width: int, out_h: int, out_w: int, di: int, dj: int,
-                   like: Tensor) -> Optional[Tensor]:
-    """None if offset (di, dj) of every window lies in the padded input, else a 0/1 mask of the outputs where it
-    does (ceil mode: the last row/column of windows can overhang, and the overhang is not part of the window)."""
+                  like: Tensor, include_pad: bool = True) -> Optional[Tensor]:
+    """None if offset (di, dj) of every window is part of the window, else a 0/1 mask of the outputs where it is:
+    in ceil mode the last row/column of windows can overhang the padded input, and the overhang is not part of the
+    window; with ``include_pad=False`` (``count_include_pad=False``) the zero padding is not either."""
     (sh, sw), (ph, pw) = window.stride, window.padding
-    valid_h = min(out_h, -(-(height + 2 * ph - di) // sh))  # number of outputs i with i*sh + di < H + 2ph
-    valid_w = min(out_w, -(-(width + 2 * pw - dj) // sw))
-    if valid_h == out_h and valid_w == out_w:
+    if include_pad:
+        rows = (0, min(out_h, -(-(height + 2 * ph - di) // sh)))  # outputs i with i*sh + di < H + 2ph
+        cols = (0, min(out_w, -(-(width + 2 * pw - dj) // sw)))
+    else:  # outputs i with 0 <= i*sh + di - ph < H
+        rows = (max(0, -(-(ph - di) // sh)), min(out_h, -(-(height + ph - di) // sh)))
+        cols = (max(0, -(-(pw - dj) // sw)), min(out_w, -(-(width + pw - dj) // sw)))
+    if rows == (0, out_h) and cols == (0, out_w):
         return None
     mask = torch.zeros(out_h, out_w, dtype=like.dtype, device=like.device)
-    mask[:valid_h, :valid_w] = 1
+    mask[rows[0]:max(rows), cols[0]:max(cols)] = 1
     return mask
 
 

@@ -16,7 +16,8 @@ class LearnedNormPool2d(nn.Module):
     """``y = (mean_window |x|^p)^(1/p)`` with a learned ``p >= 1`` (one per channel, or one per layer).
 
     p = 1 is the average of |x| and p -> inf the max of |x|. Unlike ``nn.LPPool2d`` (the unnormalised sum), the
-    mean is taken, with zero padding counted as in ``avg_pool2d(count_include_pad=True)``.
+    mean is taken, with zero padding counted as in ``avg_pool2d(count_include_pad=True)`` (or, with
+    ``count_include_pad=False``, not counted).
 
     Computed stably, as P-pooling is: with m the window max of |x| (detached: y is homogeneous in m, so this changes
     no gradient), y = m * (mean (|x|/m)^p)^(1/p), so no power overflows for any p. The analytic behaviour is kept as
@@ -29,7 +30,8 @@ class LearnedNormPool2d(nn.Module):
 
     def __init__(self, kernel_size: IntOrPair, stride: Optional[IntOrPair] = None, padding: IntOrPair = 0,
                  ceil_mode: bool = False, *, channels: Optional[int] = None, p_init: float = 2.0,
-                 p_range: tuple[float, float] = (1.0, 50.0), per_channel: bool = True):
+                 p_range: tuple[float, float] = (1.0, 50.0), per_channel: bool = True,
+                 count_include_pad: bool = True):
         super().__init__()
         low, high = (float(v) for v in p_range)
         if not 1.0 <= low <= p_init <= high:
@@ -39,6 +41,7 @@ class LearnedNormPool2d(nn.Module):
         self.window = Window.make(kernel_size, stride, padding, ceil_mode)
         self.kernel_size, self.stride, self.padding = self.window.kernel, self.window.stride, self.window.padding
         self.ceil_mode, self.p_range = self.window.ceil_mode, (low, high)
+        self.count_include_pad = bool(count_include_pad)
         self.p = nn.Parameter(torch.full((channels, 1, 1) if per_channel else (), float(p_init)))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -51,7 +54,7 @@ class LearnedNormPool2d(nn.Module):
         total, count = 0.0, 0.0
         for rows, cols, di, dj in window_offsets(self.window, out_h, out_w):
             term = (magnitude[..., rows, cols] * inv_m).pow(p)
-            mask = overhang_mask(self.window, height, width, out_h, out_w, di, dj, term)
+            mask = overhang_mask(self.window, height, width, out_h, out_w, di, dj, term, self.count_include_pad)
             total = total + (term if mask is None else term * mask)
             count = count + (1.0 if mask is None else mask)
         mean = (total / count).clamp(min=torch.finfo(m.dtype).tiny)

@@ -8,18 +8,14 @@ import torch
 from torch import Tensor, nn
 
 from .bounded import clamp_inward
+from .dense_alpha import dense_branch_alpha, dense_p_pool2d, scale_gradient
 from .functional import p_pool2d
-from .geometry import IntOrPair, Window, pad_ceil_overhang
+from .geometry import IntOrPair, Window
+
+__all__ = ["PPool2d", "DenseAlphaBranch", "scale_gradient"]
 
 AlphaMode = Literal["layer", "channel", "dense"]
 ALPHA_MODES = ("layer", "channel", "dense")
-
-
-def scale_gradient(x: Tensor, scale: float) -> Tensor:
-    """``x`` in the forward pass (exactly: ``x.detach() + 0``), ``scale`` times its gradient in the backward pass."""
-    if scale == 1.0:
-        return x
-    return x.detach() + (x - x.detach()) * scale
 
 
 class DenseAlphaBranch(nn.Module):
@@ -43,10 +39,11 @@ class DenseAlphaBranch(nn.Module):
         nn.init.constant_(self.proj.bias, alpha_init)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x.detach()
-        x = x / (x.abs().amax(dim=(-2, -1), keepdim=True) + 1) * self.input_scale
-        alpha = self.proj(self.act(self.conv(pad_ceil_overhang(x, self.window))))
-        return alpha.clamp(*self.alpha_range)
+        return dense_branch_alpha(x, *self.parameters_for_kernel(), self.window, self.alpha_range, self.input_scale)
+
+    def parameters_for_kernel(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(conv weight, PReLU slope, 1x1 weight, 1x1 bias): what :func:`dense_p_pool2d` takes."""
+        return self.conv.weight, self.act.weight, self.proj.weight, self.proj.bias
 
 
 class PPool2d(nn.Module):
@@ -68,6 +65,10 @@ class PPool2d(nn.Module):
         dense_input_scale: the authors' ``side_branch_scale`` for dense mode.
         alpha_grad_scale: multiplies the gradient that reaches alpha (and through it the dense branch), leaving the
             forward pass unchanged; the authors' PyTorch code scales it by 3 (docs/paper_notes.md).
+        count_include_pad: as in ``nn.AvgPool2d``: whether the zero padding counts in each window (the default;
+            :func:`p_pool2d`). ``swap_pooling`` carries an average-pooling site's value over.
+        fused_branch: dense mode computes the branch inside the pooling kernel where a fused kernel serves the
+            input (:func:`dense_p_pool2d`); ``False`` runs the branch's four ops, then the pooling.
         check: raise on NaN/Inf inputs instead of propagating them (see :func:`p_pool2d`).
 
     The learned parameter is ``alpha`` (layer/channel) or the submodule ``alpha_branch`` (dense); every name
@@ -88,6 +89,8 @@ class PPool2d(nn.Module):
         dense_input_scale: float = 1.0,
         alpha_grad_scale: float = 1.0,
         check: bool = False,
+        count_include_pad: bool = True,
+        fused_branch: bool = True,
     ):
         super().__init__()
         self.window = Window.make(kernel_size, stride, padding, ceil_mode)
@@ -109,6 +112,8 @@ class PPool2d(nn.Module):
         self.alpha_range = (low, high)
         self.channels = channels
         self.check = check
+        self.count_include_pad = bool(count_include_pad)
+        self.fused_branch = bool(fused_branch)
         if alpha_mode == "dense":
             self.alpha_branch = DenseAlphaBranch(channels, self.window, alpha_init, self.alpha_range,
                                                  dense_input_scale)
@@ -120,6 +125,8 @@ class PPool2d(nn.Module):
     # True when the input is known to be >= 0 (a ReLU's output; swap_pooling sets it): p_pool2d then skips its
     # negative-input check and the device sync it costs. A class attribute, so older pickled layers have it too.
     input_nonnegative: bool = False
+    count_include_pad: bool = True
+    fused_branch: bool = True
 
     def current_alpha(self, x: Optional[Tensor] = None) -> Tensor:
         """The clamped alpha used in the forward pass (dense mode needs the pooling input ``x``)."""
@@ -130,12 +137,18 @@ class PPool2d(nn.Module):
         return clamp_inward(self.alpha, *self.alpha_range)
 
     def forward(self, x: Tensor) -> Tensor:
-        alpha = scale_gradient(self.current_alpha(x), self.alpha_grad_scale)
         if self.alpha_mode == "dense":
+            y, alpha = dense_p_pool2d(
+                x, *self.alpha_branch.parameters_for_kernel(), self.kernel_size, self.stride, self.padding,
+                self.ceil_mode, alpha_range=self.alpha_range, input_scale=self.alpha_branch.input_scale,
+                alpha_grad_scale=self.alpha_grad_scale, count_include_pad=self.count_include_pad,
+                fused=self.fused_branch, check=self.check, input_nonnegative=self.input_nonnegative)
             with torch.no_grad():  # for alpha_stats(): dense alpha exists only during a forward pass
                 self.last_alpha_stats.copy_(torch.stack([alpha.mean(), alpha.min(), alpha.max()]).float())
+            return y
+        alpha = scale_gradient(self.current_alpha(x), self.alpha_grad_scale)
         return p_pool2d(x, alpha, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.check,
-                        input_nonnegative=self.input_nonnegative)
+                        input_nonnegative=self.input_nonnegative, count_include_pad=self.count_include_pad)
 
     @torch.no_grad()
     def alpha_stats(self) -> dict:
@@ -157,7 +170,8 @@ class PPool2d(nn.Module):
         return (
             f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
             f"ceil_mode={self.ceil_mode}, alpha_mode={self.alpha_mode}, channels={self.channels}, "
-            f"alpha_range={self.alpha_range}, "
+            + ("count_include_pad=False, " if not self.count_include_pad else "")
+            + f"alpha_range={self.alpha_range}, "
             + (f"alpha_grad_scale={self.alpha_grad_scale:g}, " if self.alpha_grad_scale != 1.0 else "")
             + f"alpha(mean={stats['mean']:.3g}, min={stats['min']:.3g}, "
             f"max={stats['max']:.3g})"

@@ -47,9 +47,10 @@ def build_pooling(name: str, kernel_size: IntOrPair, stride: Optional[IntOrPair]
                   ceil_mode: bool = False, *, channels: Optional[int] = None, **kwargs) -> nn.Module:
     """Build pooling ``name`` with ``nn.MaxPool2d``'s window arguments; ``kwargs`` are the layer's own options.
 
-    ``count_include_pad`` (from an average-pooling site) is passed on to the layers that have it; a layer that
-    always counts the zero padding (P-pooling, DPP, Lp, Strided-C) raises for ``count_include_pad=False`` with
-    non-zero padding, rather than silently changing the site's border behaviour.
+    ``count_include_pad`` (from an average-pooling site) is passed on to the layers that have it (avg, gated,
+    mixed, P-pooling, DPP, Lp: each a weighted mean over the window); Strided-C, a learned convolution in which
+    "the padding not counted" has no meaning, raises for ``count_include_pad=False`` with non-zero padding, rather
+    than silently changing the site's border behaviour.
     """
     factory = _factory(name)
     accepted = pooling_options(name)
@@ -61,7 +62,8 @@ def build_pooling(name: str, kernel_size: IntOrPair, stride: Optional[IntOrPair]
             # Without padding the flag changes nothing (a ceil-mode overhang is never counted), so only padded
             # windows are a problem.
             raise ValueError(f"pooling {name!r} counts the zero padding in every window and cannot express "
-                             f"count_include_pad=False with padding={padding}; use 'avg', 'gated' or 'mixed' there")
+                             f"count_include_pad=False with padding={padding}; use 'avg', 'gated', 'mixed', 'ppool', "
+                             f"'dpp' or 'lp' there")
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         raise TypeError(f"pooling {name!r} got unexpected option(s) {unknown}; it accepts {accepted}")

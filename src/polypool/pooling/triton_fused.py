@@ -126,12 +126,13 @@ def supports(x: Tensor, alpha, allow_cpu: bool = False) -> bool:
     return kernels() is not None
 
 
-def apply(x: Tensor, alpha, window: Window, need_grad: bool, explicit: bool, check_negative: bool = True) -> Tensor:
+def apply(x: Tensor, alpha, window: Window, need_grad: bool, explicit: bool, check_negative: bool = True,
+          include_pad: bool = True) -> Tensor:
     """``PPool2dTriton`` with the safety nets: the first-result check, and on any failure (but NegativeInput) a
     warning and TritonFailure, unless ``explicit`` (``backend="triton"``) or strict mode, which raise it as is."""
     try:
         _check_first_result(x, alpha, window)
-        return PPool2dTriton.apply(x, alpha, window, need_grad, explicit, check_negative)
+        return PPool2dTriton.apply(x, alpha, window, need_grad, explicit, check_negative, include_pad)
     except NegativeInput:
         raise
     except Exception as error:
@@ -239,7 +240,7 @@ class PPool2dTriton(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, alpha, window: Window, need_grad: bool = True, explicit: bool = True,
-                check_negative: bool = True):
+                check_negative: bool = True, include_pad: bool = True):
         k = kernels()
         n, c, height, width = x.shape
         out_h, out_w = window.output_size(height, width)
@@ -260,7 +261,7 @@ class PPool2dTriton(torch.autograd.Function):
         with _device_guard(x):
             k.p_pool2d_forward_kernel[_grid(total, args["BLOCK"])](
                 x, alpha_k, y, m, den, q, negative, total, c, height, width, out_h, out_w, *x.stride(),
-                DENSE=dense, SAVE_Q=save_q, STORE_STATE=need_grad, **args)
+                DENSE=dense, SAVE_Q=save_q, STORE_STATE=need_grad, INCLUDE_PAD=include_pad, **args)
         # One device sync: the reference pays it too (its shift check), without the kernel's fused pass over x.
         if check_negative:
             raise_if_negative(bool(negative.any()), x, window)
@@ -290,7 +291,7 @@ class PPool2dTriton(torch.autograd.Function):
         if need_alpha:
             n, c = x.shape[:2]
             grad_alpha = alpha_grad_to_shape(grad_map, ctx.dense, n, c, ctx.alpha_shape, ctx.alpha_dtype)
-        return grad_x, grad_alpha, None, None, None, None
+        return grad_x, grad_alpha, None, None, None, None, None
 
 
 def _backward_kernels(ctx, x, alpha_k, m, den, y_or_q, grad_y, need_x: bool, need_alpha: bool):
@@ -342,3 +343,111 @@ def _reference_backward(ctx, x, alpha_k, grad_y, need_x: bool, need_alpha: bool)
     if grad_x is not None and ctx.channels_last:
         grad_x = grad_x.contiguous(memory_format=torch.channels_last)
     return grad_x, grad_map
+
+
+# ------------------------------------------------------------------------------------------------ dense branch
+
+class DensePPool2dTriton(torch.autograd.Function):
+    """P-pooling with the fused dense-alpha branch (``dense_alpha.py``), by the Triton kernels; returns (y, alpha)
+    with alpha not differentiable. Raises NegativeInput on a negative x (then the unfused path answers).
+
+    The plane normaliser f = scale / (max x + 1) is one torch reduction (it must be known before any window's
+    alpha); everything else is the pooling kernels': the forward sums the conv while it reads the window for its
+    max, and the backward's per-output kernel carries dalpha on into the branch's parameters (per-channel atomic
+    sums), then the dx gather runs as for any dense alpha. Saved for backward: x, the alpha map (fp32), m, den and
+    y or q, as for a dense alpha."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, conv_weight, prelu_weight, proj_weight, proj_bias, window: Window,
+                alpha_range: tuple[float, float], input_scale: float, grad_scale: float, include_pad: bool,
+                need_grad: bool, check_negative: bool = True, explicit: bool = True):
+        from .dense_alpha import _branch_tensors
+
+        k = kernels()
+        n, c, height, width = x.shape
+        out_h, out_w = window.output_size(height, width)
+        taps = window.kernel[0] * window.kernel[1]
+        kw, slope, w, b = _branch_tensors(conv_weight, prelu_weight, proj_weight, proj_bias, c, taps)
+        channels_last = is_channels_last(x)
+        f = (float(input_scale) / (x.detach().amax(dim=(2, 3)).float() + 1.0)).reshape(n * c).contiguous()
+        save_q = x.dtype != torch.float32
+        out_shape = (n, c, out_h, out_w)
+        total = n * c * out_h * out_w
+        y = _alloc(out_shape, x.dtype, x.device, channels_last)
+        alpha = _alloc(out_shape, torch.float32, x.device, channels_last)
+        if need_grad:
+            m = _alloc(out_shape, x.dtype, x.device, channels_last)
+            den = _alloc(out_shape, torch.float32, x.device, channels_last)
+            q = _alloc(out_shape, torch.float32, x.device, channels_last) if save_q else den
+        else:
+            m = den = q = y
+        args = _launch_args(window, x, total, channels_last, y)
+        negative = _alloc(_grid(total, args["BLOCK"]), torch.int8, x.device)
+        lo, hi = (float(v) for v in alpha_range)
+        with _device_guard(x):
+            k.p_pool2d_dense_forward_kernel[_grid(total, args["BLOCK"])](
+                x, kw, slope, w, b, f, alpha, y, m, den, q, negative, total, c, height, width, out_h, out_w,
+                *x.stride(), lo, hi, SAVE_Q=save_q, STORE_STATE=need_grad, INCLUDE_PAD=include_pad, **args)
+        if check_negative:
+            raise_if_negative(bool(negative.any()), x, window)
+        ctx.window, ctx.q_saved, ctx.channels_last, ctx.explicit = window, save_q, channels_last, explicit
+        ctx.alpha_range, ctx.grad_scale = (lo, hi), grad_scale
+        ctx.params = (conv_weight, prelu_weight, proj_weight, proj_bias)
+        if need_grad:
+            ctx.save_for_backward(x, alpha, m, den, q if save_q else y, f, kw, slope, w, b)
+        ctx.mark_non_differentiable(alpha)
+        return y, alpha
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor, _grad_alpha):
+        from .dense_alpha import _branch_grads
+
+        if not ctx.saved_tensors:
+            raise RuntimeError("dense p_pool2d (triton) ran its forward without need_grad: no state for a backward")
+        x, alpha, m, den, y_or_q, f, kw, slope, w, b = ctx.saved_tensors
+        k = kernels()
+        window: Window = ctx.window
+        n, c, height, width = x.shape
+        out_h, out_w = m.shape[-2:]
+        taps = window.kernel[0] * window.kernel[1]
+        channels_last = ctx.channels_last
+        grad_y = grad_y.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        geometry = (c, height, width, out_h, out_w, *x.stride())
+        total_out = m.numel()
+        need_x = ctx.needs_input_grad[0]
+        lo, hi = ctx.alpha_range
+        sums = torch.zeros((c, taps + 3), dtype=torch.float32, device=x.device)  # atomic per-channel sums
+        grad_x = None
+        with _device_guard(x):
+            factors = _alloc((3, total_out), torch.float32, x.device) if need_x else m
+            args = _launch_args(window, x, total_out, channels_last, m, factors)
+            k.p_pool2d_grad_factors_kernel[_grid(total_out, args["BLOCK"])](
+                x, alpha, m, den, y_or_q, grad_y, factors, sums, total_out, *geometry, DENSE=True,
+                Q_SAVED=ctx.q_saved, NEED_FACTORS=need_x, NEED_ALPHA=True, BRANCH=True, k_ptr=kw,
+                slope_ptr=slope, w_ptr=w, b_ptr=b, f_ptr=f, lo=lo, hi=hi, **args)
+            if need_x:
+                total = x.numel()
+                grad_x = _alloc(x.shape, x.dtype, x.device, channels_last)
+                args = _launch_args(window, x, total, channels_last, m, factors)
+                k.p_pool2d_grad_input_kernel[_grid(total, args["BLOCK"])](
+                    x, alpha, factors, grad_x, total, total_out, *geometry, DENSE=True, **args)
+        # the kernel summed over the samples already: one row per channel, as _branch_grads sums per (n, c)
+        grads = _branch_grads(sums, 1, c, taps, ctx.params, ctx.grad_scale)
+        grads = tuple(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad[1:5]))
+        return grad_x, *grads, None, None, None, None, None, None, None, None
+
+
+def dense_apply(x: Tensor, params, window: Window, alpha_range, input_scale: float, grad_scale: float,
+                include_pad: bool, need_grad: bool, explicit: bool, check_negative: bool = True):
+    """``DensePPool2dTriton`` with the safety net of ``apply``: a failure (but NegativeInput) warns once, switches the
+    Triton path off and raises TritonFailure (the caller then runs the unfused path), unless ``explicit`` or strict."""
+    try:
+        return DensePPool2dTriton.apply(x, *params, window, alpha_range, input_scale, grad_scale, include_pad,
+                                        need_grad, check_negative, explicit)
+    except NegativeInput:
+        raise
+    except Exception as error:
+        if explicit or mode() == "strict":
+            raise
+        _record_failure(_describe(error))
+        raise TritonFailure(_describe(error)) from error

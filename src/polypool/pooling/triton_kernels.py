@@ -114,7 +114,7 @@ def p_pool2d_forward_kernel(
     total, C, H, W, OH, OW, sxn, sxc, sxh, sxw,
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
     DENSE: tl.constexpr, SAVE_Q: tl.constexpr, STORE_STATE: tl.constexpr, CL: tl.constexpr, IDX64: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, INCLUDE_PAD: tl.constexpr = True,
 ):
     offs = _program_offsets(BLOCK, IDX64)
     valid = offs < total
@@ -146,7 +146,10 @@ def p_pool2d_forward_kernel(
             h = h0 + di
             w = w0 + dj
             inside = valid & (h >= 0) & (h < H) & (w >= 0) & (w < W)
-            in_window = (h < H + PH) & (w < W + PW)  # the ceil-mode overhang is not part of the window
+            if INCLUDE_PAD:
+                in_window = (h < H + PH) & (w < W + PW)  # the ceil-mode overhang is not part of the window
+            else:  # count_include_pad=False: neither is the padding
+                in_window = (h >= 0) & (h < H) & (w >= 0) & (w < W)
             v = tl.load(x_base + h * sxh + w * sxw, mask=inside, other=0.0).to(tl.float32)
             r = _ratio(v, inv_m, zero)
             p = tl.where(in_window, _pow_unit(r, _log2_positive(r), a), 0.0)
@@ -159,6 +162,97 @@ def p_pool2d_forward_kernel(
         tl.store(den_ptr + offs, den, mask=valid)
         if SAVE_Q:
             tl.store(q_ptr + offs, q, mask=valid)
+
+
+@triton.jit
+def _branch_parts(u, f, slope, w, b):
+    """(z, prelu(z), the pre-clamp alpha) of the dense branch's conv sums u (f: the plane's normaliser)."""
+    z = u * f
+    act = tl.where(z > 0.0, z, slope * z)
+    return z, act, act * w + b
+
+
+@triton.jit
+def p_pool2d_dense_forward_kernel(
+    x_ptr, k_ptr, slope_ptr, w_ptr, b_ptr, f_ptr, alpha_ptr, y_ptr, m_ptr, den_ptr, q_ptr, negative_ptr,
+    total, C, H, W, OH, OW, sxn, sxc, sxh, sxw, lo, hi,
+    KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+    SAVE_Q: tl.constexpr, STORE_STATE: tl.constexpr, CL: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.constexpr,
+    INCLUDE_PAD: tl.constexpr = True,
+):
+    """The forward kernel with alpha from the fused dense branch: the first read of the window (its max) also
+    sums the depthwise conv, alpha = clamp(w prelu(f u) + b, lo, hi) is written to alpha_ptr (for the backward and
+    the layer's statistics), and the sums use it."""
+    offs = _program_offsets(BLOCK, IDX64)
+    valid = offs < total
+    n, c, oh, ow = _output_coords(offs, C, OH, OW, CL)
+    plane = n * C + c
+    x_base = x_ptr + n * sxn + c * sxc
+    h0 = oh * SH - PH
+    w0 = ow * SW - PW
+
+    m = tl.zeros((BLOCK,), dtype=tl.float32)
+    low = tl.zeros((BLOCK,), dtype=tl.float32)
+    u = tl.zeros((BLOCK,), dtype=tl.float32)
+    for di in tl.static_range(KH):
+        for dj in tl.static_range(KW):
+            h = h0 + di
+            w = w0 + dj
+            inside = valid & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+            v = tl.load(x_base + h * sxh + w * sxw, mask=inside, other=0.0).to(tl.float32)
+            m = tl.maximum(m, v)
+            low = tl.minimum(low, v)
+            u += tl.load(k_ptr + c * (KH * KW) + (di * KW + dj), mask=valid, other=0.0) * v
+    tl.store(negative_ptr + tl.program_id(0), (tl.min(low, axis=0) < 0.0).to(tl.int8))
+
+    f = tl.load(f_ptr + plane, mask=valid, other=0.0)
+    slope = tl.load(slope_ptr + c, mask=valid, other=0.0)
+    w_c = tl.load(w_ptr + c, mask=valid, other=0.0)
+    b_c = tl.load(b_ptr + c, mask=valid, other=0.0)
+    z, act, pre = _branch_parts(u, f, slope, w_c, b_c)
+    a = tl.minimum(tl.maximum(pre, lo), hi)  # torch.clamp(pre, lo, hi)
+    tl.store(alpha_ptr + offs, a, mask=valid)
+
+    m = _flush_max(m)
+    inv_m, zero = _normaliser(m)
+    num = tl.zeros((BLOCK,), dtype=tl.float32)
+    den = tl.zeros((BLOCK,), dtype=tl.float32)
+    for di in tl.static_range(KH):
+        for dj in tl.static_range(KW):
+            h = h0 + di
+            w = w0 + dj
+            inside = valid & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+            if INCLUDE_PAD:
+                in_window = (h < H + PH) & (w < W + PW)  # the ceil-mode overhang is not part of the window
+            else:  # count_include_pad=False: neither is the padding
+                in_window = (h >= 0) & (h < H) & (w >= 0) & (w < W)
+            v = tl.load(x_base + h * sxh + w * sxw, mask=inside, other=0.0).to(tl.float32)
+            r = _ratio(v, inv_m, zero)
+            p = tl.where(in_window, _pow_unit(r, _log2_positive(r), a), 0.0)
+            den += p
+            num += p * r
+    q = num / tl.where(valid, den, 1.0)
+    tl.store(y_ptr + offs, (q * m).to(y_ptr.dtype.element_ty), mask=valid)
+    if STORE_STATE:
+        tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=valid)
+        tl.store(den_ptr + offs, den, mask=valid)
+        if SAVE_Q:
+            tl.store(q_ptr + offs, q, mask=valid)
+
+
+@triton.jit
+def _add_per_channel(ptr, stride, j, c, value, valid, CL: tl.constexpr):
+    """ptr[c * stride + j] += value over the lanes: one atomic of the block's sum when every valid lane has the same
+    c (an NCHW block inside one plane, the common case), else one atomic per lane."""
+    if CL:
+        tl.atomic_add(ptr + c * stride + j, value, mask=valid)
+    else:
+        first = tl.min(tl.where(valid, c, 2147483647), axis=0)
+        last = tl.max(tl.where(valid, c, -1), axis=0)
+        if first == last:
+            tl.atomic_add(ptr + first * stride + j, tl.sum(tl.where(valid, value, 0.0), axis=0))
+        else:
+            tl.atomic_add(ptr + c * stride + j, value, mask=valid)
 
 
 @triton.jit
@@ -180,6 +274,7 @@ def p_pool2d_grad_factors_kernel(
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
     DENSE: tl.constexpr, Q_SAVED: tl.constexpr, NEED_FACTORS: tl.constexpr, NEED_ALPHA: tl.constexpr,
     CL: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.constexpr,
+    BRANCH: tl.constexpr = False, k_ptr=None, slope_ptr=None, w_ptr=None, b_ptr=None, f_ptr=None, lo=0.0, hi=0.0,
 ):
     """Per output, once: the factors that dx needs of each window (NEED_FACTORS), and dalpha (NEED_ALPHA).
 
@@ -187,6 +282,10 @@ def p_pool2d_grad_factors_kernel(
     1/m := 1 and r := 1), [1] g/den (a+1), [2] g/den a q; the dx of an element i of window j is then
     factors[1] p - factors[2] p/r. Every input lies in about (K/S)^2 windows, so this is that many times less
     per-output arithmetic (and three loads instead of four) than recomputing them in the dx gather.
+
+    BRANCH (the fused dense branch; needs NEED_ALPHA): dalpha goes on through the clamp, the 1x1 affine and PReLU
+    into the conv, and ga_ptr receives the branch's parameter gradients per channel, (C, KH*KW + 3): dk by tap,
+    dslope, dw, db (atomic sums; the caller zero-fills it).
     """
     offs = _program_offsets(BLOCK, IDX64)
     valid = offs < total
@@ -202,6 +301,7 @@ def p_pool2d_grad_factors_kernel(
         h0 = oh * SH - PH
         w0 = ow * SW - PW
         total_sum = tl.zeros((BLOCK,), dtype=tl.float32)
+        u = tl.zeros((BLOCK,), dtype=tl.float32)  # BRANCH: the conv sums, again
         for di in tl.static_range(KH):
             for dj in tl.static_range(KW):
                 h = h0 + di
@@ -213,8 +313,31 @@ def p_pool2d_grad_factors_kernel(
                 p = _pow_unit(r, log2_r, a)
                 # 0 ln 0 = 0 (r = 0: zeros, padding), and the overhang has r = 0 too: it adds nothing
                 total_sum += tl.where(r > 0.0, p * (r - q) * log2_r, 0.0)
+                if BRANCH:
+                    u += tl.load(k_ptr + c * (KH * KW) + (di * KW + dj), mask=valid, other=0.0) * v
         grad = total_sum * 0.6931471805599453 * g_over_den * m  # ln r = log2 r * ln 2
-        tl.store(ga_ptr + offs, grad, mask=valid)
+        if BRANCH:
+            f = tl.load(f_ptr + n * C + c, mask=valid, other=0.0)
+            slope = tl.load(slope_ptr + c, mask=valid, other=0.0)
+            w_c = tl.load(w_ptr + c, mask=valid, other=0.0)
+            b_c = tl.load(b_ptr + c, mask=valid, other=0.0)
+            z, act, pre = _branch_parts(u, f, slope, w_c, b_c)
+            gp = tl.where(valid & (pre >= lo) & (pre <= hi), grad, 0.0)  # clamp: lo <= pre <= hi passes
+            dact = gp * w_c
+            dz = tl.where(z > 0.0, dact, dact * slope) * f
+            stride = KH * KW + 3
+            _add_per_channel(ga_ptr, stride, KH * KW, c, tl.where(z > 0.0, 0.0, dact * z), valid, CL)
+            _add_per_channel(ga_ptr, stride, KH * KW + 1, c, gp * act, valid, CL)
+            _add_per_channel(ga_ptr, stride, KH * KW + 2, c, gp, valid, CL)
+            for di in tl.static_range(KH):
+                for dj in tl.static_range(KW):
+                    h = h0 + di
+                    w = w0 + dj
+                    inside = valid & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+                    v = tl.load(x_base + h * sxh + w * sxw, mask=inside, other=0.0).to(tl.float32)
+                    _add_per_channel(ga_ptr, stride, di * KW + dj, c, dz * v, valid, CL)
+        else:
+            tl.store(ga_ptr + offs, grad, mask=valid)
 
 
 @triton.jit

@@ -17,6 +17,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <limits>
 #include <tuple>
@@ -29,6 +30,7 @@ constexpr int64_t kLanes = Vec::size();
 
 struct Geometry {
   int64_t H, W, kh, kw, sh, sw, ph, pw, oh, ow;
+  bool include_pad = true;  // count_include_pad: zero padding is part of each window (else only the input is)
   int64_t ow_padded;  // ow rounded up to whole vectors
   int64_t Hpad, Wpad;  // the padded input, overhang included
   std::vector<int64_t> valid_rows;  // per di: outputs o with o*sh + di inside the padded input
@@ -42,6 +44,18 @@ struct Geometry {
     Wpad = std::max(W + 2 * pw, (ow - 1) * sw + kw);
     for (int64_t d = 0; d < kh; ++d) valid_rows.push_back(std::min(oh, (H + 2 * ph - d + sh - 1) / sh));
     for (int64_t d = 0; d < kw; ++d) valid_cols.push_back(std::min(ow, (W + 2 * pw - d + sw - 1) / sw));
+  }
+  // Whether offset di of the windows of output row o is part of the window: inside the padded input (the ceil-mode
+  // overhang is not), and inside the input itself when padding is not counted.
+  inline bool row_in_window(int64_t o, int64_t di) const {
+    if (include_pad) return o < valid_rows[di];
+    const int64_t row = o * sh + di - ph;
+    return row >= 0 && row < H;
+  }
+  inline bool col_in_window(int64_t j, int64_t dj) const {
+    if (include_pad) return j < valid_cols[dj];
+    const int64_t col = j * sw + dj - pw;
+    return col >= 0 && col < W;
   }
 };
 
@@ -60,6 +74,13 @@ inline void gather_row(const float* plane, const Geometry& g, int64_t o, int64_t
   std::fill(buf, buf + first, 0.f);
   if (g.sw == 1) {
     std::copy(src + first, src + last, buf + first);
+  } else if (g.sw == 2) {  // the even columns of 2 n - 1 elements: one deinterleave per kLanes outputs
+    for (int64_t j = first; j < last; j += kLanes) {
+      const int64_t n = std::min<int64_t>(kLanes, last - j), used = 2 * n - 1;
+      const Vec lo = Vec::loadu(src + 2 * j, static_cast<int>(std::min<int64_t>(used, kLanes)));
+      const Vec hi = used > kLanes ? Vec::loadu(src + 2 * j + kLanes, static_cast<int>(used - kLanes)) : Vec(0.f);
+      at::vec::deinterleave2(lo, hi).first.store(buf + j, static_cast<int>(n));
+    }
   } else {
     for (int64_t j = first; j < last; ++j) buf[j] = src[j * g.sw];
   }
@@ -145,11 +166,16 @@ struct BackwardCoefficients {
 
 struct RowBuffers {
   std::vector<float> windows, col_mask, alpha, tmp;
+  std::vector<char> full_cols;  // per dj: every output's column dj is part of its window (no mask needed)
   RowBuffers(const Geometry& g, bool dense_alpha)
       : windows(g.kh * g.kw * g.ow_padded), col_mask(g.kw * g.ow_padded, 0.f),
-        alpha(dense_alpha ? g.ow_padded : 0, 0.f), tmp(g.ow_padded) {
+        alpha(dense_alpha ? g.ow_padded : 0, 0.f), tmp(g.ow_padded), full_cols(g.kw, 1) {
     for (int64_t dj = 0; dj < g.kw; ++dj)
-      std::fill(col_mask.begin() + dj * g.ow_padded, col_mask.begin() + dj * g.ow_padded + g.valid_cols[dj], 1.f);
+      for (int64_t j = 0; j < g.ow; ++j) {
+        const bool in = g.col_in_window(j, dj);
+        col_mask[dj * g.ow_padded + j] = in ? 1.f : 0.f;
+        if (!in) full_cols[dj] = 0;
+      }
   }
   float* window(const Geometry& g, int64_t di, int64_t dj) { return windows.data() + (di * g.kw + dj) * g.ow_padded; }
   void gather(const float* plane, const Geometry& g, int64_t o) {
@@ -218,27 +244,99 @@ inline void store_pairs(const Vec& even, const Vec& odd, float* row, int64_t j, 
   }
 }
 
-// One row of outputs of the general path: the window max, then the sums, from the per-offset row buffers.
+// The dense-alpha side branch of one (sample, channel) plane (the authors' DenseAlphaBranch, fused):
+//   alpha = clamp(w * prelu(f * sum_d k_d x_d) + b, lo, hi),  f = scale / (max_plane |x| + 1),
+// the depthwise conv reading exactly the pooling's window (zero padding, and zeros in the ceil-mode overhang).
+struct Branch {
+  const float* k;  // kh * kw taps of this channel, row-major
+  float slope, w, b, lo, hi, f;
+  // (z, prelu(z), pre-clamp value) of the conv sums u
+  inline void parts(const Vec& u, Vec& z, Vec& act, Vec& pre) const {
+    z = u * Vec(f);
+    act = Vec::blendv(z * Vec(slope), z, z > Vec(0.f));
+    pre = act * Vec(w) + Vec(b);
+  }
+  inline Vec alpha(const Vec& u) const {
+    Vec z, act, pre;
+    parts(u, z, act, pre);
+    return at::vec::minimum(at::vec::maximum(pre, Vec(lo)), Vec(hi));  // torch.clamp(pre, lo, hi)
+  }
+};
+
+// The branch's per-plane gradient sums: dk (kh * kw taps, before the factor f), dslope, dw, db.
+struct BranchGrad {
+  std::vector<Vec> k;
+  Vec slope{0.f}, w{0.f}, b{0.f};
+  explicit BranchGrad(int64_t taps) : k(taps, Vec(0.f)) {}
+  void clear() {
+    std::fill(k.begin(), k.end(), Vec(0.f));
+    slope = w = b = Vec(0.f);
+  }
+  // ga: dL/dalpha of kLanes outputs, 0 in the vector tail; value(d): the window's element at tap d
+  template <class Value>
+  inline void add(const Branch& br, const Vec& ga, const Vec& u, const Value& value) {
+    Vec z, act, pre;
+    br.parts(u, z, act, pre);
+    const Vec inside = (pre >= Vec(br.lo)) & (pre <= Vec(br.hi));  // clamp passes its gradient where lo <= pre <= hi
+    const Vec gp = Vec::blendv(Vec(0.f), ga, inside);
+    b = b + gp;
+    w = w + gp * act;
+    const Vec dact = gp * Vec(br.w);
+    const Vec positive = z > Vec(0.f);
+    slope = slope + Vec::blendv(dact * z, Vec(0.f), positive);
+    const Vec dz = Vec::blendv(dact * Vec(br.slope), dact, positive);
+    for (size_t d = 0; d < k.size(); ++d) k[d] = k[d] + dz * value(d);
+  }
+  // (dk_0 .. dk_{taps-1}, dslope, dw, db) of the plane, in double lanes summed to float
+  void store(float* out, float f) const {
+    auto sum = [](const Vec& v) {
+      float lanes[kLanes];
+      v.store(lanes);
+      double total = 0.0;
+      for (int64_t t = 0; t < kLanes; ++t) total += lanes[t];
+      return total;
+    };
+    for (size_t d = 0; d < k.size(); ++d) out[d] = static_cast<float>(sum(k[d]) * f);
+    out[k.size()] = static_cast<float>(sum(slope));
+    out[k.size() + 1] = static_cast<float>(sum(w));
+    out[k.size() + 2] = static_cast<float>(sum(b));
+  }
+};
+
+inline Vec lanes_below(int64_t count) { return Vec::arange(0.f, 1.f) < Vec(static_cast<float>(count)); }
+
+// One row of outputs of the general path: the window max, then the sums, from the per-offset row buffers. With a
+// branch, alpha is computed here from the window and written to alpha_out (the row of the alpha map).
 inline void forward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, const AlphaRow& a_row, float* y,
-                                float* m_out, float* den_out, Vec& low) {
+                                float* m_out, float* den_out, Vec& low, const Branch* branch = nullptr,
+                                float* alpha_out = nullptr) {
+  const int64_t taps = g.kh * g.kw;
   for (int64_t j = 0; j < g.ow; j += kLanes) {
     Vec m = Vec::loadu(buf.window(g, 0, 0) + j);
     low = at::vec::minimum(low, m);
-    for (int64_t d = 1; d < g.kh * g.kw; ++d) {
+    for (int64_t d = 1; d < taps; ++d) {
       const Vec v = Vec::loadu(buf.windows.data() + d * g.ow_padded + j);
       m = at::vec::maximum(m, v);
       low = at::vec::minimum(low, v);
     }
     m = flush_max(m);
     const Normaliser n(m);
-    const Vec a = a_row.load(j);
+    Vec a;
+    if (branch != nullptr) {
+      Vec u(0.f);
+      for (int64_t d = 0; d < taps; ++d) u = u + Vec(branch->k[d]) * Vec::loadu(buf.windows.data() + d * g.ow_padded + j);
+      a = branch->alpha(u);
+      store_row(a, alpha_out, j, g.ow);
+    } else {
+      a = a_row.load(j);
+    }
     Vec num(0.f), den(0.f);
     for (int64_t di = 0; di < g.kh; ++di) {
-      if (o >= g.valid_rows[di]) continue;  // ceil-mode overhang: not part of the window
+      if (!g.row_in_window(o, di)) continue;  // ceil-mode overhang (and padding, unless counted): not in the window
       for (int64_t dj = 0; dj < g.kw; ++dj) {
         const Vec r = n.ratio(Vec::loadu(buf.window(g, di, dj) + j));
         Vec p = pow_unit(r, log_unit(r), a);
-        if (g.valid_cols[dj] < g.ow) p = p * Vec::loadu(buf.col_mask.data() + dj * g.ow_padded + j);
+        if (!buf.full_cols[dj]) p = p * Vec::loadu(buf.col_mask.data() + dj * g.ow_padded + j);
         den = den + p;
         num = num + p * r;
       }
@@ -252,7 +350,7 @@ inline void forward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, c
 }
 
 inline void forward_row_2x2(const float* x_row, const Geometry& g, const AlphaRow& a_row, float* y, float* m_out,
-                            float* den_out, Vec& low) {
+                            float* den_out, Vec& low, const Branch* branch = nullptr, float* alpha_out = nullptr) {
   for (int64_t j = 0; j < g.ow; j += kLanes) {
     const int64_t count = std::min<int64_t>(kLanes, g.ow - j);
     const auto top = load_pairs(x_row, j, count), bottom = load_pairs(x_row + g.W, j, count);
@@ -260,7 +358,14 @@ inline void forward_row_2x2(const float* x_row, const Geometry& g, const AlphaRo
     const Vec m = flush_max(at::vec::maximum(at::vec::maximum(xs[0], xs[1]), at::vec::maximum(xs[2], xs[3])));
     low = at::vec::minimum(low, at::vec::minimum(at::vec::minimum(xs[0], xs[1]), at::vec::minimum(xs[2], xs[3])));
     const Normaliser n(m);
-    const Vec a = a_row.load(j);
+    Vec a;
+    if (branch != nullptr) {
+      const float* k = branch->k;
+      a = branch->alpha(Vec(k[0]) * xs[0] + Vec(k[1]) * xs[1] + Vec(k[2]) * xs[2] + Vec(k[3]) * xs[3]);
+      store_row(a, alpha_out, j, g.ow);
+    } else {
+      a = a_row.load(j);
+    }
     Vec num(0.f), den(0.f);
     for (const Vec& x : xs) {
       const Vec r = n.ratio(x);
@@ -276,44 +381,83 @@ inline void forward_row_2x2(const float* x_row, const Geometry& g, const AlphaRo
   }
 }
 
-// Returns (y, m, den), each (N, C, oh, ow) fp32 (m and den empty unless need_state: the backward's state), and
-// whether a window held a negative x (then the caller shifts the maps and calls again: the arithmetic here assumes
-// x >= 0).
-std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, bool> forward(
-    torch::Tensor x, torch::Tensor alpha, bool dense_alpha, std::vector<int64_t> kernel, std::vector<int64_t> stride,
-    std::vector<int64_t> padding, std::vector<int64_t> out_size, bool need_state) {
-  const Geometry g = make_geometry(x, kernel, stride, padding, out_size);
-  check_inputs(x, alpha, dense_alpha, g);
-  const int64_t planes = x.size(0) * x.size(1);
-  auto y = torch::empty({x.size(0), x.size(1), g.oh, g.ow}, x.options());
-  auto m_out = need_state ? torch::empty_like(y) : torch::empty({0}, x.options());
-  auto den_out = need_state ? torch::empty_like(y) : torch::empty({0}, x.options());
-  const float* x_data = x.data_ptr<float>();
-  const float* a_data = alpha.data_ptr<float>();
-  float* y_data = y.data_ptr<float>();
-  float* m_data = need_state ? m_out.data_ptr<float>() : nullptr;
-  float* den_data = need_state ? den_out.data_ptr<float>() : nullptr;
-  const bool tiled = tiles_2x2(g);
+// The dense branch's parameters (fp32, contiguous): k (C, kh * kw), slope, w, b (C,), the clamp range, the input
+// scale; and per plane the normaliser f = scale / (max |x| + 1) (written by the forward, read by the backward).
+struct BranchArgs {
+  const float *k, *slope, *w, *b;
+  float lo, hi, scale;
+  float* f;
+  Branch plane(int64_t plane_index, int64_t channels, int64_t taps) const {
+    const int64_t c = plane_index % channels;
+    return Branch{k + c * taps, slope[c], w[c], b[c], lo, hi, f[plane_index]};
+  }
+};
 
+// (max, min) of one plane of n values
+inline std::pair<float, float> plane_range(const float* x, int64_t n) {
+  Vec hi(-std::numeric_limits<float>::infinity()), lo(std::numeric_limits<float>::infinity());
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    const Vec v = Vec::loadu(x + i);
+    hi = at::vec::maximum(hi, v);
+    lo = at::vec::minimum(lo, v);
+  }
+  float his[kLanes], los[kLanes];
+  hi.store(his);
+  lo.store(los);
+  float h = *std::max_element(his, his + kLanes), l = *std::min_element(los, los + kLanes);
+  for (; i < n; ++i) {
+    h = std::max(h, x[i]);
+    l = std::min(l, x[i]);
+    if (std::isnan(x[i])) h = x[i];
+  }
+  if (std::isnan(h) || std::any_of(his, his + kLanes, [](float v) { return std::isnan(v); }))
+    h = std::numeric_limits<float>::quiet_NaN();
+  return {h, l};
+}
+
+// y, and m and den when need_state; with a branch, alpha is computed in the kernel (written to alpha_map) and a
+// plane with a negative x is skipped (flagged: the caller then runs the unfused branch and the shifted pooling).
+bool forward_impl(const torch::Tensor& x, const float* a_data, bool dense_alpha, const Geometry& g, float* y_data,
+                  float* m_data, float* den_data, const BranchArgs* branch, float* alpha_map) {
+  const int64_t planes = x.size(0) * x.size(1), channels = x.size(1), taps = g.kh * g.kw;
+  const float* x_data = x.data_ptr<float>();
+  const bool tiled = tiles_2x2(g);
   std::atomic<bool> any_negative{false};
   at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
-    RowBuffers buf(g, dense_alpha);
+    RowBuffers buf(g, dense_alpha && branch == nullptr);
     Vec low(0.f);  // the running minimum of every window element (padding and vector tails are 0)
     for (int64_t plane = begin; plane < end; ++plane) {
       const float* xp = x_data + plane * g.H * g.W;
-      const float* alpha_plane = dense_alpha ? a_data + plane * g.oh * g.ow : nullptr;
-      const float alpha_value = dense_alpha ? 0.f : a_data[plane];
+      Branch br{};
+      float* alpha_plane_out = nullptr;
+      if (branch != nullptr) {
+        // one read of the plane (it stays in cache for the windows): the normaliser, and the negative check of
+        // every element, also of rows and columns that no window reads
+        const auto range = plane_range(xp, g.H * g.W);
+        if (range.second < 0.f) {
+          any_negative = true;
+          continue;
+        }
+        branch->f[plane] = branch->scale / (range.first + 1.f);
+        br = branch->plane(plane, channels, taps);
+        alpha_plane_out = alpha_map + plane * g.oh * g.ow;
+      }
+      const float* alpha_plane = branch == nullptr && dense_alpha ? a_data + plane * g.oh * g.ow : nullptr;
+      const float alpha_value = branch == nullptr && !dense_alpha ? a_data[plane] : 0.f;
+      const Branch* b = branch != nullptr ? &br : nullptr;
       for (int64_t o = 0; o < g.oh; ++o) {
         const int64_t out = (plane * g.oh + o) * g.ow;
+        float* alpha_row_out = alpha_plane_out ? alpha_plane_out + o * g.ow : nullptr;
         if (tiled) {
           const AlphaRow a_row{alpha_plane ? alpha_plane + o * g.ow : nullptr, alpha_value, g.ow};
           forward_row_2x2(xp + 2 * o * g.W, g, a_row, y_data + out, m_data ? m_data + out : nullptr,
-                          den_data ? den_data + out : nullptr, low);
+                          den_data ? den_data + out : nullptr, low, b, alpha_row_out);
         } else {
           buf.gather(xp, g, o);
-          const AlphaRow a_row = buf.alpha_row(alpha_plane, alpha_value, g, o);
+          const AlphaRow a_row = b ? AlphaRow{nullptr, 0.f, g.ow} : buf.alpha_row(alpha_plane, alpha_value, g, o);
           forward_row_general(buf, g, o, a_row, y_data + out, m_data ? m_data + out : nullptr,
-                              den_data ? den_data + out : nullptr, low);
+                              den_data ? den_data + out : nullptr, low, b, alpha_row_out);
         }
       }
     }
@@ -321,7 +465,59 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, bool> forward(
     low.store(lows);
     if (*std::min_element(lows, lows + kLanes) < 0.f) any_negative = true;
   });
-  return {y, m_out, den_out, any_negative.load()};
+  return any_negative.load();
+}
+
+// Returns (y, m, den), each (N, C, oh, ow) fp32 (m and den empty unless need_state: the backward's state), and
+// whether a window held a negative x (then the caller shifts the maps and calls again: the arithmetic here assumes
+// x >= 0).
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, bool> forward(
+    torch::Tensor x, torch::Tensor alpha, bool dense_alpha, std::vector<int64_t> kernel, std::vector<int64_t> stride,
+    std::vector<int64_t> padding, std::vector<int64_t> out_size, bool need_state, bool include_pad) {
+  Geometry g = make_geometry(x, kernel, stride, padding, out_size);
+  g.include_pad = include_pad;
+  check_inputs(x, alpha, dense_alpha, g);
+  auto y = torch::empty({x.size(0), x.size(1), g.oh, g.ow}, x.options());
+  auto m_out = need_state ? torch::empty_like(y) : torch::empty({0}, x.options());
+  auto den_out = need_state ? torch::empty_like(y) : torch::empty({0}, x.options());
+  const bool negative = forward_impl(x, alpha.data_ptr<float>(), dense_alpha, g, y.data_ptr<float>(),
+                                     need_state ? m_out.data_ptr<float>() : nullptr,
+                                     need_state ? den_out.data_ptr<float>() : nullptr, nullptr, nullptr);
+  return {y, m_out, den_out, negative};
+}
+
+void check_branch(const torch::Tensor& x, const Geometry& g, const torch::Tensor& k, const torch::Tensor& slope,
+                  const torch::Tensor& w, const torch::Tensor& b) {
+  const int64_t c = x.size(1);
+  for (const auto* t : {&k, &slope, &w, &b})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->device().is_cpu(),
+                "p_pool2d_cpu: the branch parameters must be contiguous fp32 CPU tensors");
+  TORCH_CHECK(k.numel() == c * g.kh * g.kw && slope.numel() == c && w.numel() == c && b.numel() == c,
+              "p_pool2d_cpu: the branch needs k (C, kh*kw) and slope, w, b (C,)");
+}
+
+// P-pooling with the dense alpha of the fused side branch. Returns (y, alpha (N, C, oh, ow), m, den, f (N*C), and
+// whether x has a negative element: then nothing else is valid and the caller takes the unfused path).
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, bool> dense_forward(
+    torch::Tensor x, torch::Tensor k, torch::Tensor slope, torch::Tensor w, torch::Tensor b, double lo, double hi,
+    double scale, std::vector<int64_t> kernel, std::vector<int64_t> stride, std::vector<int64_t> padding,
+    std::vector<int64_t> out_size, bool need_state, bool include_pad) {
+  Geometry g = make_geometry(x, kernel, stride, padding, out_size);
+  g.include_pad = include_pad;
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous() && x.dim() == 4,
+              "p_pool2d_cpu: x must be a contiguous 4-D float32 CPU tensor");
+  check_branch(x, g, k, slope, w, b);
+  auto y = torch::empty({x.size(0), x.size(1), g.oh, g.ow}, x.options());
+  auto alpha = torch::empty_like(y);
+  auto m_out = need_state ? torch::empty_like(y) : torch::empty({0}, x.options());
+  auto den_out = need_state ? torch::empty_like(y) : torch::empty({0}, x.options());
+  auto f = torch::empty({x.size(0) * x.size(1)}, x.options());
+  BranchArgs args{k.data_ptr<float>(), slope.data_ptr<float>(), w.data_ptr<float>(), b.data_ptr<float>(),
+                  static_cast<float>(lo), static_cast<float>(hi), static_cast<float>(scale), f.data_ptr<float>()};
+  const bool negative = forward_impl(x, nullptr, true, g, y.data_ptr<float>(),
+                                     need_state ? m_out.data_ptr<float>() : nullptr,
+                                     need_state ? den_out.data_ptr<float>() : nullptr, &args, alpha.data_ptr<float>());
+  return {y, alpha, m_out, den_out, f, negative};
 }
 
 // The saved per-output tensors of the backward and where its results go, for one plane.
@@ -329,16 +525,23 @@ struct BackwardPlane {
   const float *m, *den, *y, *grad;  // (oh, ow) rows of this plane
   float* grad_alpha_dense;          // (oh, ow), or nullptr
   double grad_alpha_sum = 0.0;      // layer/channel alpha: this plane's dy/da
+  const Branch* branch = nullptr;   // the fused dense branch: dalpha goes on into its parameters' sums
+  BranchGrad* branch_grad = nullptr;
 
   BackwardCoefficients coefficients(int64_t out, int64_t j, int64_t ow, const Vec& a, const Normaliser& n) const {
     return BackwardCoefficients(load_row(y + out, j, ow), load_row(den + out, j, ow), load_row(grad + out, j, ow),
                                 a, n);
   }
-  // dy/da of outputs j .. j + kLanes - 1: alpha_sum * g m / den
+  // dy/da of outputs j .. j + kLanes - 1: alpha_sum * g m / den; with a branch, on into its parameters (u: the
+  // window's conv sums, value(d): its element at tap d)
+  template <class Value>
   void add_grad_alpha(const Vec& alpha_sum, const BackwardCoefficients& c, const Vec& m, int64_t out, int64_t j,
-                      int64_t ow) {
+                      int64_t ow, const Vec& u, const Value& value) {
     const Vec grad_a = alpha_sum * c.g_over_den * m;
-    if (grad_alpha_dense != nullptr) {
+    if (branch != nullptr) {
+      // the vector tail (past ow) loads den = 0: its lanes are dropped, never multiplied
+      branch_grad->add(*branch, Vec::blendv(Vec(0.f), grad_a, lanes_below(ow - j)), u, value);
+    } else if (grad_alpha_dense != nullptr) {
       store_row(grad_a, grad_alpha_dense + out, j, ow);
     } else {
       float lanes[kLanes];
@@ -349,9 +552,22 @@ struct BackwardPlane {
   }
 };
 
+// row[2t] += even[t], row[2t + 1] += odd[t] for t < count
+inline void add_pairs(const Vec& even, const Vec& odd, float* row, int64_t count) {
+  const auto interleaved = at::vec::interleave2(even, odd);
+  const int64_t n = 2 * count;
+  if (n > kLanes) {
+    (Vec::loadu(row) + interleaved.first).store(row);
+    const int rest = static_cast<int>(n - kLanes);
+    (Vec::loadu(row + kLanes, rest) + interleaved.second).store(row + kLanes, rest);
+  } else {
+    (Vec::loadu(row, static_cast<int>(n)) + interleaved.first).store(row, static_cast<int>(n));
+  }
+}
+
 inline void backward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, const AlphaRow& a_row,
                                  BackwardPlane& plane, bool need_alpha, float* grad_pad) {
-  const int64_t out = o * g.ow;
+  const int64_t out = o * g.ow, taps = g.kh * g.kw;
   for (int64_t j = 0; j < g.ow; j += kLanes) {
     const Vec m = load_row(plane.m + out, j, g.ow);
     const Normaliser n(m);
@@ -361,12 +577,33 @@ inline void backward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, 
     for (int64_t di = 0; di < g.kh; ++di) {
       if (o >= g.valid_rows[di]) continue;  // overhang rows: cropped from dx, and r log r = 0 there
       float* grad_row = grad_pad + (o * g.sh + di) * g.Wpad;
-      for (int64_t dj = 0; dj < g.kw; ++dj) {
-        c.grad_x(Vec::loadu(buf.window(g, di, dj) + j), n, need_alpha, alpha_sum).store(buf.tmp.data());
-        for (int64_t t = 0; t < count; ++t) grad_row[(j + t) * g.sw + dj] += buf.tmp[t];
+      if (g.sw == 1) {  // the outputs' elements at offset dj are contiguous: a vector add
+        for (int64_t dj = 0; dj < g.kw; ++dj) {
+          const Vec dx = c.grad_x(Vec::loadu(buf.window(g, di, dj) + j), n, need_alpha, alpha_sum);
+          float* dst = grad_row + j + dj;
+          (Vec::loadu(dst, static_cast<int>(count)) + dx).store(dst, static_cast<int>(count));
+        }
+      } else if (g.sw == 2) {  // offsets dj and dj + 1 interleave into contiguous columns
+        for (int64_t dj = 0; dj < g.kw; dj += 2) {
+          const Vec even = c.grad_x(Vec::loadu(buf.window(g, di, dj) + j), n, need_alpha, alpha_sum);
+          const Vec odd = dj + 1 < g.kw ? c.grad_x(Vec::loadu(buf.window(g, di, dj + 1) + j), n, need_alpha, alpha_sum)
+                                        : Vec(0.f);  // adds 0 one past the last column (the buffer has slack)
+          add_pairs(even, odd, grad_row + 2 * j + dj, count);
+        }
+      } else {
+        for (int64_t dj = 0; dj < g.kw; ++dj) {
+          c.grad_x(Vec::loadu(buf.window(g, di, dj) + j), n, need_alpha, alpha_sum).store(buf.tmp.data());
+          for (int64_t t = 0; t < count; ++t) grad_row[(j + t) * g.sw + dj] += buf.tmp[t];
+        }
       }
     }
-    if (need_alpha) plane.add_grad_alpha(alpha_sum, c, m, out, j, g.ow);
+    if (need_alpha) {
+      auto value = [&](int64_t d) { return Vec::loadu(buf.windows.data() + d * g.ow_padded + j); };
+      Vec u(0.f);
+      if (plane.branch != nullptr)
+        for (int64_t d = 0; d < taps; ++d) u = u + Vec(plane.branch->k[d]) * value(d);
+      plane.add_grad_alpha(alpha_sum, c, m, out, j, g.ow, u, value);
+    }
   }
 }
 
@@ -385,34 +622,33 @@ inline void backward_row_2x2(const float* x_row, const Geometry& g, int64_t o, c
     const Vec g11 = c.grad_x(bottom.second, n, need_alpha, alpha_sum);
     store_pairs(g00, g01, gx_row, j, count);
     store_pairs(g10, g11, gx_row + g.W, j, count);
-    if (need_alpha) plane.add_grad_alpha(alpha_sum, c, m, out, j, g.ow);
+    if (need_alpha) {
+      const Vec xs[4] = {top.first, top.second, bottom.first, bottom.second};
+      Vec u(0.f);
+      if (plane.branch != nullptr) {
+        const float* k = plane.branch->k;
+        u = Vec(k[0]) * xs[0] + Vec(k[1]) * xs[1] + Vec(k[2]) * xs[2] + Vec(k[3]) * xs[3];
+      }
+      plane.add_grad_alpha(alpha_sum, c, m, out, j, g.ow, u, [&](int64_t d) { return xs[d]; });
+    }
   }
 }
 
-// Returns (grad_x (N, C, H, W), grad_alpha: per output (N, C, oh, ow) for a dense alpha, else per plane (N*C);
-// empty unless need_alpha).
-std::vector<torch::Tensor> backward(torch::Tensor x, torch::Tensor alpha, bool dense_alpha, torch::Tensor m_t,
-                                    torch::Tensor den_t, torch::Tensor y_t, torch::Tensor grad_y, bool need_alpha,
-                                    std::vector<int64_t> kernel, std::vector<int64_t> stride,
-                                    std::vector<int64_t> padding) {
-  const Geometry g = make_geometry(x, kernel, stride, padding, {m_t.size(2), m_t.size(3)});
-  check_inputs(x, alpha, dense_alpha, g);
-  TORCH_CHECK(grad_y.is_contiguous() && m_t.is_contiguous() && den_t.is_contiguous() && y_t.is_contiguous(),
-              "p_pool2d_cpu: saved tensors and grad_y must be contiguous");
-  const int64_t planes = x.size(0) * x.size(1);
-  auto grad_x = torch::empty_like(x);
-  // dense alpha: one gradient per output; otherwise one per plane, reduced here (no output-sized temporary)
-  auto grad_alpha = !need_alpha ? torch::Tensor() : dense_alpha ? torch::empty_like(m_t) : torch::zeros({planes}, x.options());
+// grad_x, and: the alpha gradient (branch == nullptr: per output for a dense alpha, per plane otherwise, into
+// ga_data), or the branch's per-plane parameter gradients (into branch_out: (N*C, kh*kw + 3)).
+void backward_impl(const torch::Tensor& x, const float* a_data, bool dense_alpha, const Geometry& g,
+                   const torch::Tensor& m_t, const torch::Tensor& den_t, const torch::Tensor& y_t,
+                   const torch::Tensor& grad_y, bool need_alpha, float* gx_data, float* ga_data,
+                   const BranchArgs* branch, float* branch_out) {
+  const int64_t planes = x.size(0) * x.size(1), channels = x.size(1), taps = g.kh * g.kw;
   const float* x_data = x.data_ptr<float>();
-  const float* a_data = alpha.data_ptr<float>();
-  float* gx_data = grad_x.data_ptr<float>();
-  float* ga_data = need_alpha ? grad_alpha.data_ptr<float>() : nullptr;
   const bool tiled = tiles_2x2(g);
   const int64_t plane_out = g.oh * g.ow;
-
   at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
     RowBuffers buf(g, dense_alpha);
-    std::vector<float> grad_pad(tiled ? 0 : g.Hpad * g.Wpad);  // the general path scatters into a padded plane
+    BranchGrad branch_grad(branch != nullptr ? taps : 0);
+    // the general path scatters into a padded plane (plus slack: a stride-2 pair can add 0 one past the end)
+    std::vector<float> grad_pad(tiled ? 0 : g.Hpad * g.Wpad + 2 * kLanes);
     for (int64_t p = begin; p < end; ++p) {
       const float* xp = x_data + p * g.H * g.W;
       float* gx_plane = gx_data + p * g.H * g.W;
@@ -420,7 +656,14 @@ std::vector<torch::Tensor> backward(torch::Tensor x, torch::Tensor alpha, bool d
       const float alpha_value = dense_alpha ? 0.f : a_data[p];
       BackwardPlane plane{m_t.data_ptr<float>() + p * plane_out, den_t.data_ptr<float>() + p * plane_out,
                           y_t.data_ptr<float>() + p * plane_out, grad_y.data_ptr<float>() + p * plane_out,
-                          need_alpha && dense_alpha ? ga_data + p * plane_out : nullptr};
+                          need_alpha && dense_alpha && branch == nullptr ? ga_data + p * plane_out : nullptr};
+      Branch br{};
+      if (branch != nullptr) {
+        br = branch->plane(p, channels, taps);
+        plane.branch = &br;
+        plane.branch_grad = &branch_grad;
+        branch_grad.clear();
+      }
       if (!tiled) std::fill(grad_pad.begin(), grad_pad.end(), 0.f);
       for (int64_t o = 0; o < g.oh; ++o) {
         if (tiled) {
@@ -432,7 +675,11 @@ std::vector<torch::Tensor> backward(torch::Tensor x, torch::Tensor alpha, bool d
                                grad_pad.data());
         }
       }
-      if (need_alpha && !dense_alpha) ga_data[p] = static_cast<float>(plane.grad_alpha_sum);
+      if (branch != nullptr) {
+        branch_grad.store(branch_out + p * (taps + 3), br.f);
+      } else if (need_alpha && !dense_alpha) {
+        ga_data[p] = static_cast<float>(plane.grad_alpha_sum);
+      }
       if (!tiled) {
         for (int64_t h = 0; h < g.H; ++h)
           std::copy(grad_pad.begin() + (h + g.ph) * g.Wpad + g.pw,
@@ -440,10 +687,56 @@ std::vector<torch::Tensor> backward(torch::Tensor x, torch::Tensor alpha, bool d
       }
     }
   });
+}
+
+void check_saved(const torch::Tensor& m_t, const torch::Tensor& den_t, const torch::Tensor& y_t,
+                 const torch::Tensor& grad_y) {
+  TORCH_CHECK(grad_y.is_contiguous() && m_t.is_contiguous() && den_t.is_contiguous() && y_t.is_contiguous(),
+              "p_pool2d_cpu: saved tensors and grad_y must be contiguous");
+}
+
+// Returns (grad_x (N, C, H, W), grad_alpha: per output (N, C, oh, ow) for a dense alpha, else per plane (N*C);
+// empty unless need_alpha).
+std::vector<torch::Tensor> backward(torch::Tensor x, torch::Tensor alpha, bool dense_alpha, torch::Tensor m_t,
+                                    torch::Tensor den_t, torch::Tensor y_t, torch::Tensor grad_y, bool need_alpha,
+                                    std::vector<int64_t> kernel, std::vector<int64_t> stride,
+                                    std::vector<int64_t> padding) {
+  const Geometry g = make_geometry(x, kernel, stride, padding, {m_t.size(2), m_t.size(3)});
+  check_inputs(x, alpha, dense_alpha, g);
+  check_saved(m_t, den_t, y_t, grad_y);
+  const int64_t planes = x.size(0) * x.size(1);
+  auto grad_x = torch::empty_like(x);
+  // dense alpha: one gradient per output; otherwise one per plane, reduced here (no output-sized temporary)
+  auto grad_alpha = !need_alpha ? torch::Tensor() : dense_alpha ? torch::empty_like(m_t) : torch::zeros({planes}, x.options());
+  backward_impl(x, alpha.data_ptr<float>(), dense_alpha, g, m_t, den_t, y_t, grad_y, need_alpha,
+                grad_x.data_ptr<float>(), need_alpha ? grad_alpha.data_ptr<float>() : nullptr, nullptr, nullptr);
   return {grad_x, grad_alpha};
+}
+
+// The backward of dense_forward: (grad_x (N, C, H, W) through the pooling only (the branch reads x detached), and
+// the branch's parameter gradients per plane (N*C, kh*kw + 3): dk by tap, dslope, dw, db).
+std::vector<torch::Tensor> dense_backward(torch::Tensor x, torch::Tensor alpha, torch::Tensor m_t, torch::Tensor den_t,
+                                          torch::Tensor y_t, torch::Tensor grad_y, torch::Tensor f, torch::Tensor k,
+                                          torch::Tensor slope, torch::Tensor w, torch::Tensor b, double lo, double hi,
+                                          std::vector<int64_t> kernel, std::vector<int64_t> stride,
+                                          std::vector<int64_t> padding) {
+  const Geometry g = make_geometry(x, kernel, stride, padding, {m_t.size(2), m_t.size(3)});
+  check_inputs(x, alpha, true, g);
+  check_saved(m_t, den_t, y_t, grad_y);
+  check_branch(x, g, k, slope, w, b);
+  TORCH_CHECK(f.numel() == x.size(0) * x.size(1) && f.is_contiguous(), "p_pool2d_cpu: f must hold one value per plane");
+  auto grad_x = torch::empty_like(x);
+  auto partial = torch::empty({x.size(0) * x.size(1), g.kh * g.kw + 3}, x.options());
+  BranchArgs args{k.data_ptr<float>(), slope.data_ptr<float>(), w.data_ptr<float>(), b.data_ptr<float>(),
+                  static_cast<float>(lo), static_cast<float>(hi), 0.f, f.data_ptr<float>()};
+  backward_impl(x, alpha.data_ptr<float>(), true, g, m_t, den_t, y_t, grad_y, true, grad_x.data_ptr<float>(),
+                nullptr, &args, partial.data_ptr<float>());
+  return {grad_x, partial};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("forward", &forward, "P-pooling forward (fp32 CPU, fused)");
   module.def("backward", &backward, "P-pooling backward (fp32 CPU, fused)");
+  module.def("dense_forward", &dense_forward, "P-pooling with the fused dense-alpha branch: forward (fp32 CPU)");
+  module.def("dense_backward", &dense_backward, "P-pooling with the fused dense-alpha branch: backward (fp32 CPU)");
 }

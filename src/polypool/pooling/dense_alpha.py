@@ -1,0 +1,192 @@
+"""P-pooling with dense alpha: the authors' side branch, and the same branch fused into the pooling kernels.
+
+The branch (the authors' code; ``PPool2d(alpha_mode="dense")``) predicts one alpha per output position and channel:
+
+    alpha = clamp(w_c * prelu_c(sum_i k_c,i * x_i * f_n,c) + b_c, lo, hi),   f_n,c = scale / (max_hw |x_n,c| + 1)
+
+a depthwise k x k conv with the pooling's own kernel, stride and padding over the detached, per-map normalised input,
+PReLU, a per-channel 1x1 affine and a clamp. Its conv reads exactly the window that the pooling reads, so the fused
+kernels compute alpha from the window they already loaded: no alpha map is read back, and the branch's four ops
+(each a pass over memory) are gone. The backward goes to x through the pooling only (the branch input is detached,
+as the authors have it) and to k, the PReLU slope, w and b as per-plane partial sums.
+
+:func:`dense_branch_alpha` is the unfused branch: the reference the fused kernels are tested against, and the path
+for everything they do not serve (other dtypes and devices, a negative input, ``torch.compile``/``torch.export``).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import cpu_fused, triton_fused
+from .functional import p_pool2d
+from .fused_interface import NegativeInput
+from .geometry import IntOrPair, Window, pad_ceil_overhang
+
+__all__ = ["dense_branch_alpha", "dense_p_pool2d", "scale_gradient"]
+
+
+def scale_gradient(x: Tensor, scale: float) -> Tensor:
+    """``x`` in the forward pass (exactly: ``x.detach() + 0``), ``scale`` times its gradient in the backward pass."""
+    if scale == 1.0:
+        return x
+    return x.detach() + (x - x.detach()) * scale
+
+
+def dense_branch_alpha(x: Tensor, conv_weight: Tensor, prelu_weight: Tensor, proj_weight: Tensor,
+                       proj_bias: Tensor, window: Window, alpha_range: tuple[float, float],
+                       input_scale: float = 1.0) -> Tensor:
+    """The unfused side branch: alpha ``(N, C, H_out, W_out)`` of the pooling input x (read detached)."""
+    x = x.detach()
+    x = x / (x.abs().amax(dim=(-2, -1), keepdim=True) + 1) * input_scale
+    channels = x.shape[1]
+    z = F.conv2d(pad_ceil_overhang(x, window), conv_weight, None, window.stride, window.padding, 1, channels)
+    alpha = F.conv2d(F.prelu(z, prelu_weight), proj_weight, proj_bias, 1, 0, 1, channels)
+    return alpha.clamp(*alpha_range)
+
+
+def _branch_tensors(conv_weight, prelu_weight, proj_weight, proj_bias, channels: int, taps: int):
+    """The branch parameters as the kernels take them: fp32, contiguous, k (C, taps), slope, w, b (C,)."""
+    def flat(t: Tensor, n: int) -> Tensor:
+        return t.detach().float().reshape(-1).expand(n).contiguous() if t.numel() == 1 else \
+            t.detach().float().reshape(n).contiguous()
+    return (conv_weight.detach().float().reshape(channels, taps).contiguous(), flat(prelu_weight, channels),
+            flat(proj_weight, channels), flat(proj_bias, channels))
+
+
+def _branch_grads(partial: Tensor, n: int, channels: int, taps: int, params, grad_scale: float):
+    """The kernels' per-plane sums (N*C, taps + 3) to the gradients of the four parameters, in their shapes."""
+    sums = partial.view(n, channels, taps + 3).sum(dim=0) * grad_scale
+    conv_weight, prelu_weight, proj_weight, proj_bias = params
+    grads = (sums[:, :taps], sums[:, taps], sums[:, taps + 1], sums[:, taps + 2])
+    # a parameter shared by the channels (PReLU's num_parameters=1) gets the sum over them
+    return tuple((g.sum() if p.numel() == 1 else g).reshape(p.shape).to(p.dtype) for g, p in zip(grads, params))
+
+
+class DensePPool2dCPU(torch.autograd.Function):
+    """P-pooling with the fused dense branch, by the C++ kernel (fp32 CPU, x >= 0; raises NegativeInput
+    otherwise). Returns (y, alpha); alpha is not differentiable (its gradient is folded into the parameters')."""
+
+    @staticmethod
+    def forward(ctx, x, conv_weight, prelu_weight, proj_weight, proj_bias, window: Window,
+                alpha_range: tuple[float, float], input_scale: float, grad_scale: float, include_pad: bool,
+                need_grad: bool):
+        ext = cpu_fused.load_extension()
+        channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        x = x.contiguous()
+        n, c, height, width = x.shape
+        out_h, out_w = window.output_size(height, width)
+        taps = window.kernel[0] * window.kernel[1]
+        k, slope, w, b = _branch_tensors(conv_weight, prelu_weight, proj_weight, proj_bias, c, taps)
+        lo, hi = alpha_range
+        y, alpha, m, den, f, negative = ext.dense_forward(
+            x, k, slope, w, b, float(lo), float(hi), float(input_scale), list(window.kernel), list(window.stride),
+            list(window.padding), [out_h, out_w], need_grad, include_pad)
+        if negative:
+            raise NegativeInput
+        ctx.window, ctx.alpha_range, ctx.grad_scale, ctx.channels_last = window, (lo, hi), grad_scale, channels_last
+        ctx.params = (conv_weight, prelu_weight, proj_weight, proj_bias)  # for shapes and dtypes only
+        if need_grad:
+            ctx.save_for_backward(x, alpha, m, den, y, f, k, slope, w, b)
+        ctx.mark_non_differentiable(alpha)
+        if channels_last:
+            y = y.contiguous(memory_format=torch.channels_last)
+            alpha = alpha.contiguous(memory_format=torch.channels_last)
+        return y, alpha
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor, _grad_alpha):
+        if not ctx.saved_tensors:
+            raise RuntimeError("dense p_pool2d (cpu_fused) ran its forward without need_grad: no state for a backward")
+        x, alpha, m, den, y, f, k, slope, w, b = ctx.saved_tensors
+        window: Window = ctx.window
+        lo, hi = ctx.alpha_range
+        grad_x, partial = cpu_fused.load_extension().dense_backward(
+            x, alpha, m, den, y, grad_y.contiguous().to(torch.float32), f, k, slope, w, b, float(lo), float(hi),
+            list(window.kernel), list(window.stride), list(window.padding))
+        if ctx.channels_last:
+            grad_x = grad_x.contiguous(memory_format=torch.channels_last)
+        n, c = x.shape[:2]
+        grads = _branch_grads(partial, n, c, window.kernel[0] * window.kernel[1], ctx.params, ctx.grad_scale)
+        grads = tuple(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad[1:5]))
+        return (grad_x if ctx.needs_input_grad[0] else None), *grads, None, None, None, None, None, None
+
+
+def _fused_route(x: Tensor, params: tuple[Tensor, ...], backend: str) -> Optional[str]:
+    """Which fused kernel serves this call: "triton", "cpu", or None (then the unfused branch)."""
+    if torch.compiler.is_compiling() or x.dim() != 4 or backend == "reference":
+        return None
+    if any(p.device != x.device for p in params):
+        return None
+    if backend in ("auto", "triton") and triton_fused.supports(x, None, allow_cpu=backend == "triton"):
+        return "triton"
+    if backend in ("auto", "cpu_fused") and cpu_fused.supports(x, None):
+        return "cpu"
+    return None
+
+
+def dense_p_pool2d(
+    input: Tensor,
+    conv_weight: Tensor,
+    prelu_weight: Tensor,
+    proj_weight: Tensor,
+    proj_bias: Tensor,
+    kernel_size: IntOrPair,
+    stride: Optional[IntOrPair] = None,
+    padding: IntOrPair = 0,
+    ceil_mode: bool = False,
+    *,
+    alpha_range: tuple[float, float] = (1.0, 50.0),
+    input_scale: float = 1.0,
+    alpha_grad_scale: float = 1.0,
+    count_include_pad: bool = True,
+    fused: bool = True,
+    backend: str = "auto",
+    check: bool = False,
+    input_nonnegative: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """P-pooling whose alpha comes from the dense side branch; returns ``(y, alpha)`` (alpha without gradient).
+
+    Args:
+        input: ``(N, C, H, W)`` (or ``(C, H, W)``).
+        conv_weight ``(C, 1, kh, kw)``, prelu_weight ``(C,)`` (or one shared slope), proj_weight ``(C, 1, 1, 1)``,
+            proj_bias ``(C,)``: the branch's parameters (``DenseAlphaBranch``'s conv, act, proj).
+        kernel_size, stride, padding, ceil_mode, count_include_pad, check, input_nonnegative: as in ``p_pool2d``.
+        alpha_range: the clamp of alpha; input_scale: the authors' ``side_branch_scale``.
+        alpha_grad_scale: multiplies the gradient that reaches alpha (and so the branch's parameters).
+        fused: compute the branch inside the pooling kernel where a fused kernel serves the input (fp32 CPU with
+            the C++ kernel; fp32/fp16/bf16 with the Triton kernels); ``False`` runs the unfused branch and then
+            ``p_pool2d``. ``check=True``, a negative input, ``torch.compile``/``torch.export`` and every other
+            dtype or device take the unfused path too.
+        backend: as in ``p_pool2d``.
+    """
+    if input.dim() == 3:
+        y, alpha = dense_p_pool2d(input.unsqueeze(0), conv_weight, prelu_weight, proj_weight, proj_bias, kernel_size,
+                                  stride, padding, ceil_mode, alpha_range=alpha_range, input_scale=input_scale,
+                                  alpha_grad_scale=alpha_grad_scale, count_include_pad=count_include_pad,
+                                  fused=fused, backend=backend, check=check, input_nonnegative=input_nonnegative)
+        return y.squeeze(0), alpha.squeeze(0)
+    window = Window.make(kernel_size, stride, padding, ceil_mode)
+    params = (conv_weight, prelu_weight, proj_weight, proj_bias)
+    route = _fused_route(input, params, backend) if fused and not check else None
+    if route is not None:
+        need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (input, *params))
+        branch = (window, tuple(float(v) for v in alpha_range), float(input_scale), float(alpha_grad_scale),
+                  bool(count_include_pad) or window.padding == (0, 0), need_grad)
+        try:
+            if route == "triton":
+                return triton_fused.dense_apply(input, params, *branch, explicit=backend == "triton",
+                                                check_negative=not input_nonnegative)
+            return DensePPool2dCPU.apply(input, *params, *branch)
+        except NegativeInput:
+            pass  # the unfused branch on x, and the pooling of the shifted maps
+        except triton_fused.TritonFailure:
+            pass  # warned once; the unfused path answers
+    alpha = dense_branch_alpha(input, *params, window, alpha_range, input_scale)
+    y = p_pool2d(input, scale_gradient(alpha, alpha_grad_scale), window.kernel, window.stride, window.padding,
+                 window.ceil_mode, check, backend, input_nonnegative, count_include_pad=count_include_pad)
+    return y, alpha.detach()
