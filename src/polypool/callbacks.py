@@ -321,3 +321,44 @@ def make_panel(images: torch.Tensor, masks: torch.Tensor, preds: torch.Tensor, d
         rgb = ((image * std + mean).clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
         rows.append(np.concatenate([rgb, palette[mask.numpy()], palette[pred.numpy()]], axis=1))
     return np.concatenate(rows, axis=0)
+
+
+class RNGState(L.Callback):
+    """Checkpoints the global random generators (Python, NumPy, torch's CPU and CUDA ones) and restores them just
+    before the first training step of a resumed fit, so that dropout draws the same masks as in an uninterrupted
+    run and ``--ckpt_path last`` ends where the uninterrupted run ends (Lightning saves no RNG state itself).
+
+    The state is taken when the checkpoint is written (after a validation, whose loader's seed draw is already done)
+    and restored at ``on_train_batch_start``, after everything a resumed fit does before training (the sanity check,
+    the loaders' seed draws) has consumed its own numbers. The data order and augmentation come from the loader's
+    own generator (``ResumableLoader``), not from these."""
+
+    def __init__(self) -> None:
+        self._pending: Optional[dict] = None
+
+    def state_dict(self) -> dict:
+        import random
+
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        # plain lists and tensors: the checkpoint stays loadable with torch.load(weights_only=True)
+        state = {"python": random.getstate(), "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+                 "torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self._pending = state
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if self._pending is None:
+            return
+        import random
+
+        state, self._pending = self._pending, None
+        random.setstate(state["python"])
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])

@@ -10,8 +10,8 @@ Unless the config sets ``trainer.logger`` / checkpointing itself, every run gets
   :class:`PolypoolWandbLogger` (offline without credentials; ``--wandb_project null`` turns it off), grouped by
   dataset/experiment (the config's name) and tagged with the pooling, with the resolved config;
 * ``ModelCheckpoint`` keeping the best val mIoU and ``last.ckpt`` in ``<default_root_dir>/checkpoints``, so
-  ``--ckpt_path last`` resumes an interrupted run where it stopped: optimizer and scheduler state, and the
-  position in the epoch (the training loader is resumable, see ``polypool.data.dataset.ResumableLoader``);
+  ``--ckpt_path last`` resumes an interrupted run where it stopped: optimizer and scheduler state, the global
+  random generators (:class:`RNGState`, for dropout), and the position in the epoch (the training loader is resumable, see ``polypool.data.dataset.ResumableLoader``);
 * :class:`RunRecord` writing ``<records_root>/<dataset>/<experiment>/<pooling>/<seed>.json`` when the fit ends,
   :class:`AlphaHistory` (P-pooling's alpha every 100 steps, ``<default_root_dir>/alpha_history.jsonl``) and
   :class:`QualitativePanel` (W&B only). A config that lists one of these callbacks itself replaces the default.
@@ -25,7 +25,7 @@ from typing import Any, Optional
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-from .callbacks import AlphaHistory, QualitativePanel, RunRecord, backbone_family
+from .callbacks import AlphaHistory, QualitativePanel, RNGState, RunRecord, backbone_family
 from .data import SegmentationDataModule
 from .loggers import PolypoolWandbLogger, ResumableCSVLogger
 from .models import SegmentationModel
@@ -74,6 +74,8 @@ class PolypoolCLI(LightningCLI):
             extra.append(AlphaHistory())
         if not any(isinstance(c, QualitativePanel) for c in given):
             extra.append(QualitativePanel())
+        if not any(isinstance(c, RNGState) for c in given):
+            extra.append(RNGState())  # a resumed run draws the random numbers the uninterrupted one would
         if extra:
             kwargs["callbacks"] = given + extra
         return super().instantiate_trainer(**kwargs)
