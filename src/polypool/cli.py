@@ -14,7 +14,10 @@ Unless the config sets ``trainer.logger`` / checkpointing itself, every run gets
   random generators (:class:`RNGState`, for dropout), and the position in the epoch (the training loader is resumable, see ``polypool.data.dataset.ResumableLoader``);
 * :class:`RunRecord` writing ``<records_root>/<dataset>/<experiment>/<pooling>/<seed>.json`` when the fit ends,
   :class:`AlphaHistory` (P-pooling's alpha every 100 steps, ``<default_root_dir>/alpha_history.jsonl``) and
-  :class:`QualitativePanel` (W&B only). A config that lists one of these callbacks itself replaces the default.
+  :class:`QualitativePanel` (W&B only). A config that lists one of these callbacks itself replaces the default;
+* progress (``polypool.progress``): unless ``enable_progress_bar`` is false, a tqdm bar with the run's step/total,
+  loss, last val mIoU and ETA on a terminal, plain periodic lines when stdout is a file; always
+  ``<default_root_dir>/progress.json``, which ``reproduce.sh --status`` reads.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from .callbacks import AlphaHistory, QualitativePanel, RNGState, RunRecord, backbone_family
 from .data import SegmentationDataModule
 from .loggers import PolypoolWandbLogger, ResumableCSVLogger
 from .models import SegmentationModel
+from .progress import ProgressFile, default_progress_bar
 
 
 class PolypoolCLI(LightningCLI):
@@ -76,6 +81,10 @@ class PolypoolCLI(LightningCLI):
             extra.append(QualitativePanel())
         if not any(isinstance(c, RNGState) for c in given):
             extra.append(RNGState())  # a resumed run draws the random numbers the uninterrupted one would
+        if not any(isinstance(c, ProgressFile) for c in given):
+            extra.append(ProgressFile())
+        if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in given):
+            extra.append(default_progress_bar())
         if extra:
             kwargs["callbacks"] = given + extra
         return super().instantiate_trainer(**kwargs)
