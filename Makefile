@@ -4,16 +4,32 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast bench clean
+# torch's build. Default: PyPI's torch 2.14.1 wheel (CUDA 13: needs a recent driver). For an older driver pick a
+# CUDA flavour of PyTorch's index, e.g. make setup TORCH_CUDA=cu126 (https://download.pytorch.org/whl/cu126), or
+# any index: TORCH_INDEX_URL=... The choice is kept in .venv/.torch-index, so later `make setup` calls (reproduce.sh
+# runs one) keep it; TORCH_CUDA=default goes back to PyPI's wheel.
+TORCH_VERSION ?= 2.14.1
+TORCHVISION_VERSION ?= 0.29.1
+TORCH_CUDA ?=
+TORCH_INDEX_FILE := $(VENV)/.torch-index
+TORCH_INDEX_URL ?= $(if $(filter default,$(TORCH_CUDA)),,$(if $(TORCH_CUDA),https://download.pytorch.org/whl/$(TORCH_CUDA),$(shell cat $(TORCH_INDEX_FILE) 2>/dev/null)))
+# FORCE when the requested build differs from the installed one
+TORCH_CHANGED := $(if $(filter-out $(strip $(shell cat $(TORCH_INDEX_FILE) 2>/dev/null)),$(strip $(TORCH_INDEX_URL)))$(filter-out $(strip $(TORCH_INDEX_URL)),$(strip $(shell cat $(TORCH_INDEX_FILE) 2>/dev/null))),FORCE)
+
+.PHONY: setup test test-fast bench clean FORCE
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(TORCH_CHANGED)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(if $(TORCH_CHANGED),$(PY) -m pip uninstall --quiet --yes torch torchvision)
+	$(PY) -m pip install --quiet $(if $(strip $(TORCH_INDEX_URL)),--index-url $(strip $(TORCH_INDEX_URL))) torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION)
 	$(PY) -m pip install --quiet -e ".[test]"
+	printf '%s\n' '$(strip $(TORCH_INDEX_URL))' > $(TORCH_INDEX_FILE)
 	touch $(STAMP)
+
+FORCE:
 
 # The default suite first, then the tests marked slow in a second call (exit 5 = "none collected" is fine).
 test: setup

@@ -1,0 +1,353 @@
+"""reproduce.sh's sweep (polypool.sweep): runs side by side, resume after a kill, submitit jobs, --status, the GPU
+check and --prefetch. The tests that train are slow and as small as a run gets: 32 px crops, batch 2, 4 steps."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from polypool import sweep as sw
+from polypool.data.fixtures import make_voc
+
+REPO = Path(__file__).parents[1]
+BLOCKED = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
+           "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
+# the runs' overrides: 4 steps, a validation (and last.ckpt) every 2 steps on one val image, no W&B
+TINY = ["--data.init_args.crop_size", "32", "--data.init_args.batch_size", "2", "--trainer.max_steps", "4",
+        "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1", "--wandb_project", "null"]
+
+
+def reproduce(*args, env=None, timeout=900):
+    return subprocess.run(["bash", "reproduce.sh", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def cpu_env(tmp_path):
+    """One thread per run, the helper callbacks importable, W&B quiet, and caches of this test's own."""
+    return {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "tests"), "WANDB_MODE": "offline",
+            "WANDB_SILENT": "true", "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
+
+
+@pytest.fixture(scope="module")
+def voc_root(tmp_path_factory):
+    # SBD too: configs/voc/vgg.yaml trains on trainaug
+    return make_voc(tmp_path_factory.mktemp("voc"), n_train=8, n_val=2, size=(32, 32), seed=0, n_sbd=1)
+
+
+def records(out, poolings):
+    return {p: json.loads((out / f"runs/voc/vgg/{p}/0.json").read_text()) for p in poolings}
+
+
+def same_result(a, b):
+    """The deterministic fields of two records: steps, mIoU, per-class IoU and P-pooling's alpha at the end."""
+    assert a["steps"] == b["steps"]
+    assert a["miou"] == pytest.approx(b["miou"], abs=1e-6)
+    assert a["per_class_iou"] == pytest.approx(b["per_class_iou"], abs=1e-6, nan_ok=True)
+    if a["alpha"]:
+        for name, stats in a["alpha"]["last"]["layers"].items():
+            for key in ("mean", "std", "min", "max"):
+                assert stats[key] == pytest.approx(b["alpha"]["last"]["layers"][name][key], rel=1e-5, abs=1e-7), \
+                    (name, key)
+
+
+# -- the sweep, on the CPU ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def reference(voc_root, tmp_path_factory):
+    """An uninterrupted quick sweep of two runs, two workers side by side."""
+    tmp = tmp_path_factory.mktemp("reference")
+    out = tmp / "out"
+    args = ["voc", "vgg", "--quick", "--workers", "2", "--poolings", "max,ppool", "--out", str(out), "--poll-s", "3",
+            "--", "--data.init_args.root", str(voc_root), *TINY]
+    result = reproduce(*args, env=cpu_env(tmp))
+    return out, args, result, tmp
+
+
+@pytest.mark.slow
+def test_two_runs_side_by_side_write_records_and_the_table_and_a_second_call_does_nothing(reference):
+    out, args, result, tmp = reference
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    # both started before either ended: side by side
+    starts = [i for i, line in enumerate(lines) if line.startswith(("== max seed 0 (log", "== ppool seed 0 (log"))]
+    ends = [i for i, line in enumerate(lines) if ": finished in" in line]
+    assert len(starts) == 2 and len(ends) == 2 and max(starts) < min(ends), lines
+    assert "== 2 run(s) to train, 2 at a time on the CPU" in lines
+    got = records(out, ["max", "ppool"])
+    assert got["max"]["steps"] == got["ppool"]["steps"] == 4 and got["ppool"]["alpha"]
+    table = (out / "voc_vgg.md").read_text()
+    assert "Miniature run" in table and "| Max |" in table and "| P-pooling |" in table
+    assert "done in" in result.stdout and "GPU-hours" in result.stdout and str(out / "voc_vgg.md") in result.stdout
+    # each run's output went to its own log, as periodic plain lines (not a terminal)
+    log = (out / "logs/voc/vgg/ppool/0/train.log").read_text()
+    assert "[progress] validated: step 2/4 (50%) | loss " in log and "| mIoU " in log and "| ETA " in log
+    progress = json.loads((out / "logs/voc/vgg/ppool/0/progress.json").read_text())
+    assert progress["step"] == 4 and progress["max_steps"] == 4 and progress["miou"] is not None
+    # again: nothing to train, records untouched
+    stamps = {p: (out / f"runs/voc/vgg/{p}/0.json").stat().st_mtime_ns for p in ("max", "ppool")}
+    again = reproduce(*args, env=cpu_env(tmp))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count(": done (") == 2 and "run(s) to train" not in again.stdout
+    assert "0 run(s) trained" in again.stdout
+    assert stamps == {p: (out / f"runs/voc/vgg/{p}/0.json").stat().st_mtime_ns for p in ("max", "ppool")}
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_resumes_its_runs_and_ends_as_an_uninterrupted_one(reference, voc_root, tmp_path):
+    ref_out, _, ref_result, _ = reference
+    assert ref_result.returncode == 0, ref_result.stderr[-3000:]
+    out, marker = tmp_path / "out", tmp_path / "paused"
+    base = ["voc", "vgg", "--quick", "--workers", "2", "--poolings", "max,ppool", "--out", str(out), "--poll-s", "3",
+            "--", "--data.init_args.root", str(voc_root), *TINY]
+    pause = json.dumps({"class_path": "sweep_callbacks.PauseAt",
+                        "init_args": {"pooling": "ppool", "step": 3, "marker": str(marker)}})
+    env = {**os.environ, **cpu_env(tmp_path)}
+    with open(tmp_path / "first.log", "w") as log:
+        sweep = subprocess.Popen(["bash", "reproduce.sh", *base, f"--trainer.callbacks+={pause}"], cwd=REPO,
+                                 env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 600
+        while not (marker.exists() and (out / "runs/voc/vgg/max/0.json").exists()):
+            assert sweep.poll() is None and time.time() < deadline, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(0.5)
+        run_pid = json.loads((out / "logs/voc/vgg/ppool/0/sweep.json").read_text())["pid"]
+        sweep.send_signal(signal.SIGTERM)  # reproduce.sh execs the sweep: this is its process
+        assert sweep.wait(120) == 143
+    first = (tmp_path / "first.log").read_text()
+    assert "stopped (SIGTERM)" in first
+    with pytest.raises(ProcessLookupError):  # the run the sweep was training is stopped with it
+        os.kill(run_pid, 0)
+    ppool = out / "logs/voc/vgg/ppool/0"
+    assert not (out / "runs/voc/vgg/ppool/0.json").exists()
+    assert torch.load(ppool / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 2
+    status = reproduce("voc", "vgg", "--quick", "--poolings", "max,ppool", "--out", str(out), "--status",
+                       env=cpu_env(tmp_path), timeout=300)
+    assert " partial " in status.stdout.splitlines()[3] and " done " in status.stdout.splitlines()[2]
+
+    again = reproduce(*base, env=cpu_env(tmp_path))  # the same command, without the pause
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "== max seed 0: done (" in again.stdout
+    assert f"== ppool seed 0: resuming from {ppool / 'checkpoints/last.ckpt'}" in again.stdout
+    assert "--ckpt_path last" in (ppool / "train.log").read_text()
+    got, want = records(out, ["max", "ppool"]), records(ref_out, ["max", "ppool"])
+    for pooling in ("max", "ppool"):
+        same_result(got[pooling], want[pooling])
+    assert got["ppool"]["wall_time_s"] > 0
+
+
+@pytest.mark.slow
+def test_slurm_jobs_through_submitits_local_executor_and_a_failed_run(voc_root, tmp_path):
+    """--slurm with submitit's local executor: one job per run; the avg run fails, the max run does not stop,
+    the table marks the failure, and the exit status is 1 with the failed run and its log."""
+    out = tmp_path / "out"
+    fail = json.dumps({"class_path": "sweep_callbacks.FailFor", "init_args": {"pooling": "avg"}})
+    result = reproduce("voc", "vgg", "--quick", "--slurm", "--slurm-cluster", "local", "--time", "0:20:00",
+                       "--poolings", "max,avg", "--out", str(out), "--poll-s", "3", "--",
+                       "--data.init_args.root", str(voc_root), *TINY, f"--trainer.callbacks+={fail}",
+                       env=cpu_env(tmp_path))
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (out / "runs/voc/vgg/max/0.json").is_file() and not (out / "runs/voc/vgg/avg/0.json").exists()
+    assert result.stdout.count(": submitted job ") == 2
+    avg_log = out / "logs/voc/vgg/avg/0/train.log"
+    assert "simulated failure of the avg run" in avg_log.read_text()
+    assert f"avg seed 0: exit 1; log: {avg_log}" in result.stderr
+    assert list((out / "slurm/voc/vgg").glob("*/*_submitted.pkl"))  # submitit's own files
+    table = (out / "voc_vgg.md").read_text()
+    assert f"Failed runs (shown as -): avg seed 0 (log: {avg_log})" in table and "| Max |" in table
+    status = reproduce("voc", "vgg", "--quick", "--poolings", "max,avg", "--out", str(out), "--status",
+                       env=cpu_env(tmp_path), timeout=300)
+    assert "1/2 runs done (0 running, 1 failed, 0 partial, 0 missing)" in status.stdout
+
+
+# -- --status -----------------------------------------------------------------------------------------------------
+def test_status_reports_each_run_without_starting_anything(tmp_path):
+    out = tmp_path / "out"
+    logs, runs = out / "logs/voc/vgg", out / "runs/voc/vgg"
+    # done: a record
+    (runs / "max").mkdir(parents=True)
+    (runs / "max/0.json").write_text(json.dumps({"steps": 12040, "miou": 0.6125, "wall_time_s": 3723.0}))
+    # partial: interrupted at step 4000 with a checkpoint; mIoU from metrics.csv, elapsed from progress.json
+    (logs / "avg/0/checkpoints").mkdir(parents=True)
+    (logs / "avg/0/checkpoints/last.ckpt").write_bytes(b"")
+    (logs / "avg/0/metrics.csv").write_text("step,train/loss,val/mIoU\n1999,0.9,\n1999,,0.41\n3999,,0.47\n"
+                                            "4000,0.5,\n")
+    (logs / "avg/0/progress.json").write_text(json.dumps({"step": 3990, "max_steps": 12040, "elapsed_s": 1800}))
+    # running: a live process of ours on this host
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "polypool-fit"])
+    try:
+        (logs / "gated/0").mkdir(parents=True)
+        (logs / "gated/0/sweep.json").write_text(json.dumps({"state": "running", "pid": sleeper.pid,
+                                                             "host": sw.socket.gethostname(), "time": time.time()}))
+        (logs / "gated/0/progress.json").write_text(json.dumps({"step": 600, "max_steps": 12040, "miou": 0.3,
+                                                                "elapsed_s": 65}))
+        (logs / "gated/0/train.log").write_text("...")
+        # failed: exit 1
+        (logs / "dpp/0").mkdir(parents=True)
+        (logs / "dpp/0/sweep.json").write_text(json.dumps({"state": "failed", "returncode": 1, "time": time.time()}))
+        (logs / "dpp/0/train.log").write_text("Traceback ...")
+        # "running" in a sweep that was killed: its process is gone, its checkpoint remains -> partial
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        (logs / "ppool/0/checkpoints").mkdir(parents=True)
+        (logs / "ppool/0/checkpoints/last.ckpt").write_bytes(b"")
+        (logs / "ppool/0/sweep.json").write_text(json.dumps({"state": "running", "pid": dead.pid,
+                                                             "host": sw.socket.gethostname(), "time": time.time()}))
+        before = sorted(p for p in out.rglob("*"))
+        result = reproduce("voc", "vgg", "--status", "--out", str(out), timeout=300)
+    finally:
+        sleeper.kill()
+    assert result.returncode == 0, result.stderr
+    assert sorted(p for p in out.rglob("*")) == before  # nothing started, nothing written
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[2:8]}
+    assert rows["max"].split()[1:6] == ["0", "done", "12040/12040", "0.6125", "1:02:03"]
+    assert rows["avg"].split()[1:6] == ["0", "partial", "4000/12040", "0.4700", "0:30:00"]
+    assert rows["avg"].endswith(str(logs / "avg/0"))
+    assert rows["strided_conv"].split()[1:6] == ["0", "missing", "-/12040", "-", "-"]
+    assert rows["gated"].split()[1:6] == ["0", "running", "600/12040", "0.3000", "0:01:05"]
+    assert rows["gated"].endswith(str(logs / "gated/0/train.log"))
+    assert rows["dpp"].split()[1:4] == ["0", "failed", "(exit"] and rows["dpp"].endswith("dpp/0/train.log")
+    assert rows["ppool"].split()[1:3] == ["0", "partial"]
+    assert result.stdout.splitlines()[-1] == (f"table voc_vgg: 1/6 runs done (1 running, 1 failed, 2 partial, "
+                                              f"1 missing); {out / 'voc_vgg.md'} (not built yet)")
+
+
+# -- the node: GPUs, prefetch, offline ----------------------------------------------------------------------------
+def fake_nvidia_smi(folder: Path, driver="535.104.05", cuda="12.2", gpus=2) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    listing = "\\n".join(f"GPU {i}: NVIDIA A100-SXM4-40GB (UUID: GPU-{i})" for i in range(gpus))
+    script = folder / "nvidia-smi"
+    script.write_text(f"#!/bin/sh\nif [ \"$1\" = -L ]; then printf '{listing}\\n'; else echo "
+                      f"'| NVIDIA-SMI {driver}   Driver Version: {driver}   CUDA Version: {cuda}     |'; fi\n")
+    script.chmod(0o755)
+    return {"PATH": f"{folder}:{os.environ['PATH']}"}
+
+
+def test_gpu_check_names_torchs_cuda_the_drivers_and_the_fix_before_anything_starts(tmp_path):
+    assert torch.cuda.device_count() == 0  # this machine: torch sees no GPU
+    out = tmp_path / "out"
+    none = reproduce("voc", "vgg", "--gpus", "2", "--out", str(out), "--", "--data.init_args.root",
+                     str(tmp_path / "no-data"), env={"PATH": "/usr/bin:/bin"}, timeout=300)
+    assert none.returncode == 1
+    assert "--gpus 2, but torch sees 0 GPU(s)" in none.stderr
+    assert f"built for CUDA {torch.version.cuda} (torch.version.cuda)" in none.stderr
+    assert "no nvidia-smi on PATH" in none.stderr and "fix: " in none.stderr
+    assert "no data at" not in none.stderr and not out.exists()  # checked before the data and any run
+    # an old driver: the fix is the torch build for its CUDA
+    old = reproduce("voc", "vgg", "--gpus", "2", "--gpus-per-run", "1", "--out", str(out),
+                    env=fake_nvidia_smi(tmp_path / "bin"), timeout=300)
+    assert old.returncode == 1 and not out.exists()
+    assert "driver: 535.104.05, supports CUDA up to 12.2 (nvidia-smi); 2 GPU(s)" in old.stderr
+    assert "fix: make setup TORCH_CUDA=cu121" in old.stderr
+    assert sw.flavour_for("12.6") == "cu126" and sw.flavour_for("13.0") == "cu130" and sw.flavour_for("11.8") == "cu118"
+
+
+def test_bad_sweep_options_fail_with_the_option_and_the_fix():
+    def error(*args):
+        with pytest.raises(sw.SweepError) as info:
+            sw.make_sweep(sw.build_parser().parse_args(list(args)), [])
+        return info.value
+
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        assert "one of [1, 2, 4, 8]" in str(error("voc", "vgg", "--gpus", "8", "--gpus-per-run", "3"))
+        assert "needs --gpus N" in str(error("voc", "vgg", "--gpus-per-run", "1"))
+        assert "drop --gpus" in str(error("voc", "vgg", "--quick", "--gpus", "1"))
+        assert "--workers 2 or fewer" in str(error("voc", "vgg", "--gpus", "4", "--gpus-per-run", "2",
+                                                   "--workers", "3"))
+        ok = sw.make_sweep(sw.build_parser().parse_args(["voc", "vgg", "--gpus", "8", "--gpus-per-run", "2"]), [])
+        assert (ok.workers, ok.gpus_per_run) == (4, 2) and "configs/trainer/ddp.yaml" in ok.base_args()
+        assert sw.gpu_slots(ok) == ["0,1", "2,3", "4,5", "6,7"] or os.environ.get("CUDA_VISIBLE_DEVICES")
+        today = sw.make_sweep(sw.build_parser().parse_args(["voc", "vgg", "--gpus", "4"]), [])
+        assert (today.workers, today.gpus_per_run) == (1, 4)  # the default: one run on all GPUs
+        assert today.base_args()[-2:] == ["--trainer.devices", "4"]
+    finally:
+        os.chdir(cwd)
+    assert sw.parse_time_minutes("12:00:00") == 720 and sw.parse_time_minutes("1-00:00:00") == 1440
+    assert sw.parse_time_minutes("90") == 90
+    values = sw.resolve_config([REPO / "configs/voc/vgg.yaml"], ["--data.init_args.root=/x", "--trainer.max_steps",
+                                                                 "7", "--model.weights", "w.pth"])
+    assert (sw.get(values, "data.init_args.root"), sw.get(values, "trainer.max_steps")) == ("/x", 7)
+    assert sw.get(values, "data.init_args.train_split") == "trainaug"  # the rest of the config is kept
+
+
+def test_prefetch_without_network_names_the_url_and_the_folder(voc_root, tmp_path):
+    result = reproduce("voc", "vgg", "--prefetch", "--out", str(tmp_path / "out"), "--",
+                       "--data.init_args.root", str(voc_root), env={**cpu_env(tmp_path), **BLOCKED}, timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"data: voc already in {voc_root}: nothing to fetch" in result.stdout
+    assert "https://huggingface.co/timm/vgg16.tv_in1k/resolve/main/model.safetensors is unreachable" in result.stderr
+    assert f"They go to {tmp_path / 'hf' / 'hub'}" in result.stderr
+
+
+def test_prefetch_with_a_local_weights_file_has_nothing_to_fetch(voc_root, tmp_path):
+    weights = tmp_path / "vgg16.pth"
+    weights.write_bytes(b"weights")
+    args = ["voc", "vgg", "--prefetch", "--out", str(tmp_path / "out"), "--", "--data.init_args.root", str(voc_root)]
+    result = reproduce(*args, "--model.weights", str(weights), env={**cpu_env(tmp_path), **BLOCKED}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"weights: vgg16 from the local file {weights}: nothing to fetch" in result.stdout
+    assert "prefetch done" in result.stdout and not (tmp_path / "hf").exists()
+    missing = reproduce(*args, "--model.weights", str(tmp_path / "nope.pth"), env=cpu_env(tmp_path), timeout=300)
+    assert missing.returncode == 1 and f"model.weights: no file {tmp_path / 'nope.pth'}" in missing.stderr
+
+
+def test_offline_runs_fail_at_start_naming_where_they_looked_and_find_a_prefetched_cache(voc_root, tmp_path):
+    out = tmp_path / "out"
+    args = ["voc", "vgg", "--offline", "--out", str(out), "--", "--data.init_args.root", str(voc_root)]
+    result = reproduce(*args, env={**cpu_env(tmp_path), **BLOCKED}, timeout=300)
+    assert result.returncode == 1
+    looked = tmp_path / "hf" / "hub" / "models--timm--vgg16.tv_in1k"
+    assert f"pretrained weights of vgg16 are missing: looked in {looked}" in result.stderr
+    assert "--prefetch" in result.stderr and not (out / "logs").exists()  # no run started
+    # a prefetched cache (the hub's layout): found, nothing to fetch, and the runs get the offline variables
+    snapshot = looked / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").write_bytes(b"weights")
+    (looked / "refs").mkdir()
+    (looked / "refs" / "main").write_text("0" * 40)
+    prefetch = reproduce("voc", "vgg", "--prefetch", "--out", str(out), "--", "--data.init_args.root", str(voc_root),
+                         env={**cpu_env(tmp_path), **BLOCKED}, timeout=300)
+    assert prefetch.returncode == 0, prefetch.stderr
+    assert f"weights: vgg16 already in {snapshot / 'model.safetensors'}: nothing to fetch" in prefetch.stdout
+    env = sw.run_env(sw.Sweep("voc", "vgg", Path("configs/voc/vgg.yaml"), False, 0, 0, 1, 1, ("max",), out,
+                              offline=True))
+    assert env["HF_HUB_OFFLINE"] == "1" and env["WANDB_MODE"] == "offline"
+
+
+def test_the_progress_view_is_a_bar_on_a_terminal_and_lines_in_a_log():
+    from polypool.progress import PlainProgress, StepProgressBar, default_progress_bar, describe
+
+    class Stream:
+        def __init__(self, tty):
+            self.tty = tty
+
+        def isatty(self):
+            return self.tty
+
+    assert isinstance(default_progress_bar(Stream(True)), StepProgressBar)
+    assert isinstance(default_progress_bar(Stream(False)), PlainProgress)
+    line = describe({"step": 120, "max_steps": 12040, "loss": 0.83125, "miou": 0.412, "miou_step": 100,
+                     "elapsed_s": 312, "eta_s": 29520})
+    assert line == "step 120/12040 (1%) | loss 0.8313 | mIoU 0.4120 (step 100) | elapsed 0:05:12 | ETA 8:12:00"
+    import yaml
+
+    for preset in (REPO / "configs/trainer").glob("*.yaml"):  # the bar in every preset
+        assert yaml.safe_load(preset.read_text())["trainer"].get("enable_progress_bar", True) is True, preset
+
+
+def test_make_setup_takes_torchs_cuda_build_from_a_variable():
+    dry = subprocess.run(["make", "-n", "setup", "TORCH_CUDA=cu126"], cwd=REPO, capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stderr
+    installed = REPO / ".venv/.torch-index"
+    if not installed.is_file() or installed.read_text().strip() != "https://download.pytorch.org/whl/cu126":
+        assert "pip uninstall --quiet --yes torch torchvision" in dry.stdout  # another build than the installed one
+    assert "--index-url https://download.pytorch.org/whl/cu126 torch==2.14.1 torchvision==0.29.1" in dry.stdout
+    assert "'https://download.pytorch.org/whl/cu126' > .venv/.torch-index" in dry.stdout  # remembered
+    url = subprocess.run(["make", "-n", "setup", "TORCH_INDEX_URL=https://example.org/whl"], cwd=REPO,
+                         capture_output=True, text=True)
+    assert "--index-url https://example.org/whl torch==" in url.stdout
