@@ -791,10 +791,17 @@ class LocalProcess:
                 import pty
                 import termios
 
+                import struct
+
                 master, slave = pty.openpty()
+                rows, cols = 40, 120  # a terminal that reports no size (e.g. under script(1)): the bar needs one
                 try:
-                    size = fcntl.ioctl(sys.stdout.fileno(), termios.TIOCGWINSZ, b"\0" * 8)
-                    fcntl.ioctl(slave, termios.TIOCSWINSZ, size)
+                    rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(sys.stdout.fileno(), termios.TIOCGWINSZ,
+                                                                         b"\0" * 8))
+                except OSError:
+                    pass
+                try:
+                    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows or 40, cols or 120, 0, 0))
                 except OSError:
                     pass
                 self.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=slave,
