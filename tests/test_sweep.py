@@ -30,7 +30,8 @@ def reproduce(*args, env=None, timeout=900):
 
 def cpu_env(tmp_path):
     """One thread per run, the helper callbacks importable, W&B quiet, and caches of this test's own."""
-    return {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "tests"), "WANDB_MODE": "offline",
+    pythonpath = os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
+    return {"OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath, "WANDB_MODE": "offline",
             "WANDB_SILENT": "true", "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
 
 
