@@ -27,7 +27,7 @@ from .functional import p_pool2d
 from .fused_interface import NegativeInput
 from .geometry import IntOrPair, Window, pad_ceil_overhang
 
-__all__ = ["dense_branch_alpha", "dense_p_pool2d", "scale_gradient"]
+__all__ = ["dense_branch_alpha", "dense_p_pool2d", "dense_p_pool2d_with_stats", "scale_gradient"]
 
 
 def scale_gradient(x: Tensor, scale: float) -> Tensor:
@@ -69,7 +69,8 @@ def _branch_grads(partial: Tensor, n: int, channels: int, taps: int, params, gra
 
 class DensePPool2dCPU(torch.autograd.Function):
     """P-pooling with the fused dense branch, by the C++ kernel (fp32 CPU, x >= 0; raises NegativeInput
-    otherwise). Returns (y, alpha); alpha is not differentiable (its gradient is folded into the parameters')."""
+    otherwise). Returns (y, alpha, alpha's (mean, min, max)); alpha and its statistics are not differentiable (the
+    gradient that reaches alpha is folded into the parameters')."""
 
     @staticmethod
     def forward(ctx, x, conv_weight, prelu_weight, proj_weight, proj_bias, window: Window,
@@ -83,26 +84,30 @@ class DensePPool2dCPU(torch.autograd.Function):
         taps = window.kernel[0] * window.kernel[1]
         k, slope, w, b = _branch_tensors(conv_weight, prelu_weight, proj_weight, proj_bias, c, taps)
         lo, hi = alpha_range
-        y, alpha, m, den, f, negative = ext.dense_forward(
+        y, alpha, m, den, f, stats, negative = ext.dense_forward(
             x, k, slope, w, b, float(lo), float(hi), float(input_scale), list(window.kernel), list(window.stride),
             list(window.padding), [out_h, out_w], need_grad, include_pad)
         if negative:
             raise NegativeInput
+        stats = torch.stack([stats[:, 0].sum() / alpha.numel(), stats[:, 1].min(), stats[:, 2].max()])
+        ctx.set_materialize_grads(False)  # alpha and its statistics get no gradient: no zero tensors for them
         ctx.window, ctx.alpha_range, ctx.grad_scale, ctx.channels_last = window, (lo, hi), grad_scale, channels_last
         ctx.params = (conv_weight, prelu_weight, proj_weight, proj_bias)  # for shapes and dtypes only
         if need_grad:
             ctx.save_for_backward(x, alpha, m, den, y, f, k, slope, w, b)
-        ctx.mark_non_differentiable(alpha)
+        ctx.mark_non_differentiable(alpha, stats)
         if channels_last:
             y = y.contiguous(memory_format=torch.channels_last)
             alpha = alpha.contiguous(memory_format=torch.channels_last)
-        return y, alpha
+        return y, alpha, stats
 
     @staticmethod
-    def backward(ctx, grad_y: Tensor, _grad_alpha):
+    def backward(ctx, grad_y: Tensor, _grad_alpha, _grad_stats):
         if not ctx.saved_tensors:
             raise RuntimeError("dense p_pool2d (cpu_fused) ran its forward without need_grad: no state for a backward")
         x, alpha, m, den, y, f, k, slope, w, b = ctx.saved_tensors
+        if grad_y is None:  # y took no part in the loss (grads are not materialised)
+            return (None,) * 11
         window: Window = ctx.window
         lo, hi = ctx.alpha_range
         grad_x, partial = cpu_fused.load_extension().dense_backward(
@@ -129,7 +134,14 @@ def _fused_route(x: Tensor, params: tuple[Tensor, ...], backend: str) -> Optiona
     return None
 
 
-def dense_p_pool2d(
+def dense_p_pool2d(*args, **kwargs) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`dense_p_pool2d`, plus alpha's ``(mean, min, max)`` as one tensor (the fused C++ kernel computes them
+    as it writes alpha; else three reductions)."""
+    y, alpha, _ = dense_p_pool2d_with_stats(*args, **kwargs)
+    return y, alpha
+
+
+def dense_p_pool2d_with_stats(
     input: Tensor,
     conv_weight: Tensor,
     prelu_weight: Tensor,
@@ -148,28 +160,16 @@ def dense_p_pool2d(
     backend: str = "auto",
     check: bool = False,
     input_nonnegative: bool = False,
-) -> tuple[Tensor, Tensor]:
-    """P-pooling whose alpha comes from the dense side branch; returns ``(y, alpha)`` (alpha without gradient).
-
-    Args:
-        input: ``(N, C, H, W)`` (or ``(C, H, W)``).
-        conv_weight ``(C, 1, kh, kw)``, prelu_weight ``(C,)`` (or one shared slope), proj_weight ``(C, 1, 1, 1)``,
-            proj_bias ``(C,)``: the branch's parameters (``DenseAlphaBranch``'s conv, act, proj).
-        kernel_size, stride, padding, ceil_mode, count_include_pad, check, input_nonnegative: as in ``p_pool2d``.
-        alpha_range: the clamp of alpha; input_scale: the authors' ``side_branch_scale``.
-        alpha_grad_scale: multiplies the gradient that reaches alpha (and so the branch's parameters).
-        fused: compute the branch inside the pooling kernel where a fused kernel serves the input (fp32 CPU with
-            the C++ kernel; fp32/fp16/bf16 with the Triton kernels); ``False`` runs the unfused branch and then
-            ``p_pool2d``. ``check=True``, a negative input, ``torch.compile``/``torch.export`` and every other
-            dtype or device take the unfused path too.
-        backend: as in ``p_pool2d``.
-    """
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`dense_p_pool2d`, plus alpha's ``(mean, min, max)`` as one tensor (the fused C++ kernel computes them
+    as it writes alpha; else three reductions)."""
     if input.dim() == 3:
-        y, alpha = dense_p_pool2d(input.unsqueeze(0), conv_weight, prelu_weight, proj_weight, proj_bias, kernel_size,
-                                  stride, padding, ceil_mode, alpha_range=alpha_range, input_scale=input_scale,
-                                  alpha_grad_scale=alpha_grad_scale, count_include_pad=count_include_pad,
-                                  fused=fused, backend=backend, check=check, input_nonnegative=input_nonnegative)
-        return y.squeeze(0), alpha.squeeze(0)
+        y, alpha, stats = dense_p_pool2d_with_stats(
+            input.unsqueeze(0), conv_weight, prelu_weight, proj_weight, proj_bias, kernel_size, stride, padding,
+            ceil_mode, alpha_range=alpha_range, input_scale=input_scale, alpha_grad_scale=alpha_grad_scale,
+            count_include_pad=count_include_pad, fused=fused, backend=backend, check=check,
+            input_nonnegative=input_nonnegative)
+        return y.squeeze(0), alpha.squeeze(0), stats
     window = Window.make(kernel_size, stride, padding, ceil_mode)
     params = (conv_weight, prelu_weight, proj_weight, proj_bias)
     route = _fused_route(input, params, backend) if fused and not check else None
@@ -179,8 +179,9 @@ def dense_p_pool2d(
                   bool(count_include_pad) or window.padding == (0, 0), need_grad)
         try:
             if route == "triton":
-                return triton_fused.dense_apply(input, params, *branch, explicit=backend == "triton",
-                                                check_negative=not input_nonnegative)
+                y, alpha = triton_fused.dense_apply(input, params, *branch, explicit=backend == "triton",
+                                                    check_negative=not input_nonnegative)
+                return y, alpha, _stats(alpha)
             return DensePPool2dCPU.apply(input, *params, *branch)
         except NegativeInput:
             pass  # the unfused branch on x, and the pooling of the shifted maps
@@ -189,4 +190,11 @@ def dense_p_pool2d(
     alpha = dense_branch_alpha(input, *params, window, alpha_range, input_scale)
     y = p_pool2d(input, scale_gradient(alpha, alpha_grad_scale), window.kernel, window.stride, window.padding,
                  window.ceil_mode, check, backend, input_nonnegative, count_include_pad=count_include_pad)
-    return y, alpha.detach()
+    alpha = alpha.detach()
+    return y, alpha, _stats(alpha)
+
+
+def _stats(alpha: Tensor) -> Tensor:
+    with torch.no_grad():
+        low, high = torch.aminmax(alpha)
+        return torch.stack([alpha.mean(), low, high]).float()

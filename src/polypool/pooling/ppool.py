@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .bounded import clamp_inward
-from .dense_alpha import dense_branch_alpha, dense_p_pool2d, scale_gradient
+from .dense_alpha import dense_branch_alpha, dense_p_pool2d_with_stats, scale_gradient
 from .functional import p_pool2d
 from .geometry import IntOrPair, Window
 
@@ -138,13 +138,13 @@ class PPool2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.alpha_mode == "dense":
-            y, alpha = dense_p_pool2d(
+            y, _, stats = dense_p_pool2d_with_stats(
                 x, *self.alpha_branch.parameters_for_kernel(), self.kernel_size, self.stride, self.padding,
                 self.ceil_mode, alpha_range=self.alpha_range, input_scale=self.alpha_branch.input_scale,
                 alpha_grad_scale=self.alpha_grad_scale, count_include_pad=self.count_include_pad,
                 fused=self.fused_branch, check=self.check, input_nonnegative=self.input_nonnegative)
             with torch.no_grad():  # for alpha_stats(): dense alpha exists only during a forward pass
-                self.last_alpha_stats.copy_(torch.stack([alpha.mean(), alpha.min(), alpha.max()]).float())
+                self.last_alpha_stats.copy_(stats)
             return y
         alpha = scale_gradient(self.current_alpha(x), self.alpha_grad_scale)
         return p_pool2d(x, alpha, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.check,

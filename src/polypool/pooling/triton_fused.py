@@ -396,6 +396,7 @@ class DensePPool2dTriton(torch.autograd.Function):
         if need_grad:
             ctx.save_for_backward(x, alpha, m, den, q if save_q else y, f, kw, slope, w, b)
         ctx.mark_non_differentiable(alpha)
+        ctx.set_materialize_grads(False)  # alpha gets no gradient: no zero tensor for it
         return y, alpha
 
     @staticmethod
@@ -405,6 +406,8 @@ class DensePPool2dTriton(torch.autograd.Function):
         if not ctx.saved_tensors:
             raise RuntimeError("dense p_pool2d (triton) ran its forward without need_grad: no state for a backward")
         x, alpha, m, den, y_or_q, f, kw, slope, w, b = ctx.saved_tensors
+        if grad_y is None:  # y took no part in the loss (grads are not materialised)
+            return (None,) * 13
         k = kernels()
         window: Window = ctx.window
         n, c, height, width = x.shape
