@@ -18,9 +18,11 @@ from polypool.data.fixtures import make_voc
 REPO = Path(__file__).parents[1]
 BLOCKED = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
            "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
-# the runs' overrides: 4 steps, a validation (and last.ckpt) every 2 steps on one val image, no W&B
+# the runs' overrides: 4 steps, a validation (and last.ckpt) every 2 steps on one val image, no W&B; whatever the
+# quick preset's own schedule
 TINY = ["--data.init_args.crop_size", "32", "--data.init_args.batch_size", "2", "--trainer.max_steps", "4",
-        "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1", "--wandb_project", "null"]
+        "--trainer.max_epochs", "-1", "--trainer.check_val_every_n_epoch", "null", "--trainer.val_check_interval", "2",
+        "--trainer.limit_val_batches", "1", "--wandb_project", "null"]
 
 
 def reproduce(*args, env=None, timeout=900):
