@@ -100,7 +100,8 @@ def test_quick_flag_puts_the_quick_runs_note_above_the_tables(tmp_path):
 
     text = main(["--runs", str(tmp_path / "none"), "--dataset", "voc", "--backbone", "vgg",
                  "--out", str(tmp_path / "t"), "--quick"])
-    assert text.splitlines()[2] == QUICK_NOTE and "--quick" in QUICK_NOTE
+    assert text.splitlines()[2].startswith(QUICK_NOTE + " Data: ") and "--quick" in QUICK_NOTE
+    assert "No paired comparison: it needs 3 seeds" in text
 
 
 # --- our rows differing from the paper's: the sign of every difference, and the files read back ------------------
@@ -344,9 +345,86 @@ def test_text_ends_once_notes_join_and_csv_log_columns(tmp_path):
     text = write_tables(full, None, tmp_path / "full")  # no note, nothing missing: the text ends with its table
     assert text.splitlines()[1:3] == ["", "**ours**"] and text.endswith("| **50.0** | **50.0** |\n")
     text = main(["--runs", str(tmp_path / "none"), "--out", str(tmp_path / "q"), "--quick", "--note", "extra"])
-    assert text.splitlines()[2] == QUICK_NOTE + " extra"
+    assert text.splitlines()[2].startswith(QUICK_NOTE) and text.splitlines()[2].endswith(". extra")
     header = ["epoch", "step", "val/mIoU"] + [f"val/IoU/{n}" for n in VOC_CLASSES]
     path = tmp_path / "logs" / "max" / "0" / "metrics.csv"
     path.parent.mkdir(parents=True)
     path.write_text(",".join(header) + "\n0,9,0.3," + ",".join(["0.3"] * 21) + "\n")
     assert load_csv_logs(tmp_path / "logs").columns == list(VOC_SHORT_NAMES) + ["mean"]
+
+
+# --- detail columns, paired differences against Max, the generated note (issue 15) -------------------------------
+
+def write_detail_record(root, method, seed, miou, boundary, trimap):
+    path = root / "voc" / "vgg" / method / f"{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"per_class_iou": [miou] * 21, "miou": miou, "seed": seed,
+                                "boundary_iou": {"mean": boundary, "per_class": [boundary] * 21},
+                                "trimap_miou": {"1": trimap, "4": trimap + 0.1, "16": trimap + 0.2}}))
+
+
+def test_detail_metrics_are_extra_columns_of_our_rows_only(tmp_path):
+    root = tmp_path / "runs"
+    write_detail_record(root, "max", 0, 0.5, 0.25, 0.125)
+    write_detail_record(root, "ppool", 0, 0.6, 0.375, 0.5)
+    table = load_records(root, "voc", "vgg")
+    assert table.detail_columns == ["bIoU", "trimap 1px", "trimap 4px", "trimap 16px"]
+    rows = {row[0]: row[1:] for row in render_rows(table, "md", detail=True)}
+    assert rows["Max"][22:] == ["25.0", "12.5", "22.5", "32.5"]
+    assert rows["P-pooling"][21:] == ["**60.0**", "**37.5**", "**50.0**", "**60.0**", "**70.0**"]
+    assert len(render_rows(table, "md")[0]) == 23  # without detail=True: the paper's columns only
+    text = main(["--runs", str(root), "--dataset", "voc", "--backbone", "vgg", "--out", str(tmp_path / "t")])
+    ours, paper = text.split("**paper (supplement)**")
+    assert "| mean | bIoU | trimap 1px | trimap 4px | trimap 16px |" in ours
+    assert "bIoU" not in paper  # the paper's and the difference sections keep the paper's columns
+    csv_header = (tmp_path / "t.csv").read_text().splitlines()[0].split(",")
+    assert csv_header[-5:] == ["mean", "bIoU", "trimap 1px", "trimap 4px", "trimap 16px"]
+
+
+def test_paired_differences_against_max_pair_by_seed_with_a_t_interval(tmp_path):
+    from scipy import stats
+
+    from polypool.tables import findings, paired_differences
+
+    root = tmp_path / "runs"
+    max_miou = {0: 0.40, 1: 0.50, 2: 0.45}
+    ppool_diff = {0: 0.02, 1: 0.04, 2: 0.03}  # P-pooling better by 2-4 points on every seed
+    avg_diff = {0: -0.05, 1: 0.05, 2: 0.01}  # Average: no clear difference
+    for seed in (2, 0, 1):  # written out of order: pairing must follow the seed, not the file order
+        write_detail_record(root, "max", seed, max_miou[seed], 0.3, 0.2)
+        write_detail_record(root, "ppool", seed, max_miou[seed] + ppool_diff[seed], 0.3 - ppool_diff[seed], 0.2)
+        write_detail_record(root, "avg", seed, max_miou[seed] + avg_diff[seed], 0.3, 0.2)
+    write_detail_record(root, "gated", 0, 0.5, 0.3, 0.2)  # one seed: no comparison
+    table = load_records(root, "voc", "vgg")
+    differences = {(d.method, d.metric): d for d in paired_differences(table)}
+    assert {m for m, _ in differences} == {"avg", "ppool"}
+    d = differences["ppool", "mIoU"]
+    assert sorted(d.diffs) == pytest.approx([2.0, 3.0, 4.0])
+    half = stats.t.ppf(0.975, 2) * 1.0 / np.sqrt(3)  # the std of 2, 3, 4 is 1
+    assert d.interval == pytest.approx((3.0 - half, 3.0 + half))
+    assert differences["ppool", "bIoU"].mean == pytest.approx(-3.0)
+    assert differences["ppool", "trimap 1px"].mean == pytest.approx(0.0, abs=1e-9)
+    lines = findings(table)
+    assert lines[0] == "mIoU (mean over seeds), best first: Gated 50.0, P-pooling 48.0, Average 45.3, Max 45.0."
+    ppool_line = next(line for line in lines if line.startswith("P-pooling vs Max"))
+    assert "mIoU +3.0 [" in ppool_line and "(better)" in ppool_line and "bIoU -3.0 [" in ppool_line
+    assert "(worse)" in ppool_line
+    avg_line = next(line for line in lines if line.startswith("Average vs Max"))
+    assert "mIoU +0.3 [" in avg_line and "(no clear difference)" in avg_line
+    text = main(["--runs", str(root), "--dataset", "voc", "--backbone", "vgg", "--out", str(tmp_path / "t")])
+    section = text.split("**paired difference vs Max")[1]
+    assert "| Method | mIoU | bIoU | trimap 1px |" in section
+    assert f"| P-pooling | +3.0 [{3.0 - half:+.1f}, {3.0 + half:+.1f}] | -3.0 [" in section
+
+
+def test_the_quick_note_names_each_difference_from_the_full_recipe_from_the_config_files(tmp_path):
+    from polypool.tables import recipe_differences
+
+    (tmp_path / "full.yaml").write_text("model:\n  lr: 0.1\n  backbone: vgg16\ndata:\n  init_args:\n"
+                                        "    crop_size: 321\n    root: data\n")
+    (tmp_path / "quick.yaml").write_text("model:\n  lr: 0.1\n  backbone: vgg16_bn\n  optimizer: adamw\n"
+                                         "data:\n  init_args:\n    crop_size: 64\ntrainer:\n  callbacks: []\n")
+    lines = recipe_differences(["full.yaml", "quick.yaml"], root=tmp_path)
+    assert lines == ["model.backbone vgg16_bn (full: vgg16)", "model.optimizer adamw (full: default)",
+                     "data.crop_size 64 (full: 321)"]
+    assert recipe_differences(["full.yaml"], root=tmp_path) == []

@@ -32,21 +32,26 @@ METHODS = (("max", "Max"), ("avg", "Average"), ("strided_conv", "Strided-C"), ("
            ("ppool", "P-pooling"))
 PAPER_TABLES = {("voc", "vgg"): "table1_voc_vgg.tsv", ("voc", "resnet"): "table2_voc_resnet.tsv"}
 PAPER_DIR = Path(__file__).resolve().parents[2] / "results" / "paper"
-# The note above tables of ``./reproduce.sh voc vgg --quick`` runs (``--quick`` below; the results notebook uses it).
-QUICK_NOTE = ("Miniature run (./reproduce.sh voc vgg --quick): a generated 64-image VOC-format set, no pretrained "
-              "weights (no network), 48 CPU steps per variant. It shows that the whole pipeline runs end to end; 48 "
-              "steps from random initialisation are far too few for VGG16 (no batch norm) to learn much beyond the "
-              "background, so its numbers say nothing about the paper's.")
+REPO = Path(__file__).resolve().parents[2]
+# The first words of the note above tables of ``./reproduce.sh voc vgg --quick`` runs (see :func:`quick_note`).
+QUICK_NOTE = ("Miniature run (./reproduce.sh voc vgg --quick) on the CPU: the generated detail-heavy VOC-format set, "
+              "not PASCAL VOC, so its numbers are not comparable with the paper's columns.")
+PAIRED_MIN_SEEDS = 3  # paired differences against Max need this many seeds of both
 
 
 @dataclass
 class Table:
     """Per-class IoU (percent) of each method: a list of runs (seeds), each ``len(columns) - 1`` values + mean.
-    ``records`` keeps the run records it was read from (config files, alpha over training)."""
+    ``records`` keeps the run records it was read from (config files, alpha over training); ``detail`` the detail
+    metrics of the same runs (percent, one value per ``detail_columns``: Boundary IoU, trimap mIoU per band),
+    printed after the paper's columns; ``seeds`` the seed of each run (for paired differences)."""
 
     columns: list[str]
     runs: dict[str, list[np.ndarray]] = field(default_factory=dict)
     records: dict[str, list[dict]] = field(default_factory=dict)
+    detail_columns: list[str] = field(default_factory=list)
+    detail: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    seeds: dict[str, list[Optional[int]]] = field(default_factory=dict)
 
     def row(self, method: str) -> Optional[tuple[np.ndarray, np.ndarray]]:
         """(mean, std) over the seeds, or None when the method has no run."""
@@ -64,15 +69,49 @@ def record_values(per_class: Sequence[Optional[float]], miou: Optional[float] = 
     return np.append(values, mean)
 
 
+def detail_values(record: dict, columns: Sequence[str]) -> np.ndarray:
+    """A record's detail metrics in percent, in the order of :func:`detail_columns` (NaN where it has none)."""
+    trimap = record.get("trimap_miou") or {}
+    boundary = (record.get("boundary_iou") or {}).get("mean")
+    values = []
+    for column in columns:
+        value = boundary if column == BOUNDARY_COLUMN else trimap.get(column.removeprefix("trimap ").removesuffix("px"))
+        values.append(np.nan if value is None else float(value) * 100)
+    return np.array(values)
+
+
+BOUNDARY_COLUMN = "bIoU"
+
+
+def detail_columns(records: Sequence[dict]) -> list[str]:
+    """``bIoU`` and ``trimap <w>px`` for every band width the records have, narrowest first (none if no record has
+    detail metrics: records written before they existed, or the paper's)."""
+    widths = sorted({int(w) for r in records for w in (r.get("trimap_miou") or {})})
+    has_boundary = any((r.get("boundary_iou") or {}).get("mean") is not None for r in records)
+    return ([BOUNDARY_COLUMN] if has_boundary else []) + [f"trimap {w}px" for w in widths]
+
+
 def load_records(root: Path, dataset: str, backbone: str) -> Table:
     """Our run records: ``<root>/<dataset>/<backbone>/<pooling>/<seed>.json``."""
     table = Table(columns=list(VOC_SHORT_NAMES) + ["mean"])
     for method, _ in METHODS:
-        for path in sorted((root / dataset / backbone / method).glob("*.json")):
+        for path in sorted((root / dataset / backbone / method).glob("*.json"), key=_seed_order):
             record = json.loads(path.read_text())
             table.runs.setdefault(method, []).append(record_values(record["per_class_iou"], record.get("miou")))
             table.records.setdefault(method, []).append(record)
+            seed = record.get("seed")
+            if seed is None and path.stem.isdigit():
+                seed = int(path.stem)
+            table.seeds.setdefault(method, []).append(None if seed is None else int(seed))
+    table.detail_columns = detail_columns([r for rs in table.records.values() for r in rs])
+    if table.detail_columns:
+        table.detail = {m: [detail_values(r, table.detail_columns) for r in rs] for m, rs in table.records.items()}
     return table
+
+
+def _seed_order(path: Path) -> tuple[int, int, str]:
+    """``<seed>.json`` sorts by seed number (10.json after 9.json)."""
+    return (0, int(path.stem), "") if path.stem.isdigit() else (1, 0, path.stem)
 
 
 def paper_table_key(dataset: str, experiment: str) -> tuple[str, str]:
@@ -174,19 +213,29 @@ def format_cell(mean: float, std: float, seeds: int, bold: bool, style: str) -> 
     return text
 
 
-def render_rows(table: Table, style: str) -> list[list[str]]:
-    best = best_per_column(table)
-    rows = []
-    for method, label in METHODS:
-        row = table.row(method)
+def render_rows(table: Table, style: str, detail: bool = False) -> list[list[str]]:
+    """One row per method: the paper's columns, then (``detail``) the detail columns; bold marks each column's
+    best."""
+    rows = [_cells(table, style, table.runs, len(table.columns))]
+    if detail and table.detail_columns:
+        rows.append(_cells(table, style, table.detail, len(table.detail_columns)))
+    return [[label] + [cell for part in rows for cell in part[i]] for i, (_, label) in enumerate(METHODS)]
+
+
+def _cells(table: Table, style: str, runs: dict[str, list[np.ndarray]], width: int) -> list[list[str]]:
+    view = Table(columns=[""] * width, runs=runs)
+    best = best_per_column(view)
+    cells = []
+    for method, _ in METHODS:
+        row = view.row(method)
         if row is None:
-            rows.append([label] + ["-"] * len(table.columns))
+            cells.append(["-"] * width)
             continue
         mean, std = row
-        seeds = len(table.runs[method])
-        rows.append([label] + [format_cell(m, s, seeds, not math.isnan(m) and round(m, 1) == b, style)
-                               for m, s, b in zip(mean, std, best)])
-    return rows
+        seeds = len(runs[method])
+        cells.append([format_cell(m, s, seeds, not math.isnan(m) and round(m, 1) == b, style)
+                      for m, s, b in zip(mean, std, best)])
+    return cells
 
 
 def delta_rows(ours: Table, paper: Table) -> list[list[str]]:
@@ -199,6 +248,141 @@ def delta_rows(ours: Table, paper: Table) -> list[list[str]]:
             # round first, and + 0.0 turns a rounded -0.0 into 0.0
             rows.append([label] + [("n/a" if math.isnan(d) else f"{round(d, 1) + 0.0:+.1f}") for d in a[0] - b[0]])
     return rows
+
+
+def paired_metrics(table: Table) -> list[tuple[str, dict[str, list[float]]]]:
+    """The metrics compared seed by seed: mIoU, Boundary IoU and trimap mIoU in the narrowest band, each as
+    {method: per-run values} (percent)."""
+    metrics = [("mIoU", {m: [float(v[-1]) for v in runs] for m, runs in table.runs.items()})]
+    for column in (BOUNDARY_COLUMN, next((c for c in table.detail_columns if c.startswith("trimap")), None)):
+        if column in table.detail_columns:
+            index = table.detail_columns.index(column)
+            metrics.append((column, {m: [float(v[index]) for v in runs] for m, runs in table.detail.items()}))
+    return metrics
+
+
+@dataclass
+class PairedDifference:
+    """``method`` minus the baseline on one metric, over the seeds both have: the mean, its 95% t-interval."""
+
+    method: str
+    metric: str
+    diffs: list[float]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.diffs))
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        from scipy import stats
+
+        n = len(self.diffs)
+        half = stats.t.ppf(0.975, n - 1) * np.std(self.diffs, ddof=1) / math.sqrt(n)
+        return self.mean - half, self.mean + half
+
+
+def paired_differences(table: Table, baseline: str = "max",
+                       min_seeds: int = PAIRED_MIN_SEEDS) -> list[PairedDifference]:
+    """Each method minus ``baseline``, paired by seed (seed s of both), for every :func:`paired_metrics` metric
+    where both have the same ``min_seeds`` or more seeds (a NaN value drops that seed)."""
+    out = []
+    for metric, values in paired_metrics(table):
+        base = dict(zip(table.seeds.get(baseline, []), values.get(baseline, [])))
+        for method, _ in METHODS:
+            if method == baseline:
+                continue
+            diffs = [v - base[s] for s, v in zip(table.seeds.get(method, []), values.get(method, []))
+                     if s is not None and s in base and not (math.isnan(v) or math.isnan(base[s]))]
+            if len(diffs) >= min_seeds:
+                out.append(PairedDifference(method, metric, diffs))
+    return out
+
+
+def paired_rows(differences: Sequence[PairedDifference]) -> tuple[list[str], list[list[str]]]:
+    """Columns (the metrics) and one row per method: ``+1.2 [-0.3, +2.7]`` (mean and 95% interval)."""
+    metrics = list(dict.fromkeys(d.metric for d in differences))
+    labels = dict(METHODS)
+    rows = []
+    for method in dict.fromkeys(d.method for d in differences):
+        cells = []
+        for metric in metrics:
+            d = next((d for d in differences if d.method == method and d.metric == metric), None)
+            low, high = d.interval if d else (0.0, 0.0)
+            cells.append("-" if d is None else f"{d.mean:+.1f} [{low:+.1f}, {high:+.1f}]")
+        rows.append([labels[method]] + cells)
+    return metrics, rows
+
+
+def findings(table: Table, baseline: str = "max") -> list[str]:
+    """What the numbers show, in sentences written from them: the ranking by mean on each compared metric, and
+    for each method against ``baseline`` whether the 95% interval of the paired difference excludes 0."""
+    labels = dict(METHODS)
+    lines = []
+    for metric, values in paired_metrics(table):
+        means = {m: float(np.nanmean(v)) for m, v in values.items() if v and not np.all(np.isnan(v))}
+        if means:
+            ranking = sorted(means, key=means.get, reverse=True)
+            lines.append(f"{metric} (mean over seeds), best first: " +
+                         ", ".join(f"{labels[m]} {means[m]:.1f}" for m in ranking) + ".")
+    differences = paired_differences(table, baseline)
+    for method in dict.fromkeys(d.method for d in differences):
+        parts = []
+        for d in (d for d in differences if d.method == method):
+            low, high = d.interval
+            verdict = "better" if low > 0 else ("worse" if high < 0 else "no clear difference")
+            parts.append(f"{d.metric} {d.mean:+.1f} [{low:+.1f}, {high:+.1f}] ({verdict})")
+        lines.append(f"{labels[method]} vs {labels[baseline]}, paired over {len(differences[0].diffs)} seeds, "
+                     f"mean difference [95% interval]: " + "; ".join(parts) + ".")
+    if not differences:
+        seeds = min((len(r) for r in table.runs.values()), default=0)
+        lines.append(f"No paired comparison: it needs {PAIRED_MIN_SEEDS} seeds of each pooling (these runs have "
+                     f"{seeds} for the pooling with fewest); run with --seeds {PAIRED_MIN_SEEDS}.")
+    return lines
+
+
+def recipe_differences(config_files: Sequence[str], root: Path = REPO) -> list[str]:
+    """``key: value (full recipe: value)`` for every setting that the later config files (the quick preset) change
+    in the first one (the full recipe), read from the files themselves."""
+    import yaml
+
+    def flat(tree, prefix=""):
+        out = {}
+        for key, value in (tree or {}).items():
+            if key == "callbacks":
+                continue
+            name = f"{prefix}{key}"
+            out.update(flat(value, name + ".") if isinstance(value, dict) else {name: value})
+        return out
+
+    if len(config_files) < 2:
+        return []
+    base = flat(yaml.safe_load((root / config_files[0]).read_text()))
+    changed = {}
+    for name in config_files[1:]:
+        changed.update(flat(yaml.safe_load((root / name).read_text())))
+    return [f"{key.replace('init_args.', '')} {value} (full: {base[key] if key in base else 'default'})"
+            for key, value in changed.items() if base.get(key, object()) != value]
+
+
+def quick_note(table: Table, extra: str = "") -> str:
+    """The note of a ``--quick`` table: what the set is, how it differs from the full recipe (and ``extra``), then
+    what the numbers show, as a list (no number in it is written by hand)."""
+    from .data.fixtures import PRESETS
+
+    preset = PRESETS["quick"]
+    config_files = next((r.get("config_files") for rs in table.records.values() for r in rs
+                         if r.get("config_files")), [])
+    steps = sorted({r.get("steps") for rs in table.records.values() for r in rs} - {None})
+    parts = [QUICK_NOTE,
+             f"Data: `python -m polypool.data.fixtures voc DIR --preset quick` ({preset['train']} train and "
+             f"{preset['val']} val images of {preset['size'][0]}x{preset['size'][1]} px, seed {preset['seed']}; "
+             f"README, 'The CPU miniature').",
+             f"Steps per run: {', '.join(map(str, steps)) or '?'}."]
+    differences = recipe_differences(config_files)
+    if differences:
+        parts.append(f"Differences from `{config_files[0]}`: " + "; ".join(differences) + ".")
+    return " ".join(parts + ([extra] if extra else [])) + "\n\n" + "\n".join(f"- {line}" for line in findings(table))
 
 
 def missing_runs(table: Table) -> list[str]:
@@ -221,15 +405,22 @@ def latex(title: str, columns: Sequence[str], rows: list[list[str]]) -> str:
 
 
 def write_tables(ours: Table, paper: Optional[Table], out_stem: Path, note: str = "") -> str:
-    """Write ``<out_stem>.{md,csv,tex}``; returns the markdown."""
-    sections = [("ours", render_rows(ours, "md"))]
+    """Write ``<out_stem>.{md,csv,tex}``; returns the markdown. Our rows carry the detail columns (Boundary IoU,
+    trimap mIoU) after the paper's; with 3+ seeds a section gives each pooling's paired difference against Max."""
+    ours_columns = ours.columns + ours.detail_columns
+    sections = [("ours", ours_columns, render_rows(ours, "md", detail=True))]
     if paper is not None:
-        sections += [("paper (supplement)", render_rows(paper, "md")), ("ours - paper", delta_rows(ours, paper))]
+        sections += [("paper (supplement)", ours.columns, render_rows(paper, "md")),
+                     ("ours - paper", ours.columns, delta_rows(ours, paper))]
+    differences = paired_differences(ours)
+    if differences:
+        metrics, rows = paired_rows(differences)
+        sections.append(("paired difference vs Max, per seed: mean [95% t-interval]", metrics, rows))
     md = [f"# {out_stem.name}: per-class IoU (%) and mIoU", ""]
     if note:
         md += [note, ""]
-    for title, rows in sections:
-        md += [markdown(title, ours.columns, rows), ""]
+    for title, columns, rows in sections:
+        md += [markdown(title, columns, rows), ""]
     missing = missing_runs(ours)
     if missing:
         md.append(f"Missing runs (shown as -): {', '.join(missing)}.")
@@ -241,13 +432,16 @@ def write_tables(ours: Table, paper: Optional[Table], out_stem: Path, note: str 
     out_stem.with_suffix(".md").write_text(text)
     with open(out_stem.with_suffix(".csv"), "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["table", "method"] + ours.columns)
-        writer.writerows([["ours"] + r for r in render_rows(ours, "csv")])
+        writer.writerow(["table", "method"] + ours_columns)
+        writer.writerows([["ours"] + r for r in render_rows(ours, "csv", detail=True)])
         if paper is not None:
             writer.writerows([["paper"] + r for r in render_rows(paper, "csv")])
             writer.writerows([["ours - paper"] + r for r in delta_rows(ours, paper)])
-    tex = [latex(title, ours.columns, render_rows(ours, "tex") if title == "ours" else (
-        render_rows(paper, "tex") if title.startswith("paper") else rows)) for title, rows in sections]
+        if differences:
+            writer.writerow(["paired vs max", "method"] + metrics)
+            writer.writerows([["paired vs max"] + r for r in rows])
+    tex = [latex(title, columns, render_rows(ours, "tex", detail=True) if title == "ours" else (
+        render_rows(paper, "tex") if title.startswith("paper") else rows)) for title, columns, rows in sections]
     out_stem.with_suffix(".tex").write_text("\n\n".join(tex) + "\n")
     return text
 
@@ -265,14 +459,14 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     parser.add_argument("--note", default="", help="a line printed above the tables (e.g. 'miniature run')")
     parser.add_argument("--quick", action="store_true", help="note that these are reproduce.sh --quick runs")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.note = " ".join(filter(None, [QUICK_NOTE, args.note]))
     if args.wandb:
         ours = load_wandb(args.wandb, args.dataset, args.backbone)
     elif args.csv_logs:
         ours = load_csv_logs(args.csv_logs)
     else:
         ours = load_records(args.runs, args.dataset, args.backbone)
+    if args.quick:
+        args.note = quick_note(ours, args.note)
     key = paper_table_key(args.dataset, args.backbone)
     paper = load_paper(*key) if key in PAPER_TABLES else None
     text = write_tables(ours, paper, args.out or Path("results") / f"{args.dataset}_{args.backbone}", args.note)
