@@ -97,6 +97,111 @@ def render_voc_scene(rng: np.random.Generator, size: tuple[int, int], max_object
     return image.astype(np.uint8), mask
 
 
+# --- the detail-heavy VOC set (``reproduce.sh --quick``) ---------------------------------------------------------
+# Six VOC classes drawn as structures whose details decide the IoU: 1-3 px frames, legs, masts, wires and stems, birds
+# of a few pixels, and thick bodies that touch them, over textured backgrounds. Each class keeps its own colour (with
+# jitter), so a small network can tell them apart in minutes; what it cannot do without detail is find their pixels.
+DETAIL_CLASSES = {"bicycle": 2, "bird": 3, "boat": 4, "chair": 9, "person": 15, "pottedplant": 16}
+DETAIL_COLOURS = {2: (230, 40, 40), 3: (250, 220, 30), 4: (40, 90, 240), 9: (150, 60, 220), 15: (240, 140, 30),
+                  16: (30, 200, 60)}
+
+
+def _segment(yy: np.ndarray, xx: np.ndarray, p0, p1, width: float) -> np.ndarray:
+    """Pixels whose centre lies within ``width / 2`` of the segment p0-p1 (points as (y, x))."""
+    (y0, x0), (y1, x1) = p0, p1
+    dy, dx = y1 - y0, x1 - x0
+    t = np.clip(((yy - y0) * dy + (xx - x0) * dx) / max(dy * dy + dx * dx, 1e-9), 0, 1)
+    return (yy - y0 - t * dy) ** 2 + (xx - x0 - t * dx) ** 2 <= (width / 2 + 0.15) ** 2
+
+
+def _ring(yy, xx, cy, cx, r, width):
+    return np.abs(np.hypot(yy - cy, xx - cx) - r) <= width / 2 + 0.15
+
+
+def _detail_object(cls: int, yy, xx, rng, height: int, width: int) -> np.ndarray:
+    """The mask of one object of VOC class ``cls``, at a random place and size. Sizes scale with the image (they
+    are given for 64 px); strokes stay 1-3 px wide."""
+    thin = lambda: float(rng.choice([1.0, 2.0, 3.0]))  # noqa: E731 - a stroke width of 1-3 px
+    k = min(height, width) / 64
+    u = lambda low, high: k * rng.uniform(low, high)  # noqa: E731 - a length in pixels at this image size
+    cy, cx = rng.uniform(0.15, 0.85) * height, rng.uniform(0.15, 0.85) * width
+    if cls == 2:  # bicycle: two wheels and a frame of 2-3 px strokes
+        r, w = u(4, 8), float(rng.choice([2.0, 3.0]))
+        a, b = (cy, cx - 1.6 * r), (cy, cx + 1.6 * r)
+        top = (cy - 1.3 * r, cx)
+        mask = _ring(yy, xx, *a, r, w) | _ring(yy, xx, *b, r, w)
+        for p, q in ((a, top), (top, b), (a, (cy, cx)), ((cy, cx), top), ((cy, cx), b)):
+            mask |= _segment(yy, xx, p, q, w)
+        return mask
+    if cls == 3:  # birds: a flock of 2-6 blobs of a few pixels
+        mask = np.zeros_like(yy, dtype=bool)
+        for _ in range(rng.integers(2, 7)):
+            oy, ox = cy + u(-10, 10), cx + u(-10, 10)
+            mask |= ((yy - oy) / u(0.8, 2.2)) ** 2 + ((xx - ox) / u(0.8, 3.0)) ** 2 <= 1
+        return mask
+    if cls == 4:  # boat: a hull, a 1-2 px mast and 1 px stays
+        hw, hh = u(6, 14), u(2.5, 5)
+        hull = (np.abs(yy - cy) <= hh) & (np.abs(xx - cx) <= hw - (yy - cy + hh) * 0.8)
+        mast_top = (cy - u(10, 22), cx)
+        mask = hull | _segment(yy, xx, (cy, cx), mast_top, float(rng.choice([1.0, 2.0])))
+        mask |= _segment(yy, xx, mast_top, (cy - hh, cx + hw * 0.9), 1.0)
+        mask |= _segment(yy, xx, mast_top, (cy - hh, cx - hw * 0.9), 1.0)
+        return mask
+    if cls == 9:  # chair: a seat and back of 3-4 px, four legs of 1-3 px
+        s, w = u(5, 10), thin()
+        mask = _segment(yy, xx, (cy, cx - s), (cy, cx + s), w + 1.0)
+        mask |= _segment(yy, xx, (cy, cx + s), (cy - 1.4 * s, cx + s), w + 1.0)
+        for fx in (-s, -s / 3, s / 3, s):
+            mask |= _segment(yy, xx, (cy, cx + fx), (cy + 1.3 * s, cx + fx * 1.1), w)
+        return mask
+    if cls == 15:  # person: a thick body and head (the large objects, which the thin ones touch)
+        h = u(9, 18)
+        body = ((yy - cy) / h) ** 2 + ((xx - cx) / (h * 0.35)) ** 2 <= 1
+        return body | (np.hypot(yy - (cy - 1.25 * h), xx - cx) <= h * 0.3)
+    if cls == 16:  # potted plant: a pot and 1 px stems with small leaves
+        pw = u(3, 6)
+        mask = (yy >= cy) & (yy <= cy + 1.6 * pw) & (np.abs(xx - cx) <= pw - (yy - cy) * 0.3)
+        for _ in range(rng.integers(2, 5)):
+            tip = (cy - u(6, 16), cx + u(-9, 9))
+            mask |= _segment(yy, xx, (cy, cx), tip, 1.0)
+            mask |= np.hypot(yy - tip[0], xx - tip[1]) <= u(1.0, 2.5)
+        return mask
+    raise ValueError(f"no detail drawing for VOC class {cls}")
+
+
+def _textured_background(rng, height: int, width: int) -> np.ndarray:
+    """Grey-ish gratings, checks and noise at random frequencies: texture that a pooling must not mistake for
+    an object (no saturated colour, which the objects own)."""
+    yy, xx = np.mgrid[:height, :width].astype(np.float32)
+    base = rng.uniform(80, 170)
+    image = np.full((height, width), base, dtype=np.float32)
+    for _ in range(rng.integers(1, 3)):
+        angle, period = rng.uniform(0, np.pi), rng.uniform(2.5, 12)
+        phase = (np.cos(angle) * xx + np.sin(angle) * yy) * 2 * np.pi / period
+        image += rng.uniform(10, 35) * np.sign(np.sin(phase + rng.uniform(0, 6.3)))
+    image = image[..., None] * rng.uniform(0.9, 1.1, size=3)[None, None]  # a faint tint
+    return image + rng.normal(0, 10, size=(height, width, 3))
+
+
+def render_detail_scene(rng: np.random.Generator, size: tuple[int, int], max_objects: int = 6):
+    """An RGB image and its class mask (0 = background, :data:`DETAIL_CLASSES` ids) of the detail-heavy set."""
+    height, width = size
+    yy, xx = np.mgrid[:height, :width].astype(np.float32)
+    image = _textured_background(rng, height, width)
+    mask = np.zeros((height, width), dtype=np.uint8)
+    ids = list(DETAIL_CLASSES.values())
+    for _ in range(rng.integers(3, max_objects + 1)):
+        cls = int(rng.choice(ids))
+        region = _detail_object(cls, yy, xx, rng, height, width)
+        colour = np.array(DETAIL_COLOURS[cls], dtype=np.float32) * rng.uniform(0.8, 1.1)
+        if rng.random() < 0.4:  # some objects carry a texture of their own
+            colour = colour * (0.75 + 0.25 * ((xx + yy) // 2 % 2))[..., None]
+        painted = colour + rng.normal(0, 8, size=(height, width, 3))
+        image[region] = painted[region]
+        mask[region] = cls
+    return np.clip(image, 0, 255).astype(np.uint8), mask
+
+
 def add_voc_boundaries(mask: np.ndarray) -> np.ndarray:
     """VOC marks a band around each object as 255 ("difficult"); here a 1-pixel band outside each object."""
     out = mask.copy()
@@ -107,6 +212,9 @@ def add_voc_boundaries(mask: np.ndarray) -> np.ndarray:
         band = ndimage.binary_dilation(region) & ~region
         out[band & (mask != cls)] = IGNORE_INDEX
     return out
+
+
+VOC_STYLES = {"shapes": render_voc_scene, "detail": render_detail_scene}
 
 
 def _save_palette_png(mask: np.ndarray, path: Path) -> None:
@@ -129,12 +237,18 @@ def _voc_ids(count: int, offset: int) -> list[str]:
 
 
 def make_voc(root, n_train: int = 40, n_val: int = 12, size: tuple[int, int] = (96, 128), seed: int = 0,
-             n_sbd: int = 0) -> Path:
+             n_sbd: int = 0, style: str = "shapes") -> Path:
     """Write a mini VOC 2012 (and, with ``n_sbd > 0``, SBD) in the official layouts under ``root``.
+
+    ``style`` is "shapes" (the 20 classes as coloured shapes, :func:`render_voc_scene`) or "detail" (six classes
+    drawn as thin, small and touching structures over textures, :func:`render_detail_scene`).
 
     SBD's train list includes half of the VOC val ids (as the real SBD does) plus ``n_sbd`` ids of its own, so
     "trainaug" must exclude them. Returns ``root``.
     """
+    if style not in VOC_STYLES:
+        raise ValueError(f"style must be one of {sorted(VOC_STYLES)}, got {style!r}")
+    render = VOC_STYLES[style]
     root = Path(root)
     rng = np.random.default_rng(seed)
     voc, sbd = root / "VOCdevkit" / "VOC2012", root / "benchmark_RELEASE" / "dataset"
@@ -146,7 +260,7 @@ def make_voc(root, n_train: int = 40, n_val: int = 12, size: tuple[int, int] = (
     train_ids, val_ids = _voc_ids(n_train, 0), _voc_ids(n_val, n_train)
     sbd_ids = _voc_ids(n_sbd, n_train + n_val)
     for image_id in train_ids + val_ids + sbd_ids:
-        image, mask = render_voc_scene(rng, size)
+        image, mask = render(rng, size)
         Image.fromarray(image).save(voc / "JPEGImages" / f"{image_id}.jpg", quality=95)
         if image_id not in sbd_ids:  # VOC's own masks: palette PNGs with boundaries
             _save_palette_png(add_voc_boundaries(mask), voc / "SegmentationClass" / f"{image_id}.png")
@@ -258,6 +372,56 @@ def make_ade20k(root, n_train: int = 6, n_val: int = 3, size: tuple[int, int] = 
     return root
 
 
+def voc_statistics(root, split: str = "val", near: int = 4) -> dict:
+    """Statistics of a VOC-layout set's masks (``split``): per class the pixel share and the sizes of its
+    objects (connected regions, in pixels), and the share of labelled pixels within ``near`` px of a boundary
+    between labels (the band of the trimap metric, :class:`polypool.metrics.TrimapIoU`)."""
+    import torch
+
+    from ..metrics import dilate, label_boundary
+    from .classes import VOC_CLASSES
+    from .voc import read_mask
+
+    base = Path(root) / "VOCdevkit" / "VOC2012"
+    ids = (base / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
+    pixels, sizes, labelled, in_band = {}, {}, 0, 0
+    for image_id in ids:
+        mask = read_mask(base / "SegmentationClass" / f"{image_id}.png")
+        valid = mask != IGNORE_INDEX
+        # the boundary of the objects as drawn: 255 (VOC's boundary band) counts as the object it surrounds
+        target = torch.from_numpy(np.where(valid, mask, 0).astype(np.int64))[None]
+        band = dilate(label_boundary(target), near)[0].numpy() & valid
+        labelled, in_band = labelled + int(valid.sum()), in_band + int(band.sum())
+        for cls in np.unique(mask[valid]):
+            pixels[int(cls)] = pixels.get(int(cls), 0) + int((mask == cls).sum())
+            if cls:
+                regions, count = ndimage.label(mask == cls, structure=np.ones((3, 3)))  # 8-connected
+                sizes.setdefault(int(cls), []).extend(np.bincount(regions.ravel())[1:].tolist())
+    classes = {VOC_CLASSES[c]: {"pixel_share": pixels[c] / labelled,
+                                "object_px": ({"median": float(np.median(sizes[c])), "min": int(min(sizes[c])),
+                                               "max": int(max(sizes[c])), "count": len(sizes[c])}
+                                              if c in sizes else None)}
+               for c in sorted(pixels)}
+    return {"split": split, "images": len(ids), "near_px": near, "near_boundary_share": in_band / labelled,
+            "classes": classes}
+
+
+def format_statistics(stats: dict) -> str:
+    """A markdown table of :func:`voc_statistics` (for the README)."""
+    lines = [f"{stats['images']} {stats['split']} images; {100 * stats['near_boundary_share']:.1f}% of the labelled "
+             f"pixels lie within {stats['near_px']} px of a boundary.", "",
+             "| class | pixel share | objects | object size, px: median (min-max) |", "|---|---:|---:|---|"]
+    for name, c in stats["classes"].items():
+        size = c["object_px"]
+        lines.append(f"| {name} | {100 * c['pixel_share']:.1f}% | {size['count'] if size else '-'} | "
+                     + (f"{size['median']:.0f} ({size['min']}-{size['max']})" if size else "-") + " |")
+    return "\n".join(lines)
+
+
+# Named VOC sets: "quick" is the set reproduce.sh --quick trains and evaluates on (README, "The CPU miniature").
+PRESETS = {"quick": {"style": "detail", "train": 240, "val": 40, "size": [96, 96], "seed": 0, "sbd": 0}}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Generate a small dataset in its official layout.")
     parser.add_argument("dataset", choices=("voc", "cityscapes", "ade20k"))
@@ -266,19 +430,33 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--val", type=int, default=12)
     parser.add_argument("--sbd", type=int, default=0, help="VOC only: extra SBD-only images (trainaug)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--style", choices=sorted(VOC_STYLES), default="shapes",
+                        help="VOC only: 'shapes' (20 classes as coloured shapes) or 'detail' (thin, small and "
+                             "touching structures of six classes over textures)")
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="VOC only: a named set; 'quick' is reproduce.sh --quick's (overrides the options above)")
+    parser.add_argument("--stats", action="store_true",
+                        help="VOC only: print the val set's statistics (object sizes, pixels near a boundary)")
     parser.add_argument("--size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"),
                         help="image size (default: voc 96 128, cityscapes 64 128, ade20k 72 96)")
     args = parser.parse_args(argv)
+    if args.preset is not None:
+        if args.dataset != "voc":
+            parser.error(f"--preset {args.preset} is a VOC set")
+        for key, value in PRESETS[args.preset].items():
+            setattr(args, key, value)
     if args.size is not None and min(args.size) < 16:
         parser.error(f"--size {args.size[0]} {args.size[1]}: images need at least 16 pixels per side")
     size = {} if args.size is None else {"size": tuple(args.size)}
     if args.dataset == "voc":
-        make_voc(args.root, args.train, args.val, seed=args.seed, n_sbd=args.sbd, **size)
+        make_voc(args.root, args.train, args.val, seed=args.seed, n_sbd=args.sbd, style=args.style, **size)
     elif args.dataset == "cityscapes":
         make_cityscapes(args.root, args.train, args.val, seed=args.seed, **size)
     else:
         make_ade20k(args.root, args.train, args.val, seed=args.seed, **size)
     print(f"wrote {args.dataset} to {args.root}")
+    if args.stats and args.dataset == "voc":
+        print(format_statistics(voc_statistics(args.root)))
 
 
 if __name__ == "__main__":

@@ -23,8 +23,7 @@ import timm
 import torch
 from torch import Tensor, nn
 
-VGG16_POOL_INDICES = (4, 9, 16, 23, 30)  # positions of pool1..pool5 in timm's vgg16.features
-VGG16_CONV5_INDICES = (24, 26, 28)
+VGG16_BACKBONES = ("vgg16", "vgg16_bn")  # timm's VGG16, and with BatchNorm (the CPU miniature trains it from scratch)
 # (kernel, stride, padding) of pool1..pool5 in each VGG16 layout (docs/paper_notes.md)
 VGG16_POOLS = {
     "vgg16_20m": ((2, 2, 1), (2, 2, 1), (2, 2, 1), (2, 1, 0), (3, 1, 1)),
@@ -140,12 +139,15 @@ def build_vgg16_features_from(vgg: nn.Module, layout: str = "largefov") -> nn.Se
     if layout not in VGG16_POOLS:
         raise ValueError(f"VGG16 layout must be one of {sorted(VGG16_POOLS)}, got {layout!r}")
     features = vgg.features
-    for index, (kernel, stride, padding) in zip(VGG16_POOL_INDICES, VGG16_POOLS[layout]):
-        if not isinstance(features[index], nn.MaxPool2d):
-            raise RuntimeError(f"timm's vgg16.features[{index}] is {type(features[index]).__name__}, expected "
-                               f"MaxPool2d: this timm version changed the VGG layout")
+    # pool1..pool5 are the five MaxPool2d and conv5_1-3 the last three convs, in vgg16 and vgg16_bn alike
+    pools = [i for i, layer in enumerate(features) if isinstance(layer, nn.MaxPool2d)]
+    convs = [i for i, layer in enumerate(features) if isinstance(layer, nn.Conv2d)]
+    if len(pools) != 5 or len(convs) != 13:
+        raise RuntimeError(f"timm's VGG16 features have {len(pools)} MaxPool2d and {len(convs)} Conv2d, expected 5 "
+                           f"and 13: this timm version changed the VGG layout")
+    for index, (kernel, stride, padding) in zip(pools, VGG16_POOLS[layout]):
         features[index] = nn.MaxPool2d(kernel, stride, padding)
-    for index in VGG16_CONV5_INDICES:
+    for index in convs[-3:]:
         conv = features[index]
         conv.dilation, conv.padding = (2, 2), (2, 2)
     return features
@@ -216,7 +218,7 @@ def build_network(backbone: str, num_classes: int, head: str = "auto", output_st
                   pretrained: bool = False, weights: str | None = None) -> SegmentationNetwork:
     """The paper's networks.
 
-    * ``vgg16`` (any timm tag, e.g. ``vgg16.tv_in1k``) with head ``vgg16_20m`` (the authors') or ``largefov``
+    * ``vgg16`` or ``vgg16_bn`` (any timm tag, e.g. ``vgg16.tv_in1k``) with head ``vgg16_20m`` (the authors') or ``largefov``
       (DeepLab's; what ``auto`` picks): VGG16 features at output stride 8 and :class:`VGGHead`.
     * any other timm backbone (ResNets dilated to ``output_stride``; ``inception_v3`` at 32) with ``aspp``
       (DeepLab v2, what ``auto`` picks) or ``aspp_v3`` (DeepLabv3: rates 6/12/18 at output stride 16, doubled
@@ -224,10 +226,10 @@ def build_network(backbone: str, num_classes: int, head: str = "auto", output_st
     """
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-    if backbone.split(".")[0] == "vgg16":
+    if backbone.split(".")[0] in VGG16_BACKBONES:
         head = "largefov" if head == "auto" else head
         if head not in VGG16_POOLS:
-            raise ValueError(f"vgg16 takes head 'vgg16_20m' (the authors' layout) or 'largefov' (DeepLab's), "
+            raise ValueError(f"{backbone} takes head 'vgg16_20m' (the authors' layout) or 'largefov' (DeepLab's), "
                              f"got {head!r}")
         if output_stride != 8:
             raise ValueError(f"the VGG16 segmentation networks have output stride 8 (got output_stride={output_stride})")
