@@ -52,6 +52,7 @@ ModelPooling = Literal["max", "max_all", "avg", "strided_conv", "gated", "mixed"
 Head = Literal["auto", "vgg16_20m", "largefov", "aspp", "aspp_v3"]
 BatchNormPolicy = Literal["train", "frozen"]
 EvalMode = Literal["whole", "sliding"]
+Optimizer = Literal["sgd", "adamw"]
 
 
 class SegmentationModel(L.LightningModule):
@@ -63,6 +64,10 @@ class SegmentationModel(L.LightningModule):
             (Table 1), ``resnet50``/``resnet101`` (Table 2), ``inception_v3``.
         pretrained: load timm's ImageNet weights (needs network, or ``weights``).
         weights: a local weights file for the backbone, loaded by timm (``pretrained_cfg_overlay=dict(file=...)``).
+        network_weights: start the whole segmentation network (backbone and head) from a trained one, before the
+            pooling swap: a Lightning checkpoint of this model (``.ckpt``) or a ``network`` state dict. The CPU
+            miniature fine-tunes every pooling from one network trained with max pooling, as the paper fine-tunes
+            from ImageNet's VGG16 (configs/trainer/quick.yaml).
         pooling: ``max`` (the pre-trained backbone as it is: no site changes), ``max_all`` (every site max
             pooling, average pools included), or a pooling of :func:`polypool.pooling.build_pooling` at every site:
             ``avg``, ``strided_conv``, ``gated``, ``mixed``, ``dpp``, ``lp`` or ``ppool``.
@@ -75,6 +80,8 @@ class SegmentationModel(L.LightningModule):
         output_stride: 8 for VGG16; 8 or 16 for ResNets; 32 for inception_v3 (timm has no dilated variant).
         lr, momentum, weight_decay, poly_power: SGD with a poly schedule, lr * (1 - step/max_steps)^poly_power,
             for the per-pixel **mean** cross-entropy (the authors' summed loss needs its lr divided by H x W).
+        optimizer: ``sgd`` (the paper's, with ``momentum``) or ``adamw`` (decoupled weight decay; the CPU
+            miniature's, which trains VGG16 from scratch in minutes). The lr multipliers apply to both.
         head_lr_mult: the layers that never come from ImageNet weights (the classifier; the whole ASPP head)
             learn ``head_lr_mult`` times faster (DeepLab's x10).
         bias_lr_mult: biases learn ``bias_lr_mult`` times faster (DeepLab's Caffe models: x2).
@@ -99,6 +106,7 @@ class SegmentationModel(L.LightningModule):
         backbone: str = "vgg16",
         pretrained: bool = False,
         weights: Optional[str] = None,
+        network_weights: Optional[str] = None,
         pooling: ModelPooling = "max",
         pooling_kwargs: Optional[dict[str, Any]] = None,
         head: Head = "auto",
@@ -107,6 +115,7 @@ class SegmentationModel(L.LightningModule):
         class_names: Optional[Sequence[str]] = None,
         output_stride: int = 8,
         lr: float = 1e-3,
+        optimizer: Optimizer = "sgd",
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
         poly_power: float = 0.9,
@@ -137,6 +146,8 @@ class SegmentationModel(L.LightningModule):
                 raise ValueError("eval_mode='sliding' needs eval_crop=(height, width) and eval_stride=(height, width)")
             if not all(0 < s <= c for s, c in zip(eval_stride, eval_crop)):
                 raise ValueError(f"need 0 < eval_stride <= eval_crop, got {eval_stride} and {eval_crop}")
+        if optimizer not in get_args(Optimizer):
+            raise ValueError(f"optimizer must be one of {get_args(Optimizer)}, got {optimizer!r}")
         if batchnorm not in get_args(BatchNormPolicy):
             raise ValueError(f"batchnorm must be one of {get_args(BatchNormPolicy)}, got {batchnorm!r}")
         if class_names is not None and len(class_names) != num_classes:
@@ -144,6 +155,8 @@ class SegmentationModel(L.LightningModule):
         self.class_names = list(class_names) if class_names is not None else (
             list(VOC_CLASSES) if num_classes == len(VOC_CLASSES) else [f"class_{i}" for i in range(num_classes)])
         self.network = build_network(backbone, num_classes, head, output_stride, pretrained, weights)
+        if network_weights is not None:
+            load_network_weights(self.network, network_weights)
         if pooling_kwargs is None:
             pooling_kwargs = dict(PAPER_POOLING_KWARGS.get(pooling, {}))
         if pooling == "ppool" and alpha_grad_scale != 1.0:
@@ -354,9 +367,35 @@ class SegmentationModel(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = torch.optim.SGD(self.parameter_groups(), lr=hp.lr, momentum=hp.momentum,
-                                    weight_decay=hp.weight_decay)
+        if hp.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(self.parameter_groups(), lr=hp.lr, weight_decay=hp.weight_decay)
+        else:
+            optimizer = torch.optim.SGD(self.parameter_groups(), lr=hp.lr, momentum=hp.momentum,
+                                        weight_decay=hp.weight_decay)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         # lr * (1 - step / total) ** poly_power, DeepLab's "poly"; torch's own scheduler (picklable, for ddp_spawn)
         schedule = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total, power=hp.poly_power)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def load_network_weights(network: torch.nn.Module, path: str) -> None:
+    """Load a trained segmentation network into ``network`` (before any pooling swap): from a Lightning
+    checkpoint of :class:`SegmentationModel` (its ``network.*`` entries) or a plain ``network`` state dict. Every
+    parameter and buffer must match in name and shape."""
+    from pathlib import Path
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"network_weights file {file} does not exist: pass a checkpoint of a polypool "
+                                f"SegmentationModel (.ckpt) or a state dict of its network")
+    state = torch.load(file, map_location="cpu", weights_only=False)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = {k.removeprefix("network."): v for k, v in state["state_dict"].items() if k.startswith("network.")}
+    expected = network.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k].shape))
+    if missing or unexpected or wrong:
+        raise ValueError(f"network_weights {file} does not fit this network (backbone, head and num_classes must be "
+                         f"the ones it was trained with; load it before swapping the pooling): missing "
+                         f"{missing[:5]}, unexpected {unexpected[:5]}, wrong shape {wrong[:5]}")
+    network.load_state_dict(state)
