@@ -163,3 +163,16 @@ def test_the_miniature_learns_with_max_and_p_pooling_and_alpha_moves(tmp_path):
     moved = [abs(alpha["last"]["layers"][name]["mean"] - first["mean"])
              for name, first in alpha["first"]["layers"].items()]
     assert max(moved) > 0.1, moved
+
+
+def test_the_pretraining_takes_the_runs_overrides_but_not_their_callbacks(tmp_path):
+    from polypool.quick import PRETRAIN_STEPS, pretrain_command
+
+    command = pretrain_command(tmp_path, resume=True, overrides=[
+        "--trainer.max_steps", "4", "--trainer.callbacks+={\"class_path\": \"x.Y\"}", "--trainer.callbacks", "z.W",
+        "--data.init_args.crop_size", "32"])
+    tail = command[command.index("fit"):]
+    assert tail[-6:] == ["--ckpt_path", "last", "--trainer.max_steps", "4", "--data.init_args.crop_size", "32"]
+    assert not [a for a in command if "callbacks" in a or a in ("z.W",)]
+    assert command[command.index("--model.pooling") + 1] == "max"
+    assert command[command.index("--trainer.max_steps") + 1] == str(PRETRAIN_STEPS)  # the override comes later

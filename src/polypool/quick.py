@@ -43,14 +43,29 @@ def make_data(root: Path) -> None:
         raise QuickError(f"generating the quick set failed: {shlex.join(command)}")
 
 
+def pretrain_overrides(overrides: Sequence[str]) -> list[str]:
+    """The runs' overrides that apply to the pre-training too: all but extra callbacks (``--trainer.callbacks+=X``
+    or ``--trainer.callbacks X``), which belong to the runs."""
+    kept, skip = [], False
+    for arg in overrides:
+        if skip:
+            skip = False
+        elif arg.startswith("--trainer.callbacks"):
+            skip = "=" not in arg
+        else:
+            kept.append(arg)
+    return kept
+
+
 def pretrain_command(root: Path, resume: bool, overrides: Sequence[str] = ()) -> list[str]:
-    """The max-pooling run every pooling fine-tunes from: the quick preset from random weights, longer."""
+    """The max-pooling run every pooling fine-tunes from: the quick preset from random weights, longer;
+    ``overrides`` (:func:`pretrain_overrides`) come last, so a test can make it tiny."""
     folder = Path(root) / "pretrain"
     return [sys.executable, "-m", "polypool", "fit", "--config", CONFIG, "--config", PRESET,
             "--data.init_args.root", str(root), "--model.pooling", "max", "--model.network_weights", "null",
             "--trainer.max_steps", str(PRETRAIN_STEPS), "--trainer.default_root_dir", str(folder),
             "--records_root", str(folder / "runs"), "--experiment", "pretrain", "--wandb_project", "null",
-            "--seed_everything", "0", *(["--ckpt_path", "last"] if resume else []), *overrides]
+            "--seed_everything", "0", *(["--ckpt_path", "last"] if resume else []), *pretrain_overrides(overrides)]
 
 
 def pretrain(root: Path, overrides: Sequence[str] = (), say=print) -> Path:
