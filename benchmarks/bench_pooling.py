@@ -9,9 +9,12 @@ median taken), and reported as a ratio to ``F.max_pool2d``: the machine is noisy
     python benchmarks/bench_pooling.py --out results/bench/cpu_2core.md
 
 Rows: ``max_pool2d``, ``avg_pool2d``, the naive composition (pow, two avg_pools, divide, through autograd), our
-reference op, our default op (the fused kernel of the device: Triton on CUDA, C++ on CPU), and with ``--rows all``
-the baseline layers of the registry. Shapes: VGG16's five pools at 224 and 512 crops, the ResNet stem pool and
-inception_v3's 3x3 stride-1 average pools (P-pooling replaces them too), batch 8.
+reference op, our default op (the fused kernel of the device: Triton on CUDA, C++ on CPU), the ``PPool2d`` layers
+as a network has them (after a ReLU; layer, channel and dense alpha, the dense branch fused and unfused: their
+fwd+bwd includes the branch's parameter gradients), and with ``--rows all`` the baseline layers of the registry.
+Shapes: VGG16's five pools at 224 and 512 crops and in both layouts of configs/voc at 321 (vgg16_20m, largefov),
+the ResNet stem pool and inception_v3's 3x3 stride-1 average pools (P-pooling replaces them too), batch 8. The
+training step: VGG16 in both layouts, max pooling against dense-alpha P-pooling.
 
 "Extra memory" is the bytes of tensors that autograd saves for backward, not counting the input and the output
 (which the surrounding network keeps anyway), divided by the input's bytes. On CUDA, "GB/s" is the bandwidth
@@ -32,7 +35,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from polypool.pooling import POOLING_NAMES, build_pooling, p_pool2d
+from polypool.pooling import POOLING_NAMES, PPool2d, build_pooling, p_pool2d
 
 
 @dataclass(frozen=True)
@@ -58,12 +61,28 @@ INCEPTION_POOLS = [
     Shape("inception_v3.Mixed_6b.avgpool", (8, 768, 17, 17), 3, 1, 1),
     Shape("inception_v3.Mixed_7b.avgpool", (8, 1280, 8, 8), 3, 1, 1),
 ]
-SHAPES = [*vgg16_pools(224), *vgg16_pools(512), Shape("resnet.stem_pool", (8, 64, 112, 112), 3, 2, 1),
-          *INCEPTION_POOLS]
+
+
+def vgg16_layout_pools(layout: str, crop: int = 321, batch: int = 8) -> list[Shape]:
+    """The five pools of a VGG16 layout of configs/voc at its crop: ``vgg16_20m`` (vgg.yaml, the authors': 2x2/2
+    pad 1 three times, 2x2/1, 3x3/1 pad 1) or ``largefov`` (vgg_largefov.yaml: 3x3/2 pad 1 three times, then 3x3/1
+    pad 1 twice), with the map sizes the network gives them."""
+    from polypool.models.networks import VGG16_POOLS
+
+    shapes, size = [], crop
+    for i, (channels, (kernel, stride, padding)) in enumerate(zip((64, 128, 256, 512, 512), VGG16_POOLS[layout])):
+        shapes.append(Shape(f"{layout}@{crop}.pool{i + 1}", (batch, channels, size, size), kernel, stride, padding))
+        size = (size + 2 * padding - kernel) // stride + 1
+    return shapes
+
+
+SHAPES = [*vgg16_pools(224), *vgg16_pools(512), *vgg16_layout_pools("vgg16_20m"), *vgg16_layout_pools("largefov"),
+          Shape("resnet.stem_pool", (8, 64, 112, 112), 3, 2, 1), *INCEPTION_POOLS]
 QUICK_SHAPES = [Shape("vgg16@224.pool3", (8, 256, 56, 56), 2, 2), Shape("resnet.stem_pool", (2, 64, 112, 112), 3, 2, 1)]
 
 Row = Callable[[torch.Tensor], torch.Tensor]
-CORE_ROWS = ("max_pool2d", "avg_pool2d", "naive P-pool (autograd)", "p_pool2d reference", "p_pool2d (ours, default)")
+CORE_ROWS = ("max_pool2d", "avg_pool2d", "naive P-pool (autograd)", "p_pool2d reference", "p_pool2d (ours, default)",
+             "P-pool layer alpha", "P-pool channel alpha", "P-pool dense alpha (fused)", "P-pool dense alpha (unfused)")
 
 
 def naive_p_pool(alpha: torch.Tensor, s: Shape) -> Row:
@@ -85,6 +104,13 @@ def make_rows(s: Shape, device: torch.device, baselines: bool) -> dict[str, tupl
         "p_pool2d reference": (lambda x: p_pool2d(x, alpha, **pool_args, backend="reference"), [alpha]),
         "p_pool2d (ours, default)": (lambda x: p_pool2d(x, alpha, **pool_args), [alpha]),
     }
+    # the layers as a network has them: after a ReLU (swap_pooling sets input_nonnegative), alpha at its init
+    for mode, label in (("layer", "P-pool layer alpha"), ("channel", "P-pool channel alpha"),
+                        ("dense", "P-pool dense alpha (fused)"), ("dense-unfused", "P-pool dense alpha (unfused)")):
+        layer = PPool2d(s.kernel, s.stride, s.padding, s.ceil_mode, channels=s.size[1], alpha_mode=mode.split("-")[0],
+                        fused_branch=mode != "dense-unfused").to(device)
+        layer.input_nonnegative = True
+        rows[label] = (layer, list(layer.parameters()))
     if baselines:
         for name in POOLING_NAMES:
             if name in ("max", "avg", "ppool"):
@@ -180,38 +206,40 @@ def format_table(shape: Shape, result: dict, x: torch.Tensor, copy_gbps: float |
     return "\n".join(lines)
 
 
-def train_step_table(device: torch.device, reps: int, batch: int = 8, crop: int = 321) -> str:
-    """One SGD step (forward, loss, backward, update) of VGG16-LargeFOV with max pooling and with P-pooling
-    (the authors' dense alpha), interleaved, median of ``reps``."""
+def train_step_table(device: torch.device, reps: int, batch: int = 8, crop: int = 321,
+                     layouts: tuple[str, ...] = ("largefov", "vgg16_20m")) -> str:
+    """One SGD step (forward, loss, backward, update) of VGG16 in each layout of configs/voc, with max pooling and
+    with P-pooling (the authors' dense alpha, fused), interleaved, median of ``reps``."""
     from polypool.models import SegmentationModel
 
     torch.manual_seed(0)
     images = torch.randn(batch, 3, crop, crop, device=device)
     masks = torch.randint(0, 21, (batch, crop, crop), device=device)
-    models = {name: SegmentationModel(backbone="vgg16", pooling=name).to(device) for name in ("max", "ppool")}
-    optimizers = {name: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9) for name, m in models.items()}
+    models = {(layout, name): SegmentationModel(backbone="vgg16", pooling=name, head=layout).to(device)
+              for layout in layouts for name in ("max", "ppool")}
+    optimizers = {key: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9) for key, m in models.items()}
 
-    def step(name):
-        model, optimizer = models[name], optimizers[name]
+    def step(key):
+        model, optimizer = models[key], optimizers[key]
         optimizer.zero_grad(set_to_none=True)
         model.loss(model(images), masks).backward()
         optimizer.step()
 
-    times = {name: [] for name in models}
-    for name in models:
-        step(name)  # warm-up
+    times = {key: [] for key in models}
+    for key in models:
+        step(key)  # warm-up
     for _ in range(reps):
-        for name in models:
+        for key in models:
             t0 = clock(device)
-            step(name)
-            times[name].append((clock(device) - t0) * 1e3)
-    max_ms, ppool_ms = statistics.median(times["max"]), statistics.median(times["ppool"])
-    return "\n".join([
-        f"### VGG16-LargeFOV training step: batch {batch}, {crop}x{crop}, SGD, median of {reps}", "",
-        "| pooling | step ms | / max |", "|---|---:|---:|",
-        f"| max | {max_ms:.1f} | 1.00x |",
-        f"| P-pooling (dense alpha, fused default) | {ppool_ms:.1f} | {ppool_ms / max_ms:.2f}x |",
-    ])
+            step(key)
+            times[key].append((clock(device) - t0) * 1e3)
+    lines = [f"### VGG16 training step: batch {batch}, {crop}x{crop}, SGD, median of {reps}", "",
+             "| layout | pooling | step ms | / max |", "|---|---|---:|---:|"]
+    for layout in layouts:
+        max_ms, ppool_ms = statistics.median(times[(layout, "max")]), statistics.median(times[(layout, "ppool")])
+        lines += [f"| {layout} | max | {max_ms:.1f} | 1.00x |",
+                  f"| {layout} | P-pooling (dense alpha, fused default) | {ppool_ms:.1f} | {ppool_ms / max_ms:.2f}x |"]
+    return "\n".join(lines)
 
 
 def device_description(device: torch.device) -> str:
@@ -228,9 +256,13 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--shapes", nargs="*", default=None,
                         help="only the shapes whose name contains one of these strings (e.g. vgg16@224 inception)")
-    parser.add_argument("--rows", choices=["core", "all"], default="all", help="core: without the baseline layers")
+    parser.add_argument("--rows", choices=["core", "all", "ppool"], default="all",
+                        help="core: without the baseline layers; ppool: max/avg_pool2d and the P-pooling layers only "
+                             "(without the slow naive and reference rows)")
     parser.add_argument("--no-train-step", action="store_true", help="skip the VGG16-LargeFOV training step")
     parser.add_argument("--train-step-reps", type=int, default=3)
+    parser.add_argument("--train-step-batch", type=int, default=8)
+    parser.add_argument("--train-step-crop", type=int, default=321)
     parser.add_argument("--out", help="also write the tables to this markdown file")
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -247,13 +279,16 @@ def main(argv=None) -> int:
     for shape in shapes:
         x = torch.rand(shape.size, device=device, dtype=dtype).requires_grad_(True)
         rows = make_rows(shape, device, baselines=args.rows == "all")
+        if args.rows == "ppool":
+            rows = {name: row for name, row in rows.items() if name not in ("naive P-pool (autograd)",
+                                                                             "p_pool2d reference")}
         copy_gbps = copy_bandwidth(x, reps) if device.type == "cuda" else None
         table = format_table(shape, measure(rows, x, reps), x, copy_gbps)
         print(table + "\n", flush=True)
         tables.append(table + "\n")
         del x
     if not (args.quick or args.no_train_step):
-        table = train_step_table(device, args.train_step_reps)
+        table = train_step_table(device, args.train_step_reps, args.train_step_batch, args.train_step_crop)
         print(table + "\n", flush=True)
         tables.append(table + "\n")
     if args.out:
