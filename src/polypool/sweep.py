@@ -355,8 +355,9 @@ class Sweep:
         args = ["--config", str(self.config)]
         for preset in self.preset_files():
             args += ["--config", preset]
-        if self.quick:
-            args += ["--data.init_args.root", str(self.quick_data_root())]
+        if self.quick:  # the generated set and the max-pooling network each pooling fine-tunes from (polypool.quick)
+            args += ["--data.init_args.root", str(self.quick_data_root()),
+                     "--model.network_weights", str(quick_network(self.quick_data_root()))]
         elif self.gpus_per_run > 1:
             args += ["--trainer.devices", str(self.gpus_per_run)]
         return args
@@ -681,13 +682,21 @@ def ensure_weights(values: dict[str, Any], offline: bool, say=print) -> None:
         say("weights: the config loads no pretrained weights (pretrained: false): nothing to fetch")
 
 
-def quick_data(root: Path) -> None:
-    """The generated set of ``--quick`` (the one place it is made)."""
-    if (root / "VOCdevkit").is_dir():
-        return
-    command = [sys.executable, "-m", "polypool.data.fixtures", "voc", str(root), "--preset", "quick"]
-    if subprocess.run(command).returncode:
-        raise SweepError(f"generating the quick set failed: {shlex.join(command)}")
+def quick_network(root: Path) -> Path:
+    from .quick import pretrained_path
+
+    return pretrained_path(root)
+
+
+def quick_data(root: Path, overrides: Sequence[str] = (), say=print) -> None:
+    """The generated set of ``--quick`` and the max-pooling network every pooling fine-tunes from (the one place
+    they are made: :func:`polypool.quick.prepare`; the overrides after -- apply to its pre-training too)."""
+    from .quick import QuickError, prepare
+
+    try:
+        prepare(root, overrides, say)
+    except QuickError as error:
+        raise SweepError(str(error)) from error
 
 
 def dataset_ready(dataset: str, root: Path, train_split: str) -> Optional[str]:
@@ -711,7 +720,7 @@ def prepare_data(sweep: Sweep, prefetch: bool = False, say=print) -> None:
     """The data the runs read, once, before any run: the quick set generated; else downloaded when the config (or
     ``--prefetch``) asks for it, then the root must exist."""
     if sweep.quick:
-        quick_data(sweep.quick_data_root())
+        quick_data(sweep.quick_data_root(), sweep.extra, say)
         if prefetch:
             say(f"data: the generated quick set in {sweep.quick_data_root()}: nothing to fetch")
         return
