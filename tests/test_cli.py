@@ -82,7 +82,7 @@ def test_fit_logs_checkpoints_and_writes_a_record_that_the_table_reads(voc_root,
     assert {"train/loss", "val/mIoU", "val/IoU/aeroplane", "final/mIoU", "final/boundary_mIoU",
             "final/trimap_mIoU/1px"} <= set(header)
     # LearningRateMonitor: every named parameter group's rate, the dense alpha branch's included
-    assert {"lr-SGD/backbone/weight", "lr-SGD/head/weight", "lr-SGD/alpha_bias/bias"} <= set(header)
+    assert {"lr-AdamW/backbone/weight", "lr-AdamW/head/weight", "lr-AdamW/alpha_bias/bias"} <= set(header)
     assert any(h.startswith("alpha/features.maxpool/") for h in header)
     from polypool.callbacks import load_alpha_history
 
@@ -185,7 +185,10 @@ def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(voc_root, tmp_
 @pytest.mark.slow
 def test_reproduce_quick_end_to_end(tmp_path):
     out = tmp_path / "quick"
-    result = subprocess.run(["bash", "reproduce.sh", "voc", "vgg", "--quick", "--out", str(out)], cwd=REPO,
+    # the plumbing, end to end, at the smallest size (the overrides reach the shared pre-training too); that the
+    # miniature learns is tests/test_quick.py's slow test
+    tiny = ["--", "--trainer.max_steps", "3", "--data.init_args.crop_size", "32", "--data.init_args.batch_size", "2"]
+    result = subprocess.run(["bash", "reproduce.sh", "voc", "vgg", "--quick", "--out", str(out), *tiny], cwd=REPO,
                             capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stderr[-3000:]
     table = (out / "voc_vgg.md").read_text()
@@ -193,6 +196,7 @@ def test_reproduce_quick_end_to_end(tmp_path):
     for label in ("Max", "Average", "Strided-C", "Gated", "DPP", "P-pooling"):
         assert f"| {label} |" in table
     assert len(list((out / "runs" / "voc" / "vgg").glob("*/0.json"))) == 6
-    again = subprocess.run(["bash", "reproduce.sh", "voc", "vgg", "--quick", "--out", str(out)], cwd=REPO,
+    assert (out / "data/voc/pretrained_max.ckpt").is_file()  # the network every pooling fine-tuned from
+    again = subprocess.run(["bash", "reproduce.sh", "voc", "vgg", "--quick", "--out", str(out), *tiny], cwd=REPO,
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.count(": done (") == 6  # finished runs are not redone

@@ -246,7 +246,8 @@ def test_each_config_gets_its_own_table_against_the_same_paper_table(tmp_path):
 def test_reproduce_takes_the_config_name_and_keeps_its_runs_apart(tmp_path):
     out = tmp_path / "quick"
     result = subprocess.run(["bash", "reproduce.sh", "voc", "vgg_largefov", "--quick", "--poolings", "max",
-                             "--out", str(out), "--", "--trainer.max_epochs", "1", "--wandb_project", "null"],
+                             "--out", str(out), "--", "--trainer.max_steps", "8", "--data.init_args.crop_size", "32",
+                             "--wandb_project", "null"],
                             cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((out / "runs/voc/vgg_largefov/max/0.json").read_text())

@@ -7,6 +7,8 @@ quick runs, gitignored) they make with the same commands a user would type.
 
 from __future__ import annotations
 
+import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +18,14 @@ import torch
 
 QUICK_OUT = Path("results/quick")
 QUICK_DATA = Path("data/quick/voc")  # where ./reproduce.sh voc vgg --quick generates its mini VOC set
-QUICK_LABEL = "QUICK RUN: 48 CPU steps on a generated 64-image VOC-format set, no pretrained weights"
+QUICK_LABEL = "QUICK RUN: the CPU miniature on a generated detail-heavy VOC-format set"
+# Overrides for every quick run the notebooks start (reproduce.sh --quick -- ARGS, and the extra runs): the slow
+# notebook test sets it to the smallest runs, since it checks that the notebooks run, not what the runs learn.
+QUICK_OVERRIDES_ENV = "POLYPOOL_QUICK_OVERRIDES"
+
+
+def quick_overrides() -> list[str]:
+    return shlex.split(os.environ.get(QUICK_OVERRIDES_ENV, ""))
 
 
 def repo_root() -> Path:
@@ -57,7 +66,8 @@ def quick_runs(dataset: str = "voc", backbone: str = "vgg") -> Path:
     runs = repo_root() / QUICK_OUT / "runs"
     poolings = ("max", "avg", "strided_conv", "gated", "dpp", "ppool")
     if not all((runs / dataset / backbone / p / "0.json").is_file() for p in poolings):
-        _run(["bash", "reproduce.sh", dataset, backbone, "--quick"])
+        extra = quick_overrides()
+        _run(["bash", "reproduce.sh", dataset, backbone, "--quick", *(["--", *extra] if extra else [])])
     return runs
 
 
@@ -94,17 +104,20 @@ def train_quick_variant(name: str, overrides: Sequence[str], data_root: Optional
     root = repo_root()
     log_dir = root / QUICK_OUT / "logs" / "extra" / name
     if not (log_dir / "checkpoints" / "last.ckpt").is_file():
+        # on the quick set, start from its shared max-pooling network, as the quick runs do
+        start = [] if data_root else ["--model.network_weights", root / QUICK_DATA / "pretrained_max.ckpt"]
         data_root = data_root or root / QUICK_DATA
         _run([sys.executable, "-m", "polypool", "fit", "--config", config, "--config", "configs/trainer/quick.yaml",
               "--data.init_args.root", data_root, "--seed_everything", "0", "--wandb_project", "null",
-              "--trainer.default_root_dir", log_dir, "--records_root", root / QUICK_OUT / "runs_extra", *overrides])
+              "--trainer.default_root_dir", log_dir, "--records_root", root / QUICK_OUT / "runs_extra", *start,
+              *overrides, *quick_overrides()])
     return log_dir
 
 
 # Miniature max/P-pooling pairs for the datasets the quick reproduction does not cover: generated sets large enough
 # for Inception (it needs about 75 px), trained with the dataset's own config and the quick preset.
 MINIATURE_SETS = {"cityscapes": ("128", "256", "train"), "ade20k": ("128", "160", "training")}  # size, train split
-MINIATURE_LABEL = "MINIATURE: 24 CPU steps of Inception-v3 from random weights on a generated {dataset} set"
+MINIATURE_LABEL = "MINIATURE: CPU steps of Inception-v3 from random weights on a generated {dataset} set"
 
 
 def miniature_data(dataset: str) -> Path:
@@ -120,7 +133,7 @@ def miniature_data(dataset: str) -> Path:
 def miniature_pair(dataset: str) -> dict[str, Path]:
     """``{"max": log dir, "ppool": log dir}`` of two miniature Inception runs on :func:`miniature_data`."""
     # Inception from scratch: lr 1e-4; the quick preset's train split is VOC's name, so give the dataset's own.
-    overrides = ["--model.lr", "0.0001", "--data.init_args.crop_size", "96",
+    overrides = ["--model.backbone", "inception_v3", "--model.lr", "0.0001", "--data.init_args.crop_size", "96",
                  "--data.init_args.train_split", MINIATURE_SETS[dataset][2]]
     return {pooling: train_quick_variant(f"{dataset}_inception_{pooling}", [*overrides, "--model.pooling", pooling],
                                          data_root=miniature_data(dataset), config=f"configs/{dataset}/inception.yaml")
