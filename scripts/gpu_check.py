@@ -7,7 +7,8 @@
 
 Parts, each timed and guarded (a failure is reported and the next part runs):
  1. the Triton test files on the GPU (pytest: tests/test_p_pool2d_triton.py, test_cuda_path.py,
-    test_p_pool2d_subnormal.py, test_relu_hint.py, test_compile.py);
+    test_p_pool2d_subnormal.py, test_relu_hint.py, test_compile.py, test_p_pool2d_dense.py (the fused dense-alpha
+    branch), test_p_pool2d_count_include_pad.py);
  2. Triton against the reference op in fp32, fp16 and bf16 on the paper's pooling shapes (VGG16 at 224,
     VGG16-LargeFOV at 321, the ResNet stem, inception_v3's 3x3/1 pools), per-channel and dense alpha, values and
     both gradients, plus channels_last;
@@ -124,7 +125,8 @@ def rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
 
 def part_pytest() -> None:
     files = ["tests/test_p_pool2d_triton.py", "tests/test_cuda_path.py", "tests/test_p_pool2d_subnormal.py",
-             "tests/test_relu_hint.py", "tests/test_compile.py"]
+             "tests/test_relu_hint.py", "tests/test_compile.py", "tests/test_p_pool2d_dense.py",
+             "tests/test_p_pool2d_count_include_pad.py"]
     env = {k: v for k, v in os.environ.items() if k not in ("POLYPOOL_TRITON", "TRITON_INTERPRET")}
     timeout = max(30, min(240, left() - 240))
     t0 = time.time()

@@ -223,3 +223,51 @@ def test_shared_prelu_slope_gets_the_summed_gradient():
     _, want = run(x, params, Window.make(2, 2, 0), "reference", False)
     assert got[4].shape == (1,)
     torch.testing.assert_close(got[4], want[4], rtol=1e-4, atol=1e-4 * want[4].abs().max().item())
+
+
+class FailingKernels:
+    """Stands in for the Triton kernels module: ``name`` raises instead of launching (a compile or launch failure)."""
+
+    def __init__(self, name):
+        self.module, self.name = triton_fused.kernels.__wrapped__(), name
+
+    def __getattr__(self, attribute):
+        kernel = getattr(self.module, attribute)
+        if attribute != self.name:
+            return kernel
+
+        class Launcher:
+            def __getitem__(self, grid):
+                def launch(*args, **kwargs):
+                    raise RuntimeError(f"simulated failure of {attribute}")
+                return launch
+        return Launcher()
+
+
+@pytest.fixture
+def triton_by_default(monkeypatch):
+    """The default backend takes the Triton path (on CPU tensors through the interpreter); no failure recorded."""
+    original = triton_fused.supports
+    monkeypatch.setattr(triton_fused, "supports", lambda x, alpha, allow_cpu=False: original(x, alpha, True))
+    triton_fused.reset()
+    yield
+    triton_fused.reset()
+
+
+@pytest.mark.skipif(not triton_fused.enabled(), reason="POLYPOOL_TRITON=0")
+@pytest.mark.parametrize("broken", ["p_pool2d_dense_forward_kernel", "p_pool2d_grad_factors_kernel"])
+def test_a_failed_triton_launch_warns_and_the_unfused_path_answers(monkeypatch, triton_by_default, broken):
+    window = Window.make(3, 2, 1)
+    x = make_input(seed=10)
+    params = branch_parameters(5, 3)
+    _, want = run(x, params, window, "reference", False)
+    monkeypatch.setattr(triton_fused, "kernels", lambda: FailingKernels(broken))
+    with pytest.warns(RuntimeWarning, match=f"simulated failure of {broken}"):
+        y, got = run(x, params, window, "auto", True)
+    assert runs_through(y, "DensePPool2dTriton") == (broken != "p_pool2d_dense_forward_kernel")
+    assert triton_fused.failure() is not None
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4 * w.abs().max().item() + 1e-6)
+    with pytest.raises(RuntimeError, match="simulated failure"):  # an explicit backend="triton" raises instead
+        triton_fused.reset()
+        run(x, params, window, "triton", True)

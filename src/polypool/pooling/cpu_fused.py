@@ -101,19 +101,19 @@ class PPool2dCPU(torch.autograd.Function):
         ctx.window, ctx.dense, ctx.channels_last = window, dense, channels_last
         ctx.alpha_shape = alpha.shape if isinstance(alpha, Tensor) else None
         ctx.alpha_dtype = alpha.dtype if isinstance(alpha, Tensor) else None
-        if need_grad:
-            ctx.save_for_backward(x, alpha_k, m, den, y)
+        if need_grad:  # the window max m is not kept: the backward recomputes it from the window it reads anyway
+            ctx.save_for_backward(x, alpha_k, den, y)
         return y.contiguous(memory_format=torch.channels_last) if channels_last else y
 
     @staticmethod
     def backward(ctx, grad_y: Tensor):
         if not ctx.saved_tensors:
             raise RuntimeError("p_pool2d (cpu_fused) ran its forward with need_grad=False: no state for a backward")
-        x, alpha_k, m, den, y = ctx.saved_tensors
+        x, alpha_k, den, y = ctx.saved_tensors
         window: Window = ctx.window
         need_alpha = ctx.needs_input_grad[1] and ctx.alpha_shape is not None
         grad_x, grad_alpha_map = load_extension().backward(
-            x, alpha_k, ctx.dense, m, den, y, grad_y.contiguous().to(torch.float32), need_alpha,
+            x, alpha_k, ctx.dense, den.new_empty(0), den, y, grad_y.contiguous().to(torch.float32), need_alpha,
             list(window.kernel), list(window.stride), list(window.padding))
         if ctx.channels_last:
             grad_x = grad_x.contiguous(memory_format=torch.channels_last)

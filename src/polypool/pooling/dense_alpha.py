@@ -84,7 +84,7 @@ class DensePPool2dCPU(torch.autograd.Function):
         taps = window.kernel[0] * window.kernel[1]
         k, slope, w, b = _branch_tensors(conv_weight, prelu_weight, proj_weight, proj_bias, c, taps)
         lo, hi = alpha_range
-        y, alpha, m, den, f, stats, negative = ext.dense_forward(
+        y, alpha, den, f, stats, negative = ext.dense_forward(
             x, k, slope, w, b, float(lo), float(hi), float(input_scale), list(window.kernel), list(window.stride),
             list(window.padding), [out_h, out_w], need_grad, include_pad)
         if negative:
@@ -94,7 +94,7 @@ class DensePPool2dCPU(torch.autograd.Function):
         ctx.window, ctx.alpha_range, ctx.grad_scale, ctx.channels_last = window, (lo, hi), grad_scale, channels_last
         ctx.params = (conv_weight, prelu_weight, proj_weight, proj_bias)  # for shapes and dtypes only
         if need_grad:
-            ctx.save_for_backward(x, alpha, m, den, y, f, k, slope, w, b)
+            ctx.save_for_backward(x, den, y, f, k, slope, w, b)  # the backward recomputes the window max and alpha
         ctx.mark_non_differentiable(alpha, stats)
         if channels_last:
             y = y.contiguous(memory_format=torch.channels_last)
@@ -105,13 +105,13 @@ class DensePPool2dCPU(torch.autograd.Function):
     def backward(ctx, grad_y: Tensor, _grad_alpha, _grad_stats):
         if not ctx.saved_tensors:
             raise RuntimeError("dense p_pool2d (cpu_fused) ran its forward without need_grad: no state for a backward")
-        x, alpha, m, den, y, f, k, slope, w, b = ctx.saved_tensors
+        x, den, y, f, k, slope, w, b = ctx.saved_tensors
         if grad_y is None:  # y took no part in the loss (grads are not materialised)
             return (None,) * 11
         window: Window = ctx.window
         lo, hi = ctx.alpha_range
         grad_x, partial = cpu_fused.load_extension().dense_backward(
-            x, alpha, m, den, y, grad_y.contiguous().to(torch.float32), f, k, slope, w, b, float(lo), float(hi),
+            x, den, y, grad_y.contiguous().to(torch.float32), f, k, slope, w, b, float(lo), float(hi),
             list(window.kernel), list(window.stride), list(window.padding))
         if ctx.channels_last:
             grad_x = grad_x.contiguous(memory_format=torch.channels_last)
@@ -195,6 +195,5 @@ def dense_p_pool2d_with_stats(
 
 
 def _stats(alpha: Tensor) -> Tensor:
-    with torch.no_grad():
-        low, high = torch.aminmax(alpha)
-        return torch.stack([alpha.mean(), low, high]).float()
+    with torch.no_grad():  # min/max, not aminmax: an exported program (ONNX) takes them
+        return torch.stack([alpha.mean(), alpha.min(), alpha.max()]).float()

@@ -392,6 +392,7 @@ class DensePPool2dTriton(torch.autograd.Function):
             raise_if_negative(bool(negative.any()), x, window)
         ctx.window, ctx.q_saved, ctx.channels_last, ctx.explicit = window, save_q, channels_last, explicit
         ctx.alpha_range, ctx.grad_scale = (lo, hi), grad_scale
+        ctx.input_scale, ctx.include_pad = float(input_scale), include_pad
         ctx.params = (conv_weight, prelu_weight, proj_weight, proj_bias)
         if need_grad:
             ctx.save_for_backward(x, alpha, m, den, q if save_q else y, f, kw, slope, w, b)
@@ -419,25 +420,59 @@ class DensePPool2dTriton(torch.autograd.Function):
         total_out = m.numel()
         need_x = ctx.needs_input_grad[0]
         lo, hi = ctx.alpha_range
-        sums = torch.zeros((c, taps + 3), dtype=torch.float32, device=x.device)  # atomic per-channel sums
-        grad_x = None
-        with _device_guard(x):
-            factors = _alloc((3, total_out), torch.float32, x.device) if need_x else m
-            args = _launch_args(window, x, total_out, channels_last, m, factors)
-            k.p_pool2d_grad_factors_kernel[_grid(total_out, args["BLOCK"])](
-                x, alpha, m, den, y_or_q, grad_y, factors, sums, total_out, *geometry, DENSE=True,
-                Q_SAVED=ctx.q_saved, NEED_FACTORS=need_x, NEED_ALPHA=True, BRANCH=True, k_ptr=kw,
-                slope_ptr=slope, w_ptr=w, b_ptr=b, f_ptr=f, lo=lo, hi=hi, **args)
-            if need_x:
-                total = x.numel()
-                grad_x = _alloc(x.shape, x.dtype, x.device, channels_last)
-                args = _launch_args(window, x, total, channels_last, m, factors)
-                k.p_pool2d_grad_input_kernel[_grid(total, args["BLOCK"])](
-                    x, alpha, factors, grad_x, total, total_out, *geometry, DENSE=True, **args)
+        try:
+            grad_x, sums = _dense_backward_kernels(ctx, k, x, alpha, m, den, y_or_q, grad_y, f, kw, slope, w, b,
+                                                   need_x, lo, hi, geometry, total_out, taps)
+        except Exception as error:
+            if ctx.explicit or mode() == "strict":
+                raise
+            _record_failure(_describe(error))
+            return _dense_reference_backward(ctx, x, grad_y)
         # the kernel summed over the samples already: one row per channel, as _branch_grads sums per (n, c)
         grads = _branch_grads(sums, 1, c, taps, ctx.params, ctx.grad_scale)
         grads = tuple(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad[1:5]))
         return grad_x, *grads, None, None, None, None, None, None, None, None
+
+
+def _dense_backward_kernels(ctx, k, x, alpha, m, den, y_or_q, grad_y, f, kw, slope, w, b, need_x, lo, hi, geometry,
+                            total_out, taps):
+    window, channels_last, c = ctx.window, ctx.channels_last, x.shape[1]
+    sums = torch.zeros((c, taps + 3), dtype=torch.float32, device=x.device)  # atomic per-channel sums
+    grad_x = None
+    with _device_guard(x):
+        factors = _alloc((3, total_out), torch.float32, x.device) if need_x else m
+        args = _launch_args(window, x, total_out, channels_last, m, factors)
+        k.p_pool2d_grad_factors_kernel[_grid(total_out, args["BLOCK"])](
+            x, alpha, m, den, y_or_q, grad_y, factors, sums, total_out, *geometry, DENSE=True,
+            Q_SAVED=ctx.q_saved, NEED_FACTORS=need_x, NEED_ALPHA=True, BRANCH=True, k_ptr=kw,
+            slope_ptr=slope, w_ptr=w, b_ptr=b, f_ptr=f, lo=lo, hi=hi, **args)
+        if need_x:
+            total = x.numel()
+            grad_x = _alloc(x.shape, x.dtype, x.device, channels_last)
+            args = _launch_args(window, x, total, channels_last, m, factors)
+            k.p_pool2d_grad_input_kernel[_grid(total, args["BLOCK"])](
+                x, alpha, factors, grad_x, total, total_out, *geometry, DENSE=True, **args)
+    return grad_x, sums
+
+
+def _dense_reference_backward(ctx, x, grad_y):
+    """The gradients of the unfused path (recomputing its forward): the answer to a failed backward launch."""
+    from .dense_alpha import dense_branch_alpha, scale_gradient
+    from .functional import _PPool2d
+
+    with torch.enable_grad():
+        xr = x.detach().float().requires_grad_(ctx.needs_input_grad[0])
+        params = [p.detach().requires_grad_(True) for p in ctx.params]
+        alpha = dense_branch_alpha(xr, *params, ctx.window, ctx.alpha_range, ctx.input_scale)
+        y = _PPool2d.apply(xr, scale_gradient(alpha, ctx.grad_scale), ctx.window, ctx.include_pad)
+        inputs = [t for t, needed in zip([xr, *params], ctx.needs_input_grad[:5]) if needed]
+        grads = list(torch.autograd.grad(y, inputs, grad_y.float()))
+    out = [grads.pop(0) if needed else None for needed in ctx.needs_input_grad[:5]]
+    if out[0] is not None:
+        out[0] = out[0].to(x.dtype)
+        if ctx.channels_last:
+            out[0] = out[0].contiguous(memory_format=torch.channels_last)
+    return (*out, None, None, None, None, None, None, None, None)
 
 
 def dense_apply(x: Tensor, params, window: Window, alpha_range, input_scale: float, grad_scale: float,

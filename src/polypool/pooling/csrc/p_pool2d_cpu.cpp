@@ -428,10 +428,10 @@ inline void forward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, c
       }
     }
     store_row(num / den * m, y, j, g.ow);
-    if (m_out != nullptr) {  // the backward's state: not written when no gradient is needed
-      store_row(m, m_out, j, g.ow);
-      store_row(den, den_out, j, g.ow);
-    }
+    // the backward's state: not written when no gradient is needed (and m not with a branch: its backward
+    // recomputes the window max)
+    if (m_out != nullptr) store_row(m, m_out, j, g.ow);
+    if (den_out != nullptr) store_row(den, den_out, j, g.ow);
   }
 }
 
@@ -460,10 +460,10 @@ inline void forward_row_2x2(const float* x_row, const Geometry& g, const AlphaRo
       num = num + p * r;
     }
     store_row(num / den * m, y, j, g.ow);
-    if (m_out != nullptr) {  // the backward's state: not written when no gradient is needed
-      store_row(m, m_out, j, g.ow);
-      store_row(den, den_out, j, g.ow);
-    }
+    // the backward's state: not written when no gradient is needed (and m not with a branch: its backward
+    // recomputes the window max)
+    if (m_out != nullptr) store_row(m, m_out, j, g.ow);
+    if (den_out != nullptr) store_row(den, den_out, j, g.ow);
   }
 }
 
@@ -615,10 +615,10 @@ void check_branch(const torch::Tensor& x, const Geometry& g, const torch::Tensor
               "p_pool2d_cpu: the branch needs k (C, kh*kw) and slope, w, b (C,)");
 }
 
-// P-pooling with the dense alpha of the fused side branch. Returns (y, alpha (N, C, oh, ow), m, den, f (N*C), the
+// P-pooling with the dense alpha of the fused side branch. Returns (y, alpha (N, C, oh, ow), den, f (N*C), the
 // per-plane (sum, min, max) of alpha (N*C, 3), and whether x has a negative element: then nothing else is valid
 // and the caller takes the unfused path).
-std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, bool> dense_forward(
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, bool> dense_forward(
     torch::Tensor x, torch::Tensor k, torch::Tensor slope, torch::Tensor w, torch::Tensor b, double lo, double hi,
     double scale, std::vector<int64_t> kernel, std::vector<int64_t> stride, std::vector<int64_t> padding,
     std::vector<int64_t> out_size, bool need_state, bool include_pad) {
@@ -629,17 +629,15 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Te
   check_branch(x, g, k, slope, w, b);
   auto y = torch::empty({x.size(0), x.size(1), g.oh, g.ow}, x.options());
   auto alpha = torch::empty_like(y);
-  auto m_out = need_state ? torch::empty_like(y) : torch::empty({0}, x.options());
-  auto den_out = need_state ? torch::empty_like(y) : torch::empty({0}, x.options());
+  auto den_out = need_state ? torch::empty_like(y) : torch::empty({0}, x.options());  // m: recomputed in backward
   auto f = torch::empty({x.size(0) * x.size(1)}, x.options());
   auto stats = torch::empty({x.size(0) * x.size(1), 3}, x.options());
   BranchArgs args{k.data_ptr<float>(), slope.data_ptr<float>(), w.data_ptr<float>(), b.data_ptr<float>(),
                   static_cast<float>(lo), static_cast<float>(hi), static_cast<float>(scale), f.data_ptr<float>(),
                   stats.data_ptr<float>()};
-  const bool negative = forward_impl(x, nullptr, true, g, y.data_ptr<float>(),
-                                     need_state ? m_out.data_ptr<float>() : nullptr,
+  const bool negative = forward_impl(x, nullptr, true, g, y.data_ptr<float>(), nullptr,
                                      need_state ? den_out.data_ptr<float>() : nullptr, &args, alpha.data_ptr<float>());
-  return {y, alpha, m_out, den_out, f, stats, negative};
+  return {y, alpha, den_out, f, stats, negative};
 }
 
 // The saved per-output tensors of the backward and where its results go, for one plane.
@@ -691,9 +689,23 @@ inline void backward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, 
                                  BackwardPlane& plane, bool need_alpha, float* grad_pad) {
   const int64_t out = o * g.ow, taps = g.kh * g.kw;
   for (int64_t j = 0; j < g.ow; j += kLanes) {
-    const Vec m = load_row(plane.m + out, j, g.ow);
+    auto value = [&](int64_t d) { return Vec::loadu(buf.windows.data() + d * g.ow_padded + j); };
+    Vec m, a, u(0.f);
+    if (plane.m == nullptr) {  // the window max, recomputed as the forward computed it (not saved)
+      m = value(0);
+      for (int64_t d = 1; d < taps; ++d) m = at::vec::maximum(m, value(d));
+      m = flush_max(m);
+    } else {
+      m = load_row(plane.m + out, j, g.ow);
+    }
+    if (plane.branch != nullptr) {  // alpha, recomputed as the forward computed it (not saved)
+      for (int64_t d = 0; d < taps; ++d) u = u + Vec(plane.branch->k[d]) * value(d);
+      a = plane.branch->alpha(u);
+    } else {
+      a = a_row.load(j);
+    }
     const Normaliser n(m);
-    const BackwardCoefficients c = plane.coefficients(out, j, g.ow, a_row.load(j), n);
+    const BackwardCoefficients c = plane.coefficients(out, j, g.ow, a, n);
     const int64_t count = std::min<int64_t>(kLanes, g.ow - j);
     Vec alpha_sum(0.f), em, lm;
     if (buf.split) split_log2(m, em, lm);
@@ -728,13 +740,7 @@ inline void backward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, 
         }
       }
     }
-    if (need_alpha) {
-      auto value = [&](int64_t d) { return Vec::loadu(buf.windows.data() + d * g.ow_padded + j); };
-      Vec u(0.f);
-      if (plane.branch != nullptr)
-        for (int64_t d = 0; d < taps; ++d) u = u + Vec(plane.branch->k[d]) * value(d);
-      plane.add_grad_alpha(alpha_sum, c, m, out, j, g.ow, u, value);
-    }
+    if (need_alpha) plane.add_grad_alpha(alpha_sum, c, m, out, j, g.ow, u, value);
   }
 }
 
@@ -743,32 +749,39 @@ inline void backward_row_2x2(const float* x_row, const Geometry& g, int64_t o, c
   const int64_t out = o * g.ow;
   for (int64_t j = 0; j < g.ow; j += kLanes) {
     const int64_t count = std::min<int64_t>(kLanes, g.ow - j);
-    const Vec m = load_row(plane.m + out, j, g.ow);
-    const Normaliser n(m);
-    const BackwardCoefficients c = plane.coefficients(out, j, g.ow, a_row.load(j), n);
     const auto top = load_pairs(x_row, j, count), bottom = load_pairs(x_row + g.W, j, count);
+    const Vec xs[4] = {top.first, top.second, bottom.first, bottom.second};
+    Vec m, a, u(0.f);
+    if (plane.m == nullptr) {  // the window max, recomputed as the forward computed it (not saved)
+      m = flush_max(at::vec::maximum(at::vec::maximum(xs[0], xs[1]), at::vec::maximum(xs[2], xs[3])));
+    } else {
+      m = load_row(plane.m + out, j, g.ow);
+    }
+    if (plane.branch != nullptr) {  // alpha, recomputed as the forward computed it (not saved)
+      const float* k = plane.branch->k;
+      u = Vec(k[0]) * xs[0] + Vec(k[1]) * xs[1] + Vec(k[2]) * xs[2] + Vec(k[3]) * xs[3];
+      a = plane.branch->alpha(u);
+    } else {
+      a = a_row.load(j);
+    }
+    const Normaliser n(m);
+    const BackwardCoefficients c = plane.coefficients(out, j, g.ow, a, n);
     Vec alpha_sum(0.f);
     const Vec g00 = c.grad_x(top.first, n, need_alpha, alpha_sum), g01 = c.grad_x(top.second, n, need_alpha, alpha_sum);
     const Vec g10 = c.grad_x(bottom.first, n, need_alpha, alpha_sum);
     const Vec g11 = c.grad_x(bottom.second, n, need_alpha, alpha_sum);
     store_pairs(g00, g01, gx_row, j, count);
     store_pairs(g10, g11, gx_row + g.W, j, count);
-    if (need_alpha) {
-      const Vec xs[4] = {top.first, top.second, bottom.first, bottom.second};
-      Vec u(0.f);
-      if (plane.branch != nullptr) {
-        const float* k = plane.branch->k;
-        u = Vec(k[0]) * xs[0] + Vec(k[1]) * xs[1] + Vec(k[2]) * xs[2] + Vec(k[3]) * xs[3];
-      }
-      plane.add_grad_alpha(alpha_sum, c, m, out, j, g.ow, u, [&](int64_t d) { return xs[d]; });
-    }
+    if (need_alpha) plane.add_grad_alpha(alpha_sum, c, m, out, j, g.ow, u, [&](int64_t d) { return xs[d]; });
   }
 }
 
 // grad_x, and: the alpha gradient (branch == nullptr: per output for a dense alpha, per plane otherwise, into
 // ga_data), or the branch's per-plane parameter gradients (into branch_out: (N*C, kh*kw + 3)).
+// With a branch, neither alpha nor the window max is saved (a_data and m_data are nullptr): both are recomputed
+// from the window.
 void backward_impl(const torch::Tensor& x, const float* a_data, bool dense_alpha, const Geometry& g,
-                   const torch::Tensor& m_t, const torch::Tensor& den_t, const torch::Tensor& y_t,
+                   const float* m_data, const torch::Tensor& den_t, const torch::Tensor& y_t,
                    const torch::Tensor& grad_y, bool need_alpha, float* gx_data, float* ga_data,
                    const BranchArgs* branch, float* branch_out) {
   const int64_t planes = x.size(0) * x.size(1), channels = x.size(1), taps = g.kh * g.kw;
@@ -776,16 +789,16 @@ void backward_impl(const torch::Tensor& x, const float* a_data, bool dense_alpha
   const bool tiled = tiles_2x2(g);
   const int64_t plane_out = g.oh * g.ow;
   at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
-    RowBuffers buf(g, dense_alpha, true);
+    RowBuffers buf(g, dense_alpha && branch == nullptr, true);
     BranchGrad branch_grad(branch != nullptr ? taps : 0);
     // the general path scatters into a padded plane (plus slack: a stride-2 pair can add 0 one past the end)
     std::vector<float> grad_pad(tiled ? 0 : g.Hpad * g.Wpad + 2 * kLanes);
     for (int64_t p = begin; p < end; ++p) {
       const float* xp = x_data + p * g.H * g.W;
       float* gx_plane = gx_data + p * g.H * g.W;
-      const float* alpha_plane = dense_alpha ? a_data + p * plane_out : nullptr;
-      const float alpha_value = dense_alpha ? 0.f : a_data[p];
-      BackwardPlane plane{m_t.data_ptr<float>() + p * plane_out, den_t.data_ptr<float>() + p * plane_out,
+      const float* alpha_plane = dense_alpha && a_data != nullptr ? a_data + p * plane_out : nullptr;
+      const float alpha_value = dense_alpha || a_data == nullptr ? 0.f : a_data[p];
+      BackwardPlane plane{m_data != nullptr ? m_data + p * plane_out : nullptr, den_t.data_ptr<float>() + p * plane_out,
                           y_t.data_ptr<float>() + p * plane_out, grad_y.data_ptr<float>() + p * plane_out,
                           need_alpha && dense_alpha && branch == nullptr ? ga_data + p * plane_out : nullptr};
       Branch br{};
@@ -830,41 +843,44 @@ void check_saved(const torch::Tensor& m_t, const torch::Tensor& den_t, const tor
 }
 
 // Returns (grad_x (N, C, H, W), grad_alpha: per output (N, C, oh, ow) for a dense alpha, else per plane (N*C);
-// empty unless need_alpha).
+// empty unless need_alpha). m_t may be empty: the window max is then recomputed from the window.
 std::vector<torch::Tensor> backward(torch::Tensor x, torch::Tensor alpha, bool dense_alpha, torch::Tensor m_t,
                                     torch::Tensor den_t, torch::Tensor y_t, torch::Tensor grad_y, bool need_alpha,
                                     std::vector<int64_t> kernel, std::vector<int64_t> stride,
                                     std::vector<int64_t> padding) {
-  const Geometry g = make_geometry(x, kernel, stride, padding, {m_t.size(2), m_t.size(3)});
+  const Geometry g = make_geometry(x, kernel, stride, padding, {den_t.size(2), den_t.size(3)});
   check_inputs(x, alpha, dense_alpha, g);
-  check_saved(m_t, den_t, y_t, grad_y);
+  const bool m_saved = m_t.numel() > 0;  // else the window max is recomputed from the window
+  check_saved(m_saved ? m_t : den_t, den_t, y_t, grad_y);
   const int64_t planes = x.size(0) * x.size(1);
   auto grad_x = torch::empty_like(x);
   // dense alpha: one gradient per output; otherwise one per plane, reduced here (no output-sized temporary)
-  auto grad_alpha = !need_alpha ? torch::Tensor() : dense_alpha ? torch::empty_like(m_t) : torch::zeros({planes}, x.options());
-  backward_impl(x, alpha.data_ptr<float>(), dense_alpha, g, m_t, den_t, y_t, grad_y, need_alpha,
+  auto grad_alpha = !need_alpha ? torch::Tensor() : dense_alpha ? torch::empty_like(den_t) : torch::zeros({planes}, x.options());
+  backward_impl(x, alpha.data_ptr<float>(), dense_alpha, g, m_saved ? m_t.data_ptr<float>() : nullptr, den_t, y_t,
+                grad_y, need_alpha,
                 grad_x.data_ptr<float>(), need_alpha ? grad_alpha.data_ptr<float>() : nullptr, nullptr, nullptr);
   return {grad_x, grad_alpha};
 }
 
 // The backward of dense_forward: (grad_x (N, C, H, W) through the pooling only (the branch reads x detached), and
-// the branch's parameter gradients per plane (N*C, kh*kw + 3): dk by tap, dslope, dw, db).
-std::vector<torch::Tensor> dense_backward(torch::Tensor x, torch::Tensor alpha, torch::Tensor m_t, torch::Tensor den_t,
-                                          torch::Tensor y_t, torch::Tensor grad_y, torch::Tensor f, torch::Tensor k,
-                                          torch::Tensor slope, torch::Tensor w, torch::Tensor b, double lo, double hi,
-                                          std::vector<int64_t> kernel, std::vector<int64_t> stride,
-                                          std::vector<int64_t> padding) {
-  const Geometry g = make_geometry(x, kernel, stride, padding, {m_t.size(2), m_t.size(3)});
-  check_inputs(x, alpha, true, g);
-  check_saved(m_t, den_t, y_t, grad_y);
+// the branch's parameter gradients per plane (N*C, kh*kw + 3): dk by tap, dslope, dw, db). Saved state: den and y
+// only; the window max and alpha are recomputed from the window (the extra memory kept for the backward is den).
+std::vector<torch::Tensor> dense_backward(torch::Tensor x, torch::Tensor den_t, torch::Tensor y_t, torch::Tensor grad_y,
+                                          torch::Tensor f, torch::Tensor k, torch::Tensor slope, torch::Tensor w,
+                                          torch::Tensor b, double lo, double hi, std::vector<int64_t> kernel,
+                                          std::vector<int64_t> stride, std::vector<int64_t> padding) {
+  const Geometry g = make_geometry(x, kernel, stride, padding, {den_t.size(2), den_t.size(3)});
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous() && x.dim() == 4,
+              "p_pool2d_cpu: x must be a contiguous 4-D float32 CPU tensor");
+  check_saved(den_t, den_t, y_t, grad_y);
   check_branch(x, g, k, slope, w, b);
   TORCH_CHECK(f.numel() == x.size(0) * x.size(1) && f.is_contiguous(), "p_pool2d_cpu: f must hold one value per plane");
   auto grad_x = torch::empty_like(x);
   auto partial = torch::empty({x.size(0) * x.size(1), g.kh * g.kw + 3}, x.options());
   BranchArgs args{k.data_ptr<float>(), slope.data_ptr<float>(), w.data_ptr<float>(), b.data_ptr<float>(),
                   static_cast<float>(lo), static_cast<float>(hi), 0.f, f.data_ptr<float>()};
-  backward_impl(x, alpha.data_ptr<float>(), true, g, m_t, den_t, y_t, grad_y, true, grad_x.data_ptr<float>(),
-                nullptr, &args, partial.data_ptr<float>());
+  backward_impl(x, nullptr, true, g, nullptr, den_t, y_t, grad_y, true, grad_x.data_ptr<float>(), nullptr, &args,
+                partial.data_ptr<float>());
   return {grad_x, partial};
 }
 
