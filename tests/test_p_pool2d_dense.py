@@ -261,7 +261,8 @@ def test_a_failed_triton_launch_warns_and_the_unfused_path_answers(monkeypatch, 
     x = make_input(seed=10)
     params = branch_parameters(5, 3)
     _, want = run(x, params, window, "reference", False)
-    monkeypatch.setattr(triton_fused, "kernels", lambda: FailingKernels(broken))
+    failing = FailingKernels(broken)
+    monkeypatch.setattr(triton_fused, "kernels", lambda: failing)
     with pytest.warns(RuntimeWarning, match=f"simulated failure of {broken}"):
         y, got = run(x, params, window, "auto", True)
     assert runs_through(y, "DensePPool2dTriton") == (broken != "p_pool2d_dense_forward_kernel")
