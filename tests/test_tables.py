@@ -102,6 +102,7 @@ def test_quick_flag_puts_the_quick_runs_note_above_the_tables(tmp_path):
                  "--out", str(tmp_path / "t"), "--quick"])
     assert text.splitlines()[2].startswith(QUICK_NOTE + " Data: ") and "--quick" in QUICK_NOTE
     assert "No paired comparison: it needs 3 seeds" in text
+    assert "**paper (supplement)**" not in text and "ours - paper" not in text  # a generated set, not VOC
 
 
 # --- our rows differing from the paper's: the sign of every difference, and the files read back ------------------
@@ -420,11 +421,16 @@ def test_paired_differences_against_max_pair_by_seed_with_a_t_interval(tmp_path)
 def test_the_quick_note_names_each_difference_from_the_full_recipe_from_the_config_files(tmp_path):
     from polypool.tables import recipe_differences
 
-    (tmp_path / "full.yaml").write_text("model:\n  lr: 0.1\n  backbone: vgg16\ndata:\n  init_args:\n"
+    (tmp_path / "full.yaml").write_text("model:\n  lr: 0.1\n  backbone: vgg16\ndata:\n  class_path: "
+                                        "polypool.data.VOCSegmentationDataModule\n  init_args:\n"
                                         "    crop_size: 321\n    root: data\n")
     (tmp_path / "quick.yaml").write_text("model:\n  lr: 0.1\n  backbone: vgg16_bn\n  optimizer: adamw\n"
-                                         "data:\n  init_args:\n    crop_size: 64\ntrainer:\n  callbacks: []\n")
+                                         "  network_weights: null\n  tta_flip: false\n"
+                                         "data:\n  init_args:\n    crop_size: 64\n    hflip: true\n"
+                                         "trainer:\n  callbacks: []\n  max_steps: 60\n")
     lines = recipe_differences(["full.yaml", "quick.yaml"], root=tmp_path)
-    assert lines == ["model.backbone vgg16_bn (full: vgg16)", "model.optimizer adamw (full: default)",
-                     "data.crop_size 64 (full: 321)"]
+    # restated defaults (network_weights, tta_flip, hflip) are no difference; an unset key of
+    # the full config is its class's default
+    assert lines == ["model.backbone vgg16_bn (full: vgg16)", "model.optimizer adamw (full: sgd)",
+                     "data.crop_size 64 (full: 321)", "trainer.max_steps 60 (full: -1)"]
     assert recipe_differences(["full.yaml"], root=tmp_path) == []
