@@ -410,7 +410,7 @@ def format_statistics(stats: dict) -> str:
     """A markdown table of :func:`voc_statistics` (for the README)."""
     lines = [f"{stats['images']} {stats['split']} images; {100 * stats['near_boundary_share']:.1f}% of the labelled "
              f"pixels lie within {stats['near_px']} px of a boundary.", "",
-             "| class | pixel share | objects | object size, px: median (min-max) |", "|---|---:|---:|---|"]
+             "| class | pixel share | regions (8-connected) | region size, px: median (min-max) |", "|---|---:|---:|---|"]
     for name, c in stats["classes"].items():
         size = c["object_px"]
         lines.append(f"| {name} | {100 * c['pixel_share']:.1f}% | {size['count'] if size else '-'} | "
