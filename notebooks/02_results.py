@@ -7,9 +7,9 @@
 #
 # Which runs: full runs in `results/runs/voc/<backbone>/` when a user has trained them
 # (`./reproduce.sh voc vgg --gpus 4`); otherwise the `--quick` miniature runs in `results/quick/runs/`, which this
-# notebook trains itself when they are missing (`./reproduce.sh voc vgg --quick`, a few minutes on a CPU). Quick runs
-# are 48 CPU steps from random weights on a generated 64-image set: they show the pipeline end to end and say
-# **nothing** about the paper's numbers, and every figure made from them says so in its title.
+# notebook trains itself when they are missing (`./reproduce.sh voc vgg --quick`, minutes on a CPU). Quick runs are
+# the CPU miniature (README, "The CPU miniature"): VGG16 on a generated detail-heavy VOC-format set, not PASCAL VOC,
+# so their numbers are not comparable with the paper's, and every figure made from them says so in its title.
 
 # %%
 from pathlib import Path
@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from polypool.notebook_support import QUICK_LABEL, QUICK_OUT, quick_runs, repo_root, save_figure
-from polypool.tables import METHODS, QUICK_NOTE, Table, load_paper, load_records, write_tables
+from polypool.tables import METHODS, Table, load_paper, load_records, quick_note, write_tables
 
 ROOT = repo_root()
 LABELS = dict(METHODS)
@@ -65,13 +65,13 @@ def show_markdown(text: str) -> None:
     print(text)
 
 
-NOTE = {"quick": QUICK_NOTE, "full": "", "none": ""}  # the note reproduce.sh --quick writes too
 for backbone, (table, kind) in tables.items():
     if kind == "none":
         print(f"voc/{backbone}: no runs yet; the chart below shows the paper's rows only.")
         continue
     out = ROOT / (QUICK_OUT if kind == "quick" else Path("results")) / f"voc_{backbone}"
-    show_markdown(write_tables(table, load_paper("voc", backbone), out, NOTE[kind]))
+    note = quick_note(table) if kind == "quick" else ""  # the note reproduce.sh --quick writes too
+    show_markdown(write_tables(table, load_paper("voc", backbone), out, note))
 
 # %% [markdown]
 # ## Per-class IoU change against max pooling, ours beside the paper's
@@ -132,3 +132,48 @@ for backbone, (ours, kind) in tables.items():
         print(f"voc/{backbone}: classes with IoU > 0, per pooling: {recognised}")
         print(f"voc/{backbone} mIoU, ours: " + ", ".join(
             f"{LABELS[m]} {ours.row(m)[0][-1]:.1f}" for m, _ in METHODS if ours.row(m) is not None))
+
+# %% [markdown]
+# ## Details: trimap mIoU against the band width, and Boundary IoU
+#
+# DeepLab's trimap experiment: the mIoU over the pixels within w px of a ground-truth boundary, for growing w (at
+# large w it approaches the mIoU). A pooling that keeps details scores higher at small w. Each line is one pooling
+# (mean over seeds, bars: ± std over seeds); the legend gives each pooling's Boundary IoU (Cheng et al., 2021;
+# d = 2% of the image diagonal). Both come from the run records, so a table without detail metrics (records written
+# before they existed, or the paper's) has no line here.
+
+# %%
+def trimap_curves(table: Table) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
+    """Per pooling: band widths, mean and std of trimap mIoU over seeds, and the mean Boundary IoU (percent)."""
+    curves = {}
+    for method, records in table.records.items():
+        widths = sorted({int(w) for r in records for w in (r.get("trimap_miou") or {})})
+        if not widths:
+            continue
+        values = np.array([[100 * r["trimap_miou"].get(str(w), np.nan) for w in widths] for r in records])
+        boundary = np.nanmean([100 * (r.get("boundary_iou") or {}).get("mean", np.nan) for r in records])
+        curves[method] = (np.array(widths), values.mean(0), values.std(0), float(boundary))
+    return curves
+
+
+for backbone, (table, kind) in tables.items():
+    curves = trimap_curves(table) if kind != "none" else {}
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for method, (widths, mean, std, boundary) in curves.items():
+        ax.errorbar(widths, mean, yerr=std, marker="o", capsize=3, label=f"{LABELS[method]} (bIoU {boundary:.1f})")
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="band width w around the ground-truth boundaries [px]", ylabel="trimap mIoU [%]")
+    status = {"quick": f"{QUICK_LABEL} (not PASCAL VOC)", "full": "full runs",
+              "none": "no runs with detail metrics yet"}[kind]
+    if not curves:
+        ax.text(0.5, 0.5, f"voc/{backbone}: no run records with detail metrics", ha="center", va="center",
+                transform=ax.transAxes)
+    else:
+        ax.legend()
+    ax.set_title(f"voc/{backbone}: trimap mIoU by band width\n{status}", color="tab:red" if kind != "full" else "black")
+    fig.tight_layout()
+    save_figure(fig, f"02_voc_{backbone}_trimap")
+    plt.show()
+    for method, (widths, mean, _, boundary) in curves.items():
+        print(f"voc/{backbone} {LABELS[method]}: trimap mIoU " +
+              ", ".join(f"{w}px {m:.1f}" for w, m in zip(widths, mean)) + f"; Boundary IoU {boundary:.1f}")

@@ -18,7 +18,7 @@ spec.loader.exec_module(build)
 # The figures each notebook writes to results/figures/.
 FIGURES = {
     "01_p_pooling": ["01_alpha_sweep", "01_window_gradients", "01_props", "01_detail_shift"],
-    "02_results": ["02_voc_vgg_deltas", "02_voc_resnet_deltas"],
+    "02_results": ["02_voc_vgg_deltas", "02_voc_resnet_deltas", "02_voc_vgg_trimap", "02_voc_resnet_trimap"],
     "03_qualitative": ["03_qualitative_voc", "03_qualitative_cityscapes", "03_qualitative_ade20k"],
     "04_alpha": ["04_alpha_per_layer", "04_alpha_histograms", "04_dense_alpha_maps"],
 }
@@ -53,7 +53,12 @@ def test_cells_of_a_percent_script(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.stem)
-def test_notebook_runs_top_to_bottom(script):
+def test_notebook_runs_top_to_bottom(script, monkeypatch):
+    from polypool.notebook_support import QUICK_OVERRIDES_ENV
+
+    # the smallest quick runs: this checks that the notebooks run, not what the miniature learns (test_quick.py)
+    monkeypatch.setenv(QUICK_OVERRIDES_ENV, "--trainer.max_steps 3 --data.init_args.crop_size 32 "
+                                            "--data.init_args.batch_size 2")
     start = time.time() - 1
     notebook = build.execute(build.notebook_of(script))  # raises CellExecutionError on any failing cell
     assert all(c.execution_count is not None for c in notebook.cells if c.cell_type == "code")
