@@ -1,6 +1,7 @@
 """python -m polypool: every config parses, fit logs and records, resume, DDP on CPU, reproduce.sh --quick."""
 
 import json
+import time
 import subprocess
 from pathlib import Path
 
@@ -124,7 +125,12 @@ def test_wandb_receives_the_alpha_histograms(voc_root, tmp_path):
 
     main(fit_args(voc_root, tmp_path, steps=2, extra=["--model.pooling_kwargs", "{alpha_mode: channel}"]))
     wandb.finish()  # flushes the run's binary log
-    run_file = next((tmp_path / "logs" / "wandb").glob("offline-run-*/run-*.wandb")).read_bytes()
+    # W&B's service process writes the file: on a busy machine it may still be writing when finish() returns (a
+    # fresh-clone CI read only its 7-byte header), so read every run file of this test until the keys are there
+    deadline, run_file = time.time() + 60, b""
+    while time.time() < deadline and b"alpha/features.maxpool/mean" not in run_file:
+        time.sleep(0.5 if run_file else 0)
+        run_file = b"".join(f.read_bytes() for f in (tmp_path / "logs" / "wandb").glob("offline-run-*/run-*.wandb"))
     # the run's binary log holds each history key as text; histograms of a constant alpha must not crash numpy
     assert b"alpha/features.maxpool/hist" in run_file and b"histogram" in run_file
     assert b"alpha/features.maxpool/mean" in run_file
