@@ -216,13 +216,14 @@ def format_cell(mean: float, std: float, seeds: int, bold: bool, style: str) -> 
 def render_rows(table: Table, style: str, detail: bool = False) -> list[list[str]]:
     """One row per method: the paper's columns, then (``detail``) the detail columns; bold marks each column's
     best."""
-    rows = [_cells(table, style, table.runs, len(table.columns))]
+    rows = [_cells(style, table.runs, len(table.columns))]
     if detail and table.detail_columns:
-        rows.append(_cells(table, style, table.detail, len(table.detail_columns)))
+        rows.append(_cells(style, table.detail, len(table.detail_columns)))
     return [[label] + [cell for part in rows for cell in part[i]] for i, (_, label) in enumerate(METHODS)]
 
 
-def _cells(table: Table, style: str, runs: dict[str, list[np.ndarray]], width: int) -> list[list[str]]:
+def _cells(style: str, runs: dict[str, list[np.ndarray]], width: int) -> list[list[str]]:
+    """The formatted cells of ``runs`` (one list per method, ``width`` columns), each column's best in bold."""
     view = Table(columns=[""] * width, runs=runs)
     best = best_per_column(view)
     cells = []
