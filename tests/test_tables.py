@@ -396,6 +396,9 @@ def test_paired_differences_against_max_pair_by_seed_with_a_t_interval(tmp_path)
         write_detail_record(root, "ppool", seed, max_miou[seed] + ppool_diff[seed], 0.3 - ppool_diff[seed], 0.2)
         write_detail_record(root, "avg", seed, max_miou[seed] + avg_diff[seed], 0.3, 0.2)
     write_detail_record(root, "gated", 0, 0.5, 0.3, 0.2)  # one seed: no comparison
+    for seed in (3, 4):  # Average has two more seeds than P-pooling; Max has seed 3 only
+        write_detail_record(root, "avg", seed, 0.45, 0.3, 0.2)
+    write_detail_record(root, "max", 3, 0.45, 0.3, 0.2)
     table = load_records(root, "voc", "vgg")
     differences = {(d.method, d.metric): d for d in paired_differences(table)}
     assert {m for m, _ in differences} == {"avg", "ppool"}
@@ -406,12 +409,13 @@ def test_paired_differences_against_max_pair_by_seed_with_a_t_interval(tmp_path)
     assert differences["ppool", "bIoU"].mean == pytest.approx(-3.0)
     assert differences["ppool", "trimap 1px"].mean == pytest.approx(0.0, abs=1e-9)
     lines = findings(table)
-    assert lines[0] == "mIoU (mean over seeds), best first: Gated 50.0, P-pooling 48.0, Average 45.3, Max 45.0."
+    assert lines[0] == "mIoU (mean over seeds), best first: Gated 50.0, P-pooling 48.0, Average 45.2, Max 45.0."
     ppool_line = next(line for line in lines if line.startswith("P-pooling vs Max"))
     assert "mIoU +3.0 [" in ppool_line and "(better)" in ppool_line and "bIoU -3.0 [" in ppool_line
     assert "(worse)" in ppool_line
     avg_line = next(line for line in lines if line.startswith("Average vs Max"))
     assert "mIoU +0.3 [" in avg_line and "(no clear difference)" in avg_line
+    assert "paired over 4 seeds" in avg_line and "paired over 3 seeds" in ppool_line  # seed 4 has no Max
     text = main(["--runs", str(root), "--dataset", "voc", "--backbone", "vgg", "--out", str(tmp_path / "t")])
     section = text.split("**paired difference vs Max")[1]
     assert "| Method | mIoU | bIoU | trimap 1px |" in section

@@ -329,11 +329,12 @@ def findings(table: Table, baseline: str = "max") -> list[str]:
     differences = paired_differences(table, baseline)
     for method in dict.fromkeys(d.method for d in differences):
         parts = []
-        for d in (d for d in differences if d.method == method):
+        mine = [d for d in differences if d.method == method]
+        for d in mine:
             low, high = d.interval
             verdict = "better" if low > 0 else ("worse" if high < 0 else "no clear difference")
             parts.append(f"{d.metric} {d.mean:+.1f} [{low:+.1f}, {high:+.1f}] ({verdict})")
-        lines.append(f"{labels[method]} vs {labels[baseline]}, paired over {len(differences[0].diffs)} seeds, "
+        lines.append(f"{labels[method]} vs {labels[baseline]}, paired over {len(mine[0].diffs)} seeds, "
                      f"mean difference [95% interval]: " + "; ".join(parts) + ".")
     if not differences:
         seeds = min((len(r) for r in table.runs.values()), default=0)
