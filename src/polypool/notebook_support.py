@@ -110,7 +110,7 @@ def train_quick_variant(name: str, overrides: Sequence[str], data_root: Optional
         _run([sys.executable, "-m", "polypool", "fit", "--config", config, "--config", "configs/trainer/quick.yaml",
               "--data.init_args.root", data_root, "--seed_everything", "0", "--wandb_project", "null",
               "--trainer.default_root_dir", log_dir, "--records_root", root / QUICK_OUT / "runs_extra", *start,
-              *overrides, *quick_overrides()])
+              *quick_overrides(), *overrides])  # the variant's own overrides last: Inception keeps its 96 px crop
     return log_dir
 
 
