@@ -34,7 +34,7 @@ FORCE:
 # The default suite first, then the tests marked slow in a second call (exit 5 = "none collected" is fine).
 test: setup
 	$(PY) -m pytest -m "not slow"
-	$(PY) -m pytest -m slow; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
+	$(PY) -m pytest -m slow --durations=25; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow"

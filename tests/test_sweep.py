@@ -3,6 +3,7 @@ check and --prefetch. The tests that train are slow and as small as a run gets: 
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,7 +41,9 @@ def cpu_env(tmp_path):
 @pytest.fixture(scope="module")
 def voc_root(tmp_path_factory):
     # SBD too: configs/voc/vgg.yaml trains on trainaug
-    return make_voc(tmp_path_factory.mktemp("voc"), n_train=8, n_val=2, size=(32, 32), seed=0, n_sbd=1)
+    root = make_voc(tmp_path_factory.mktemp("voc"), n_train=8, n_val=2, size=(32, 32), seed=0, n_sbd=1)
+    yield root
+    shutil.rmtree(root / "pretrain", ignore_errors=True)  # the quick pre-training's checkpoints (~1 GB)
 
 
 def records(out, poolings):
@@ -68,7 +71,8 @@ def reference(voc_root, tmp_path_factory):
     args = ["voc", "vgg", "--quick", "--workers", "2", "--poolings", "max,ppool", "--out", str(out), "--poll-s", "3",
             "--", "--data.init_args.root", str(voc_root), *TINY]
     result = reproduce(*args, env=cpu_env(tmp))
-    return out, args, result, tmp
+    yield out, args, result, tmp
+    shutil.rmtree(tmp, ignore_errors=True)  # its runs' checkpoints (~1 GB)
 
 
 @pytest.mark.slow
