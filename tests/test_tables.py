@@ -438,3 +438,65 @@ def test_the_quick_note_names_each_difference_from_the_full_recipe_from_the_conf
     assert lines == ["model.backbone vgg16_bn (full: vgg16)", "model.optimizer adamw (full: sgd)",
                      "data.crop_size 64 (full: 321)", "trainer.max_steps 60 (full: -1)"]
     assert recipe_differences(["full.yaml"], root=tmp_path) == []
+
+
+def test_provenance_lines_name_the_config_files_and_each_p_pooling_runs_alpha():
+    from polypool.tables import Table, provenance_lines
+
+    def alpha(first, last):
+        return {"first": {"step": 0, "layers": {"4": {"mean": first, "std": 0.5}}},
+                "last": {"step": 60, "layers": {"4": {"mean": last, "std": 0.25}, "9": {"mean": 3.0, "std": 0.0}}}}
+
+    table = Table(["bg", "mean"], records={
+        "max": [{"config_files": ["configs/voc/vgg.yaml", "configs/trainer/quick.yaml"], "seed": 0}],
+        "gated": [{"config_files": [], "seed": 0}, {"seed": 1}],  # no config files: not named
+        "dpp": [{"config_files": ["configs/voc/vgg.yaml"], "seed": 0, "alpha": None}],
+        "ppool": [{"config_files": ["configs/voc/vgg.yaml", "configs/trainer/quick.yaml"], "seed": 2,
+                   "alpha": alpha(30.0, 29.84)},
+                  {"seed": 3, "alpha": {"first": {}, "last": {"layers": {}}}}],  # no layers: no line
+    })
+    assert provenance_lines(table) == [
+        "Our rows: runs of `configs/voc/vgg.yaml`, `configs/voc/vgg.yaml + configs/trainer/quick.yaml`.",
+        "P-pooling seed 2: alpha mean from step 0 to step 60: 4 30 (spread 0.5) -> 29.84 (spread 0.25); "
+        "9 ? -> 3 (spread 0).",
+    ]
+    # a record without a first probe says so, and a table without config files has no "Our rows" line
+    table = Table(["bg", "mean"], records={"ppool": [{"seed": 0, "alpha": {"last": {"step": 8, "layers": {
+        "4": {"mean": 1.23456, "std": 0.0123456}}}}}]})
+    assert provenance_lines(table) == [
+        "P-pooling seed 0: alpha mean from step ? to step 8: 4 ? -> 1.235 (spread 0.0123)."]
+
+
+def test_load_wandb_reads_the_finished_runs_of_the_experiments_group(monkeypatch):
+    """W&B's API stubbed: the query (path, group, finished only), the pooling from the run's config, the summary's
+    per-class IoU and mIoU, and runs without a pooling or an mIoU left out."""
+    import sys
+    import types
+
+    from polypool.tables import load_wandb
+
+    class Run:
+        def __init__(self, pooling, miou, iou=0.25):
+            self.config = {"model": {"pooling": pooling}} if pooling else {}
+            self.summary = {f"val/IoU/{name}": iou for name in VOC_CLASSES[:-1]}  # the last class never seen
+            if miou is not None:
+                self.summary["val/mIoU"] = miou
+
+    queries = []
+
+    class Api:
+        def runs(self, path, filters):
+            queries.append((path, filters))
+            return [Run("max", 0.5), Run("ppool", 0.6, 0.3), Run("ppool", 0.7, 0.4), Run(None, 0.9), Run("avg", None)]
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(Api=Api))
+    table = load_wandb("me/polypool", "voc", "vgg_largefov")
+    assert queries == [("me/polypool", {"group": "voc/vgg_largefov", "state": "finished"})]
+    assert table.columns == list(VOC_SHORT_NAMES) + ["mean"]
+    assert sorted(table.runs) == ["max", "ppool"]
+    assert len(table.runs["max"]) == 1 and len(table.runs["ppool"]) == 2
+    np.testing.assert_allclose(table.runs["max"][0][:20], 25.0)
+    assert np.isnan(table.runs["max"][0][20])  # a class without a logged IoU
+    assert table.runs["max"][0][21] == pytest.approx(50.0)
+    np.testing.assert_allclose([r[0] for r in table.runs["ppool"]], [30.0, 40.0])
+    np.testing.assert_allclose([r[21] for r in table.runs["ppool"]], [60.0, 70.0])

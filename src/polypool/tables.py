@@ -166,7 +166,7 @@ def load_csv_logs(root: Path) -> Table:
     return table
 
 
-def load_wandb(path: str, dataset: str, backbone: str) -> Table:  # pragma: no cover - needs network
+def load_wandb(path: str, dataset: str, backbone: str) -> Table:
     """Finished W&B runs of group ``<dataset>/<backbone>``, their last logged per-class IoU."""
     import wandb
 
