@@ -130,9 +130,18 @@ def apply(x: Tensor, alpha, window: Window, need_grad: bool, explicit: bool, che
           include_pad: bool = True) -> Tensor:
     """``PPool2dTriton`` with the safety nets: the first-result check, and on any failure (but NegativeInput) a
     warning and TritonFailure, unless ``explicit`` (``backend="triton"``) or strict mode, which raise it as is."""
-    try:
+    def launch():
         _check_first_result(x, alpha, window)
         return PPool2dTriton.apply(x, alpha, window, need_grad, explicit, check_negative, include_pad)
+
+    return _guarded(launch, explicit)
+
+
+def _guarded(launch, explicit: bool):
+    """``launch()``, and on any failure but NegativeInput: a warning once, the Triton path off, TritonFailure (the
+    caller then runs the reference op); ``explicit`` (``backend="triton"``) or strict mode raise the failure as is."""
+    try:
+        return launch()
     except NegativeInput:
         raise
     except Exception as error:
@@ -479,13 +488,5 @@ def dense_apply(x: Tensor, params, window: Window, alpha_range, input_scale: flo
                 include_pad: bool, need_grad: bool, explicit: bool, check_negative: bool = True):
     """``DensePPool2dTriton`` with the safety net of ``apply``: a failure (but NegativeInput) warns once, switches the
     Triton path off and raises TritonFailure (the caller then runs the unfused path), unless ``explicit`` or strict."""
-    try:
-        return DensePPool2dTriton.apply(x, *params, window, alpha_range, input_scale, grad_scale, include_pad,
-                                        need_grad, check_negative, explicit)
-    except NegativeInput:
-        raise
-    except Exception as error:
-        if explicit or mode() == "strict":
-            raise
-        _record_failure(_describe(error))
-        raise TritonFailure(_describe(error)) from error
+    return _guarded(lambda: DensePPool2dTriton.apply(x, *params, window, alpha_range, input_scale, grad_scale,
+                                                     include_pad, need_grad, check_negative, explicit), explicit)

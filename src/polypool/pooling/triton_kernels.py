@@ -109,6 +109,67 @@ def _load_alpha(alpha_ptr, plane, out, mask, DENSE: tl.constexpr):
 
 
 @triton.jit
+def _load_tap(x_base, h, w, H, W, sxh, sxw, valid):
+    """(h, w, x[h, w] in fp32): one element of the windows, 0 outside the map (the padding)."""
+    inside = valid & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+    return h, w, tl.load(x_base + h * sxh + w * sxw, mask=inside, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _window_max(x_base, k_ptr, c, h0, w0, H, W, sxh, sxw, valid, negative_ptr, KH: tl.constexpr, KW: tl.constexpr,
+                BLOCK: tl.constexpr, CONV: tl.constexpr):
+    """The forward's first read of each window: its max m and, with CONV, the dense branch's depthwise conv sum u
+    (k_ptr: the (C, KH*KW) kernel); stores one flag per program: did a window hold a negative x? (then the caller
+    shifts the maps and calls again)."""
+    m = tl.zeros((BLOCK,), dtype=tl.float32)  # x >= 0 and the padding is 0, so 0 is a neutral start
+    low = tl.zeros((BLOCK,), dtype=tl.float32)
+    u = tl.zeros((BLOCK,), dtype=tl.float32)
+    for di in tl.static_range(KH):
+        for dj in tl.static_range(KW):
+            h, w, v = _load_tap(x_base, h0 + di, w0 + dj, H, W, sxh, sxw, valid)
+            m = tl.maximum(m, v)
+            low = tl.minimum(low, v)
+            if CONV:
+                u += tl.load(k_ptr + c * (KH * KW) + (di * KW + dj), mask=valid, other=0.0) * v
+    tl.store(negative_ptr + tl.program_id(0), (tl.min(low, axis=0) < 0.0).to(tl.int8))
+    return m, u
+
+
+@triton.jit
+def _window_sums(x_base, h0, w0, H, W, sxh, sxw, valid, m, a, KH: tl.constexpr, KW: tl.constexpr,
+                 PH: tl.constexpr, PW: tl.constexpr, BLOCK: tl.constexpr, INCLUDE_PAD: tl.constexpr):
+    """The forward's second read of each window: (sum p r, sum p) with r = x / m and p = r^alpha (m flushed)."""
+    inv_m, zero = _normaliser(m)
+    num = tl.zeros((BLOCK,), dtype=tl.float32)
+    den = tl.zeros((BLOCK,), dtype=tl.float32)
+    for di in tl.static_range(KH):
+        for dj in tl.static_range(KW):
+            h, w, v = _load_tap(x_base, h0 + di, w0 + dj, H, W, sxh, sxw, valid)
+            if INCLUDE_PAD:
+                in_window = (h < H + PH) & (w < W + PW)  # the ceil-mode overhang is not part of the window
+            else:  # count_include_pad=False: neither is the padding
+                in_window = (h >= 0) & (h < H) & (w >= 0) & (w < W)
+            r = _ratio(v, inv_m, zero)
+            p = tl.where(in_window, _pow_unit(r, _log2_positive(r), a), 0.0)
+            den += p
+            num += p * r
+    return num, den
+
+
+@triton.jit
+def _store_forward(y_ptr, m_ptr, den_ptr, q_ptr, offs, valid, m, num, den, SAVE_Q: tl.constexpr,
+                   STORE_STATE: tl.constexpr):
+    """y = m q with q = num / den, and the state the backward reads (m, den and, when asked, q)."""
+    q = num / tl.where(valid, den, 1.0)  # den >= 1: the max element adds exactly 1
+    tl.store(y_ptr + offs, (q * m).to(y_ptr.dtype.element_ty), mask=valid)
+    if STORE_STATE:
+        tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=valid)
+        tl.store(den_ptr + offs, den, mask=valid)
+        if SAVE_Q:
+            tl.store(q_ptr + offs, q, mask=valid)
+
+
+@triton.jit
 def p_pool2d_forward_kernel(
     x_ptr, alpha_ptr, y_ptr, m_ptr, den_ptr, q_ptr, negative_ptr,
     total, C, H, W, OH, OW, sxn, sxc, sxh, sxw,
@@ -123,45 +184,12 @@ def p_pool2d_forward_kernel(
     h0 = oh * SH - PH
     w0 = ow * SW - PW
 
-    m = tl.zeros((BLOCK,), dtype=tl.float32)  # x >= 0 and the padding is 0, so 0 is a neutral start
-    low = tl.zeros((BLOCK,), dtype=tl.float32)
-    for di in tl.static_range(KH):
-        for dj in tl.static_range(KW):
-            h = h0 + di
-            w = w0 + dj
-            inside = valid & (h >= 0) & (h < H) & (w >= 0) & (w < W)
-            v = tl.load(x_base + h * sxh + w * sxw, mask=inside, other=0.0).to(tl.float32)
-            m = tl.maximum(m, v)
-            low = tl.minimum(low, v)
-    # one flag per program: did a window hold a negative x? (then the caller shifts the maps and calls again)
-    tl.store(negative_ptr + tl.program_id(0), (tl.min(low, axis=0) < 0.0).to(tl.int8))
+    m, u = _window_max(x_base, x_ptr, c, h0, w0, H, W, sxh, sxw, valid, negative_ptr, KH, KW, BLOCK, False)
 
     m = _flush_max(m)
-    inv_m, zero = _normaliser(m)
     a = _load_alpha(alpha_ptr, n * C + c, offs, valid, DENSE)
-    num = tl.zeros((BLOCK,), dtype=tl.float32)
-    den = tl.zeros((BLOCK,), dtype=tl.float32)
-    for di in tl.static_range(KH):
-        for dj in tl.static_range(KW):
-            h = h0 + di
-            w = w0 + dj
-            inside = valid & (h >= 0) & (h < H) & (w >= 0) & (w < W)
-            if INCLUDE_PAD:
-                in_window = (h < H + PH) & (w < W + PW)  # the ceil-mode overhang is not part of the window
-            else:  # count_include_pad=False: neither is the padding
-                in_window = (h >= 0) & (h < H) & (w >= 0) & (w < W)
-            v = tl.load(x_base + h * sxh + w * sxw, mask=inside, other=0.0).to(tl.float32)
-            r = _ratio(v, inv_m, zero)
-            p = tl.where(in_window, _pow_unit(r, _log2_positive(r), a), 0.0)
-            den += p
-            num += p * r
-    q = num / tl.where(valid, den, 1.0)  # den >= 1: the max element adds exactly 1
-    tl.store(y_ptr + offs, (q * m).to(y_ptr.dtype.element_ty), mask=valid)
-    if STORE_STATE:
-        tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=valid)
-        tl.store(den_ptr + offs, den, mask=valid)
-        if SAVE_Q:
-            tl.store(q_ptr + offs, q, mask=valid)
+    num, den = _window_sums(x_base, h0, w0, H, W, sxh, sxw, valid, m, a, KH, KW, PH, PW, BLOCK, INCLUDE_PAD)
+    _store_forward(y_ptr, m_ptr, den_ptr, q_ptr, offs, valid, m, num, den, SAVE_Q, STORE_STATE)
 
 
 @triton.jit
@@ -191,19 +219,7 @@ def p_pool2d_dense_forward_kernel(
     h0 = oh * SH - PH
     w0 = ow * SW - PW
 
-    m = tl.zeros((BLOCK,), dtype=tl.float32)
-    low = tl.zeros((BLOCK,), dtype=tl.float32)
-    u = tl.zeros((BLOCK,), dtype=tl.float32)
-    for di in tl.static_range(KH):
-        for dj in tl.static_range(KW):
-            h = h0 + di
-            w = w0 + dj
-            inside = valid & (h >= 0) & (h < H) & (w >= 0) & (w < W)
-            v = tl.load(x_base + h * sxh + w * sxw, mask=inside, other=0.0).to(tl.float32)
-            m = tl.maximum(m, v)
-            low = tl.minimum(low, v)
-            u += tl.load(k_ptr + c * (KH * KW) + (di * KW + dj), mask=valid, other=0.0) * v
-    tl.store(negative_ptr + tl.program_id(0), (tl.min(low, axis=0) < 0.0).to(tl.int8))
+    m, u = _window_max(x_base, k_ptr, c, h0, w0, H, W, sxh, sxw, valid, negative_ptr, KH, KW, BLOCK, True)
 
     f = tl.load(f_ptr + plane, mask=valid, other=0.0)
     slope = tl.load(slope_ptr + c, mask=valid, other=0.0)
@@ -214,30 +230,8 @@ def p_pool2d_dense_forward_kernel(
     tl.store(alpha_ptr + offs, a, mask=valid)
 
     m = _flush_max(m)
-    inv_m, zero = _normaliser(m)
-    num = tl.zeros((BLOCK,), dtype=tl.float32)
-    den = tl.zeros((BLOCK,), dtype=tl.float32)
-    for di in tl.static_range(KH):
-        for dj in tl.static_range(KW):
-            h = h0 + di
-            w = w0 + dj
-            inside = valid & (h >= 0) & (h < H) & (w >= 0) & (w < W)
-            if INCLUDE_PAD:
-                in_window = (h < H + PH) & (w < W + PW)  # the ceil-mode overhang is not part of the window
-            else:  # count_include_pad=False: neither is the padding
-                in_window = (h >= 0) & (h < H) & (w >= 0) & (w < W)
-            v = tl.load(x_base + h * sxh + w * sxw, mask=inside, other=0.0).to(tl.float32)
-            r = _ratio(v, inv_m, zero)
-            p = tl.where(in_window, _pow_unit(r, _log2_positive(r), a), 0.0)
-            den += p
-            num += p * r
-    q = num / tl.where(valid, den, 1.0)
-    tl.store(y_ptr + offs, (q * m).to(y_ptr.dtype.element_ty), mask=valid)
-    if STORE_STATE:
-        tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=valid)
-        tl.store(den_ptr + offs, den, mask=valid)
-        if SAVE_Q:
-            tl.store(q_ptr + offs, q, mask=valid)
+    num, den = _window_sums(x_base, h0, w0, H, W, sxh, sxw, valid, m, a, KH, KW, PH, PW, BLOCK, INCLUDE_PAD)
+    _store_forward(y_ptr, m_ptr, den_ptr, q_ptr, offs, valid, m, num, den, SAVE_Q, STORE_STATE)
 
 
 @triton.jit
@@ -304,10 +298,7 @@ def p_pool2d_grad_factors_kernel(
         u = tl.zeros((BLOCK,), dtype=tl.float32)  # BRANCH: the conv sums, again
         for di in tl.static_range(KH):
             for dj in tl.static_range(KW):
-                h = h0 + di
-                w = w0 + dj
-                inside = valid & (h >= 0) & (h < H) & (w >= 0) & (w < W)
-                v = tl.load(x_base + h * sxh + w * sxw, mask=inside, other=0.0).to(tl.float32)
+                h, w, v = _load_tap(x_base, h0 + di, w0 + dj, H, W, sxh, sxw, valid)
                 r = _ratio(v, inv_m, zero)
                 log2_r = _log2_positive(r)
                 p = _pow_unit(r, log2_r, a)
@@ -331,10 +322,7 @@ def p_pool2d_grad_factors_kernel(
             _add_per_channel(ga_ptr, stride, KH * KW + 2, c, gp, valid, CL)
             for di in tl.static_range(KH):
                 for dj in tl.static_range(KW):
-                    h = h0 + di
-                    w = w0 + dj
-                    inside = valid & (h >= 0) & (h < H) & (w >= 0) & (w < W)
-                    v = tl.load(x_base + h * sxh + w * sxw, mask=inside, other=0.0).to(tl.float32)
+                    h, w, v = _load_tap(x_base, h0 + di, w0 + dj, H, W, sxh, sxw, valid)
                     _add_per_channel(ga_ptr, stride, di * KW + dj, c, dz * v, valid, CL)
         else:
             tl.store(ga_ptr + offs, grad, mask=valid)
