@@ -194,8 +194,8 @@ def test_reproduce_quick_end_to_end(tmp_path):
     # the plumbing, end to end, at the smallest size (the overrides reach the shared pre-training too); that the
     # miniature learns is tests/test_quick.py's slow test
     tiny = ["--", "--trainer.max_steps", "3", "--data.init_args.crop_size", "32", "--data.init_args.batch_size", "2"]
-    result = subprocess.run(["bash", "reproduce.sh", "voc", "vgg", "--quick", "--out", str(out), *tiny], cwd=REPO,
-                            capture_output=True, text=True, timeout=1500)
+    result = subprocess.run(["bash", "reproduce.sh", "voc", "vgg", "--quick", "--workers", "2", "--out", str(out), *tiny],
+                            cwd=REPO, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stderr[-3000:]
     table = (out / "voc_vgg.md").read_text()
     assert "Miniature run" in table and "Missing runs" not in table

@@ -61,13 +61,14 @@ def _run(command: Sequence[str]) -> None:
 
 
 def quick_runs(dataset: str = "voc", backbone: str = "vgg") -> Path:
-    """``results/quick/runs`` with a record for every pooling of the table; runs ``./reproduce.sh voc vgg --quick``
-    first when one is missing (about a minute per pooling on two CPU cores; finished runs are skipped)."""
+    """``results/quick/runs`` with a record for every pooling of the table; runs ``./reproduce.sh voc vgg --quick
+    --workers 2`` first when one is missing (two runs side by side; finished runs are skipped)."""
     runs = repo_root() / QUICK_OUT / "runs"
     poolings = ("max", "avg", "strided_conv", "gated", "dpp", "ppool")
     if not all((runs / dataset / backbone / p / "0.json").is_file() for p in poolings):
         extra = quick_overrides()
-        _run(["bash", "reproduce.sh", dataset, backbone, "--quick", *(["--", *extra] if extra else [])])
+        _run(["bash", "reproduce.sh", dataset, backbone, "--quick", "--workers", "2",
+              *(["--", *extra] if extra else [])])
     return runs
 
 
