@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 
 PRETRAINED = "pretrained_max.ckpt"
 PRETRAIN_STEPS = 300  # the shared max-pooling network's steps (each pooling's fine-tune: quick.yaml's max_steps)
+PRETRAIN_LR = 5e-4  # from random weights; the fine-tunes take quick.yaml's lower lr
 CONFIG = "configs/voc/vgg.yaml"
 PRESET = "configs/trainer/quick.yaml"
 
@@ -63,7 +64,8 @@ def pretrain_command(root: Path, resume: bool, overrides: Sequence[str] = ()) ->
     folder = Path(root) / "pretrain"
     return [sys.executable, "-m", "polypool", "fit", "--config", CONFIG, "--config", PRESET,
             "--data.init_args.root", str(root), "--model.pooling", "max", "--model.network_weights", "null",
-            "--trainer.max_steps", str(PRETRAIN_STEPS), "--trainer.default_root_dir", str(folder),
+            "--trainer.max_steps", str(PRETRAIN_STEPS), "--model.lr", str(PRETRAIN_LR),
+            "--trainer.default_root_dir", str(folder),
             "--records_root", str(folder / "runs"), "--experiment", "pretrain", "--wandb_project", "null",
             "--seed_everything", "0", *(["--ckpt_path", "last"] if resume else []), *pretrain_overrides(overrides)]
 
