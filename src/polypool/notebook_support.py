@@ -73,9 +73,18 @@ def quick_runs(dataset: str = "voc", backbone: str = "vgg") -> Path:
 
 
 def quick_log_dir(pooling: str, dataset: str = "voc", backbone: str = "vgg", seed: int = 0) -> Path:
-    """The ``trainer.default_root_dir`` of one quick run (checkpoints, metrics.csv, alpha_history.jsonl)."""
+    """The ``trainer.default_root_dir`` of one quick run (checkpoints, metrics.csv, alpha_history.jsonl). The run
+    records are committed but their checkpoints are not: in a fresh clone the same run (pooling, seed, recipe, shared
+    network) is trained again beside them, in ``results/quick/logs/extra``, leaving the committed record as it is."""
     quick_runs(dataset, backbone)
-    return repo_root() / QUICK_OUT / "logs" / dataset / backbone / pooling / str(seed)
+    log_dir = repo_root() / QUICK_OUT / "logs" / dataset / backbone / pooling / str(seed)
+    if any((log_dir / "checkpoints").glob("*.ckpt")):
+        return log_dir
+    if (dataset, backbone) != ("voc", "vgg"):
+        raise FileNotFoundError(f"no checkpoint in {log_dir / 'checkpoints'}: run ./reproduce.sh {dataset} "
+                                f"{backbone} --quick")
+    return train_quick_variant(f"{dataset}_{backbone}_{pooling}_{seed}",
+                               ["--model.pooling", pooling, "--seed_everything", str(seed)])
 
 
 def best_checkpoint(log_dir: Path) -> Path:
@@ -101,8 +110,11 @@ def train_quick_variant(name: str, overrides: Sequence[str], data_root: Optional
                         config: str = "configs/voc/vgg.yaml") -> Path:
     """One extra quick run (the ``--quick`` preset plus ``overrides``) in ``results/quick/logs/extra/<name>``,
     trained unless its checkpoint exists; returns its log folder. The data defaults to the quick VOC set."""
-    quick_runs()  # generates the quick data too
     root = repo_root()
+    if data_root is None:  # the quick set and its shared max-pooling network, made if missing
+        from .quick import prepare
+
+        prepare(root / QUICK_DATA, quick_overrides())
     log_dir = root / QUICK_OUT / "logs" / "extra" / name
     if not (log_dir / "checkpoints" / "last.ckpt").is_file():
         # on the quick set, start from its shared max-pooling network, as the quick runs do
