@@ -11,11 +11,11 @@
 # 3. dense α maps over an image: where the network pools more like max (high α) or more like average (low α).
 #
 # Runs: a user's full VOC/VGG P-pooling run when it exists (`results/logs/voc/vgg/ppool/0`), else the `--quick`
-# one (trained here if missing); plus one layer-α and one channel-α run with the quick preset, trained here. The
-# dense run is the table's P-pooling run: the authors' init 30, range [1, 50], α learning rate ×1. So that a few steps
-# move α visibly, the layer/channel runs start at α = 3 (range [0, 50]) and give α the learning-rate multiplier ×180
-# that the authors' code gives the dense branch's α bias (docs/paper_notes.md). Quick runs are far too short to say what α
-# converges to; they show what the logging and the plots do.
+# one (trained again here when its checkpoint is missing); plus one layer-α and one channel-α run with the quick
+# preset, trained here. The dense run is the table's P-pooling run: the authors' init 30, range [1, 50], α learning
+# rate ×1. So that a few steps move α visibly, the layer/channel runs start at α = 3 (range [0, 50]) and give α the
+# learning-rate multiplier ×180 that the authors' code gives the dense branch's α bias (docs/paper_notes.md). Quick
+# runs are far too short to say what α converges to; they show what the logging and the plots do.
 
 # %%
 import matplotlib
