@@ -70,8 +70,9 @@ for backbone, (table, kind) in tables.items():
         print(f"voc/{backbone}: no runs yet; the chart below shows the paper's rows only.")
         continue
     out = ROOT / (QUICK_OUT if kind == "quick" else Path("results")) / f"voc_{backbone}"
-    note = quick_note(table) if kind == "quick" else ""  # the note reproduce.sh --quick writes too
-    show_markdown(write_tables(table, load_paper("voc", backbone), out, note))
+    # as reproduce.sh writes them: the quick note, and no paper rows beside a generated set's numbers
+    note, paper = (quick_note(table), None) if kind == "quick" else ("", load_paper("voc", backbone))
+    show_markdown(write_tables(table, paper, out, note))
 
 # %% [markdown]
 # ## Per-class IoU change against max pooling, ours beside the paper's
