@@ -280,3 +280,35 @@ def test_ceil_mode_carries_over_to_every_site_at_odd_sizes(target):
             assert torch.equal(after[i], before[i])
         torch.testing.assert_close(after[1], F.avg_pool2d(x, 3, 3, 0, True))
         torch.testing.assert_close(after[4], F.avg_pool2d(x, 2, 2, 0, True))
+
+
+class ThreeSites(nn.Module):
+    """A module site, a functional site and an adaptive pool that no swap touches."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.head = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        x = F.avg_pool2d(self.pool(self.conv(x)), 3, 1, 1, ceil_mode=True)
+        return self.head(x)
+
+
+def test_report_text_exactly():
+    """The table a user reads after a swap (mutmut: its header counts, columns and rule were untested)."""
+    report = swap_pooling(ThreeSites(), "gated", input_size=(3, 16, 16))
+    assert str(report).splitlines() == [
+        "swap_pooling('gated'): 2 of 2 local pooling sites swapped (1 modules, 1 functional calls); 1 other "
+        "pooling-like layers left alone",
+        "",
+        "site        source      old -> new                   arguments                                 channels  status",
+        "----------  ----------  ---------------------------  ----------------------------------------  --------  ------",
+        "avg_pool2d  functional  F.avg_pool2d -> GatedPool2d  s=1, p=1, ceil=True, count_pad=True, k=3  4         swapped",
+        "pool        module      MaxPool2d -> GatedPool2d     k=2, s=2, p=0, ceil=False                 4         swapped",
+        "head        module      AdaptiveAvgPool2d                                                                left: "
+        "adaptive pooling: not a local window",
+    ]
+    report.notes.append("a note")
+    assert str(report).endswith("\nnote: a note")
