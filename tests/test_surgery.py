@@ -312,3 +312,24 @@ def test_report_text_exactly():
     ]
     report.notes.append("a note")
     assert str(report).endswith("\nnote: a note")
+
+
+class ArgumentSites(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.MaxPool2d((2, 3), 1, dilation=2)
+        self.b = nn.AvgPool2d(2, divisor_override=3)
+        self.c = nn.MaxPool2d(3, 1, dilation=(1, 1))
+        self.d = create_pool2d("max", 3, 2, padding="same")
+
+    def forward(self, x):
+        return self.d(self.c(self.b(self.a(x))))
+
+
+def test_site_arguments_are_described_compactly():
+    """Square pairs as one number, others as AxB; dilation only when not 1, divisor only when set; SAME padding."""
+    described = {s.name: s.describe_args() for s in find_pooling_sites(ArgumentSites())}
+    assert described == {"a": "k=2x3, s=1, p=0, d=2, ceil=False",
+                         "b": "k=2, s=2, p=0, ceil=False, count_pad=True, divisor=3",
+                         "c": "k=3, s=1, p=0, ceil=False",
+                         "d": "k=3, s=2, p=0, ceil=False, SAME"}
