@@ -184,8 +184,7 @@ def p_pool2d_forward_kernel(
     h0 = oh * SH - PH
     w0 = ow * SW - PW
 
-    m, u = _window_max(x_base, x_ptr, c, h0, w0, H, W, sxh, sxw, valid, negative_ptr, KH, KW, BLOCK, False)
-
+    m, _ = _window_max(x_base, x_ptr, c, h0, w0, H, W, sxh, sxw, valid, negative_ptr, KH, KW, BLOCK, False)
     m = _flush_max(m)
     a = _load_alpha(alpha_ptr, n * C + c, offs, valid, DENSE)
     num, den = _window_sums(x_base, h0, w0, H, W, sxh, sxw, valid, m, a, KH, KW, PH, PW, BLOCK, INCLUDE_PAD)
