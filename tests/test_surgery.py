@@ -333,3 +333,54 @@ def test_site_arguments_are_described_compactly():
                          "b": "k=2, s=2, p=0, ceil=False, count_pad=True, divisor=3",
                          "c": "k=3, s=1, p=0, ceil=False",
                          "d": "k=3, s=2, p=0, ceil=False, SAME"}
+
+
+def test_find_pooling_sites_lists_every_site_and_changes_nothing():
+    """The sites themselves, in the model's order, module and functional (mutmut: a wrong element of the finder's
+    result passed a test whose model had module sites only)."""
+    model = ThreeSites()
+    before = {name: type(m) for name, m in model.named_modules()}
+    sites = find_pooling_sites(model)
+    assert [(s.name, s.source, s.old, s.kind, s.swapped) for s in sites] == [
+        ("avg_pool2d", "functional", "F.avg_pool2d", "avg", False),
+        ("pool", "module", "MaxPool2d", "max", False),
+        ("head", "module", "AdaptiveAvgPool2d", None, False),
+    ]
+    assert {name: type(m) for name, m in model.named_modules()} == before
+
+
+def test_same_padded_pads_as_timm_does_by_default():
+    """SamePadded(pool, k, s) behind a plain AvgPool2d is timm's AvgPool2dSame: zeros padded, counted."""
+    from timm.layers.pool2d_same import AvgPool2dSame
+
+    from polypool.surgery import SamePadded
+
+    x = torch.rand(2, 3, 9, 10) + 1.0  # a padded 1 (not 0) would show at every border window
+    padded = SamePadded(nn.AvgPool2d(3, 2, count_include_pad=True), (3, 3), (2, 2))
+    torch.testing.assert_close(padded(x), AvgPool2dSame(3, 2)(x), rtol=0, atol=0)
+
+
+def test_same_padded_max_sites_keep_minus_infinity_padding_and_dilation():
+    """A TF-"SAME" max pool with dilation 2, swapped to max pooling, still equals timm's MaxPool2dSame on negative
+    inputs: the padding is -inf (0 would win every border window) and its amount follows the dilation."""
+    from timm.layers.pool2d_same import MaxPool2dSame
+
+    model = nn.Sequential(MaxPool2dSame(3, 2, dilation=2))
+    x = -torch.rand(2, 3, 11, 12) - 1.0
+    before = model(x)
+    report = swap_pooling(model, {"max": "max"}, input_size=(3, 11, 12))
+    assert [s.new for s in report.swapped] == ["SamePadded(MaxPool2d)"]
+    after = model(x)
+    assert after.shape == before.shape
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
+def test_a_dilated_max_site_swapped_to_max_keeps_its_dilation():
+    """The one target that can express a dilated window gets it (it was dropped: a 3x3 window with dilation 2 became
+    a plain 3x3 one, with a different output size and values)."""
+    model = nn.Sequential(nn.MaxPool2d(3, 1, padding=1, dilation=2))
+    x = torch.randn(1, 2, 9, 9)
+    before = model(x)
+    swap_pooling(model, "max", input_size=(2, 9, 9))
+    assert isinstance(model[0], nn.MaxPool2d) and model[0].dilation == 2 and model[0].kernel_size == (3, 3)
+    torch.testing.assert_close(model(x), before, rtol=0, atol=0)

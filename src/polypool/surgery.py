@@ -308,7 +308,8 @@ class SamePadded(nn.Module):
         return self.pool(pad_same(x, self.kernel_size, self.stride, self.dilation, value=self.value))
 
     def extra_repr(self) -> str:
-        return f"pad_same(kernel_size={self.kernel_size}, stride={self.stride}, value={self.value})"
+        return (f"pad_same(kernel_size={self.kernel_size}, stride={self.stride}, dilation={self.dilation}, "
+                f"value={self.value})")
 
 
 class _ChannelProbe(nn.Module):
@@ -339,6 +340,8 @@ def _site_kwargs(site: PoolingSite, target: str) -> dict:
     if _compact(dilation) != "1" and target != "max":
         raise ValueError(f"cannot swap {site.name} ({site.old}, {site.describe_args()}) to {target!r}: "
                          f"only 'max' supports a dilated window")
+    if _compact(dilation) != "1":
+        args["dilation"] = dilation  # for max (checked above); dropped, the window would silently shrink
     divisor = args.pop("divisor_override", None)
     if divisor is not None:
         if target != "avg":

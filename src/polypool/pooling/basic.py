@@ -10,10 +10,11 @@ from .geometry import IntOrPair, Window
 
 
 def max_pool(kernel_size: IntOrPair, stride: Optional[IntOrPair] = None, padding: IntOrPair = 0,
-             ceil_mode: bool = False, *, channels: Optional[int] = None) -> nn.MaxPool2d:
-    """``nn.MaxPool2d`` (``channels`` is accepted for a uniform signature and ignored)."""
+             ceil_mode: bool = False, *, channels: Optional[int] = None, dilation: IntOrPair = 1) -> nn.MaxPool2d:
+    """``nn.MaxPool2d``, keeping the ``dilation`` of the site it replaces (``channels`` is accepted for a uniform
+    signature and ignored)."""
     window = Window.make(kernel_size, stride, padding, ceil_mode)
-    return nn.MaxPool2d(window.kernel, window.stride, window.padding, ceil_mode=window.ceil_mode)
+    return nn.MaxPool2d(window.kernel, window.stride, window.padding, dilation=dilation, ceil_mode=window.ceil_mode)
 
 
 def avg_pool(kernel_size: IntOrPair, stride: Optional[IntOrPair] = None, padding: IntOrPair = 0,
