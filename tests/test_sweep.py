@@ -272,6 +272,10 @@ def test_bad_sweep_options_fail_with_the_option_and_the_fix():
         today = sw.make_sweep(sw.build_parser().parse_args(["voc", "vgg", "--gpus", "4"]), [])
         assert (today.workers, today.gpus_per_run) == (1, 4)  # the default: one run on all GPUs
         assert today.base_args()[-2:] == ["--trainer.devices", "4"]
+        quick = sw.make_sweep(sw.build_parser().parse_args(["voc", "vgg", "--quick"]), [])
+        assert quick.workers == min(2, os.cpu_count())  # the README's plain --quick: two runs side by side
+        one = sw.make_sweep(sw.build_parser().parse_args(["voc", "vgg", "--quick", "--workers", "1"]), [])
+        assert one.workers == 1
     finally:
         os.chdir(cwd)
     assert sw.parse_time_minutes("12:00:00") == 720 and sw.parse_time_minutes("1-00:00:00") == 1440
