@@ -40,8 +40,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "build" / "mutate"
 
-POOLING_TESTS = ["tests/test_p_pool2d.py", "tests/test_p_pool2d_cpu_fused.py", "tests/test_baselines.py",
-                 "tests/test_ppool_layer.py"]
+POOLING_TESTS = ["tests/test_p_pool2d.py", "tests/test_p_pool2d_cpu_fused.py", "tests/test_p_pool2d_dense.py",
+                 "tests/test_p_pool2d_subnormal.py", "tests/test_p_pool2d_count_include_pad.py",
+                 "tests/test_relu_hint.py", "tests/test_baselines.py", "tests/test_ppool_layer.py",
+                 "tests/test_pooling_contracts.py",
+                 # torch.compile / torch.export (custom_ops.py, the traced paths) and the Triton safety nets
+                 "tests/test_compile.py", "tests/test_export.py", "tests/test_cuda_path.py"]
 # name -> (files to mutate, files not to mutate, the fast tests that cover them)
 MODULES: dict[str, tuple[list[str], list[str], list[str]]] = {
     "transforms": (["src/polypool/data/transforms.py"], [], ["tests/test_data.py"]),
