@@ -38,8 +38,10 @@ def test_pad_window_input_pads_by_the_padding_plus_the_ceil_overhang():
 
 
 def test_a_bad_stride_is_named_in_the_error():
-    with pytest.raises(ValueError, match="stride"):
+    with pytest.raises(ValueError, match=r"^stride must be an int or a pair of ints, got \(1, 2, 3\)$"):
         Window.make(2, (1, 2, 3))
+    with pytest.raises(ValueError, match=r"^padding must be"):
+        Window.make(2, 2, (1, 2, 3))
 
 
 # --- the fused kernels' interface -----------------------------------------------------------------------------------
@@ -169,3 +171,67 @@ def test_registry_errors_and_parameter_names():
     assert [name for name, _ in pooling_parameters(layer)] == ["alpha"]
     model = nn.Sequential(nn.Conv2d(3, 3, 1), layer)
     assert [name for name, _ in pooling_parameters(model)] == ["1.alpha"]
+
+
+# --- dense alpha (the side branch in the kernel) --------------------------------------------------------------------
+
+def _branch(channels: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(channels, 1, 3, 3, generator=g), torch.full((channels,), 0.25),
+            torch.randn(channels, 1, 1, 1, generator=g), torch.tensor([-10.0, 1.0]))  # channel 0's alpha clamps to 0
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_dense_p_pool2d_takes_an_unbatched_input_with_every_option(fused):
+    from polypool.pooling.dense_alpha import dense_p_pool2d_with_stats
+
+    x = torch.rand(2, 6, 7)
+    options = dict(alpha_range=(0.0, 3.0), input_scale=2.0, count_include_pad=False, fused=fused)
+    y, alpha, stats = dense_p_pool2d_with_stats(x, *_branch(2), 3, 1, 1, **options)
+    y4, alpha4, stats4 = dense_p_pool2d_with_stats(x.unsqueeze(0), *_branch(2), 3, 1, 1, **options)
+    assert y.shape == (2, 6, 7) and alpha.shape == (2, 6, 7)
+    torch.testing.assert_close(y, y4[0], rtol=0, atol=0)
+    torch.testing.assert_close(alpha, alpha4[0], rtol=0, atol=0)
+    torch.testing.assert_close(stats, stats4, rtol=0, atol=0)
+    assert float(alpha[0].max()) == 0.0  # channel 0 is average pooling, without the padding (count_include_pad)
+    torch.testing.assert_close(y[0], F.avg_pool2d(x[:1], 3, 1, 1, count_include_pad=False)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_dense_p_pool2d_normalises_its_branch_input_by_1_by_default():
+    from polypool.pooling.dense_alpha import dense_p_pool2d_with_stats
+
+    x = torch.rand(1, 2, 6, 6)
+    default = dense_p_pool2d_with_stats(x, *_branch(2), 3, 1, 1, alpha_range=(0.0, 50.0))
+    explicit = dense_p_pool2d_with_stats(x, *_branch(2), 3, 1, 1, alpha_range=(0.0, 50.0), input_scale=1.0)
+    doubled = dense_p_pool2d_with_stats(x, *_branch(2), 3, 1, 1, alpha_range=(0.0, 50.0), input_scale=2.0)
+    torch.testing.assert_close(default[1], explicit[1], rtol=0, atol=0)
+    assert not torch.allclose(default[1], doubled[1])
+
+
+def test_dense_ppool_counts_the_padding_by_default():
+    x = torch.rand(1, 2, 6, 6)
+    average = PPool2d(3, 1, 1, channels=2, alpha_mode="dense", alpha_init=0.0, alpha_range=(0.0, 0.0))
+    torch.testing.assert_close(average(x), F.avg_pool2d(x, 3, 1, 1), rtol=1e-5, atol=1e-6)
+
+
+def test_gated_channel_mode_asks_for_channels():
+    from polypool.pooling import GatedPool2d
+
+    with pytest.raises(ValueError, match="pass channels=C$"):
+        GatedPool2d(2, gate="channel")
+
+
+def test_an_explicit_triton_request_that_cannot_be_served_says_why(monkeypatch):
+    from polypool.pooling import triton_fused
+
+    monkeypatch.setattr(triton_fused, "supports", lambda *args, **kwargs: False)
+    monkeypatch.setattr(triton_fused, "failure", lambda: None)
+    with pytest.raises(ValueError, match=r"got a torch.float64 tensor on cpu .*switched off after a failure: no\)$"):
+        p_pool2d(torch.rand(1, 1, 4, 4, dtype=torch.float64), 2.0, 2, backend="triton")
+
+
+def test_the_alpha_gradient_has_the_alpha_dtype():
+    x = torch.rand(1, 2, 4, 4, requires_grad=True)
+    alpha = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    p_pool2d(x, alpha, 2, backend="reference").sum().backward()
+    assert alpha.grad.dtype == torch.float64 and x.grad.dtype == torch.float32

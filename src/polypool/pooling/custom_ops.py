@@ -29,13 +29,10 @@ def _window_args(window: Window) -> tuple[list[int], list[int], list[int]]:
 
 
 # ------------------------------------------------------------------------------------------------ CPU (C++)
-# "pragma: no mutate block" on the four functions that torch.library.custom_op wraps: custom_op infers the op's
-# schema from their annotations, which mutmut's trampoline (scripts/mutate.py) does not keep, so a mutated copy of
-# this file would not import. Their bodies only call the kernels, which the other functions' mutants reach.
 
 @torch.library.custom_op("polypool::p_pool2d_cpu", mutates_args=())
 def p_pool2d_cpu(x: Tensor, alpha: Tensor, dense: bool, kernel: list[int], stride: list[int], padding: list[int],
-                 out_size: list[int]) -> tuple[Tensor, Tensor, Tensor]:  # pragma: no mutate block (see above)
+                 out_size: list[int]) -> tuple[Tensor, Tensor, Tensor]:
     """(y, m, den) of a non-negative fp32 x; alpha fp32 per plane (N*C,) or dense (N, C, OH, OW)."""
     y, m, den, _ = cpu_fused.load_extension().forward(x.contiguous(), alpha.contiguous(), dense, kernel, stride,
                                                       padding, out_size, True, True)
@@ -50,8 +47,7 @@ def _(x, alpha, dense, kernel, stride, padding, out_size):
 
 @torch.library.custom_op("polypool::p_pool2d_cpu_backward", mutates_args=())
 def p_pool2d_cpu_backward(x: Tensor, alpha: Tensor, dense: bool, m: Tensor, den: Tensor, y: Tensor, grad_y: Tensor,
-                          kernel: list[int], stride: list[int],
-                          padding: list[int]) -> tuple[Tensor, Tensor]:  # pragma: no mutate block
+                          kernel: list[int], stride: list[int], padding: list[int]) -> tuple[Tensor, Tensor]:
     grad_x, grad_alpha = cpu_fused.load_extension().backward(
         x.contiguous(), alpha.contiguous(), dense, m.contiguous(), den.contiguous(), y.contiguous(),
         grad_y.contiguous().float(), True, kernel, stride, padding)
@@ -87,8 +83,7 @@ def _triton_args(window: Window, x: Tensor, total: int, channels_last: bool, *ot
 
 
 def _triton_forward(x: Tensor, alpha: Tensor, dense: bool, kernel: list[int], stride: list[int],
-                    padding: list[int],
-                    out_size: list[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # pragma: no mutate block
+                    padding: list[int], out_size: list[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(y, m, den, q) of a non-negative x (fp32/fp16/bf16, any strides); q = y/m in fp32 (saved for fp16/bf16)."""
     k = triton_fused.kernels()
     window = Window.make(kernel, stride, padding)
@@ -113,7 +108,7 @@ def _triton_forward(x: Tensor, alpha: Tensor, dense: bool, kernel: list[int], st
 
 def _triton_backward_op(x: Tensor, alpha: Tensor, dense: bool, m: Tensor, den: Tensor, q: Tensor,
                         grad_y: Tensor, kernel: list[int], stride: list[int],
-                        padding: list[int]) -> tuple[Tensor, Tensor]:  # pragma: no mutate block
+                        padding: list[int]) -> tuple[Tensor, Tensor]:
     """(dx in x's layout, dalpha per output in fp32)."""
     k = triton_fused.kernels()
     window = Window.make(kernel, stride, padding)
