@@ -58,11 +58,10 @@ MODULES: dict[str, tuple[list[str], list[str], list[str]]] = {
     "pooling": (["src/polypool/pooling/*.py"],
                 ["src/polypool/pooling/triton_*.py", "src/polypool/pooling/custom_ops.py"], POOLING_TESTS),
     "models": (["src/polypool/models/*.py"], [],
-               ["tests/test_segmentation_model.py", "tests/test_model_checks.py", "tests/test_networks.py",
-                "tests/test_recipe.py"]),
+               ["tests/test_segmentation_model.py", "tests/test_model_checks.py", "tests/test_networks.py"]),
 }
 # What the tests read besides src/ and tests/ (the paper's tables for tables.py and its tests).
-ALSO_COPY = ["results/paper"]
+ALSO_COPY = ["results/paper", "configs"]
 STATUSES = ("killed", "timeout", "survived", "no tests", "suspicious", "skipped", "segfault", "not checked",
             "caught by type check", "check was interrupted by user")
 

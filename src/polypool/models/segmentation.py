@@ -134,7 +134,7 @@ class SegmentationModel(L.LightningModule):
         eval_crop: Optional[tuple[int, int]] = None,
         eval_stride: Optional[tuple[int, int]] = None,
         swap_input_size: tuple[int, int, int] = (3, 128, 128),
-    ):
+    ):  # pragma: no mutate block (save_hyperparameters reads the arguments from a frame named __init__)
         super().__init__()
         self.save_hyperparameters()
         if pooling not in get_args(ModelPooling):
