@@ -54,8 +54,6 @@ PROG = "reproduce.sh"
 TORCH_CUDA_FLAVOURS = ("cu118", "cu121", "cu124", "cu126", "cu128", "cu129", "cu130")
 HEARTBEAT_S = 15 * 60  # a run on another host counts as running while its progress.json is younger than this
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-
-
 QUICK_WORKERS = 2  # --quick's default --workers (on a machine with at least 2 cores)
 
 
