@@ -337,11 +337,11 @@ def _site_kwargs(site: PoolingSite, target: str) -> dict:
     """The site's window arguments as build_pooling wants them, or a clear error if the target can't express them."""
     args = dict(site.args)
     dilation = args.pop("dilation", 1)
-    if _compact(dilation) != "1" and target != "max":
-        raise ValueError(f"cannot swap {site.name} ({site.old}, {site.describe_args()}) to {target!r}: "
-                         f"only 'max' supports a dilated window")
     if _compact(dilation) != "1":
-        args["dilation"] = dilation  # for max (checked above); dropped, the window would silently shrink
+        if target != "max":
+            raise ValueError(f"cannot swap {site.name} ({site.old}, {site.describe_args()}) to {target!r}: "
+                             f"only 'max' supports a dilated window")
+        args["dilation"] = dilation  # dropped, the window would silently shrink
     divisor = args.pop("divisor_override", None)
     if divisor is not None:
         if target != "avg":
