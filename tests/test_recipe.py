@@ -277,19 +277,7 @@ def test_alpha_branch_multipliers_move_alpha_in_training(tmp_path, capsys):
     assert authors[4] > 100 * plain[4] > 0  # the multipliers reach the training, not just the optimiser
 
 
-def test_sliding_window_evaluation_is_a_model_option():
-    from polypool.inference import sliding_window_logits
-    from polypool.models import SegmentationModel
-
-    model = SegmentationModel(backbone="resnet18", num_classes=5, output_stride=32, eval_mode="sliding",
-                              eval_crop=(64, 64), eval_stride=(40, 40)).eval()
-    images = torch.rand(1, 3, 90, 130)
-    with torch.no_grad():
-        sliding = sliding_window_logits(model, images, 5, (64, 64), (40, 40))
-        assert torch.equal(model.evaluation_prediction(images), sliding.argmax(1))
-        assert not torch.allclose(sliding, model(images))  # not the whole-image logits
-    with pytest.raises(ValueError, match="eval_mode='sliding' needs eval_crop"):
-        SegmentationModel(backbone="resnet18", output_stride=32, eval_mode="sliding")
+def test_the_cityscapes_and_ade20k_configs_name_their_benchmarks_evaluation():
     cityscapes = yaml.safe_load((REPO / "configs/cityscapes/inception.yaml").read_text())["model"]
     ade20k = yaml.safe_load((REPO / "configs/ade20k/inception.yaml").read_text())["model"]
     assert (cityscapes["eval_mode"], cityscapes["eval_crop"], ade20k["eval_mode"]) == ("sliding", [769, 769], "whole")

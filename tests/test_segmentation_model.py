@@ -407,3 +407,149 @@ def test_alpha_history_probe_leaves_the_training_untouched():
     assert model.training and bn.training  # back in training mode
     assert torch.equal(bn.running_mean, before[0]) and torch.equal(bn.num_batches_tracked, before[1])
     assert layers["features.maxpool"]["mode"] == "dense" and len(layers["features.maxpool"]["values"]) == 1024
+
+
+# -- evaluation protocol, logging, optimiser options, trained weights ------------------------------------------------
+def test_sliding_window_evaluation_is_a_model_option():
+    from polypool.inference import sliding_window_logits
+
+    model = SegmentationModel(backbone="resnet18", num_classes=5, output_stride=32, eval_mode="sliding",
+                              eval_crop=(64, 64), eval_stride=(40, 40)).eval()
+    images = torch.rand(1, 3, 90, 130)
+    with torch.no_grad():
+        sliding = sliding_window_logits(model, images, 5, (64, 64), (40, 40))
+        assert torch.equal(model.view_logits(images), sliding)
+        assert torch.equal(model.evaluation_prediction(images), sliding.argmax(1))
+        assert not torch.allclose(sliding, model(images))  # not the whole-image logits
+        other_stride = sliding_window_logits(model, images, 5, (64, 64), (64, 64))
+        assert not torch.allclose(sliding, other_stride)  # the stride matters, so the check above sees it
+    with pytest.raises(ValueError, match="eval_mode='sliding' needs eval_crop"):
+        SegmentationModel(backbone="resnet18", output_stride=32, eval_mode="sliding")
+
+
+def test_flip_alone_is_a_test_time_protocol_and_evaluation_follows_it():
+    torch.manual_seed(0)
+    plain = SegmentationModel(backbone="resnet18", num_classes=4, output_stride=32).eval()
+    flipped = SegmentationModel(backbone="resnet18", num_classes=4, output_stride=32, tta_flip=True).eval()
+    flipped.load_state_dict(plain.state_dict())
+    assert not plain.uses_tta() and flipped.uses_tta()
+    images = torch.rand(2, 3, 64, 96)
+    decoy = torch.zeros(2, 4, 64, 96)
+    decoy[:, 3] = 1.0  # logits that say "class 3 everywhere"
+    with torch.no_grad():
+        # without TTA the given logits are the prediction; with flip TTA the images are evaluated again
+        assert torch.equal(plain.evaluation_prediction(images, decoy), torch.full((2, 64, 96), 3))
+        logits = plain(images)
+        expected = (logits.softmax(1) + plain(images.flip(-1)).flip(-1).softmax(1)).argmax(1)
+        assert torch.equal(flipped.evaluation_prediction(images, decoy), expected)
+        assert torch.equal(flipped.predict_step((images, None), 0), expected)
+
+
+def test_training_and_validation_log_their_metrics(voc_fixture):
+    L.seed_everything(0)
+    model = SegmentationModel(backbone="resnet18", output_stride=32, pooling="ppool",
+                              pooling_kwargs={"alpha_mode": "channel"})
+    dm = VOCSegmentationDataModule(voc_fixture, batch_size=4, num_workers=0, crop_size=64)
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0, limit_val_batches=1,
+                        val_check_interval=1)
+    trainer.fit(model, dm)
+    assert {"train/loss", "val/mIoU"} <= set(trainer.progress_bar_metrics)
+    metrics = trainer.callback_metrics
+    per_class = torch.stack([metrics[f"val/IoU/{name}"] for name in model.class_names])
+    assert metrics["val/mIoU"] == pytest.approx(torch.nanmean(per_class).item())
+    torch.testing.assert_close(per_class, model.last_val_iou.float(), equal_nan=True)
+    alpha = model.network.backbone.get_submodule("features.maxpool").alpha_stats()
+    assert metrics["alpha/features.maxpool/mean"] == pytest.approx(alpha["mean"])
+
+
+def test_alpha_histogram_bins_the_fixed_range_even_when_it_is_empty():
+    from polypool.models.segmentation import alpha_histogram
+
+    counts, edges = alpha_histogram(torch.tensor([1.0, 2.5, 50.0, 30.0]), (1.0, 50.0))
+    assert (edges[0], edges[-1], len(counts), counts.sum()) == (1.0, 50.0, 64, 4)
+    counts, edges = alpha_histogram(torch.tensor([30.0, 30.0]), (30.0, 30.0))  # a fixed alpha
+    assert (edges[0], edges[-1], counts[0], counts.sum()) == (30.0, 31.0, 2, 2)
+
+
+def test_backbone_biases_get_the_bias_multiplier_and_no_decay():
+    model = SegmentationModel(backbone="vgg16", pooling="max", head="vgg16_20m", lr=1e-3, weight_decay=5e-4,
+                              bias_lr_mult=2.0, head_lr_mult=10.0)
+    groups = groups_by_name(model)
+    assert (groups["backbone/bias"]["lr"], groups["backbone/bias"]["weight_decay"]) == (pytest.approx(2e-3), 0.0)
+    assert (groups["backbone/weight"]["lr"], groups["head/bias"]["lr"]) == (pytest.approx(1e-3), pytest.approx(2e-2))
+    conv1 = model.network.backbone[0]
+    assert any(p is conv1.bias for p in groups["backbone/bias"]["params"])
+
+
+def test_adamw_takes_the_same_parameter_groups():
+    model = SegmentationModel(backbone="resnet18", pooling="ppool", output_stride=32, optimizer="adamw", lr=1e-3,
+                              weight_decay=0.05)
+    model.trainer = type("FakeTrainer", (), {"estimated_stepping_batches": 10})()
+    optimizer = model.configure_optimizers()["optimizer"]
+    assert type(optimizer) is torch.optim.AdamW
+    assert [(g["name"], g["lr"], g["weight_decay"]) for g in optimizer.param_groups] == [
+        (g["name"], g["lr"], g["weight_decay"]) for g in model.parameter_groups()]
+    sgd = SegmentationModel(backbone="resnet18", output_stride=32)
+    sgd.trainer = model.trainer
+    assert type(sgd.configure_optimizers()["optimizer"]) is torch.optim.SGD
+
+
+def test_build_network_defaults_to_output_stride_8():
+    from polypool.models.networks import build_network
+
+    network = build_network("resnet18", num_classes=3)
+    assert network.backbone(torch.rand(1, 3, 64, 64)).shape[-2:] == (8, 8)
+
+
+def test_network_weights_load_from_a_checkpoint_or_a_state_dict_and_must_fit(tmp_path):
+    from polypool.models.segmentation import load_network_weights
+
+    torch.manual_seed(0)
+    trained = SegmentationModel(backbone="resnet18", num_classes=3, output_stride=32)
+    with torch.no_grad():
+        for param in trained.network.parameters():
+            param.add_(torch.randn_like(param))
+    torch.save({"state_dict": trained.state_dict(), "epoch": 3}, tmp_path / "run.ckpt")
+    torch.save(trained.network.state_dict(), tmp_path / "network.pth")
+    for file in ("run.ckpt", "network.pth"):
+        fresh = SegmentationModel(backbone="resnet18", num_classes=3, output_stride=32)
+        load_network_weights(fresh.network, str(tmp_path / file))
+        for (name, a), b in zip(trained.network.state_dict().items(), fresh.network.state_dict().values()):
+            assert torch.equal(a, b), (file, name)
+    # the constructor's network_weights takes the same files
+    loaded = SegmentationModel(backbone="resnet18", num_classes=3, output_stride=32,
+                               network_weights=str(tmp_path / "run.ckpt"))
+    assert torch.equal(loaded.network.head.branches[0].weight, trained.network.head.branches[0].weight)
+    with pytest.raises(FileNotFoundError, match=r"network_weights file .*missing\.ckpt does not exist"):
+        load_network_weights(fresh.network, str(tmp_path / "missing.ckpt"))
+    other = SegmentationModel(backbone="resnet18", num_classes=5, output_stride=32)
+    with pytest.raises(ValueError, match=r"does not fit this network.*wrong shape \['head\.branches\.0\.bias', "
+                                         r"'head\.branches\.0\.weight', "):
+        load_network_weights(other.network, str(tmp_path / "network.pth"))
+    partial = {k: v for k, v in trained.network.state_dict().items() if not k.startswith("head.")}
+    partial["extra.weight"] = torch.zeros(1)
+    torch.save(partial, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match=r"missing \['head\..*unexpected \['extra\.weight'\]"):
+        load_network_weights(fresh.network, str(tmp_path / "partial.pth"))
+
+
+def test_dense_alpha_maps_reach_wandb_as_images_scaled_to_the_alpha_range(monkeypatch):
+    import wandb
+
+    model = SegmentationModel(backbone="resnet18", pooling="ppool", output_stride=32,
+                              pooling_kwargs={"alpha_mode": "dense"})
+    logged = []
+    run = type("Run", (), {"log": lambda self, data: logged.append(data)})()
+    monkeypatch.setattr(model, "_wandb_runs", lambda: [run])
+    images = torch.rand(2, 3, 64, 96)
+    model._log_dense_alpha_maps(images)
+    alpha = model.dense_alpha_maps(images)["features.maxpool"]
+    low, high = model.network.backbone.get_submodule("features.maxpool").alpha_range
+    assert len(logged) == 1 and logged[0]["trainer/global_step"] == 0
+    image = logged[0]["alpha_map/features.maxpool"]
+    assert isinstance(image, wandb.Image) and f"{low:g} black to {high:g} white" in image._caption
+    expected = ((alpha.mean(0) - low) / (high - low)).clamp(0, 1)
+    assert image.image.size == (24, 16)  # a PIL image of the (16, 24) map
+    # grey levels 0..255 (wandb casts to uint8 without scaling: a [0, 1] map would be logged all black)
+    np.testing.assert_allclose(np.asarray(image.image, dtype=np.float64) / 255, expected.numpy(), atol=0.5 / 255 + 1e-6)

@@ -153,10 +153,6 @@ def build_vgg16_features_from(vgg: nn.Module, layout: str = "largefov") -> nn.Se
     return features
 
 
-def build_vgg16_largefov_from(vgg: nn.Module) -> nn.Sequential:
-    return build_vgg16_features_from(vgg, "largefov")
-
-
 class LastFeatureMap(nn.Module):
     """A timm ``features_only`` model that returns its deepest feature map instead of a list."""
 

@@ -238,14 +238,10 @@ class SegmentationModel(L.LightningModule):
         return [logger.experiment for logger in self.loggers if isinstance(logger, WandbLogger)]
 
     def _log_histogram(self, key: str, values: Optional[Tensor], value_range: tuple[float, float]) -> None:
-        """A W&B histogram over the fixed ``value_range`` (numpy cannot bin values that are all equal, as every
-        channel's alpha is at its init)."""
+        """A W&B histogram of ``values`` over the fixed ``value_range`` (:func:`alpha_histogram`)."""
         if values is None:
             return
-        import numpy as np
-
-        low, high = value_range
-        counts, edges = np.histogram(values.numpy(), bins=64, range=(low, high if high > low else low + 1.0))
+        counts, edges = alpha_histogram(values, value_range)
         for run in self._wandb_runs():
             import wandb
 
@@ -273,11 +269,13 @@ class SegmentationModel(L.LightningModule):
         for run in self._wandb_runs():
             import wandb
 
-            for name, alpha in maps.items():  # the channel mean, scaled to the alpha range for display
+            for name, alpha in maps.items():  # the channel mean, the alpha range scaled to grey levels 0..255
                 low, high = self.network.backbone.get_submodule(name).alpha_range
-                image = ((alpha.mean(0) - low) / max(high - low, 1e-6)).clamp(0, 1).numpy()
+                scaled = ((alpha.mean(0) - low) / max(high - low, 1e-6)).clamp(0, 1)
+                # wandb.Image casts arrays to uint8 without scaling: a [0, 1] float map would be all black
+                image = (scaled * 255).round().to(torch.uint8).numpy()
                 run.log({f"alpha_map/{name}": wandb.Image(image, caption=f"mean alpha over channels, "
-                                                                        f"[{low:g}, {high:g}] -> [0, 1]"),
+                                                                        f"{low:g} black to {high:g} white"),
                          "trainer/global_step": self.global_step})
 
     def uses_tta(self) -> bool:
@@ -354,9 +352,7 @@ class SegmentationModel(L.LightningModule):
             kind = "norm" if id(param) in norm_params else ("bias" if name.endswith("bias") else "weight")
             if part in ("pooling", "alpha_prelu", "alpha_bias"):
                 decay = 0.0
-            elif part == "alpha_conv":
-                decay = hp.weight_decay
-            else:
+            else:  # alpha_conv's parameters are all weights, so they decay like the backbone's
                 decay = hp.weight_decay if kind == "weight" or hp.decay_norm_and_bias else 0.0
             lr = hp.lr * lr_mult[part] * (hp.bias_lr_mult if kind == "bias" and part in ("backbone", "head") else 1.0)
             key = f"{part}/{kind}"
@@ -376,6 +372,15 @@ class SegmentationModel(L.LightningModule):
         # lr * (1 - step / total) ** poly_power, DeepLab's "poly"; torch's own scheduler (picklable, for ddp_spawn)
         schedule = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total, power=hp.poly_power)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def alpha_histogram(values: Tensor, value_range: tuple[float, float], bins: int = 64):
+    """``np.histogram`` of ``values`` over the fixed ``value_range``, so every step's histogram has the same bins;
+    an empty range (a fixed alpha) gets the bins of ``[low, low + 1]``."""
+    import numpy as np
+
+    low, high = value_range
+    return np.histogram(values.numpy(), bins=bins, range=(low, high if high > low else low + 1.0))
 
 
 def load_network_weights(network: torch.nn.Module, path: str) -> None:
