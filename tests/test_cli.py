@@ -62,6 +62,20 @@ def fit_args(root, tmp_path, backbone="resnet18", pooling="ppool", steps=4, extr
             "--trainer.log_every_n_steps", "1", "--records_root", str(tmp_path / "runs"), *extra]
 
 
+@torch.no_grad()
+def torchmetrics_iou_of(model, datamodule):
+    """Per-class IoU of ``model`` (plain forward, eval mode) over every image of the datamodule's val set."""
+    from torchmetrics.classification import MulticlassJaccardIndex
+
+    metric = MulticlassJaccardIndex(21, average=None, ignore_index=255, zero_division=float("nan"))
+    was_training = model.training
+    model.eval()
+    for images, masks in datamodule.val_dataloader():
+        metric.update(model(images).argmax(1), masks)
+    model.train(was_training)
+    return metric.compute()
+
+
 def test_fit_logs_checkpoints_and_writes_a_record_that_the_table_reads(voc_root, tmp_path):
     cli = main(fit_args(voc_root, tmp_path))
     record_path = tmp_path / "runs" / "voc" / "resnet" / "ppool" / "0.json"
@@ -84,6 +98,17 @@ def test_fit_logs_checkpoints_and_writes_a_record_that_the_table_reads(voc_root,
             "final/trimap_mIoU/1px"} <= set(header)
     # LearningRateMonitor: every named parameter group's rate, the dense alpha branch's included
     assert {"lr-AdamW/backbone/weight", "lr-AdamW/head/weight", "lr-AdamW/alpha_bias/bias"} <= set(header)
+    # the record is the final evaluation of the whole val set (4 images), not the last periodic validation (2 of
+    # them, limit_val_batches), and the CSV log's final row says the same
+    from polypool.loggers import read_metrics
+
+    by_step = read_metrics(logs / "metrics.csv")
+    assert [step for step, m in by_step.items() if "final/mIoU" in m] == [4]
+    assert by_step[4]["final/mIoU"] == pytest.approx(record["miou"])
+    iou = torchmetrics_iou_of(cli.model, cli.datamodule)
+    assert record["miou"] == pytest.approx(float(torch.nanmean(iou)), abs=1e-6)
+    last_periodic = [m["val/mIoU"] for m in by_step.values() if "val/mIoU" in m][-1]
+    assert len(cli.datamodule.val_dataset) == 4 and last_periodic != pytest.approx(record["miou"])
     assert any(h.startswith("alpha/features.maxpool/") for h in header)
     from polypool.callbacks import load_alpha_history
 

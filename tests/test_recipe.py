@@ -363,3 +363,62 @@ def test_a_ddp_run_resumed_at_max_steps_evaluates_on_every_rank_and_writes_its_r
     states = torch.load(checkpoint, map_location="cpu", weights_only=False)["callbacks"]
     [checkpointed] = [state["elapsed_s"] for key, state in states.items() if key.startswith("RunRecord")]
     assert checkpointed > 0 and again["wall_time_s"] >= round(checkpointed, 1)
+
+
+# -- the evaluation that feeds the record ---------------------------------------------------------------------------
+def miou_by_hand(model, datamodule, flip: bool) -> float:
+    """mIoU over the whole val set from a confusion matrix built here: softmax of the plain forward, plus that of
+    the flipped image flipped back when ``flip``."""
+    confusion = torch.zeros(21, 21, dtype=torch.long)
+    with torch.no_grad():
+        for images, masks in datamodule.val_dataloader():
+            probs = model(images).softmax(1)
+            if flip:
+                probs = probs + model(images.flip(-1)).flip(-1).softmax(1)
+            valid = masks != 255
+            confusion += torch.bincount(masks[valid] * 21 + probs.argmax(1)[valid], minlength=21 * 21).view(21, 21)
+    union = confusion.sum(0) + confusion.sum(1) - confusion.diag()
+    iou = confusion.diag().double() / union.double()
+    return float(iou[union > 0].mean())
+
+
+def test_validation_and_the_final_evaluation_follow_the_test_time_protocol(voc_root):
+    from polypool.callbacks import final_evaluation
+    from polypool.models import SegmentationModel
+
+    L.seed_everything(0)
+    model = SegmentationModel(backbone="resnet18", output_stride=32, tta_flip=True).eval()
+    datamodule = VOCSegmentationDataModule(voc_root, batch_size=2, num_workers=0, crop_size=48)
+    datamodule.setup("validate")
+    with_flip, without = miou_by_hand(model, datamodule, flip=True), miou_by_hand(model, datamodule, flip=False)
+    assert with_flip != pytest.approx(without)  # the protocol changes the score here, so the checks below see it
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    validated = trainer.validate(model, datamodule, verbose=False)[0]["val/mIoU"]
+    assert validated == pytest.approx(with_flip, abs=1e-6)
+    final = final_evaluation(trainer, model)
+    assert float(torch.nanmean(final["iou"])) == pytest.approx(with_flip, abs=1e-6)
+
+
+def test_the_final_evaluation_runs_on_the_strategys_device_and_leaves_the_module_where_it_was(voc_root, monkeypatch):
+    # Lightning calls on_fit_end after its teardown has moved the module to the CPU; on a GPU node the record's
+    # evaluation must move it back to the run's device. Here both are the CPU, so the test watches the moves.
+    from polypool.callbacks import final_evaluation
+    from polypool.models import SegmentationModel
+
+    model = SegmentationModel(backbone="resnet18", output_stride=32)
+    datamodule = VOCSegmentationDataModule(voc_root, batch_size=2, num_workers=0, crop_size=48)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.validate(model, datamodule, verbose=False)  # attaches the datamodule, as fit does
+    run_device = torch.device("cpu", 0)  # stands for cuda:0: equal to no device the module is on
+    monkeypatch.setattr(type(trainer.strategy), "root_device", property(lambda self: run_device))
+    events, real_to, real_predict = [], model.to, model.evaluation_prediction
+    monkeypatch.setattr(model, "to", lambda device: (events.append(("to", device)), real_to(device))[1])
+    monkeypatch.setattr(model, "evaluation_prediction",
+                        lambda images: (events.append(("predict", images.device)), real_predict(images))[1])
+    result = final_evaluation(trainer, model)
+    assert result["device"] == run_device
+    assert events[0] == ("to", run_device) and events[-1] == ("to", torch.device("cpu"))
+    predictions = [event for event in events if event[0] == "predict"]
+    assert len(predictions) == len(datamodule.val_dataset) == 7
+    assert all(event == ("predict", torch.device("cpu")) for event in predictions)
+    assert events.index(predictions[0]) > 0 and events.index(predictions[-1]) < len(events) - 1

@@ -292,8 +292,25 @@ def test_metrics_csv_cells_and_the_logged_miou(tmp_path):
     assert values[0] == pytest.approx(50.0) and np.isnan(values[18]) and np.isnan(values[19])
     assert values[20] == pytest.approx(25.0) and values[-1] == pytest.approx(40.0)  # the logged mIoU, not a mean
     path.write_text(",".join(header) + "\n0,9," + "," * 20 + "\n")  # a training row only
-    with pytest.raises(ValueError, match=r"metrics.csv has no validation row \(no 'val/mIoU' value\)"):
+    with pytest.raises(ValueError, match=r"metrics.csv has no evaluation row \(no 'final/mIoU' or 'val/mIoU' value\)"):
         load_metrics_csv(path)
+
+
+def test_metrics_csv_gives_the_final_evaluation_over_later_periodic_validations(tmp_path):
+    """The record's numbers come from the final whole-val evaluation; a table read from the logs must agree."""
+    from polypool.tables import load_metrics_csv
+
+    names = VOC_CLASSES
+    header = (["epoch", "step", "val/mIoU"] + [f"val/IoU/{n}" for n in names] + ["final/mIoU"]
+              + [f"final/IoU/{n}" for n in names])
+    periodic = ["0", "8", "0.3"] + ["0.3"] * 21 + [""] * 22
+    final = ["0", "10", ""] + [""] * 21 + ["0.6"] + ["0.5"] * 20 + ["nan"]
+    later_periodic = ["0", "10", "0.2"] + ["0.2"] * 21 + [""] * 22  # logged after the final row, same step
+    path = tmp_path / "metrics.csv"
+    path.write_text("\n".join(",".join(r) for r in [header, periodic, final, later_periodic]) + "\n")
+    values = load_metrics_csv(path, names)
+    np.testing.assert_allclose(values[:20], 50.0)
+    assert np.isnan(values[20]) and values[21] == pytest.approx(60.0)
 
 
 def test_paper_tables_and_their_keys():
@@ -500,3 +517,18 @@ def test_load_wandb_reads_the_finished_runs_of_the_experiments_group(monkeypatch
     assert table.runs["max"][0][21] == pytest.approx(50.0)
     np.testing.assert_allclose([r[0] for r in table.runs["ppool"]], [30.0, 40.0])
     np.testing.assert_allclose([r[21] for r in table.runs["ppool"]], [60.0, 70.0])
+
+
+def test_load_wandb_prefers_the_final_evaluation(monkeypatch):
+    import sys
+    import types
+
+    from polypool.tables import load_wandb
+
+    run = types.SimpleNamespace(config={"model": {"pooling": "max"}},
+                                summary={"val/mIoU": 0.2, **{f"val/IoU/{n}": 0.2 for n in VOC_CLASSES},
+                                         "final/mIoU": 0.6, **{f"final/IoU/{n}": 0.5 for n in VOC_CLASSES[1:]}})
+    api = types.SimpleNamespace(runs=lambda path, filters: [run])
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(Api=lambda: api))
+    values = load_wandb("me/polypool", "voc", "vgg").runs["max"][0]
+    assert np.isnan(values[0]) and values[1] == pytest.approx(50.0) and values[21] == pytest.approx(60.0)

@@ -119,25 +119,31 @@ class RunRecord(L.Callback):
 @torch.no_grad()
 def final_evaluation(trainer, pl_module) -> dict[str, Any]:
     """``pl_module`` on the DataModule's whole val set (no ``limit_val_batches``), under the model's test-time
-    protocol, with fresh metrics reduced over the DDP ranks; called on every rank. Returns ``{"iou": per-class IoU,
-    "boundary_iou": per-class Boundary IoU, "trimap": {width: per-class IoU}}`` and logs their means as
+    protocol, with fresh metrics reduced over the DDP ranks; called on every rank, on the strategy's device. Returns
+    ``{"iou": per-class IoU, "boundary_iou": per-class Boundary IoU, "trimap": {width: per-class IoU}, "device": the
+    device it ran on}`` and logs their means as
     ``final/mIoU``, ``final/boundary_mIoU`` and ``final/trimap_mIoU/<width>px`` (and ``final/IoU/<class>``)."""
     from .metrics import BoundaryIoU, TrimapIoU
 
     datamodule = trainer.datamodule
     if getattr(datamodule, "val_dataset", None) is None:
         datamodule.setup("validate")
+    # on_fit_end runs after Lightning's teardown, which has moved the module to the CPU: evaluate on the device
+    # the run trained on (a GPU node would otherwise evaluate on the CPU, and NCCL cannot reduce CPU tensors), and
+    # leave the module where teardown put it
+    device, left_on = trainer.strategy.root_device, pl_module.device
+    pl_module.to(device)
     iou_metric = pl_module.val_iou.clone()
     iou_metric.reset()
     num_classes, ignore = pl_module.hparams.num_classes, pl_module.hparams.ignore_index
-    boundary_metric = BoundaryIoU(num_classes, ignore_index=ignore).to(pl_module.device)
-    trimap_metric = TrimapIoU(num_classes, ignore_index=ignore).to(pl_module.device)
+    boundary_metric = BoundaryIoU(num_classes, ignore_index=ignore).to(device)
+    trimap_metric = TrimapIoU(num_classes, ignore_index=ignore).to(device)
     was_training = pl_module.training
     pl_module.eval()
     try:
         with trainer.precision_plugin.forward_context():
             for images, masks in datamodule.val_dataloader():
-                images, masks = images.to(pl_module.device), masks.to(pl_module.device)
+                images, masks = images.to(device), masks.to(device)
                 preds = pl_module.evaluation_prediction(images)
                 for metric in (iou_metric, boundary_metric, trimap_metric):
                     metric.update(preds, masks)
@@ -146,7 +152,8 @@ def final_evaluation(trainer, pl_module) -> dict[str, Any]:
         trimap = trimap_metric.compute().cpu()
     finally:
         pl_module.train(was_training)
-    result = {"iou": iou, "boundary_iou": boundary,
+        pl_module.to(left_on)
+    result = {"iou": iou, "boundary_iou": boundary, "device": device,
               "trimap": {w: trimap[i] for i, w in enumerate(trimap_metric.widths)}}
     if trainer.is_global_zero:
         values = {"final/mIoU": float(torch.nanmean(iou)), "final/boundary_mIoU": float(torch.nanmean(boundary))}

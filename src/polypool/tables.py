@@ -144,17 +144,21 @@ def provenance_lines(table: Table) -> list[str]:
 
 
 def load_metrics_csv(path: Path, class_names: Sequence[str] = VOC_CLASSES) -> np.ndarray:
-    """The last validation row of a CSVLogger ``metrics.csv`` as table values."""
-    last = None
+    """A CSVLogger ``metrics.csv`` as table values: the run's final whole-val evaluation (``final/*``, what its
+    record holds), or for a log without one the last periodic validation (``val/*``)."""
+    last = {"final/": None, "val/": None}
     with open(path) as f:
         for row in csv.DictReader(f):
-            if row.get("val/mIoU"):
-                last = row
-    if last is None:
-        raise ValueError(f"{path} has no validation row (no 'val/mIoU' value)")
-    per_class = [float(last[f"val/IoU/{name}"]) if last.get(f"val/IoU/{name}") not in (None, "", "nan") else None
-                 for name in class_names]
-    return record_values(per_class, float(last["val/mIoU"]))
+            for prefix in last:
+                if row.get(f"{prefix}mIoU"):
+                    last[prefix] = row
+    prefix = "final/" if last["final/"] is not None else "val/"
+    row = last[prefix]
+    if row is None:
+        raise ValueError(f"{path} has no evaluation row (no 'final/mIoU' or 'val/mIoU' value)")
+    per_class = [float(row[f"{prefix}IoU/{name}"]) if row.get(f"{prefix}IoU/{name}") not in (None, "", "nan")
+                 else None for name in class_names]
+    return record_values(per_class, float(row[f"{prefix}mIoU"]))
 
 
 def load_csv_logs(root: Path) -> Table:
@@ -167,16 +171,18 @@ def load_csv_logs(root: Path) -> Table:
 
 
 def load_wandb(path: str, dataset: str, backbone: str) -> Table:
-    """Finished W&B runs of group ``<dataset>/<backbone>``, their last logged per-class IoU."""
+    """Finished W&B runs of group ``<dataset>/<backbone>``: their final whole-val evaluation (``final/*``), or for a
+    run without one its last periodic validation (``val/*``)."""
     import wandb
 
     table = Table(columns=list(VOC_SHORT_NAMES) + ["mean"])
     for run in wandb.Api().runs(path, filters={"group": f"{dataset}/{backbone}", "state": "finished"}):
         method = run.config.get("model", {}).get("pooling")
         summary = run.summary
-        per_class = [summary.get(f"val/IoU/{name}") for name in VOC_CLASSES]
-        if method and summary.get("val/mIoU") is not None:
-            table.runs.setdefault(method, []).append(record_values(per_class, summary["val/mIoU"]))
+        prefix = "final/" if summary.get("final/mIoU") is not None else "val/"
+        per_class = [summary.get(f"{prefix}IoU/{name}") for name in VOC_CLASSES]
+        if method and summary.get(f"{prefix}mIoU") is not None:
+            table.runs.setdefault(method, []).append(record_values(per_class, summary[f"{prefix}mIoU"]))
     return table
 
 
