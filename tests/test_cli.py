@@ -148,7 +148,8 @@ def test_fit_every_backbone_and_pooling_through_the_cli(voc_root, tmp_path, back
 def test_wandb_receives_the_alpha_histograms(voc_root, tmp_path):
     import wandb
 
-    main(fit_args(voc_root, tmp_path, steps=2, extra=["--model.pooling_kwargs", "{alpha_mode: channel}"]))
+    main(fit_args(voc_root, tmp_path, steps=2, extra=["--model.pooling_kwargs", "{alpha_mode: channel}",
+                                                      "--experiment", "resnet_variant"]))
     wandb.finish()  # flushes the run's binary log
     # W&B's service process writes the file: on a busy machine it may still be writing when finish() returns (a
     # fresh-clone CI read only its 7-byte header), so read every run file of this test until the keys are there
@@ -159,6 +160,20 @@ def test_wandb_receives_the_alpha_histograms(voc_root, tmp_path):
     # the run's binary log holds each history key as text; histograms of a constant alpha must not crash numpy
     assert b"alpha/features.maxpool/hist" in run_file and b"histogram" in run_file
     assert b"alpha/features.maxpool/mean" in run_file
+    # The run's group (dataset/experiment: what `tables --wandb` queries) and tags, as W&B's run record encodes
+    # them (protobuf: field 6 `run_group` then repeated field 10 `tags`, each a tag byte, a length and the text),
+    # and the resolved config (JSON values)
+    group = b"voc/resnet_variant"
+    start = run_file.index(b"\x32" + bytes([len(group)]) + group) + 2 + len(group)
+    tags = []
+    while run_file[start] == 0x52:
+        length = run_file[start + 1]
+        tags.append(run_file[start + 2:start + 2 + length].decode())
+        start += 2 + length
+    assert tags == ["ppool", "voc", "resnet", "resnet_variant"]
+    assert b'"pooling":"ppool","pooling_kwargs":{"alpha_mode":"channel"}' in run_file
+    assert b'experiment\x82\x01\x10"resnet_variant"' in run_file
+    assert (tmp_path / "runs" / "voc" / "resnet_variant" / "ppool" / "0.json").is_file()
 
 
 def final_weights(cli):

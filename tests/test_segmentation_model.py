@@ -359,6 +359,9 @@ def test_bad_configuration_errors():
         SegmentationModel(backbone="vgg16", output_stride=16)
     with pytest.raises(ValueError, match="class_names has 2 names for num_classes=3"):
         SegmentationModel(backbone="resnet18", num_classes=3, class_names=["a", "b"], output_stride=32)
+    for scales in ([], [1.0, 0.0], [-0.5]):
+        with pytest.raises(ValueError, match=r"tta_scales must be one or more input scales > 0 .*got \["):
+            SegmentationModel(backbone="resnet18", output_stride=32, tta_scales=scales)
 
 
 def test_dense_alpha_maps_of_one_image():

@@ -146,6 +146,10 @@ class SegmentationModel(L.LightningModule):
                 raise ValueError("eval_mode='sliding' needs eval_crop=(height, width) and eval_stride=(height, width)")
             if not all(0 < s <= c for s, c in zip(eval_stride, eval_crop)):
                 raise ValueError(f"need 0 < eval_stride <= eval_crop, got {eval_stride} and {eval_crop}")
+        if not tta_scales or not all(scale > 0 for scale in tta_scales):
+            # checked here: evaluation would fail only after training (the quick preset validates only at the end)
+            raise ValueError(f"tta_scales must be one or more input scales > 0 (1.0 = no rescaling), got "
+                             f"{list(tta_scales)}")
         if optimizer not in get_args(Optimizer):
             raise ValueError(f"optimizer must be one of {get_args(Optimizer)}, got {optimizer!r}")
         if batchnorm not in get_args(BatchNormPolicy):
