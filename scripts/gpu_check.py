@@ -1,4 +1,5 @@
-"""Acceptance check of the CUDA path of P-pooling on one GPU (``make gpu-check``): about 5-8 minutes on an H100.
+"""Acceptance check of the CUDA path of P-pooling on one GPU (``make gpu-check``): budgeted at 8 minutes (``--budget``);
+not yet run on a GPU.
 
     python scripts/gpu_check.py                  # writes results/bench/<gpu>.md
     python scripts/gpu_check.py --out FILE.md
@@ -19,6 +20,10 @@ Parts, each timed and guarded (a failure is reported and the next part runs):
  6. probes: a fresh process without a C compiler and with an empty Triton cache (the fallback), CUDA-graph capture
     of a hinted (ReLU-input) forward, torch.compile (Inductor) through the registered Triton op, and the Triton
     path's state at the end.
+
+Each part reports its failures (a failed test, a FAIL row, a probe that fails); the report ends with a summary line
+naming the failed parts. Exit status: 0 when no part failed, 1 when one did, 2 without a GPU (and no ``--smoke``).
+Parts skipped for time are named in the summary but do not fail the check.
 
 The Triton path runs in strict mode here (``POLYPOOL_TRITON=strict``): a failure raises instead of falling back, so
 every number is the Triton kernels' own.
@@ -123,7 +128,7 @@ def rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
 
 # ------------------------------------------------------------------------------------------------ parts
 
-def part_pytest() -> None:
+def part_pytest() -> list[str]:
     files = ["tests/test_p_pool2d_triton.py", "tests/test_cuda_path.py", "tests/test_p_pool2d_subnormal.py",
              "tests/test_relu_hint.py", "tests/test_compile.py", "tests/test_p_pool2d_dense.py",
              "tests/test_p_pool2d_count_include_pad.py"]
@@ -141,6 +146,10 @@ def part_pytest() -> None:
                 emit(f"  - {line[:300]}")
     except subprocess.TimeoutExpired:
         emit(f"- pytest timed out after {timeout:.0f} s")
+        return [f"pytest timed out after {timeout:.0f} s"]
+    if done.returncode != 0:  # failed tests, errors, or nothing collected (5)
+        return [f"pytest exited {done.returncode} ({summary[-1] if summary else 'no summary'})"]
+    return []
 
 
 def compare(shape, k, s, p, ceil, dtype, alpha_kind, channels_last=False) -> tuple[float, float, float]:
@@ -167,7 +176,7 @@ def compare(shape, k, s, p, ceil, dtype, alpha_kind, channels_last=False) -> tup
     return rel_error(y, yr), rel_error(xt.grad, xr.grad), rel_error(at.grad, ar.grad)
 
 
-def part_correct() -> None:
+def part_correct() -> list[str]:
     emit("| shape | dtype | alpha | layout | y rel err | dx rel err | dalpha rel err | verdict |")
     emit("|---|---|---|---|---:|---:|---:|---|")
     shapes = SMOKE_SHAPES if ARGS.smoke else PAPER_SHAPES
@@ -179,7 +188,7 @@ def part_correct() -> None:
         for dtype, alpha_kind, channels_last in cases:
             if left() < 200:
                 emit("| (the rest skipped: time) | | | | | | | |")
-                return
+                return _cases_failed(failures)
             layout = "channels_last" if channels_last else "NCHW"
             try:
                 ey, ex, ea = compare(shape, k, s, p, ceil, dtype, alpha_kind, channels_last)
@@ -196,9 +205,14 @@ def part_correct() -> None:
                 if DEVICE.type == "cuda":
                     torch.cuda.empty_cache()
     emit(f"\n**{failures} case(s) outside tolerance.**")
+    return _cases_failed(failures)
 
 
-def part_big() -> None:
+def _cases_failed(failures: int) -> list[str]:
+    return [f"{failures} case(s) outside tolerance or raising"] if failures else []
+
+
+def part_big() -> list[str]:
     """More than 2^31 elements: int64 indexing. bf16 (1, 8, 16384, 16400) = 2.149e9 elements, 4.3 GB."""
     if ARGS.smoke:
         triton_fused.INT64_FROM = 0  # the int64 variant on a tiny input
@@ -222,18 +236,21 @@ def part_big() -> None:
             got_y = y.detach()[:, plane:plane + 1][..., _half(rows), _half(cols)]
             got_dx = x.grad[:, plane:plane + 1, rows, cols]
             worst = max(worst, rel_error(got_y, ys), rel_error(got_dx, xs.grad))
+    ok = worst <= 2 * RTOL[torch.bfloat16]
     emit(f"- first and last windows of the first and last plane against the reference: max rel err {worst:.1e} "
-         f"({'ok' if worst <= 2 * RTOL[torch.bfloat16] else 'FAIL'})")
+         f"({'ok' if ok else 'FAIL'})")
     del x, y, g
     if DEVICE.type == "cuda":
         torch.cuda.empty_cache()
+    return [] if ok else [f"max rel err {worst:.1e} against the reference (tolerance {2 * RTOL[torch.bfloat16]:.1e})"]
 
 
 def _half(s: slice) -> slice:
     return slice(s.start // 2 if s.start is not None else None, s.stop // 2 if s.stop is not None else None)
 
 
-def part_speed() -> None:
+def part_speed() -> list[str]:
+    """Measures only: its failures are exceptions."""
     import bench_pooling as bench
 
     shapes = bench.QUICK_SHAPES[:1] if ARGS.smoke else [
@@ -244,7 +261,7 @@ def part_speed() -> None:
         for shape in shapes:
             if left() < 120:
                 emit("- (the rest skipped: time)")
-                return
+                return []
             size = (1, 2, 8, 8) if ARGS.smoke else shape.size
             x = torch.rand(size, device=DEVICE, dtype=dtype).requires_grad_(True)
             rows = bench.make_rows(shape, DEVICE, baselines=False)
@@ -253,9 +270,10 @@ def part_speed() -> None:
             copy = bench.copy_bandwidth(x, reps) if DEVICE.type == "cuda" else None
             emit(bench.format_table(shape, bench.measure(rows, x, reps), x, copy) + "\n")
             del x
+    return []
 
 
-def part_train() -> None:
+def part_train() -> list[str]:
     from polypool.models import SegmentationModel
 
     batch, crop, reps = (2, 65, 1) if ARGS.smoke else (10, 321, 10)
@@ -294,6 +312,7 @@ def part_train() -> None:
     emit(f"| max | {times['max']:.1f} | 1.00x |")
     emit(f"| P-pooling (dense alpha) | {times['ppool']:.1f} | {times['ppool'] / times['max']:.2f}x |")
     emit(f"\nbatch {batch}, {crop}x{crop}, SGD, bf16 autocast; losses finite: {ok}")
+    return [] if ok else ["a training loss is not finite"]
 
 
 FALLBACK_CHILD = textwrap.dedent("""
@@ -309,10 +328,16 @@ FALLBACK_CHILD = textwrap.dedent("""
     same = torch.allclose(y, p_pool2d(x, 3.0, 2, backend="reference"), rtol=1e-5, atol=1e-6)
     print("RESULT", f"matches the reference: {same}; warnings: {len(messages)}; failure recorded: "
           f"{(triton_fused.failure() or 'none')[:200]!r}")
+    # right answer, and a fallback (if any) that said so: a silent one would hide a broken path
+    print("VERDICT", "ok" if same and (triton_fused.failure() is None or messages) else "FAIL")
 """)
 
 
-def part_probes() -> None:
+COMPILE_RTOL = 1e-3  # torch.compile against eager, both through the same fp32 kernels: a wrong route, not rounding
+
+
+def part_probes() -> list[str]:
+    problems = []
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, CC="/bin/false", TRITON_CACHE_DIR=cache, POLYPOOL_TRITON="1")
         try:
@@ -321,8 +346,12 @@ def part_probes() -> None:
             result = [line[7:] for line in done.stdout.splitlines() if line.startswith("RESULT")]
             emit(f"- no C compiler (CC=/bin/false), empty Triton cache, fresh process: "
                  f"{result[-1] if result else 'no result, rc ' + str(done.returncode) + ': ' + done.stderr[-300:]}")
+            if "VERDICT ok" not in done.stdout.splitlines():
+                problems.append("the no-compiler fallback: " + (
+                    result[-1] if result else f"no result (rc {done.returncode})"))
         except subprocess.TimeoutExpired:
             emit("- no-compiler probe: timed out")
+            problems.append("the no-compiler fallback timed out")
     if DEVICE.type == "cuda":
         try:
             x = torch.rand(4, 64, 56, 56, device=DEVICE)
@@ -337,8 +366,11 @@ def part_probes() -> None:
             same = torch.allclose(y, p_pool2d(x, 30.0, 2, backend="reference"), rtol=1e-5, atol=1e-6)
             emit(f"- CUDA-graph capture of a forward with the ReLU hint (no negative check, no sync): OK, replay "
                  f"matches the reference: {same}")
+            if not same:
+                problems.append("the CUDA-graph replay does not match the reference")
         except Exception as error:
             emit(f"- CUDA-graph capture with the ReLU hint FAILS: {type(error).__name__}: {str(error)[:200]}")
+            problems.append(f"CUDA-graph capture: {type(error).__name__}")
     if DEVICE.type == "cuda" and left() > 60:  # Inductor with the registered Triton op (triton_op + wrap_triton)
         try:
             x = torch.rand(8, 64, 56, 56, device=DEVICE, requires_grad=True)
@@ -360,9 +392,15 @@ def part_probes() -> None:
             errors = [rel_error(u, v.float()) for u, v in ((y, ye), (gx, gxe), (ga, gae))]
             emit(f"- torch.compile (Inductor, the registered Triton op): compile + first fwd/bwd {first:.1f} s; "
                  f"max rel err vs eager y/dx/dalpha {errors[0]:.1e}/{errors[1]:.1e}/{errors[2]:.1e}")
+            if max(errors) > COMPILE_RTOL:
+                problems.append(f"torch.compile differs from eager by {max(errors):.1e} (tolerance {COMPILE_RTOL})")
         except Exception as error:
             emit(f"- torch.compile with the registered Triton op FAILS: {type(error).__name__}: {str(error)[:300]}")
+            problems.append(f"torch.compile: {type(error).__name__}")
     emit(f"- Triton path at the end: failure recorded: {triton_fused.failure() or 'none'}")
+    if triton_fused.failure():
+        problems.append(f"the Triton path recorded a failure: {triton_fused.failure()[:200]}")
+    return problems
 
 
 PARTS = [("pytest", "1. The Triton test files on the GPU", part_pytest),
@@ -392,7 +430,8 @@ def main() -> int:
     emit(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {device}; torch {torch.__version__}, triton "
          f"{triton.__version__}; command `make gpu-check` (`python scripts/gpu_check.py"
          f"{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`). Triton in strict mode: no silent fallback.")
-    failed = 0
+    failed: dict[str, str] = {}  # part -> what failed
+    out_of_time = []
     for key, title, part in PARTS:
         emit()
         emit(f"## {title}")
@@ -402,19 +441,33 @@ def main() -> int:
             continue
         if left() < 30:
             emit("- skipped: the time budget is spent")
+            out_of_time.append(key)
             continue
         t0 = time.time()
         try:
-            part()
+            problems = part()
         except Exception as error:
-            failed += 1
+            problems = [f"{type(error).__name__}: {str(error)[:200]}"]
             emit(f"- **EXCEPTION** {type(error).__name__}: {str(error)[:400]}")
             traceback.print_exc()
+        if problems:
+            failed[key] = "; ".join(problems)
         emit(f"\n({time.time() - t0:.0f} s)")
     emit()
     emit(f"Total {time.time() - START:.0f} s.")
+    emit()
+    emit(summary(failed, out_of_time))
     print(f"\nreport: {OUT}")
     return 1 if failed else 0
+
+
+def summary(failed: dict[str, str], out_of_time: list[str]) -> str:
+    """The report's last line: the verdict, and the failed parts with what failed in each."""
+    not_run = f" Not run (time budget): {', '.join(out_of_time)}." if out_of_time else ""
+    if not failed:
+        return f"**Result: PASS**: no part reported a failure.{not_run}"
+    parts = "; ".join(f"{key} ({why})" for key, why in failed.items())
+    return f"**Result: FAIL** in {len(failed)} part(s): {parts}.{not_run}"
 
 
 if __name__ == "__main__":
