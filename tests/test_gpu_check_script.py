@@ -3,11 +3,13 @@
 It used to exit 0 whatever pytest returned and whatever FAIL rows or probes it printed: only a part that raised
 made it exit 1. The fast tests load the script in this process (``--smoke``: no GPU needed) and force one part's
 failure through what that part reads (pytest's return code, a comparison's error, a probe's output), without
-running the Triton kernels; the slow test runs ``--smoke`` end to end.
+running the Triton kernels; the slow test runs ``--smoke`` end to end. The last test keeps the README's benchmark
+section to what was measured.
 """
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import types
@@ -158,3 +160,19 @@ def test_smoke_run_end_to_end(tmp_path):
     text = out.read_text()
     assert text.strip().splitlines()[-1] == "**Result: PASS**: no part reported a failure.", text[-2000:]
     assert "**0 case(s) outside tolerance.**" in text and "FAIL" not in text
+
+
+def test_readme_benchmark_section_quotes_the_committed_results():
+    """The README's benchmark section quotes results/bench/cpu_2core.md: every decimal number in it is in that file
+    (it once quoted a 1.34x training step and 0.5x saved for backward that no committed run had), and it claims no
+    GPU time for make gpu-check, which has not run on a GPU."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("\n## Benchmark\n"):]
+    section = section[:section.index("\n## ", 1)]
+    results = (ROOT / "results" / "bench" / "cpu_2core.md").read_text()
+    numbers = re.findall(r"(?<![\d.])\d+\.\d+(?![\d.])", section)
+    assert len(numbers) > 20, section
+    missing = [n for n in numbers if not re.search(rf"(?<![\d.]){re.escape(n)}(?!\d)", results)]
+    assert not missing, f"README numbers not in results/bench/cpu_2core.md: {missing}"
+    assert "`results/bench/cpu_2core.md`" in section
+    assert "budgeted at 8 minutes" in section and "not yet run on a GPU" in section and "H100" not in section
