@@ -57,7 +57,8 @@ def auto_uses_triton(monkeypatch):
 
 
 # where each kernel takes its element count (``total``) among its positional arguments
-TOTAL_ARG = {"p_pool2d_forward_kernel": 7, "p_pool2d_grad_factors_kernel": 8, "p_pool2d_grad_input_kernel": 4}
+TOTAL_ARG = {"p_pool2d_forward_kernel": 7, "p_pool2d_grad_factors_kernel": 8, "p_pool2d_grad_input_kernel": 4,
+             "p_pool2d_dense_forward_kernel": 12}
 
 
 class RecordingKernels:
@@ -172,6 +173,62 @@ def test_first_result_check_runs_once_per_dtype_and_alpha_layout(monkeypatch, au
         p_pool2d(x, torch.rand(1, 2, 3, 3, device=DEVICE), 2)  # dense
         p_pool2d(x.half(), 3.0, 2)
     assert calls == [(torch.float32, False), (torch.float32, True), (torch.float16, False)]
+
+
+def dense_branch(channels: int, kernel: int):
+    """Parameters of the dense-alpha branch (conv, PReLU slope, 1x1 weight, bias) that use both sides of the clamp."""
+    generator = torch.Generator().manual_seed(2)
+    return [torch.randn(channels, 1, kernel, kernel, generator=generator), torch.rand(channels, generator=generator),
+            torch.randn(channels, 1, 1, 1, generator=generator) * 20, 5 + torch.rand(channels, generator=generator) * 10]
+
+
+def dense_pool(x, params, backend="auto", fused=True):
+    from polypool.pooling import dense_p_pool2d
+
+    return dense_p_pool2d(x, *[p.to(x.device) for p in params], 2, alpha_range=(1.0, 20.0), backend=backend,
+                          fused=fused)
+
+
+@needs_triton
+@pytest.mark.parametrize("broken,output_arg", [("p_pool2d_dense_forward_kernel", 7),  # y
+                                               ("p_pool2d_dense_forward_kernel", 6),  # alpha
+                                               ("p_pool2d_grad_factors_kernel", 7),  # the branch's gradient sums
+                                               ("p_pool2d_grad_input_kernel", 3)])  # dx
+def test_dense_branch_first_result_is_checked_against_the_unfused_branch(monkeypatch, auto_uses_triton, broken,
+                                                                         output_arg):
+    """The fused dense-alpha kernels get the plain path's first-result check (their own kernels: a miscompile of
+    them went unnoticed): a wrong y, alpha or gradient on the first call warns, naming the cause and POLYPOOL_TRITON,
+    and the unfused branch answers; strict mode raises."""
+    fake = RecordingKernels(tamper={broken: lambda args: args[output_arg].mul_(1.5)})
+    monkeypatch.setattr(triton_fused, "kernels", lambda: fake)
+    x = torch.rand(2, 3, 8, 8, device=DEVICE)
+    params = dense_branch(3, 2)
+    with pytest.warns(RuntimeWarning, match=r"POLYPOOL_TRITON=0.*Cause: RuntimeError: the first result of the Triton "
+                                            r"kernels \(torch.float32, fused dense-alpha branch.*does not match"):
+        y, alpha = dense_pool(x, params)
+    assert not runs_through(y, "DensePPool2dTriton")
+    want_y, want_alpha = dense_pool(x.cpu(), params, backend="reference", fused=False)
+    torch.testing.assert_close(y.cpu(), want_y)
+    torch.testing.assert_close(alpha.cpu(), want_alpha)
+    monkeypatch.setenv("POLYPOOL_TRITON", "strict")
+    triton_fused.reset()
+    with pytest.raises(RuntimeError, match="fused dense-alpha branch.*does not match the reference"):
+        dense_pool(x, params)
+
+
+@needs_triton
+def test_dense_branch_first_result_check_runs_once_per_dtype(monkeypatch, auto_uses_triton):
+    calls = []
+    original = triton_fused._dense_first_result_mismatch
+    monkeypatch.setattr(triton_fused, "_dense_first_result_mismatch",
+                        lambda *args: calls.append(args[1]) or original(*args))
+    x = torch.rand(1, 2, 6, 6, device=DEVICE, requires_grad=True)  # a graph: runs_through can tell the path
+    params = dense_branch(2, 2)
+    for _ in range(2):
+        assert runs_through(dense_pool(x, params)[0], "DensePPool2dTriton")
+        assert runs_through(dense_pool(x.half(), params)[0], "DensePPool2dTriton")
+    assert calls == [torch.float32, torch.float16]
+    assert triton_fused.failure() is None
 
 
 FALLBACK_SCRIPT = textwrap.dedent("""

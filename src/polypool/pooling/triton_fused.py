@@ -12,7 +12,8 @@ benchmarks); anything else (the default) makes the default path safe on a machin
   uses the reference op from then on in this process. A failure in a backward is answered by the reference op's
   backward for that call.
 * The first call for each (device, dtype, alpha layout) first runs the kernels on a tiny input, forward and
-  backward, against the reference op; a mismatch is such a failure too.
+  backward, against the reference op; a mismatch is such a failure too. The fused dense-alpha branch
+  (``dense_apply``) is one more layout: its kernels are checked against the unfused branch and the reference op.
 
 An explicit ``backend="triton"`` never falls back: it raises.
 
@@ -81,7 +82,8 @@ class TritonFailure(RuntimeError):
 
 _lock = threading.RLock()
 _failure: Optional[str] = None  # why the path is off for this process (after a warning), or None
-_checked: set = set()  # (device, dtype, dense) whose first result matched the reference
+_checked: set = set()  # (device, dtype, dense or DENSE_BRANCH) whose first result matched the reference
+DENSE_BRANCH = "dense branch"  # the alpha layout of the fused dense-alpha branch in _checked
 
 
 def failure() -> Optional[str]:
@@ -155,25 +157,39 @@ def _check_first_result(x: Tensor, alpha, window: Window) -> None:
     """Once per (device, dtype, alpha layout): the kernels' forward and gradients on a tiny input against the
     reference op's; a RuntimeError on a mismatch. Skipped while a CUDA graph is being captured (it syncs)."""
     dense = alpha_is_dense(alpha)
-    key = (x.device, x.dtype, dense)
+    _check_once((x.device, x.dtype, dense), f"{'dense' if dense else 'per-plane'} alpha",
+                lambda: _first_result_mismatch(x.device, x.dtype, dense, alpha, window))
+
+
+def _check_dense_first_result(x: Tensor, window: Window, alpha_range, input_scale: float, grad_scale: float,
+                              include_pad: bool) -> None:
+    """``_check_first_result`` for the fused dense-alpha branch (its own kernels: the forward computes alpha, the
+    backward sums the branch's gradients), against the unfused branch and the reference op."""
+    _check_once((x.device, x.dtype, DENSE_BRANCH), "fused dense-alpha branch",
+                lambda: _dense_first_result_mismatch(x.device, x.dtype, window, alpha_range, input_scale,
+                                                     grad_scale, include_pad))
+
+
+def _check_once(key, layout: str, mismatch_of) -> None:
+    """``mismatch_of()`` once per key (after a match); a RuntimeError naming the layout on a mismatch."""
     if key in _checked:
         return
-    if x.is_cuda and torch.cuda.is_current_stream_capturing():
+    device, dtype = key[:2]
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
         return
     with _lock:
         if key in _checked:
             return
-        mismatch = _first_result_mismatch(x.device, x.dtype, dense, alpha, window)
+        mismatch = mismatch_of()
         if mismatch:
-            raise RuntimeError(f"the first result of the Triton kernels ({x.dtype}, "
-                               f"{'dense' if dense else 'per-plane'} alpha, {x.device}) does not match the "
-                               f"reference op: {mismatch}")
+            raise RuntimeError(f"the first result of the Triton kernels ({dtype}, {layout}, {device}) does not "
+                               f"match the reference op: {mismatch}")
         _checked.add(key)
 
 
-def _first_result_mismatch(device, dtype, dense: bool, alpha, window: Window) -> Optional[str]:
-    from .functional import _PPool2d  # the reference op (functional.py imports this module)
-
+def _first_result_input(window: Window, dtype, dense_alpha: bool):
+    """The tiny check's x (fp32 holding dtype's values), alpha and output gradient: ReLU zeros, an all-zero window,
+    alpha = 0 (average pooling) and 1 (r^(a-1) at r = 0 is 1)."""
     (kh, kw), (sh, sw) = window.kernel, window.stride
     generator = torch.Generator().manual_seed(0)
     height, width = kh + 3 * sh, kw + 4 * sw + 1
@@ -181,10 +197,31 @@ def _first_result_mismatch(device, dtype, dense: bool, alpha, window: Window) ->
     x[x < 0.2] = 0  # ReLU zeros
     x[0, 0, :kh, :kw] = 0  # an all-zero window
     out_h, out_w = window.output_size(height, width)
-    a = torch.rand((2, 3, out_h, out_w) if dense else (3, 1, 1), generator=generator) * 20
+    a = torch.rand((2, 3, out_h, out_w) if dense_alpha else (3, 1, 1), generator=generator) * 20
     a.view(-1)[:2] = torch.tensor([0.0, 1.0])  # average pooling; r^(a-1) at r = 0 is 1
     x = x.to(dtype).float()  # the values the kernels see
     g = torch.rand((2, 3, out_h, out_w), generator=generator)
+    return x, a, g
+
+
+FIRST_RESULT_RTOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+def _mismatch(names, got_all, want_all, dtype) -> Optional[str]:
+    """The first of got against want (fp32, on the CPU) outside the dtype's tolerance, described; or None."""
+    rtol = FIRST_RESULT_RTOL[dtype]
+    for name, got, want in zip(names, got_all, want_all):
+        scale = want.abs().max().item()
+        if not torch.allclose(got, want, rtol=rtol, atol=rtol * scale + 1e-6):
+            error = (got - want).abs().max().item()
+            return f"{name} differs by up to {error:.3g} (scale {scale:.3g})"
+    return None
+
+
+def _first_result_mismatch(device, dtype, dense: bool, alpha, window: Window) -> Optional[str]:
+    from .functional import _PPool2d  # the reference op (functional.py imports this module)
+
+    x, a, g = _first_result_input(window, dtype, dense)
     alpha_dtype = alpha.dtype if isinstance(alpha, Tensor) else torch.float32
     results = []
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
@@ -195,13 +232,36 @@ def _first_result_mismatch(device, dtype, dense: bool, alpha, window: Window) ->
             y = function.apply(xv, av, window, *extra)
             grads = torch.autograd.grad(y, (xv, av), gv)
             results.append([t.detach().float().cpu() for t in (y, *grads)])
-    rtol = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}[dtype]
-    for name, got, want in zip(("y", "dx", "dalpha"), *results):
-        scale = want.abs().max().item()
-        if not torch.allclose(got, want, rtol=rtol, atol=rtol * scale + 1e-6):
-            error = (got - want).abs().max().item()
-            return f"{name} differs by up to {error:.3g} (scale {scale:.3g})"
-    return None
+    return _mismatch(("y", "dx", "dalpha"), *results, dtype)
+
+
+def _dense_first_result_mismatch(device, dtype, window: Window, alpha_range, input_scale: float, grad_scale: float,
+                                 include_pad: bool) -> Optional[str]:
+    from .dense_alpha import dense_branch_alpha, scale_gradient
+    from .functional import _PPool2d
+
+    x, _, g = _first_result_input(window, dtype, dense_alpha=False)
+    lo, hi = (float(v) for v in alpha_range)
+    channels, (kh, kw) = x.shape[1], window.kernel
+    generator = torch.Generator().manual_seed(1)
+    # conv taps of both signs (PReLU's negative side used), weights and biases that put alpha on both sides of the
+    # clamp and inside it (its gradient mask used)
+    params = [torch.randn(channels, 1, kh, kw, generator=generator), torch.rand(channels, generator=generator),
+              torch.randn(channels, 1, 1, 1, generator=generator) * (hi - lo),
+              lo + torch.rand(channels, generator=generator) * (hi - lo)]
+    names = ("y", "alpha", "dx", "dconv", "dslope", "dweight", "dbias")
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+        xv = x.to(device, dtype).requires_grad_(True)
+        pv = [p.to(device).requires_grad_(True) for p in params]
+        y, alpha = DensePPool2dTriton.apply(xv, *pv, window, (lo, hi), input_scale, grad_scale, include_pad,
+                                            True, True, True)  # need_grad, check_negative, explicit (no fallback)
+        got = [y, alpha, *torch.autograd.grad(y, (xv, *pv), g.to(device, dtype))]
+        xr = x.clone().requires_grad_(True)
+        pr = [p.clone().requires_grad_(True) for p in params]
+        alpha_r = dense_branch_alpha(xr, *pr, window, (lo, hi), input_scale)
+        yr = _PPool2d.apply(xr, scale_gradient(alpha_r, grad_scale), window, include_pad)
+        want = [yr, alpha_r, *torch.autograd.grad(yr, (xr, *pr), g)]
+    return _mismatch(names, *([t.detach().float().cpu() for t in ts] for ts in (got, want)), dtype)
 
 
 # ------------------------------------------------------------------------------------------------ launches
@@ -486,7 +546,12 @@ def _dense_reference_backward(ctx, x, grad_y):
 
 def dense_apply(x: Tensor, params, window: Window, alpha_range, input_scale: float, grad_scale: float,
                 include_pad: bool, need_grad: bool, explicit: bool, check_negative: bool = True):
-    """``DensePPool2dTriton`` with the safety net of ``apply``: a failure (but NegativeInput) warns once, switches the
-    Triton path off and raises TritonFailure (the caller then runs the unfused path), unless ``explicit`` or strict."""
-    return _guarded(lambda: DensePPool2dTriton.apply(x, *params, window, alpha_range, input_scale, grad_scale,
-                                                     include_pad, need_grad, check_negative, explicit), explicit)
+    """``DensePPool2dTriton`` with the safety nets of ``apply``: the first-result check (its own, once per device and
+    dtype), and on a failure (but NegativeInput) a warning once, the Triton path off and TritonFailure (the caller
+    then runs the unfused path), unless ``explicit`` or strict mode, which raise it as is."""
+    def launch():
+        _check_dense_first_result(x, window, alpha_range, input_scale, grad_scale, include_pad)
+        return DensePPool2dTriton.apply(x, *params, window, alpha_range, input_scale, grad_scale, include_pad,
+                                        need_grad, check_negative, explicit)
+
+    return _guarded(launch, explicit)
