@@ -91,6 +91,7 @@ def test_fit_logs_checkpoints_and_writes_a_record_that_the_table_reads(voc_root,
     start, end = first["layers"]["features.maxpool"], last["layers"]["features.maxpool"]
     assert start["mode"] == "dense" and 1.0 <= start["min"] <= start["mean"] <= start["max"] <= 50.0
     assert start["std"] > 0 and end["mean"] != start["mean"]  # a spread over the probe image, and it moved
+    assert 0 < start["spatial_std"] <= start["std"]  # the spread from place to place, within the channels
     logs = tmp_path / "logs"
     assert (logs / "config.yaml").is_file() and (logs / "checkpoints" / "last.ckpt").is_file()
     header = (logs / "metrics.csv").read_text().splitlines()[0].split(",")

@@ -57,7 +57,7 @@ def distinct_positive(shape, gap=0.05, seed=None):
 
 
 def test_authors_test_vector():
-    # facts.md: the test vector from the authors' repositories, verified against the exact formula.
+    # docs/paper_notes.md: the test vector from the authors' repositories, verified against the exact formula.
     x = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]], dtype=torch.float64, requires_grad=True)
     alpha = torch.full((1, 1, 3, 3), 2.0, dtype=torch.float64, requires_grad=True)
     y = p_pool2d(x, alpha, 2, 1, 1)

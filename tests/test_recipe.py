@@ -4,6 +4,7 @@ DeepLab's configs, normalisation from the backbone, and the run record's alpha."
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -191,6 +192,21 @@ def test_every_value_of_the_voc_configs_cites_a_source(name):
     uncited = [line for line in values if "#" not in line and not line.strip().startswith(("num_workers", "root",
                "val_split", "default_root_dir", "val_check_interval", "check_val_every_n_epoch"))]
     assert uncited == []
+
+
+def test_every_cited_source_is_in_the_repository():
+    """Configs, code, notebooks and docs cite the project's own notes (docs/*.md), never a file outside the
+    repository: the shared facts file the notes were written from is not in a clone."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    texts = {path: (REPO / path).read_text() for path in tracked
+             if path.endswith((".py", ".yaml", ".md", ".ipynb", ".sh", ".cfg", ".toml")) and (REPO / path).is_file()}
+    outside = "facts" + ".md"  # spelled apart so this file does not cite it
+    assert sorted(path for path, text in texts.items() if outside in text) == []
+    cited = {m for text in texts.values() for m in re.findall(r"docs/[\w./-]+?\.md", text)}
+    assert "docs/paper_notes.md" in cited and sorted(c for c in cited if not (REPO / c).is_file()) == []
+    for path in (p for p in texts if p.startswith("configs/") and p.endswith(".yaml")):
+        if re.search(r"# AC\b", texts[path]):  # "AC" is defined in the file's header, with the notes it stands for
+            assert "docs/paper_notes.md" in texts[path].split("seed_everything")[0], path
 
 
 # -- normalisation from the weights ---------------------------------------------------------------------------------

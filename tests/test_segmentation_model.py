@@ -556,3 +556,24 @@ def test_dense_alpha_maps_reach_wandb_as_images_scaled_to_the_alpha_range(monkey
     assert image.image.size == (24, 16)  # a PIL image of the (16, 24) map
     # grey levels 0..255 (wandb casts to uint8 without scaling: a [0, 1] map would be logged all black)
     np.testing.assert_allclose(np.asarray(image.image, dtype=np.float64) / 255, expected.numpy(), atol=0.5 / 255 + 1e-6)
+
+
+def test_alpha_summary_gives_the_spatial_spread_of_a_dense_alpha():
+    from polypool.callbacks import alpha_summary
+
+    torch.manual_seed(0)
+    dense = SegmentationModel(backbone="resnet18", pooling="ppool", output_stride=32,
+                              pooling_kwargs={"alpha_mode": "dense"})
+    branch = dense.network.backbone.get_submodule("features.maxpool").alpha_branch
+    with torch.no_grad():  # let alpha vary over positions and channels (at init it is ~30 everywhere)
+        branch.proj.weight.normal_(0, 20)
+    probe = torch.rand(1, 3, 64, 96)
+    stats = alpha_summary(dense, probe)["features.maxpool"]
+    alpha = dense.eval().dense_alpha_maps(probe)["features.maxpool"].double()  # (64, 16, 24), as the summary sees it
+    assert stats["mode"] == "dense" and stats["mean"] == pytest.approx(alpha.mean().item())
+    assert stats["std"] == pytest.approx(alpha.std(unbiased=False).item())
+    spatial = torch.stack([alpha[c].std(unbiased=False) for c in range(64)]).mean().item()
+    assert stats["spatial_std"] == pytest.approx(spatial) and 0 < spatial < stats["std"]
+    channel = SegmentationModel(backbone="resnet18", pooling="ppool", output_stride=32,
+                                pooling_kwargs={"alpha_mode": "channel"})
+    assert "spatial_std" not in alpha_summary(channel, probe)["features.maxpool"]  # one alpha per channel

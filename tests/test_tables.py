@@ -62,7 +62,7 @@ def test_golden_paper_numbers_regenerate_the_supplement_exactly(tmp_path, index,
 def test_paper_rows_are_the_project_reference_data():
     paper = load_paper("voc", "vgg")
     assert paper.row("ppool")[0][-1] == pytest.approx(55.1) and paper.row("max")[0][0] == pytest.approx(87.7)
-    # the mean column is the plain mean of the 21 classes (facts.md)
+    # the mean column is the plain mean of the 21 classes (docs/paper_notes.md)
     for method, _ in METHODS:
         values = paper.row(method)[0]
         assert np.mean(values[:-1]) == pytest.approx(values[-1], abs=0.05)

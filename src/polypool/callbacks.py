@@ -194,13 +194,18 @@ def alpha_maps(pl_module, probe: Optional[torch.Tensor]) -> dict[str, tuple[Any,
 
 
 def alpha_summary(pl_module, probe: Optional[torch.Tensor]) -> dict[str, dict]:
-    """Mean, spread (std over channels and positions), min and max of every P-pooling layer's alpha."""
+    """Mean, spread (``std``: over channels and positions), min and max of every P-pooling layer's alpha, and for a
+    dense alpha its spatial spread (``spatial_std``: each channel's std over the positions of the probe's alpha map,
+    averaged over the channels; how much alpha differs from place to place, which layer/channel alpha cannot)."""
     summary = {}
     for name, (module, alpha) in alpha_maps(pl_module, probe).items():
         values = alpha.flatten().double()
         summary[name] = {"mode": module.alpha_mode, "mean": values.mean().item(),
                          "std": values.std(unbiased=False).item(), "min": values.min().item(),
                          "max": values.max().item()}
+        if module.alpha_mode == "dense":  # (C, H_out, W_out)
+            per_channel = alpha.double().flatten(1).std(1, unbiased=False)
+            summary[name]["spatial_std"] = per_channel.mean().item()
     return summary
 
 
