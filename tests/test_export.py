@@ -31,27 +31,33 @@ def test_export_of_conv_relu_dense_ppool_runs_and_matches_eager():
     torch.testing.assert_close(program.module()(x2), model(x2), rtol=1e-5, atol=1e-6)
 
 
-def timm_model(backbone: str, alpha_mode: str, size: int):
-    import timm
+def segmentation_network(backbone: str, alpha_mode: str, size: int) -> nn.Module:
+    """A whole segmentation network (backbone with every pooling swapped for P-pooling, head, upsampling), as a
+    trained model would be deployed."""
+    from polypool.models import SegmentationModel
 
     torch.manual_seed(0)
-    model = timm.create_model(backbone, pretrained=False, num_classes=0)
-    report = swap_pooling(model, "ppool", alpha_mode=alpha_mode, input_size=(3, size, size))
-    assert report.swapped
-    return model.eval()
+    options = {"vgg16": {"head": "largefov"}, "inception_v3": {"output_stride": 32}}[backbone]
+    model = SegmentationModel(backbone=backbone, pooling="ppool", pooling_kwargs={"alpha_mode": alpha_mode},
+                              **options)
+    expected_sites = {"vgg16": 5, "inception_v3": 13}[backbone]  # every pooling site of the backbone
+    assert len(model.swap_report.swapped) == expected_sites
+    return model.network.eval()
 
 
-CASES = [("vgg16", "dense", 32), ("inception_v3", "channel", 75)]
+# VGG16-LargeFOV (3x3/2 pad 1 pools, dilated fc6) with dense alpha; inception_v3 (max and average sites) + ASPP
+CASES = [("vgg16", "dense", 40), ("inception_v3", "channel", 75)]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone,alpha_mode,size", CASES)
 def test_torch_export_of_p_pooled_backbones(monkeypatch, backbone, alpha_mode, size):
-    model = timm_model(backbone, alpha_mode, size)
+    model = segmentation_network(backbone, alpha_mode, size)
     x = torch.rand(1, 3, size, size)
     program = torch.export.export(model, (x,))
     with torch.no_grad():
         exported = program.module()(x)
+        assert exported.shape == (1, 21, size, size)  # logits at the input resolution
         assert_matches_eager(monkeypatch, exported, model, x)
 
 
@@ -71,9 +77,8 @@ def assert_matches_eager(monkeypatch, exported, model, x, tolerance=1e-6):
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone,alpha_mode,size", CASES)
 def test_onnx_export_of_p_pooled_backbones(monkeypatch, tmp_path, backbone, alpha_mode, size):
-    pytest.importorskip("onnxscript")
-    onnxruntime = pytest.importorskip("onnxruntime")
-    model = timm_model(backbone, alpha_mode, size)
+    import onnxruntime  # onnx, onnxscript and onnxruntime are in the test extras
+    model = segmentation_network(backbone, alpha_mode, size)
     x = torch.rand(1, 3, size, size)
     path = tmp_path / f"{backbone}.onnx"
     torch.onnx.export(model, (x,), str(path), dynamo=True)
