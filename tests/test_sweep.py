@@ -170,6 +170,90 @@ def test_slurm_jobs_through_submitits_local_executor_and_a_failed_run(voc_root, 
     assert "1/2 runs done (0 running, 1 failed, 0 partial, 0 missing)" in status.stdout
 
 
+# -- runs side by side on this node, the training replaced by a stand-in -----------------------------------------
+# A stand-in for `python -m polypool fit`, given the real command's arguments: it notes its environment, then writes
+# the run's record (or fails, or first waits for another run to start), in a fraction of a second. FAKE_FIT (JSON):
+# "seen" the folder of its notes, "fail" the poolings that exit 1, "wait" {pooling: the pooling it waits for}.
+FAKE_FIT = r"""
+import json, os, sys, time
+from pathlib import Path
+
+
+def arg(name):
+    return sys.argv[sys.argv.index(name) + 1]
+
+
+plan = json.loads(os.environ["FAKE_FIT"])
+pooling, seed = arg("--model.pooling"), int(arg("--seed_everything"))
+note = Path(plan["seen"]) / pooling
+seen = {key: os.environ.get(key) for key in ("CUDA_VISIBLE_DEVICES", "MASTER_PORT")}
+(note.parent / (pooling + ".start")).write_text(json.dumps({"time": time.time(), "env": seen}))
+other = plan.get("wait", {}).get(pooling)
+if other:  # holds its slot until the other run has started: that one must get a slot freed by a third
+    deadline = time.time() + 30
+    while not (note.parent / (other + ".start")).exists():
+        if time.time() > deadline:
+            sys.exit(f"{other} did not start while {pooling} ran")
+        time.sleep(0.05)
+if pooling in plan.get("fail", []):
+    print(f"simulated failure of the {pooling} run", flush=True)
+    (note.parent / (pooling + ".end")).write_text(json.dumps({"time": time.time()}))
+    sys.exit(1)
+record = Path(arg("--records_root")) / "voc" / arg("--experiment") / pooling / f"{seed}.json"
+record.parent.mkdir(parents=True, exist_ok=True)
+record.write_text(json.dumps({"seed": seed, "steps": 4, "miou": 0.5, "per_class_iou": [0.5] * 21,
+                              "wall_time_s": 1.0}))
+(note.parent / (pooling + ".end")).write_text(json.dumps({"time": time.time()}))
+"""
+
+
+def sweep_with_fake_fit(monkeypatch, capsys, tmp_path, data_root, args, fail=(), wait=None):
+    """``reproduce.sh voc vgg ARGS`` in this process with the stand-in above as each run's training; the runs' notes
+    are in ``tmp_path/seen``. Returns the exit status, stdout, stderr and the notes."""
+    script, seen = tmp_path / "fake_fit.py", tmp_path / "seen"
+    script.write_text(FAKE_FIT)
+    seen.mkdir()
+    weights = tmp_path / "vgg16.pth"  # a local weights file: nothing to download
+    weights.write_bytes(b"weights")
+    real_fit_command = sw.Sweep.fit_command
+
+    def fake_fit_command(self, run, resume):
+        command = real_fit_command(self, run, resume)
+        assert command[1:4] == ["-m", "polypool", "fit"], command
+        return [command[0], str(script), *command[4:]]
+
+    monkeypatch.setattr(sw.Sweep, "fit_command", fake_fit_command)
+    monkeypatch.setenv("FAKE_FIT", json.dumps({"seen": str(seen), "fail": list(fail), "wait": wait or {}}))
+    monkeypatch.chdir(REPO)
+    capsys.readouterr()
+    code = sw.main(["voc", "vgg", *args, "--out", str(tmp_path / "out"), "--", "--data.init_args.root",
+                    str(data_root), "--model.weights", str(weights)])
+    out, err = capsys.readouterr()
+    notes = {path.name: json.loads(path.read_text()) for path in seen.iterdir()}
+    return code, out, err, notes
+
+
+@pytest.mark.parametrize("offline", [False, True], ids=["online", "offline"])
+@pytest.mark.parametrize("piece", ["VOCdevkit/VOC2012/SegmentationClass", "benchmark_RELEASE/dataset"],
+                         ids=["VOC masks", "SBD (trainaug)"])
+def test_an_incomplete_dataset_fails_at_start_naming_the_folder_the_missing_part_and_the_fix(
+        piece, offline, tmp_path, monkeypatch, capsys):
+    root = make_voc(tmp_path / "voc", n_train=2, n_val=1, size=(16, 16), seed=0, n_sbd=1)
+    shutil.rmtree(root / piece)
+    code, out, err, notes = sweep_with_fake_fit(monkeypatch, capsys, tmp_path, root,
+                                                ["--poolings", "max"] + (["--offline"] if offline else []))
+    assert code == 1, out + err
+    assert f"the voc data in {root} is incomplete" in err and str(root / piece) in err
+    fix = err.split("fix: ")[1]
+    assert f"move {root} away and download the set: " in fix and "pass -- --data.init_args.root DIR" in fix
+    if offline:
+        assert "./reproduce.sh voc vgg --prefetch on a node with internet" in fix
+    else:
+        assert f".venv/bin/python -m polypool.data.download voc {root} --train-split trainaug" in fix
+        assert "./reproduce.sh voc vgg --prefetch" in fix
+    assert notes == {} and not (tmp_path / "out/logs").exists()  # before any run
+
+
 # -- --status -----------------------------------------------------------------------------------------------------
 def test_status_reports_each_run_without_starting_anything(tmp_path):
     out = tmp_path / "out"

@@ -725,7 +725,7 @@ def dataset_ready(dataset: str, root: Path, train_split: str) -> Optional[str]:
 
 def prepare_data(sweep: Sweep, prefetch: bool = False, say=print) -> None:
     """The data the runs read, once, before any run: the quick set generated; else downloaded when the config (or
-    ``--prefetch``) asks for it, then the root must exist."""
+    ``--prefetch``) asks for it, then the root must hold the dataset in its layout (:func:`dataset_ready`)."""
     if sweep.quick:
         quick_data(sweep.quick_data_root(), sweep.extra, say)
         if prefetch:
@@ -750,6 +750,17 @@ def prepare_data(sweep: Sweep, prefetch: bool = False, say=print) -> None:
         raise SweepError(f"no data at {root}. See README.md, 'Data' (or pass -- --data.init_args.root DIR, or -- "
                          f"--data.init_args.download true" + (", or run --prefetch on a node with internet)" if
                                                                 sweep.offline else ")."))
+    # The layout, not only the folder: an incomplete set would otherwise fail in every run, after the sweep started.
+    problem = dataset_ready(sweep.dataset, root, train_split)
+    if problem is not None:
+        download_command = shlex.join([".venv/bin/python", "-m", "polypool.data.download", sweep.dataset, str(root),
+                                       "--train-split", train_split])
+        where = (f"./reproduce.sh {sweep.dataset} {sweep.config_name} --prefetch on a node with internet" if
+                 sweep.offline else f"{download_command} (or ./reproduce.sh {sweep.dataset} {sweep.config_name} "
+                                    f"--prefetch)")
+        raise SweepError(f"the {sweep.dataset} data in {root} is incomplete, so every run would fail: {problem}\n"
+                         f"  fix: restore the missing part, or move {root} away and download the set: {where}; or "
+                         f"pass -- --data.init_args.root DIR")
 
 
 # -- running ------------------------------------------------------------------------------------------------------
