@@ -370,6 +370,41 @@ def test_bad_sweep_options_fail_with_the_option_and_the_fix():
     assert sw.get(values, "data.init_args.train_split") == "trainaug"  # the rest of the config is kept
 
 
+def test_slurm_options_reach_the_job_script(tmp_path, monkeypatch):
+    """--slurm's options as submitit's SlurmExecutor holds them and writes them into the sbatch script; nothing is
+    submitted. Without SLURM's commands the error says so."""
+    monkeypatch.chdir(REPO)
+    argv = ["voc", "vgg", "--slurm", "--gpus-per-run", "2", "--partition", "gpu", "--account", "lab", "--qos", "high",
+            "--cpus-per-task", "6", "--mem-gb", "32", "--time", "12:00:00", "--out", str(tmp_path / "out")]
+    args = sw.build_parser().parse_args(argv)
+    sweep = sw.make_sweep(args, [])
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no srun
+    with pytest.raises(sw.SweepError, match=r"--slurm: no SLURM on this node .*srun.*--slurm-cluster local"):
+        sw.make_executor(sweep, args)
+    srun = tmp_path / "bin" / "srun"  # submitit only looks for srun on PATH
+    srun.parent.mkdir()
+    srun.write_text("#!/bin/sh\nexit 1\n")
+    srun.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{srun.parent}:/usr/bin:/bin")
+    executor = sw.make_executor(sweep, args)
+    assert executor.cluster == "slurm"
+    parameters = executor._executor.parameters
+    assert {key: parameters.get(key) for key in ("partition", "account", "qos", "cpus_per_task", "mem", "time",
+                                                 "nodes", "ntasks_per_node", "gpus_per_node", "job_name")} == {
+        "partition": "gpu", "account": "lab", "qos": "high", "cpus_per_task": 6, "mem": "32GB", "time": 720,
+        "nodes": 1, "ntasks_per_node": 2, "gpus_per_node": 2, "job_name": "polypool-voc-vgg"}
+    script = executor._executor._make_submission_file_text("python -m polypool fit", "0")
+    for line in ("--partition=gpu", "--account=lab", "--qos=high", "--cpus-per-task=6", "--mem=32GB",
+                 "--time=720", "--gpus-per-node=2", "--ntasks-per-node=2", "--nodes=1"):
+        assert f"#SBATCH {line}\n" in script, line
+    # GPUs per job without --gpus-per-run: --gpus; none: a CPU job of one task
+    for gpus, tasks in (("4", 4), ("0", 1)):
+        args = sw.build_parser().parse_args(["voc", "vgg", "--slurm", "--gpus", gpus, "--out", str(tmp_path / "out")])
+        parameters = sw.make_executor(sw.make_sweep(args, []), args)._executor.parameters
+        assert (parameters["gpus_per_node"], parameters["ntasks_per_node"]) == (int(gpus), tasks)
+    assert not list((tmp_path / "out").rglob("*.pkl"))  # nothing submitted
+
+
 def test_prefetch_without_network_names_the_url_and_the_folder(voc_root, tmp_path):
     result = reproduce("voc", "vgg", "--prefetch", "--out", str(tmp_path / "out"), "--",
                        "--data.init_args.root", str(voc_root), env={**cpu_env(tmp_path), **BLOCKED}, timeout=300)

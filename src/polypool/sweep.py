@@ -1028,7 +1028,11 @@ def make_executor(sweep: Sweep, args: argparse.Namespace):
     except ImportError:
         raise SweepError("--slurm needs submitit: make setup (or pip install submitit)") from None
     folder = sweep.out / "slurm" / sweep.dataset / sweep.config_name / "%j"
-    executor = submitit.AutoExecutor(folder=folder, cluster=args.slurm_cluster)
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster=args.slurm_cluster)
+    except RuntimeError as error:  # submitit's SlurmExecutor: no srun on PATH
+        raise SweepError(f"--slurm: no SLURM on this node ({error}): run on a node that has SLURM's commands (the "
+                         f"cluster's login node), or test the jobs here with --slurm-cluster local") from error
     gpus = sweep.gpus_per_run
     params: dict[str, Any] = {"name": f"polypool-{sweep.dataset}-{sweep.config_name}", "timeout_min": args.time,
                               "nodes": 1, "tasks_per_node": max(gpus, 1), "gpus_per_node": gpus,
