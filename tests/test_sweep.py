@@ -233,6 +233,57 @@ def sweep_with_fake_fit(monkeypatch, capsys, tmp_path, data_root, args, fail=(),
     return code, out, err, notes
 
 
+def test_a_failed_run_side_by_side_does_not_stop_the_others_and_the_sweep_lists_it(voc_root, tmp_path, monkeypatch,
+                                                                                  capsys):
+    code, out, err, notes = sweep_with_fake_fit(monkeypatch, capsys, tmp_path, voc_root,
+                                                ["--workers", "2", "--poolings", "max,avg,gated"], fail=["avg"],
+                                                wait={"max": "gated"})
+    runs, logs = tmp_path / "out/runs/voc/vgg", tmp_path / "out/logs/voc/vgg"
+    avg_log = logs / "avg/0/train.log"
+    assert code == 1, out + err
+    # the others finished and wrote their records, gated in the slot avg's failure freed (max held the other)
+    assert (runs / "max/0.json").is_file() and (runs / "gated/0.json").is_file()
+    assert not (runs / "avg/0.json").exists()
+    assert "== max seed 0: finished in" in out and "== gated seed 0: finished in" in out
+    assert f"== avg seed 0: FAILED (exit 1); log: {avg_log}" in out
+    assert notes["gated.start"]["time"] >= notes["avg.end"]["time"]
+    assert "simulated failure of the avg run" in avg_log.read_text()  # its output went to its own log
+    assert json.loads((logs / "avg/0/sweep.json").read_text())["state"] == "failed"
+    # the exit lists it with its log, and the table marks it
+    assert f"1 run(s) failed:\n  avg seed 0: exit 1; log: {avg_log}\n" in err
+    table = (tmp_path / "out/voc_vgg.md").read_text()
+    assert f"Failed runs (shown as -): avg seed 0 (log: {avg_log})." in table
+    ours = table.split("**paper")[0]
+    assert "| Max | **50.0**" in ours and "| Gated | **50.0**" in ours and "| Average | - |" in ours
+    assert "2/3 runs done (0 running, 1 failed, 0 partial, 0 missing)" in out
+
+
+@pytest.mark.parametrize("gpus, per_run, slots", [(2, 1, ["0", "1"]), (4, 2, ["0,1", "2,3"])],
+                         ids=["one GPU per run", "two GPUs per run (DDP)"])
+def test_runs_side_by_side_are_pinned_to_their_gpus_and_a_new_one_starts_when_one_ends(
+        gpus, per_run, slots, voc_root, tmp_path, monkeypatch, capsys):
+    """3 runs on 2 slots: max holds slot 0 until gated has started, so gated can only start in the slot that avg
+    frees: the sweep starts a run whenever one ends, not when all have."""
+    monkeypatch.setattr(sw, "gpu_problem", lambda wanted: None)  # this machine has no GPU; no run touches one
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    code, out, err, notes = sweep_with_fake_fit(
+        monkeypatch, capsys, tmp_path, voc_root,
+        ["--gpus", str(gpus), "--gpus-per-run", str(per_run), "--poolings", "max,avg,gated"], wait={"max": "gated"})
+    assert code == 0, out + err
+    assert f"== 3 run(s) to train, 2 at a time, {per_run} GPU(s) each" in out
+    for pooling in ("max", "avg", "gated"):
+        assert (tmp_path / f"out/runs/voc/vgg/{pooling}/0.json").is_file(), pooling
+    devices = {pooling: notes[f"{pooling}.start"]["env"]["CUDA_VISIBLE_DEVICES"] for pooling in ("max", "avg", "gated")}
+    assert devices == {"max": slots[0], "avg": slots[1], "gated": slots[1]}
+    assert notes["avg.end"]["time"] <= notes["gated.start"]["time"] <= notes["max.end"]["time"]
+    assert f"== gated seed 0 on GPU {slots[1]}" in out
+    ports = {pooling: notes[f"{pooling}.start"]["env"]["MASTER_PORT"] for pooling in ("max", "avg", "gated")}
+    if per_run > 1:  # DDP runs side by side: one rendezvous port each
+        assert all(ports.values()) and ports["max"] != ports["avg"] and ports["max"] != ports["gated"]
+    else:
+        assert ports == {"max": None, "avg": None, "gated": None}
+
+
 @pytest.mark.parametrize("offline", [False, True], ids=["online", "offline"])
 @pytest.mark.parametrize("piece", ["VOCdevkit/VOC2012/SegmentationClass", "benchmark_RELEASE/dataset"],
                          ids=["VOC masks", "SBD (trainaug)"])
@@ -336,7 +387,7 @@ def test_gpu_check_names_torchs_cuda_the_drivers_and_the_fix_before_anything_sta
     assert sw.flavour_for("12.6") == "cu126" and sw.flavour_for("13.0") == "cu130" and sw.flavour_for("11.8") == "cu118"
 
 
-def test_bad_sweep_options_fail_with_the_option_and_the_fix():
+def test_bad_sweep_options_fail_with_the_option_and_the_fix(monkeypatch):
     def error(*args):
         with pytest.raises(sw.SweepError) as info:
             sw.make_sweep(sw.build_parser().parse_args(list(args)), [])
@@ -352,7 +403,10 @@ def test_bad_sweep_options_fail_with_the_option_and_the_fix():
                                                    "--workers", "3"))
         ok = sw.make_sweep(sw.build_parser().parse_args(["voc", "vgg", "--gpus", "8", "--gpus-per-run", "2"]), [])
         assert (ok.workers, ok.gpus_per_run) == (4, 2) and "configs/trainer/ddp.yaml" in ok.base_args()
-        assert sw.gpu_slots(ok) == ["0,1", "2,3", "4,5", "6,7"] or os.environ.get("CUDA_VISIBLE_DEVICES")
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        assert sw.gpu_slots(ok) == ["0,1", "2,3", "4,5", "6,7"]
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5,6,7,1,2,4,0,9")  # the sweep's share: the first --gpus of it
+        assert sw.gpu_slots(ok) == ["3,5", "6,7", "1,2", "4,0"]
         today = sw.make_sweep(sw.build_parser().parse_args(["voc", "vgg", "--gpus", "4"]), [])
         assert (today.workers, today.gpus_per_run) == (1, 4)  # the default: one run on all GPUs
         assert today.base_args()[-2:] == ["--trainer.devices", "4"]
