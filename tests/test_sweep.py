@@ -3,6 +3,7 @@ check and --prefetch. The tests that train are slow and as small as a run gets: 
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -92,7 +93,8 @@ def test_two_runs_side_by_side_write_records_and_the_table_and_a_second_call_doe
     assert "done in" in result.stdout and "GPU-hours" in result.stdout and str(out / "voc_vgg.md") in result.stdout
     # each run's output went to its own log, as periodic plain lines (not a terminal)
     log = (out / "logs/voc/vgg/ppool/0/train.log").read_text()
-    assert "[progress] validated: step 2/4 (50%) | loss " in log and "| mIoU " in log and "| ETA " in log
+    assert re.search(r"\[progress\] validated: step 2/4 \(50%\) \| loss \d+\.\d{4} \| mIoU \d\.\d{4} \(step 2\) \| "
+                     r"elapsed \d+:\d\d:\d\d \| ETA \d+:\d\d:\d\d$", log, re.MULTILINE), log[-3000:]
     progress = json.loads((out / "logs/voc/vgg/ppool/0/progress.json").read_text())
     assert progress["step"] == 4 and progress["max_steps"] == 4 and progress["miou"] is not None
     # again: nothing to train, records untouched
@@ -522,6 +524,55 @@ def test_the_progress_view_is_a_bar_on_a_terminal_and_lines_in_a_log():
 
     for preset in (REPO / "configs/trainer").glob("*.yaml"):  # the bar in every preset
         assert yaml.safe_load(preset.read_text())["trainer"].get("enable_progress_bar", True) is True, preset
+
+
+def test_the_bar_shows_the_runs_step_its_loss_the_last_miou_and_the_eta(tmp_path):
+    """StepProgressBar in a tiny run of 1000 steps, stopped at step 3: one validation at step 2 (mIoU 0.2)."""
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from polypool.progress import StepProgressBar
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+            self.losses = []
+
+        def training_step(self, batch, batch_idx):
+            time.sleep(0.01)  # at least 10 ms a step: 997 steps to go make an ETA of several seconds
+            loss = self.layer(batch[0]).pow(2).mean()
+            self.log("train/loss", loss, prog_bar=True)
+            self.losses.append(loss.item())
+            return loss
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val/mIoU", self.global_step / 10, prog_bar=True)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    class StopAt(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 3:
+                seen["items"] = bar.get_metrics(trainer, pl_module)
+                seen["postfix"] = bar.train_progress_bar.postfix
+                trainer.should_stop = True
+
+    seen, bar = {}, StepProgressBar()
+    data = DataLoader(TensorDataset(torch.randn(16, 2)), batch_size=2)
+    trainer = L.Trainer(max_steps=1000, max_epochs=-1, val_check_interval=2, check_val_every_n_epoch=None,
+                        limit_val_batches=1, num_sanity_val_steps=0, callbacks=[bar, StopAt()], logger=True,
+                        log_every_n_steps=1, enable_checkpointing=False, enable_model_summary=False,
+                        default_root_dir=tmp_path, accelerator="cpu", devices=1)
+    model = Tiny()
+    trainer.fit(model, data, data)
+    items = seen["items"]
+    assert items["step"] == "3/1000" and items["mIoU"] == "0.2000"  # the validation at step 2
+    assert isinstance(items["train/loss"], float) and items["train/loss"] == pytest.approx(model.losses[2])
+    assert re.fullmatch(r"\d+:\d\d:\d\d", items["ETA"]) and items["ETA"] != "0:00:00"
+    assert "v_num" not in items and "val/mIoU" not in items  # the logger's version dropped; the mIoU once, as "mIoU"
+    assert "step=3/1000" in seen["postfix"] and "mIoU=0.2000" in seen["postfix"]  # what the bar draws
 
 
 def test_make_setup_takes_torchs_cuda_build_from_a_variable():
