@@ -110,6 +110,40 @@ def test_a_failed_launch_warns_once_and_falls_back(monkeypatch, auto_uses_triton
 
 
 @needs_triton
+def test_a_failure_on_the_retry_after_negative_inputs_falls_back_with_the_shift(monkeypatch, auto_uses_triton):
+    """Negative inputs: the first launch reports them, the retry on the shifted input fails to launch; the answer is
+    the reference op's on the shifted input, shifted back."""
+    p_pool2d(torch.rand(2, 3, 8, 8, device=DEVICE), 3.0, 2)  # the first-result check, with the real kernels
+    fake = RecordingKernels()
+    launches = {"forward": 0}
+    real_getattr = RecordingKernels.__getattr__
+
+    def second_forward_fails(self, name):
+        launcher = real_getattr(self, name)
+        if name != "p_pool2d_forward_kernel":
+            return launcher
+
+        class FailOnRetry:
+            def __getitem__(self, grid):
+                def launch(*args, **kwargs):
+                    launches["forward"] += 1
+                    if launches["forward"] == 2:
+                        raise RuntimeError("simulated failure on the retry")
+                    return launcher[grid](*args, **kwargs)
+                return launch
+        return FailOnRetry()
+
+    monkeypatch.setattr(RecordingKernels, "__getattr__", second_forward_fails)
+    monkeypatch.setattr(triton_fused, "kernels", lambda: fake)
+    x = torch.randn(2, 3, 8, 9, device=DEVICE) - 0.5  # negatives in every map
+    with pytest.warns(RuntimeWarning, match=r"POLYPOOL_TRITON=0.*Cause: RuntimeError: simulated failure on the retry"):
+        y = p_pool2d(x, 3.0, 2)
+    assert launches["forward"] == 2
+    torch.testing.assert_close(y, reference(x, 3.0, 2))
+    assert (y < 0).any()  # shifted back
+
+
+@needs_triton
 def test_strict_mode_and_explicit_backend_raise(monkeypatch, auto_uses_triton):
     fake = RecordingKernels(fail={"p_pool2d_forward_kernel"})
     monkeypatch.setattr(triton_fused, "kernels", lambda: fake)
