@@ -1,5 +1,6 @@
 """Logged runs -> the supplement's tables: the golden test on the paper's own numbers, seeds, missing runs."""
 
+import csv
 import json
 import re
 from pathlib import Path
@@ -532,3 +533,63 @@ def test_load_wandb_prefers_the_final_evaluation(monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(Api=lambda: api))
     values = load_wandb("me/polypool", "voc", "vgg").runs["max"][0]
     assert np.isnan(values[0]) and values[1] == pytest.approx(50.0) and values[21] == pytest.approx(60.0)
+
+
+def test_records_sort_by_seed_number_and_the_file_name_gives_a_missing_seed(tmp_path):
+    folder = tmp_path / "voc" / "vgg" / "max"
+    folder.mkdir(parents=True)
+    for name, seed, miou in [("10", 10, 0.1), ("extra", None, 0.2), ("9", "absent", 0.3), ("1", 5, 0.4)]:
+        record = {"per_class_iou": [miou] * 21, "miou": miou}
+        if seed != "absent":
+            record["seed"] = seed
+        (folder / f"{name}.json").write_text(json.dumps(record))
+    table = load_records(tmp_path, "voc", "vgg")
+    # 1.json, 9.json, 10.json by number (not 1, 10, 9 as text), then the named file; a recorded seed wins over the
+    # file's name, and a record without one takes its file's number
+    assert [round(v[-1]) for v in table.runs["max"]] == [40, 30, 10, 20]
+    assert table.seeds["max"] == [5, 9, 10, None]
+
+
+def test_findings_without_any_run_say_so():
+    from polypool.tables import PAIRED_MIN_SEEDS, Table, findings
+
+    assert findings(Table(columns=["bg", "mean"])) == [
+        f"No paired comparison: it needs {PAIRED_MIN_SEEDS} seeds of each pooling (these runs have 0 for the pooling "
+        f"with fewest); run with --seeds {PAIRED_MIN_SEEDS}."]
+
+
+def test_a_setting_the_quick_preset_sets_to_null_is_a_difference(tmp_path):
+    from polypool.tables import recipe_differences
+
+    (tmp_path / "full.yaml").write_text("model:\n  lr: 0.1\n")
+    (tmp_path / "quick.yaml").write_text("model:\n  lr: 0.1\n  custom_setting: null\n")
+    assert recipe_differences(["full.yaml", "quick.yaml"], root=tmp_path) == [
+        "model.custom_setting None (full: default)"]
+
+
+def test_the_quick_note_and_the_written_tables_carry_the_runs_provenance(tmp_path):
+    from polypool.tables import quick_note, recipe_differences, write_tables
+
+    root = tmp_path / "runs"
+    configs = ["configs/voc/vgg.yaml", "configs/trainer/quick.yaml"]
+    alpha = {"first": {"step": 0, "layers": {"features.4": {"mean": 30.0, "std": 0.5}}},
+             "last": {"step": 40, "layers": {"features.4": {"mean": 29.0, "std": 0.75}}}}
+    for seed in (0, 1, 2):  # enough seeds for the paired differences
+        for method, miou in (("max", 0.45 + seed / 100), ("ppool", 0.47 + seed / 50)):
+            write_detail_record(root, method, seed, miou, 0.3, 0.2)
+            path = root / "voc" / "vgg" / method / f"{seed}.json"
+            record = json.loads(path.read_text())
+            record.update(config_files=configs, steps=40, **({"alpha": alpha} if method == "ppool" else {}))
+            path.write_text(json.dumps(record))
+    table = load_records(root, "voc", "vgg")
+    note = quick_note(table)
+    differences = recipe_differences(configs)
+    assert differences and f"Differences from `configs/voc/vgg.yaml`: {'; '.join(differences)}." in note
+    assert "Steps per run: 40." in note
+    text = write_tables(table, None, tmp_path / "t")
+    assert "- Our rows: runs of `configs/voc/vgg.yaml + configs/trainer/quick.yaml`." in text
+    assert ("- P-pooling seed 0: alpha mean from step 0 to step 40: features.4 30 (spread 0.5) -> 29 (spread 0.75)."
+            in text)
+    rows = list(csv.reader((tmp_path / "t.csv").open()))
+    paired = [row for row in rows if row[0] == "paired vs max"]
+    assert paired[0][:2] == ["paired vs max", "method"] and paired[1][1] == "P-pooling"
