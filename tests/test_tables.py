@@ -593,3 +593,15 @@ def test_the_quick_note_and_the_written_tables_carry_the_runs_provenance(tmp_pat
     rows = list(csv.reader((tmp_path / "t.csv").open()))
     paired = [row for row in rows if row[0] == "paired vs max"]
     assert paired[0][:2] == ["paired vs max", "method"] and paired[1][1] == "P-pooling"
+
+
+def test_identical_runs_are_no_clear_difference(tmp_path):
+    """Every paired difference 0: the interval is [0, 0], which does not exclude 0."""
+    from polypool.tables import findings
+
+    root = tmp_path / "runs"
+    for seed in (0, 1, 2):
+        for method in ("max", "ppool"):
+            write_detail_record(root, method, seed, 0.4 + seed / 100, 0.3, 0.2)
+    line = next(line for line in findings(load_records(root, "voc", "vgg")) if line.startswith("P-pooling vs Max"))
+    assert "mIoU +0.0 [+0.0, +0.0] (no clear difference)" in line and "(better)" not in line
