@@ -1,10 +1,13 @@
 """swap_pooling on timm backbones: exact site counts, exact equivalences, gradients, feature extraction."""
 
+from pathlib import Path
+
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
 from timm.layers import create_pool2d, get_notrace_functions, get_notrace_modules
+from timm.layers.pos_embed import resample_abs_pos_embed_nhwc
 from torch import nn
 
 from polypool.pooling import PPool2d, pooling_parameters
@@ -384,3 +387,271 @@ def test_a_dilated_max_site_swapped_to_max_keeps_its_dilation():
     swap_pooling(model, "max", input_size=(2, 9, 9))
     assert isinstance(model[0], nn.MaxPool2d) and model[0].dilation == 2 and model[0].kernel_size == (3, 3)
     torch.testing.assert_close(model(x), before, rtol=0, atol=0)
+
+
+# --- issue 19: survivors of the mutation run on surgery.py ---------------------------------------------------------
+
+
+class ClashingAttribute(nn.Module):
+    """A block that already owns the attribute name the swap would give its functional site's new layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.polypool_max_pool2d = 5
+
+    def forward(self, x):
+        return F.max_pool2d(x, 2)
+
+
+def test_an_owner_attribute_in_the_way_of_the_new_layer_is_an_error():
+    """Overwriting a user's attribute would break the block silently: the swap refuses and names it."""
+    model = ClashingAttribute()
+    with pytest.raises(ValueError, match=r"^ClashingAttribute already has an attribute 'polypool_max_pool2d'; cannot "
+                                         r"add the pooling layer$"):
+        swap_pooling(model, "max", input_size=(3, 8, 8))
+    assert model.polypool_max_pool2d == 5 and type(model) is ClashingAttribute
+
+
+class Unreached(nn.Module):
+    """A pooling module the forward never calls: the dummy forward cannot see its channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.used = nn.MaxPool2d(2)
+        self.unused = nn.MaxPool2d(3)
+
+    def forward(self, x):
+        return self.used(x)
+
+
+def test_a_build_error_says_when_the_dummy_forward_never_reached_the_site():
+    """Only a site without channels gets the input_size hint; any other build error is the layer's own text."""
+    with pytest.raises(ValueError) as error:
+        swap_pooling(Unreached(), "strided_conv", input_size=(3, 8, 8))
+    assert str(error.value) == (
+        "cannot swap unused (MaxPool2d, k=3, s=3, p=0, ceil=False) to 'strided_conv': strided_conv pooling learns a "
+        "channels -> channels convolution: pass channels=C (the dummy forward never reached this site, so its "
+        "channels are unknown: pass input_size=(C, H, W) that reaches it)")
+    with pytest.raises(ValueError) as error:
+        swap_pooling(nn.Sequential(nn.MaxPool2d(2)), "max", input_size=(3, 8, 8), alpha_mode="channel")
+    assert str(error.value) == ("cannot swap 0 (MaxPool2d, k=2, s=2, p=0, ceil=False) to 'max': pooling 'max' got "
+                                "unexpected option(s) ['alpha_mode']; it accepts ['channels', 'dilation']")
+
+
+class InputRecorder(nn.Module):
+    """Records the shape of every input it sees, in front of a pooling site."""
+
+    def __init__(self, cfg_attribute=None, cfg=None):
+        super().__init__()
+        self.pool = nn.MaxPool2d(2)
+        self.shapes = []
+        if cfg_attribute:
+            setattr(self, cfg_attribute, cfg)
+
+    def forward(self, x):
+        self.shapes.append(tuple(x.shape))
+        return self.pool(x)
+
+
+def test_the_dummy_forward_is_one_sample_of_the_configured_or_default_size():
+    """One sample (the cheapest forward) of pretrained_cfg's, else default_cfg's input_size, else (3, 224, 224):
+    a plain nn.Module has neither config."""
+    plain = InputRecorder()
+    swap_pooling(plain, "max")
+    assert plain.shapes == [(1, 3, 224, 224)]
+    old_timm = InputRecorder("default_cfg", {"input_size": (2, 12, 10)})  # older timm models: default_cfg only
+    report = swap_pooling(old_timm, "max")
+    assert old_timm.shapes == [(1, 2, 12, 10)] and report.sites[0].channels == 2
+    new_timm = InputRecorder("pretrained_cfg", {"input_size": (4, 6, 6)})
+    swap_pooling(new_timm, "max")
+    assert new_timm.shapes == [(1, 4, 6, 6)]
+
+
+def test_strided_convolutions_are_listed_with_their_window():
+    site, = find_pooling_sites(nn.Sequential(nn.Conv2d(3, 4, 3, stride=2)))
+    assert (site.name, site.old, site.kind, site.args, site.describe_args(), site.reason) == (
+        "0", "Conv2d", None, {"kernel_size": (3, 3), "stride": (2, 2)}, "k=3, s=2",
+        "strided convolution: a learned layer, not a pooling")
+
+
+class KeywordCalls(nn.Module):
+    def forward(self, x):  # every argument by keyword, the input too: these two keep it in the traced call's kwargs
+        return F.avg_pool2d(input=x, kernel_size=2), torch.max_pool2d(input=x, kernel_size=3)
+
+
+def test_functional_calls_with_the_input_by_keyword_are_swapped():
+    """The input is no window argument (it must not make a site look shape-dependent), and the new layer is fed it
+    (the rewrite took the call's first positional argument: an IndexError)."""
+    model = KeywordCalls()
+    x = torch.randn(1, 3, 9, 9)
+    before = model(x)
+    report = swap_pooling(model, {"max": "max", "avg": "avg"}, input_size=(3, 9, 9))
+    assert [(s.name, s.kind, s.swapped, s.args) for s in report.sites] == [
+        ("avg_pool2d", "avg", True, {"stride": 2, "padding": 0, "ceil_mode": False, "count_include_pad": True,
+                                     "divisor_override": None, "kernel_size": 2}),
+        ("max_pool2d", "max", True, {"stride": 3, "padding": 0, "dilation": 1, "ceil_mode": False, "kernel_size": 3}),
+    ]
+    avg, max_ = model.polypool_avg_pool2d, model.polypool_max_pool2d
+    assert (type(avg), avg.kernel_size, avg.stride, avg.ceil_mode) == (nn.AvgPool2d, (2, 2), (2, 2), False)
+    assert (type(max_), max_.kernel_size, max_.stride, max_.ceil_mode) == (nn.MaxPool2d, (3, 3), (3, 3), False)
+    after = model(x)
+    assert torch.equal(after[0], before[0]) and torch.equal(after[1], before[1])
+
+
+class TupleWindows(nn.Module):
+    """A fixed (2, 2) window, and a global one built from the input's shape."""
+
+    def forward(self, x):
+        return F.avg_pool2d(x, (2, 2)), F.max_pool2d(x, (x.shape[2], x.shape[3]))
+
+
+def test_tuple_windows_are_swapped_unless_an_element_comes_from_the_input():
+    model = TupleWindows()
+    x = torch.randn(1, 3, 8, 8)
+    before = model(x)
+    report = swap_pooling(model, {"max": "max", "avg": "avg"}, input_size=(3, 8, 8))
+    fixed, global_ = report.sites
+    assert (fixed.name, fixed.kind, fixed.swapped, fixed.describe_args()) == (
+        "avg_pool2d", "avg", True, "s=2, p=0, ceil=False, count_pad=True, k=2")
+    # every key of a site left alone is described, those without a short name by their own name
+    assert (global_.name, global_.kind, global_.swapped, global_.reason, global_.describe_args()) == (
+        "max_pool2d", None, False, "kernel_size computed from the input (a global or shape-dependent pooling)",
+        "s=None, p=0, ceil=False, return_indices=False, k=getitemxgetitem_1")
+    after = model(x)
+    assert torch.equal(after[0], before[0]) and torch.equal(after[1], before[1])
+
+
+def test_global_adaptive_and_blur_layers_of_timm_are_left_alone_with_their_reason():
+    """FastAdaptiveAvgMaxPool is not exported by timm.layers: it was never matched (so never listed)."""
+    from timm.layers import AdaptiveAvgMaxPool2d, BlurPool2d
+    from timm.layers.adaptive_avgmax_pool import FastAdaptiveAvgMaxPool
+
+    model = nn.Sequential(BlurPool2d(3), AdaptiveAvgMaxPool2d(1), FastAdaptiveAvgMaxPool())
+    sites = find_pooling_sites(model)
+    head = "global/adaptive pooling (classifier head): not a local window"
+    assert [(s.name, s.old, s.kind, s.reason) for s in sites] == [
+        ("0", "BlurPool2d", None, "anti-aliasing blur filter, not a pooling of the paper"),
+        ("1", "AdaptiveAvgMaxPool2d", None, head),
+        ("2", "FastAdaptiveAvgMaxPool", None, head),
+    ]
+
+
+def test_a_max_pool_returning_indices_is_left_alone_with_its_reason():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.MaxPool2d(2, return_indices=True))
+    with pytest.warns(UserWarning, match="no local pooling site"):
+        report = swap_pooling(model, "ppool", input_size=(3, 8, 8))
+    assert [(s.name, s.old, s.kind, s.swapped, s.reason) for s in report.sites] == [
+        ("1", "MaxPool2d", None, False, "returns indices (for unpooling): only max pooling can give them")]
+    assert type(model[1]) is nn.MaxPool2d
+
+
+class DilatedCall(nn.Module):
+    """A functional site (the same node in the training and the eval graph) that only 'max' can express."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        return F.max_pool2d(self.conv(x), 3, 1, 1, 2)
+
+
+def test_a_failed_swap_undoes_the_rewrite_of_a_functional_site():
+    """The block was already rewritten (its class replaced, a child added) when the build failed: both go back."""
+    model = DilatedCall().eval()
+    x = torch.randn(1, 3, 9, 9)
+    before = model(x)
+    keys = set(model.state_dict())
+    with pytest.raises(ValueError, match="only 'max' supports a dilated window"):
+        swap_pooling(model, "ppool", input_size=(3, 9, 9))
+    assert type(model) is DilatedCall
+    assert not hasattr(model, "polypool_max_pool2d") and set(model.state_dict()) == keys
+    assert torch.equal(model(x), before)
+    swap_pooling(model, "max", input_size=(3, 9, 9))  # and it can still be swapped
+    assert model.polypool_max_pool2d.dilation == 2 and torch.equal(model(x), before)
+
+
+def test_divisor_override_and_count_include_pad_carry_over_to_avg():
+    """Swapped to 'avg', the one target that expresses both, the two avg sites give exactly what they gave (P-pooling
+    keeps count_include_pad too: test_ppool_carries_count_include_pad_false_over)."""
+    model = nn.Sequential(nn.AvgPool2d(2, divisor_override=3), nn.AvgPool2d(3, 2, 1, count_include_pad=False))
+    x = torch.rand(2, 3, 12, 12) + 1.0  # away from 0: a counted padding would show at every border window
+    before = model(x)
+    report = swap_pooling(model, "avg", input_size=(3, 12, 12))
+    assert [s.new for s in report.sites] == ["AvgPool2d", "AvgPool2d"]
+    assert (model[0].divisor_override, model[1].count_include_pad) == (3, False)
+    assert torch.equal(model(x), before)
+
+
+class Untraceable(nn.Module):
+    """Control flow on a tensor's value: torch.fx cannot trace it."""
+
+    def __init__(self, pools):
+        super().__init__()
+        self.pools = pools
+
+    def forward(self, x):
+        if x.sum() > 0:
+            x = x + 1
+        return F.max_pool2d(x, 2) if self.pools else x
+
+
+class UntraceableWithoutPooling(Untraceable):
+    def forward(self, x):
+        if x.sum() > 0:
+            x = x + 1
+        return x
+
+
+def test_an_untraceable_forward_gets_a_note_only_when_it_calls_a_pooling():
+    """The user must hear of functional poolings that were not swapped, and not of every untraceable block."""
+    with pytest.warns(UserWarning, match="no local pooling site"):
+        report = swap_pooling(Untraceable(pools=True), "ppool", input_size=(3, 8, 8))
+    assert report.notes == ["could not trace the model (Untraceable: TraceError: symbolically traced variables cannot "
+                            "be used as inputs to control flow); functional poolings inside it were not swapped"]
+    model = nn.Sequential(nn.MaxPool2d(2), UntraceableWithoutPooling(pools=False))
+    report = swap_pooling(model, "max", input_size=(3, 8, 8))
+    assert report.notes == [] and len(report.swapped) == 1
+
+
+def test_the_no_pooling_warning_points_at_the_caller_not_into_surgery():
+    """stacklevel=2: the warning names the line that called swap_pooling (here this file; under mutmut its
+    trampoline, a frame in between, so only "not surgery.py itself" is asserted)."""
+    with pytest.warns(UserWarning, match="no local pooling site") as record:
+        swap_pooling(nn.Sequential(nn.Conv2d(3, 4, 3)), "ppool", input_size=(3, 8, 8))
+    assert len(record) == 1 and Path(record[0].filename).name != "surgery.py"
+
+
+def test_report_counts_swapped_and_left_sites():
+    report = swap_pooling(CeilModeSites(), {"max": "max", "avg": None}, input_size=(3, 13, 13))
+    assert (report.count(swapped=True), report.count(swapped=False), report.count()) == (2, 3, 5)
+    assert (report.count("functional", swapped=True), report.count("module", "avg", swapped=False)) == (1, 1)
+
+
+class UnbatchedCall(nn.Module):
+    def forward(self, x):
+        return F.max_pool2d(x[0], 2).unsqueeze(0)  # pools a (C, H, W) tensor
+
+
+def test_the_channels_of_a_functional_site_fed_an_unbatched_tensor():
+    """A 3-D input is (C, H, W): its channels are its first dimension (10 would be its height)."""
+    report = swap_pooling(UnbatchedCall(), "max", input_size=(3, 10, 10))
+    assert [(s.name, s.channels, s.swapped) for s in report.sites] == [("max_pool2d", 3, True)]
+
+
+class CallsNoTraceFunction(nn.Module):
+    """A forward that calls one of timm's no-trace functions (it branches on the shape), and pools."""
+
+    def forward(self, x):  # the function must be a global of this module for torch.fx's autowrap
+        x = resample_abs_pos_embed_nhwc(x.permute(0, 2, 3, 1), [8, 8]).permute(0, 3, 1, 2)
+        return F.max_pool2d(x, 2)
+
+
+def test_timm_no_trace_functions_do_not_hide_a_functional_site():
+    """Traced through, the no-trace function fails the whole trace: the site would be lost (a note instead)."""
+    model = CallsNoTraceFunction()
+    x = torch.randn(1, 3, 8, 8)
+    before = model(x)
+    report = swap_pooling(model, "max", input_size=(3, 8, 8))
+    assert [(s.name, s.swapped) for s in report.sites] == [("max_pool2d", True)] and report.notes == []
+    assert torch.equal(model(x), before)

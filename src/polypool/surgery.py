@@ -55,9 +55,11 @@ _DEFAULTS = {
 def _timm_types(*names: str) -> tuple[type, ...]:
     """timm layer classes by name (absent ones are skipped, so older/newer timm versions both work)."""
     import timm.layers as layers
+    import timm.layers.adaptive_avgmax_pool as adaptive_avgmax_pool
     import timm.layers.pool2d_same as pool2d_same
 
-    return tuple(getattr(module, name) for name in names for module in (layers, pool2d_same)
+    # timm.layers does not export every pooling class (FastAdaptiveAvgMaxPool, AdaptiveCatAvgMaxPool2d, ...)
+    return tuple(getattr(module, name) for name in names for module in (layers, pool2d_same, adaptive_avgmax_pool)
                  if hasattr(module, name))
 
 
@@ -404,7 +406,8 @@ def _rewrite_owner(owner: _Owner, targets: dict[str, str]) -> tuple[Callable[[],
                 added.append(attr)
                 slots[id(site)] = (module, attr)
             with graph.inserting_after(node):
-                replacement = graph.call_module(attr, (node.args[0],))
+                # the input, also when passed by keyword (F.avg_pool2d(input=x, ...) keeps it in the node's kwargs)
+                replacement = graph.call_module(attr, (node.args[0] if node.args else node.kwargs["input"],))
             node.replace_all_uses_with(replacement)
             graph.erase_node(node)
         graph.lint()
