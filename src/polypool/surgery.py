@@ -58,9 +58,11 @@ def _timm_types(*names: str) -> tuple[type, ...]:
     import timm.layers.adaptive_avgmax_pool as adaptive_avgmax_pool
     import timm.layers.pool2d_same as pool2d_same
 
-    # timm.layers does not export every pooling class (FastAdaptiveAvgMaxPool, AdaptiveCatAvgMaxPool2d, ...)
-    return tuple(getattr(module, name) for name in names for module in (layers, pool2d_same, adaptive_avgmax_pool)
-                 if hasattr(module, name))
+    # timm.layers does not export every pooling class (FastAdaptiveAvgMaxPool, AdaptiveCatAvgMaxPool2d, ...);
+    # each name from the first module that has it (timm.layers re-exports most of them: no class twice)
+    modules = (layers, pool2d_same, adaptive_avgmax_pool)
+    found = (next((getattr(m, name) for m in modules if hasattr(m, name)), None) for name in names)
+    return tuple(cls for cls in found if cls is not None)
 
 
 def _left_alone_types() -> dict[type, str]:
