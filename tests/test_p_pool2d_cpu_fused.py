@@ -18,7 +18,7 @@ GRID = list(itertools.product([2, 3], [1, 2, 3], [0, 1], [False, True]))
 
 @pytest.fixture(scope="module", autouse=True)
 def kernel_builds():
-    assert cpu_fused.load_extension() is not None, f"the CPU kernel failed to build: {cpu_fused._load_error}"
+    assert cpu_fused.load_extension() is not None, f"the CPU kernel failed to build: {cpu_fused.load_error()}"
 
 
 def compare(x, alpha, kernel, stride, padding, ceil_mode):
@@ -142,7 +142,7 @@ def test_no_backward_state_without_gradients(monkeypatch):
         def backward(self, *args):
             return ext.backward(*args)
 
-    monkeypatch.setattr(cpu_fused, "load_extension", lambda: Spy())
+    monkeypatch.setattr(cpu_fused, "load_extension", lambda dtype=torch.float32: Spy())
     x = torch.rand(2, 3, 8, 8, requires_grad=True)
     with torch.no_grad():
         y = p_pool2d(x, 30.0, 2, backend="cpu_fused")
@@ -173,3 +173,41 @@ def test_overlapping_backward_is_accurate_at_any_magnitude(magnitude, window):
     torch.testing.assert_close(y.double(), y_ref, rtol=1e-5, atol=0)
     torch.testing.assert_close(xa.grad.double(), xb.grad, rtol=2e-5, atol=2e-5 * xb.grad.abs().max().item())
     torch.testing.assert_close(aa.grad.double(), ab.grad, rtol=1e-4, atol=1e-4 * ab.grad.abs().max().item())
+
+
+# Windows of every kernel path: the tiled 2x2/2, stride 2 and 1 with padding, a ceil-mode overhang, stride 3, and
+# padding left out of the window (count_include_pad=False).
+FLOAT64_WINDOWS = [(2, 2, 0, False, True), (3, 2, 1, True, True), (3, 1, 1, False, True), (2, 2, 1, False, True),
+                   (3, 3, 0, True, True), (3, 2, 1, False, False)]
+
+
+@pytest.mark.parametrize("kernel,stride,padding,ceil_mode,include_pad", FLOAT64_WINDOWS)
+@pytest.mark.parametrize("alpha_kind", ["channel", "dense"])
+def test_float64_build_of_the_kernel_passes_gradcheck_and_matches_the_reference(
+        kernel, stride, padding, ceil_mode, include_pad, alpha_kind):
+    """The kernel's own formulas, compiled in float64 from the same source (in float32, finite differences cannot
+    check them closely): gradcheck of x and alpha, and the float64 reference op's values and gradients to 1e-10.
+    Inputs away from zero, so that no finite-difference step crosses 0^alpha's kink."""
+    from polypool.pooling.cpu_fused import PPool2dCPU
+
+    assert cpu_fused.load_extension(torch.float64) is not None, cpu_fused.load_error(torch.float64)
+    generator = torch.Generator().manual_seed(kernel * 100 + stride * 10 + padding)
+    window = Window.make(kernel, stride, padding, ceil_mode)
+    x = (torch.rand(2, 2, 7, 8, generator=generator, dtype=torch.float64) + 0.5).requires_grad_(True)
+    out_h, out_w = window.output_size(7, 8)
+    alpha = (torch.tensor([0.7, 6.0], dtype=torch.float64).view(2, 1, 1) if alpha_kind == "channel" else
+             torch.rand(2, 2, out_h, out_w, generator=generator, dtype=torch.float64) * 12 + 0.1).requires_grad_(True)
+
+    def fused(x, alpha):
+        return PPool2dCPU.apply(x, alpha, window, True, True, include_pad)
+
+    assert torch.autograd.gradcheck(fused, (x, alpha))
+    y = fused(x, alpha)
+    grad_y = torch.rand(y.shape, generator=generator, dtype=torch.float64)
+    gx, ga = torch.autograd.grad(y, (x, alpha), grad_y)
+    y_ref = p_pool2d(x, alpha, kernel, stride, padding, ceil_mode, backend="reference",
+                     count_include_pad=include_pad)
+    gx_ref, ga_ref = torch.autograd.grad(y_ref, (x, alpha), grad_y)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ga, ga_ref, rtol=1e-10, atol=1e-12)

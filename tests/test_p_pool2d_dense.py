@@ -10,7 +10,7 @@ import itertools
 import pytest
 import torch
 
-from polypool.pooling import PPool2d, cpu_fused, dense_p_pool2d, triton_fused
+from polypool.pooling import PPool2d, cpu_fused, dense_p_pool2d, p_pool2d, triton_fused
 from polypool.pooling.dense_alpha import DensePPool2dCPU, dense_branch_alpha
 from polypool.pooling.fused_interface import NegativeInput, runs_through
 from polypool.pooling.geometry import Window
@@ -161,8 +161,8 @@ def test_cpu_kernel_flags_negatives():
 
 @pytest.mark.skipif(not cpu_fused.enabled(), reason="POLYPOOL_CPU_KERNEL=0")
 def test_fused_cpu_gradcheck():
-    """Finite differences of the fused op (the C++ kernel computes in fp32, so in fp32 with a step and tolerance to
-    match; the float64 gradcheck below checks the unfused path in double). Inputs away from zero and parameters
+    """Finite differences of the fused op as it runs (in fp32, with a step and tolerance to match; the float64 build
+    of the same kernel gets the close check below). Inputs away from zero and parameters
     whose alpha stays inside the clamp, so that no finite-difference step crosses a kink. Only the parameters: the
     branch reads x detached (the authors' choice), so dy/dx is by design not the derivative that finite differences
     of x see; the x gradient is checked against the reference's in the tests above."""
@@ -180,6 +180,44 @@ def test_fused_cpu_gradcheck():
 
     with pytest.warns(UserWarning, match="not a double precision"):
         assert torch.autograd.gradcheck(fn, (x, conv, slope, weight, bias), eps=1e-2, atol=2e-3, rtol=2e-2)
+
+
+@pytest.mark.skipif(not cpu_fused.enabled(), reason="POLYPOOL_CPU_KERNEL=0")
+@pytest.mark.parametrize("kernel,stride,padding,ceil_mode,include_pad", [
+    (2, 2, 0, False, True), (3, 2, 1, True, True), (3, 1, 1, False, True), (2, 2, 1, False, True),
+    (3, 2, 1, False, False)])
+def test_fused_cpu_kernel_in_float64(kernel, stride, padding, ceil_mode, include_pad):
+    """The fused kernel's formulas, compiled in float64 from the same source: gradcheck of the four branch
+    parameters, and alpha, y and dy/dx (through the pooling only) equal to the unfused branch and the reference op
+    in float64 to 1e-10 (in fp32, neither check can be this close). Parameters keep alpha inside the clamp, so no
+    finite-difference step crosses a kink."""
+    assert cpu_fused.load_extension(torch.float64) is not None, cpu_fused.load_error(torch.float64)
+    generator = torch.Generator().manual_seed(kernel * 100 + stride * 10 + padding)
+    window = Window.make(kernel, stride, padding, ceil_mode)
+    x = (torch.rand(2, 2, 7, 8, generator=generator, dtype=torch.float64) + 0.5).requires_grad_(True)
+    taps = torch.rand(2, 1, kernel, kernel, generator=generator) - 0.5
+    taps -= taps.mean(dim=(2, 3), keepdim=True)  # taps summing to 0: conv sums of both signs, both sides of PReLU
+    params = [p.double().requires_grad_(True) for p in (
+        taps, torch.tensor([0.25, 0.5]), torch.tensor([2.0, -1.5]).view(2, 1, 1, 1), torch.tensor([4.0, 9.0]))]
+    alpha_range = (0.0, 100.0)  # alpha stays in (3, 10)
+
+    def fused(x, *params):
+        return DensePPool2dCPU.apply(x, *params, window, alpha_range, 1.0, 1.0, include_pad, True)
+
+    assert torch.autograd.gradcheck(lambda *params: fused(x.detach(), *params)[0], tuple(params))
+    y, alpha, _ = fused(x, *params)
+    alpha_ref = dense_branch_alpha(x, *params, window, alpha_range)  # reads x detached
+    assert alpha.min() > alpha_range[0] and alpha.max() < alpha_range[1]
+    y_ref = p_pool2d(x, alpha_ref, kernel, stride, padding, ceil_mode, backend="reference",
+                     count_include_pad=include_pad)
+    grad_y = torch.rand(y.shape, generator=generator, dtype=torch.float64)
+    grads = torch.autograd.grad(y, (x, *params), grad_y)
+    grads_ref = torch.autograd.grad(y_ref, (x, *params), grad_y)
+    torch.testing.assert_close(alpha, alpha_ref.detach(), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
+    for name, grad, grad_ref in zip(("x", "conv", "slope", "weight", "bias"), grads, grads_ref):
+        torch.testing.assert_close(grad, grad_ref, rtol=1e-10, atol=1e-12, msg=lambda m: f"d/d{name}: {m}")
+    assert (grads[2] != 0).all(), "every channel's conv sums should reach the PReLU's negative side"
 
 
 def test_unfused_gradcheck_float64():

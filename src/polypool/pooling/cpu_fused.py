@@ -27,41 +27,51 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("csrc") / "p_pool2d_cpu.cpp"
 
 _lock = threading.Lock()
-_extension = None
-_load_error: Optional[str] = None
+_extensions: dict[torch.dtype, object] = {}
+_load_errors: dict[torch.dtype, str] = {}
+# The kernels' compute type. float64 is a build of the same source for the tests only (a float64 gradcheck of the
+# fused formulas): p_pool2d sends float64 to the reference op, which is exact to ~1e-12.
+_DTYPE_FLAGS = {torch.float32: [], torch.float64: ["-DPPOOL_DOUBLE"]}
 
 
-def _build_flags() -> list[str]:
+def _build_flags(dtype: torch.dtype = torch.float32) -> list[str]:
     flags = ["-O3", "-fopenmp"]
     capability = torch.backends.cpu.get_cpu_capability()  # what torch itself dispatches to on this CPU
     if capability in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
-    return flags
+    return flags + _DTYPE_FLAGS[dtype]
 
 
-def load_extension():
-    """The compiled module, building it on the first call; None (with a warning, once) if it cannot be built."""
-    global _extension, _load_error
-    if _extension is not None or _load_error is not None:
-        return _extension
+def load_error(dtype: torch.dtype = torch.float32) -> Optional[str]:
+    """Why the kernel of this compute type could not be built (None if it was, or was not tried)."""
+    return _load_errors.get(dtype)
+
+
+def load_extension(dtype: torch.dtype = torch.float32):
+    """The compiled module computing in ``dtype`` (float32; float64 for the tests), building it on the first call;
+    None (with a warning, once) if it cannot be built."""
+    if dtype not in _DTYPE_FLAGS:
+        raise ValueError(f"the fused CPU kernel computes in {sorted(map(str, _DTYPE_FLAGS))}, not {dtype}")
+    if dtype in _extensions or dtype in _load_errors:
+        return _extensions.get(dtype)
     with _lock:
-        if _extension is not None or _load_error is not None:
-            return _extension
+        if dtype in _extensions or dtype in _load_errors:
+            return _extensions.get(dtype)
         from torch.utils import cpp_extension
 
-        flags = _build_flags()
+        flags = _build_flags(dtype)
         digest = hashlib.sha1(SOURCE.read_bytes() + " ".join(flags).encode() + torch.__version__.encode()).hexdigest()
-        log.info("building polypool's fused CPU P-pooling kernel (once; cached by torch)")
+        log.info("building polypool's fused CPU P-pooling kernel (%s; once, cached by torch)", dtype)
         try:
-            _extension = cpp_extension.load(
+            _extensions[dtype] = cpp_extension.load(
                 name=f"polypool_p_pool2d_cpu_{digest[:12]}", sources=[str(SOURCE)], extra_cflags=flags,
                 extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as error:  # a missing compiler, headers, ...: the reference op still works
-            _load_error = f"{type(error).__name__}: {error}"
+            _load_errors[dtype] = f"{type(error).__name__}: {error}"
             warnings.warn(f"polypool: the fused CPU P-pooling kernel could not be built, using the (slower) "
                           f"reference op instead. Set POLYPOOL_CPU_KERNEL=0 to skip the build. Cause: "
-                          f"{_load_error[:500]}", RuntimeWarning, stacklevel=3)
-    return _extension
+                          f"{_load_errors[dtype][:500]}", RuntimeWarning, stacklevel=3)
+    return _extensions.get(dtype)
 
 
 def enabled() -> bool:
@@ -83,17 +93,18 @@ class PPool2dCPU(torch.autograd.Function):
 
     ``need_grad=False`` (``p_pool2d`` passes it under ``no_grad`` or when nothing requires a gradient): the kernel
     writes only y, not the backward's window max and denominator. The kernel works on NCHW; a channels_last input
-    gets y and dx back in channels_last, as ``max_pool2d`` does (one copy each way)."""
+    gets y and dx back in channels_last, as ``max_pool2d`` does (one copy each way). It computes in x's dtype, which
+    ``p_pool2d`` only ever makes float32 (``supports``); the tests also run it in float64 (the float64 build)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, alpha, window: Window, need_grad: bool = True, check_negative: bool = True,
                 include_pad: bool = True):
-        ext = load_extension()
+        ext = load_extension(x.dtype)
         channels_last = is_channels_last(x)
         x = x.contiguous()
         n, c, height, width = x.shape
         out_h, out_w = window.output_size(height, width)
-        alpha_k, dense = kernel_alpha(alpha, n, c, out_h, out_w, x.device)
+        alpha_k, dense = kernel_alpha(alpha, n, c, out_h, out_w, x.device, dtype=x.dtype)
         args = (list(window.kernel), list(window.stride), list(window.padding))
         y, m, den, negative = ext.forward(x, alpha_k, dense, *args, [out_h, out_w], need_grad, include_pad)
         if check_negative:  # False: the caller guarantees x >= 0
@@ -112,8 +123,8 @@ class PPool2dCPU(torch.autograd.Function):
         x, alpha_k, den, y = ctx.saved_tensors
         window: Window = ctx.window
         need_alpha = ctx.needs_input_grad[1] and ctx.alpha_shape is not None
-        grad_x, grad_alpha_map = load_extension().backward(
-            x, alpha_k, ctx.dense, den.new_empty(0), den, y, grad_y.contiguous().to(torch.float32), need_alpha,
+        grad_x, grad_alpha_map = load_extension(x.dtype).backward(
+            x, alpha_k, ctx.dense, den.new_empty(0), den, y, grad_y.contiguous().to(x.dtype), need_alpha,
             list(window.kernel), list(window.stride), list(window.padding))
         if ctx.channels_last:
             grad_x = grad_x.contiguous(memory_format=torch.channels_last)

@@ -203,7 +203,7 @@ def serves(x: Tensor, alpha, backend: str) -> Optional[str]:
             and triton_fused.enabled() and triton_fused.failure() is None):
         return "triton"
     if (backend in ("auto", "cpu_fused") and x.device.type == "cpu" and x.dtype == torch.float32
-            and cpu_fused.enabled() and cpu_fused._load_error is None):
+            and cpu_fused.enabled() and cpu_fused.load_error() is None):
         return "cpu"
     return None
 

@@ -49,12 +49,14 @@ def dense_branch_alpha(x: Tensor, conv_weight: Tensor, prelu_weight: Tensor, pro
     return alpha.clamp(*alpha_range)
 
 
-def _branch_tensors(conv_weight, prelu_weight, proj_weight, proj_bias, channels: int, taps: int):
-    """The branch parameters as the kernels take them: fp32, contiguous, k (C, taps), slope, w, b (C,)."""
+def _branch_tensors(conv_weight, prelu_weight, proj_weight, proj_bias, channels: int, taps: int,
+                    dtype: torch.dtype = torch.float32):
+    """The branch parameters as the kernels take them: in their compute dtype, contiguous, k (C, taps), slope, w,
+    b (C,)."""
     def flat(t: Tensor, n: int) -> Tensor:
-        return t.detach().float().reshape(-1).expand(n).contiguous() if t.numel() == 1 else \
-            t.detach().float().reshape(n).contiguous()
-    return (conv_weight.detach().float().reshape(channels, taps).contiguous(), flat(prelu_weight, channels),
+        return t.detach().to(dtype).reshape(-1).expand(n).contiguous() if t.numel() == 1 else \
+            t.detach().to(dtype).reshape(n).contiguous()
+    return (conv_weight.detach().to(dtype).reshape(channels, taps).contiguous(), flat(prelu_weight, channels),
             flat(proj_weight, channels), flat(proj_bias, channels))
 
 
@@ -70,19 +72,20 @@ def _branch_grads(partial: Tensor, n: int, channels: int, taps: int, params, gra
 class DensePPool2dCPU(torch.autograd.Function):
     """P-pooling with the fused dense branch, by the C++ kernel (fp32 CPU, x >= 0; raises NegativeInput
     otherwise). Returns (y, alpha, alpha's (mean, min, max)); alpha and its statistics are not differentiable (the
-    gradient that reaches alpha is folded into the parameters')."""
+    gradient that reaches alpha is folded into the parameters'). It computes in x's dtype: float32 as routed by
+    ``dense_p_pool2d``, float64 in the tests (the kernel's float64 build)."""
 
     @staticmethod
     def forward(ctx, x, conv_weight, prelu_weight, proj_weight, proj_bias, window: Window,
                 alpha_range: tuple[float, float], input_scale: float, grad_scale: float, include_pad: bool,
                 need_grad: bool):
-        ext = cpu_fused.load_extension()
+        ext = cpu_fused.load_extension(x.dtype)
         channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         x = x.contiguous()
         n, c, height, width = x.shape
         out_h, out_w = window.output_size(height, width)
         taps = window.kernel[0] * window.kernel[1]
-        k, slope, w, b = _branch_tensors(conv_weight, prelu_weight, proj_weight, proj_bias, c, taps)
+        k, slope, w, b = _branch_tensors(conv_weight, prelu_weight, proj_weight, proj_bias, c, taps, x.dtype)
         lo, hi = alpha_range
         y, alpha, den, f, stats, negative = ext.dense_forward(
             x, k, slope, w, b, float(lo), float(hi), float(input_scale), list(window.kernel), list(window.stride),
@@ -110,8 +113,8 @@ class DensePPool2dCPU(torch.autograd.Function):
             return (None,) * 11
         window: Window = ctx.window
         lo, hi = ctx.alpha_range
-        grad_x, partial = cpu_fused.load_extension().dense_backward(
-            x, den, y, grad_y.contiguous().to(torch.float32), f, k, slope, w, b, float(lo), float(hi),
+        grad_x, partial = cpu_fused.load_extension(x.dtype).dense_backward(
+            x, den, y, grad_y.contiguous().to(x.dtype), f, k, slope, w, b, float(lo), float(hi),
             list(window.kernel), list(window.stride), list(window.padding))
         if ctx.channels_last:
             grad_x = grad_x.contiguous(memory_format=torch.channels_last)

@@ -51,12 +51,12 @@ def alpha_is_dense(alpha) -> bool:
 
 
 def kernel_alpha(alpha, n: int, c: int, out_h: int, out_w: int, device: torch.device,
-                 channels_last: bool = False) -> tuple[Tensor, bool]:
-    """(alpha as a dense fp32 tensor, dense): ``(N*C,)`` per plane, or ``(N, C, out_h, out_w)`` when dense, laid
-    out like the output (channels_last when ``channels_last``)."""
+                 channels_last: bool = False, dtype: torch.dtype = torch.float32) -> tuple[Tensor, bool]:
+    """(alpha as a dense tensor of the kernel's compute dtype, dense): ``(N*C,)`` per plane, or
+    ``(N, C, out_h, out_w)`` when dense, laid out like the output (channels_last when ``channels_last``)."""
     if not isinstance(alpha, Tensor):
-        return torch.full((n * c,), float(alpha), device=device), False
-    a = alpha.detach().to(device=device, dtype=torch.float32)
+        return torch.full((n * c,), float(alpha), device=device, dtype=dtype), False
+    a = alpha.detach().to(device=device, dtype=dtype)
     while a.dim() < 4:
         a = a.unsqueeze(0)
     if not alpha_is_dense(a):

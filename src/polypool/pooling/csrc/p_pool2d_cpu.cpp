@@ -25,7 +25,21 @@
 
 namespace {
 
-using Vec = at::vec::Vectorized<float>;
+// The kernels compute in real_t: float for the real thing; double (built with -DPPOOL_DOUBLE) only so that the
+// tests can gradcheck these same formulas in float64.
+#if defined(PPOOL_DOUBLE)
+using real_t = double;
+constexpr auto kRealType = at::kDouble;
+constexpr const char* kRealName = "float64";
+#else
+using real_t = float;
+constexpr auto kRealType = at::kFloat;
+constexpr const char* kRealName = "float32";
+#if defined(CPU_CAPABILITY_AVX2)
+#define PPOOL_FLOAT_AVX2  // the hand-written AVX2 float paths below (SLEEF's fast log, the exponent split)
+#endif
+#endif
+using Vec = at::vec::Vectorized<real_t>;
 constexpr int64_t kLanes = Vec::size();
 
 struct Geometry {
@@ -60,7 +74,7 @@ struct Geometry {
 };
 
 // buf[j] = the padded input at (row o*sh + di, column j*sw + dj), 0 in the padding and the vector tail.
-inline void gather_row(const float* plane, const Geometry& g, int64_t o, int64_t di, int64_t dj, float* buf) {
+inline void gather_row(const real_t* plane, const Geometry& g, int64_t o, int64_t di, int64_t dj, real_t* buf) {
   const int64_t row = o * g.sh + di - g.ph;
   if (row < 0 || row >= g.H) {
     std::fill(buf, buf + g.ow_padded, 0.f);
@@ -70,7 +84,7 @@ inline void gather_row(const float* plane, const Geometry& g, int64_t o, int64_t
   const int64_t offset = dj - g.pw;
   const int64_t first = offset >= 0 ? 0 : (-offset + g.sw - 1) / g.sw;
   const int64_t last = std::min(g.ow, (g.W - 1 - offset) / g.sw + 1);
-  const float* src = plane + row * g.W + offset;
+  const real_t* src = plane + row * g.W + offset;
   std::fill(buf, buf + first, 0.f);
   if (g.sw == 1) {
     std::copy(src + first, src + last, buf + first);
@@ -89,8 +103,8 @@ inline void gather_row(const float* plane, const Geometry& g, int64_t o, int64_t
 
 // Per-plane alpha: a constant (layer/channel alpha) or one row of a dense alpha map.
 struct AlphaRow {
-  const float* dense;  // nullptr when constant
-  float value;
+  const real_t* dense;  // nullptr when constant
+  real_t value;
   int64_t ow;          // the row's length: loads stop there
   inline Vec load(int64_t j) const {
     return dense ? Vec::loadu(dense + j, static_cast<int>(std::min<int64_t>(kLanes, ow - j))) : Vec(value);
@@ -99,7 +113,7 @@ struct AlphaRow {
 
 // log r. SLEEF's 3.5-ulp log where ATen's AVX2 vectors are compiled in (r^a then carries a relative error of
 // about |log r^a| * 2e-7, under 3e-6 wherever r^a is not negligible), the 1-ulp one otherwise.
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(PPOOL_FLOAT_AVX2)
 extern "C" __m256 Sleef_logf8_u35(__m256);
 inline Vec log_unit(const Vec& r) { return Vec(Sleef_logf8_u35(r)); }
 #else
@@ -117,9 +131,9 @@ inline Vec pow_unit(const Vec& r, const Vec& log_r, const Vec& a) {
 // element several times: with its split computed once, log2(x/m) = (e_x - e_m) + (l_x - l_m) costs two
 // subtractions per window instead of a log, and stays accurate to ~1e-7 absolute whatever the magnitude of x (a
 // plain log x - log m would lose |log x| * 6e-8). Zero and subnormal x split as (-127, 0); they are masked anyway.
-constexpr float kLn2 = 0.6931471805599453f;
+constexpr real_t kLn2 = static_cast<real_t>(0.69314718055994530942);
 inline void split_log2(const Vec& x, Vec& e, Vec& l) {
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(PPOOL_FLOAT_AVX2)
   const __m256i bits = _mm256_castps_si256(x);
   const __m256i exponent = _mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(0xff)),
                                             _mm256_set1_epi32(127));
@@ -128,13 +142,13 @@ inline void split_log2(const Vec& x, Vec& e, Vec& l) {
   e = Vec(_mm256_cvtepi32_ps(exponent));
   l = Vec(mantissa).log2();
 #else
-  float xs[kLanes], es[kLanes], ls[kLanes];
+  real_t xs[kLanes], es[kLanes], ls[kLanes];
   x.store(xs);
   for (int64_t t = 0; t < kLanes; ++t) {
     int exponent = 0;
-    const float mantissa = std::frexp(xs[t], &exponent);  // in [0.5, 1)
-    const bool normal = xs[t] >= std::numeric_limits<float>::min();
-    es[t] = normal ? static_cast<float>(exponent - 1) : -127.f;
+    const real_t mantissa = std::frexp(xs[t], &exponent);  // in [0.5, 1)
+    const bool normal = xs[t] >= std::numeric_limits<real_t>::min();
+    es[t] = normal ? static_cast<real_t>(exponent - 1) : -127.f;
     ls[t] = normal ? std::log2(2.f * mantissa) : 0.f;
   }
   e = Vec::loadu(es);
@@ -143,7 +157,7 @@ inline void split_log2(const Vec& x, Vec& e, Vec& l) {
 }
 
 // The split of every element of a plane of n values (into e and l)
-inline void split_plane(const float* x, int64_t n, float* e, float* l) {
+inline void split_plane(const real_t* x, int64_t n, real_t* e, real_t* l) {
   for (int64_t i = 0; i < n; i += kLanes) {
     const int count = static_cast<int>(std::min<int64_t>(kLanes, n - i));
     Vec ev, lv;
@@ -155,7 +169,7 @@ inline void split_plane(const float* x, int64_t n, float* e, float* l) {
 
 // Subnormals count as 0 (as on a GPU that flushes denormals): a window max below the smallest normal float would
 // overflow 1/m, and a subnormal element or ratio x/m would overflow p/r (0 * inf = NaN at alpha = 0).
-const Vec kTiny(std::numeric_limits<float>::min());
+const Vec kTiny(std::numeric_limits<real_t>::min());
 
 // A window max below the smallest normal float flushed to 0 (NaN stays NaN).
 inline Vec flush_max(const Vec& m) { return Vec::blendv(m, Vec(0.f), m < kTiny); }
@@ -218,16 +232,16 @@ struct BackwardCoefficients {
     // the a q p/r term is 0 where a = 0 (never 0 * p/r)
     const Vec p_over_r = Vec::blendv(Vec::blendv(at_zero, p / r, positive), Vec(0.f), alpha_zero);
     const Vec dx = coef_p * p - coef_p_over_r * p_over_r;
-    return Vec::blendv(dx, Vec(0.f), dx.abs() < Vec(std::numeric_limits<float>::min()));
+    return Vec::blendv(dx, Vec(0.f), dx.abs() < Vec(std::numeric_limits<real_t>::min()));
   }
 };
 
 struct RowBuffers {
-  std::vector<float> windows, col_mask, alpha, tmp;
+  std::vector<real_t> windows, col_mask, alpha, tmp;
   std::vector<char> full_cols;  // per dj: every output's column dj is part of its window (no mask needed)
   // overlapping windows: the log2 splits of the plane (computed once per plane) and of the window rows
   bool split;
-  std::vector<float> plane_e, plane_l, windows_e, windows_l;
+  std::vector<real_t> plane_e, plane_l, windows_e, windows_l;
   // use_split: take the splits where windows overlap (the backward: measured 7-15% faster at 3x3/2 and 3x3/1; in
   // the forward the two extra gathers per offset cost as much as the logs they save)
   RowBuffers(const Geometry& g, bool dense_alpha, bool use_split = false)
@@ -247,8 +261,8 @@ struct RowBuffers {
         if (!in) full_cols[dj] = 0;
       }
   }
-  float* window(const Geometry& g, int64_t di, int64_t dj) { return windows.data() + (di * g.kw + dj) * g.ow_padded; }
-  void gather(const float* plane, const Geometry& g, int64_t o) {
+  real_t* window(const Geometry& g, int64_t di, int64_t dj) { return windows.data() + (di * g.kw + dj) * g.ow_padded; }
+  void gather(const real_t* plane, const Geometry& g, int64_t o) {
     for (int64_t di = 0; di < g.kh; ++di)
       for (int64_t dj = 0; dj < g.kw; ++dj) {
         gather_row(plane, g, o, di, dj, window(g, di, dj));
@@ -260,21 +274,21 @@ struct RowBuffers {
       }
   }
   // once per plane, before its rows are gathered
-  void split_plane_of(const float* plane, const Geometry& g) {
+  void split_plane_of(const real_t* plane, const Geometry& g) {
     if (split) split_plane(plane, g.H * g.W, plane_e.data(), plane_l.data());
   }
-  AlphaRow alpha_row(const float* alpha_plane, float alpha_value, const Geometry& g, int64_t o) {
+  AlphaRow alpha_row(const real_t* alpha_plane, real_t alpha_value, const Geometry& g, int64_t o) {
     if (alpha_plane == nullptr) return AlphaRow{nullptr, alpha_value, g.ow};
     std::copy(alpha_plane + o * g.ow, alpha_plane + (o + 1) * g.ow, alpha.begin());
     return AlphaRow{alpha.data(), 0.f, g.ow};
   }
 };
 
-inline Vec load_row(const float* row, int64_t j, int64_t ow) {
+inline Vec load_row(const real_t* row, int64_t j, int64_t ow) {
   return Vec::loadu(row + j, static_cast<int>(std::min<int64_t>(kLanes, ow - j)));
 }
 
-inline void store_row(const Vec& v, float* row, int64_t j, int64_t ow) {
+inline void store_row(const Vec& v, real_t* row, int64_t j, int64_t ow) {
   v.store(row + j, static_cast<int>(std::min<int64_t>(kLanes, ow - j)));
 }
 
@@ -284,9 +298,9 @@ Geometry make_geometry(const torch::Tensor& x, std::vector<int64_t> k, std::vect
 }
 
 void check_inputs(const torch::Tensor& x, const torch::Tensor& alpha, bool dense_alpha, const Geometry& g) {
-  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous() && x.dim() == 4,
-              "p_pool2d_cpu: x must be a contiguous 4-D float32 CPU tensor");
-  TORCH_CHECK(alpha.scalar_type() == at::kFloat && alpha.is_contiguous(), "p_pool2d_cpu: alpha must be contiguous fp32");
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == kRealType && x.is_contiguous() && x.dim() == 4,
+              "p_pool2d_cpu: x must be a contiguous 4-D ", kRealName, " CPU tensor");
+  TORCH_CHECK(alpha.scalar_type() == kRealType && alpha.is_contiguous(), "p_pool2d_cpu: alpha must be contiguous ", kRealName);
   const int64_t planes = x.size(0) * x.size(1);
   TORCH_CHECK(alpha.numel() == (dense_alpha ? planes * g.oh * g.ow : planes),
               "p_pool2d_cpu: alpha must hold one value per plane, or per output when dense");
@@ -303,8 +317,8 @@ inline bool tiles_2x2(const Geometry& g) {
 }
 
 // (even, odd) columns of input row `row` under outputs j .. j + count - 1; zeros past the count.
-inline std::pair<Vec, Vec> load_pairs(const float* row, int64_t j, int64_t count) {
-  const float* src = row + 2 * j;
+inline std::pair<Vec, Vec> load_pairs(const real_t* row, int64_t j, int64_t count) {
+  const real_t* src = row + 2 * j;
   const int64_t n = 2 * count;
   const Vec lo = n >= kLanes ? Vec::loadu(src) : Vec::loadu(src, static_cast<int>(n));
   const Vec hi = n >= 2 * kLanes ? Vec::loadu(src + kLanes)
@@ -313,9 +327,9 @@ inline std::pair<Vec, Vec> load_pairs(const float* row, int64_t j, int64_t count
   return at::vec::deinterleave2(lo, hi);
 }
 
-inline void store_pairs(const Vec& even, const Vec& odd, float* row, int64_t j, int64_t count) {
+inline void store_pairs(const Vec& even, const Vec& odd, real_t* row, int64_t j, int64_t count) {
   const auto interleaved = at::vec::interleave2(even, odd);
-  float* dst = row + 2 * j;
+  real_t* dst = row + 2 * j;
   const int64_t n = 2 * count;
   if (n > kLanes) {
     interleaved.first.store(dst);
@@ -329,8 +343,8 @@ inline void store_pairs(const Vec& even, const Vec& odd, float* row, int64_t j, 
 //   alpha = clamp(w * prelu(f * sum_d k_d x_d) + b, lo, hi),  f = scale / (max_plane |x| + 1),
 // the depthwise conv reading exactly the pooling's window (zero padding, and zeros in the ceil-mode overhang).
 struct Branch {
-  const float* k;  // kh * kw taps of this channel, row-major
-  float slope, w, b, lo, hi, f;
+  const real_t* k;  // kh * kw taps of this channel, row-major
+  real_t slope, w, b, lo, hi, f;
   // (z, prelu(z), pre-clamp value) of the conv sums u
   inline void parts(const Vec& u, Vec& z, Vec& act, Vec& pre) const {
     z = u * Vec(f);
@@ -369,28 +383,28 @@ struct BranchGrad {
     for (size_t d = 0; d < k.size(); ++d) k[d] = k[d] + dz * value(d);
   }
   // (dk_0 .. dk_{taps-1}, dslope, dw, db) of the plane, in double lanes summed to float
-  void store(float* out, float f) const {
+  void store(real_t* out, real_t f) const {
     auto sum = [](const Vec& v) {
-      float lanes[kLanes];
+      real_t lanes[kLanes];
       v.store(lanes);
       double total = 0.0;
       for (int64_t t = 0; t < kLanes; ++t) total += lanes[t];
       return total;
     };
-    for (size_t d = 0; d < k.size(); ++d) out[d] = static_cast<float>(sum(k[d]) * f);
-    out[k.size()] = static_cast<float>(sum(slope));
-    out[k.size() + 1] = static_cast<float>(sum(w));
-    out[k.size() + 2] = static_cast<float>(sum(b));
+    for (size_t d = 0; d < k.size(); ++d) out[d] = static_cast<real_t>(sum(k[d]) * f);
+    out[k.size()] = static_cast<real_t>(sum(slope));
+    out[k.size() + 1] = static_cast<real_t>(sum(w));
+    out[k.size() + 2] = static_cast<real_t>(sum(b));
   }
 };
 
-inline Vec lanes_below(int64_t count) { return Vec::arange(0.f, 1.f) < Vec(static_cast<float>(count)); }
+inline Vec lanes_below(int64_t count) { return Vec::arange(0.f, 1.f) < Vec(static_cast<real_t>(count)); }
 
 // One row of outputs of the general path: the window max, then the sums, from the per-offset row buffers. With a
 // branch, alpha is computed here from the window and written to alpha_out (the row of the alpha map).
-inline void forward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, const AlphaRow& a_row, float* y,
-                                float* m_out, float* den_out, Vec& low, const Branch* branch = nullptr,
-                                float* alpha_out = nullptr) {
+inline void forward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, const AlphaRow& a_row, real_t* y,
+                                real_t* m_out, real_t* den_out, Vec& low, const Branch* branch = nullptr,
+                                real_t* alpha_out = nullptr) {
   const int64_t taps = g.kh * g.kw;
   for (int64_t j = 0; j < g.ow; j += kLanes) {
     Vec m = Vec::loadu(buf.window(g, 0, 0) + j);
@@ -435,8 +449,8 @@ inline void forward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, c
   }
 }
 
-inline void forward_row_2x2(const float* x_row, const Geometry& g, const AlphaRow& a_row, float* y, float* m_out,
-                            float* den_out, Vec& low, const Branch* branch = nullptr, float* alpha_out = nullptr) {
+inline void forward_row_2x2(const real_t* x_row, const Geometry& g, const AlphaRow& a_row, real_t* y, real_t* m_out,
+                            real_t* den_out, Vec& low, const Branch* branch = nullptr, real_t* alpha_out = nullptr) {
   for (int64_t j = 0; j < g.ow; j += kLanes) {
     const int64_t count = std::min<int64_t>(kLanes, g.ow - j);
     const auto top = load_pairs(x_row, j, count), bottom = load_pairs(x_row + g.W, j, count);
@@ -446,7 +460,7 @@ inline void forward_row_2x2(const float* x_row, const Geometry& g, const AlphaRo
     const Normaliser n(m);
     Vec a;
     if (branch != nullptr) {
-      const float* k = branch->k;
+      const real_t* k = branch->k;
       a = branch->alpha(Vec(k[0]) * xs[0] + Vec(k[1]) * xs[1] + Vec(k[2]) * xs[2] + Vec(k[3]) * xs[3]);
       store_row(a, alpha_out, j, g.ow);
     } else {
@@ -470,10 +484,10 @@ inline void forward_row_2x2(const float* x_row, const Geometry& g, const AlphaRo
 // The dense branch's parameters (fp32, contiguous): k (C, kh * kw), slope, w, b (C,), the clamp range, the input
 // scale; and per plane the normaliser f = scale / (max |x| + 1) (written by the forward, read by the backward).
 struct BranchArgs {
-  const float *k, *slope, *w, *b;
-  float lo, hi, scale;
-  float* f;
-  float* stats = nullptr;  // the forward: per plane (sum, min, max) of alpha
+  const real_t *k, *slope, *w, *b;
+  real_t lo, hi, scale;
+  real_t* f;
+  real_t* stats = nullptr;  // the forward: per plane (sum, min, max) of alpha
   Branch plane(int64_t plane_index, int64_t channels, int64_t taps) const {
     const int64_t c = plane_index % channels;
     return Branch{k + c * taps, slope[c], w[c], b[c], lo, hi, f[plane_index]};
@@ -481,43 +495,43 @@ struct BranchArgs {
 };
 
 // (max, min) of one plane of n values
-inline std::pair<float, float> plane_range(const float* x, int64_t n) {
-  Vec hi(-std::numeric_limits<float>::infinity()), lo(std::numeric_limits<float>::infinity());
+inline std::pair<real_t, real_t> plane_range(const real_t* x, int64_t n) {
+  Vec hi(-std::numeric_limits<real_t>::infinity()), lo(std::numeric_limits<real_t>::infinity());
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     const Vec v = Vec::loadu(x + i);
     hi = at::vec::maximum(hi, v);
     lo = at::vec::minimum(lo, v);
   }
-  float his[kLanes], los[kLanes];
+  real_t his[kLanes], los[kLanes];
   hi.store(his);
   lo.store(los);
-  float h = *std::max_element(his, his + kLanes), l = *std::min_element(los, los + kLanes);
+  real_t h = *std::max_element(his, his + kLanes), l = *std::min_element(los, los + kLanes);
   for (; i < n; ++i) {
     h = std::max(h, x[i]);
     l = std::min(l, x[i]);
     if (std::isnan(x[i])) h = x[i];
   }
-  if (std::isnan(h) || std::any_of(his, his + kLanes, [](float v) { return std::isnan(v); }))
-    h = std::numeric_limits<float>::quiet_NaN();
+  if (std::isnan(h) || std::any_of(his, his + kLanes, [](real_t v) { return std::isnan(v); }))
+    h = std::numeric_limits<real_t>::quiet_NaN();
   return {h, l};
 }
 
 // y, and m and den when need_state; with a branch, alpha is computed in the kernel (written to alpha_map) and a
 // plane with a negative x is skipped (flagged: the caller then runs the unfused branch and the shifted pooling).
-bool forward_impl(const torch::Tensor& x, const float* a_data, bool dense_alpha, const Geometry& g, float* y_data,
-                  float* m_data, float* den_data, const BranchArgs* branch, float* alpha_map) {
+bool forward_impl(const torch::Tensor& x, const real_t* a_data, bool dense_alpha, const Geometry& g, real_t* y_data,
+                  real_t* m_data, real_t* den_data, const BranchArgs* branch, real_t* alpha_map) {
   const int64_t planes = x.size(0) * x.size(1), channels = x.size(1), taps = g.kh * g.kw;
-  const float* x_data = x.data_ptr<float>();
+  const real_t* x_data = x.data_ptr<real_t>();
   const bool tiled = tiles_2x2(g);
   std::atomic<bool> any_negative{false};
   at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
     RowBuffers buf(g, dense_alpha && branch == nullptr);
     Vec low(0.f);  // the running minimum of every window element (padding and vector tails are 0)
     for (int64_t plane = begin; plane < end; ++plane) {
-      const float* xp = x_data + plane * g.H * g.W;
+      const real_t* xp = x_data + plane * g.H * g.W;
       Branch br{};
-      float* alpha_plane_out = nullptr;
+      real_t* alpha_plane_out = nullptr;
       if (branch != nullptr) {
         // one read of the plane (it stays in cache for the windows): the normaliser, and the negative check of
         // every element, also of rows and columns that no window reads
@@ -531,12 +545,12 @@ bool forward_impl(const torch::Tensor& x, const float* a_data, bool dense_alpha,
         alpha_plane_out = alpha_map + plane * g.oh * g.ow;
       }
       if (!tiled) buf.split_plane_of(xp, g);
-      const float* alpha_plane = branch == nullptr && dense_alpha ? a_data + plane * g.oh * g.ow : nullptr;
-      const float alpha_value = branch == nullptr && !dense_alpha ? a_data[plane] : 0.f;
+      const real_t* alpha_plane = branch == nullptr && dense_alpha ? a_data + plane * g.oh * g.ow : nullptr;
+      const real_t alpha_value = branch == nullptr && !dense_alpha ? a_data[plane] : 0.f;
       const Branch* b = branch != nullptr ? &br : nullptr;
       for (int64_t o = 0; o < g.oh; ++o) {
         const int64_t out = (plane * g.oh + o) * g.ow;
-        float* alpha_row_out = alpha_plane_out ? alpha_plane_out + o * g.ow : nullptr;
+        real_t* alpha_row_out = alpha_plane_out ? alpha_plane_out + o * g.ow : nullptr;
         if (tiled) {
           const AlphaRow a_row{alpha_plane ? alpha_plane + o * g.ow : nullptr, alpha_value, g.ow};
           forward_row_2x2(xp + 2 * o * g.W, g, a_row, y_data + out, m_data ? m_data + out : nullptr,
@@ -550,7 +564,7 @@ bool forward_impl(const torch::Tensor& x, const float* a_data, bool dense_alpha,
       }
       if (branch != nullptr) {  // the plane's alpha statistics (sum, min, max), from the map just written (cached)
         const int64_t count = g.oh * g.ow;
-        Vec sum(0.f), lo_v(std::numeric_limits<float>::infinity()), hi_v(-std::numeric_limits<float>::infinity());
+        Vec sum(0.f), lo_v(std::numeric_limits<real_t>::infinity()), hi_v(-std::numeric_limits<real_t>::infinity());
         int64_t i = 0;
         for (; i + kLanes <= count; i += kLanes) {
           const Vec v = Vec::loadu(alpha_plane_out + i);
@@ -558,12 +572,12 @@ bool forward_impl(const torch::Tensor& x, const float* a_data, bool dense_alpha,
           lo_v = at::vec::minimum(lo_v, v);
           hi_v = at::vec::maximum(hi_v, v);
         }
-        float sums[kLanes], los[kLanes], his[kLanes];
+        real_t sums[kLanes], los[kLanes], his[kLanes];
         sum.store(sums);
         lo_v.store(los);
         hi_v.store(his);
         double total = 0.0;
-        float lowest = std::numeric_limits<float>::infinity(), highest = -lowest;
+        real_t lowest = std::numeric_limits<real_t>::infinity(), highest = -lowest;
         for (int64_t t = 0; t < kLanes; ++t) {
           total += sums[t];
           lowest = std::min(lowest, los[t]);
@@ -574,13 +588,13 @@ bool forward_impl(const torch::Tensor& x, const float* a_data, bool dense_alpha,
           lowest = std::min(lowest, alpha_plane_out[i]);
           highest = std::max(highest, alpha_plane_out[i]);
         }
-        float* stats = branch->stats + plane * 3;
-        stats[0] = static_cast<float>(total);
+        real_t* stats = branch->stats + plane * 3;
+        stats[0] = static_cast<real_t>(total);
         stats[1] = lowest;
         stats[2] = highest;
       }
     }
-    float lows[kLanes];
+    real_t lows[kLanes];
     low.store(lows);
     if (*std::min_element(lows, lows + kLanes) < 0.f) any_negative = true;
   });
@@ -599,9 +613,9 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, bool> forward(
   auto y = torch::empty({x.size(0), x.size(1), g.oh, g.ow}, x.options());
   auto m_out = need_state ? torch::empty_like(y) : torch::empty({0}, x.options());
   auto den_out = need_state ? torch::empty_like(y) : torch::empty({0}, x.options());
-  const bool negative = forward_impl(x, alpha.data_ptr<float>(), dense_alpha, g, y.data_ptr<float>(),
-                                     need_state ? m_out.data_ptr<float>() : nullptr,
-                                     need_state ? den_out.data_ptr<float>() : nullptr, nullptr, nullptr);
+  const bool negative = forward_impl(x, alpha.data_ptr<real_t>(), dense_alpha, g, y.data_ptr<real_t>(),
+                                     need_state ? m_out.data_ptr<real_t>() : nullptr,
+                                     need_state ? den_out.data_ptr<real_t>() : nullptr, nullptr, nullptr);
   return {y, m_out, den_out, negative};
 }
 
@@ -609,8 +623,8 @@ void check_branch(const torch::Tensor& x, const Geometry& g, const torch::Tensor
                   const torch::Tensor& w, const torch::Tensor& b) {
   const int64_t c = x.size(1);
   for (const auto* t : {&k, &slope, &w, &b})
-    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->device().is_cpu(),
-                "p_pool2d_cpu: the branch parameters must be contiguous fp32 CPU tensors");
+    TORCH_CHECK(t->scalar_type() == kRealType && t->is_contiguous() && t->device().is_cpu(),
+                "p_pool2d_cpu: the branch parameters must be contiguous ", kRealName, " CPU tensors");
   TORCH_CHECK(k.numel() == c * g.kh * g.kw && slope.numel() == c && w.numel() == c && b.numel() == c,
               "p_pool2d_cpu: the branch needs k (C, kh*kw) and slope, w, b (C,)");
 }
@@ -624,26 +638,26 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Te
     std::vector<int64_t> out_size, bool need_state, bool include_pad) {
   Geometry g = make_geometry(x, kernel, stride, padding, out_size);
   g.include_pad = include_pad;
-  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous() && x.dim() == 4,
-              "p_pool2d_cpu: x must be a contiguous 4-D float32 CPU tensor");
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == kRealType && x.is_contiguous() && x.dim() == 4,
+              "p_pool2d_cpu: x must be a contiguous 4-D ", kRealName, " CPU tensor");
   check_branch(x, g, k, slope, w, b);
   auto y = torch::empty({x.size(0), x.size(1), g.oh, g.ow}, x.options());
   auto alpha = torch::empty_like(y);
   auto den_out = need_state ? torch::empty_like(y) : torch::empty({0}, x.options());  // m: recomputed in backward
   auto f = torch::empty({x.size(0) * x.size(1)}, x.options());
   auto stats = torch::empty({x.size(0) * x.size(1), 3}, x.options());
-  BranchArgs args{k.data_ptr<float>(), slope.data_ptr<float>(), w.data_ptr<float>(), b.data_ptr<float>(),
-                  static_cast<float>(lo), static_cast<float>(hi), static_cast<float>(scale), f.data_ptr<float>(),
-                  stats.data_ptr<float>()};
-  const bool negative = forward_impl(x, nullptr, true, g, y.data_ptr<float>(), nullptr,
-                                     need_state ? den_out.data_ptr<float>() : nullptr, &args, alpha.data_ptr<float>());
+  BranchArgs args{k.data_ptr<real_t>(), slope.data_ptr<real_t>(), w.data_ptr<real_t>(), b.data_ptr<real_t>(),
+                  static_cast<real_t>(lo), static_cast<real_t>(hi), static_cast<real_t>(scale), f.data_ptr<real_t>(),
+                  stats.data_ptr<real_t>()};
+  const bool negative = forward_impl(x, nullptr, true, g, y.data_ptr<real_t>(), nullptr,
+                                     need_state ? den_out.data_ptr<real_t>() : nullptr, &args, alpha.data_ptr<real_t>());
   return {y, alpha, den_out, f, stats, negative};
 }
 
 // The saved per-output tensors of the backward and where its results go, for one plane.
 struct BackwardPlane {
-  const float *m, *den, *y, *grad;  // (oh, ow) rows of this plane
-  float* grad_alpha_dense;          // (oh, ow), or nullptr
+  const real_t *m, *den, *y, *grad;  // (oh, ow) rows of this plane
+  real_t* grad_alpha_dense;          // (oh, ow), or nullptr
   double grad_alpha_sum = 0.0;      // layer/channel alpha: this plane's dy/da
   const Branch* branch = nullptr;   // the fused dense branch: dalpha goes on into its parameters' sums
   BranchGrad* branch_grad = nullptr;
@@ -664,7 +678,7 @@ struct BackwardPlane {
     } else if (grad_alpha_dense != nullptr) {
       store_row(grad_a, grad_alpha_dense + out, j, ow);
     } else {
-      float lanes[kLanes];
+      real_t lanes[kLanes];
       grad_a.store(lanes);
       const int64_t count = std::min<int64_t>(kLanes, ow - j);
       for (int64_t t = 0; t < count; ++t) grad_alpha_sum += lanes[t];
@@ -673,7 +687,7 @@ struct BackwardPlane {
 };
 
 // row[2t] += even[t], row[2t + 1] += odd[t] for t < count
-inline void add_pairs(const Vec& even, const Vec& odd, float* row, int64_t count) {
+inline void add_pairs(const Vec& even, const Vec& odd, real_t* row, int64_t count) {
   const auto interleaved = at::vec::interleave2(even, odd);
   const int64_t n = 2 * count;
   if (n > kLanes) {
@@ -686,7 +700,7 @@ inline void add_pairs(const Vec& even, const Vec& odd, float* row, int64_t count
 }
 
 inline void backward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, const AlphaRow& a_row,
-                                 BackwardPlane& plane, bool need_alpha, float* grad_pad) {
+                                 BackwardPlane& plane, bool need_alpha, real_t* grad_pad) {
   const int64_t out = o * g.ow, taps = g.kh * g.kw;
   for (int64_t j = 0; j < g.ow; j += kLanes) {
     auto value = [&](int64_t d) { return Vec::loadu(buf.windows.data() + d * g.ow_padded + j); };
@@ -720,11 +734,11 @@ inline void backward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, 
     };
     for (int64_t di = 0; di < g.kh; ++di) {
       if (o >= g.valid_rows[di]) continue;  // overhang rows: cropped from dx, and r log r = 0 there
-      float* grad_row = grad_pad + (o * g.sh + di) * g.Wpad;
+      real_t* grad_row = grad_pad + (o * g.sh + di) * g.Wpad;
       if (g.sw == 1) {  // the outputs' elements at offset dj are contiguous: a vector add
         for (int64_t dj = 0; dj < g.kw; ++dj) {
           const Vec dx = element(di, dj);
-          float* dst = grad_row + j + dj;
+          real_t* dst = grad_row + j + dj;
           (Vec::loadu(dst, static_cast<int>(count)) + dx).store(dst, static_cast<int>(count));
         }
       } else if (g.sw == 2) {  // offsets dj and dj + 1 interleave into contiguous columns
@@ -744,8 +758,8 @@ inline void backward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, 
   }
 }
 
-inline void backward_row_2x2(const float* x_row, const Geometry& g, int64_t o, const AlphaRow& a_row,
-                             BackwardPlane& plane, bool need_alpha, float* gx_row) {
+inline void backward_row_2x2(const real_t* x_row, const Geometry& g, int64_t o, const AlphaRow& a_row,
+                             BackwardPlane& plane, bool need_alpha, real_t* gx_row) {
   const int64_t out = o * g.ow;
   for (int64_t j = 0; j < g.ow; j += kLanes) {
     const int64_t count = std::min<int64_t>(kLanes, g.ow - j);
@@ -758,7 +772,7 @@ inline void backward_row_2x2(const float* x_row, const Geometry& g, int64_t o, c
       m = load_row(plane.m + out, j, g.ow);
     }
     if (plane.branch != nullptr) {  // alpha, recomputed as the forward computed it (not saved)
-      const float* k = plane.branch->k;
+      const real_t* k = plane.branch->k;
       u = Vec(k[0]) * xs[0] + Vec(k[1]) * xs[1] + Vec(k[2]) * xs[2] + Vec(k[3]) * xs[3];
       a = plane.branch->alpha(u);
     } else {
@@ -780,26 +794,26 @@ inline void backward_row_2x2(const float* x_row, const Geometry& g, int64_t o, c
 // ga_data), or the branch's per-plane parameter gradients (into branch_out: (N*C, kh*kw + 3)).
 // With a branch, neither alpha nor the window max is saved (a_data and m_data are nullptr): both are recomputed
 // from the window.
-void backward_impl(const torch::Tensor& x, const float* a_data, bool dense_alpha, const Geometry& g,
-                   const float* m_data, const torch::Tensor& den_t, const torch::Tensor& y_t,
-                   const torch::Tensor& grad_y, bool need_alpha, float* gx_data, float* ga_data,
-                   const BranchArgs* branch, float* branch_out) {
+void backward_impl(const torch::Tensor& x, const real_t* a_data, bool dense_alpha, const Geometry& g,
+                   const real_t* m_data, const torch::Tensor& den_t, const torch::Tensor& y_t,
+                   const torch::Tensor& grad_y, bool need_alpha, real_t* gx_data, real_t* ga_data,
+                   const BranchArgs* branch, real_t* branch_out) {
   const int64_t planes = x.size(0) * x.size(1), channels = x.size(1), taps = g.kh * g.kw;
-  const float* x_data = x.data_ptr<float>();
+  const real_t* x_data = x.data_ptr<real_t>();
   const bool tiled = tiles_2x2(g);
   const int64_t plane_out = g.oh * g.ow;
   at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
     RowBuffers buf(g, dense_alpha && branch == nullptr, true);
     BranchGrad branch_grad(branch != nullptr ? taps : 0);
     // the general path scatters into a padded plane (plus slack: a stride-2 pair can add 0 one past the end)
-    std::vector<float> grad_pad(tiled ? 0 : g.Hpad * g.Wpad + 2 * kLanes);
+    std::vector<real_t> grad_pad(tiled ? 0 : g.Hpad * g.Wpad + 2 * kLanes);
     for (int64_t p = begin; p < end; ++p) {
-      const float* xp = x_data + p * g.H * g.W;
-      float* gx_plane = gx_data + p * g.H * g.W;
-      const float* alpha_plane = dense_alpha && a_data != nullptr ? a_data + p * plane_out : nullptr;
-      const float alpha_value = dense_alpha || a_data == nullptr ? 0.f : a_data[p];
-      BackwardPlane plane{m_data != nullptr ? m_data + p * plane_out : nullptr, den_t.data_ptr<float>() + p * plane_out,
-                          y_t.data_ptr<float>() + p * plane_out, grad_y.data_ptr<float>() + p * plane_out,
+      const real_t* xp = x_data + p * g.H * g.W;
+      real_t* gx_plane = gx_data + p * g.H * g.W;
+      const real_t* alpha_plane = dense_alpha && a_data != nullptr ? a_data + p * plane_out : nullptr;
+      const real_t alpha_value = dense_alpha || a_data == nullptr ? 0.f : a_data[p];
+      BackwardPlane plane{m_data != nullptr ? m_data + p * plane_out : nullptr, den_t.data_ptr<real_t>() + p * plane_out,
+                          y_t.data_ptr<real_t>() + p * plane_out, grad_y.data_ptr<real_t>() + p * plane_out,
                           need_alpha && dense_alpha && branch == nullptr ? ga_data + p * plane_out : nullptr};
       Branch br{};
       if (branch != nullptr) {
@@ -825,7 +839,7 @@ void backward_impl(const torch::Tensor& x, const float* a_data, bool dense_alpha
       if (branch != nullptr) {
         branch_grad.store(branch_out + p * (taps + 3), br.f);
       } else if (need_alpha && !dense_alpha) {
-        ga_data[p] = static_cast<float>(plane.grad_alpha_sum);
+        ga_data[p] = static_cast<real_t>(plane.grad_alpha_sum);
       }
       if (!tiled) {
         for (int64_t h = 0; h < g.H; ++h)
@@ -856,9 +870,9 @@ std::vector<torch::Tensor> backward(torch::Tensor x, torch::Tensor alpha, bool d
   auto grad_x = torch::empty_like(x);
   // dense alpha: one gradient per output; otherwise one per plane, reduced here (no output-sized temporary)
   auto grad_alpha = !need_alpha ? torch::Tensor() : dense_alpha ? torch::empty_like(den_t) : torch::zeros({planes}, x.options());
-  backward_impl(x, alpha.data_ptr<float>(), dense_alpha, g, m_saved ? m_t.data_ptr<float>() : nullptr, den_t, y_t,
+  backward_impl(x, alpha.data_ptr<real_t>(), dense_alpha, g, m_saved ? m_t.data_ptr<real_t>() : nullptr, den_t, y_t,
                 grad_y, need_alpha,
-                grad_x.data_ptr<float>(), need_alpha ? grad_alpha.data_ptr<float>() : nullptr, nullptr, nullptr);
+                grad_x.data_ptr<real_t>(), need_alpha ? grad_alpha.data_ptr<real_t>() : nullptr, nullptr, nullptr);
   return {grad_x, grad_alpha};
 }
 
@@ -870,17 +884,17 @@ std::vector<torch::Tensor> dense_backward(torch::Tensor x, torch::Tensor den_t, 
                                           torch::Tensor b, double lo, double hi, std::vector<int64_t> kernel,
                                           std::vector<int64_t> stride, std::vector<int64_t> padding) {
   const Geometry g = make_geometry(x, kernel, stride, padding, {den_t.size(2), den_t.size(3)});
-  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous() && x.dim() == 4,
-              "p_pool2d_cpu: x must be a contiguous 4-D float32 CPU tensor");
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == kRealType && x.is_contiguous() && x.dim() == 4,
+              "p_pool2d_cpu: x must be a contiguous 4-D ", kRealName, " CPU tensor");
   check_saved(den_t, den_t, y_t, grad_y);
   check_branch(x, g, k, slope, w, b);
   TORCH_CHECK(f.numel() == x.size(0) * x.size(1) && f.is_contiguous(), "p_pool2d_cpu: f must hold one value per plane");
   auto grad_x = torch::empty_like(x);
   auto partial = torch::empty({x.size(0) * x.size(1), g.kh * g.kw + 3}, x.options());
-  BranchArgs args{k.data_ptr<float>(), slope.data_ptr<float>(), w.data_ptr<float>(), b.data_ptr<float>(),
-                  static_cast<float>(lo), static_cast<float>(hi), 0.f, f.data_ptr<float>()};
-  backward_impl(x, nullptr, true, g, nullptr, den_t, y_t, grad_y, true, grad_x.data_ptr<float>(), nullptr, &args,
-                partial.data_ptr<float>());
+  BranchArgs args{k.data_ptr<real_t>(), slope.data_ptr<real_t>(), w.data_ptr<real_t>(), b.data_ptr<real_t>(),
+                  static_cast<real_t>(lo), static_cast<real_t>(hi), 0.f, f.data_ptr<real_t>()};
+  backward_impl(x, nullptr, true, g, nullptr, den_t, y_t, grad_y, true, grad_x.data_ptr<real_t>(), nullptr, &args,
+                partial.data_ptr<real_t>());
   return {grad_x, partial};
 }
 
