@@ -76,6 +76,24 @@ def test_wide_rows_and_negative_inputs():
     compare(x, torch.rand(2, 1, 1) * 10, 2, 2, 0, True)
 
 
+@pytest.mark.parametrize("kernel,stride,padding,ceil_mode", [
+    (5, 1, 2, False), (5, 2, 2, True), (4, 2, 1, True), (2, 1, 1, True), (3, 2, 0, True), ((3, 2), (2, 1), (1, 0), True)])
+@pytest.mark.parametrize("width", [3, 4, 9, 17, 26])
+def test_strides_one_and_two_read_rows_in_place_at_any_width(kernel, stride, padding, ceil_mode, width):
+    """Strides 1 and 2 read each window offset's row in place from a padded (stride 2: even/odd column) copy of the
+    plane: odd and even widths, maps narrower than a 5-wide window, rows of several vectors, padding 2, ceil-mode
+    overhangs, rectangular windows; zeros and all-zero maps; padding counted or not."""
+    x = torch.rand(2, 3, 7, width)
+    x[x < 0.25] = 0
+    x[1, 2] = 0
+    alpha = torch.tensor([0.0, 3.0, 25.0]).view(3, 1, 1)
+    compare(x, alpha, kernel, stride, padding, ceil_mode)
+    x64 = x.double().requires_grad_(True)
+    y = p_pool2d(x, alpha, kernel, stride, padding, ceil_mode, count_include_pad=False)
+    y_ref = p_pool2d(x64, alpha.double(), kernel, stride, padding, ceil_mode, count_include_pad=False)
+    torch.testing.assert_close(y.double(), y_ref, rtol=1e-5, atol=1e-6)
+
+
 def test_non_contiguous_and_channels_last_inputs():
     x = torch.rand(2, 6, 12, 14).contiguous(memory_format=torch.channels_last)
     compare(x, torch.rand(6, 1, 1) * 10, 3, 2, 1, False)
