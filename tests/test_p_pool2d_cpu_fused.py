@@ -94,6 +94,34 @@ def test_strides_one_and_two_read_rows_in_place_at_any_width(kernel, stride, pad
     torch.testing.assert_close(y.double(), y_ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("kernel,stride,padding", [(3, 1, 1), (2, 1, 0), (3, 2, 1)])
+def test_plane_powers_and_their_fallbacks_match_the_float64_reference(kernel, stride, padding):
+    """Layer/channel alpha at stride 1 weighs each window from the plane's powers (x / M)^a, M the plane max; a
+    vector of windows whose largest power is under 2^-100 takes the exact path. Planes here: a max 64x the rest
+    (powers down to 2^-160 before the offset), a max 1e6x the rest (the exact path), all-zero windows beside
+    others, alpha 200 (the exact path almost everywhere), alpha 0 (the exact path), and wide windows at alpha 2
+    1e22x below their plane's max (exponents near -146, whose rounding the powers must carry). Against the float64
+    reference op: y, dy/dx and dy/dalpha."""
+    generator = torch.Generator().manual_seed(kernel * 10 + stride)
+    x = torch.rand(2, 6, 12, 30, generator=generator) + 0.5
+    x[:, 0, 0, 0] = 64.0
+    x[:, 1, 0, 0] = 1e6
+    x[:, 2, 3:9, 4:20] = 0
+    x[:, 5] = torch.rand(2, 12, 30, generator=generator) + 0.01  # wide windows at alpha 2, 2^-146 below the max
+    x[:, 5, 0, 0] = 1e22
+    alpha = torch.tensor([30.0, 30.0, 30.0, 200.0, 0.0, 2.0]).view(6, 1, 1)
+    x32, a32 = x.clone().requires_grad_(True), alpha.clone().requires_grad_(True)
+    x64, a64 = x.double().requires_grad_(True), alpha.double().requires_grad_(True)
+    y = p_pool2d(x32, a32, kernel, stride, padding, backend="cpu_fused")
+    y64 = p_pool2d(x64, a64, kernel, stride, padding, backend="reference")
+    grad = torch.rand(y64.shape, generator=generator, dtype=torch.float64)
+    gx, ga = torch.autograd.grad(y, (x32, a32), grad.float())
+    gx64, ga64 = torch.autograd.grad(y64, (x64, a64), grad)
+    torch.testing.assert_close(y.double(), y64, rtol=1e-6, atol=0)
+    torch.testing.assert_close(gx.double(), gx64, rtol=0, atol=5e-5 * gx64.abs().max().item())
+    torch.testing.assert_close(ga.double(), ga64, rtol=2e-5, atol=1e-7)
+
+
 def test_non_contiguous_and_channels_last_inputs():
     x = torch.rand(2, 6, 12, 14).contiguous(memory_format=torch.channels_last)
     compare(x, torch.rand(6, 1, 1) * 10, 3, 2, 1, False)
