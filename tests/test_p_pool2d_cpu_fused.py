@@ -122,6 +122,26 @@ def test_plane_powers_and_their_fallbacks_match_the_float64_reference(kernel, st
     torch.testing.assert_close(ga.double(), ga64, rtol=2e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("alpha", [1.0, 1.5, 2.0])
+def test_plane_powers_keep_the_gradient_of_weights_that_underflow(alpha):
+    """An element whose power (x / M)^a 2^100 underflows but whose ratio to its window max is positive: its weight is
+    negligible, but its dx is not (a q r^(a-1), about 1 at a = 1), so its windows take the exact path. The plane max
+    2^127 puts 2^-110 at 2^-137 there, while the windows' largest powers stay above 2^-100."""
+    x = torch.tensor([2.0 ** 127, 0, 0, 2.0 ** -70, 2.0 ** -110, 2.0 ** -70, 0, 0]).view(1, 1, 1, 8)
+    x = torch.cat([x, torch.rand(1, 1, 1, 8) + 0.5], dim=1)  # and a plane that takes the powers
+    a = torch.tensor(alpha)
+    x32 = x.clone().requires_grad_(True)
+    x64 = x.double().requires_grad_(True)
+    y = p_pool2d(x32, a, (1, 3), 1, backend="cpu_fused")
+    y64 = p_pool2d(x64, a.double(), (1, 3), 1, backend="reference")
+    gx, = torch.autograd.grad(y, x32, torch.ones_like(y))
+    gx64, = torch.autograd.grad(y64, x64, torch.ones_like(y64))
+    torch.testing.assert_close(y.double(), y64, rtol=1e-6, atol=0)
+    torch.testing.assert_close(gx.double(), gx64, rtol=1e-5, atol=1e-6)
+    if alpha == 1.0:
+        assert gx64[0, 0, 0, 4].abs() > 1  # the term at stake: about -2.5
+
+
 def test_non_contiguous_and_channels_last_inputs():
     x = torch.rand(2, 6, 12, 14).contiguous(memory_format=torch.channels_last)
     compare(x, torch.rand(6, 1, 1) * 10, 3, 2, 1, False)

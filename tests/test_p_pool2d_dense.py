@@ -220,6 +220,26 @@ def test_fused_cpu_kernel_in_float64(kernel, stride, padding, ceil_mode, include
     assert (grads[2] != 0).all(), "every channel's conv sums should reach the PReLU's negative side"
 
 
+@pytest.mark.skipif(not cpu_fused.enabled(), reason="POLYPOOL_CPU_KERNEL=0")
+def test_fused_cpu_branch_ignores_a_column_that_no_window_reads():
+    """3x3/2 windows of an 8-wide map read columns 0-6. The kernel's vectors of outputs also load past the last
+    output (their tail lanes, never stored): an inf in column 7 must not reach the branch's gradients (0 * inf)."""
+    x = torch.rand(2, 3, 9, 8) + 0.1
+    x[..., 7] = float("inf")
+    params = branch_parameters(3, 3)
+    fused = [p.clone().requires_grad_(True) for p in params]
+    unfused = [p.clone().requires_grad_(True) for p in params]
+    y, _ = dense_p_pool2d(x, *fused, 3, 2, 0, alpha_range=(LO, HI))
+    assert runs_through(y, "DensePPool2dCPU")
+    y_ref, _ = dense_p_pool2d(x, *unfused, 3, 2, 0, alpha_range=(LO, HI), backend="reference")
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
+    grads = torch.autograd.grad(y.sum(), fused)
+    grads_ref = torch.autograd.grad(y_ref.sum(), unfused)
+    for grad, grad_ref in zip(grads, grads_ref):
+        assert torch.isfinite(grad).all()
+        torch.testing.assert_close(grad, grad_ref, rtol=1e-4, atol=1e-5)
+
+
 def test_unfused_gradcheck_float64():
     generator = torch.Generator().manual_seed(0)
     x = torch.rand(1, 2, 6, 7, generator=generator, dtype=torch.float64) + 0.5

@@ -1,4 +1,5 @@
-// Fused CPU kernels for P-pooling (fp32, NCHW): forward and analytic backward in one pass over the windows.
+// Fused CPU kernels for P-pooling (float32, NCHW; a float64 build for the tests): forward and analytic backward in
+// one pass over the windows.
 //
 // The same max-normalised arithmetic as the reference op (polypool/pooling/functional.py), with
 //   r = x / m (window max),  p = r^a = exp(a * log r),  den = sum p,  q = sum p r / den,  y = m q,
@@ -9,7 +10,7 @@
 // Layout of the work: one (sample, channel) plane per task, one output row at a time. Each window offset's elements
 // of an output row are one contiguous row (RowBuffers: read in place from a zero-padded, for stride 2 phase-split,
 // copy of the plane, or copied out for other strides), so all the arithmetic is vectorised along the output row
-// with ATen's Vectorized<float> (SLEEF exp/log). The backward
+// with ATen's Vectorized<real_t> (SLEEF exp/log). The backward
 // scatters into a per-plane padded gradient buffer, so no two threads ever write the same element. VGG's
 // 2x2/2 pools, which tile the input, take a shorter path: deinterleaved loads in, interleaved stores out.
 
@@ -157,7 +158,7 @@ inline void split_log2(const Vec& x, Vec& e, Vec& l) {
 #endif
 }
 
-// 2^n for integral n in [-126, 127], exactly
+// 2^n for integral n in the normal exponent range (float: [-126, 127]), exactly
 #if defined(PPOOL_FLOAT_AVX2)
 inline Vec pow2_int(const Vec& n) {
   return Vec(_mm256_castsi256_ps(
@@ -268,10 +269,17 @@ constexpr bool kForwardSplit = true;
 // relu(randn) inputs: 3x3/1 on (8, 512, 41, 41) 1.82x -> 1.43x, on (8, 192, 35, 35) 1.73x -> 1.42x. Not at stride 2,
 // where an element is in only 2.25 windows of a 3x3: the exact powers cost more than they save (3x3/2 on
 // (8, 256, 81, 81): 1.63x -> 1.84x).
+// Only where the product errors of the exponent are exact: with hardware FMA (the AVX2 float build), or in double.
+#if defined(PPOOL_FLOAT_AVX2) || defined(PPOOL_DOUBLE)
 constexpr bool kPlanePowers = true;
-// P(plane max) = 2^kPowerOffset: the powers span 2^100 .. 2^-100 before a window must take the exact path
-constexpr real_t kPowerOffset = 100;
-const Vec kPowerFloor(static_cast<real_t>(7.8886090522101181e-31));  // 2^-100
+#else
+constexpr bool kPlanePowers = false;
+#endif
+// P(plane max) = 2^kPowerOffset, and a window takes the powers only if its largest is at least 2^-kPowerOffset: in
+// float the powers span 2^100 .. 2^-100, in double 2^900 .. 2^-900; below the smallest normal they are 0.
+constexpr real_t kPowerOffset = sizeof(real_t) == 4 ? 100 : 900;
+const Vec kPowerFloor(std::ldexp(real_t(1), -static_cast<int>(kPowerOffset)));
+const Vec kMinExponent(static_cast<real_t>(std::numeric_limits<real_t>::min_exponent - 1));  // -126 in float
 
 struct RowBuffers {
   std::vector<real_t> windows, col_mask, alpha, tmp;
@@ -369,8 +377,8 @@ struct RowBuffers {
       // accurate; below 2^-126 the power is 0 (a weight under 2^-26 of its window's largest, given kPowerFloor)
       const Vec whole_exponent = exponent.round();
       const Vec small = ((exponent - whole_exponent + error) * Vec(kLn2)).exp_u20();
-      const Vec power = Vec::blendv(small * pow2_int(at::vec::maximum(whole_exponent, Vec(-126.f))), Vec(0.f),
-                                    whole_exponent < Vec(-126.f));
+      const Vec power = Vec::blendv(small * pow2_int(at::vec::maximum(whole_exponent, kMinExponent)), Vec(0.f),
+                                    whole_exponent < kMinExponent);
       Vec::blendv(power, Vec(0.f), x < kTiny).store(padded_p.data() + i, count);
     }
     powers_ready = true;
@@ -551,17 +559,23 @@ struct BranchGrad {
 inline Vec lanes_below(int64_t count) { return Vec::arange(0.f, 1.f) < Vec(static_cast<real_t>(count)); }
 
 // The weights r^a = (x / m)^a of one vector of windows from the plane's powers: P / P(m), P(m) being the window's
-// largest power. Usable when every window of the vector (its first `count` lanes) has P(m) >= 2^-100, so that every
-// weight that matters is a normal float, or is all zero (r = 1 there, weight 1); otherwise the exact path.
+// largest power. Usable when every window of the vector (its first `count` lanes) has P(m) >= kPowerFloor, or is all
+// zero (r = 1 there, weight 1), and no element of positive ratio has lost its power to underflow: its weight would
+// be negligible, but not r^(a-1) in its dx (about 1 at a = 1). Otherwise the exact path.
 struct PlanePowers {
   Vec inv_top, zero;
   bool usable = false;
   PlanePowers(const RowBuffers& buf, int64_t taps, int64_t j, int64_t count, const Normaliser& n) {
     if (!buf.powers_ready) return;
-    Vec top = buf.power(0, j);
-    for (int64_t d = 1; d < taps; ++d) top = at::vec::maximum(top, buf.power(d, j));
+    Vec top = buf.power(0, j), lost(0.f);
+    for (int64_t d = 0; d < taps; ++d) {
+      const Vec power = buf.power(d, j);
+      top = at::vec::maximum(top, power);
+      lost = lost | ((power == Vec(0.f)) & (buf.x(d, j) * n.inv_m >= kTiny));
+    }
     zero = n.zero > Vec(0.f);
-    const Vec fine = (top >= kPowerFloor) | zero | ~lanes_below(count);
+    const Vec live = lanes_below(count);
+    const Vec fine = (((top >= kPowerFloor) | zero) & ~(lost & ~zero)) | ~live;
     usable = Vec::blendv(Vec(1.f), Vec(0.f), fine).zero_mask() == (1 << kLanes) - 1;
     inv_top = Vec::blendv(top, Vec(1.f), zero).reciprocal();
   }
@@ -578,12 +592,14 @@ inline void forward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, c
                                 real_t* alpha_out = nullptr) {
   const int64_t taps = g.kh * g.kw;
   for (int64_t j = 0; j < g.ow; j += kLanes) {
+    // the vector tail (lanes past ow) reads input columns that no window of this row has: left out of low
+    const Vec live = lanes_below(std::min<int64_t>(kLanes, g.ow - j));
     Vec m = buf.x(0, j);
-    low = at::vec::minimum(low, m);
+    low = at::vec::minimum(low, Vec::blendv(Vec(0.f), m, live));
     for (int64_t d = 1; d < taps; ++d) {
       const Vec v = buf.x(d, j);
       m = at::vec::maximum(m, v);
-      low = at::vec::minimum(low, v);
+      low = at::vec::minimum(low, Vec::blendv(Vec(0.f), v, live));
     }
     m = flush_max(m);
     const Normaliser n(m);
@@ -709,7 +725,7 @@ bool forward_impl(const torch::Tensor& x, const real_t* a_data, bool dense_alpha
   std::atomic<bool> any_negative{false};
   at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
     RowBuffers buf(g, dense_alpha && branch == nullptr, kForwardSplit, !dense_alpha);
-    Vec low(0.f);  // the running minimum of every window element (padding and vector tails are 0)
+    Vec low(0.f);  // the running minimum of every window element (padding and vector tails count as 0)
     for (int64_t plane = begin; plane < end; ++plane) {
       const real_t* xp = x_data + plane * g.H * g.W;
       Branch br{};
@@ -888,7 +904,10 @@ inline void backward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, 
                                  BackwardPlane& plane, bool need_alpha, real_t* grad_pad) {
   const int64_t out = o * g.ow, taps = g.kh * g.kw;
   for (int64_t j = 0; j < g.ow; j += kLanes) {
-    auto value = [&](int64_t d) { return buf.x(d, j); };
+    // the window's element at tap d, 0 in the vector tail (whose input columns no window of this row has: an inf
+    // there would make the branch's dk NaN through 0 * inf)
+    const Vec live = lanes_below(std::min<int64_t>(kLanes, g.ow - j));
+    auto value = [&](int64_t d) { return Vec::blendv(Vec(0.f), buf.x(d, j), live); };
     Vec m, a, u(0.f);
     if (plane.m == nullptr) {  // the window max, recomputed as the forward computed it (not saved)
       m = value(0);
@@ -1097,8 +1116,8 @@ std::vector<torch::Tensor> dense_backward(torch::Tensor x, torch::Tensor den_t, 
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
-  module.def("forward", &forward, "P-pooling forward (fp32 CPU, fused)");
-  module.def("backward", &backward, "P-pooling backward (fp32 CPU, fused)");
-  module.def("dense_forward", &dense_forward, "P-pooling with the fused dense-alpha branch: forward (fp32 CPU)");
-  module.def("dense_backward", &dense_backward, "P-pooling with the fused dense-alpha branch: backward (fp32 CPU)");
+  module.def("forward", &forward, "P-pooling forward (CPU, fused)");
+  module.def("backward", &backward, "P-pooling backward (CPU, fused)");
+  module.def("dense_forward", &dense_forward, "P-pooling with the fused dense-alpha branch: forward (CPU)");
+  module.def("dense_backward", &dense_backward, "P-pooling with the fused dense-alpha branch: backward (CPU)");
 }
