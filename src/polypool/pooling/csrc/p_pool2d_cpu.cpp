@@ -280,6 +280,10 @@ constexpr bool kPlanePowers = false;
 constexpr real_t kPowerOffset = sizeof(real_t) == 4 ? 100 : 900;
 const Vec kPowerFloor(std::ldexp(real_t(1), -static_cast<int>(kPowerOffset)));
 const Vec kMinExponent(static_cast<real_t>(std::numeric_limits<real_t>::min_exponent - 1));  // -126 in float
+// A power that underflows is a weight p under 2^-26 (float; 2^-122 in double) of its window's largest, but its dx
+// has r^(a-1) = p / r too, which stays above 2^-24 (float; 2^-53 in double) only for a below 13 (double: 1.8):
+// below kLostAlpha, a window with such an element takes the exact path
+constexpr real_t kLostAlpha = sizeof(real_t) == 4 ? 16 : 4;
 
 struct RowBuffers {
   std::vector<real_t> windows, col_mask, alpha, tmp;
@@ -296,6 +300,7 @@ struct RowBuffers {
   // window's weights r^a = (x / m)^a are then P / P(m) (PlanePowers). Where that loses range, the exact path.
   bool plane_powers;
   bool powers_ready = false;  // this plane's powers are computed (else: the exact path for the whole plane)
+  bool check_lost = false;    // alpha < kLostAlpha: an underflowed power of a positive ratio sends its windows exact
   std::vector<real_t> padded_p;
   std::vector<const real_t*> win_p;
   RowBuffers(const Geometry& g, bool dense_alpha, bool use_split, bool constant_alpha = false)
@@ -382,6 +387,7 @@ struct RowBuffers {
       Vec::blendv(power, Vec(0.f), x < kTiny).store(padded_p.data() + i, count);
     }
     powers_ready = true;
+    check_lost = a < kLostAlpha;
   }
 
   // once per plane, before its rows: the padded copy (strides 1 and 2) and the splits
@@ -560,19 +566,18 @@ inline Vec lanes_below(int64_t count) { return Vec::arange(0.f, 1.f) < Vec(stati
 
 // The weights r^a = (x / m)^a of one vector of windows from the plane's powers: P / P(m), P(m) being the window's
 // largest power. Usable when every window of the vector (its first `count` lanes) has P(m) >= kPowerFloor, or is all
-// zero (r = 1 there, weight 1), and no element of positive ratio has lost its power to underflow: its weight would
-// be negligible, but not r^(a-1) in its dx (about 1 at a = 1). Otherwise the exact path.
+// zero (r = 1 there, weight 1), and, for alpha < kLostAlpha, no element of positive ratio has lost its power to
+// underflow: its weight would be negligible, but not r^(a-1) in its dx (about 1 at a = 1). Otherwise the exact path.
 struct PlanePowers {
   Vec inv_top, zero;
   bool usable = false;
   PlanePowers(const RowBuffers& buf, int64_t taps, int64_t j, int64_t count, const Normaliser& n) {
     if (!buf.powers_ready) return;
     Vec top = buf.power(0, j), lost(0.f);
-    for (int64_t d = 0; d < taps; ++d) {
-      const Vec power = buf.power(d, j);
-      top = at::vec::maximum(top, power);
-      lost = lost | ((power == Vec(0.f)) & (buf.x(d, j) * n.inv_m >= kTiny));
-    }
+    for (int64_t d = 1; d < taps; ++d) top = at::vec::maximum(top, buf.power(d, j));
+    if (buf.check_lost)
+      for (int64_t d = 0; d < taps; ++d)
+        lost = lost | ((buf.power(d, j) == Vec(0.f)) & (buf.x(d, j) * n.inv_m >= kTiny));
     zero = n.zero > Vec(0.f);
     const Vec live = lanes_below(count);
     const Vec fine = (((top >= kPowerFloor) | zero) & ~(lost & ~zero)) | ~live;
