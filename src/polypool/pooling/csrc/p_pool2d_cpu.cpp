@@ -308,13 +308,12 @@ struct RowBuffers {
         full_cols(g.kw, 1), win(g.kh * g.kw), win_e(g.kh * g.kw), win_l(g.kh * g.kw),
         split(use_split && (g.kh > g.sh || g.kw > g.sw)), direct(g.sw == 1 || g.sw == 2),
         plane_powers(constant_alpha && split && g.sw == 1 && kPlanePowers), win_p(g.kh * g.kw) {
-    if (plane_powers) padded_p.resize(g.sw * g.Hpad * (std::max(g.ow_padded + (g.kw - 1) / g.sw,
-                                                                    (g.Wpad + g.sw - 1) / g.sw) + kLanes));
     if (direct) {
       // phase t holds padded columns t, t + sw, ...: ow_padded + (kw - 1) / sw of them are read, and the padded
       // input's own columns must fit (its width rounded up to whole phases)
       phase_len = std::max(g.ow_padded + (g.kw - 1) / g.sw, (g.Wpad + g.sw - 1) / g.sw) + kLanes;
       padded.assign(g.sw * g.Hpad * phase_len, 0.f);
+      if (plane_powers) padded_p.resize(padded.size());  // (plane_powers implies stride 1: direct)
       if (g.sw == 2) padded_row.assign(2 * phase_len + 2 * kLanes, 0.f);
       if (split) {
         padded_e.resize(padded.size());
