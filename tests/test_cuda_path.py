@@ -57,8 +57,8 @@ def auto_uses_triton(monkeypatch):
 
 
 # where each kernel takes its element count (``total``) among its positional arguments
-TOTAL_ARG = {"p_pool2d_forward_kernel": 7, "p_pool2d_grad_factors_kernel": 8, "p_pool2d_grad_input_kernel": 4,
-             "p_pool2d_dense_forward_kernel": 12}
+TOTAL_ARG = {"p_pool2d_forward_kernel": 6, "p_pool2d_grad_factors_kernel": 7, "p_pool2d_grad_input_kernel": 4,
+             "p_pool2d_dense_forward_kernel": 11}
 
 
 class RecordingKernels:
@@ -180,7 +180,7 @@ def test_a_failed_backward_is_answered_by_the_reference(monkeypatch, auto_uses_t
 def test_first_result_is_checked_against_the_reference(monkeypatch, auto_uses_triton, broken):
     """A kernel that runs but computes wrong values (a miscompile) is caught on the first call, before any result
     reaches the user: a warning, and the reference op's result."""
-    output_arg = {"p_pool2d_forward_kernel": 2, "p_pool2d_grad_input_kernel": 3, "p_pool2d_grad_factors_kernel": 7}
+    output_arg = {"p_pool2d_forward_kernel": 2, "p_pool2d_grad_input_kernel": 3, "p_pool2d_grad_factors_kernel": 6}
     fake = RecordingKernels(tamper={broken: lambda args: args[output_arg[broken]].mul_(1.5)})
     monkeypatch.setattr(triton_fused, "kernels", lambda: fake)
     x = torch.rand(2, 3, 8, 8, device=DEVICE)
@@ -226,7 +226,7 @@ def dense_pool(x, params, backend="auto", fused=True):
 @needs_triton
 @pytest.mark.parametrize("broken,output_arg", [("p_pool2d_dense_forward_kernel", 7),  # y
                                                ("p_pool2d_dense_forward_kernel", 6),  # alpha
-                                               ("p_pool2d_grad_factors_kernel", 7),  # the branch's gradient sums
+                                               ("p_pool2d_grad_factors_kernel", 6),  # the branch's gradient sums
                                                ("p_pool2d_grad_input_kernel", 3)])  # dx
 def test_dense_branch_first_result_is_checked_against_the_unfused_branch(monkeypatch, auto_uses_triton, broken,
                                                                          output_arg):
@@ -403,7 +403,7 @@ def test_channels_last_input_is_not_copied():
 @needs_triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_no_backward_state_without_gradients(monkeypatch, dtype):
-    """Under no_grad (or when nothing requires a gradient) the forward writes y only, not m, den and q."""
+    """Under no_grad (or when nothing requires a gradient) the forward writes y only, not den and q."""
     triton_fused._checked.update({(torch.device(DEVICE), dtype, False)})
     sizes = []
     original = triton_fused._alloc
@@ -420,4 +420,42 @@ def test_no_backward_state_without_gradients(monkeypatch, dtype):
     torch.testing.assert_close(y, y2)
     sizes.clear()
     p_pool2d(xg, 30.0, 2, backend="triton")
-    assert len([s for s in sizes if s[0] == (2, 3, 4, 4)]) == (4 if dtype != torch.float32 else 3)  # y, m, den (q)
+    assert len([s for s in sizes if s[0] == (2, 3, 4, 4)]) == (3 if dtype != torch.float32 else 2)  # y, den (q)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype,bytes_per_output", [(torch.float32, 4), (torch.bfloat16, 8)])
+@pytest.mark.parametrize("fused_branch", [False, True])
+def test_saved_for_backward_beyond_x_and_y_is_den_and_q_only(dtype, bytes_per_output, fused_branch):
+    """Autograd keeps, beyond x and y, den (fp32) and for fp16/bf16 q (fp32): not the window max, which the backward
+    recomputes from the window it reads anyway, nor the fused branch's alpha map, which it recomputes from the same
+    read (they made 3x3/1 with the fused branch keep 3x the input's bytes in fp32, 7x in bf16)."""
+    x = torch.rand(2, 3, 9, 10, device=DEVICE, dtype=dtype).requires_grad_(True)
+    params = [p.to(DEVICE) for p in dense_branch(3, 3)]
+
+    def pool():
+        if fused_branch:
+            from polypool.pooling import dense_p_pool2d
+
+            y, _ = dense_p_pool2d(x, *params, 3, 1, 1, alpha_range=(1.0, 20.0), backend="triton")
+        else:
+            y = p_pool2d(x, torch.full((3, 1, 1), 5.0, device=DEVICE, requires_grad=True), 3, 1, 1,
+                         backend="triton")
+        return y
+
+    pool()  # the first-result check, outside the hook
+    saved = {}
+
+    def pack(t):
+        saved[t.data_ptr()] = t
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = pool()
+    assert runs_through(y, "DensePPool2dTriton" if fused_branch else "PPool2dTriton")
+    extra = [t for ptr, t in saved.items() if ptr not in (x.data_ptr(), y.data_ptr())]
+    out_sized = [t for t in extra if t.numel() == y.numel()]
+    assert sum(t.numel() * t.element_size() for t in out_sized) == bytes_per_output * y.numel()
+    assert all(t.numel() <= 3 * 9 + 3 for t in extra if t.numel() != y.numel())  # per-plane or per-channel only
+    y.sum().backward()  # and the backward runs from that state
+    assert torch.isfinite(x.grad).all()

@@ -32,44 +32,45 @@ def _window_args(window: Window) -> tuple[list[int], list[int], list[int]]:
 
 @torch.library.custom_op("polypool::p_pool2d_cpu", mutates_args=())
 def p_pool2d_cpu(x: Tensor, alpha: Tensor, dense: bool, kernel: list[int], stride: list[int], padding: list[int],
-                 out_size: list[int]) -> tuple[Tensor, Tensor, Tensor]:
-    """(y, m, den) of a non-negative fp32 x; alpha fp32 per plane (N*C,) or dense (N, C, OH, OW)."""
-    y, m, den, _ = cpu_fused.load_extension().forward(x.contiguous(), alpha.contiguous(), dense, kernel, stride,
+                 out_size: list[int]) -> tuple[Tensor, Tensor]:
+    """(y, den) of a non-negative fp32 x; alpha fp32 per plane (N*C,) or dense (N, C, OH, OW). The window max is
+    not returned (nor kept for the backward, which recomputes it), as in ``cpu_fused.PPool2dCPU``."""
+    y, _, den, _ = cpu_fused.load_extension().forward(x.contiguous(), alpha.contiguous(), dense, kernel, stride,
                                                       padding, out_size, True, True)
-    return y, m, den
+    return y, den
 
 
 @p_pool2d_cpu.register_fake
 def _(x, alpha, dense, kernel, stride, padding, out_size):
     shape = (x.shape[0], x.shape[1], out_size[0], out_size[1])
-    return x.new_empty(shape), x.new_empty(shape), x.new_empty(shape)
+    return x.new_empty(shape), x.new_empty(shape)
 
 
 @torch.library.custom_op("polypool::p_pool2d_cpu_backward", mutates_args=())
-def p_pool2d_cpu_backward(x: Tensor, alpha: Tensor, dense: bool, m: Tensor, den: Tensor, y: Tensor, grad_y: Tensor,
+def p_pool2d_cpu_backward(x: Tensor, alpha: Tensor, dense: bool, den: Tensor, y: Tensor, grad_y: Tensor,
                           kernel: list[int], stride: list[int], padding: list[int]) -> tuple[Tensor, Tensor]:
     grad_x, grad_alpha = cpu_fused.load_extension().backward(
-        x.contiguous(), alpha.contiguous(), dense, m.contiguous(), den.contiguous(), y.contiguous(),
+        x.contiguous(), alpha.contiguous(), dense, den.new_empty(0), den.contiguous(), y.contiguous(),
         grad_y.contiguous().float(), True, kernel, stride, padding)
     return grad_x, grad_alpha
 
 
 @p_pool2d_cpu_backward.register_fake
-def _(x, alpha, dense, m, den, y, grad_y, kernel, stride, padding):
+def _(x, alpha, dense, den, y, grad_y, kernel, stride, padding):
     return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(alpha)
 
 
 def _cpu_setup(ctx, inputs, output):
     x, alpha, dense, kernel, stride, padding, _ = inputs
-    y, m, den = output
-    ctx.save_for_backward(x, alpha, m, den, y)
+    y, den = output
+    ctx.save_for_backward(x, alpha, den, y)
     ctx.args = (dense, kernel, stride, padding)
 
 
-def _cpu_backward(ctx, grad_y, grad_m, grad_den):
-    x, alpha, m, den, y = ctx.saved_tensors
+def _cpu_backward(ctx, grad_y, grad_den):
+    x, alpha, den, y = ctx.saved_tensors
     dense, kernel, stride, padding = ctx.args
-    grad_x, grad_alpha = p_pool2d_cpu_backward(x, alpha, dense, m, den, y, grad_y, kernel, stride, padding)
+    grad_x, grad_alpha = p_pool2d_cpu_backward(x, alpha, dense, den, y, grad_y, kernel, stride, padding)
     return grad_x, grad_alpha, None, None, None, None, None
 
 
@@ -83,8 +84,9 @@ def _triton_args(window: Window, x: Tensor, total: int, channels_last: bool, *ot
 
 
 def _triton_forward(x: Tensor, alpha: Tensor, dense: bool, kernel: list[int], stride: list[int],
-                    padding: list[int], out_size: list[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(y, m, den, q) of a non-negative x (fp32/fp16/bf16, any strides); q = y/m in fp32 (saved for fp16/bf16)."""
+                    padding: list[int], out_size: list[int]) -> tuple[Tensor, Tensor, Tensor]:
+    """(y, den, q) of a non-negative x (fp32/fp16/bf16, any strides); q = y/m in fp32, the backward's state with den
+    (the backward recomputes the window max)."""
     k = triton_fused.kernels()
     window = Window.make(kernel, stride, padding)
     n, c, height, width = x.shape
@@ -93,7 +95,6 @@ def _triton_forward(x: Tensor, alpha: Tensor, dense: bool, kernel: list[int], st
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     shape = (n, c, out_h, out_w)
     y = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=memory_format)
-    m = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=memory_format)
     den = torch.empty(shape, dtype=torch.float32, device=x.device, memory_format=memory_format)
     q = torch.empty(shape, dtype=torch.float32, device=x.device, memory_format=memory_format)
     total = n * c * out_h * out_w
@@ -101,33 +102,33 @@ def _triton_forward(x: Tensor, alpha: Tensor, dense: bool, kernel: list[int], st
     grid = triton_fused._grid(total, args["BLOCK"])
     negative = torch.empty(grid, dtype=torch.int8, device=x.device)  # not read: the caller shifted x
     _launch(k.p_pool2d_forward_kernel)[grid](
-        x, alpha, y, m, den, q, negative, total, c, height, width, out_h, out_w, *x.stride(),
+        x, alpha, y, den, q, negative, total, c, height, width, out_h, out_w, *x.stride(),
         DENSE=dense, SAVE_Q=True, STORE_STATE=True, INCLUDE_PAD=True, **args)
-    return y, m, den, q
+    return y, den, q
 
 
-def _triton_backward_op(x: Tensor, alpha: Tensor, dense: bool, m: Tensor, den: Tensor, q: Tensor,
+def _triton_backward_op(x: Tensor, alpha: Tensor, dense: bool, den: Tensor, q: Tensor,
                         grad_y: Tensor, kernel: list[int], stride: list[int],
                         padding: list[int]) -> tuple[Tensor, Tensor]:
     """(dx in x's layout, dalpha per output in fp32)."""
     k = triton_fused.kernels()
     window = Window.make(kernel, stride, padding)
     n, c, height, width = x.shape
-    out_h, out_w = m.shape[-2], m.shape[-1]
+    out_h, out_w = den.shape[-2], den.shape[-1]
     channels_last = is_channels_last(x)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     grad_y = grad_y.contiguous(memory_format=memory_format)
     grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=memory_format)
-    partial = torch.empty(m.shape, dtype=torch.float32, device=x.device, memory_format=memory_format)
+    partial = torch.empty(den.shape, dtype=torch.float32, device=x.device, memory_format=memory_format)
     geometry = (c, height, width, out_h, out_w, *x.stride())
-    total_out = m.numel()
+    total_out = den.numel()
     factors = torch.empty((3, total_out), dtype=torch.float32, device=x.device)  # per output, once
-    args = _triton_args(window, x, total_out, channels_last, m, factors)
+    args = _triton_args(window, x, total_out, channels_last, den, factors)
     _launch(k.p_pool2d_grad_factors_kernel)[triton_fused._grid(total_out, args["BLOCK"])](
-        x, alpha, m, den, q, grad_y, factors, partial, total_out, *geometry, DENSE=dense, Q_SAVED=True,
+        x, alpha, den, q, grad_y, factors, partial, total_out, *geometry, DENSE=dense, Q_SAVED=True,
         NEED_FACTORS=True, NEED_ALPHA=True, **args)
     total = x.numel()
-    args = _triton_args(window, x, total, channels_last, m, factors)
+    args = _triton_args(window, x, total, channels_last, den, factors)
     _launch(k.p_pool2d_grad_input_kernel)[triton_fused._grid(total, args["BLOCK"])](
         x, alpha, factors, grad_x, total, total_out, *geometry, DENSE=dense, **args)
     return grad_x, partial
@@ -142,15 +143,15 @@ def _launch(kernel):
 def _triton_forward_fake(x, alpha, dense, kernel, stride, padding, out_size):
     memory_format = torch.channels_last if is_channels_last(x) else torch.contiguous_format
     shape = (x.shape[0], x.shape[1], out_size[0], out_size[1])
-    y, m = (torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=memory_format) for _ in range(2))
+    y = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=memory_format)
     den, q = (torch.empty(shape, dtype=torch.float32, device=x.device, memory_format=memory_format) for _ in range(2))
-    return y, m, den, q
+    return y, den, q
 
 
-def _triton_backward_fake(x, alpha, dense, m, den, q, grad_y, kernel, stride, padding):
+def _triton_backward_fake(x, alpha, dense, den, q, grad_y, kernel, stride, padding):
     memory_format = torch.channels_last if is_channels_last(x) else torch.contiguous_format
     return (torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=memory_format),
-            torch.empty(m.shape, dtype=torch.float32, device=x.device, memory_format=memory_format))
+            torch.empty(den.shape, dtype=torch.float32, device=x.device, memory_format=memory_format))
 
 
 def _opaque_triton_ops():
@@ -174,15 +175,15 @@ else:
 
 def _triton_setup(ctx, inputs, output):
     x, alpha, dense, kernel, stride, padding, _ = inputs
-    y, m, den, q = output
-    ctx.save_for_backward(x, alpha, m, den, q)
+    y, den, q = output
+    ctx.save_for_backward(x, alpha, den, q)
     ctx.args = (dense, kernel, stride, padding)
 
 
-def _triton_backward(ctx, grad_y, grad_m, grad_den, grad_q):
-    x, alpha, m, den, q = ctx.saved_tensors
+def _triton_backward(ctx, grad_y, grad_den, grad_q):
+    x, alpha, den, q = ctx.saved_tensors
     dense, kernel, stride, padding = ctx.args
-    grad_x, partial = p_pool2d_triton_backward(x, alpha, dense, m, den, q, grad_y, kernel, stride, padding)
+    grad_x, partial = p_pool2d_triton_backward(x, alpha, dense, den, q, grad_y, kernel, stride, padding)
     grad_alpha = partial if dense else partial.sum(dim=(2, 3)).reshape(-1)
     return grad_x, grad_alpha, None, None, None, None, None
 

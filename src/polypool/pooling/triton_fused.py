@@ -17,10 +17,11 @@ benchmarks); anything else (the default) makes the default path safe on a machin
 
 An explicit ``backend="triton"`` never falls back: it raises.
 
-Saved for backward (only when a gradient can be asked for): x itself (no copy, whatever its layout), the window
-max m in x's dtype (exact: m is one of the x), the denominator in fp32, and y for fp32 inputs or q = y/m in fp32
-for fp16/bf16 (the backward's (a+1) - a q/r needs q to fp32 precision). A channels_last x gets channels_last y and
-dx, as from ``max_pool2d``.
+Saved for backward (only when a gradient can be asked for): x itself (no copy, whatever its layout), the
+denominator in fp32, and y for fp32 inputs or q = y/m in fp32 for fp16/bf16 (the backward's (a+1) - a q/r needs q
+to fp32 precision). Not the window max (the backward recomputes it from the window it reads anyway), nor, for the
+fused branch, alpha: beyond x and y, 4 bytes per output for fp32 (0.25x the input at 2x2/2, 1x at stride 1), 8 for
+fp16/bf16 (1x and 4x). A channels_last x gets channels_last y and dx, as from ``max_pool2d``.
 """
 
 from __future__ import annotations
@@ -319,17 +320,16 @@ class PPool2dTriton(torch.autograd.Function):
         out_shape = (n, c, out_h, out_w)
         total = n * c * out_h * out_w
         y = _alloc(out_shape, x.dtype, x.device, channels_last)
-        if need_grad:
-            m = _alloc(out_shape, x.dtype, x.device, channels_last)
+        if need_grad:  # the backward's state; not the window max, which the backward recomputes
             den = _alloc(out_shape, torch.float32, x.device, channels_last)
             q = _alloc(out_shape, torch.float32, x.device, channels_last) if save_q else den  # den: a placeholder
         else:
-            m = den = q = y  # placeholders: the kernel stores none of them
+            den = q = y  # placeholders: the kernel stores neither
         args = _launch_args(window, x, total, channels_last, y)
         negative = _alloc(_grid(total, args["BLOCK"]), torch.int8, x.device)
         with _device_guard(x):
             k.p_pool2d_forward_kernel[_grid(total, args["BLOCK"])](
-                x, alpha_k, y, m, den, q, negative, total, c, height, width, out_h, out_w, *x.stride(),
+                x, alpha_k, y, den, q, negative, total, c, height, width, out_h, out_w, *x.stride(),
                 DENSE=dense, SAVE_Q=save_q, STORE_STATE=need_grad, INCLUDE_PAD=include_pad, **args)
         # One device sync: the reference pays it too (its shift check), without the kernel's fused pass over x.
         if check_negative:
@@ -339,18 +339,18 @@ class PPool2dTriton(torch.autograd.Function):
         ctx.alpha_shape = alpha.shape if isinstance(alpha, Tensor) else None
         ctx.alpha_dtype = alpha.dtype if isinstance(alpha, Tensor) else None
         if need_grad:
-            ctx.save_for_backward(x, alpha_k, m, den, q if save_q else y)
+            ctx.save_for_backward(x, alpha_k, den, q if save_q else y)
         return y
 
     @staticmethod
     def backward(ctx, grad_y: Tensor):
         if not ctx.saved_tensors:
             raise RuntimeError("p_pool2d (triton) ran its forward with need_grad=False: no state for a backward")
-        x, alpha_k, m, den, y_or_q = ctx.saved_tensors
+        x, alpha_k, den, y_or_q = ctx.saved_tensors
         need_x = ctx.needs_input_grad[0]
         need_alpha = ctx.needs_input_grad[1] and ctx.alpha_shape is not None
         try:
-            grad_x, grad_map = _backward_kernels(ctx, x, alpha_k, m, den, y_or_q, grad_y, need_x, need_alpha)
+            grad_x, grad_map = _backward_kernels(ctx, x, alpha_k, den, y_or_q, grad_y, need_x, need_alpha)
         except Exception as error:
             if ctx.explicit or mode() == "strict":
                 raise
@@ -363,28 +363,28 @@ class PPool2dTriton(torch.autograd.Function):
         return grad_x, grad_alpha, None, None, None, None, None
 
 
-def _backward_kernels(ctx, x, alpha_k, m, den, y_or_q, grad_y, need_x: bool, need_alpha: bool):
+def _backward_kernels(ctx, x, alpha_k, den, y_or_q, grad_y, need_x: bool, need_alpha: bool):
     k = kernels()
     n, c, height, width = x.shape
-    out_h, out_w = m.shape[-2:]
+    out_h, out_w = den.shape[-2:]
     channels_last = ctx.channels_last
     grad_y = grad_y.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     flags = dict(DENSE=ctx.dense, Q_SAVED=ctx.q_saved)
     geometry = (c, height, width, out_h, out_w, *x.stride())
     grad_x = grad_map = None
-    total_out = m.numel()
+    total_out = den.numel()
     with _device_guard(x):
         # per output, once: dx's factors (when dx is needed) and dalpha (when alpha needs a gradient)
-        factors = _alloc((3, total_out), torch.float32, x.device) if need_x else m  # m: a placeholder
-        partial = _alloc(m.shape, torch.float32, x.device, channels_last) if need_alpha else m
-        args = _launch_args(ctx.window, x, total_out, channels_last, m, factors)
+        factors = _alloc((3, total_out), torch.float32, x.device) if need_x else den  # den: a placeholder
+        partial = _alloc(den.shape, torch.float32, x.device, channels_last) if need_alpha else den
+        args = _launch_args(ctx.window, x, total_out, channels_last, den, factors)
         k.p_pool2d_grad_factors_kernel[_grid(total_out, args["BLOCK"])](
-            x, alpha_k, m, den, y_or_q, grad_y, factors, partial, total_out, *geometry, **flags,
+            x, alpha_k, den, y_or_q, grad_y, factors, partial, total_out, *geometry, **flags,
             NEED_FACTORS=need_x, NEED_ALPHA=need_alpha, **args)
         if need_x:
             total = x.numel()
             grad_x = _alloc(x.shape, x.dtype, x.device, channels_last)  # every element is written: no zero fill
-            args = _launch_args(ctx.window, x, total, channels_last, m, factors)
+            args = _launch_args(ctx.window, x, total, channels_last, den, factors)
             k.p_pool2d_grad_input_kernel[_grid(total, args["BLOCK"])](
                 x, alpha_k, factors, grad_x, total, total_out, *geometry, DENSE=ctx.dense, **args)
         if need_alpha:
@@ -422,9 +422,9 @@ class DensePPool2dTriton(torch.autograd.Function):
 
     The plane normaliser f = scale / (max x + 1) is one torch reduction (it must be known before any window's
     alpha); everything else is the pooling kernels': the forward sums the conv while it reads the window for its
-    max, and the backward's per-output kernel carries dalpha on into the branch's parameters (per-channel atomic
-    sums), then the dx gather runs as for any dense alpha. Saved for backward: x, the alpha map (fp32), m, den and
-    y or q, as for a dense alpha."""
+    max, and the backward's per-output kernel recomputes the window max and alpha from the window and carries dalpha
+    on into the branch's parameters (per-channel atomic sums), then the dx gather runs as for any dense alpha. Saved
+    for backward: x, den and y (fp32) or q (fp16/bf16), as the C++ kernel saves: neither alpha nor the window max."""
 
     @staticmethod
     def forward(ctx, x: Tensor, conv_weight, prelu_weight, proj_weight, proj_bias, window: Window,
@@ -445,17 +445,16 @@ class DensePPool2dTriton(torch.autograd.Function):
         y = _alloc(out_shape, x.dtype, x.device, channels_last)
         alpha = _alloc(out_shape, torch.float32, x.device, channels_last)
         if need_grad:
-            m = _alloc(out_shape, x.dtype, x.device, channels_last)
             den = _alloc(out_shape, torch.float32, x.device, channels_last)
             q = _alloc(out_shape, torch.float32, x.device, channels_last) if save_q else den
         else:
-            m = den = q = y
+            den = q = y
         args = _launch_args(window, x, total, channels_last, y)
         negative = _alloc(_grid(total, args["BLOCK"]), torch.int8, x.device)
         lo, hi = (float(v) for v in alpha_range)
         with _device_guard(x):
             k.p_pool2d_dense_forward_kernel[_grid(total, args["BLOCK"])](
-                x, kw, slope, w, b, f, alpha, y, m, den, q, negative, total, c, height, width, out_h, out_w,
+                x, kw, slope, w, b, f, alpha, y, den, q, negative, total, c, height, width, out_h, out_w,
                 *x.stride(), lo, hi, SAVE_Q=save_q, STORE_STATE=need_grad, INCLUDE_PAD=include_pad, **args)
         if check_negative:
             raise_if_negative(bool(negative.any()), x, window)
@@ -464,7 +463,7 @@ class DensePPool2dTriton(torch.autograd.Function):
         ctx.input_scale, ctx.include_pad = float(input_scale), include_pad
         ctx.params = (conv_weight, prelu_weight, proj_weight, proj_bias)
         if need_grad:
-            ctx.save_for_backward(x, alpha, m, den, q if save_q else y, f, kw, slope, w, b)
+            ctx.save_for_backward(x, den, q if save_q else y, f, kw, slope, w, b)
         ctx.mark_non_differentiable(alpha)
         ctx.set_materialize_grads(False)  # alpha gets no gradient: no zero tensor for it
         return y, alpha
@@ -475,23 +474,23 @@ class DensePPool2dTriton(torch.autograd.Function):
 
         if not ctx.saved_tensors:
             raise RuntimeError("dense p_pool2d (triton) ran its forward without need_grad: no state for a backward")
-        x, alpha, m, den, y_or_q, f, kw, slope, w, b = ctx.saved_tensors
+        x, den, y_or_q, f, kw, slope, w, b = ctx.saved_tensors
         if grad_y is None:  # y took no part in the loss (grads are not materialised)
             return (None,) * 13
         k = kernels()
         window: Window = ctx.window
         n, c, height, width = x.shape
-        out_h, out_w = m.shape[-2:]
+        out_h, out_w = den.shape[-2:]
         taps = window.kernel[0] * window.kernel[1]
         channels_last = ctx.channels_last
         grad_y = grad_y.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         geometry = (c, height, width, out_h, out_w, *x.stride())
-        total_out = m.numel()
+        total_out = den.numel()
         need_x = ctx.needs_input_grad[0]
         lo, hi = ctx.alpha_range
         try:
-            grad_x, sums = _dense_backward_kernels(ctx, k, x, alpha, m, den, y_or_q, grad_y, f, kw, slope, w, b,
-                                                   need_x, lo, hi, geometry, total_out, taps)
+            grad_x, sums = _dense_backward_kernels(ctx, k, x, den, y_or_q, grad_y, f, kw, slope, w, b, need_x, lo, hi,
+                                                   geometry, total_out, taps)
         except Exception as error:
             if ctx.explicit or mode() == "strict":
                 raise
@@ -503,22 +502,24 @@ class DensePPool2dTriton(torch.autograd.Function):
         return grad_x, *grads, None, None, None, None, None, None, None, None
 
 
-def _dense_backward_kernels(ctx, k, x, alpha, m, den, y_or_q, grad_y, f, kw, slope, w, b, need_x, lo, hi, geometry,
-                            total_out, taps):
+def _dense_backward_kernels(ctx, k, x, den, y_or_q, grad_y, f, kw, slope, w, b, need_x, lo, hi, geometry, total_out,
+                            taps):
     window, channels_last, c = ctx.window, ctx.channels_last, x.shape[1]
     sums = torch.zeros((c, taps + 3), dtype=torch.float32, device=x.device)  # atomic per-channel sums
     grad_x = None
     with _device_guard(x):
-        factors = _alloc((3, total_out), torch.float32, x.device) if need_x else m
-        args = _launch_args(window, x, total_out, channels_last, m, factors)
+        factors = _alloc((3, total_out), torch.float32, x.device) if need_x else den  # den: a placeholder
+        # alpha, recomputed by the factors kernel for the dx kernel (a buffer of the backward only)
+        alpha = _alloc(den.shape, torch.float32, x.device, channels_last) if need_x else den
+        args = _launch_args(window, x, total_out, channels_last, den, factors)
         k.p_pool2d_grad_factors_kernel[_grid(total_out, args["BLOCK"])](
-            x, alpha, m, den, y_or_q, grad_y, factors, sums, total_out, *geometry, DENSE=True,
+            x, alpha, den, y_or_q, grad_y, factors, sums, total_out, *geometry, DENSE=True,
             Q_SAVED=ctx.q_saved, NEED_FACTORS=need_x, NEED_ALPHA=True, BRANCH=True, k_ptr=kw,
             slope_ptr=slope, w_ptr=w, b_ptr=b, f_ptr=f, lo=lo, hi=hi, **args)
         if need_x:
             total = x.numel()
             grad_x = _alloc(x.shape, x.dtype, x.device, channels_last)
-            args = _launch_args(window, x, total, channels_last, m, factors)
+            args = _launch_args(window, x, total, channels_last, den, factors)
             k.p_pool2d_grad_input_kernel[_grid(total, args["BLOCK"])](
                 x, alpha, factors, grad_x, total, total_out, *geometry, DENSE=True, **args)
     return grad_x, sums

@@ -15,12 +15,13 @@ strides (no copy of a channels_last or strided input); y, dx and the saved state
 IDX64 switches the index arithmetic to int64 for tensors of 2^31 elements or more.
 
 * forward: one program per BLOCK outputs; the window is read twice (max, then the sums), the second time from
-  cache. It writes y, and when a gradient can be asked for (STORE_STATE) m (exact in x's dtype), den and, for
-  fp16/bf16, q in fp32 (the backward needs q to ~1e-7); and one flag per program: whether a window held a
-  negative x (the arithmetic assumes x >= 0).
-* backward, per output (grad_factors): once per output, the factors every dx term of its window needs (signed
-  1/m, g/den (a+1), g/den a q), and, when alpha needs a gradient, dalpha from the recomputed window sums, one value
-  per output (summed per plane by torch for a per-plane alpha).
+  cache. It writes y, and when a gradient can be asked for (STORE_STATE) den and, for fp16/bf16, q in fp32 (the
+  backward needs q to ~1e-7); and one flag per program: whether a window held a negative x (the arithmetic
+  assumes x >= 0). The window max is not saved: the backward recomputes it.
+* backward, per output (grad_factors): once per output, the window max again (and with the fused branch alpha),
+  the factors every dx term of its window needs (signed 1/m, g/den (a+1), g/den a q), and, when alpha needs a
+  gradient, dalpha from the recomputed window sums, one value per output (summed per plane by torch for a
+  per-plane alpha).
 * dx: a gather: one program per BLOCK *inputs*; each loops over the windows that contain its input only (its
   residue class: ceil(KH/SH) x ceil(KW/SW) candidates, 1 for 2x2/2, 4 for 3x3/2), reading their precomputed
   factors. No atomics, no zero-fill.
@@ -116,11 +117,10 @@ def _load_tap(x_base, h, w, H, W, sxh, sxw, valid):
 
 
 @triton.jit
-def _window_max(x_base, k_ptr, c, h0, w0, H, W, sxh, sxw, valid, negative_ptr, KH: tl.constexpr, KW: tl.constexpr,
-                BLOCK: tl.constexpr, CONV: tl.constexpr):
-    """The forward's first read of each window: its max m and, with CONV, the dense branch's depthwise conv sum u
-    (k_ptr: the (C, KH*KW) kernel); stores one flag per program: did a window hold a negative x? (then the caller
-    shifts the maps and calls again)."""
+def _window_reduce(x_base, k_ptr, c, h0, w0, H, W, sxh, sxw, valid, KH: tl.constexpr, KW: tl.constexpr,
+                   BLOCK: tl.constexpr, CONV: tl.constexpr):
+    """One read of each window: its max m, its min and, with CONV, the dense branch's depthwise conv sum u (k_ptr:
+    the (C, KH*KW) kernel)."""
     m = tl.zeros((BLOCK,), dtype=tl.float32)  # x >= 0 and the padding is 0, so 0 is a neutral start
     low = tl.zeros((BLOCK,), dtype=tl.float32)
     u = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -131,6 +131,15 @@ def _window_max(x_base, k_ptr, c, h0, w0, H, W, sxh, sxw, valid, negative_ptr, K
             low = tl.minimum(low, v)
             if CONV:
                 u += tl.load(k_ptr + c * (KH * KW) + (di * KW + dj), mask=valid, other=0.0) * v
+    return m, low, u
+
+
+@triton.jit
+def _window_max(x_base, k_ptr, c, h0, w0, H, W, sxh, sxw, valid, negative_ptr, KH: tl.constexpr, KW: tl.constexpr,
+                BLOCK: tl.constexpr, CONV: tl.constexpr):
+    """The forward's first read of each window: (m, u) of ``_window_reduce``; stores one flag per program: did a
+    window hold a negative x? (then the caller shifts the maps and calls again)."""
+    m, low, u = _window_reduce(x_base, k_ptr, c, h0, w0, H, W, sxh, sxw, valid, KH, KW, BLOCK, CONV)
     tl.store(negative_ptr + tl.program_id(0), (tl.min(low, axis=0) < 0.0).to(tl.int8))
     return m, u
 
@@ -157,13 +166,12 @@ def _window_sums(x_base, h0, w0, H, W, sxh, sxw, valid, m, a, KH: tl.constexpr, 
 
 
 @triton.jit
-def _store_forward(y_ptr, m_ptr, den_ptr, q_ptr, offs, valid, m, num, den, SAVE_Q: tl.constexpr,
-                   STORE_STATE: tl.constexpr):
-    """y = m q with q = num / den, and the state the backward reads (m, den and, when asked, q)."""
+def _store_forward(y_ptr, den_ptr, q_ptr, offs, valid, m, num, den, SAVE_Q: tl.constexpr, STORE_STATE: tl.constexpr):
+    """y = m q with q = num / den, and the state the backward reads (den and, when asked, q; not m, which the
+    backward recomputes from the window it reads anyway)."""
     q = num / tl.where(valid, den, 1.0)  # den >= 1: the max element adds exactly 1
     tl.store(y_ptr + offs, (q * m).to(y_ptr.dtype.element_ty), mask=valid)
     if STORE_STATE:
-        tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=valid)
         tl.store(den_ptr + offs, den, mask=valid)
         if SAVE_Q:
             tl.store(q_ptr + offs, q, mask=valid)
@@ -171,7 +179,7 @@ def _store_forward(y_ptr, m_ptr, den_ptr, q_ptr, offs, valid, m, num, den, SAVE_
 
 @triton.jit
 def p_pool2d_forward_kernel(
-    x_ptr, alpha_ptr, y_ptr, m_ptr, den_ptr, q_ptr, negative_ptr,
+    x_ptr, alpha_ptr, y_ptr, den_ptr, q_ptr, negative_ptr,
     total, C, H, W, OH, OW, sxn, sxc, sxh, sxw,
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
     DENSE: tl.constexpr, SAVE_Q: tl.constexpr, STORE_STATE: tl.constexpr, CL: tl.constexpr, IDX64: tl.constexpr,
@@ -188,7 +196,7 @@ def p_pool2d_forward_kernel(
     m = _flush_max(m)
     a = _load_alpha(alpha_ptr, n * C + c, offs, valid, DENSE)
     num, den = _window_sums(x_base, h0, w0, H, W, sxh, sxw, valid, m, a, KH, KW, PH, PW, BLOCK, INCLUDE_PAD)
-    _store_forward(y_ptr, m_ptr, den_ptr, q_ptr, offs, valid, m, num, den, SAVE_Q, STORE_STATE)
+    _store_forward(y_ptr, den_ptr, q_ptr, offs, valid, m, num, den, SAVE_Q, STORE_STATE)
 
 
 @triton.jit
@@ -201,7 +209,7 @@ def _branch_parts(u, f, slope, w, b):
 
 @triton.jit
 def p_pool2d_dense_forward_kernel(
-    x_ptr, k_ptr, slope_ptr, w_ptr, b_ptr, f_ptr, alpha_ptr, y_ptr, m_ptr, den_ptr, q_ptr, negative_ptr,
+    x_ptr, k_ptr, slope_ptr, w_ptr, b_ptr, f_ptr, alpha_ptr, y_ptr, den_ptr, q_ptr, negative_ptr,
     total, C, H, W, OH, OW, sxn, sxc, sxh, sxw, lo, hi,
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
     SAVE_Q: tl.constexpr, STORE_STATE: tl.constexpr, CL: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.constexpr,
@@ -230,7 +238,7 @@ def p_pool2d_dense_forward_kernel(
 
     m = _flush_max(m)
     num, den = _window_sums(x_base, h0, w0, H, W, sxh, sxw, valid, m, a, KH, KW, PH, PW, BLOCK, INCLUDE_PAD)
-    _store_forward(y_ptr, m_ptr, den_ptr, q_ptr, offs, valid, m, num, den, SAVE_Q, STORE_STATE)
+    _store_forward(y_ptr, den_ptr, q_ptr, offs, valid, m, num, den, SAVE_Q, STORE_STATE)
 
 
 @triton.jit
@@ -249,20 +257,20 @@ def _add_per_channel(ptr, stride, j, c, value, valid, CL: tl.constexpr):
 
 
 @triton.jit
-def _window_state(m_ptr, den_ptr, yq_ptr, g_ptr, out, mask, Q_SAVED: tl.constexpr):
-    """(m, inv_m, zero, q, g/den) of outputs ``out``: what the backward needs of each window."""
-    m = tl.load(m_ptr + out, mask=mask, other=1.0).to(tl.float32)  # saved flushed
+def _window_state(m, den_ptr, yq_ptr, g_ptr, out, mask, Q_SAVED: tl.constexpr):
+    """(inv_m, zero, q, g/den) of outputs ``out`` with (flushed) window maxima m: what the backward needs of each
+    window."""
     inv_m, zero = _normaliser(m)
     yq = tl.load(yq_ptr + out, mask=mask, other=0.0).to(tl.float32)
     q = yq if Q_SAVED else yq * inv_m + zero  # q = y/m; 1 in an all-zero window
     den = tl.load(den_ptr + out, mask=mask, other=1.0)
     g = tl.load(g_ptr + out, mask=mask, other=0.0).to(tl.float32)
-    return m, inv_m, zero, q, g / den
+    return inv_m, zero, q, g / den
 
 
 @triton.jit
 def p_pool2d_grad_factors_kernel(
-    x_ptr, alpha_ptr, m_ptr, den_ptr, yq_ptr, g_ptr, factors_ptr, ga_ptr,
+    x_ptr, alpha_ptr, den_ptr, yq_ptr, g_ptr, factors_ptr, ga_ptr,
     total, C, H, W, OH, OW, sxn, sxc, sxh, sxw,
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
     DENSE: tl.constexpr, Q_SAVED: tl.constexpr, NEED_FACTORS: tl.constexpr, NEED_ALPHA: tl.constexpr,
@@ -271,30 +279,47 @@ def p_pool2d_grad_factors_kernel(
 ):
     """Per output, once: the factors that dx needs of each window (NEED_FACTORS), and dalpha (NEED_ALPHA).
 
+    The window max is recomputed from the window (the forward saves only den and, for fp16/bf16, q): one more read
+    of KH*KW elements that the dalpha sums read again from cache, instead of an output-sized tensor kept from the
+    forward to the backward.
+
     factors is (3, total) fp32, laid out like the output: [0] the signed 1/m (-1 marks an all-zero window, where
     1/m := 1 and r := 1), [1] g/den (a+1), [2] g/den a q; the dx of an element i of window j is then
     factors[1] p - factors[2] p/r. Every input lies in about (K/S)^2 windows, so this is that many times less
     per-output arithmetic (and three loads instead of four) than recomputing them in the dx gather.
 
-    BRANCH (the fused dense branch; needs NEED_ALPHA): dalpha goes on through the clamp, the 1x1 affine and PReLU
-    into the conv, and ga_ptr receives the branch's parameter gradients per channel, (C, KH*KW + 3): dk by tap,
-    dslope, dw, db (atomic sums; the caller zero-fills it).
+    BRANCH (the fused dense branch; needs NEED_ALPHA): alpha is recomputed too (the same read of the window sums the
+    conv) and written to alpha_ptr for the dx kernel (NEED_FACTORS); dalpha goes on through the clamp, the 1x1
+    affine and PReLU into the conv, and ga_ptr receives the branch's parameter gradients per channel,
+    (C, KH*KW + 3): dk by tap, dslope, dw, db (atomic sums; the caller zero-fills it).
     """
     offs = _program_offsets(BLOCK, IDX64)
     valid = offs < total
     n, c, oh, ow = _output_coords(offs, C, OH, OW, CL)
-    m, inv_m, zero, q, g_over_den = _window_state(m_ptr, den_ptr, yq_ptr, g_ptr, offs, valid, Q_SAVED)
-    a = _load_alpha(alpha_ptr, n * C + c, offs, valid, DENSE)
+    x_base = x_ptr + n * sxn + c * sxc
+    h0 = oh * SH - PH
+    w0 = ow * SW - PW
+    if BRANCH:
+        m, _, u = _window_reduce(x_base, k_ptr, c, h0, w0, H, W, sxh, sxw, valid, KH, KW, BLOCK, True)
+        f = tl.load(f_ptr + n * C + c, mask=valid, other=0.0)
+        slope = tl.load(slope_ptr + c, mask=valid, other=0.0)
+        w_c = tl.load(w_ptr + c, mask=valid, other=0.0)
+        b_c = tl.load(b_ptr + c, mask=valid, other=0.0)
+        z, act, pre = _branch_parts(u, f, slope, w_c, b_c)
+        a = tl.minimum(tl.maximum(pre, lo), hi)  # the forward's alpha, recomputed
+        if NEED_FACTORS:
+            tl.store(alpha_ptr + offs, a, mask=valid)
+    else:
+        m, _, u = _window_reduce(x_base, x_ptr, c, h0, w0, H, W, sxh, sxw, valid, KH, KW, BLOCK, False)
+        a = _load_alpha(alpha_ptr, n * C + c, offs, valid, DENSE)
+    m = _flush_max(m)
+    inv_m, zero, q, g_over_den = _window_state(m, den_ptr, yq_ptr, g_ptr, offs, valid, Q_SAVED)
     if NEED_FACTORS:
         tl.store(factors_ptr + offs, tl.where(zero > 0.0, -1.0, inv_m), mask=valid)
         tl.store(factors_ptr + (offs + total), g_over_den * (a + 1.0), mask=valid)
         tl.store(factors_ptr + (offs + total + total), g_over_den * a * q, mask=valid)
     if NEED_ALPHA:
-        x_base = x_ptr + n * sxn + c * sxc
-        h0 = oh * SH - PH
-        w0 = ow * SW - PW
         total_sum = tl.zeros((BLOCK,), dtype=tl.float32)
-        u = tl.zeros((BLOCK,), dtype=tl.float32)  # BRANCH: the conv sums, again
         for di in tl.static_range(KH):
             for dj in tl.static_range(KW):
                 h, w, v = _load_tap(x_base, h0 + di, w0 + dj, H, W, sxh, sxw, valid)
@@ -303,15 +328,8 @@ def p_pool2d_grad_factors_kernel(
                 p = _pow_unit(r, log2_r, a)
                 # 0 ln 0 = 0 (r = 0: zeros, padding), and the overhang has r = 0 too: it adds nothing
                 total_sum += tl.where(r > 0.0, p * (r - q) * log2_r, 0.0)
-                if BRANCH:
-                    u += tl.load(k_ptr + c * (KH * KW) + (di * KW + dj), mask=valid, other=0.0) * v
         grad = total_sum * 0.6931471805599453 * g_over_den * m  # ln r = log2 r * ln 2
         if BRANCH:
-            f = tl.load(f_ptr + n * C + c, mask=valid, other=0.0)
-            slope = tl.load(slope_ptr + c, mask=valid, other=0.0)
-            w_c = tl.load(w_ptr + c, mask=valid, other=0.0)
-            b_c = tl.load(b_ptr + c, mask=valid, other=0.0)
-            z, act, pre = _branch_parts(u, f, slope, w_c, b_c)
             gp = tl.where(valid & (pre >= lo) & (pre <= hi), grad, 0.0)  # clamp: lo <= pre <= hi passes
             dact = gp * w_c
             dz = tl.where(z > 0.0, dact, dact * slope) * f
