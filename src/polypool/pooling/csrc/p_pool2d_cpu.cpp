@@ -132,17 +132,28 @@ inline Vec pow_unit(const Vec& r, const Vec& log_r, const Vec& a) {
 // log2 x = e + l, with e the binary exponent and l = log2 of the mantissa in [1, 2). Overlapping windows read each
 // element several times: with its split computed once, log2(x/m) = (e_x - e_m) + (l_x - l_m) costs two
 // subtractions per window instead of a log, and stays accurate to ~1e-7 absolute whatever the magnitude of x (a
-// plain log x - log m would lose |log x| * 6e-8). Zero and subnormal x split as (-127, 0); they are masked anyway.
+// plain log x - log m would lose |log x| * 6e-8). Zero splits as (-127, 0), subnormals near it; they are masked anyway.
 constexpr real_t kLn2 = static_cast<real_t>(0.69314718055994530942);
 inline void split_log2(const Vec& x, Vec& e, Vec& l) {
 #if defined(PPOOL_FLOAT_AVX2)
+  // The mantissa is taken into [sqrt(1/2), sqrt(2)) (halved, and e one up, above sqrt(2)), and log2(1 + f) = f P(f)
+  // with P of degree 8, least-squares fitted on [sqrt(1/2) - 1, sqrt(2) - 1]: at most 5.7e-8 from log2 x over every
+  // float mantissa, as accurate as SLEEF's 1-ulp log2 (which took a sixth of P-pooling's 3x3/2 fwd+bwd) at a few FMAs.
   const __m256i bits = _mm256_castps_si256(x);
   const __m256i exponent = _mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(0xff)),
                                             _mm256_set1_epi32(127));
-  const __m256 mantissa = _mm256_castsi256_ps(
+  __m256 mantissa = _mm256_castsi256_ps(
       _mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x007fffff)), _mm256_set1_epi32(0x3f800000)));
-  e = Vec(_mm256_cvtepi32_ps(exponent));
-  l = Vec(mantissa).log2();
+  const __m256 halve = _mm256_cmp_ps(mantissa, _mm256_set1_ps(1.41421356f), _CMP_GT_OQ);
+  mantissa = _mm256_blendv_ps(mantissa, _mm256_mul_ps(mantissa, _mm256_set1_ps(0.5f)), halve);
+  e = Vec(_mm256_add_ps(_mm256_cvtepi32_ps(exponent), _mm256_and_ps(halve, _mm256_set1_ps(1.f))));
+  const __m256 f = _mm256_sub_ps(mantissa, _mm256_set1_ps(1.f));
+  constexpr float kP[9] = {1.4426950216293335f,   -0.7213473320007324f, 0.48091059923171997f,
+                           -0.36070483922958374f, 0.2879183292388916f,  -0.23892034590244293f,
+                           0.21566985547542572f,  -0.20742103457450867f, 0.12614846229553223f};
+  __m256 poly = _mm256_set1_ps(kP[8]);
+  for (int i = 7; i >= 0; --i) poly = _mm256_fmadd_ps(poly, f, _mm256_set1_ps(kP[i]));
+  l = Vec(_mm256_mul_ps(poly, f));
 #else
   real_t xs[kLanes], es[kLanes], ls[kLanes];
   x.store(xs);
