@@ -113,14 +113,6 @@ struct AlphaRow {
   }
 };
 
-// log r. SLEEF's 3.5-ulp log where ATen's AVX2 vectors are compiled in (r^a then carries a relative error of
-// about |log r^a| * 2e-7, under 3e-6 wherever r^a is not negligible), the 1-ulp one otherwise.
-#if defined(PPOOL_FLOAT_AVX2)
-extern "C" __m256 Sleef_logf8_u35(__m256);
-inline Vec log_unit(const Vec& r) { return Vec(Sleef_logf8_u35(r)); }
-#else
-inline Vec log_unit(const Vec& r) { return r.log(); }
-#endif
 
 // r^a for r in [0, 1], with 0^0 = 1. ATen's exp_u20 (20 ulp, ~1.2e-6 relative) flushes results below the
 // smallest normal float to 0, which is the a -> inf limit and spares the slow denormal path.
@@ -166,6 +158,18 @@ inline void split_log2(const Vec& x, Vec& e, Vec& l) {
   }
   e = Vec::loadu(es);
   l = Vec::loadu(ls);
+#endif
+}
+
+// log r for r in [0, 1] (-inf at 0, as log): ln 2 (e + l) from the split where ATen's AVX2 vectors are compiled in
+// (a few FMAs, about 1e-7 absolute), ATen's 1-ulp log otherwise.
+inline Vec log_unit(const Vec& r) {
+#if defined(PPOOL_FLOAT_AVX2)
+  Vec e, l;
+  split_log2(r, e, l);
+  return Vec::blendv((e + l) * Vec(kLn2), Vec(-std::numeric_limits<real_t>::infinity()), r <= Vec(0.f));
+#else
+  return r.log();
 #endif
 }
 
