@@ -1,7 +1,7 @@
 """The fused P-pooling kernels as ``torch.library`` ops, so that ``torch.compile`` calls them instead of tracing the
-reference op: ``polypool::p_pool2d_triton`` (``triton_op`` + ``wrap_triton``: Inductor sees the Triton kernels) and
-``polypool::p_pool2d_cpu`` (``custom_op`` around the C++ kernel), each with a fake kernel and an autograd formula
-whose backward is again such an op.
+reference op: ``polypool::p_pool2d_triton_v2`` (``triton_op`` + ``wrap_triton``: Inductor sees the Triton kernels) and
+``polypool::p_pool2d_cpu_v2`` (``custom_op`` around the C++ kernel), each with a fake kernel and an autograd formula
+whose backward is again such an op (``OP_NAMES``).
 
 ``p_pool2d`` uses them only while ``torch.compile`` traces it (not under ``torch.export``, which keeps the reference
 op's plain torch ops so that the exported program runs anywhere). A compiled graph cannot branch on the data, so
@@ -21,7 +21,15 @@ from . import cpu_fused, triton_fused
 from .fused_interface import alpha_is_dense, is_channels_last
 from .geometry import Window
 
-__all__ = ["compiled_p_pool2d", "serves"]
+__all__ = ["OP_NAMES", "compiled_p_pool2d", "serves"]
+
+# The ops' names carry their schema's version: torch.compile's FX graph cache keys a compiled graph on the names of
+# the ops it calls, not on their schemas (pytorch/pytorch#187319), so a graph compiled against an older schema would
+# be reused after an upgrade and fail (version 1's forward also returned the window max: "tuple index out of range").
+# Bump it whenever an op's arguments or outputs change.
+SCHEMA_VERSION = 2
+OP_NAMES = {op: f"polypool::p_pool2d_{op}_v{SCHEMA_VERSION}"
+            for op in ("cpu", "cpu_backward", "triton", "triton_backward")}
 
 
 def _window_args(window: Window) -> tuple[list[int], list[int], list[int]]:
@@ -30,7 +38,7 @@ def _window_args(window: Window) -> tuple[list[int], list[int], list[int]]:
 
 # ------------------------------------------------------------------------------------------------ CPU (C++)
 
-@torch.library.custom_op("polypool::p_pool2d_cpu", mutates_args=())
+@torch.library.custom_op(OP_NAMES["cpu"], mutates_args=())
 def p_pool2d_cpu(x: Tensor, alpha: Tensor, dense: bool, kernel: list[int], stride: list[int], padding: list[int],
                  out_size: list[int]) -> tuple[Tensor, Tensor]:
     """(y, den) of a non-negative fp32 x; alpha fp32 per plane (N*C,) or dense (N, C, OH, OW). The window max is
@@ -46,7 +54,7 @@ def _(x, alpha, dense, kernel, stride, padding, out_size):
     return x.new_empty(shape), x.new_empty(shape)
 
 
-@torch.library.custom_op("polypool::p_pool2d_cpu_backward", mutates_args=())
+@torch.library.custom_op(OP_NAMES["cpu_backward"], mutates_args=())
 def p_pool2d_cpu_backward(x: Tensor, alpha: Tensor, dense: bool, den: Tensor, y: Tensor, grad_y: Tensor,
                           kernel: list[int], stride: list[int], padding: list[int]) -> tuple[Tensor, Tensor]:
     grad_x, grad_alpha = cpu_fused.load_extension().backward(
@@ -155,9 +163,9 @@ def _triton_backward_fake(x, alpha, dense, den, q, grad_y, kernel, stride, paddi
 
 
 def _opaque_triton_ops():
-    forward = torch.library.custom_op("polypool::p_pool2d_triton", mutates_args=())(_triton_forward)
+    forward = torch.library.custom_op(OP_NAMES["triton"], mutates_args=())(_triton_forward)
     forward.register_fake(_triton_forward_fake)
-    backward = torch.library.custom_op("polypool::p_pool2d_triton_backward", mutates_args=())(_triton_backward_op)
+    backward = torch.library.custom_op(OP_NAMES["triton_backward"], mutates_args=())(_triton_backward_op)
     backward.register_fake(_triton_backward_fake)
     return forward, backward
 
@@ -166,8 +174,8 @@ if triton_fused.interpreting():  # read once, at import (as triton.jit does): th
     p_pool2d_triton, p_pool2d_triton_backward = _opaque_triton_ops()
 else:
     try:
-        p_pool2d_triton = torch.library.triton_op("polypool::p_pool2d_triton", mutates_args=())(_triton_forward)
-        p_pool2d_triton_backward = torch.library.triton_op("polypool::p_pool2d_triton_backward",
+        p_pool2d_triton = torch.library.triton_op(OP_NAMES["triton"], mutates_args=())(_triton_forward)
+        p_pool2d_triton_backward = torch.library.triton_op(OP_NAMES["triton_backward"],
                                                            mutates_args=())(_triton_backward_op)
     except Exception:  # a torch without triton_op support: the same ops, opaque to Inductor
         p_pool2d_triton, p_pool2d_triton_backward = _opaque_triton_ops()
