@@ -157,19 +157,23 @@ def test_strict_mode_and_explicit_backend_raise(monkeypatch, auto_uses_triton):
 
 
 @needs_triton
-def test_a_failed_backward_is_answered_by_the_reference(monkeypatch, auto_uses_triton):
+@pytest.mark.parametrize("include_pad", [True, False])
+def test_a_failed_backward_is_answered_by_the_reference(monkeypatch, auto_uses_triton, include_pad):
+    """The reference op answers with the forward's window, count_include_pad included (alpha 0 in channel 0, where
+    the padding counts: the answer counted it even with count_include_pad=False)."""
     x = torch.rand(2, 3, 9, 8, device=DEVICE)
     alpha = torch.rand(3, 1, 1, device=DEVICE) * 10
-    p_pool2d(x, alpha, 3, 2, 1)  # the first-result check passes with the real kernels
+    alpha[0] = 0.0
+    p_pool2d(x, alpha, 3, 2, 1, count_include_pad=include_pad)  # the first-result check passes with the real kernels
     fake = RecordingKernels(fail={"p_pool2d_grad_input_kernel"})
     monkeypatch.setattr(triton_fused, "kernels", lambda: fake)
     xg, ag = x.clone().requires_grad_(True), alpha.clone().requires_grad_(True)
-    y = p_pool2d(xg, ag, 3, 2, 1)
+    y = p_pool2d(xg, ag, 3, 2, 1, count_include_pad=include_pad)
     assert runs_through(y, "PPool2dTriton")
     with pytest.warns(RuntimeWarning, match="simulated failure of p_pool2d_grad_input_kernel"):
         y.backward(torch.ones_like(y))
     xr, ar = x.clone().requires_grad_(True), alpha.clone().requires_grad_(True)
-    p_pool2d(xr, ar, 3, 2, 1, backend="reference").backward(torch.ones_like(y))
+    p_pool2d(xr, ar, 3, 2, 1, backend="reference", count_include_pad=include_pad).backward(torch.ones_like(y))
     torch.testing.assert_close(xg.grad, xr.grad, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ag.grad, ar.grad, rtol=1e-4, atol=1e-5)
 

@@ -106,13 +106,13 @@ class PPool2dCPU(torch.autograd.Function):
         out_h, out_w = window.output_size(height, width)
         alpha_k, dense = kernel_alpha(alpha, n, c, out_h, out_w, x.device, dtype=x.dtype)
         args = (list(window.kernel), list(window.stride), list(window.padding))
-        y, m, den, negative = ext.forward(x, alpha_k, dense, *args, [out_h, out_w], need_grad, include_pad)
+        y, den, negative = ext.forward(x, alpha_k, dense, *args, [out_h, out_w], need_grad, include_pad)
         if check_negative:  # False: the caller guarantees x >= 0
             raise_if_negative(negative, x, window)
         ctx.window, ctx.dense, ctx.channels_last = window, dense, channels_last
         ctx.alpha_shape = alpha.shape if isinstance(alpha, Tensor) else None
         ctx.alpha_dtype = alpha.dtype if isinstance(alpha, Tensor) else None
-        if need_grad:  # the window max m is not kept: the backward recomputes it from the window it reads anyway
+        if need_grad:  # not the window max: the backward recomputes it from the window it reads anyway
             ctx.save_for_backward(x, alpha_k, den, y)
         return y.contiguous(memory_format=torch.channels_last) if channels_last else y
 
@@ -124,7 +124,7 @@ class PPool2dCPU(torch.autograd.Function):
         window: Window = ctx.window
         need_alpha = ctx.needs_input_grad[1] and ctx.alpha_shape is not None
         grad_x, grad_alpha_map = load_extension(x.dtype).backward(
-            x, alpha_k, ctx.dense, den.new_empty(0), den, y, grad_y.contiguous().to(x.dtype), need_alpha,
+            x, alpha_k, ctx.dense, den, y, grad_y.contiguous().to(x.dtype), need_alpha,
             list(window.kernel), list(window.stride), list(window.padding))
         if ctx.channels_last:
             grad_x = grad_x.contiguous(memory_format=torch.channels_last)

@@ -41,10 +41,10 @@ def _window_args(window: Window) -> tuple[list[int], list[int], list[int]]:
 @torch.library.custom_op(OP_NAMES["cpu"], mutates_args=())
 def p_pool2d_cpu(x: Tensor, alpha: Tensor, dense: bool, kernel: list[int], stride: list[int], padding: list[int],
                  out_size: list[int]) -> tuple[Tensor, Tensor]:
-    """(y, den) of a non-negative fp32 x; alpha fp32 per plane (N*C,) or dense (N, C, OH, OW). The window max is
-    not returned (nor kept for the backward, which recomputes it), as in ``cpu_fused.PPool2dCPU``."""
-    y, _, den, _ = cpu_fused.load_extension().forward(x.contiguous(), alpha.contiguous(), dense, kernel, stride,
-                                                      padding, out_size, True, True)
+    """(y, den) of a non-negative fp32 x; alpha fp32 per plane (N*C,) or dense (N, C, OH, OW). The kernel keeps no
+    window max for the backward: it recomputes it."""
+    y, den, _ = cpu_fused.load_extension().forward(x.contiguous(), alpha.contiguous(), dense, kernel, stride,
+                                                   padding, out_size, True, True)
     return y, den
 
 
@@ -58,7 +58,7 @@ def _(x, alpha, dense, kernel, stride, padding, out_size):
 def p_pool2d_cpu_backward(x: Tensor, alpha: Tensor, dense: bool, den: Tensor, y: Tensor, grad_y: Tensor,
                           kernel: list[int], stride: list[int], padding: list[int]) -> tuple[Tensor, Tensor]:
     grad_x, grad_alpha = cpu_fused.load_extension().backward(
-        x.contiguous(), alpha.contiguous(), dense, den.new_empty(0), den.contiguous(), y.contiguous(),
+        x.contiguous(), alpha.contiguous(), dense, den.contiguous(), y.contiguous(),
         grad_y.contiguous().float(), True, kernel, stride, padding)
     return grad_x, grad_alpha
 

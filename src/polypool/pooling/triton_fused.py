@@ -335,7 +335,7 @@ class PPool2dTriton(torch.autograd.Function):
         if check_negative:
             raise_if_negative(bool(negative.any()), x, window)
         ctx.window, ctx.dense, ctx.q_saved, ctx.explicit = window, dense, save_q, explicit
-        ctx.channels_last = channels_last
+        ctx.channels_last, ctx.include_pad = channels_last, include_pad
         ctx.alpha_shape = alpha.shape if isinstance(alpha, Tensor) else None
         ctx.alpha_dtype = alpha.dtype if isinstance(alpha, Tensor) else None
         if need_grad:
@@ -401,7 +401,7 @@ def _reference_backward(ctx, x, alpha_k, grad_y, need_x: bool, need_alpha: bool)
     with torch.enable_grad():
         xr = x.detach().requires_grad_(need_x)
         ar = alpha.detach().requires_grad_(need_alpha)
-        y = _PPool2d.apply(xr, ar, ctx.window)
+        y = _PPool2d.apply(xr, ar, ctx.window, ctx.include_pad)
         inputs = [t for t, needed in ((xr, need_x), (ar, need_alpha)) if needed]
         grads = list(torch.autograd.grad(y, inputs, grad_y))
     grad_x = grads.pop(0) if need_x else None

@@ -10,7 +10,7 @@
 // Layout of the work: one (sample, channel) plane per task, one output row at a time. Each window offset's elements
 // of an output row are one contiguous row (RowBuffers: read in place from a zero-padded, for stride 2 phase-split,
 // copy of the plane, or copied out for other strides), so all the arithmetic is vectorised along the output row
-// with ATen's Vectorized<real_t> (SLEEF exp/log). The backward
+// with ATen's Vectorized<real_t> (its SLEEF exp; logarithms from the exponent split, split_log2). The backward
 // scatters into a per-plane padded gradient buffer, so no two threads ever write the same element. VGG's
 // 2x2/2 pools, which tile the input, take a shorter path: deinterleaved loads in, interleaved stores out.
 
@@ -38,7 +38,7 @@ using real_t = float;
 constexpr auto kRealType = at::kFloat;
 constexpr const char* kRealName = "float32";
 #if defined(CPU_CAPABILITY_AVX2)
-#define PPOOL_FLOAT_AVX2  // the hand-written AVX2 float paths below (SLEEF's fast log, the exponent split)
+#define PPOOL_FLOAT_AVX2  // the hand-written AVX2 float paths below (the exponent split, exact powers of 2)
 #endif
 #endif
 using Vec = at::vec::Vectorized<real_t>;
@@ -121,7 +121,8 @@ inline Vec pow_unit(const Vec& r, const Vec& log_r, const Vec& a) {
   return Vec::blendv(p, Vec(1.f), a == Vec(0.f));
 }
 
-// log2 x = e + l, with e the binary exponent and l = log2 of the mantissa in [1, 2). Overlapping windows read each
+// log2 x = e + l, with e an integer and l in [-1/2, 1/2) (AVX2 float: e the binary exponent, one more where the
+// mantissa is above sqrt(2); elsewhere l in [0, 1)); only differences of splits are used. Overlapping windows read each
 // element several times: with its split computed once, log2(x/m) = (e_x - e_m) + (l_x - l_m) costs two
 // subtractions per window instead of a log, and stays accurate to ~1e-7 absolute whatever the magnitude of x (a
 // plain log x - log m would lose |log x| * 6e-8). Zero splits as (-127, 0), subnormals near it; they are masked anyway.
@@ -607,7 +608,7 @@ struct PlanePowers {
 // One row of outputs of the general path: the window max, then the sums, from the per-offset row buffers. With a
 // branch, alpha is computed here from the window and written to alpha_out (the row of the alpha map).
 inline void forward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, const AlphaRow& a_row, real_t* y,
-                                real_t* m_out, real_t* den_out, Vec& low, const Branch* branch = nullptr,
+                                real_t* den_out, Vec& low, const Branch* branch = nullptr,
                                 real_t* alpha_out = nullptr) {
   const int64_t taps = g.kh * g.kw;
   for (int64_t j = 0; j < g.ow; j += kLanes) {
@@ -659,14 +660,12 @@ inline void forward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, c
       sum_windows([&](int64_t, const Vec& r) { return pow_unit(r, log_unit(r), a); });
     }
     store_row(num / den * m, y, j, g.ow);
-    // the backward's state: not written when no gradient is needed (and m not with a branch: its backward
-    // recomputes the window max)
-    if (m_out != nullptr) store_row(m, m_out, j, g.ow);
+    // the backward's state (not the window max: the backward recomputes it), unless no gradient is needed
     if (den_out != nullptr) store_row(den, den_out, j, g.ow);
   }
 }
 
-inline void forward_row_2x2(const real_t* x_row, const Geometry& g, const AlphaRow& a_row, real_t* y, real_t* m_out,
+inline void forward_row_2x2(const real_t* x_row, const Geometry& g, const AlphaRow& a_row, real_t* y,
                             real_t* den_out, Vec& low, const Branch* branch = nullptr, real_t* alpha_out = nullptr) {
   for (int64_t j = 0; j < g.ow; j += kLanes) {
     const int64_t count = std::min<int64_t>(kLanes, g.ow - j);
@@ -691,9 +690,7 @@ inline void forward_row_2x2(const real_t* x_row, const Geometry& g, const AlphaR
       num = num + p * r;
     }
     store_row(num / den * m, y, j, g.ow);
-    // the backward's state: not written when no gradient is needed (and m not with a branch: its backward
-    // recomputes the window max)
-    if (m_out != nullptr) store_row(m, m_out, j, g.ow);
+    // the backward's state (not the window max: the backward recomputes it), unless no gradient is needed
     if (den_out != nullptr) store_row(den, den_out, j, g.ow);
   }
 }
@@ -734,10 +731,10 @@ inline std::pair<real_t, real_t> plane_range(const real_t* x, int64_t n) {
   return {h, l};
 }
 
-// y, and m and den when need_state; with a branch, alpha is computed in the kernel (written to alpha_map) and a
+// y, and den when need_state; with a branch, alpha is computed in the kernel (written to alpha_map) and a
 // plane with a negative x is skipped (flagged: the caller then runs the unfused branch and the shifted pooling).
 bool forward_impl(const torch::Tensor& x, const real_t* a_data, bool dense_alpha, const Geometry& g, real_t* y_data,
-                  real_t* m_data, real_t* den_data, const BranchArgs* branch, real_t* alpha_map) {
+                  real_t* den_data, const BranchArgs* branch, real_t* alpha_map) {
   const int64_t planes = x.size(0) * x.size(1), channels = x.size(1), taps = g.kh * g.kw;
   const real_t* x_data = x.data_ptr<real_t>();
   const bool tiled = tiles_2x2(g);
@@ -773,13 +770,13 @@ bool forward_impl(const torch::Tensor& x, const real_t* a_data, bool dense_alpha
         real_t* alpha_row_out = alpha_plane_out ? alpha_plane_out + o * g.ow : nullptr;
         if (tiled) {
           const AlphaRow a_row{alpha_plane ? alpha_plane + o * g.ow : nullptr, alpha_value, g.ow};
-          forward_row_2x2(xp + 2 * o * g.W, g, a_row, y_data + out, m_data ? m_data + out : nullptr,
-                          den_data ? den_data + out : nullptr, low, b, alpha_row_out);
+          forward_row_2x2(xp + 2 * o * g.W, g, a_row, y_data + out, den_data ? den_data + out : nullptr, low, b,
+                          alpha_row_out);
         } else {
           buf.gather(xp, g, o);
           const AlphaRow a_row = b ? AlphaRow{nullptr, 0.f, g.ow} : buf.alpha_row(alpha_plane, alpha_value, g, o);
-          forward_row_general(buf, g, o, a_row, y_data + out, m_data ? m_data + out : nullptr,
-                              den_data ? den_data + out : nullptr, low, b, alpha_row_out);
+          forward_row_general(buf, g, o, a_row, y_data + out, den_data ? den_data + out : nullptr, low, b,
+                              alpha_row_out);
         }
       }
       if (branch != nullptr) {  // the plane's alpha statistics (sum, min, max), from the map just written (cached)
@@ -821,22 +818,20 @@ bool forward_impl(const torch::Tensor& x, const real_t* a_data, bool dense_alpha
   return any_negative.load();
 }
 
-// Returns (y, m, den), each (N, C, oh, ow) fp32 (m and den empty unless need_state: the backward's state), and
+// Returns (y, den), each (N, C, oh, ow) in real_t (den empty unless need_state: the backward's state), and
 // whether a window held a negative x (then the caller shifts the maps and calls again: the arithmetic here assumes
 // x >= 0).
-std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, bool> forward(
+std::tuple<torch::Tensor, torch::Tensor, bool> forward(
     torch::Tensor x, torch::Tensor alpha, bool dense_alpha, std::vector<int64_t> kernel, std::vector<int64_t> stride,
     std::vector<int64_t> padding, std::vector<int64_t> out_size, bool need_state, bool include_pad) {
   Geometry g = make_geometry(x, kernel, stride, padding, out_size);
   g.include_pad = include_pad;
   check_inputs(x, alpha, dense_alpha, g);
   auto y = torch::empty({x.size(0), x.size(1), g.oh, g.ow}, x.options());
-  auto m_out = need_state ? torch::empty_like(y) : torch::empty({0}, x.options());
   auto den_out = need_state ? torch::empty_like(y) : torch::empty({0}, x.options());
   const bool negative = forward_impl(x, alpha.data_ptr<real_t>(), dense_alpha, g, y.data_ptr<real_t>(),
-                                     need_state ? m_out.data_ptr<real_t>() : nullptr,
                                      need_state ? den_out.data_ptr<real_t>() : nullptr, nullptr, nullptr);
-  return {y, m_out, den_out, negative};
+  return {y, den_out, negative};
 }
 
 void check_branch(const torch::Tensor& x, const Geometry& g, const torch::Tensor& k, const torch::Tensor& slope,
@@ -869,14 +864,14 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Te
   BranchArgs args{k.data_ptr<real_t>(), slope.data_ptr<real_t>(), w.data_ptr<real_t>(), b.data_ptr<real_t>(),
                   static_cast<real_t>(lo), static_cast<real_t>(hi), static_cast<real_t>(scale), f.data_ptr<real_t>(),
                   stats.data_ptr<real_t>()};
-  const bool negative = forward_impl(x, nullptr, true, g, y.data_ptr<real_t>(), nullptr,
+  const bool negative = forward_impl(x, nullptr, true, g, y.data_ptr<real_t>(),
                                      need_state ? den_out.data_ptr<real_t>() : nullptr, &args, alpha.data_ptr<real_t>());
   return {y, alpha, den_out, f, stats, negative};
 }
 
 // The saved per-output tensors of the backward and where its results go, for one plane.
 struct BackwardPlane {
-  const real_t *m, *den, *y, *grad;  // (oh, ow) rows of this plane
+  const real_t *den, *y, *grad;  // (oh, ow) rows of this plane
   real_t* grad_alpha_dense;          // (oh, ow), or nullptr
   double grad_alpha_sum = 0.0;      // layer/channel alpha: this plane's dy/da
   const Branch* branch = nullptr;   // the fused dense branch: dalpha goes on into its parameters' sums
@@ -927,14 +922,10 @@ inline void backward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, 
     // there would make the branch's dk NaN through 0 * inf)
     const Vec live = lanes_below(std::min<int64_t>(kLanes, g.ow - j));
     auto value = [&](int64_t d) { return Vec::blendv(Vec(0.f), buf.x(d, j), live); };
-    Vec m, a, u(0.f);
-    if (plane.m == nullptr) {  // the window max, recomputed as the forward computed it (not saved)
-      m = value(0);
-      for (int64_t d = 1; d < taps; ++d) m = at::vec::maximum(m, value(d));
-      m = flush_max(m);
-    } else {
-      m = load_row(plane.m + out, j, g.ow);
-    }
+    // the window max, recomputed as the forward computed it (not saved)
+    Vec m = value(0), a, u(0.f);
+    for (int64_t d = 1; d < taps; ++d) m = at::vec::maximum(m, value(d));
+    m = flush_max(m);
     if (plane.branch != nullptr) {  // alpha, recomputed as the forward computed it (not saved)
       for (int64_t d = 0; d < taps; ++d) u = u + Vec(plane.branch->k[d]) * value(d);
       a = plane.branch->alpha(u);
@@ -1000,12 +991,9 @@ inline void backward_row_2x2(const real_t* x_row, const Geometry& g, int64_t o, 
     const int64_t count = std::min<int64_t>(kLanes, g.ow - j);
     const auto top = load_pairs(x_row, j, count), bottom = load_pairs(x_row + g.W, j, count);
     const Vec xs[4] = {top.first, top.second, bottom.first, bottom.second};
-    Vec m, a, u(0.f);
-    if (plane.m == nullptr) {  // the window max, recomputed as the forward computed it (not saved)
-      m = flush_max(at::vec::maximum(at::vec::maximum(xs[0], xs[1]), at::vec::maximum(xs[2], xs[3])));
-    } else {
-      m = load_row(plane.m + out, j, g.ow);
-    }
+    // the window max, recomputed as the forward computed it (not saved)
+    const Vec m = flush_max(at::vec::maximum(at::vec::maximum(xs[0], xs[1]), at::vec::maximum(xs[2], xs[3])));
+    Vec a, u(0.f);
     if (plane.branch != nullptr) {  // alpha, recomputed as the forward computed it (not saved)
       const real_t* k = plane.branch->k;
       u = Vec(k[0]) * xs[0] + Vec(k[1]) * xs[1] + Vec(k[2]) * xs[2] + Vec(k[3]) * xs[3];
@@ -1027,10 +1015,9 @@ inline void backward_row_2x2(const real_t* x_row, const Geometry& g, int64_t o, 
 
 // grad_x, and: the alpha gradient (branch == nullptr: per output for a dense alpha, per plane otherwise, into
 // ga_data), or the branch's per-plane parameter gradients (into branch_out: (N*C, kh*kw + 3)).
-// With a branch, neither alpha nor the window max is saved (a_data and m_data are nullptr): both are recomputed
-// from the window.
+// The window max is recomputed from the window; with a branch, alpha too (a_data is nullptr).
 void backward_impl(const torch::Tensor& x, const real_t* a_data, bool dense_alpha, const Geometry& g,
-                   const real_t* m_data, const torch::Tensor& den_t, const torch::Tensor& y_t,
+                   const torch::Tensor& den_t, const torch::Tensor& y_t,
                    const torch::Tensor& grad_y, bool need_alpha, real_t* gx_data, real_t* ga_data,
                    const BranchArgs* branch, real_t* branch_out) {
   const int64_t planes = x.size(0) * x.size(1), channels = x.size(1), taps = g.kh * g.kw;
@@ -1047,8 +1034,8 @@ void backward_impl(const torch::Tensor& x, const real_t* a_data, bool dense_alph
       real_t* gx_plane = gx_data + p * g.H * g.W;
       const real_t* alpha_plane = dense_alpha && a_data != nullptr ? a_data + p * plane_out : nullptr;
       const real_t alpha_value = dense_alpha || a_data == nullptr ? 0.f : a_data[p];
-      BackwardPlane plane{m_data != nullptr ? m_data + p * plane_out : nullptr, den_t.data_ptr<real_t>() + p * plane_out,
-                          y_t.data_ptr<real_t>() + p * plane_out, grad_y.data_ptr<real_t>() + p * plane_out,
+      BackwardPlane plane{den_t.data_ptr<real_t>() + p * plane_out, y_t.data_ptr<real_t>() + p * plane_out,
+                          grad_y.data_ptr<real_t>() + p * plane_out,
                           need_alpha && dense_alpha && branch == nullptr ? ga_data + p * plane_out : nullptr};
       Branch br{};
       if (branch != nullptr) {
@@ -1086,28 +1073,24 @@ void backward_impl(const torch::Tensor& x, const real_t* a_data, bool dense_alph
   });
 }
 
-void check_saved(const torch::Tensor& m_t, const torch::Tensor& den_t, const torch::Tensor& y_t,
-                 const torch::Tensor& grad_y) {
-  TORCH_CHECK(grad_y.is_contiguous() && m_t.is_contiguous() && den_t.is_contiguous() && y_t.is_contiguous(),
+void check_saved(const torch::Tensor& den_t, const torch::Tensor& y_t, const torch::Tensor& grad_y) {
+  TORCH_CHECK(grad_y.is_contiguous() && den_t.is_contiguous() && y_t.is_contiguous(),
               "p_pool2d_cpu: saved tensors and grad_y must be contiguous");
 }
 
 // Returns (grad_x (N, C, H, W), grad_alpha: per output (N, C, oh, ow) for a dense alpha, else per plane (N*C);
-// empty unless need_alpha). m_t may be empty: the window max is then recomputed from the window.
-std::vector<torch::Tensor> backward(torch::Tensor x, torch::Tensor alpha, bool dense_alpha, torch::Tensor m_t,
-                                    torch::Tensor den_t, torch::Tensor y_t, torch::Tensor grad_y, bool need_alpha,
+// empty unless need_alpha). The window max is recomputed from the window.
+std::vector<torch::Tensor> backward(torch::Tensor x, torch::Tensor alpha, bool dense_alpha, torch::Tensor den_t, torch::Tensor y_t, torch::Tensor grad_y, bool need_alpha,
                                     std::vector<int64_t> kernel, std::vector<int64_t> stride,
                                     std::vector<int64_t> padding) {
   const Geometry g = make_geometry(x, kernel, stride, padding, {den_t.size(2), den_t.size(3)});
   check_inputs(x, alpha, dense_alpha, g);
-  const bool m_saved = m_t.numel() > 0;  // else the window max is recomputed from the window
-  check_saved(m_saved ? m_t : den_t, den_t, y_t, grad_y);
+  check_saved(den_t, y_t, grad_y);
   const int64_t planes = x.size(0) * x.size(1);
   auto grad_x = torch::empty_like(x);
   // dense alpha: one gradient per output; otherwise one per plane, reduced here (no output-sized temporary)
   auto grad_alpha = !need_alpha ? torch::Tensor() : dense_alpha ? torch::empty_like(den_t) : torch::zeros({planes}, x.options());
-  backward_impl(x, alpha.data_ptr<real_t>(), dense_alpha, g, m_saved ? m_t.data_ptr<real_t>() : nullptr, den_t, y_t,
-                grad_y, need_alpha,
+  backward_impl(x, alpha.data_ptr<real_t>(), dense_alpha, g, den_t, y_t, grad_y, need_alpha,
                 grad_x.data_ptr<real_t>(), need_alpha ? grad_alpha.data_ptr<real_t>() : nullptr, nullptr, nullptr);
   return {grad_x, grad_alpha};
 }
@@ -1122,14 +1105,14 @@ std::vector<torch::Tensor> dense_backward(torch::Tensor x, torch::Tensor den_t, 
   const Geometry g = make_geometry(x, kernel, stride, padding, {den_t.size(2), den_t.size(3)});
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == kRealType && x.is_contiguous() && x.dim() == 4,
               "p_pool2d_cpu: x must be a contiguous 4-D ", kRealName, " CPU tensor");
-  check_saved(den_t, den_t, y_t, grad_y);
+  check_saved(den_t, y_t, grad_y);
   check_branch(x, g, k, slope, w, b);
   TORCH_CHECK(f.numel() == x.size(0) * x.size(1) && f.is_contiguous(), "p_pool2d_cpu: f must hold one value per plane");
   auto grad_x = torch::empty_like(x);
   auto partial = torch::empty({x.size(0) * x.size(1), g.kh * g.kw + 3}, x.options());
   BranchArgs args{k.data_ptr<real_t>(), slope.data_ptr<real_t>(), w.data_ptr<real_t>(), b.data_ptr<real_t>(),
                   static_cast<real_t>(lo), static_cast<real_t>(hi), 0.f, f.data_ptr<real_t>()};
-  backward_impl(x, nullptr, true, g, nullptr, den_t, y_t, grad_y, true, grad_x.data_ptr<real_t>(), nullptr, &args,
+  backward_impl(x, nullptr, true, g, den_t, y_t, grad_y, true, grad_x.data_ptr<real_t>(), nullptr, &args,
                 partial.data_ptr<real_t>());
   return {grad_x, partial};
 }
