@@ -1,7 +1,8 @@
 """The fused CPU path of ``p_pool2d``: a C++ kernel (``csrc/p_pool2d_cpu.cpp``), compiled on first use.
 
 It computes exactly the reference op's arithmetic in one pass over the windows, vectorised with ATen's
-``Vectorized<float>`` (SLEEF exp/log, AVX2 where the CPU has it). It serves fp32 CPU tensors; everything else
+``Vectorized<float>`` (its fast exp; logarithms from each element's binary exponent and a polynomial of its
+mantissa; AVX2 where the CPU has it). It serves fp32 CPU tensors; everything else
 goes to the reference op. The build is cached by torch (``TORCH_EXTENSIONS_DIR``, default
 ``~/.cache/torch_extensions``); if it fails (no C++ compiler, say), ``p_pool2d`` warns once and uses the
 reference op. ``POLYPOOL_CPU_KERNEL=0`` turns the fused path off.

@@ -10,7 +10,7 @@
 // Layout of the work: one (sample, channel) plane per task, one output row at a time. Each window offset's elements
 // of an output row are one contiguous row (RowBuffers: read in place from a zero-padded, for stride 2 phase-split,
 // copy of the plane, or copied out for other strides), so all the arithmetic is vectorised along the output row
-// with ATen's Vectorized<real_t> (its SLEEF exp; logarithms from the exponent split, split_log2). The backward
+// with ATen's Vectorized<real_t> (its exp_u20; logarithms from the exponent split, split_log2). The backward
 // scatters into a per-plane padded gradient buffer, so no two threads ever write the same element. VGG's
 // 2x2/2 pools, which tile the input, take a shorter path: deinterleaved loads in, interleaved stores out.
 
