@@ -113,7 +113,6 @@ struct AlphaRow {
   }
 };
 
-
 // r^a for r in [0, 1], with 0^0 = 1. ATen's exp_u20 (20 ulp, ~1.2e-6 relative) flushes results below the
 // smallest normal float to 0, which is the a -> inf limit and spares the slow denormal path.
 inline Vec pow_unit(const Vec& r, const Vec& log_r, const Vec& a) {
