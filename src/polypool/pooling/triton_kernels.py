@@ -200,11 +200,17 @@ def p_pool2d_forward_kernel(
 
 
 @triton.jit
-def _branch_parts(u, f, slope, w, b):
-    """(z, prelu(z), the pre-clamp alpha) of the dense branch's conv sums u (f: the plane's normaliser)."""
+def _branch_alpha(u, f_ptr, slope_ptr, w_ptr, b_ptr, plane, c, valid, lo, hi):
+    """The dense branch at the conv sums u of channel c in plane n * C + c: (alpha = clamp(w prelu(f u) + b, lo, hi),
+    and for its backward z = f u, prelu(z), the pre-clamp alpha, f, the PReLU slope and w)."""
+    f = tl.load(f_ptr + plane, mask=valid, other=0.0)
+    slope = tl.load(slope_ptr + c, mask=valid, other=0.0)
+    w = tl.load(w_ptr + c, mask=valid, other=0.0)
+    b = tl.load(b_ptr + c, mask=valid, other=0.0)
     z = u * f
     act = tl.where(z > 0.0, z, slope * z)
-    return z, act, act * w + b
+    pre = act * w + b
+    return tl.minimum(tl.maximum(pre, lo), hi), z, act, pre, f, slope, w  # torch.clamp(pre, lo, hi)
 
 
 @triton.jit
@@ -228,12 +234,7 @@ def p_pool2d_dense_forward_kernel(
 
     m, u = _window_max(x_base, k_ptr, c, h0, w0, H, W, sxh, sxw, valid, negative_ptr, KH, KW, BLOCK, True)
 
-    f = tl.load(f_ptr + plane, mask=valid, other=0.0)
-    slope = tl.load(slope_ptr + c, mask=valid, other=0.0)
-    w_c = tl.load(w_ptr + c, mask=valid, other=0.0)
-    b_c = tl.load(b_ptr + c, mask=valid, other=0.0)
-    z, act, pre = _branch_parts(u, f, slope, w_c, b_c)
-    a = tl.minimum(tl.maximum(pre, lo), hi)  # torch.clamp(pre, lo, hi)
+    a, _, _, _, _, _, _ = _branch_alpha(u, f_ptr, slope_ptr, w_ptr, b_ptr, plane, c, valid, lo, hi)
     tl.store(alpha_ptr + offs, a, mask=valid)
 
     m = _flush_max(m)
@@ -301,12 +302,8 @@ def p_pool2d_grad_factors_kernel(
     w0 = ow * SW - PW
     if BRANCH:
         m, _, u = _window_reduce(x_base, k_ptr, c, h0, w0, H, W, sxh, sxw, valid, KH, KW, BLOCK, True)
-        f = tl.load(f_ptr + n * C + c, mask=valid, other=0.0)
-        slope = tl.load(slope_ptr + c, mask=valid, other=0.0)
-        w_c = tl.load(w_ptr + c, mask=valid, other=0.0)
-        b_c = tl.load(b_ptr + c, mask=valid, other=0.0)
-        z, act, pre = _branch_parts(u, f, slope, w_c, b_c)
-        a = tl.minimum(tl.maximum(pre, lo), hi)  # the forward's alpha, recomputed
+        # the forward's alpha, recomputed
+        a, z, act, pre, f, slope, w_c = _branch_alpha(u, f_ptr, slope_ptr, w_ptr, b_ptr, n * C + c, c, valid, lo, hi)
         if NEED_FACTORS:
             tl.store(alpha_ptr + offs, a, mask=valid)
     else:
