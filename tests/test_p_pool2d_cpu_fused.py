@@ -78,11 +78,13 @@ def test_wide_rows_and_negative_inputs():
 
 @pytest.mark.parametrize("kernel,stride,padding,ceil_mode", [
     (5, 1, 2, False), (5, 2, 2, True), (4, 2, 1, True), (2, 1, 1, True), (3, 2, 0, True), ((3, 2), (2, 1), (1, 0), True)])
-@pytest.mark.parametrize("width", [3, 4, 9, 17, 26])
+@pytest.mark.parametrize("width", [3, 4, 8, 9, 16, 17, 26])
 def test_strides_one_and_two_read_rows_in_place_at_any_width(kernel, stride, padding, ceil_mode, width):
     """Strides 1 and 2 read each window offset's row in place from a padded (stride 2: even/odd column) copy of the
     plane: odd and even widths, maps narrower than a 5-wide window, rows of several vectors, padding 2, ceil-mode
-    overhangs, rectangular windows; zeros and all-zero maps; padding counted or not."""
+    overhangs, rectangular windows; zeros and all-zero maps; padding counted or not. Widths of whole vectors (8, 16)
+    with padding: stride 1 prepares the splits and powers of the input's own columns only, in whole vectors from
+    its first column (runs that started at the padding's first would miss the last input columns)."""
     x = torch.rand(2, 3, 7, width)
     x[x < 0.25] = 0
     x[1, 2] = 0

@@ -308,6 +308,7 @@ struct RowBuffers {
   bool split;
   bool direct;  // stride 1 or 2: the rows are read in place from the padded (phase-split) plane
   int64_t phase_len = 0;  // the columns of one phase row of the padded plane
+  int64_t run_rows = 0, run_first = 0, run_len = 0;  // stride 1: the input's rows in it (for_each_input_run)
   std::vector<real_t> padded, padded_e, padded_l, padded_row;  // sw phases of Hpad rows of phase_len
   std::vector<real_t> plane_e, plane_l, windows_e, windows_l;  // the splits of the plane and rows (other strides)
   // One alpha for the whole plane (layer/channel alpha) and overlapping stride-1 windows: the plane's powers
@@ -328,6 +329,11 @@ struct RowBuffers {
       // input's own columns must fit (its width rounded up to whole phases)
       phase_len = std::max(g.ow_padded + (g.kw - 1) / g.sw, (g.Wpad + g.sw - 1) / g.sw) + kLanes;
       padded.assign(g.sw * g.Hpad * phase_len, 0.f);
+      if (g.sw == 1) {
+        run_rows = g.H;
+        run_first = g.ph * phase_len + g.pw;
+        run_len = (g.W + kLanes - 1) / kLanes * kLanes;  // pw + run_len <= Wpad + kLanes <= phase_len
+      }
       if (plane_powers) padded_p.resize(padded.size());  // (plane_powers implies stride 1: direct)
       if (g.sw == 2) padded_row.assign(2 * phase_len + 2 * kLanes, 0.f);
       if (split) {
@@ -356,15 +362,30 @@ struct RowBuffers {
   inline Vec l(int64_t d, int64_t j) const { return Vec::loadu(win_l[d] + j); }
   inline Vec power(int64_t d, int64_t j) const { return Vec::loadu(win_p[d] + j); }
 
+  // fn(start, len) over the stretches of the padded plane that prepare_plane's splits and prepare_powers must cover.
+  // Stride 1: the input's own rows, from its first column on for a whole number of vectors (the rest of a run is
+  // padding); the padding's splits and powers are never used (a zero's are masked: its r is 0), so a small map
+  // (inception_v3's 8x8: 64 of the 180 padded elements) is not prepared for its padding every plane.
+  // Stride 2 (phase-split rows; no plane powers there): the whole plane, its length not a whole number of vectors.
+  template <class Fn>
+  void for_each_input_run(const Fn& fn) const {
+    if (run_rows == 0) {
+      fn(0, static_cast<int64_t>(padded.size()));
+      return;
+    }
+    for (int64_t h = 0; h < run_rows; ++h) fn(run_first + h * phase_len, run_len);
+  }
+
   // After prepare_plane: the powers P of the padded plane for the plane's alpha a (see PlanePowers). Not for a = 0
   // (0^0 = 1 makes zeros count) or an all-zero, NaN or infinite plane: those take the exact path.
   void prepare_powers(real_t a) {
     powers_ready = false;
     if (!plane_powers || !(a > 0)) return;
-    const int64_t n = static_cast<int64_t>(padded.size());
     Vec hi_v(0.f);
-    for (int64_t i = 0; i < n; i += kLanes)
-      hi_v = at::vec::maximum(hi_v, Vec::loadu(padded.data() + i, static_cast<int>(std::min<int64_t>(kLanes, n - i))));
+    for_each_input_run([&](int64_t start, int64_t len) {
+      for (int64_t i = start; i < start + len; i += kLanes)
+        hi_v = at::vec::maximum(hi_v, Vec::loadu(padded.data() + i));
+    });
     real_t lanes[kLanes];
     hi_v.store(lanes);
     const real_t top = *std::max_element(lanes, lanes + kLanes);
@@ -380,26 +401,27 @@ struct RowBuffers {
       error = error + ((a - (sum - back)) + (b - back));
       return sum;
     };
-    for (int64_t i = 0; i < n; i += kLanes) {
-      const int count = static_cast<int>(std::min<int64_t>(kLanes, n - i));
-      const Vec x = Vec::loadu(padded.data() + i, count);
-      // 2^(a log2(x / M) + offset). The exponent reaches |a log2(x / M)| ~ 200, where a single rounding is already
-      // ~1e-5 relative in the power: its parts a (e - e_M) and a (l - l_M) are summed with their rounding errors
-      // carried along (error), and the exponent's integer part is applied exactly.
-      const Vec whole = Vec::loadu(padded_e.data() + i, count) - e_top;  // an integer: exact
-      const Vec fraction = Vec::loadu(padded_l.data() + i, count) - l_top;
-      const Vec whole_product = alpha * whole, fraction_product = alpha * fraction;
-      Vec error = at::vec::fmadd(alpha, whole, Vec(0.f) - whole_product) +
-                  at::vec::fmadd(alpha, fraction, Vec(0.f) - fraction_product);
-      const Vec exponent = two_sum(two_sum(offset, whole_product, error), fraction_product, error);
-      // 2^exponent = 2^n 2^f, n = round(exponent) and f = exponent - n (exact, |f| <= 1/2) where exp_u20 is
-      // accurate; below 2^-126 the power is 0 (a weight under 2^-26 of its window's largest, given kPowerFloor)
-      const Vec whole_exponent = exponent.round();
-      const Vec small = ((exponent - whole_exponent + error) * Vec(kLn2)).exp_u20();
-      const Vec power = Vec::blendv(small * pow2_int(at::vec::maximum(whole_exponent, kMinExponent)), Vec(0.f),
-                                    whole_exponent < kMinExponent);
-      Vec::blendv(power, Vec(0.f), x < kTiny).store(padded_p.data() + i, count);
-    }
+    for_each_input_run([&](int64_t start, int64_t len) {
+      for (int64_t i = start; i < start + len; i += kLanes) {
+        const Vec x = Vec::loadu(padded.data() + i);
+        // 2^(a log2(x / M) + offset). The exponent reaches |a log2(x / M)| ~ 200, where a single rounding is already
+        // ~1e-5 relative in the power: its parts a (e - e_M) and a (l - l_M) are summed with their rounding errors
+        // carried along (error), and the exponent's integer part is applied exactly.
+        const Vec whole = Vec::loadu(padded_e.data() + i) - e_top;  // an integer: exact
+        const Vec fraction = Vec::loadu(padded_l.data() + i) - l_top;
+        const Vec whole_product = alpha * whole, fraction_product = alpha * fraction;
+        Vec error = at::vec::fmadd(alpha, whole, Vec(0.f) - whole_product) +
+                    at::vec::fmadd(alpha, fraction, Vec(0.f) - fraction_product);
+        const Vec exponent = two_sum(two_sum(offset, whole_product, error), fraction_product, error);
+        // 2^exponent = 2^n 2^f, n = round(exponent) and f = exponent - n (exact, |f| <= 1/2) where exp_u20 is
+        // accurate; below 2^-126 the power is 0 (a weight under 2^-26 of its window's largest, given kPowerFloor)
+        const Vec whole_exponent = exponent.round();
+        const Vec small = ((exponent - whole_exponent + error) * Vec(kLn2)).exp_u20();
+        const Vec power = Vec::blendv(small * pow2_int(at::vec::maximum(whole_exponent, kMinExponent)), Vec(0.f),
+                                      whole_exponent < kMinExponent);
+        Vec::blendv(power, Vec(0.f), x < kTiny).store(padded_p.data() + i);
+      }
+    });
     powers_ready = true;
     check_lost = a < kLostAlpha;
   }
@@ -427,7 +449,10 @@ struct RowBuffers {
         }
       }
     }
-    if (split) split_plane(padded.data(), static_cast<int64_t>(padded.size()), padded_e.data(), padded_l.data());
+    if (split)
+      for_each_input_run([&](int64_t start, int64_t len) {
+        split_plane(padded.data() + start, len, padded_e.data() + start, padded_l.data() + start);
+      });
   }
   // point win (and win_e, win_l) at the rows of output row o
   void gather(const real_t* plane, const Geometry& g, int64_t o) {
