@@ -970,10 +970,13 @@ inline void backward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, 
         if (o >= g.valid_rows[di]) continue;  // overhang rows: cropped from dx, and r log r = 0 there
         real_t* grad_row = grad_pad + (o * g.sh + di) * g.Wpad;
         if (g.sw == 1) {  // the outputs' elements at offset dj are contiguous: a vector add
+          // Whole vectors also at the row's end: the lanes past it add exactly 0 (to the row's padding, the next
+          // row's first columns or the plane's slack), which costs less than a partial (masked) load and store per
+          // offset (measured: 3-5% of a 3x3/1 layer-alpha fwd+bwd at widths 17 and 35)
           for (int64_t dj = 0; dj < g.kw; ++dj) {
-            const Vec dx = element(di, dj);
+            const Vec dx = Vec::blendv(Vec(0.f), element(di, dj), live);
             real_t* dst = grad_row + j + dj;
-            (Vec::loadu(dst, static_cast<int>(count)) + dx).store(dst, static_cast<int>(count));
+            (Vec::loadu(dst) + dx).store(dst);
           }
         } else if (g.sw == 2) {  // offsets dj and dj + 1 interleave into contiguous columns
           for (int64_t dj = 0; dj < g.kw; dj += 2) {
@@ -1051,7 +1054,8 @@ void backward_impl(const torch::Tensor& x, const real_t* a_data, bool dense_alph
   at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
     RowBuffers buf(g, dense_alpha && branch == nullptr, true, !dense_alpha);
     BranchGrad branch_grad(branch != nullptr ? taps : 0);
-    // the general path scatters into a padded plane (plus slack: a stride-2 pair can add 0 one past the end)
+    // the general path scatters into a padded plane, plus slack: a stride-2 pair can add 0 one past the end, and
+    // stride 1 adds whole vectors: at most ow_padded + kw - 2 <= Wpad + kLanes - 2 columns into the last row
     std::vector<real_t> grad_pad(tiled ? 0 : g.Hpad * g.Wpad + 2 * kLanes);
     for (int64_t p = begin; p < end; ++p) {
       const real_t* xp = x_data + p * g.H * g.W;
