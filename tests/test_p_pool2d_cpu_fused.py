@@ -144,6 +144,29 @@ def test_plane_powers_keep_the_gradient_of_weights_that_underflow(alpha):
         assert gx64[0, 0, 0, 4].abs() > 1  # the term at stake: about -2.5
 
 
+def test_gathered_backward_keeps_its_sums_finite():
+    """Layer/channel alpha above 1 at stride 1 sums each element's dx from per-output factors g (a + 1) / (den P(m))
+    (the kernel's GatherBackward), up to 2^100 times the gradient: a window max 2^-6 below its plane's at alpha 30
+    has P(m) = 2^-80. With gradients of 1e13 one factor is ~4e37 and nine overflow; such windows scatter their dx
+    instead. Where they do not, the zeros' dx (P A = 0 * inf) turns NaN. Channel 1: the same map, gradients of 1."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 2, 9, 12, generator=generator) + 0.5
+    x[:, :, 0, 0] = 64.0
+    x[:, :, 4, 3:6] = 0
+    alpha = torch.full((2, 1, 1), 30.0)
+    grad = torch.ones(1, 2, 9, 12)
+    grad[:, 0] = 1e13
+    x32 = x.clone().requires_grad_(True)
+    x64 = x.double().requires_grad_(True)
+    y = p_pool2d(x32, alpha, 3, 1, 1, backend="cpu_fused")
+    y64 = p_pool2d(x64, alpha.double(), 3, 1, 1, backend="reference")
+    gx, = torch.autograd.grad(y, x32, grad)
+    gx64, = torch.autograd.grad(y64, x64, grad.double())
+    torch.testing.assert_close(y.double(), y64, rtol=1e-6, atol=0)
+    for channel, scale in ((0, 1e13), (1, 1.0)):
+        torch.testing.assert_close(gx[:, channel].double(), gx64[:, channel], rtol=1e-5, atol=1e-5 * scale)
+
+
 def test_non_contiguous_and_channels_last_inputs():
     x = torch.rand(2, 6, 12, 14).contiguous(memory_format=torch.channels_last)
     compare(x, torch.rand(6, 1, 1) * 10, 3, 2, 1, False)

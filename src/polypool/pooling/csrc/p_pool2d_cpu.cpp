@@ -11,7 +11,8 @@
 // of an output row are one contiguous row (RowBuffers: read in place from a zero-padded, for stride 2 phase-split,
 // copy of the plane, or copied out for other strides), so all the arithmetic is vectorised along the output row
 // with ATen's Vectorized<real_t> (its exp_u20; logarithms from the exponent split, split_log2). The backward
-// scatters into a per-plane padded gradient buffer, so no two threads ever write the same element. VGG's
+// scatters into a per-plane padded gradient buffer, so no two threads ever write the same element (with a layer/channel
+// alpha above 1 at stride 1 it gathers instead: gather_backward). VGG's
 // 2x2/2 pools, which tile the input, take a shorter path: deinterleaved loads in, interleaved stores out.
 
 #include <torch/extension.h>
@@ -258,9 +259,13 @@ struct BackwardCoefficients {
     const Vec d = n.log2_ratio(ex, lx, em, lm);
     return grad_x_of(r, d * Vec(kLn2), n.pow_split(r, d, a, a_ln2), need_alpha, alpha_sum);
   }
+  // an element's term of dy/da (before the factor m / den): p (r - q) log r, 0 where r is (0 log 0 = 0)
+  inline Vec alpha_term(const Vec& r, const Vec& log_r, const Vec& p) const {
+    return Vec::blendv(Vec(0.f), p * (r - q) * log_r, r > Vec(0.f));
+  }
   inline Vec grad_x_of(const Vec& r, const Vec& log_r, const Vec& p, bool need_alpha, Vec& alpha_sum) const {
     const Vec positive = r > Vec(0.f);
-    if (need_alpha) alpha_sum = alpha_sum + Vec::blendv(Vec(0.f), p * (r - q) * log_r, positive);
+    if (need_alpha) alpha_sum = alpha_sum + alpha_term(r, log_r, p);
     // the a q p/r term is 0 where a = 0 (never 0 * p/r)
     const Vec p_over_r = Vec::blendv(Vec::blendv(at_zero, p / r, positive), Vec(0.f), alpha_zero);
     const Vec dx = coef_p * p - coef_p_over_r * p_over_r;
@@ -300,6 +305,11 @@ const Vec kMinExponent(static_cast<real_t>(std::numeric_limits<real_t>::min_expo
 // below kLostAlpha, a window with such an element takes the exact path
 constexpr real_t kLostAlpha = sizeof(real_t) == 4 ? 16 : 4;
 
+// GatherBackward: windows of at most kMaxGatherTaps elements, whose factors are at most kMaxGatherFactor, so that
+// their sums stay finite (float: 2^10 * 2^110 < 2^128)
+constexpr int64_t kMaxGatherTaps = 1024;
+const Vec kMaxGatherFactor(std::ldexp(real_t(1), static_cast<int>(kPowerOffset) + 10));
+
 struct RowBuffers {
   std::vector<real_t> windows, col_mask, alpha, tmp;
   std::vector<char> full_cols;  // per dj: every output's column dj is part of its window (no mask needed)
@@ -319,11 +329,24 @@ struct RowBuffers {
   bool check_lost = false;    // alpha < kLostAlpha: an underflowed power of a positive ratio sends its windows exact
   std::vector<real_t> padded_p;
   std::vector<const real_t*> win_p;
-  RowBuffers(const Geometry& g, bool dense_alpha, bool use_split, bool constant_alpha = false)
+  real_t plane_top = 0.f;  // the plane max M of the powers
+  // The backward's per-output maps of GatherBackward (stride 1 with the plane's powers): rows for outputs
+  // -(kh - 1) .. max(oh, Hpad) - 1 (zero outside 0 .. oh - 1), output j at column j + kLanes (zero left of it and
+  // past ow)
+  bool gather_maps;
+  int64_t map_stride = 0;
+  std::vector<real_t> map_a, map_b;
+  RowBuffers(const Geometry& g, bool dense_alpha, bool use_split, bool constant_alpha = false, bool backward = false)
       : col_mask(g.kw * g.ow_padded, 0.f), alpha(dense_alpha ? g.ow_padded : 0, 0.f), tmp(g.ow_padded),
         full_cols(g.kw, 1), win(g.kh * g.kw), win_e(g.kh * g.kw), win_l(g.kh * g.kw),
         split(use_split && (g.kh > g.sh || g.kw > g.sw)), direct(g.sw == 1 || g.sw == 2),
-        plane_powers(constant_alpha && split && g.sw == 1 && kPlanePowers), win_p(g.kh * g.kw) {
+        plane_powers(constant_alpha && split && g.sw == 1 && kPlanePowers), win_p(g.kh * g.kw),
+        gather_maps(backward && plane_powers && g.sh == 1 && g.kw <= kLanes && g.kh * g.kw <= kMaxGatherTaps) {
+    if (gather_maps) {
+      map_stride = g.Wpad + 3 * kLanes;
+      map_a.assign((g.kh - 1 + std::max(g.oh, g.Hpad) + 1) * map_stride, 0.f);
+      map_b.assign(map_a.size(), 0.f);
+    }
     if (direct) {
       // phase t holds padded columns t, t + sw, ...: ow_padded + (kw - 1) / sw of them are read, and the padded
       // input's own columns must fit (its width rounded up to whole phases)
@@ -389,6 +412,7 @@ struct RowBuffers {
     real_t lanes[kLanes];
     hi_v.store(lanes);
     const real_t top = *std::max_element(lanes, lanes + kLanes);
+    plane_top = top;
     if (!(top >= std::numeric_limits<real_t>::min()) || !std::isfinite(top) ||
         std::any_of(lanes, lanes + kLanes, [](real_t v) { return std::isnan(v); }))
       return;
@@ -938,9 +962,12 @@ inline void add_pairs(const Vec& even, const Vec& odd, real_t* row, int64_t coun
   }
 }
 
+// gather: the plane takes GatherBackward (see there): each vector of windows whose weights come from the plane's
+// powers writes its factors into the maps instead of scattering its dx; the others scatter and write 0 there.
 inline void backward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, const AlphaRow& a_row,
-                                 BackwardPlane& plane, bool need_alpha, real_t* grad_pad) {
+                                 BackwardPlane& plane, bool need_alpha, real_t* grad_pad, bool gather = false) {
   const int64_t out = o * g.ow, taps = g.kh * g.kw;
+  const Vec plane_top(gather ? buf.plane_top : 1.f);  // M (divided by: 1 / M is subnormal for M >= 2^126)
   for (int64_t j = 0; j < g.ow; j += kLanes) {
     // the window's element at tap d, 0 in the vector tail (whose input columns no window of this row has: an inf
     // there would make the branch's dk NaN through 0 * inf)
@@ -959,6 +986,11 @@ inline void backward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, 
     const Normaliser n(m);
     const BackwardCoefficients c = plane.coefficients(out, j, g.ow, a, n);
     const int64_t count = std::min<int64_t>(kLanes, g.ow - j);
+    if (gather) {  // overwritten where this vector's windows take the maps
+      const int64_t at = (o + g.kh - 1) * buf.map_stride + kLanes + j;
+      Vec(0.f).store(buf.map_a.data() + at);
+      Vec(0.f).store(buf.map_b.data() + at);
+    }
     Vec alpha_sum(0.f), em, lm;
     if (buf.split) split_log2(m, em, lm);
     const Vec a_ln2 = c.a * Vec(kLn2);
@@ -995,12 +1027,46 @@ inline void backward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, 
     if (!buf.split) {
       scatter([&](int64_t di, int64_t dj) { return c.grad_x(buf.x(di * g.kw + dj, j), n, need_alpha, alpha_sum); });
     } else if (powers.usable) {
-      scatter([&](int64_t di, int64_t dj) {
-        const int64_t d = di * g.kw + dj;
-        const Vec r = n.ratio(buf.x(d, j));
-        const Vec log_r = n.log2_ratio(buf.e(d, j), buf.l(d, j), em, lm) * Vec(kLn2);
-        return c.grad_x_of(r, log_r, powers.weight(buf.power(d, j), r), need_alpha, alpha_sum);
-      });
+      auto element = [&](int64_t d, Vec& r, Vec& log_r) {
+        r = n.ratio(buf.x(d, j));
+        log_r = n.log2_ratio(buf.e(d, j), buf.l(d, j), em, lm) * Vec(kLn2);
+        return powers.weight(buf.power(d, j), r);
+      };
+      bool gathered = false;
+      if (gather) {
+        // dx_i = P_i A_i - Q_i B_i, Q_i = P_i / (x_i / M): this vector's terms of A and B. Not where a window is
+        // all zero (its weights are 1, not P / P(m)) or a factor is so large (or NaN) that A or B, sums of up to
+        // kMaxGatherTaps of them, could overflow: those scatter.
+        const Vec factor_a = c.coef_p * powers.inv_top, factor_b = c.coef_p_over_r * powers.inv_top * (m / plane_top);
+        const Vec small = (factor_a.abs() <= kMaxGatherFactor) & (factor_b.abs() <= kMaxGatherFactor);
+        const Vec bad = (powers.zero | ~small) & live;
+        if (bad.zero_mask() == (1 << kLanes) - 1) {
+          const int64_t at = (o + g.kh - 1) * buf.map_stride + kLanes + j;
+          Vec::blendv(Vec(0.f), factor_a, live).store(buf.map_a.data() + at);
+          Vec::blendv(Vec(0.f), factor_b, live).store(buf.map_b.data() + at);
+          if (need_alpha) {
+            // sum p (r - q) log r = inv_top ln 2 sum P (x / m - q) log2(x / m), with nothing to mask: no window
+            // here is all zero, and a zero x (padding included) has P = 0 and a finite split
+            Vec sum(0.f);
+            for (int64_t di = 0; di < g.kh; ++di) {
+              if (o >= g.valid_rows[di]) continue;  // overhang rows: not in the window
+              for (int64_t dj = 0; dj < g.kw; ++dj) {
+                const int64_t d = di * g.kw + dj;
+                const Vec log2_r = (buf.e(d, j) - em) + (buf.l(d, j) - lm);
+                sum = at::vec::fmadd(buf.power(d, j) * at::vec::fmsub(buf.x(d, j), n.inv_m, c.q), log2_r, sum);
+              }
+            }
+            alpha_sum = sum * powers.inv_top * Vec(kLn2);
+          }
+          gathered = true;
+        }
+      }
+      if (!gathered)
+        scatter([&](int64_t di, int64_t dj) {
+          Vec r, log_r;
+          const Vec p = element(di * g.kw + dj, r, log_r);
+          return c.grad_x_of(r, log_r, p, need_alpha, alpha_sum);
+        });
     } else {
       scatter([&](int64_t di, int64_t dj) {
         const int64_t d = di * g.kw + dj;
@@ -1008,6 +1074,41 @@ inline void backward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, 
       });
     }
     if (need_alpha) plane.add_grad_alpha(alpha_sum, c, m, out, j, g.ow, u, value);
+  }
+}
+
+// GatherBackward. With the plane's powers P_i = (x_i / M)^a 2^kPowerOffset (layer/channel alpha, stride 1), a
+// window's weights are p_i = P_i / P(m) and p_i / r_i = Q_i (m / M) / P(m), Q_i = P_i / (x_i / M), so the dx of
+// element i summed over the windows w that hold it is
+//   dx_i = sum_w (coef_p p_i - coef_p_over_r p_i / r_i) = P_i A_i - Q_i B_i,
+//   A_i = sum_w coef_p(w) / P(m_w),   B_i = sum_w coef_p_over_r(w) (m_w / M) / P(m_w):
+// the rows write each output's two factors into maps (map_a, map_b), and this pass sums them over each element's
+// windows, one add per window element instead of a dx and a scatter per window element (whose load overlaps the
+// previous store, which defeats store-to-load forwarding). Only for a > 1, where r^(a-1) -> 0 at r -> 0 as the
+// kernel's convention (0 at r = 0 unless a = 1) has it; the maps of windows that scattered their dx hold 0.
+inline void gather_backward(const RowBuffers& buf, const Geometry& g, real_t* grad_pad) {
+  const Vec plane_top(buf.plane_top);
+  for (int64_t row = g.ph; row < g.ph + g.H; ++row) {
+    for (int64_t col = g.pw; col < g.pw + g.W; col += kLanes) {  // whole vectors: past the row, P = Q = 0
+      Vec sum_a(0.f), sum_b(0.f);
+      for (int64_t di = 0; di < g.kh; ++di) {
+        // output row row - di, at map row row - di + kh - 1; output column col - dj at map column col - dj + kLanes
+        const int64_t at = (row - di + g.kh - 1) * buf.map_stride + kLanes + col;
+        for (int64_t dj = 0; dj < g.kw; ++dj) {
+          sum_a = sum_a + Vec::loadu(buf.map_a.data() + at - dj);
+          sum_b = sum_b + Vec::loadu(buf.map_b.data() + at - dj);
+        }
+      }
+      const int64_t at = row * buf.phase_len + col;
+      const Vec x = Vec::loadu(buf.padded.data() + at), power = Vec::loadu(buf.padded_p.data() + at);
+      // Q = 0 where x / M is below the smallest normal (zeros, and the underflowed powers of a near 1, whose true
+      // Q = (x / M)^(a-1) 2^kPowerOffset is then negligible beside the window's others)
+      const Vec ratio = x / plane_top;
+      const Vec q = Vec::blendv(power / ratio, Vec(0.f), ratio < kTiny);
+      const Vec dx = power * sum_a - q * sum_b;
+      real_t* dst = grad_pad + row * g.Wpad + col;
+      (Vec::loadu(dst) + Vec::blendv(dx, Vec(0.f), dx.abs() < Vec(std::numeric_limits<real_t>::min()))).store(dst);
+    }
   }
 }
 
@@ -1052,7 +1153,7 @@ void backward_impl(const torch::Tensor& x, const real_t* a_data, bool dense_alph
   const bool tiled = tiles_2x2(g);
   const int64_t plane_out = g.oh * g.ow;
   at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
-    RowBuffers buf(g, dense_alpha && branch == nullptr, true, !dense_alpha);
+    RowBuffers buf(g, dense_alpha && branch == nullptr, true, !dense_alpha, true);
     BranchGrad branch_grad(branch != nullptr ? taps : 0);
     // the general path scatters into a padded plane, plus slack: a stride-2 pair can add 0 one past the end, and
     // stride 1 adds whole vectors: at most ow_padded + kw - 2 <= Wpad + kLanes - 2 columns into the last row
@@ -1077,6 +1178,7 @@ void backward_impl(const torch::Tensor& x, const real_t* a_data, bool dense_alph
         buf.prepare_plane(xp, g);
         buf.prepare_powers(alpha_value);
       }
+      const bool gather = !tiled && buf.gather_maps && buf.powers_ready && alpha_value > 1;
       for (int64_t o = 0; o < g.oh; ++o) {
         if (tiled) {
           const AlphaRow a_row{alpha_plane ? alpha_plane + o * g.ow : nullptr, alpha_value, g.ow};
@@ -1084,9 +1186,10 @@ void backward_impl(const torch::Tensor& x, const real_t* a_data, bool dense_alph
         } else {
           buf.gather(xp, g, o);
           backward_row_general(buf, g, o, buf.alpha_row(alpha_plane, alpha_value, g, o), plane, need_alpha,
-                               grad_pad.data());
+                               grad_pad.data(), gather);
         }
       }
+      if (gather) gather_backward(buf, g, grad_pad.data());
       if (branch != nullptr) {
         branch_grad.store(branch_out + p * (taps + 3), br.f);
       } else if (need_alpha && !dense_alpha) {
