@@ -336,12 +336,24 @@ struct RowBuffers {
   bool gather_maps;
   int64_t map_stride = 0;
   std::vector<real_t> map_a, map_b;
+  // The forward's window sums from the powers (stride 1): per padded row and output column j, the sums over the
+  // window's columns of P and of P x s (prepare_box_sums), s = 2^(1 - e) for the plane max M in [2^e, 2^(e+1)), so
+  // that x s < 4 (x up to 3e38 times P up to 2^100 would overflow) exactly; zero in the padding rows
+  bool box_sums;
+  bool box_sums_ready = false;
+  real_t box_scale = 1.f;
+  std::vector<real_t> row_p, row_px;
   RowBuffers(const Geometry& g, bool dense_alpha, bool use_split, bool constant_alpha = false, bool backward = false)
       : col_mask(g.kw * g.ow_padded, 0.f), alpha(dense_alpha ? g.ow_padded : 0, 0.f), tmp(g.ow_padded),
         full_cols(g.kw, 1), win(g.kh * g.kw), win_e(g.kh * g.kw), win_l(g.kh * g.kw),
         split(use_split && (g.kh > g.sh || g.kw > g.sw)), direct(g.sw == 1 || g.sw == 2),
         plane_powers(constant_alpha && split && g.sw == 1 && kPlanePowers), win_p(g.kh * g.kw),
-        gather_maps(backward && plane_powers && g.sh == 1 && g.kw <= kLanes && g.kh * g.kw <= kMaxGatherTaps) {
+        gather_maps(backward && plane_powers && g.sh == 1 && g.kw <= kLanes && g.kh * g.kw <= kMaxGatherTaps),
+        box_sums(!backward && plane_powers && g.sh == 1) {
+    if (box_sums) {
+      row_p.assign(g.Hpad * g.ow_padded, 0.f);
+      row_px.assign(row_p.size(), 0.f);
+    }
     if (gather_maps) {
       map_stride = g.Wpad + 3 * kLanes;
       map_a.assign((g.kh - 1 + std::max(g.oh, g.Hpad) + 1) * map_stride, 0.f);
@@ -448,6 +460,29 @@ struct RowBuffers {
     });
     powers_ready = true;
     check_lost = a < kLostAlpha;
+  }
+
+  // After prepare_powers (forward, stride 1): the window sums of P and P x along each padded input row, so that a
+  // window's den and y come from kh of them (forward_row_general). The padding rows stay zero.
+  void prepare_box_sums(const Geometry& g) {
+    box_sums_ready = box_sums && powers_ready;
+    if (!box_sums_ready) return;
+    box_scale = std::ldexp(real_t(1), 1 - std::ilogb(plane_top));  // a normal number for any normal plane_top
+    const Vec scale(box_scale);
+    for (int64_t row = g.ph; row < g.ph + g.H; ++row) {
+      const real_t* p_row = padded_p.data() + row * phase_len;
+      const real_t* x_row = padded.data() + row * phase_len;
+      for (int64_t j = 0; j < g.ow_padded; j += kLanes) {
+        Vec sum_p(0.f), sum_px(0.f);
+        for (int64_t dj = 0; dj < g.kw; ++dj) {
+          const Vec power = Vec::loadu(p_row + j + dj);
+          sum_p = sum_p + power;
+          sum_px = at::vec::fmadd(power, Vec::loadu(x_row + j + dj) * scale, sum_px);
+        }
+        sum_p.store(row_p.data() + row * g.ow_padded + j);
+        sum_px.store(row_px.data() + row * g.ow_padded + j);
+      }
+    }
   }
 
   // once per plane, before its rows: the padded copy (strides 1 and 2) and the splits
@@ -697,6 +732,19 @@ inline void forward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, c
     };
     const PlanePowers powers(buf, taps, j, std::min<int64_t>(kLanes, g.ow - j), n);
     const Vec a_ln2 = a * Vec(kLn2);
+    if (powers.usable && buf.box_sums_ready && ((powers.zero & live).zero_mask() == (1 << kLanes) - 1)) {
+      // no all-zero window (whose weights are 1): den = sum P / P(m) and y = m sum p r / den = sum P x / sum P, the
+      // sums of kh rows of the box sums (rows outside the window, padding or overhang, hold P = 0), x scaled by s
+      Vec sum_p(0.f), sum_px(0.f);
+      for (int64_t di = 0; di < g.kh; ++di) {
+        const int64_t at = (o * g.sh + di) * g.ow_padded + j;
+        sum_p = sum_p + Vec::loadu(buf.row_p.data() + at);
+        sum_px = sum_px + Vec::loadu(buf.row_px.data() + at);
+      }
+      store_row(sum_px / sum_p / Vec(buf.box_scale), y, j, g.ow);
+      if (den_out != nullptr) store_row(sum_p * powers.inv_top, den_out, j, g.ow);
+      continue;
+    }
     if (powers.usable) {
       sum_windows([&](int64_t d, const Vec& r) { return powers.weight(buf.power(d, j), r); });
     } else if (buf.split) {
@@ -811,6 +859,7 @@ bool forward_impl(const torch::Tensor& x, const real_t* a_data, bool dense_alpha
       if (!tiled) {
         buf.prepare_plane(xp, g);
         buf.prepare_powers(alpha_value);
+        buf.prepare_box_sums(g);
       }
       const Branch* b = branch != nullptr ? &br : nullptr;
       for (int64_t o = 0; o < g.oh; ++o) {
