@@ -167,6 +167,35 @@ def test_gathered_backward_keeps_its_sums_finite():
         torch.testing.assert_close(gx[:, channel].double(), gx64[:, channel], rtol=1e-5, atol=1e-5 * scale)
 
 
+@pytest.mark.parametrize("alpha,plane_max", [(3.0, 2.0 ** 62), (5.0, 1e12), (7.0, 3.8e8), (1.5, 2.0 ** 127),
+                                              (1.1, 2.0 ** 127), (2.0, 2.0 ** 127), (2.5, 2.0 ** 127), (30.0, 64.0)])
+def test_plane_powers_far_below_the_plane_max(alpha, plane_max):
+    """Layer/channel alpha at stride 1 works from the plane's powers P = (x / M)^a 2^100: the forward from row sums
+    of P and P x, the backward (a >= 2) by gathering P_i A_i - Q_i B_i with Q_i = P_i / (x_i / M). Windows far below
+    the plane max M still take the powers (their largest P above 2^-100), but there sum P x can fall below the
+    normal range (y off by 17% at alpha 3 with M = 2^62 in a first version), and x / M can be subnormal while P is
+    not (a near 1; M = 2^127: dx off by up to 1.1 at alpha 1.1). Each odd row and column holds a 2^27, so that every
+    window has a large max of its own. Against the float64 reference op: y and dx away from M's windows."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 1, 7, 12, generator=generator) + 0.5
+    x[0, 0, 1::2, 1::2] = 2.0 ** 27 if plane_max > 2.0 ** 40 else 1.0
+    x[0, 0, 0, 0] = plane_max
+    x = torch.cat([x, torch.rand(1, 1, 7, 12, generator=generator) + 0.5], dim=1)  # and a plane without
+    x[:, 1, 0, 0] = plane_max
+    a = torch.tensor(alpha)
+    x32 = x.clone().requires_grad_(True)
+    x64 = x.double().requires_grad_(True)
+    y = p_pool2d(x32, a, 3, 1, 1, backend="cpu_fused")
+    y64 = p_pool2d(x64, a.double(), 3, 1, 1, backend="reference")
+    grad = torch.rand(y64.shape, generator=generator, dtype=torch.float64)
+    gx, = torch.autograd.grad(y, x32, grad.float())
+    gx64, = torch.autograd.grad(y64, x64, grad)
+    far = torch.ones(7, 12, dtype=torch.bool)
+    far[:3, :3] = False  # the elements in a window with M, where the other elements' weights are tiny
+    torch.testing.assert_close(y.double()[..., far], y64[..., far], rtol=1e-5, atol=0)
+    torch.testing.assert_close(gx.double()[..., far], gx64[..., far], rtol=1e-4, atol=1e-5)
+
+
 def test_non_contiguous_and_channels_last_inputs():
     x = torch.rand(2, 6, 12, 14).contiguous(memory_format=torch.channels_last)
     compare(x, torch.rand(6, 1, 1) * 10, 3, 2, 1, False)

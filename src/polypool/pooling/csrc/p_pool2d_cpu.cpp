@@ -12,7 +12,7 @@
 // copy of the plane, or copied out for other strides), so all the arithmetic is vectorised along the output row
 // with ATen's Vectorized<real_t> (its exp_u20; logarithms from the exponent split, split_log2). The backward
 // scatters into a per-plane padded gradient buffer, so no two threads ever write the same element (with a layer/channel
-// alpha above 1 at stride 1 it gathers instead: gather_backward). VGG's
+// alpha of 2 or more at stride 1, the windows that take the plane's powers gather instead: gather_backward). VGG's
 // 2x2/2 pools, which tile the input, take a shorter path: deinterleaved loads in, interleaved stores out.
 
 #include <torch/extension.h>
@@ -308,6 +308,11 @@ constexpr real_t kLostAlpha = sizeof(real_t) == 4 ? 16 : 4;
 // GatherBackward: windows of at most kMaxGatherTaps elements, whose factors are at most kMaxGatherFactor, so that
 // their sums stay finite (float: 2^10 * 2^110 < 2^128)
 constexpr int64_t kMaxGatherTaps = 1024;
+// The forward's row sums and GatherBackward work from P and x / M alone, for a >= kMinSumAlpha: a positive power
+// P = (x / M)^a 2^kPowerOffset >= 2^-126 then has x / M >= 2^(-226 / a) >= 2^-113 (double: 2^-961), a normal number
+// (below it, with a near 1, x / M would be subnormal or 0 while P, and Q = P / (x / M), are not negligible), and an
+// element whose ratio to its window max is subnormal has P = 0, as the other paths count it.
+constexpr real_t kMinSumAlpha = 2;
 const Vec kMaxGatherFactor(std::ldexp(real_t(1), static_cast<int>(kPowerOffset) + 10));
 
 struct RowBuffers {
@@ -338,7 +343,8 @@ struct RowBuffers {
   std::vector<real_t> map_a, map_b;
   // The forward's window sums from the powers (stride 1): per padded row and output column j, the sums over the
   // window's columns of P and of P x s (prepare_box_sums), s = 2^(1 - e) for the plane max M in [2^e, 2^(e+1)), so
-  // that x s < 4 (x up to 3e38 times P up to 2^100 would overflow) exactly; zero in the padding rows
+  // that x s < 4 (x up to 3e38 times P up to 2^100 would overflow) exactly; zero in the padding rows. A window far
+  // below M can have sum P x s below the normal range: forward_row_general checks P(m) m s.
   bool box_sums;
   bool box_sums_ready = false;
   real_t box_scale = 1.f;
@@ -464,8 +470,8 @@ struct RowBuffers {
 
   // After prepare_powers (forward, stride 1): the window sums of P and P x along each padded input row, so that a
   // window's den and y come from kh of them (forward_row_general). The padding rows stay zero.
-  void prepare_box_sums(const Geometry& g) {
-    box_sums_ready = box_sums && powers_ready;
+  void prepare_box_sums(const Geometry& g, real_t a) {
+    box_sums_ready = box_sums && powers_ready && a >= kMinSumAlpha;
     if (!box_sums_ready) return;
     box_scale = std::ldexp(real_t(1), 1 - std::ilogb(plane_top));  // a normal number for any normal plane_top
     const Vec scale(box_scale);
@@ -667,11 +673,12 @@ inline Vec lanes_below(int64_t count) { return Vec::arange(0.f, 1.f) < Vec(stati
 // zero (r = 1 there, weight 1), and, for alpha < kLostAlpha, no element of positive ratio has lost its power to
 // underflow: its weight would be negligible, but not r^(a-1) in its dx (about 1 at a = 1). Otherwise the exact path.
 struct PlanePowers {
-  Vec inv_top, zero;
+  Vec top, inv_top, zero;  // P(m), the window's largest power
   bool usable = false;
   PlanePowers(const RowBuffers& buf, int64_t taps, int64_t j, int64_t count, const Normaliser& n) {
     if (!buf.powers_ready) return;
-    Vec top = buf.power(0, j), lost(0.f);
+    Vec lost(0.f);
+    top = buf.power(0, j);
     for (int64_t d = 1; d < taps; ++d) top = at::vec::maximum(top, buf.power(d, j));
     if (buf.check_lost)
       for (int64_t d = 0; d < taps; ++d)
@@ -732,9 +739,17 @@ inline void forward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, c
     };
     const PlanePowers powers(buf, taps, j, std::min<int64_t>(kLanes, g.ow - j), n);
     const Vec a_ln2 = a * Vec(kLn2);
-    if (powers.usable && buf.box_sums_ready && ((powers.zero & live).zero_mask() == (1 << kLanes) - 1)) {
-      // no all-zero window (whose weights are 1): den = sum P / P(m) and y = m sum p r / den = sum P x / sum P, the
-      // sums of kh rows of the box sums (rows outside the window, padding or overhang, hold P = 0), x scaled by s
+    // the row sums where no window of the vector is all zero (its weights are 1, not P / P(m)) and sum P x s >=
+    // P(m) m s stays at least 2^-100, so that what underflows in it (below 2^-126) is under 2^-26 of it, as the
+    // weights the powers drop are of theirs
+    bool box = powers.usable && buf.box_sums_ready;
+    if (box) {
+      const Vec fine = (~powers.zero & (powers.top * (m * Vec(buf.box_scale)) >= kPowerFloor)) | ~live;
+      box = Vec::blendv(Vec(1.f), Vec(0.f), fine).zero_mask() == (1 << kLanes) - 1;
+    }
+    if (box) {
+      // den = sum P / P(m) and y = m sum p r / den = sum P x / sum P, the sums of kh rows of the box sums (rows
+      // outside the window, padding or overhang, hold P = 0), x scaled by s
       Vec sum_p(0.f), sum_px(0.f);
       for (int64_t di = 0; di < g.kh; ++di) {
         const int64_t at = (o * g.sh + di) * g.ow_padded + j;
@@ -859,7 +874,7 @@ bool forward_impl(const torch::Tensor& x, const real_t* a_data, bool dense_alpha
       if (!tiled) {
         buf.prepare_plane(xp, g);
         buf.prepare_powers(alpha_value);
-        buf.prepare_box_sums(g);
+        buf.prepare_box_sums(g, alpha_value);
       }
       const Branch* b = branch != nullptr ? &br : nullptr;
       for (int64_t o = 0; o < g.oh; ++o) {
@@ -1133,8 +1148,9 @@ inline void backward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, 
 //   A_i = sum_w coef_p(w) / P(m_w),   B_i = sum_w coef_p_over_r(w) (m_w / M) / P(m_w):
 // the rows write each output's two factors into maps (map_a, map_b), and this pass sums them over each element's
 // windows, one add per window element instead of a dx and a scatter per window element (whose load overlaps the
-// previous store, which defeats store-to-load forwarding). Only for a > 1, where r^(a-1) -> 0 at r -> 0 as the
-// kernel's convention (0 at r = 0 unless a = 1) has it; the maps of windows that scattered their dx hold 0.
+// previous store, which defeats store-to-load forwarding). Only for a >= kMinSumAlpha (x / M is normal wherever P is
+// positive; r^(a-1) -> 0 at r -> 0, as the kernel's convention has it at r = 0); the maps of windows that scattered
+// their dx hold 0.
 inline void gather_backward(const RowBuffers& buf, const Geometry& g, real_t* grad_pad) {
   const Vec plane_top(buf.plane_top);
   for (int64_t row = g.ph; row < g.ph + g.H; ++row) {
@@ -1150,8 +1166,8 @@ inline void gather_backward(const RowBuffers& buf, const Geometry& g, real_t* gr
       }
       const int64_t at = row * buf.phase_len + col;
       const Vec x = Vec::loadu(buf.padded.data() + at), power = Vec::loadu(buf.padded_p.data() + at);
-      // Q = 0 where x / M is below the smallest normal (zeros, and the underflowed powers of a near 1, whose true
-      // Q = (x / M)^(a-1) 2^kPowerOffset is then negligible beside the window's others)
+      // Q = 0 where x / M is below the smallest normal: zeros (and subnormals), and elements whose power is 0 (with
+      // a >= kMinSumAlpha, P > 0 means x / M >= 2^-113)
       const Vec ratio = x / plane_top;
       const Vec q = Vec::blendv(power / ratio, Vec(0.f), ratio < kTiny);
       const Vec dx = power * sum_a - q * sum_b;
@@ -1206,6 +1222,7 @@ void backward_impl(const torch::Tensor& x, const real_t* a_data, bool dense_alph
     BranchGrad branch_grad(branch != nullptr ? taps : 0);
     // the general path scatters into a padded plane, plus slack: a stride-2 pair can add 0 one past the end, and
     // stride 1 adds whole vectors: at most ow_padded + kw - 2 <= Wpad + kLanes - 2 columns into the last row
+    // (gather_backward: pw + W + kLanes - 2 <= Wpad + kLanes - 2)
     std::vector<real_t> grad_pad(tiled ? 0 : g.Hpad * g.Wpad + 2 * kLanes);
     for (int64_t p = begin; p < end; ++p) {
       const real_t* xp = x_data + p * g.H * g.W;
@@ -1227,7 +1244,7 @@ void backward_impl(const torch::Tensor& x, const real_t* a_data, bool dense_alph
         buf.prepare_plane(xp, g);
         buf.prepare_powers(alpha_value);
       }
-      const bool gather = !tiled && buf.gather_maps && buf.powers_ready && alpha_value > 1;
+      const bool gather = !tiled && buf.gather_maps && buf.powers_ready && alpha_value >= kMinSumAlpha;
       for (int64_t o = 0; o < g.oh; ++o) {
         if (tiled) {
           const AlphaRow a_row{alpha_plane ? alpha_plane + o * g.ow : nullptr, alpha_value, g.ow};
