@@ -259,13 +259,9 @@ struct BackwardCoefficients {
     const Vec d = n.log2_ratio(ex, lx, em, lm);
     return grad_x_of(r, d * Vec(kLn2), n.pow_split(r, d, a, a_ln2), need_alpha, alpha_sum);
   }
-  // an element's term of dy/da (before the factor m / den): p (r - q) log r, 0 where r is (0 log 0 = 0)
-  inline Vec alpha_term(const Vec& r, const Vec& log_r, const Vec& p) const {
-    return Vec::blendv(Vec(0.f), p * (r - q) * log_r, r > Vec(0.f));
-  }
   inline Vec grad_x_of(const Vec& r, const Vec& log_r, const Vec& p, bool need_alpha, Vec& alpha_sum) const {
     const Vec positive = r > Vec(0.f);
-    if (need_alpha) alpha_sum = alpha_sum + alpha_term(r, log_r, p);
+    if (need_alpha) alpha_sum = alpha_sum + Vec::blendv(Vec(0.f), p * (r - q) * log_r, positive);
     // the a q p/r term is 0 where a = 0 (never 0 * p/r)
     const Vec p_over_r = Vec::blendv(Vec::blendv(at_zero, p / r, positive), Vec(0.f), alpha_zero);
     const Vec dx = coef_p * p - coef_p_over_r * p_over_r;
@@ -1091,11 +1087,6 @@ inline void backward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, 
     if (!buf.split) {
       scatter([&](int64_t di, int64_t dj) { return c.grad_x(buf.x(di * g.kw + dj, j), n, need_alpha, alpha_sum); });
     } else if (powers.usable) {
-      auto element = [&](int64_t d, Vec& r, Vec& log_r) {
-        r = n.ratio(buf.x(d, j));
-        log_r = n.log2_ratio(buf.e(d, j), buf.l(d, j), em, lm) * Vec(kLn2);
-        return powers.weight(buf.power(d, j), r);
-      };
       bool gathered = false;
       if (gather) {
         // dx_i = P_i A_i - Q_i B_i, Q_i = P_i / (x_i / M): this vector's terms of A and B. Not where a window is
@@ -1127,9 +1118,10 @@ inline void backward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, 
       }
       if (!gathered)
         scatter([&](int64_t di, int64_t dj) {
-          Vec r, log_r;
-          const Vec p = element(di * g.kw + dj, r, log_r);
-          return c.grad_x_of(r, log_r, p, need_alpha, alpha_sum);
+          const int64_t d = di * g.kw + dj;
+          const Vec r = n.ratio(buf.x(d, j));
+          const Vec log_r = n.log2_ratio(buf.e(d, j), buf.l(d, j), em, lm) * Vec(kLn2);
+          return c.grad_x_of(r, log_r, powers.weight(buf.power(d, j), r), need_alpha, alpha_sum);
         });
     } else {
       scatter([&](int64_t di, int64_t dj) {
