@@ -664,6 +664,11 @@ struct BranchGrad {
 
 inline Vec lanes_below(int64_t count) { return Vec::arange(0.f, 1.f) < Vec(static_cast<real_t>(count)); }
 
+// whether every lane of a comparison mask is set
+inline bool all_lanes(const Vec& mask) {
+  return Vec::blendv(Vec(1.f), Vec(0.f), mask).zero_mask() == (1 << kLanes) - 1;
+}
+
 // The weights r^a = (x / m)^a of one vector of windows from the plane's powers: P / P(m), P(m) being the window's
 // largest power. Usable when every window of the vector (its first `count` lanes) has P(m) >= kPowerFloor, or is all
 // zero (r = 1 there, weight 1), and, for alpha < kLostAlpha, no element of positive ratio has lost its power to
@@ -682,7 +687,7 @@ struct PlanePowers {
     zero = n.zero > Vec(0.f);
     const Vec live = lanes_below(count);
     const Vec fine = (((top >= kPowerFloor) | zero) & ~(lost & ~zero)) | ~live;
-    usable = Vec::blendv(Vec(1.f), Vec(0.f), fine).zero_mask() == (1 << kLanes) - 1;
+    usable = all_lanes(fine);
     inv_top = Vec::blendv(top, Vec(1.f), zero).reciprocal();
   }
   // the weight of an element of power P and ratio r (0 where r is: zeros, padding, subnormal ratios)
@@ -741,7 +746,7 @@ inline void forward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, c
     bool box = powers.usable && buf.box_sums_ready;
     if (box) {
       const Vec fine = (~powers.zero & (powers.top * (m * Vec(buf.box_scale)) >= kPowerFloor)) | ~live;
-      box = Vec::blendv(Vec(1.f), Vec(0.f), fine).zero_mask() == (1 << kLanes) - 1;
+      box = all_lanes(fine);
     }
     if (box) {
       // den = sum P / P(m) and y = m sum p r / den = sum P x / sum P, the sums of kh rows of the box sums (rows
@@ -1095,7 +1100,7 @@ inline void backward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, 
         const Vec factor_a = c.coef_p * powers.inv_top, factor_b = c.coef_p_over_r * powers.inv_top * (m / plane_top);
         const Vec small = (factor_a.abs() <= kMaxGatherFactor) & (factor_b.abs() <= kMaxGatherFactor);
         const Vec bad = (powers.zero | ~small) & live;
-        if (bad.zero_mask() == (1 << kLanes) - 1) {
+        if (all_lanes(~bad)) {
           const int64_t at = (o + g.kh - 1) * buf.map_stride + kLanes + j;
           Vec::blendv(Vec(0.f), factor_a, live).store(buf.map_a.data() + at);
           Vec::blendv(Vec(0.f), factor_b, live).store(buf.map_b.data() + at);
