@@ -174,6 +174,27 @@ inline Vec log_unit(const Vec& r) {
 #endif
 }
 
+// 2^t for t <= 127, 0 below 2^-126 (as exp_u20 flushes) and NaN for NaN. AVX2 float: 2^n 2^f with n = round(t), and
+// 2^f for |f| <= 1/2 a degree-5 polynomial (relative-error fit with 2^0 = 1 exactly: at most 1.7e-7 from 2^f in
+// float Horner, where exp_u20 is 20 ulp), the power of 2 added to its exponent bits: fewer operations than exp_u20
+// of t ln 2, which the overlapping windows pay per window element. Elsewhere exp_u20.
+inline Vec exp2_upto_127(const Vec& t) {
+#if defined(PPOOL_FLOAT_AVX2)
+  const __m256 clamped = _mm256_max_ps(_mm256_set1_ps(-127.f), t);  // the second operand, NaN, passes through
+  const __m256 whole = _mm256_round_ps(clamped, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 f = _mm256_sub_ps(clamped, whole);
+  constexpr float kC[6] = {1.0f, 0.6931470036506653f, 0.24022242426872253f, 0.05550733581185341f,
+                           0.009671512991189957f, 0.001326472614891827f};
+  __m256 poly = _mm256_set1_ps(kC[5]);
+  for (int i = 4; i >= 0; --i) poly = _mm256_fmadd_ps(poly, f, _mm256_set1_ps(kC[i]));
+  const __m256i bits =
+      _mm256_add_epi32(_mm256_castps_si256(poly), _mm256_slli_epi32(_mm256_cvtps_epi32(whole), 23));
+  return Vec(_mm256_andnot_ps(_mm256_cmp_ps(clamped, _mm256_set1_ps(-126.f), _CMP_LT_OQ), _mm256_castsi256_ps(bits)));
+#else
+  return (t * Vec(kLn2)).exp_u20();
+#endif
+}
+
 // 2^n for integral n in the normal exponent range (float: [-126, 127]), exactly
 #if defined(PPOOL_FLOAT_AVX2)
 inline Vec pow2_int(const Vec& n) {
@@ -213,8 +234,8 @@ struct Normaliser {
   Vec inv_m, zero;
   // r^a and log r from the splits of x (ex, lx) and of the window max (em, lm): exp(a ln2 d) with d = log2 r (0 in an
   // all-zero window, where r = 1); r^a = 0 where r = 0 (zeros, padding, subnormals) unless a = 0 (0^0 = 1)
-  inline Vec pow_split(const Vec& r, const Vec& d, const Vec& a, const Vec& a_ln2) const {
-    const Vec p = Vec::blendv((a_ln2 * d).exp_u20(), Vec(0.f), r <= Vec(0.f));
+  inline Vec pow_split(const Vec& r, const Vec& d, const Vec& a) const {
+    const Vec p = Vec::blendv(exp2_upto_127(a * d), Vec(0.f), r <= Vec(0.f));
     return Vec::blendv(p, Vec(1.f), a == Vec(0.f));
   }
   inline Vec log2_ratio(const Vec& ex, const Vec& lx, const Vec& em, const Vec& lm) const {
@@ -253,11 +274,11 @@ struct BackwardCoefficients {
     return grad_x_of(r, log_r, pow_unit(r, log_r, a), need_alpha, alpha_sum);
   }
   // the same from the splits of x and of the window max (overlapping windows: no log per window element)
-  inline Vec grad_x_split(const Vec& x, const Vec& ex, const Vec& lx, const Vec& em, const Vec& lm, const Vec& a_ln2,
+  inline Vec grad_x_split(const Vec& x, const Vec& ex, const Vec& lx, const Vec& em, const Vec& lm,
                           const Normaliser& n, bool need_alpha, Vec& alpha_sum) const {
     const Vec r = n.ratio(x);
     const Vec d = n.log2_ratio(ex, lx, em, lm);
-    return grad_x_of(r, d * Vec(kLn2), n.pow_split(r, d, a, a_ln2), need_alpha, alpha_sum);
+    return grad_x_of(r, d * Vec(kLn2), n.pow_split(r, d, a), need_alpha, alpha_sum);
   }
   inline Vec grad_x_of(const Vec& r, const Vec& log_r, const Vec& p, bool need_alpha, Vec& alpha_sum) const {
     const Vec positive = r > Vec(0.f);
@@ -739,7 +760,6 @@ inline void forward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, c
       }
     };
     const PlanePowers powers(buf, taps, j, std::min<int64_t>(kLanes, g.ow - j), n);
-    const Vec a_ln2 = a * Vec(kLn2);
     // the row sums where no window of the vector is all zero (its weights are 1, not P / P(m)) and sum P x s >=
     // P(m) m s stays at least 2^-100, so that what underflows in it (below 2^-126) is under 2^-26 of it, as the
     // weights the powers drop are of theirs
@@ -766,7 +786,7 @@ inline void forward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, c
     } else if (buf.split) {
       split_log2(m, em, lm);
       sum_windows([&](int64_t d, const Vec& r) {
-        return n.pow_split(r, n.log2_ratio(buf.e(d, j), buf.l(d, j), em, lm), a, a_ln2);
+        return n.pow_split(r, n.log2_ratio(buf.e(d, j), buf.l(d, j), em, lm), a);
       });
     } else {
       sum_windows([&](int64_t, const Vec& r) { return pow_unit(r, log_unit(r), a); });
@@ -1058,7 +1078,6 @@ inline void backward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, 
     }
     Vec alpha_sum(0.f), em, lm;
     if (buf.split) split_log2(m, em, lm);
-    const Vec a_ln2 = c.a * Vec(kLn2);
     const PlanePowers powers(buf, taps, j, count, n);
     // scatter the dx of every window element, element(di, dj) giving those at offset (di, dj) of outputs
     // j .. j + kLanes - 1: each way of computing them gets its own loop
@@ -1131,7 +1150,7 @@ inline void backward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, 
     } else {
       scatter([&](int64_t di, int64_t dj) {
         const int64_t d = di * g.kw + dj;
-        return c.grad_x_split(buf.x(d, j), buf.e(d, j), buf.l(d, j), em, lm, a_ln2, n, need_alpha, alpha_sum);
+        return c.grad_x_split(buf.x(d, j), buf.e(d, j), buf.l(d, j), em, lm, n, need_alpha, alpha_sum);
       });
     }
     if (need_alpha) plane.add_grad_alpha(alpha_sum, c, m, out, j, g.ow, u, value);
