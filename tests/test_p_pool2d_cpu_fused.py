@@ -317,6 +317,37 @@ def test_window_weights_are_accurate_to_float_rounding(window):
     torch.testing.assert_close(aa.grad.double(), ab.grad, rtol=0, atol=3e-6 * ab.grad.abs().max().item())
 
 
+@pytest.mark.parametrize("window", [(3, 1, 1), (3, 2, 1), (5, 3, 2)])
+def test_zeros_padding_and_subnormals_weigh_nothing_in_overlapping_windows(window):
+    """Overlapping windows take a zero's weight 0^a from its split, (kZeroSplit, 0): d = log2(x / m) = -max, so
+    2^(a d) = 0 for any a > 0, even a = 1e-3 (a split of (-127, 0) would weigh a zero 2^(-0.127 - a e_m)), and 1 at
+    a = 0. Padding too (stride 1 never splits its padding; strides of 3 and more copy padded rows of splits out).
+    Positive subnormals count as 0: the window rows hold them as 0, so that r = x / m is 0 even where m is tiny (x =
+    1e-40, m ~ 1e-6: r ~ 1e-34 would make dx take p / r instead of the a = 1 limit, and give dy/dalpha at a = 0 a
+    term r log r of -max). Against the float64 reference on the input with its subnormals as 0."""
+    kernel, stride, padding = window
+    generator = torch.Generator().manual_seed(kernel * 10 + stride)
+    x = torch.rand(2, 4, 17, 19, generator=generator) * 1e-6  # every window max below 1e-2 of the subnormals' scale
+    x[torch.rand(x.shape, generator=generator) < 0.3] = 0
+    x[torch.rand(x.shape, generator=generator) < 0.3] = 1e-40  # positive subnormals
+    x[1, 3] = 1e-40  # a plane of nothing but subnormals: all-zero windows
+    out_h, out_w = ((n + 2 * padding - kernel) // stride + 1 for n in (17, 19))
+    values = torch.tensor([0.0, 1.0, 1e-3, 2.5])  # 0^0 = 1; r^(a-1) at r = 0 is 1 for a = 1; a tiny a; and any a
+    alpha = values[torch.randint(0, 4, (2, 4, out_h, out_w), generator=generator)]
+    xa, aa = x.clone().requires_grad_(True), alpha.clone().requires_grad_(True)
+    y = p_pool2d(xa, aa, kernel, stride, padding, backend="cpu_fused")
+    flushed = torch.where(x < torch.finfo(torch.float32).tiny, torch.zeros_like(x), x)
+    xb, ab = flushed.double().requires_grad_(True), alpha.double().requires_grad_(True)
+    y_ref = p_pool2d(xb, ab, kernel, stride, padding, backend="reference")
+    grad = torch.rand(y_ref.shape, dtype=torch.float64, generator=generator)
+    y.backward(grad.float())
+    y_ref.backward(grad)
+    torch.testing.assert_close(y.double(), y_ref, rtol=1e-5, atol=1e-45)
+    torch.testing.assert_close(xa.grad.double(), xb.grad, rtol=1e-5, atol=1e-5 * xb.grad.abs().max().item())
+    assert aa.grad.isfinite().all()
+    torch.testing.assert_close(aa.grad.double(), ab.grad, rtol=1e-4, atol=1e-4 * ab.grad.abs().max().item())
+
+
 # Windows of every kernel path: the tiled 2x2/2, stride 2 and 1 with padding, a ceil-mode overhang, stride 3, and
 # padding left out of the window (count_include_pad=False).
 FLOAT64_WINDOWS = [(2, 2, 0, False, True), (3, 2, 1, True, True), (3, 1, 1, False, True), (2, 2, 1, False, True),

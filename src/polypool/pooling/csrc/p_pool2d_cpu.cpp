@@ -10,10 +10,11 @@
 // Layout of the work: one (sample, channel) plane per task, one output row at a time. Each window offset's elements
 // of an output row are one contiguous row (RowBuffers: read in place from a zero-padded, for stride 2 phase-split,
 // copy of the plane, or copied out for other strides), so all the arithmetic is vectorised along the output row
-// with ATen's Vectorized<real_t> (its exp_u20; logarithms from the exponent split, split_log2). The backward
-// scatters into a per-plane padded gradient buffer, so no two threads ever write the same element (with a layer/channel
-// alpha of 2 or more at stride 1, the windows that take the plane's powers gather instead: gather_backward). VGG's
-// 2x2/2 pools, which tile the input, take a shorter path: deinterleaved loads in, interleaved stores out.
+// with ATen's Vectorized<real_t> (powers from exp2_upto_127 or its exp_u20; logarithms from the exponent split).
+// The backward scatters into a per-plane padded gradient buffer, so no two threads ever write the same element (with
+// a layer/channel alpha of 2 or more at stride 1, the windows that take the plane's powers gather instead:
+// gather_backward). VGG's 2x2/2 pools, which tile the input, take a shorter path: deinterleaved loads in, interleaved
+// stores out.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -76,11 +77,17 @@ struct Geometry {
   }
 };
 
-// buf[j] = the padded input at (row o*sh + di, column j*sw + dj), 0 in the padding and the vector tail.
-inline void gather_row(const real_t* plane, const Geometry& g, int64_t o, int64_t di, int64_t dj, real_t* buf) {
+// A positive subnormal x is 0 (they count as 0); negative ones stay, for the negative-input check.
+inline real_t flush_positive_subnormal(real_t x) { return x > 0 && x < std::numeric_limits<real_t>::min() ? 0 : x; }
+
+// buf[j] = the padded input at (row o*sh + di, column j*sw + dj), `fill` in the padding and the vector tail (0 for
+// x, whose positive subnormals are written as 0 when flush is set; kZeroSplit for the exponents of splits). For
+// strides of 3 and more: strides 1 and 2 read their rows in place (RowBuffers::direct).
+inline void gather_row(const real_t* plane, const Geometry& g, int64_t o, int64_t di, int64_t dj, real_t* buf,
+                       bool flush = false, real_t fill = 0) {
   const int64_t row = o * g.sh + di - g.ph;
   if (row < 0 || row >= g.H) {
-    std::fill(buf, buf + g.ow_padded, 0.f);
+    std::fill(buf, buf + g.ow_padded, fill);
     return;
   }
   // outputs j whose column j*sw + dj - pw lies inside the input: [first, last)
@@ -88,20 +95,18 @@ inline void gather_row(const real_t* plane, const Geometry& g, int64_t o, int64_
   const int64_t first = offset >= 0 ? 0 : (-offset + g.sw - 1) / g.sw;
   const int64_t last = std::min(g.ow, (g.W - 1 - offset) / g.sw + 1);
   const real_t* src = plane + row * g.W + offset;
-  std::fill(buf, buf + first, 0.f);
-  if (g.sw == 1) {
-    std::copy(src + first, src + last, buf + first);
-  } else if (g.sw == 2) {  // the even columns of 2 n - 1 elements: one deinterleave per kLanes outputs
-    for (int64_t j = first; j < last; j += kLanes) {
-      const int64_t n = std::min<int64_t>(kLanes, last - j), used = 2 * n - 1;
-      const Vec lo = Vec::loadu(src + 2 * j, static_cast<int>(std::min<int64_t>(used, kLanes)));
-      const Vec hi = used > kLanes ? Vec::loadu(src + 2 * j + kLanes, static_cast<int>(used - kLanes)) : Vec(0.f);
-      at::vec::deinterleave2(lo, hi).first.store(buf + j, static_cast<int>(n));
-    }
-  } else {
-    for (int64_t j = first; j < last; ++j) buf[j] = src[j * g.sw];
+  std::fill(buf, buf + first, fill);
+  for (int64_t j = first; j < last; ++j) buf[j] = flush ? flush_positive_subnormal(src[j * g.sw]) : src[j * g.sw];
+  std::fill(buf + std::max(first, last), buf + g.ow_padded, fill);
+}
+
+// dst[i] = src[i] for i < n, positive subnormals as 0
+inline void copy_flushed(const real_t* src, int64_t n, real_t* dst) {
+  for (int64_t i = 0; i < n; i += kLanes) {
+    const int count = static_cast<int>(std::min<int64_t>(kLanes, n - i));
+    const Vec x = Vec::loadu(src + i, count);
+    Vec::blendv(x, Vec(0.f), (x > Vec(0.f)) & (x < Vec(std::numeric_limits<real_t>::min()))).store(dst + i, count);
   }
-  std::fill(buf + std::max(first, last), buf + g.ow_padded, 0.f);
 }
 
 // Per-plane alpha: a constant (layer/channel alpha) or one row of a dense alpha map.
@@ -125,8 +130,11 @@ inline Vec pow_unit(const Vec& r, const Vec& log_r, const Vec& a) {
 // mantissa is above sqrt(2); elsewhere l in [0, 1)); only differences of splits are used. Overlapping windows read each
 // element several times: with its split computed once, log2(x/m) = (e_x - e_m) + (l_x - l_m) costs two
 // subtractions per window instead of a log, and stays accurate to ~1e-7 absolute whatever the magnitude of x (a
-// plain log x - log m would lose |log x| * 6e-8). Zero splits as (-127, 0), subnormals near it; they are masked anyway.
+// plain log x - log m would lose |log x| * 6e-8). Zeros and subnormals (which count as 0) split as (kZeroSplit, 0): an
+// element's d = log2(x / m) is then -max (finite: 0 * d = 0), so its weight 2^(a d) is 0 for every a > 0 (and 1 at
+// a = 0, 0^0 = 1) without a mask per window element; in an all-zero window d is taken as 0.
 constexpr real_t kLn2 = static_cast<real_t>(0.69314718055994530942);
+constexpr real_t kZeroSplit = -std::numeric_limits<real_t>::max();
 inline void split_log2(const Vec& x, Vec& e, Vec& l) {
 #if defined(PPOOL_FLOAT_AVX2)
   // The mantissa is taken into [sqrt(1/2), sqrt(2)) (halved, and e one up, above sqrt(2)), and log2(1 + f) = f P(f)
@@ -139,7 +147,9 @@ inline void split_log2(const Vec& x, Vec& e, Vec& l) {
       _mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x007fffff)), _mm256_set1_epi32(0x3f800000)));
   const __m256 halve = _mm256_cmp_ps(mantissa, _mm256_set1_ps(1.41421356f), _CMP_GT_OQ);
   mantissa = _mm256_blendv_ps(mantissa, _mm256_mul_ps(mantissa, _mm256_set1_ps(0.5f)), halve);
-  e = Vec(_mm256_add_ps(_mm256_cvtepi32_ps(exponent), _mm256_and_ps(halve, _mm256_set1_ps(1.f))));
+  e = Vec(_mm256_blendv_ps(_mm256_add_ps(_mm256_cvtepi32_ps(exponent), _mm256_and_ps(halve, _mm256_set1_ps(1.f))),
+                           _mm256_set1_ps(kZeroSplit),
+                           _mm256_cmp_ps(x, _mm256_set1_ps(std::numeric_limits<float>::min()), _CMP_LT_OQ)));
   const __m256 f = _mm256_sub_ps(mantissa, _mm256_set1_ps(1.f));
   constexpr float kP[9] = {1.4426950216293335f,   -0.7213473320007324f, 0.48091059923171997f,
                            -0.36070483922958374f, 0.2879183292388916f,  -0.23892034590244293f,
@@ -154,7 +164,7 @@ inline void split_log2(const Vec& x, Vec& e, Vec& l) {
     int exponent = 0;
     const real_t mantissa = std::frexp(xs[t], &exponent);  // in [0.5, 1)
     const bool normal = xs[t] >= std::numeric_limits<real_t>::min();
-    es[t] = normal ? static_cast<real_t>(exponent - 1) : -127.f;
+    es[t] = normal ? static_cast<real_t>(exponent - 1) : kZeroSplit;
     ls[t] = normal ? std::log2(2.f * mantissa) : 0.f;
   }
   e = Vec::loadu(es);
@@ -239,11 +249,10 @@ inline Vec flush_subnormal(const Vec& v) {
 // an all-zero window (and in the vector tail, which loads zeros and is never stored).
 struct Normaliser {
   Vec inv_m, zero;
-  // r^a and log r from the splits of x (ex, lx) and of the window max (em, lm): exp(a ln2 d) with d = log2 r (0 in an
-  // all-zero window, where r = 1); r^a = 0 where r = 0 (zeros, padding, subnormals) unless a = 0 (0^0 = 1)
-  inline Vec pow_split(const Vec& r, const Vec& d, const Vec& a) const {
-    const Vec p = Vec::blendv(exp2_upto_127(a * d), Vec(0.f), r <= Vec(0.f));
-    return Vec::blendv(p, Vec(1.f), a == Vec(0.f));
+  // r^a from d = log2 r, the difference of the splits of x and of the window max (log2_ratio): 2^(a d), 0 where x is 0
+  // (zeros, padding, subnormals: d = kZeroSplit) or the ratio underflows, unless a = 0 (0^0 = 1)
+  inline Vec pow_split(const Vec& d, const Vec& a) const {
+    return Vec::blendv(exp2_upto_127(a * d), Vec(1.f), a == Vec(0.f));
   }
   inline Vec log2_ratio(const Vec& ex, const Vec& lx, const Vec& em, const Vec& lm) const {
     return Vec::blendv((ex - em) + (lx - lm), Vec(0.f), zero > Vec(0.f));
@@ -258,6 +267,10 @@ struct Normaliser {
     const Vec r = x * inv_m + zero;
     return Vec::blendv(r, zero, (x < kTiny) | (r < kTiny));
   }
+  // The same for an element of the window rows (RowBuffers), where positive subnormals are already 0: r is exactly 0
+  // for a zero x, and a ratio below the smallest normal float is left in; the weights 2^(a d) of such ratios are 0
+  // (a >= 1) or negligible (below 2^-126 a of the window's largest), and the backward masks r < kTiny itself.
+  inline Vec ratio_of_row(const Vec& x) const { return x * inv_m + zero; }
 };
 
 // What the backward needs per output, for dx_i = coef_p * p_i - coef_p_over_r * p_i / r_i.
@@ -281,12 +294,12 @@ struct BackwardCoefficients {
   // the same from the splits of x and of the window max (overlapping windows: no log per window element)
   inline Vec grad_x_split(const Vec& x, const Vec& ex, const Vec& lx, const Vec& em, const Vec& lm,
                           const Normaliser& n, bool need_alpha, Vec& alpha_sum) const {
-    const Vec r = n.ratio(x);
+    const Vec r = n.ratio_of_row(x);
     const Vec d = n.log2_ratio(ex, lx, em, lm);
-    return grad_x_of(r, d * Vec(kLn2), n.pow_split(r, d, a), need_alpha, alpha_sum);
+    return grad_x_of(r, d * Vec(kLn2), n.pow_split(d, a), need_alpha, alpha_sum);
   }
   inline Vec grad_x_of(const Vec& r, const Vec& log_r, const Vec& p, bool need_alpha, Vec& alpha_sum) const {
-    const Vec positive = r > Vec(0.f);
+    const Vec positive = r >= kTiny;  // a ratio below the smallest normal float counts as 0
     if (need_alpha) alpha_sum = alpha_sum + Vec::blendv(Vec(0.f), p * (r - q) * log_r, positive);
     // where a = 0, coef_p_over_r = 0 and p / r = 1 / r is finite (r >= the smallest normal, or at_zero = 0)
     const Vec p_over_r = Vec::blendv(at_zero, p / r, positive);
@@ -399,7 +412,7 @@ struct RowBuffers {
       if (plane_powers) padded_p.resize(padded.size());  // (plane_powers implies stride 1: direct)
       if (g.sw == 2) padded_row.assign(2 * phase_len + 2 * kLanes, 0.f);
       if (split) {
-        padded_e.resize(padded.size());
+        padded_e.assign(padded.size(), kZeroSplit);  // the padding's (at stride 1 never computed: for_each_input_run)
         padded_l.resize(padded.size());
       }
     } else {
@@ -518,15 +531,15 @@ struct RowBuffers {
       if (split) split_plane(plane, g.H * g.W, plane_e.data(), plane_l.data());
       return;
     }
-    // only the input's own elements are written: the padding stays zero from the constructor
+    // only the input's own elements are written (positive subnormals as 0): the padding stays zero from the constructor
     const int64_t phase_size = g.Hpad * phase_len;
     for (int64_t h = 0; h < g.H; ++h) {
       const real_t* src = plane + h * g.W;
       real_t* dst = padded.data() + (h + g.ph) * phase_len;
       if (g.sw == 1) {
-        std::copy(src, src + g.W, dst + g.pw);
+        copy_flushed(src, g.W, dst + g.pw);
       } else {  // padded row (zeros, the row, zeros), then its even and odd columns
-        std::copy(src, src + g.W, padded_row.data() + g.pw);
+        copy_flushed(src, g.W, padded_row.data() + g.pw);
         for (int64_t c = 0; c < phase_len; c += kLanes) {
           const auto halves = at::vec::deinterleave2(Vec::loadu(padded_row.data() + 2 * c),
                                                      Vec::loadu(padded_row.data() + 2 * c + kLanes));
@@ -556,10 +569,10 @@ struct RowBuffers {
           continue;
         }
         const int64_t at = d * g.ow_padded;
-        gather_row(plane, g, o, di, dj, windows.data() + at);
+        gather_row(plane, g, o, di, dj, windows.data() + at, true);
         win[d] = windows.data() + at;
         if (split) {
-          gather_row(plane_e.data(), g, o, di, dj, windows_e.data() + at);
+          gather_row(plane_e.data(), g, o, di, dj, windows_e.data() + at, false, kZeroSplit);
           gather_row(plane_l.data(), g, o, di, dj, windows_l.data() + at);
           win_e[d] = windows_e.data() + at;
           win_l[d] = windows_l.data() + at;
@@ -755,7 +768,7 @@ inline void forward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, c
         if (!g.row_in_window(o, di)) continue;  // ceil-mode overhang (and padding, unless counted): not in the window
         for (int64_t dj = 0; dj < g.kw; ++dj) {
           const int64_t d = di * g.kw + dj;
-          const Vec r = n.ratio(buf.x(d, j));
+          const Vec r = n.ratio_of_row(buf.x(d, j));
           Vec p = weight(d, r);
           if (!buf.full_cols[dj]) p = p * Vec::loadu(buf.col_mask.data() + dj * g.ow_padded + j);
           den = den + p;
@@ -789,8 +802,8 @@ inline void forward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, c
       sum_windows([&](int64_t d, const Vec& r) { return powers.weight(buf.power(d, j), r); });
     } else if (buf.split) {
       split_log2(m, em, lm);
-      sum_windows([&](int64_t d, const Vec& r) {
-        return n.pow_split(r, n.log2_ratio(buf.e(d, j), buf.l(d, j), em, lm), a);
+      sum_windows([&](int64_t d, const Vec&) {
+        return n.pow_split(n.log2_ratio(buf.e(d, j), buf.l(d, j), em, lm), a);
       });
     } else {
       sum_windows([&](int64_t, const Vec& r) { return pow_unit(r, log_unit(r), a); });
