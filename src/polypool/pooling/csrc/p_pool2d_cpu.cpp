@@ -147,16 +147,16 @@ inline void split_log2(const Vec& x, Vec& e, Vec& l) {
       _mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x007fffff)), _mm256_set1_epi32(0x3f800000)));
   const __m256 halve = _mm256_cmp_ps(mantissa, _mm256_set1_ps(1.41421356f), _CMP_GT_OQ);
   mantissa = _mm256_blendv_ps(mantissa, _mm256_mul_ps(mantissa, _mm256_set1_ps(0.5f)), halve);
+  const __m256 counts_as_zero = _mm256_cmp_ps(x, _mm256_set1_ps(std::numeric_limits<float>::min()), _CMP_LT_OQ);
   e = Vec(_mm256_blendv_ps(_mm256_add_ps(_mm256_cvtepi32_ps(exponent), _mm256_and_ps(halve, _mm256_set1_ps(1.f))),
-                           _mm256_set1_ps(kZeroSplit),
-                           _mm256_cmp_ps(x, _mm256_set1_ps(std::numeric_limits<float>::min()), _CMP_LT_OQ)));
+                           _mm256_set1_ps(kZeroSplit), counts_as_zero));
   const __m256 f = _mm256_sub_ps(mantissa, _mm256_set1_ps(1.f));
   constexpr float kP[9] = {1.4426950216293335f,   -0.7213473320007324f, 0.48091059923171997f,
                            -0.36070483922958374f, 0.2879183292388916f,  -0.23892034590244293f,
                            0.21566985547542572f,  -0.20742103457450867f, 0.12614846229553223f};
   __m256 poly = _mm256_set1_ps(kP[8]);
   for (int i = 7; i >= 0; --i) poly = _mm256_fmadd_ps(poly, f, _mm256_set1_ps(kP[i]));
-  l = Vec(_mm256_mul_ps(poly, f));
+  l = Vec(_mm256_andnot_ps(counts_as_zero, _mm256_mul_ps(poly, f)));  // a subnormal's mantissa bits are not its log
 #else
   real_t xs[kLanes], es[kLanes], ls[kLanes];
   x.store(xs);
@@ -245,18 +245,18 @@ inline Vec flush_subnormal(const Vec& v) {
   return Vec::blendv(v, Vec(0.f), v.abs() < Vec(std::numeric_limits<real_t>::min()));
 }
 
+// d = log2(x / m) from the splits of a window element x (ex, lx) and of its window max m (em, lm). An element that
+// counts as 0 has ex = kZeroSplit, so d = -max (finite); in an all-zero window every element has, and so has m: d = 0.
+inline Vec log2_ratio(const Vec& ex, const Vec& lx, const Vec& em, const Vec& lm) { return (ex - em) + (lx - lm); }
+
+// r^a = 2^(a d) of d = log2_ratio(...): 0 where x counts as 0 (d = -max) or the ratio underflows, for every a > 0; 1
+// where a = 0, exactly (a d = 0, and 2^0 = 1), so 0^0 = 1 and an all-zero window weighs each element 1
+inline Vec pow_split(const Vec& d, const Vec& a) { return exp2_upto_127(a * d); }
+
 // 1/m and the all-zero-window indicator of a vector of (flushed) window maxima: r = x * inv_m + zero is then 1 in
 // an all-zero window (and in the vector tail, which loads zeros and is never stored).
 struct Normaliser {
   Vec inv_m, zero;
-  // r^a from d = log2 r, the difference of the splits of x and of the window max (log2_ratio): 2^(a d), 0 where x is 0
-  // (zeros, padding, subnormals: d = kZeroSplit) or the ratio underflows, unless a = 0 (0^0 = 1)
-  inline Vec pow_split(const Vec& d, const Vec& a) const {
-    return Vec::blendv(exp2_upto_127(a * d), Vec(1.f), a == Vec(0.f));
-  }
-  inline Vec log2_ratio(const Vec& ex, const Vec& lx, const Vec& em, const Vec& lm) const {
-    return Vec::blendv((ex - em) + (lx - lm), Vec(0.f), zero > Vec(0.f));
-  }
   explicit Normaliser(const Vec& m) {
     const Vec zero_mask = m < kTiny;
     zero = Vec::blendv(Vec(0.f), Vec(1.f), zero_mask);
@@ -295,8 +295,8 @@ struct BackwardCoefficients {
   inline Vec grad_x_split(const Vec& x, const Vec& ex, const Vec& lx, const Vec& em, const Vec& lm,
                           const Normaliser& n, bool need_alpha, Vec& alpha_sum) const {
     const Vec r = n.ratio_of_row(x);
-    const Vec d = n.log2_ratio(ex, lx, em, lm);
-    return grad_x_of(r, d * Vec(kLn2), n.pow_split(d, a), need_alpha, alpha_sum);
+    const Vec d = log2_ratio(ex, lx, em, lm);
+    return grad_x_of(r, d * Vec(kLn2), pow_split(d, a), need_alpha, alpha_sum);
   }
   inline Vec grad_x_of(const Vec& r, const Vec& log_r, const Vec& p, bool need_alpha, Vec& alpha_sum) const {
     const Vec positive = r >= kTiny;  // a ratio below the smallest normal float counts as 0
@@ -803,7 +803,7 @@ inline void forward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, c
     } else if (buf.split) {
       split_log2(m, em, lm);
       sum_windows([&](int64_t d, const Vec&) {
-        return n.pow_split(n.log2_ratio(buf.e(d, j), buf.l(d, j), em, lm), a);
+        return pow_split(log2_ratio(buf.e(d, j), buf.l(d, j), em, lm), a);
       });
     } else {
       sum_windows([&](int64_t, const Vec& r) { return pow_unit(r, log_unit(r), a); });
@@ -1107,7 +1107,8 @@ inline void backward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, 
           // row's first columns or the plane's slack), which costs less than a partial (masked) load and store per
           // offset (measured: 3-5% of a 3x3/1 layer-alpha fwd+bwd at widths 17 and 35)
           for (int64_t dj = 0; dj < g.kw; ++dj) {
-            const Vec dx = Vec::blendv(Vec(0.f), element(di, dj), live);
+            Vec dx = element(di, dj);
+            if (count < kLanes) dx = Vec::blendv(Vec(0.f), dx, live);
             real_t* dst = grad_row + j + dj;
             (Vec::loadu(dst) + dx).store(dst);
           }
@@ -1161,7 +1162,7 @@ inline void backward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, 
         scatter([&](int64_t di, int64_t dj) {
           const int64_t d = di * g.kw + dj;
           const Vec r = n.ratio(buf.x(d, j));
-          const Vec log_r = n.log2_ratio(buf.e(d, j), buf.l(d, j), em, lm) * Vec(kLn2);
+          const Vec log_r = log2_ratio(buf.e(d, j), buf.l(d, j), em, lm) * Vec(kLn2);
           return c.grad_x_of(r, log_r, powers.weight(buf.power(d, j), r), need_alpha, alpha_sum);
         });
     } else {
