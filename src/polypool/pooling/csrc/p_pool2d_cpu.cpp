@@ -10,7 +10,7 @@
 // Layout of the work: one (sample, channel) plane per task, one output row at a time. Each window offset's elements
 // of an output row are one contiguous row (RowBuffers: read in place from a zero-padded, for stride 2 phase-split,
 // copy of the plane, or copied out for other strides), so all the arithmetic is vectorised along the output row
-// with ATen's Vectorized<real_t> (powers from exp2_upto_127 or its exp_u20; logarithms from the exponent split).
+// with ATen's Vectorized<real_t> (powers from exp2_upto_127, logarithms from the exponent split).
 // The backward scatters into a per-plane padded gradient buffer, so no two threads ever write the same element (with
 // a layer/channel alpha of 2 or more at stride 1, the windows that take the plane's powers gather instead:
 // gather_backward). VGG's 2x2/2 pools, which tile the input, take a shorter path: deinterleaved loads in, interleaved
@@ -119,13 +119,6 @@ struct AlphaRow {
   }
 };
 
-// r^a for r in [0, 1], with 0^0 = 1. ATen's exp_u20 (20 ulp, ~1.2e-6 relative) flushes results below the
-// smallest normal float to 0, which is the a -> inf limit and spares the slow denormal path.
-inline Vec pow_unit(const Vec& r, const Vec& log_r, const Vec& a) {
-  const Vec p = (a * log_r).exp_u20();  // exp(-inf) = 0 for r = 0 and a > 0
-  return Vec::blendv(p, Vec(1.f), a == Vec(0.f));
-}
-
 // log2 x = e + l, with e an integer and l in [-1/2, 1/2) (AVX2 float: e the binary exponent, one more where the
 // mantissa is above sqrt(2); elsewhere l in [0, 1)); only differences of splits are used. Overlapping windows read each
 // element several times: with its split computed once, log2(x/m) = (e_x - e_m) + (l_x - l_m) costs two
@@ -172,15 +165,15 @@ inline void split_log2(const Vec& x, Vec& e, Vec& l) {
 #endif
 }
 
-// log r for r in [0, 1] (-inf at 0, as log): ln 2 (e + l) from the split where ATen's AVX2 vectors are compiled in
-// (a few FMAs, about 1e-7 absolute), ATen's 1-ulp log otherwise.
-inline Vec log_unit(const Vec& r) {
+// log2 r for r in [0, 1] (-inf at 0): e + l from the split where ATen's AVX2 vectors are compiled in (a few FMAs,
+// about 1e-7 absolute), ATen's 1-ulp log2 otherwise.
+inline Vec log2_unit(const Vec& r) {
 #if defined(PPOOL_FLOAT_AVX2)
   Vec e, l;
   split_log2(r, e, l);
-  return Vec::blendv((e + l) * Vec(kLn2), Vec(-std::numeric_limits<real_t>::infinity()), r <= Vec(0.f));
+  return Vec::blendv(e + l, Vec(-std::numeric_limits<real_t>::infinity()), r <= Vec(0.f));
 #else
-  return r.log();
+  return r.log2();
 #endif
 }
 
@@ -203,6 +196,12 @@ inline Vec exp2_upto_127(const Vec& t) {
 #else
   return (t * Vec(kLn2)).exp_u20();
 #endif
+}
+
+// r^a = 2^(a log2 r) for r in [0, 1] (log2_r: its log2_unit), with 0^0 = 1 (a log2 r is 0 * -inf = NaN there).
+// Below the smallest normal float, r^a is 0: the a -> inf limit, and no slow denormal arithmetic.
+inline Vec pow_unit(const Vec& log2_r, const Vec& a) {
+  return Vec::blendv(exp2_upto_127(a * log2_r), Vec(1.f), a == Vec(0.f));
 }
 
 // 2^n for integral n in the normal exponent range (float: [-126, 127]), exactly
@@ -285,22 +284,23 @@ struct BackwardCoefficients {
         at_zero(Vec::blendv(Vec(0.f), Vec(1.f), alpha == Vec(1.f))) {}  // r^(a-1) at r = 0
 
   // dx of one window element x (normalised by n), not flushed (flush_subnormal: once per element); adds its term of
-  // dy/da (before the factor m / den) to alpha_sum.
+  // dy/da (in log2 units, before the factor ln 2 m / den) to alpha_sum.
   inline Vec grad_x(const Vec& x, const Normaliser& n, bool need_alpha, Vec& alpha_sum) const {
     const Vec r = n.ratio(x);
-    const Vec log_r = log_unit(r);
-    return grad_x_of(r, log_r, pow_unit(r, log_r, a), need_alpha, alpha_sum);
+    const Vec log2_r = log2_unit(r);
+    return grad_x_of(r, log2_r, pow_unit(log2_r, a), need_alpha, alpha_sum);
   }
   // the same from the splits of x and of the window max (overlapping windows: no log per window element)
   inline Vec grad_x_split(const Vec& x, const Vec& ex, const Vec& lx, const Vec& em, const Vec& lm,
                           const Normaliser& n, bool need_alpha, Vec& alpha_sum) const {
     const Vec r = n.ratio_of_row(x);
     const Vec d = log2_ratio(ex, lx, em, lm);
-    return grad_x_of(r, d * Vec(kLn2), pow_split(d, a), need_alpha, alpha_sum);
+    return grad_x_of(r, d, pow_split(d, a), need_alpha, alpha_sum);
   }
-  inline Vec grad_x_of(const Vec& r, const Vec& log_r, const Vec& p, bool need_alpha, Vec& alpha_sum) const {
+  // log2_r: log2 r (alpha_sum is in log2 units: add_grad_alpha multiplies by ln 2)
+  inline Vec grad_x_of(const Vec& r, const Vec& log2_r, const Vec& p, bool need_alpha, Vec& alpha_sum) const {
     const Vec positive = r >= kTiny;  // a ratio below the smallest normal float counts as 0
-    if (need_alpha) alpha_sum = alpha_sum + Vec::blendv(Vec(0.f), p * (r - q) * log_r, positive);
+    if (need_alpha) alpha_sum = at::vec::fmadd(Vec::blendv(Vec(0.f), p * log2_r, positive), r - q, alpha_sum);
     // where a = 0, coef_p_over_r = 0 and p / r = 1 / r is finite (r >= the smallest normal, or at_zero = 0)
     const Vec p_over_r = Vec::blendv(at_zero, p / r, positive);
     return coef_p * p - coef_p_over_r * p_over_r;
@@ -806,7 +806,7 @@ inline void forward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, c
         return pow_split(log2_ratio(buf.e(d, j), buf.l(d, j), em, lm), a);
       });
     } else {
-      sum_windows([&](int64_t, const Vec& r) { return pow_unit(r, log_unit(r), a); });
+      sum_windows([&](int64_t, const Vec& r) { return pow_unit(log2_unit(r), a); });
     }
     store_row(num / den * m, y, j, g.ow);
     // the backward's state (not the window max: the backward recomputes it), unless no gradient is needed
@@ -834,7 +834,7 @@ inline void forward_row_2x2(const real_t* x_row, const Geometry& g, const AlphaR
     Vec num(0.f), den(0.f);
     for (const Vec& x : xs) {
       const Vec r = n.ratio(x);
-      const Vec p = pow_unit(r, log_unit(r), a);
+      const Vec p = pow_unit(log2_unit(r), a);
       den = den + p;
       num = num + p * r;
     }
@@ -1036,7 +1036,7 @@ struct BackwardPlane {
   template <class Value>
   void add_grad_alpha(const Vec& alpha_sum, const BackwardCoefficients& c, const Vec& m, int64_t out, int64_t j,
                       int64_t ow, const Vec& u, const Value& value) {
-    const Vec grad_a = alpha_sum * c.g_over_den * m;
+    const Vec grad_a = alpha_sum * c.g_over_den * (m * Vec(kLn2));  // alpha_sum in log2 units
     if (branch != nullptr) {
       // the vector tail (past ow) loads den = 0: its lanes are dropped, never multiplied
       branch_grad->add(*branch, Vec::blendv(Vec(0.f), grad_a, lanes_below(ow - j)), u, value);
@@ -1153,7 +1153,7 @@ inline void backward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, 
                 sum = at::vec::fmadd(buf.power(d, j) * at::vec::fmsub(buf.x(d, j), n.inv_m, c.q), log2_r, sum);
               }
             }
-            alpha_sum = sum * powers.inv_top * Vec(kLn2);
+            alpha_sum = sum * powers.inv_top;  // in log2 units, as grad_x_of's
           }
           gathered = true;
         }
@@ -1162,8 +1162,8 @@ inline void backward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, 
         scatter([&](int64_t di, int64_t dj) {
           const int64_t d = di * g.kw + dj;
           const Vec r = n.ratio(buf.x(d, j));
-          const Vec log_r = log2_ratio(buf.e(d, j), buf.l(d, j), em, lm) * Vec(kLn2);
-          return c.grad_x_of(r, log_r, powers.weight(buf.power(d, j), r), need_alpha, alpha_sum);
+          const Vec log2_r = log2_ratio(buf.e(d, j), buf.l(d, j), em, lm);
+          return c.grad_x_of(r, log2_r, powers.weight(buf.power(d, j), r), need_alpha, alpha_sum);
         });
     } else {
       scatter([&](int64_t di, int64_t dj) {
