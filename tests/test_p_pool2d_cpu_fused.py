@@ -348,6 +348,36 @@ def test_zeros_padding_and_subnormals_weigh_nothing_in_overlapping_windows(windo
     torch.testing.assert_close(aa.grad.double(), ab.grad, rtol=1e-4, atol=1e-4 * ab.grad.abs().max().item())
 
 
+@pytest.mark.parametrize("window", [(3, 1, 0), (3, 2, 0), (3, 3, 0), (2, 2, 0)])
+@pytest.mark.parametrize("alpha_kind", ["layer", "dense"])
+@pytest.mark.parametrize("alpha", [1e-45, 1e-38, 1e-3, 0.01, 0.5])
+def test_alphas_below_one_weigh_zeros_and_underflowing_ratios_nothing(window, alpha_kind, alpha):
+    """Below alpha = 1 the weight 2^(a log2 r) of what counts as 0 need not underflow by itself: a zero's split gives
+    log2 r = -max, and a * -max is only -3.4 at a = 1e-38 (a zero would weigh 0.09); a ratio x / m of 1e-40 (a
+    normal x = 1e-37 beside m = 1e3: it counts as 0, as subnormals do) weighs 0.4 at a = 0.01. pow_split masks both
+    where a vector of windows has an a below 1, and the backward counts the same elements as 0. Against the float64
+    reference on the input with that element set to 0: y, dx (0 at the counted-out element) and dy/dalpha."""
+    kernel, stride, padding = window
+    x = torch.rand(1, 2, 9, 9) + 0.5
+    x[:, :, ::2, ::2] = 0  # zeros in every window
+    x[0, 1, 1, 1] = 1e3
+    x[0, 1, 1, 0] = 1e-37  # its ratio to the 1e3 in each of its windows, 1e-40, is below the smallest normal float
+    out = (9 + 2 * padding - kernel) // stride + 1
+    a = torch.full((2, 1, 1), alpha) if alpha_kind == "layer" else torch.full((1, 2, out, out), alpha)
+    xa, aa = x.clone().requires_grad_(True), a.clone().requires_grad_(True)
+    y = p_pool2d(xa, aa, kernel, stride, padding, backend="cpu_fused")
+    counted = x.clone()
+    counted[0, 1, 1, 0] = 0
+    xb, ab = counted.double().requires_grad_(True), a.double().requires_grad_(True)
+    y_ref = p_pool2d(xb, ab, kernel, stride, padding, backend="reference")
+    grad = torch.rand(y_ref.shape, dtype=torch.float64)
+    y.backward(grad.float())
+    y_ref.backward(grad)
+    torch.testing.assert_close(y.double(), y_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(xa.grad.double(), xb.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(aa.grad.double(), ab.grad, rtol=1e-4, atol=1e-4 * ab.grad.abs().max().item() + 1e-6)
+
+
 # Windows of every kernel path: the tiled 2x2/2, stride 2 and 1 with padding, a ceil-mode overhang, stride 3, and
 # padding left out of the window (count_include_pad=False).
 FLOAT64_WINDOWS = [(2, 2, 0, False, True), (3, 2, 1, True, True), (3, 1, 1, False, True), (2, 2, 1, False, True),

@@ -165,15 +165,17 @@ inline void split_log2(const Vec& x, Vec& e, Vec& l) {
 #endif
 }
 
-// log2 r for r in [0, 1] (-inf at 0): e + l from the split where ATen's AVX2 vectors are compiled in (a few FMAs,
-// about 1e-7 absolute), ATen's 1-ulp log2 otherwise.
+// log2 r for r in [0, 1]: e + l from the split where ATen's AVX2 vectors are compiled in (a few FMAs, about 1e-7
+// absolute), ATen's 1-ulp log2 otherwise; -inf where r counts as 0 (below the smallest normal float), so that r^a =
+// 2^(a log2 r) is 0 there for every a > 0.
 inline Vec log2_unit(const Vec& r) {
+  const Vec minus_inf(-std::numeric_limits<real_t>::infinity());
 #if defined(PPOOL_FLOAT_AVX2)
   Vec e, l;
   split_log2(r, e, l);
-  return Vec::blendv(e + l, Vec(-std::numeric_limits<real_t>::infinity()), r <= Vec(0.f));
+  return Vec::blendv(e + l, minus_inf, r < Vec(std::numeric_limits<real_t>::min()));
 #else
-  return r.log2();
+  return Vec::blendv(r.log2(), minus_inf, r < Vec(std::numeric_limits<real_t>::min()));
 #endif
 }
 
@@ -248,9 +250,18 @@ inline Vec flush_subnormal(const Vec& v) {
 // counts as 0 has ex = kZeroSplit, so d = -max (finite); in an all-zero window every element has, and so has m: d = 0.
 inline Vec log2_ratio(const Vec& ex, const Vec& lx, const Vec& em, const Vec& lm) { return (ex - em) + (lx - lm); }
 
-// r^a = 2^(a d) of d = log2_ratio(...): 0 where x counts as 0 (d = -max) or the ratio underflows, for every a > 0; 1
-// where a = 0, exactly (a d = 0, and 2^0 = 1), so 0^0 = 1 and an all-zero window weighs each element 1
-inline Vec pow_split(const Vec& d, const Vec& a) { return exp2_upto_127(a * d); }
+// log2 of the smallest normal float (-126 in float): a ratio r = x / m below it counts as 0
+const Vec kMinNormalLog2(static_cast<real_t>(std::numeric_limits<real_t>::min_exponent - 1));
+
+// r^a = 2^(a d) of d = log2_ratio(...); 1 where a = 0, exactly (a d = 0, and 2^0 = 1), so 0^0 = 1 and an all-zero
+// window weighs each element 1. For a >= 1, 2^(a d) is 0 wherever r counts as 0 (d < kMinNormalLog2: a ratio below
+// the smallest normal float, or x itself 0, d = -max) without a mask. Below 1 it need not underflow (a = 0.01 at
+// d = -130: 0.41; a = 1e-38 at d = -max: 0.09): where the vector of windows has an a < 1 (below_one), the weights of
+// those r are set to 0 where a > 0.
+inline Vec pow_split(const Vec& d, const Vec& a, bool below_one) {
+  const Vec p = exp2_upto_127(a * d);
+  return below_one ? Vec::blendv(p, Vec(0.f), (d < kMinNormalLog2) & (a > Vec(0.f))) : p;
+}
 
 // 1/m and the all-zero-window indicator of a vector of (flushed) window maxima: r = x * inv_m + zero is then 1 in
 // an all-zero window (and in the vector tail, which loads zeros and is never stored).
@@ -288,20 +299,21 @@ struct BackwardCoefficients {
   inline Vec grad_x(const Vec& x, const Normaliser& n, bool need_alpha, Vec& alpha_sum) const {
     const Vec r = n.ratio(x);
     const Vec log2_r = log2_unit(r);
-    return grad_x_of(r, log2_r, pow_unit(log2_r, a), need_alpha, alpha_sum);
+    return grad_x_of(r, r >= kTiny, log2_r, pow_unit(log2_r, a), need_alpha, alpha_sum);
   }
   // the same from the splits of x and of the window max (overlapping windows: no log per window element)
+  // (below_one: as for pow_split; r counts as 0 where d says so, as in the forward)
   inline Vec grad_x_split(const Vec& x, const Vec& ex, const Vec& lx, const Vec& em, const Vec& lm,
-                          const Normaliser& n, bool need_alpha, Vec& alpha_sum) const {
+                          const Normaliser& n, bool below_one, bool need_alpha, Vec& alpha_sum) const {
     const Vec r = n.ratio_of_row(x);
     const Vec d = log2_ratio(ex, lx, em, lm);
-    return grad_x_of(r, d, pow_split(d, a), need_alpha, alpha_sum);
+    return grad_x_of(r, d >= kMinNormalLog2, d, pow_split(d, a, below_one), need_alpha, alpha_sum);
   }
-  // log2_r: log2 r (alpha_sum is in log2 units: add_grad_alpha multiplies by ln 2)
-  inline Vec grad_x_of(const Vec& r, const Vec& log2_r, const Vec& p, bool need_alpha, Vec& alpha_sum) const {
-    const Vec positive = r >= kTiny;  // a ratio below the smallest normal float counts as 0
+  // positive: r does not count as 0; log2_r: log2 r (alpha_sum is in log2 units: add_grad_alpha multiplies by ln 2)
+  inline Vec grad_x_of(const Vec& r, const Vec& positive, const Vec& log2_r, const Vec& p, bool need_alpha,
+                       Vec& alpha_sum) const {
     if (need_alpha) alpha_sum = at::vec::fmadd(Vec::blendv(Vec(0.f), p * log2_r, positive), r - q, alpha_sum);
-    // where a = 0, coef_p_over_r = 0 and p / r = 1 / r is finite (r >= the smallest normal, or at_zero = 0)
+    // where a = 0, coef_p_over_r = 0 and p / r = 1 / r is finite (r about the smallest normal or more, or at_zero = 0)
     const Vec p_over_r = Vec::blendv(at_zero, p / r, positive);
     return coef_p * p - coef_p_over_r * p_over_r;
   }
@@ -333,7 +345,6 @@ constexpr bool kPlanePowers = false;
 // float the powers span 2^100 .. 2^-100, in double 2^900 .. 2^-900; below the smallest normal they are 0.
 constexpr real_t kPowerOffset = sizeof(real_t) == 4 ? 100 : 900;
 const Vec kPowerFloor(std::ldexp(real_t(1), -static_cast<int>(kPowerOffset)));
-const Vec kMinExponent(static_cast<real_t>(std::numeric_limits<real_t>::min_exponent - 1));  // -126 in float
 // A power that underflows is a weight p under 2^-26 (float; 2^-122 in double) of its window's largest, but its dx
 // has r^(a-1) = p / r too, which stays above 2^-24 (float; 2^-53 in double) only for a below 13 (double: 1.8):
 // below kLostAlpha, a window with such an element takes the exact path
@@ -493,8 +504,8 @@ struct RowBuffers {
         // accurate; below 2^-126 the power is 0 (a weight under 2^-26 of its window's largest, given kPowerFloor)
         const Vec whole_exponent = exponent.round();
         const Vec small = ((exponent - whole_exponent + error) * Vec(kLn2)).exp_u20();
-        const Vec power = Vec::blendv(small * pow2_int(at::vec::maximum(whole_exponent, kMinExponent)), Vec(0.f),
-                                      whole_exponent < kMinExponent);
+        const Vec power = Vec::blendv(small * pow2_int(at::vec::maximum(whole_exponent, kMinNormalLog2)), Vec(0.f),
+                                      whole_exponent < kMinNormalLog2);
         Vec::blendv(power, Vec(0.f), x < kTiny).store(padded_p.data() + i);
       }
     });
@@ -707,6 +718,9 @@ inline bool all_lanes(const Vec& mask) {
   return Vec::blendv(Vec(1.f), Vec(0.f), mask).zero_mask() == (1 << kLanes) - 1;
 }
 
+// whether a vector of windows has an alpha below 1 (or NaN) in a live lane: pow_split's below_one
+inline bool any_below_one(const Vec& a, const Vec& live) { return !all_lanes((a >= Vec(1.f)) | ~live); }
+
 // The weights r^a = (x / m)^a of one vector of windows from the plane's powers: P / P(m), P(m) being the window's
 // largest power. Usable when every window of the vector (its first `count` lanes) has P(m) >= kPowerFloor, or is all
 // zero (r = 1 there, weight 1), and, for alpha < kLostAlpha, no element of positive ratio has lost its power to
@@ -728,9 +742,9 @@ struct PlanePowers {
     usable = all_lanes(fine);
     inv_top = Vec::blendv(top, Vec(1.f), zero).reciprocal();
   }
-  // the weight of an element of power P and ratio r (0 where r is: zeros, padding, subnormal ratios)
+  // the weight of an element of power P and ratio r (0 where r counts as 0: zeros, padding, subnormal ratios)
   inline Vec weight(const Vec& power, const Vec& r) const {
-    return Vec::blendv(Vec::blendv(power * inv_top, Vec(0.f), r <= Vec(0.f)), Vec(1.f), zero);
+    return Vec::blendv(Vec::blendv(power * inv_top, Vec(0.f), r < kTiny), Vec(1.f), zero);
   }
 };
 
@@ -802,8 +816,9 @@ inline void forward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, c
       sum_windows([&](int64_t d, const Vec& r) { return powers.weight(buf.power(d, j), r); });
     } else if (buf.split) {
       split_log2(m, em, lm);
+      const bool below_one = any_below_one(a, live);
       sum_windows([&](int64_t d, const Vec&) {
-        return pow_split(log2_ratio(buf.e(d, j), buf.l(d, j), em, lm), a);
+        return pow_split(log2_ratio(buf.e(d, j), buf.l(d, j), em, lm), a, below_one);
       });
     } else {
       sum_windows([&](int64_t, const Vec& r) { return pow_unit(log2_unit(r), a); });
@@ -1095,6 +1110,7 @@ inline void backward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, 
     }
     Vec alpha_sum(0.f), em, lm;
     if (buf.split) split_log2(m, em, lm);
+    const bool below_one = buf.split && any_below_one(c.a, live);
     const PlanePowers powers(buf, taps, j, count, n);
     // scatter the dx of every window element, element(di, dj) giving those at offset (di, dj) of outputs
     // j .. j + kLanes - 1: each way of computing them gets its own loop
@@ -1163,12 +1179,12 @@ inline void backward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, 
           const int64_t d = di * g.kw + dj;
           const Vec r = n.ratio(buf.x(d, j));
           const Vec log2_r = log2_ratio(buf.e(d, j), buf.l(d, j), em, lm);
-          return c.grad_x_of(r, log2_r, powers.weight(buf.power(d, j), r), need_alpha, alpha_sum);
+          return c.grad_x_of(r, r >= kTiny, log2_r, powers.weight(buf.power(d, j), r), need_alpha, alpha_sum);
         });
     } else {
       scatter([&](int64_t di, int64_t dj) {
         const int64_t d = di * g.kw + dj;
-        return c.grad_x_split(buf.x(d, j), buf.e(d, j), buf.l(d, j), em, lm, n, need_alpha, alpha_sum);
+        return c.grad_x_split(buf.x(d, j), buf.e(d, j), buf.l(d, j), em, lm, n, below_one, need_alpha, alpha_sum);
       });
     }
     if (need_alpha) plane.add_grad_alpha(alpha_sum, c, m, out, j, g.ow, u, value);
