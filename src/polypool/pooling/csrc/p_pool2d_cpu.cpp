@@ -347,7 +347,9 @@ constexpr real_t kPowerOffset = sizeof(real_t) == 4 ? 100 : 900;
 const Vec kPowerFloor(std::ldexp(real_t(1), -static_cast<int>(kPowerOffset)));
 // A power that underflows is a weight p under 2^-26 (float; 2^-122 in double) of its window's largest, but its dx
 // has r^(a-1) = p / r too, which stays above 2^-24 (float; 2^-53 in double) only for a below 13 (double: 1.8):
-// below kLostAlpha, a window with such an element takes the exact path
+// below kLostAlpha, a window with such an element takes the exact path. (Known limit of the exact path: it, too,
+// takes r^(a-1) as p / r with p = 0 below the smallest normal float, so for a in (1, 149/126) and a ratio r in
+// [2^-126, 2^(-126/a)), which needs a window spanning over 2^120, that element's dx lacks a term of up to ~0.4 g/den.)
 constexpr real_t kLostAlpha = sizeof(real_t) == 4 ? 16 : 4;
 
 // GatherBackward: windows of at most kMaxGatherTaps elements, whose factors are at most kMaxGatherFactor, so that
