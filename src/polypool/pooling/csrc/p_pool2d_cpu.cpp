@@ -278,8 +278,8 @@ struct Normaliser {
     return Vec::blendv(r, zero, (x < kTiny) | (r < kTiny));
   }
   // The same for an element of the window rows (RowBuffers), where positive subnormals are already 0: r is exactly 0
-  // for a zero x, and a ratio below the smallest normal float is left in; the weights 2^(a d) of such ratios are 0
-  // (a >= 1) or negligible (below 2^-126 a of the window's largest), and the backward masks r < kTiny itself.
+  // for a zero x, and a ratio below the smallest normal float is left in. Where it is used, such a ratio's weight is
+  // 0 all the same (pow_split; PlanePowers::weight; log2_unit's -inf), and the backward counts it as 0 from d or r.
   inline Vec ratio_of_row(const Vec& x) const { return x * inv_m + zero; }
 };
 
