@@ -295,6 +295,20 @@ def test_overlapping_backward_is_accurate_at_any_magnitude(magnitude, window):
     torch.testing.assert_close(aa.grad.double(), ab.grad, rtol=1e-4, atol=1e-4 * ab.grad.abs().max().item())
 
 
+def fused_and_float64(x, alpha, kernel, stride, padding, generator=None, x_reference=None):
+    """y, dx and dalpha of the fused kernel on (x, alpha), and of the float64 reference op on (x_reference, default x),
+    for the same random gradient: ((y, dx, dalpha), (y_ref, dx_ref, dalpha_ref)), the first three in float64."""
+    xa, aa = x.clone().requires_grad_(True), alpha.clone().requires_grad_(True)
+    y = p_pool2d(xa, aa, kernel, stride, padding, backend="cpu_fused")
+    x_reference = x if x_reference is None else x_reference
+    xb, ab = x_reference.double().requires_grad_(True), alpha.double().requires_grad_(True)
+    y_ref = p_pool2d(xb, ab, kernel, stride, padding, backend="reference")
+    grad = torch.rand(y_ref.shape, dtype=torch.float64, generator=generator)
+    y.backward(grad.float())
+    y_ref.backward(grad)
+    return (y.double(), xa.grad.double(), aa.grad.double()), (y_ref, xb.grad, ab.grad)
+
+
 @pytest.mark.parametrize("window", [(3, 1, 1), (3, 2, 1), (3, 3, 0), (2, 2, 0)])
 def test_window_weights_are_accurate_to_float_rounding(window):
     """The weights r^a of every path, dense alpha in [0.5, 60.5] over ratios in [0.05, 1]: y to 1.5e-6 relative and
@@ -306,15 +320,9 @@ def test_window_weights_are_accurate_to_float_rounding(window):
     x = torch.rand(2, 4, 24, 24, generator=generator) * 0.95 + 0.05
     out = (24 + 2 * padding - kernel) // stride + 1
     alpha = torch.rand(2, 4, out, out, generator=generator) * 60 + 0.5
-    xa, aa = x.clone().requires_grad_(True), alpha.clone().requires_grad_(True)
-    y = p_pool2d(xa, aa, kernel, stride, padding, backend="cpu_fused")
-    xb, ab = x.double().requires_grad_(True), alpha.double().requires_grad_(True)
-    y_ref = p_pool2d(xb, ab, kernel, stride, padding, backend="reference")
-    grad = torch.rand(y_ref.shape, dtype=torch.float64, generator=generator)
-    y.backward(grad.float())
-    y_ref.backward(grad)
-    torch.testing.assert_close(y.double(), y_ref, rtol=1.5e-6, atol=0)
-    torch.testing.assert_close(aa.grad.double(), ab.grad, rtol=0, atol=3e-6 * ab.grad.abs().max().item())
+    (y, _, ga), (y_ref, _, ga_ref) = fused_and_float64(x, alpha, kernel, stride, padding, generator)
+    torch.testing.assert_close(y, y_ref, rtol=1.5e-6, atol=0)
+    torch.testing.assert_close(ga, ga_ref, rtol=0, atol=3e-6 * ga_ref.abs().max().item())
 
 
 @pytest.mark.parametrize("window", [(3, 1, 1), (3, 2, 1), (5, 3, 2)])
@@ -334,18 +342,12 @@ def test_zeros_padding_and_subnormals_weigh_nothing_in_overlapping_windows(windo
     out_h, out_w = ((n + 2 * padding - kernel) // stride + 1 for n in (17, 19))
     values = torch.tensor([0.0, 1.0, 1e-3, 2.5])  # 0^0 = 1; r^(a-1) at r = 0 is 1 for a = 1; a tiny a; and any a
     alpha = values[torch.randint(0, 4, (2, 4, out_h, out_w), generator=generator)]
-    xa, aa = x.clone().requires_grad_(True), alpha.clone().requires_grad_(True)
-    y = p_pool2d(xa, aa, kernel, stride, padding, backend="cpu_fused")
     flushed = torch.where(x < torch.finfo(torch.float32).tiny, torch.zeros_like(x), x)
-    xb, ab = flushed.double().requires_grad_(True), alpha.double().requires_grad_(True)
-    y_ref = p_pool2d(xb, ab, kernel, stride, padding, backend="reference")
-    grad = torch.rand(y_ref.shape, dtype=torch.float64, generator=generator)
-    y.backward(grad.float())
-    y_ref.backward(grad)
-    torch.testing.assert_close(y.double(), y_ref, rtol=1e-5, atol=1e-45)
-    torch.testing.assert_close(xa.grad.double(), xb.grad, rtol=1e-5, atol=1e-5 * xb.grad.abs().max().item())
-    assert aa.grad.isfinite().all()
-    torch.testing.assert_close(aa.grad.double(), ab.grad, rtol=1e-4, atol=1e-4 * ab.grad.abs().max().item())
+    (y, gx, ga), (y_ref, gx_ref, ga_ref) = fused_and_float64(x, alpha, kernel, stride, padding, generator, flushed)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-45)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-5, atol=1e-5 * gx_ref.abs().max().item())
+    assert ga.isfinite().all()
+    torch.testing.assert_close(ga, ga_ref, rtol=1e-4, atol=1e-4 * ga_ref.abs().max().item())
 
 
 @pytest.mark.parametrize("window", [(3, 1, 0), (3, 2, 0), (3, 3, 0), (2, 2, 0)])
@@ -364,18 +366,12 @@ def test_alphas_below_one_weigh_zeros_and_underflowing_ratios_nothing(window, al
     x[0, 1, 1, 0] = 1e-37  # its ratio to the 1e3 in each of its windows, 1e-40, is below the smallest normal float
     out = (9 + 2 * padding - kernel) // stride + 1
     a = torch.full((2, 1, 1), alpha) if alpha_kind == "layer" else torch.full((1, 2, out, out), alpha)
-    xa, aa = x.clone().requires_grad_(True), a.clone().requires_grad_(True)
-    y = p_pool2d(xa, aa, kernel, stride, padding, backend="cpu_fused")
     counted = x.clone()
     counted[0, 1, 1, 0] = 0
-    xb, ab = counted.double().requires_grad_(True), a.double().requires_grad_(True)
-    y_ref = p_pool2d(xb, ab, kernel, stride, padding, backend="reference")
-    grad = torch.rand(y_ref.shape, dtype=torch.float64)
-    y.backward(grad.float())
-    y_ref.backward(grad)
-    torch.testing.assert_close(y.double(), y_ref, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(xa.grad.double(), xb.grad, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(aa.grad.double(), ab.grad, rtol=1e-4, atol=1e-4 * ab.grad.abs().max().item() + 1e-6)
+    (y, gx, ga), (y_ref, gx_ref, ga_ref) = fused_and_float64(x, a, kernel, stride, padding, x_reference=counted)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ga, ga_ref, rtol=1e-4, atol=1e-4 * ga_ref.abs().max().item() + 1e-6)
 
 
 # Windows of every kernel path: the tiled 2x2/2, stride 2 and 1 with padding, a ceil-mode overhang, stride 3, and
