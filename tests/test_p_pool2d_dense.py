@@ -103,6 +103,21 @@ def test_grid(backend, kernel, stride, padding, ceil_mode):
     assert ((alpha == LO) | (alpha == HI)).any() and ((alpha > LO) & (alpha < HI)).any()
 
 
+@pytest.mark.skipif(not cpu_fused.enabled(), reason="POLYPOOL_CPU_KERNEL=0")
+@pytest.mark.parametrize("kernel,padding,size", [
+    (3, 1, (9, 17)), ((3, 5), (1, 2), (6, 19)), ((5, 3), (2, 0), (10, 13)), (2, 0, (7, 5)), (3, 1, (4, 1))])
+def test_fused_cpu_stride_one_takes_a_plane_as_one_row(kernel, padding, size):
+    """At stride 1 the C++ kernel computes a plane's outputs as one row over the padded plane (its rows Wpad apart)
+    where that fills the vectors better than a row of outputs at a time (each of these sizes, with AVX2 floats): the
+    kw - 1 windows at the end of each row then wrap into the next row, are computed and must be neither stored nor
+    let into any gradient. Rectangular windows and maps (width 1 too: two of every three windows wrap), several planes
+    per thread, all-zero windows and maps: against the unfused branch."""
+    window = Window.make(kernel, 1, padding)
+    x = make_input((2, 5, *size), seed=8)
+    got = compare(x, branch_parameters(x.shape[1], window.kernel, seed=9), window, "cpu_fused")
+    assert (got[2] != 0).any() and (got[3] != 0).any()  # gradients reach x and the conv taps
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("window", [(2, 2, 0), (3, 2, 1), ((2, 3), (1, 2), (1, 0))])
 def test_count_include_pad_false_and_gradient_scale(backend, window):
@@ -183,10 +198,11 @@ def test_fused_cpu_gradcheck():
 
 
 @pytest.mark.skipif(not cpu_fused.enabled(), reason="POLYPOOL_CPU_KERNEL=0")
-@pytest.mark.parametrize("kernel,stride,padding,ceil_mode,include_pad", [
-    (2, 2, 0, False, True), (3, 2, 1, True, True), (3, 1, 1, False, True), (2, 2, 1, False, True),
-    (3, 2, 1, False, False)])
-def test_fused_cpu_kernel_in_float64(kernel, stride, padding, ceil_mode, include_pad):
+@pytest.mark.parametrize("kernel,stride,padding,ceil_mode,include_pad,width", [
+    (2, 2, 0, False, True, 8), (3, 2, 1, True, True, 8), (3, 1, 1, False, True, 8), (2, 2, 1, False, True, 8),
+    (3, 2, 1, False, False, 8),
+    (3, 1, 1, False, True, 13)])  # a plane's outputs as one row (float64 AVX2: rows of 13 outputs in 16 lanes)
+def test_fused_cpu_kernel_in_float64(kernel, stride, padding, ceil_mode, include_pad, width):
     """The fused kernel's formulas, compiled in float64 from the same source: gradcheck of the four branch
     parameters, and alpha, y and dy/dx (through the pooling only) equal to the unfused branch and the reference op
     in float64 to 1e-10 (in fp32, neither check can be this close). Parameters keep alpha inside the clamp, so no
@@ -194,7 +210,7 @@ def test_fused_cpu_kernel_in_float64(kernel, stride, padding, ceil_mode, include
     assert cpu_fused.load_extension(torch.float64) is not None, cpu_fused.load_error(torch.float64)
     generator = torch.Generator().manual_seed(kernel * 100 + stride * 10 + padding)
     window = Window.make(kernel, stride, padding, ceil_mode)
-    x = (torch.rand(2, 2, 7, 8, generator=generator, dtype=torch.float64) + 0.5).requires_grad_(True)
+    x = (torch.rand(2, 2, 7, width, generator=generator, dtype=torch.float64) + 0.5).requires_grad_(True)
     taps = torch.rand(2, 1, kernel, kernel, generator=generator) - 0.5
     taps -= taps.mean(dim=(2, 3), keepdim=True)  # taps summing to 0: conv sums of both signs, both sides of PReLU
     params = [p.double().requires_grad_(True) for p in (

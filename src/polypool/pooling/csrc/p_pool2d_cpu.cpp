@@ -77,6 +77,28 @@ struct Geometry {
   }
 };
 
+// Flat outputs (the fused dense branch, stride 1): the padded plane is stored with its rows Wpad apart, and the
+// outputs of the whole plane are computed as one row of oh * Wpad, output (o, j) at t = o * Wpad + j, whose window
+// offset (di, dj) is the element t + di * Wpad + dj: a constant shift, as for one row of outputs. The kw - 1
+// columns t % Wpad >= ow of each row are windows that wrap into the next row, computed and never stored (their
+// gradients masked). Only where it fills the vectors better than one row of outputs at a time: ow_padded > Wpad
+// (inception_v3's 17x17: 17 of 19 lanes live instead of 17 of 24; 35x35 35/37 instead of 35/40; not 8x8, 8/10
+// instead of 8/8). The windows must stay inside the padded input with the padding counted (the forward's
+// row_in_window and col_mask are then always true); the backward's Geometry always counts it, and does not depend on it.
+inline bool flat_outputs(const Geometry& g) {
+  return g.sh == 1 && g.sw == 1 && g.include_pad && g.Hpad == g.H + 2 * g.ph && g.Wpad == g.W + 2 * g.pw &&
+         g.Wpad < g.ow_padded;
+}
+
+// The Geometry of flat outputs: one row (o = 0) of oh * Wpad outputs over the same padded plane
+inline Geometry flat_geometry(const Geometry& g) {
+  Geometry flat = g;
+  flat.oh = 1;
+  flat.ow = g.oh * g.Wpad;
+  flat.ow_padded = (flat.ow + kLanes - 1) / kLanes * kLanes;
+  return flat;
+}
+
 // A positive subnormal x is 0 (they count as 0); negative ones stay, for the negative-input check.
 inline real_t flush_positive_subnormal(real_t x) { return x > 0 && x < std::numeric_limits<real_t>::min() ? 0 : x; }
 
@@ -396,13 +418,30 @@ struct RowBuffers {
   bool box_sums_ready = false;
   real_t box_scale = 1.f;
   std::vector<real_t> row_p, row_px;
-  RowBuffers(const Geometry& g, bool dense_alpha, bool use_split, bool constant_alpha = false, bool backward = false)
+  // Flat outputs (flat_outputs; the fused dense branch): the padded plane's rows are Wpad (phase_len) apart, and the
+  // plane's per-output rows are copied between the tensors (rows of ow) and these (rows of Wpad): the forward's y,
+  // den and alpha; the backward's y, den and grad_y, with den = 1 and grad_y = 0 in the columns never stored, and
+  // flat_live = 1 in the columns that are outputs (0 in the others and past oh * Wpad)
+  bool flat;
+  Geometry flat_g;
+  std::vector<real_t> flat_y, flat_den, flat_alpha, flat_grad, flat_live;
+  RowBuffers(const Geometry& g, bool dense_alpha, bool use_split, bool constant_alpha = false, bool backward = false,
+             bool flat_layout = false)
       : col_mask(g.kw * g.ow_padded, 0.f), alpha(dense_alpha ? g.ow_padded : 0, 0.f), tmp(g.ow_padded),
         full_cols(g.kw, 1), win(g.kh * g.kw), win_e(g.kh * g.kw), win_l(g.kh * g.kw),
         split(use_split && (g.kh > g.sh || g.kw > g.sw)), direct(g.sw == 1 || g.sw == 2),
         plane_powers(constant_alpha && split && g.sw == 1 && kPlanePowers), win_p(g.kh * g.kw),
         gather_maps(backward && plane_powers && g.sh == 1 && g.kw <= kLanes && g.kh * g.kw <= kMaxGatherTaps),
-        box_sums(!backward && plane_powers && g.sh == 1) {
+        box_sums(!backward && plane_powers && g.sh == 1), flat(flat_layout && flat_outputs(g)),
+        flat_g(flat ? flat_geometry(g) : g) {
+    if (flat) {
+      flat_y.assign(flat_g.ow_padded, 0.f);
+      flat_den.assign(flat_g.ow_padded, 1.f);
+      flat_alpha.assign(flat_g.ow_padded, 0.f);
+      flat_grad.assign(flat_g.ow_padded, 0.f);
+      flat_live.assign(flat_g.ow_padded, 0.f);
+      for (int64_t o = 0; o < g.oh; ++o) std::fill_n(flat_live.begin() + o * g.Wpad, g.ow, 1.f);
+    }
     if (box_sums) {
       row_p.assign(g.Hpad * g.ow_padded, 0.f);
       row_px.assign(row_p.size(), 0.f);
@@ -417,10 +456,17 @@ struct RowBuffers {
       // input's own columns must fit (its width rounded up to whole phases)
       phase_len = std::max(g.ow_padded + (g.kw - 1) / g.sw, (g.Wpad + g.sw - 1) / g.sw) + kLanes;
       padded.assign(g.sw * g.Hpad * phase_len, 0.f);
+      if (flat) {
+        // flat outputs read whole vectors up to flat_g.ow_padded - 1 + (kh - 1) Wpad + kw - 1 < Hpad Wpad + kLanes + kw
+        phase_len = g.Wpad;
+        padded.assign(g.Hpad * phase_len + 2 * kLanes + g.kw, 0.f);
+      }
       if (g.sw == 1) {
         run_rows = g.H;
         run_first = g.ph * phase_len + g.pw;
-        run_len = (g.W + kLanes - 1) / kLanes * kLanes;  // pw + run_len <= Wpad + kLanes <= phase_len
+        // pw + run_len <= Wpad + kLanes <= phase_len; with flat outputs (phase_len = Wpad) a run goes on into the
+        // next row's first columns, whose elements are already copied when the splits are taken
+        run_len = (g.W + kLanes - 1) / kLanes * kLanes;
       }
       if (plane_powers) padded_p.resize(padded.size());  // (plane_powers implies stride 1: direct)
       if (g.sw == 2) padded_row.assign(2 * phase_len + 2 * kLanes, 0.f);
@@ -906,7 +952,7 @@ bool forward_impl(const torch::Tensor& x, const real_t* a_data, bool dense_alpha
   const bool tiled = tiles_2x2(g);
   std::atomic<bool> any_negative{false};
   at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
-    RowBuffers buf(g, dense_alpha && branch == nullptr, kForwardSplit, !dense_alpha);
+    RowBuffers buf(g, dense_alpha && branch == nullptr, kForwardSplit, !dense_alpha, false, branch != nullptr);
     Vec low(0.f);  // the running minimum of every window element (padding and vector tails count as 0)
     for (int64_t plane = begin; plane < end; ++plane) {
       const real_t* xp = x_data + plane * g.H * g.W;
@@ -932,7 +978,18 @@ bool forward_impl(const torch::Tensor& x, const real_t* a_data, bool dense_alpha
         buf.prepare_box_sums(g, alpha_value);
       }
       const Branch* b = branch != nullptr ? &br : nullptr;
-      for (int64_t o = 0; o < g.oh; ++o) {
+      if (buf.flat) {  // (with a branch) the plane's outputs as one row, then copied out row by row
+        buf.gather(xp, g, 0);
+        forward_row_general(buf, buf.flat_g, 0, AlphaRow{nullptr, 0.f, buf.flat_g.ow}, buf.flat_y.data(),
+                            den_data ? buf.flat_den.data() : nullptr, low, b, buf.flat_alpha.data());
+        for (int64_t o = 0; o < g.oh; ++o) {
+          const int64_t out = (plane * g.oh + o) * g.ow, at = o * g.Wpad;
+          std::copy_n(buf.flat_y.data() + at, g.ow, y_data + out);
+          if (den_data) std::copy_n(buf.flat_den.data() + at, g.ow, den_data + out);
+          std::copy_n(buf.flat_alpha.data() + at, g.ow, alpha_plane_out + o * g.ow);
+        }
+      }
+      for (int64_t o = 0; o < (buf.flat ? 0 : g.oh); ++o) {
         const int64_t out = (plane * g.oh + o) * g.ow;
         real_t* alpha_row_out = alpha_plane_out ? alpha_plane_out + o * g.ow : nullptr;
         if (tiled) {
@@ -1052,11 +1109,12 @@ struct BackwardPlane {
   // window's conv sums, value(d): its element at tap d)
   template <class Value>
   void add_grad_alpha(const Vec& alpha_sum, const BackwardCoefficients& c, const Vec& m, int64_t out, int64_t j,
-                      int64_t ow, const Vec& u, const Value& value) {
+                      int64_t ow, const Vec& live, const Vec& u, const Value& value) {
     const Vec grad_a = alpha_sum * c.g_over_den * (m * Vec(kLn2));  // alpha_sum in log2 units
     if (branch != nullptr) {
-      // the vector tail (past ow) loads den = 0: its lanes are dropped, never multiplied
-      branch_grad->add(*branch, Vec::blendv(Vec(0.f), grad_a, lanes_below(ow - j)), u, value);
+      // the lanes that are no output (the vector tail, which loads den = 0; flat outputs' wrapping columns) are
+      // dropped, never multiplied
+      branch_grad->add(*branch, Vec::blendv(Vec(0.f), grad_a, live), u, value);
     } else if (grad_alpha_dense != nullptr) {
       store_row(grad_a, grad_alpha_dense + out, j, ow);
     } else {
@@ -1088,9 +1146,12 @@ inline void backward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, 
   const int64_t out = o * g.ow, taps = g.kh * g.kw;
   const Vec plane_top(gather ? buf.plane_top : 1.f);  // M (divided by: 1 / M is subnormal for M >= 2^126)
   for (int64_t j = 0; j < g.ow; j += kLanes) {
-    // the window's element at tap d, 0 in the vector tail (whose input columns no window of this row has: an inf
-    // there would make the branch's dk NaN through 0 * inf)
-    const Vec live = lanes_below(std::min<int64_t>(kLanes, g.ow - j));
+    // the window's element at tap d, 0 in the lanes that are no output (the vector tail, whose input columns no
+    // window of this row has; flat outputs' wrapping columns): an inf there would make the branch's dk NaN through
+    // 0 * inf
+    const Vec live = buf.flat ? Vec::loadu(buf.flat_live.data() + j) > Vec(0.f)
+                              : lanes_below(std::min<int64_t>(kLanes, g.ow - j));
+    const bool partial = buf.flat ? !all_lanes(live) : g.ow - j < kLanes;
     auto value = [&](int64_t d) { return Vec::blendv(Vec(0.f), buf.x(d, j), live); };
     // the window max, recomputed as the forward computed it (not saved)
     Vec m = value(0), a, u(0.f);
@@ -1126,7 +1187,7 @@ inline void backward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, 
           // offset (measured: 3-5% of a 3x3/1 layer-alpha fwd+bwd at widths 17 and 35)
           for (int64_t dj = 0; dj < g.kw; ++dj) {
             Vec dx = element(di, dj);
-            if (count < kLanes) dx = Vec::blendv(Vec(0.f), dx, live);
+            if (partial) dx = Vec::blendv(Vec(0.f), dx, live);
             real_t* dst = grad_row + j + dj;
             (Vec::loadu(dst) + dx).store(dst);
           }
@@ -1189,7 +1250,7 @@ inline void backward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, 
         return c.grad_x_split(buf.x(d, j), buf.e(d, j), buf.l(d, j), em, lm, n, below_one, need_alpha, alpha_sum);
       });
     }
-    if (need_alpha) plane.add_grad_alpha(alpha_sum, c, m, out, j, g.ow, u, value);
+    if (need_alpha) plane.add_grad_alpha(alpha_sum, c, m, out, j, g.ow, live, u, value);
   }
 }
 
@@ -1256,7 +1317,8 @@ inline void backward_row_2x2(const real_t* x_row, const Geometry& g, int64_t o, 
     const Vec g11 = flush_subnormal(c.grad_x(bottom.second, n, need_alpha, alpha_sum));
     store_pairs(g00, g01, gx_row, j, count);
     store_pairs(g10, g11, gx_row + g.W, j, count);
-    if (need_alpha) plane.add_grad_alpha(alpha_sum, c, m, out, j, g.ow, u, [&](int64_t d) { return xs[d]; });
+    if (need_alpha)
+      plane.add_grad_alpha(alpha_sum, c, m, out, j, g.ow, lanes_below(count), u, [&](int64_t d) { return xs[d]; });
   }
 }
 
@@ -1272,12 +1334,12 @@ void backward_impl(const torch::Tensor& x, const real_t* a_data, bool dense_alph
   const bool tiled = tiles_2x2(g);
   const int64_t plane_out = g.oh * g.ow;
   at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
-    RowBuffers buf(g, dense_alpha && branch == nullptr, true, !dense_alpha, true);
+    RowBuffers buf(g, dense_alpha && branch == nullptr, true, !dense_alpha, true, branch != nullptr);
     BranchGrad branch_grad(branch != nullptr ? taps : 0);
     // the general path scatters into a padded plane, plus slack: a stride-2 pair can add 0 one past the end, and
     // stride 1 adds whole vectors: at most ow_padded + kw - 2 <= Wpad + kLanes - 2 columns into the last row
-    // (gather_backward: pw + W + kLanes - 2 <= Wpad + kLanes - 2)
-    std::vector<real_t> grad_pad(tiled ? 0 : g.Hpad * g.Wpad + 2 * kLanes);
+    // (gather_backward: pw + W + kLanes - 2 <= Wpad + kLanes - 2; flat outputs: up to Hpad Wpad + kLanes + kw - 2)
+    std::vector<real_t> grad_pad(tiled ? 0 : g.Hpad * g.Wpad + 2 * kLanes + g.kw);
     for (int64_t p = begin; p < end; ++p) {
       const real_t* xp = x_data + p * g.H * g.W;
       real_t* gx_plane = gx_data + p * g.H * g.W;
@@ -1299,7 +1361,21 @@ void backward_impl(const torch::Tensor& x, const real_t* a_data, bool dense_alph
         buf.prepare_powers(alpha_value);
       }
       const bool gather = !tiled && buf.gather_maps && buf.powers_ready && alpha_value >= kMinSumAlpha;
-      for (int64_t o = 0; o < g.oh; ++o) {
+      if (buf.flat) {  // (with a branch) the plane's outputs as one row, their saved rows and grad_y copied in
+        for (int64_t o = 0; o < g.oh; ++o) {
+          const int64_t out = o * g.ow, at = o * g.Wpad;
+          std::copy_n(plane.y + out, g.ow, buf.flat_y.data() + at);
+          std::copy_n(plane.den + out, g.ow, buf.flat_den.data() + at);
+          std::copy_n(plane.grad + out, g.ow, buf.flat_grad.data() + at);
+        }
+        plane.y = buf.flat_y.data();
+        plane.den = buf.flat_den.data();
+        plane.grad = buf.flat_grad.data();
+        buf.gather(xp, g, 0);
+        backward_row_general(buf, buf.flat_g, 0, AlphaRow{nullptr, 0.f, buf.flat_g.ow}, plane, need_alpha,
+                             grad_pad.data());
+      }
+      for (int64_t o = 0; o < (buf.flat ? 0 : g.oh); ++o) {
         if (tiled) {
           const AlphaRow a_row{alpha_plane ? alpha_plane + o * g.ow : nullptr, alpha_value, g.ow};
           backward_row_2x2(xp + 2 * o * g.W, g, o, a_row, plane, need_alpha, gx_plane + 2 * o * g.W);
