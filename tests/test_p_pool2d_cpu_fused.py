@@ -374,6 +374,27 @@ def test_alphas_below_one_weigh_zeros_and_underflowing_ratios_nothing(window, al
     torch.testing.assert_close(ga, ga_ref, rtol=1e-4, atol=1e-4 * ga_ref.abs().max().item() + 1e-6)
 
 
+@pytest.mark.parametrize("window", [(3, 1, 1), (3, 2, 1), (3, 3, 0), (2, 2, 0)])
+@pytest.mark.parametrize("alpha_kind", ["layer", "dense"])
+@pytest.mark.parametrize("alpha", [1.01, 1.05, 1.1])
+def test_alphas_just_above_one_keep_r_to_the_a_minus_one_where_r_to_the_a_underflows(window, alpha_kind, alpha):
+    """x = 2e-38 beside elements of about 1: its ratio r ~ 2e-38 is a normal float, but r^a is below the smallest one
+    for every a > 1 here, and written as 0. Its dx = g / den ((a + 1) r^a - a q r^(a-1)) keeps the second term:
+    r^(a-1) is 0.42 at a = 1.01 and 2e-4 at a = 1.1 (taken as r^a / r, it was 0). Against the float64 reference."""
+    kernel, stride, padding = window
+    generator = torch.Generator().manual_seed(11)
+    x = torch.rand(1, 2, 9, 9, generator=generator) + 0.5
+    x[0, 1, 4, 4] = 2e-38
+    out = (9 + 2 * padding - kernel) // stride + 1
+    a = torch.full((2, 1, 1), alpha) if alpha_kind == "layer" else torch.full((1, 2, out, out), alpha)
+    (y, gx, ga), (y_ref, gx_ref, ga_ref) = fused_and_float64(x, a, kernel, stride, padding, generator)
+    atol = 1e-6
+    assert gx_ref[0, 1, 4, 4].abs() > 2 * atol  # the term the test is about: more than the tolerance
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-5, atol=atol)
+    torch.testing.assert_close(ga, ga_ref, rtol=1e-4, atol=1e-4 * ga_ref.abs().max().item() + 1e-6)
+
+
 # Windows of every kernel path: the tiled 2x2/2, stride 2 and 1 with padding, a ceil-mode overhang, stride 3, and
 # padding left out of the window (count_include_pad=False).
 FLOAT64_WINDOWS = [(2, 2, 0, False, True), (3, 2, 1, True, True), (3, 1, 1, False, True), (2, 2, 1, False, True),

@@ -305,16 +305,32 @@ struct Normaliser {
   inline Vec ratio_of_row(const Vec& x) const { return x * inv_m + zero; }
 };
 
+inline Vec lanes_below(int64_t count) { return Vec::arange(0.f, 1.f) < Vec(static_cast<real_t>(count)); }
+
+// whether every lane of a comparison mask is set
+inline bool all_lanes(const Vec& mask) {
+  return Vec::blendv(Vec(1.f), Vec(0.f), mask).zero_mask() == (1 << kLanes) - 1;
+}
+
+// Alphas just above 1: a ratio r at or above the smallest normal float can have r^a below it (written as 0) while
+// r^(a-1), dx's other factor, is not negligible (a = 1.01, r = 2^-125: r^a = 2^-126.25 is 0, r^(a-1) = 0.42). That
+// needs a < 1 + 24/126 (float: r^(a-1) >= (2^-126)^(a-1) above 2^-24, the rounding of the rest of dx) and a window
+// spanning over 2^105; a vector of windows with such an alpha takes r^(a-1) = 2^((a-1) log2 r), not p / r.
+const Vec kNearOne(1 + static_cast<real_t>(std::numeric_limits<real_t>::digits) /
+                           static_cast<real_t>(1 - std::numeric_limits<real_t>::min_exponent));
+
 // What the backward needs per output, for dx_i = coef_p * p_i - coef_p_over_r * p_i / r_i.
 struct BackwardCoefficients {
   Vec q, g_over_den, a, coef_p, coef_p_over_r, at_zero;
+  bool near_one;  // an alpha in (1, kNearOne) (or NaN) in the vector: p / r as 2^((a-1) log2 r)
   BackwardCoefficients(const Vec& y, const Vec& den, const Vec& grad, const Vec& alpha, const Normaliser& n)
       : q(y * n.inv_m + n.zero),  // y/m; 1 in an all-zero window
         g_over_den(grad / den),    // den >= 1 on real outputs; the vector tail loads den = 0 and is never stored
         a(alpha),
         coef_p(g_over_den * (alpha + Vec(1.f))),
         coef_p_over_r(g_over_den * alpha * q),
-        at_zero(Vec::blendv(Vec(0.f), Vec(1.f), alpha == Vec(1.f))) {}  // r^(a-1) at r = 0
+        at_zero(Vec::blendv(Vec(0.f), Vec(1.f), alpha == Vec(1.f))),  // r^(a-1) at r = 0
+        near_one(!all_lanes((alpha <= Vec(1.f)) | (alpha >= kNearOne))) {}
 
   // dx of one window element x (normalised by n), not flushed (flush_subnormal: once per element); adds its term of
   // dy/da (in log2 units, before the factor ln 2 m / den) to alpha_sum.
@@ -336,7 +352,7 @@ struct BackwardCoefficients {
                        Vec& alpha_sum) const {
     if (need_alpha) alpha_sum = at::vec::fmadd(Vec::blendv(Vec(0.f), p * log2_r, positive), r - q, alpha_sum);
     // where a = 0, coef_p_over_r = 0 and p / r = 1 / r is finite (r about the smallest normal or more, or at_zero = 0)
-    const Vec p_over_r = Vec::blendv(at_zero, p / r, positive);
+    const Vec p_over_r = Vec::blendv(at_zero, near_one ? exp2_upto_127((a - Vec(1.f)) * log2_r) : p / r, positive);
     return coef_p * p - coef_p_over_r * p_over_r;
   }
 };
@@ -369,9 +385,8 @@ constexpr real_t kPowerOffset = sizeof(real_t) == 4 ? 100 : 900;
 const Vec kPowerFloor(std::ldexp(real_t(1), -static_cast<int>(kPowerOffset)));
 // A power that underflows is a weight p under 2^-26 (float; 2^-122 in double) of its window's largest, but its dx
 // has r^(a-1) = p / r too, which stays above 2^-24 (float; 2^-53 in double) only for a below 13 (double: 1.8):
-// below kLostAlpha, a window with such an element takes the exact path. (Known limit of the exact path: it, too,
-// takes r^(a-1) as p / r with p = 0 below the smallest normal float, so for a in (1, 149/126) and a ratio r in
-// [2^-126, 2^(-126/a)), which needs a window spanning over 2^120, that element's dx lacks a term of up to ~0.4 g/den.)
+// below kLostAlpha, a window with such an element takes the exact path (which, for a just above 1, takes r^(a-1)
+// from log2 r: kNearOne).
 constexpr real_t kLostAlpha = sizeof(real_t) == 4 ? 16 : 4;
 
 // GatherBackward: windows of at most kMaxGatherTaps elements, whose factors are at most kMaxGatherFactor, so that
@@ -758,13 +773,6 @@ struct BranchGrad {
     out[k.size() + 2] = static_cast<real_t>(sum(b));
   }
 };
-
-inline Vec lanes_below(int64_t count) { return Vec::arange(0.f, 1.f) < Vec(static_cast<real_t>(count)); }
-
-// whether every lane of a comparison mask is set
-inline bool all_lanes(const Vec& mask) {
-  return Vec::blendv(Vec(1.f), Vec(0.f), mask).zero_mask() == (1 << kLanes) - 1;
-}
 
 // whether a vector of windows has an alpha below 1 (or NaN) in a live lane: pow_split's below_one
 inline bool any_below_one(const Vec& a, const Vec& live) { return !all_lanes((a >= Vec(1.f)) | ~live); }
