@@ -380,9 +380,12 @@ def p_pool2d_grad_input_kernel(
             inv_m, zero, coef_p, coef_p_over_r = _load_factors(factors_ptr, j, total_out, hit)
             a = _load_alpha(alpha_ptr, plane, j, hit, DENSE)
             r = tl.where(hit, _ratio(x, inv_m, zero), 1.0)  # lanes without a window: keep r in [0, 1], no overflow
-            p = _pow_unit(r, _log2_positive(r), a)
+            log2_r = _log2_positive(r)
+            p = _pow_unit(r, log2_r, a)
             at_zero = tl.where(a == 1.0, 1.0, 0.0)  # r^(a-1) at r = 0
-            # p/r where r > 0 and a != 0: the a q p/r term is 0 at a = 0, never 0 * (p/r)
-            p_over_r = tl.where((r > 0.0) & (a != 0.0), p / tl.where(r > 0.0, r, 1.0), at_zero)
+            # r^(a-1) = p/r where r > 0 and a != 0 (the a q p/r term is 0 at a = 0, never 0 * (p/r)), from log2 r, not
+            # as p / r: a GPU's exp2 flushes a subnormal p to 0 where r^(a-1) is not negligible (a = 1.01, r = 2^-125:
+            # 0.42)
+            p_over_r = tl.where((r > 0.0) & (a != 0.0), tl.exp2((a - 1.0) * log2_r), at_zero)
             acc += tl.where(hit, coef_p * p - coef_p_over_r * p_over_r, 0.0)
     tl.store(gx_ptr + offs, acc.to(gx_ptr.dtype.element_ty), mask=valid)
