@@ -119,8 +119,9 @@ def test_fused_cpu_stride_one_takes_a_plane_as_one_row(kernel, padding, size):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("window", [(2, 2, 0), (3, 2, 1), ((2, 3), (1, 2), (1, 0))])
+@pytest.mark.parametrize("window", [(2, 2, 0), (3, 2, 1), ((2, 3), (1, 2), (1, 0)), (3, 1, 1)])
 def test_count_include_pad_false_and_gradient_scale(backend, window):
+    # (3x3/1 on 11x13 maps: the C++ forward takes rows of outputs, its backward the plane as one row)
     window = Window.make(*window, ceil_mode=True)
     x = make_input(seed=2)
     compare(x, branch_parameters(x.shape[1], window.kernel, seed=3), window, backend, include_pad=False,
