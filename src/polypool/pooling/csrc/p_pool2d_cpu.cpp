@@ -10,7 +10,9 @@
 // Layout of the work: one (sample, channel) plane per task, one output row at a time. Each window offset's elements
 // of an output row are one contiguous row (RowBuffers: read in place from a zero-padded, for stride 2 phase-split,
 // copy of the plane, or copied out for other strides), so all the arithmetic is vectorised along the output row
-// with ATen's Vectorized<real_t> (powers from exp2_upto_127, logarithms from the exponent split).
+// with ATen's Vectorized<real_t> (powers from exp2_upto_127, logarithms from the exponent split). With the fused
+// dense branch at stride 1, where a row of outputs fills its vectors badly, the whole plane's outputs are one row
+// (flat_outputs).
 // The backward scatters into a per-plane padded gradient buffer, so no two threads ever write the same element (with
 // a layer/channel alpha of 2 or more at stride 1, the windows that take the plane's powers gather instead:
 // gather_backward). VGG's 2x2/2 pools, which tile the input, take a shorter path: deinterleaved loads in, interleaved
