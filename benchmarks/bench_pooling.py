@@ -16,8 +16,8 @@ Shapes: VGG16's five pools at 224 and 512 crops and in both layouts of configs/v
 the ResNet stem pool and inception_v3's 3x3 stride-1 average pools (P-pooling replaces them too), batch 8. The
 training step: VGG16 in both layouts, max pooling against dense-alpha P-pooling.
 
-"Extra memory" is the bytes of tensors that autograd saves for backward, not counting the input and the output
-(which the surrounding network keeps anyway), divided by the input's bytes. On CUDA, "GB/s" is the bandwidth
+"Extra memory" is the bytes of tensors that autograd saves for backward, not counting the input, the output and
+the layer's own parameters (which the surrounding network keeps anyway), divided by the input's bytes. On CUDA, "GB/s" is the bandwidth
 floor of a pooling (forward: read x, write y; backward: read x and dy, write dx) over the measured fwd+bwd time,
 and "% copy" compares it with a device-to-device copy measured in the same run.
 """
@@ -120,8 +120,9 @@ def make_rows(s: Shape, device: torch.device, baselines: bool) -> dict[str, tupl
     return rows
 
 
-def saved_bytes(row: Row, x: torch.Tensor) -> int:
-    """Bytes autograd keeps for backward, less the input and the output."""
+def saved_bytes(row: Row, x: torch.Tensor, params: list[torch.Tensor]) -> int:
+    """Bytes autograd keeps for backward, less the input, the output and the row's own parameters (a saved view of a
+    parameter adds nothing: the network keeps the parameter anyway)."""
     saved = {}
 
     def pack(t):
@@ -130,7 +131,7 @@ def saved_bytes(row: Row, x: torch.Tensor) -> int:
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         y = row(x)
-    free = {(x.data_ptr(), x.dtype), (y.data_ptr(), y.dtype)}
+    free = {(x.data_ptr(), x.dtype), (y.data_ptr(), y.dtype), *((p.data_ptr(), p.dtype) for p in params)}
     return sum(nbytes for key, nbytes in saved.items() if key not in free)
 
 
@@ -162,11 +163,11 @@ def measure(rows: dict, x: torch.Tensor, reps: int) -> dict[str, dict[str, float
             times[name]["fwd"].append((t1 - t0) * 1e3)
             times[name]["fwdbwd"].append((t2 - t1) * 1e3)
     result = {}
-    for name, (row, _) in rows.items():
+    for name, (row, params) in rows.items():
         result[name] = {
             "fwd": statistics.median(times[name]["fwd"]),
             "fwdbwd": statistics.median(times[name]["fwdbwd"]),
-            "extra_mem": saved_bytes(row, x) / (x.numel() * x.element_size()),
+            "extra_mem": saved_bytes(row, x, params) / (x.numel() * x.element_size()),
             "out_numel": grads[name].numel(),
         }
     return result

@@ -118,6 +118,35 @@ def test_fused_cpu_stride_one_takes_a_plane_as_one_row(kernel, padding, size):
     assert (got[2] != 0).any() and (got[3] != 0).any()  # gradients reach x and the conv taps
 
 
+@pytest.mark.skipif(not cpu_fused.enabled(), reason="POLYPOOL_CPU_KERNEL=0")
+@pytest.mark.parametrize("window", [(3, 1, 1), (3, 2, 1), (2, 2, 0)])
+def test_fused_cpu_keeps_den_alone_and_computes_the_normaliser_again(window):
+    """Besides x, y and (views of) the branch's parameters, the C++ path saves den alone for its backward (issue 17's
+    target: at most 1x the input, which den is at stride 1); the per-plane normaliser f = input_scale / (max x + 1) is
+    computed again in the backward, with the forward's input_scale (2.5 here): every gradient against the unfused
+    branch with the same scale."""
+    window = Window.make(*window)
+    x = make_input(seed=10)
+    params = branch_parameters(x.shape[1], window.kernel, seed=11)
+    grad = None
+    results = []
+    for fused, backend in ((True, "cpu_fused"), (False, "reference")):
+        xs = x.clone().requires_grad_(True)
+        ps = [p.clone().requires_grad_(True) for p in params]
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            y, _ = dense_p_pool2d(xs, *ps, window.kernel, window.stride, window.padding, alpha_range=(LO, HI),
+                                  input_scale=2.5, backend=backend, fused=fused)
+        if fused:
+            assert runs_through(y, "DensePPool2dCPU")
+            own = {t.data_ptr() for t in (xs, y, *ps)}
+            assert [t.shape for t in saved if t.data_ptr() not in own] == [y.shape]  # den
+        grad = torch.randn(y.shape, generator=torch.Generator().manual_seed(12)) if grad is None else grad
+        results.append(torch.autograd.grad(y, (xs, *ps), grad))
+    for name, got, want in zip(("x", "conv", "slope", "weight", "bias"), *results):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item() + 1e-6, msg=name)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("window", [(2, 2, 0), (3, 2, 1), ((2, 3), (1, 2), (1, 0)), (3, 1, 1)])
 def test_count_include_pad_false_and_gradient_scale(backend, window):

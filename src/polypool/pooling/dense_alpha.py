@@ -87,7 +87,7 @@ class DensePPool2dCPU(torch.autograd.Function):
         taps = window.kernel[0] * window.kernel[1]
         k, slope, w, b = _branch_tensors(conv_weight, prelu_weight, proj_weight, proj_bias, c, taps, x.dtype)
         lo, hi = alpha_range
-        y, alpha, den, f, stats, negative = ext.dense_forward(
+        y, alpha, den, _f, stats, negative = ext.dense_forward(  # (_f: the backward computes it again from x)
             x, k, slope, w, b, float(lo), float(hi), float(input_scale), list(window.kernel), list(window.stride),
             list(window.padding), [out_h, out_w], need_grad, include_pad)
         if negative:
@@ -95,9 +95,12 @@ class DensePPool2dCPU(torch.autograd.Function):
         stats = torch.stack([stats[:, 0].sum() / alpha.numel(), stats[:, 1].min(), stats[:, 2].max()])
         ctx.set_materialize_grads(False)  # alpha and its statistics get no gradient: no zero tensors for them
         ctx.window, ctx.alpha_range, ctx.grad_scale, ctx.channels_last = window, (lo, hi), grad_scale, channels_last
+        ctx.input_scale = float(input_scale)
         ctx.params = (conv_weight, prelu_weight, proj_weight, proj_bias)  # for shapes and dtypes only
         if need_grad:
-            ctx.save_for_backward(x, den, y, f, k, slope, w, b)  # the backward recomputes the window max and alpha
+            # the backward recomputes the window max, alpha and the per-plane normaliser f from x; k, slope, w and b
+            # are views of the parameters where those are contiguous in x's dtype (a shared PReLU slope: C copies)
+            ctx.save_for_backward(x, den, y, k, slope, w, b)
         ctx.mark_non_differentiable(alpha, stats)
         if channels_last:
             y = y.contiguous(memory_format=torch.channels_last)
@@ -108,13 +111,13 @@ class DensePPool2dCPU(torch.autograd.Function):
     def backward(ctx, grad_y: Tensor, _grad_alpha, _grad_stats):
         if not ctx.saved_tensors:
             raise RuntimeError("dense p_pool2d (cpu_fused) ran its forward without need_grad: no state for a backward")
-        x, den, y, f, k, slope, w, b = ctx.saved_tensors
+        x, den, y, k, slope, w, b = ctx.saved_tensors
         if grad_y is None:  # y took no part in the loss (grads are not materialised)
             return (None,) * 11
         window: Window = ctx.window
         lo, hi = ctx.alpha_range
         grad_x, partial = cpu_fused.load_extension(x.dtype).dense_backward(
-            x, den, y, grad_y.contiguous().to(x.dtype), f, k, slope, w, b, float(lo), float(hi),
+            x, den, y, grad_y.contiguous().to(x.dtype), k, slope, w, b, float(lo), float(hi), ctx.input_scale,
             list(window.kernel), list(window.stride), list(window.padding))
         if ctx.channels_last:
             grad_x = grad_x.contiguous(memory_format=torch.channels_last)
@@ -137,9 +140,11 @@ def _fused_route(x: Tensor, params: tuple[Tensor, ...], backend: str) -> Optiona
     return None
 
 
-def dense_p_pool2d(*args, **kwargs) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`dense_p_pool2d`, plus alpha's ``(mean, min, max)`` as one tensor (the fused C++ kernel computes them
-    as it writes alpha; else three reductions)."""
+def dense_p_pool2d(*args, **kwargs) -> tuple[Tensor, Tensor]:
+    """P-pooling with the dense alpha of the authors' side branch: ``(y, alpha)``, alpha ``(N, C, H_out, W_out)``
+    detached (its gradient goes on into the branch's parameters). A fused kernel where one serves the call (C++ for
+    fp32 CPU tensors, Triton on CUDA), else the unfused branch and :func:`p_pool2d`. The arguments are those of
+    :func:`dense_p_pool2d_with_stats`."""
     y, alpha, _ = dense_p_pool2d_with_stats(*args, **kwargs)
     return y, alpha
 

@@ -918,7 +918,8 @@ inline void forward_row_2x2(const real_t* x_row, const Geometry& g, const AlphaR
 }
 
 // The dense branch's parameters (fp32, contiguous): k (C, kh * kw), slope, w, b (C,), the clamp range, the input
-// scale; and per plane the normaliser f = scale / (max |x| + 1) (written by the forward, read by the backward).
+// scale; and per plane the normaliser f = scale / (max |x| + 1) (plane_normaliser: the forward writes it out, the
+// backward computes it again from the plane, so that nothing per plane is kept for it).
 struct BranchArgs {
   const real_t *k, *slope, *w, *b;
   real_t lo, hi, scale;
@@ -931,6 +932,11 @@ struct BranchArgs {
 };
 
 // (max, min) of one plane of n values
+inline std::pair<real_t, real_t> plane_range(const real_t* x, int64_t n);
+
+// the branch's normaliser f = scale / (max |x| + 1) of a plane whose minimum is not negative (max |x| = its max)
+inline real_t plane_normaliser(real_t scale, real_t plane_max) { return scale / (plane_max + 1.f); }
+
 inline std::pair<real_t, real_t> plane_range(const real_t* x, int64_t n) {
   Vec hi(-std::numeric_limits<real_t>::infinity()), lo(std::numeric_limits<real_t>::infinity());
   int64_t i = 0;
@@ -976,7 +982,7 @@ bool forward_impl(const torch::Tensor& x, const real_t* a_data, bool dense_alpha
           any_negative = true;
           continue;
         }
-        branch->f[plane] = branch->scale / (range.first + 1.f);
+        branch->f[plane] = plane_normaliser(branch->scale, range.first);
         br = branch->plane(plane, channels, taps);
         alpha_plane_out = alpha_map + plane * g.oh * g.ow;
       }
@@ -1360,6 +1366,8 @@ void backward_impl(const torch::Tensor& x, const real_t* a_data, bool dense_alph
                           need_alpha && dense_alpha && branch == nullptr ? ga_data + p * plane_out : nullptr};
       Branch br{};
       if (branch != nullptr) {
+        // the normaliser, as the forward computed it (it checked that the plane has no negative element)
+        branch->f[p] = plane_normaliser(branch->scale, plane_range(xp, g.H * g.W).first);
         br = branch->plane(p, channels, taps);
         plane.branch = &br;
         plane.branch_grad = &branch_grad;
@@ -1439,21 +1447,22 @@ std::vector<torch::Tensor> backward(torch::Tensor x, torch::Tensor alpha, bool d
 
 // The backward of dense_forward: (grad_x (N, C, H, W) through the pooling only (the branch reads x detached), and
 // the branch's parameter gradients per plane (N*C, kh*kw + 3): dk by tap, dslope, dw, db). Saved state: den and y
-// only; the window max and alpha are recomputed from the window (the extra memory kept for the backward is den).
+// only; the window max, alpha and the per-plane normaliser are recomputed from x (the extra memory kept for the
+// backward is den).
 std::vector<torch::Tensor> dense_backward(torch::Tensor x, torch::Tensor den_t, torch::Tensor y_t, torch::Tensor grad_y,
-                                          torch::Tensor f, torch::Tensor k, torch::Tensor slope, torch::Tensor w,
-                                          torch::Tensor b, double lo, double hi, std::vector<int64_t> kernel,
+                                          torch::Tensor k, torch::Tensor slope, torch::Tensor w, torch::Tensor b,
+                                          double lo, double hi, double scale, std::vector<int64_t> kernel,
                                           std::vector<int64_t> stride, std::vector<int64_t> padding) {
   const Geometry g = make_geometry(x, kernel, stride, padding, {den_t.size(2), den_t.size(3)});
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == kRealType && x.is_contiguous() && x.dim() == 4,
               "p_pool2d_cpu: x must be a contiguous 4-D ", kRealName, " CPU tensor");
   check_saved(den_t, y_t, grad_y);
   check_branch(x, g, k, slope, w, b);
-  TORCH_CHECK(f.numel() == x.size(0) * x.size(1) && f.is_contiguous(), "p_pool2d_cpu: f must hold one value per plane");
   auto grad_x = torch::empty_like(x);
   auto partial = torch::empty({x.size(0) * x.size(1), g.kh * g.kw + 3}, x.options());
+  auto f = torch::empty({x.size(0) * x.size(1)}, x.options());  // per plane, filled by backward_impl
   BranchArgs args{k.data_ptr<real_t>(), slope.data_ptr<real_t>(), w.data_ptr<real_t>(), b.data_ptr<real_t>(),
-                  static_cast<real_t>(lo), static_cast<real_t>(hi), 0.f, f.data_ptr<real_t>()};
+                  static_cast<real_t>(lo), static_cast<real_t>(hi), static_cast<real_t>(scale), f.data_ptr<real_t>()};
   backward_impl(x, nullptr, true, g, den_t, y_t, grad_y, true, grad_x.data_ptr<real_t>(), nullptr, &args,
                 partial.data_ptr<real_t>());
   return {grad_x, partial};
