@@ -315,16 +315,19 @@ inline bool all_lanes(const Vec& mask) {
 }
 
 // Alphas just above 1: a ratio r at or above the smallest normal float can have r^a below it (written as 0) while
-// r^(a-1), dx's other factor, is not negligible (a = 1.01, r = 2^-125: r^a = 2^-126.25 is 0, r^(a-1) = 0.42). That
-// needs a < 1 + 24/126 (float: r^(a-1) >= (2^-126)^(a-1) above 2^-24, the rounding of the rest of dx) and a window
-// spanning over 2^105; a vector of windows with such an alpha takes r^(a-1) = 2^((a-1) log2 r), not p / r.
-const Vec kNearOne(1 + static_cast<real_t>(std::numeric_limits<real_t>::digits) /
-                           static_cast<real_t>(1 - std::numeric_limits<real_t>::min_exponent));
+// r^(a-1), dx's other factor, is not negligible (a = 1.01, r = 2^-125: r^a = 2^-126.25 is 0, r^(a-1) = 0.42). Over
+// those r (below 2^(-126/a) in float) r^(a-1) is at most 2^(-126 (a-1)/a), above 2^-24 (the rounding of the rest of
+// dx) for a < 1 / (1 - 24/126) = 1.235 (double: 1 / (1 - 53/1022)), and the window spans over 2^102; a vector of
+// windows with such an alpha takes r^(a-1) = 2^((a-1) log2 r), not p / r.
+const Vec kNearOne(1 / (1 - static_cast<real_t>(std::numeric_limits<real_t>::digits) /
+                                static_cast<real_t>(1 - std::numeric_limits<real_t>::min_exponent)));
 
 // What the backward needs per output, for dx_i = coef_p * p_i - coef_p_over_r * p_i / r_i.
 struct BackwardCoefficients {
   Vec q, g_over_den, a, coef_p, coef_p_over_r, at_zero;
-  bool near_one;  // an alpha in (1, kNearOne) (or NaN) in the vector: p / r as 2^((a-1) log2 r)
+  // an alpha in (1, kNearOne) (or NaN) in the vector, also in a lane that is no output (it costs an exp per window
+  // element, changes nothing): p / r as 2^((a-1) log2 r)
+  bool near_one;
   BackwardCoefficients(const Vec& y, const Vec& den, const Vec& grad, const Vec& alpha, const Normaliser& n)
       : q(y * n.inv_m + n.zero),  // y/m; 1 in an all-zero window
         g_over_den(grad / den),    // den >= 1 on real outputs; the vector tail loads den = 0 and is never stored
@@ -482,7 +485,7 @@ struct RowBuffers {
         run_rows = g.H;
         run_first = g.ph * phase_len + g.pw;
         // pw + run_len <= Wpad + kLanes <= phase_len; with flat outputs (phase_len = Wpad) a run goes on into the
-        // next row's first columns, whose elements are already copied when the splits are taken
+        // next rows (several where Wpad < kLanes), whose elements are already copied when the splits are taken
         run_len = (g.W + kLanes - 1) / kLanes * kLanes;
       }
       if (plane_powers) padded_p.resize(padded.size());  // (plane_powers implies stride 1: direct)
