@@ -87,7 +87,7 @@ class DensePPool2dCPU(torch.autograd.Function):
         taps = window.kernel[0] * window.kernel[1]
         k, slope, w, b = _branch_tensors(conv_weight, prelu_weight, proj_weight, proj_bias, c, taps, x.dtype)
         lo, hi = alpha_range
-        y, alpha, den, _f, stats, negative = ext.dense_forward(  # (_f: the backward computes it again from x)
+        y, alpha, den, stats, negative = ext.dense_forward(
             x, k, slope, w, b, float(lo), float(hi), float(input_scale), list(window.kernel), list(window.stride),
             list(window.padding), [out_h, out_w], need_grad, include_pad)
         if negative:

@@ -921,8 +921,8 @@ inline void forward_row_2x2(const real_t* x_row, const Geometry& g, const AlphaR
 }
 
 // The dense branch's parameters (fp32, contiguous): k (C, kh * kw), slope, w, b (C,), the clamp range, the input
-// scale; and per plane the normaliser f = scale / (max |x| + 1) (plane_normaliser: the forward writes it out, the
-// backward computes it again from the plane, so that nothing per plane is kept for it).
+// scale; and per plane the normaliser f = scale / (max |x| + 1) (plane_normaliser: the forward and the backward
+// each compute it from the plane, so that nothing per plane is kept for the backward).
 struct BranchArgs {
   const real_t *k, *slope, *w, *b;
   real_t lo, hi, scale;
@@ -935,11 +935,6 @@ struct BranchArgs {
 };
 
 // (max, min) of one plane of n values
-inline std::pair<real_t, real_t> plane_range(const real_t* x, int64_t n);
-
-// the branch's normaliser f = scale / (max |x| + 1) of a plane whose minimum is not negative (max |x| = its max)
-inline real_t plane_normaliser(real_t scale, real_t plane_max) { return scale / (plane_max + 1.f); }
-
 inline std::pair<real_t, real_t> plane_range(const real_t* x, int64_t n) {
   Vec hi(-std::numeric_limits<real_t>::infinity()), lo(std::numeric_limits<real_t>::infinity());
   int64_t i = 0;
@@ -961,6 +956,9 @@ inline std::pair<real_t, real_t> plane_range(const real_t* x, int64_t n) {
     h = std::numeric_limits<real_t>::quiet_NaN();
   return {h, l};
 }
+
+// the branch's normaliser f = scale / (max |x| + 1) of a plane whose minimum is not negative (max |x| = its max)
+inline real_t plane_normaliser(real_t scale, real_t plane_max) { return scale / (plane_max + 1.f); }
 
 // y, and den when need_state; with a branch, alpha is computed in the kernel (written to alpha_map) and a
 // plane with a negative x is skipped (flagged: the caller then runs the unfused branch and the shifted pooling).
@@ -1087,10 +1085,10 @@ void check_branch(const torch::Tensor& x, const Geometry& g, const torch::Tensor
               "p_pool2d_cpu: the branch needs k (C, kh*kw) and slope, w, b (C,)");
 }
 
-// P-pooling with the dense alpha of the fused side branch. Returns (y, alpha (N, C, oh, ow), den, f (N*C), the
-// per-plane (sum, min, max) of alpha (N*C, 3), and whether x has a negative element: then nothing else is valid
-// and the caller takes the unfused path).
-std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, bool> dense_forward(
+// P-pooling with the dense alpha of the fused side branch. Returns (y, alpha (N, C, oh, ow), den, the per-plane
+// (sum, min, max) of alpha (N*C, 3), and whether x has a negative element: then nothing else is valid and the caller
+// takes the unfused path).
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, bool> dense_forward(
     torch::Tensor x, torch::Tensor k, torch::Tensor slope, torch::Tensor w, torch::Tensor b, double lo, double hi,
     double scale, std::vector<int64_t> kernel, std::vector<int64_t> stride, std::vector<int64_t> padding,
     std::vector<int64_t> out_size, bool need_state, bool include_pad) {
@@ -1102,14 +1100,14 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Te
   auto y = torch::empty({x.size(0), x.size(1), g.oh, g.ow}, x.options());
   auto alpha = torch::empty_like(y);
   auto den_out = need_state ? torch::empty_like(y) : torch::empty({0}, x.options());  // m: recomputed in backward
-  auto f = torch::empty({x.size(0) * x.size(1)}, x.options());
+  auto f = torch::empty({x.size(0) * x.size(1)}, x.options());  // per plane, for the branch (the backward's own)
   auto stats = torch::empty({x.size(0) * x.size(1), 3}, x.options());
   BranchArgs args{k.data_ptr<real_t>(), slope.data_ptr<real_t>(), w.data_ptr<real_t>(), b.data_ptr<real_t>(),
                   static_cast<real_t>(lo), static_cast<real_t>(hi), static_cast<real_t>(scale), f.data_ptr<real_t>(),
                   stats.data_ptr<real_t>()};
   const bool negative = forward_impl(x, nullptr, true, g, y.data_ptr<real_t>(),
                                      need_state ? den_out.data_ptr<real_t>() : nullptr, &args, alpha.data_ptr<real_t>());
-  return {y, alpha, den_out, f, stats, negative};
+  return {y, alpha, den_out, stats, negative};
 }
 
 // The saved per-output tensors of the backward and where its results go, for one plane.
