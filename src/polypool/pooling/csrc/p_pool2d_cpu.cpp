@@ -474,12 +474,14 @@ struct RowBuffers {
     if (direct) {
       // phase t holds padded columns t, t + sw, ...: ow_padded + (kw - 1) / sw of them are read, and the padded
       // input's own columns must fit (its width rounded up to whole phases)
-      phase_len = std::max(g.ow_padded + (g.kw - 1) / g.sw, (g.Wpad + g.sw - 1) / g.sw) + kLanes;
-      padded.assign(g.sw * g.Hpad * phase_len, 0.f);
+      // (flat outputs: rows Wpad apart, read in whole vectors up to flat_g.ow_padded - 1 + (kh - 1) Wpad + kw - 1 <
+      // Hpad Wpad + kLanes + kw)
       if (flat) {
-        // flat outputs read whole vectors up to flat_g.ow_padded - 1 + (kh - 1) Wpad + kw - 1 < Hpad Wpad + kLanes + kw
         phase_len = g.Wpad;
         padded.assign(g.Hpad * phase_len + 2 * kLanes + g.kw, 0.f);
+      } else {
+        phase_len = std::max(g.ow_padded + (g.kw - 1) / g.sw, (g.Wpad + g.sw - 1) / g.sw) + kLanes;
+        padded.assign(g.sw * g.Hpad * phase_len, 0.f);
       }
       if (g.sw == 1) {
         run_rows = g.H;
@@ -1005,19 +1007,20 @@ bool forward_impl(const torch::Tensor& x, const real_t* a_data, bool dense_alpha
           if (den_data) std::copy_n(buf.flat_den.data() + at, g.ow, den_data + out);
           std::copy_n(buf.flat_alpha.data() + at, g.ow, alpha_plane_out + o * g.ow);
         }
-      }
-      for (int64_t o = 0; o < (buf.flat ? 0 : g.oh); ++o) {
-        const int64_t out = (plane * g.oh + o) * g.ow;
-        real_t* alpha_row_out = alpha_plane_out ? alpha_plane_out + o * g.ow : nullptr;
-        if (tiled) {
-          const AlphaRow a_row{alpha_plane ? alpha_plane + o * g.ow : nullptr, alpha_value, g.ow};
-          forward_row_2x2(xp + 2 * o * g.W, g, a_row, y_data + out, den_data ? den_data + out : nullptr, low, b,
-                          alpha_row_out);
-        } else {
-          buf.gather(xp, g, o);
-          const AlphaRow a_row = b ? AlphaRow{nullptr, 0.f, g.ow} : buf.alpha_row(alpha_plane, alpha_value, g, o);
-          forward_row_general(buf, g, o, a_row, y_data + out, den_data ? den_data + out : nullptr, low, b,
-                              alpha_row_out);
+      } else {
+        for (int64_t o = 0; o < g.oh; ++o) {
+          const int64_t out = (plane * g.oh + o) * g.ow;
+          real_t* alpha_row_out = alpha_plane_out ? alpha_plane_out + o * g.ow : nullptr;
+          if (tiled) {
+            const AlphaRow a_row{alpha_plane ? alpha_plane + o * g.ow : nullptr, alpha_value, g.ow};
+            forward_row_2x2(xp + 2 * o * g.W, g, a_row, y_data + out, den_data ? den_data + out : nullptr, low, b,
+                            alpha_row_out);
+          } else {
+            buf.gather(xp, g, o);
+            const AlphaRow a_row = b ? AlphaRow{nullptr, 0.f, g.ow} : buf.alpha_row(alpha_plane, alpha_value, g, o);
+            forward_row_general(buf, g, o, a_row, y_data + out, den_data ? den_data + out : nullptr, low, b,
+                                alpha_row_out);
+          }
         }
       }
       if (branch != nullptr) {  // the plane's alpha statistics (sum, min, max), from the map just written (cached)
@@ -1393,15 +1396,16 @@ void backward_impl(const torch::Tensor& x, const real_t* a_data, bool dense_alph
         buf.gather(xp, g, 0);
         backward_row_general(buf, buf.flat_g, 0, AlphaRow{nullptr, 0.f, buf.flat_g.ow}, plane, need_alpha,
                              grad_pad.data());
-      }
-      for (int64_t o = 0; o < (buf.flat ? 0 : g.oh); ++o) {
-        if (tiled) {
-          const AlphaRow a_row{alpha_plane ? alpha_plane + o * g.ow : nullptr, alpha_value, g.ow};
-          backward_row_2x2(xp + 2 * o * g.W, g, o, a_row, plane, need_alpha, gx_plane + 2 * o * g.W);
-        } else {
-          buf.gather(xp, g, o);
-          backward_row_general(buf, g, o, buf.alpha_row(alpha_plane, alpha_value, g, o), plane, need_alpha,
-                               grad_pad.data(), gather);
+      } else {
+        for (int64_t o = 0; o < g.oh; ++o) {
+          if (tiled) {
+            const AlphaRow a_row{alpha_plane ? alpha_plane + o * g.ow : nullptr, alpha_value, g.ow};
+            backward_row_2x2(xp + 2 * o * g.W, g, o, a_row, plane, need_alpha, gx_plane + 2 * o * g.W);
+          } else {
+            buf.gather(xp, g, o);
+            backward_row_general(buf, g, o, buf.alpha_row(alpha_plane, alpha_value, g, o), plane, need_alpha,
+                                 grad_pad.data(), gather);
+          }
         }
       }
       if (gather) gather_backward(buf, g, grad_pad.data());
