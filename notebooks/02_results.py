@@ -6,8 +6,9 @@
 # max pooling's**, ours next to the paper's.
 #
 # Which runs: full runs in `results/runs/voc/<backbone>/` when a user has trained them
-# (`./reproduce.sh voc vgg --gpus 4`); otherwise the `--quick` miniature runs in `results/quick/runs/`, which this
-# notebook trains itself when they are missing (`./reproduce.sh voc vgg --quick`, minutes on a CPU). Quick runs are
+# (`./reproduce.sh voc vgg --gpus 4`); otherwise your `--quick` miniature runs in `results/quick/runs/`
+# (`./reproduce.sh voc vgg --quick`, minutes on a CPU), and without those the committed miniature in
+# `results/quick/reference/runs/` (3 seeds, trained when it was committed, not by you). Quick runs are
 # the CPU miniature (README, "The CPU miniature"): VGG16 on a generated detail-heavy VOC-format set, not PASCAL VOC,
 # so their numbers are not comparable with the paper's, and every figure made from them says so in its title.
 
@@ -21,7 +22,7 @@ if "ipykernel" not in __import__("sys").modules:  # as a script: no screen neede
 import matplotlib.pyplot as plt
 import numpy as np
 
-from polypool.notebook_support import QUICK_LABEL, QUICK_OUT, quick_runs, repo_root, save_figure
+from polypool.notebook_support import QUICK_LABEL, quick_runs, repo_root, save_figure
 from polypool.tables import METHODS, Table, load_paper, load_records, quick_note, write_tables
 
 ROOT = repo_root()
@@ -69,7 +70,8 @@ for backbone, (table, kind) in tables.items():
     if kind == "none":
         print(f"voc/{backbone}: no runs yet; the chart below shows the paper's rows only.")
         continue
-    out = ROOT / (QUICK_OUT if kind == "quick" else Path("results")) / f"voc_{backbone}"
+    # quick: next to the records read (your results/quick/runs, else the committed results/quick/reference/runs)
+    out = (quick_runs().parent if kind == "quick" else ROOT / "results") / f"voc_{backbone}"
     # as reproduce.sh writes them: the quick note, and no paper rows beside a generated set's numbers
     note, paper = (quick_note(table), None) if kind == "quick" else ("", load_paper("voc", backbone))
     show_markdown(write_tables(table, paper, out, note))

@@ -97,12 +97,23 @@ def test_two_runs_side_by_side_write_records_and_the_table_and_a_second_call_doe
                      r"elapsed \d+:\d\d:\d\d \| ETA \d+:\d\d:\d\d$", log, re.MULTILINE), log[-3000:]
     progress = json.loads((out / "logs/voc/vgg/ppool/0/progress.json").read_text())
     assert progress["step"] == 4 and progress["max_steps"] == 4 and progress["miou"] is not None
-    # again: nothing to train, records untouched
+    # the user's rows are the runs trained now; the committed miniature is a section of its own (issue 31, section 0)
+    assert "Trained by this sweep: max seed 0, ppool seed 0." in table
+    assert "**committed reference (results/quick/reference/runs, 3 seed(s)" in table
+    # again: nothing to train, records untouched, and nothing pre-trained for runs that will not happen
     stamps = {p: (out / f"runs/voc/vgg/{p}/0.json").stat().st_mtime_ns for p in ("max", "ppool")}
-    again = reproduce(*args, env=cpu_env(tmp))
+    data_root = Path(args[args.index("--data.init_args.root") + 1])
+    (data_root / "pretrained_max.ckpt").rename(data_root / "pretrained_max.aside")
+    try:
+        again = reproduce(*args, env=cpu_env(tmp))
+        assert not (data_root / "pretrained_max.ckpt").exists()
+    finally:
+        (data_root / "pretrained_max.aside").replace(data_root / "pretrained_max.ckpt")
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count(": done (") == 2 and "run(s) to train" not in again.stdout
+    assert "quick: training the shared" not in again.stdout and "nothing to train" in again.stdout
     assert "0 run(s) trained" in again.stdout
+    assert "Trained by this sweep: none." in (out / "voc_vgg.md").read_text()
     assert stamps == {p: (out / f"runs/voc/vgg/{p}/0.json").stat().st_mtime_ns for p in ("max", "ppool")}
 
 

@@ -605,3 +605,24 @@ def test_identical_runs_are_no_clear_difference(tmp_path):
             write_detail_record(root, method, seed, 0.4 + seed / 100, 0.3, 0.2)
     line = next(line for line in findings(load_records(root, "voc", "vgg")) if line.startswith("P-pooling vs Max"))
     assert "mIoU +0.0 [+0.0, +0.0] (no clear difference)" in line and "(better)" not in line
+
+
+def test_a_committed_reference_is_a_section_of_its_own_and_the_table_names_the_runs_trained_now(tmp_path):
+    """reproduce.sh --quick's table (issue 31, section 0): the committed miniature is shown apart from the user's rows,
+    never counted as them, and the provenance says which rows this sweep trained and which it read."""
+    ours, reference = tmp_path / "runs", tmp_path / "reference"
+    write_detail_record(ours, "max", 0, 0.5, 0.25, 0.125)
+    write_detail_record(ours, "ppool", 0, 0.6, 0.375, 0.5)
+    for seed, miou in ((0, 0.7), (1, 0.8)):
+        write_detail_record(reference, "avg", seed, miou, 0.25, 0.25)
+    text = main(["--runs", str(ours), "--dataset", "voc", "--backbone", "vgg", "--out", str(tmp_path / "t"),
+                 "--quick", "--reference", str(reference), "--trained", "ppool seed 0"])
+    mine, committed = text.split("**committed reference (")
+    assert "| Average | - |" in mine  # the reference's Average is not one of the user's rows
+    assert "2 seed(s); trained when it was committed, not by this sweep)**" in committed
+    assert "| mIoU | bIoU | trimap 1px | trimap 4px | trimap 16px |" in committed
+    assert "| Average | **75.0 ± 7.1** | **25.0 ± 0.0** | **25.0 ± 0.0** | **35.0 ± 0.0** | **45.0 ± 0.0** |" in committed
+    assert "| Max | - |" in committed
+    assert f"Trained by this sweep: ppool seed 0. Read from records of earlier sweeps in {ours}: Max seed 0." in mine
+    csv_rows = (tmp_path / "t.csv").read_text().splitlines()
+    assert any(row.startswith('"committed reference') and ",Average," in row for row in csv_rows)

@@ -61,21 +61,24 @@ def _run(command: Sequence[str]) -> None:
 
 
 def quick_runs(dataset: str = "voc", backbone: str = "vgg") -> Path:
-    """``results/quick/runs`` with a record for every pooling of the table; runs ``./reproduce.sh voc vgg --quick
-    --workers 2`` first when one is missing (two runs side by side; finished runs are skipped)."""
-    runs = repo_root() / QUICK_OUT / "runs"
+    """``results/quick/runs`` when it holds a record for every pooling of the table (your own ``--quick`` runs), else
+    the committed reference's records (``results/quick/reference/runs``, :data:`polypool.quick.REFERENCE`), which are
+    read, never trained: ``./reproduce.sh voc vgg --quick`` trains your own."""
+    from .quick import REFERENCE
+
     poolings = ("max", "avg", "strided_conv", "gated", "dpp", "ppool")
-    if not all((runs / dataset / backbone / p / "0.json").is_file() for p in poolings):
-        extra = quick_overrides()
-        _run(["bash", "reproduce.sh", dataset, backbone, "--quick", "--workers", "2",
-              *(["--", *extra] if extra else [])])
-    return runs
+    for runs in (repo_root() / QUICK_OUT / "runs", repo_root() / REFERENCE / "runs"):
+        if all((runs / dataset / backbone / p / "0.json").is_file() for p in poolings):
+            return runs
+    extra = quick_overrides()
+    _run(["bash", "reproduce.sh", dataset, backbone, "--quick", "--workers", "2", *(["--", *extra] if extra else [])])
+    return repo_root() / QUICK_OUT / "runs"
 
 
 def quick_log_dir(pooling: str, dataset: str = "voc", backbone: str = "vgg", seed: int = 0) -> Path:
     """The ``trainer.default_root_dir`` of one quick run (checkpoints, metrics.csv, alpha_history.jsonl). The run
     records are committed but their checkpoints are not: in a fresh clone the same run (pooling, seed, recipe, shared
-    network) is trained again beside them, in ``results/quick/logs/extra``, leaving the committed record as it is."""
+    network) is trained again beside them, in ``results/quick/logs/extra``, leaving the records as they are."""
     quick_runs(dataset, backbone)
     log_dir = repo_root() / QUICK_OUT / "logs" / dataset / backbone / pooling / str(seed)
     if any((log_dir / "checkpoints").glob("*.ckpt")):

@@ -1120,11 +1120,19 @@ def print_status(sweep: Sweep, say=print) -> list[RunStatus]:
     return statuses
 
 
-def build_table(sweep: Sweep, failed: list[RunStatus]) -> None:
+def build_table(sweep: Sweep, failed: list[RunStatus], trained: Sequence[Run] = ()) -> None:
+    """``python -m polypool.tables`` over the sweep's records; the table names the runs ``trained`` now, and a
+    --quick table shows the committed reference (:data:`polypool.quick.REFERENCE`) apart from the user's rows."""
+    from .quick import REFERENCE
+
     command = [sys.executable, "-m", "polypool.tables", "--runs", str(sweep.runs_root), "--dataset", sweep.dataset,
-               "--backbone", sweep.config_name, "--out", str(sweep.table_stem)]
+               "--backbone", sweep.config_name, "--out", str(sweep.table_stem),
+               "--trained", ",".join(run.name for run in trained)]
     if sweep.quick:
         command.append("--quick")
+        reference = REFERENCE / "runs"
+        if reference.is_dir() and reference.resolve() != sweep.runs_root.resolve():
+            command += ["--reference", str(reference)]
     if failed:
         command += ["--note", "Failed runs (shown as -): " + ", ".join(
             f"{s.run.name} (log: {s.run.log_path()})" for s in failed) + "."]
@@ -1163,9 +1171,6 @@ def _main(args: argparse.Namespace, extra: list[str]) -> int:
         print(f"{PROG}: prefetch done: the runs of {sweep.dataset}/{sweep.config_name} find their data and weights "
               f"(run them with --offline on a node without internet)")
         return 0
-    prepare_data(sweep)
-    ensure_weights(sweep.values(), sweep.offline, say=lambda line: print(f"== {line}"))
-
     statuses = plan(sweep)
     todo = []
     for status in statuses:
@@ -1178,10 +1183,16 @@ def _main(args: argparse.Namespace, extra: list[str]) -> int:
         else:
             todo.append((run, run.last_ckpt.is_file()))
     if todo:
+        # the data, the quick pre-training and the weights only when a run will use them
+        prepare_data(sweep)
+        ensure_weights(sweep.values(), sweep.offline, say=lambda line: print(f"== {line}"))
         mode = (f"as {len(todo)} job(s) ({args.slurm_cluster})" if args.slurm else
                 f"{sweep.workers} at a time" + (f", {sweep.gpus_per_run} GPU(s) each" if sweep.gpus_per_run else
                                                  " on the CPU"))
         print(f"== {len(todo)} run(s) to train, {mode}")
+    else:
+        print(f"== every run of {sweep.dataset}/{sweep.config_name} has its record in {sweep.runs_root}: nothing to "
+              f"train (delete a record, or pass --out DIR, to train it again); rebuilding the table from them")
     try:
         outcomes = run_slurm(sweep, todo, args) if args.slurm else run_local(sweep, todo, poll_s=args.poll_s)
     except _Stop as stop:
@@ -1192,8 +1203,8 @@ def _main(args: argparse.Namespace, extra: list[str]) -> int:
     statuses = plan(sweep)
     failed = [s for s in statuses if s.state == "failed"]
     waiting = [s for s in statuses if s.state == "running"]
-    build_table(sweep, failed)
     trained = [o for o in outcomes if o.seconds]
+    build_table(sweep, failed, [o.run for o in trained if o.ok])
     gpu_hours = sum(o.seconds * o.gpus for o in trained) / 3600
     table = sweep.table_stem.with_suffix(".md")
     print(f"{PROG}: done in {time.time() - start:.0f} s; {len(trained)} run(s) trained, "

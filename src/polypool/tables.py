@@ -419,6 +419,18 @@ def quick_note(table: Table, extra: str = "") -> str:
     return " ".join(parts + ([extra] if extra else [])) + "\n\n" + "\n".join(f"- {line}" for line in findings(table))
 
 
+def trained_note(table: Table, runs_root: Path, trained: str) -> str:
+    """Which of the table's runs this sweep trained now and which it read from records already in ``runs_root``."""
+    now = {name.strip() for name in trained.split(",") if name.strip()}
+    labels = dict(METHODS)
+    read = [f"{labels[m]} seed {r.get('seed')}" for m, rs in table.records.items() for r in rs
+            if f"{m} seed {r.get('seed')}" not in now]
+    parts = [f"Trained by this sweep: {', '.join(sorted(now)) if now else 'none'}."]
+    if read:
+        parts.append(f"Read from records of earlier sweeps in {runs_root}: {', '.join(read)}.")
+    return " ".join(parts)
+
+
 def missing_runs(table: Table) -> list[str]:
     return [label for method, label in METHODS if not table.runs.get(method)]
 
@@ -438,14 +450,31 @@ def latex(title: str, columns: Sequence[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def write_tables(ours: Table, paper: Optional[Table], out_stem: Path, note: str = "") -> str:
+def reference_rows(ours: Table, reference: Table) -> tuple[list[str], list[list[str]]]:
+    """The summary columns (mIoU and the detail metrics) of a committed reference's rows, beside ours: the columns
+    and one row per method (mean ± std over its seeds; a dash where the reference has no run)."""
+    columns = ["mean"] + [c for c in reference.detail_columns if c in ours.detail_columns or not ours.detail_columns]
+    summary = Table(columns=columns)
+    for method, runs in reference.runs.items():
+        details = reference.detail.get(method, [np.full(len(reference.detail_columns), np.nan)] * len(runs))
+        summary.runs[method] = [np.concatenate([[run[-1]], [d[reference.detail_columns.index(c)] for c in columns[1:]]])
+                                for run, d in zip(runs, details)]
+    return ["mIoU"] + columns[1:], render_rows(summary, "md")
+
+
+def write_tables(ours: Table, paper: Optional[Table], out_stem: Path, note: str = "",
+                 reference: Optional[tuple[str, Table]] = None) -> str:
     """Write ``<out_stem>.{md,csv,tex}``; returns the markdown. Our rows carry the detail columns (Boundary IoU,
-    trimap mIoU) after the paper's; with 3+ seeds a section gives each pooling's paired difference against Max."""
+    trimap mIoU) after the paper's; with 3+ seeds a section gives each pooling's paired difference against Max.
+    ``reference`` = (its title, its table): rows trained elsewhere (the committed miniature), shown apart from ours,
+    never mixed into them."""
     ours_columns = ours.columns + ours.detail_columns
     sections = [("ours", ours_columns, render_rows(ours, "md", detail=True))]
     if paper is not None:
         sections += [("paper (supplement)", ours.columns, render_rows(paper, "md")),
                      ("ours - paper", ours.columns, delta_rows(ours, paper))]
+    if reference is not None:
+        sections.append((reference[0], *reference_rows(ours, reference[1])))
     differences = paired_differences(ours)
     if differences:
         metrics, rows = paired_rows(differences)
@@ -474,6 +503,9 @@ def write_tables(ours: Table, paper: Optional[Table], out_stem: Path, note: str 
         if differences:
             writer.writerow(["paired vs max", "method"] + metrics)
             writer.writerows([["paired vs max"] + r for r in rows])
+        if reference is not None:
+            writer.writerow([reference[0], "method"] + sections[-1 - bool(differences)][1])
+            writer.writerows([[reference[0]] + r for r in sections[-1 - bool(differences)][2]])
     tex = [latex(title, columns, render_rows(ours, "tex", detail=True) if title == "ours" else (
         render_rows(paper, "tex") if title.startswith("paper") else rows)) for title, columns, rows in sections]
     out_stem.with_suffix(".tex").write_text("\n\n".join(tex) + "\n")
@@ -492,6 +524,10 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     parser.add_argument("--out", type=Path, help="output stem (default results/<dataset>_<backbone>)")
     parser.add_argument("--note", default="", help="a line printed above the tables (e.g. 'miniature run')")
     parser.add_argument("--quick", action="store_true", help="note that these are reproduce.sh --quick runs")
+    parser.add_argument("--reference", type=Path,
+                        help="run records trained elsewhere (results/quick/reference/runs), shown beside ours")
+    parser.add_argument("--trained", help="the runs this sweep trained now, comma-separated ('max seed 0,...'): the "
+                                          "table says which rows were trained now and which were read from records")
     args = parser.parse_args(argv)
     if args.wandb:
         ours = load_wandb(args.wandb, args.dataset, args.backbone)
@@ -504,7 +540,17 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     key = paper_table_key(args.dataset, args.backbone)
     # the miniature's generated set is not PASCAL VOC: no paper rows, no differences to them
     paper = load_paper(*key) if key in PAPER_TABLES and not args.quick else None
-    text = write_tables(ours, paper, args.out or Path("results") / f"{args.dataset}_{args.backbone}", args.note)
+    if args.trained is not None:
+        args.note = " ".join(filter(None, [args.note, trained_note(ours, args.runs, args.trained)]))
+    reference = None
+    if args.reference is not None:
+        committed = load_records(args.reference, args.dataset, args.backbone)
+        if committed.runs:
+            seeds = max(len(r) for r in committed.runs.values())
+            reference = (f"committed reference ({args.reference}, {seeds} seed(s); trained when it was committed, "
+                         f"not by this sweep)", committed)
+    text = write_tables(ours, paper, args.out or Path("results") / f"{args.dataset}_{args.backbone}", args.note,
+                        reference)
     print(text)
     return text
 
