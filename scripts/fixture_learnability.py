@@ -71,7 +71,7 @@ def run(minutes: float, backbone: str, n_train: int, n_val: int, seed: int, max_
         matrix = torch.zeros(dm.num_classes, dm.num_classes, dtype=torch.long)
         background_only = torch.zeros_like(matrix)
         with torch.no_grad():
-            for images, masks in dm.val_dataloader():
+            for images, masks, _ in dm.val_dataloader():
                 matrix += confusion(model(images).argmax(1).flatten(), masks.flatten(), dm.num_classes)
                 background_only += confusion(torch.zeros_like(masks).flatten(), masks.flatten(), dm.num_classes)
     value, _ = miou(matrix)

@@ -70,7 +70,7 @@ def torchmetrics_iou_of(model, datamodule):
     metric = MulticlassJaccardIndex(21, average=None, ignore_index=255, zero_division=float("nan"))
     was_training = model.training
     model.eval()
-    for images, masks in datamodule.val_dataloader():
+    for images, masks, _ in datamodule.val_dataloader():
         metric.update(model(images).argmax(1), masks)
     model.train(was_training)
     return metric.compute()

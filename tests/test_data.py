@@ -62,8 +62,9 @@ def test_voc_batches_have_the_right_shapes_types_and_labels(voc_root):
     assert masks.shape == (4, 48, 48) and masks.dtype == torch.int64
     values = set(masks.unique().tolist())
     assert values <= set(range(21)) | {255} and len(values - {0, 255}) > 0
-    images, masks = next(iter(dm.val_dataloader()))
+    images, masks, sizes = next(iter(dm.val_dataloader()))
     assert images.shape == (1, 3, 96, 128)  # full resolution
+    assert sizes.tolist() == [[96, 128]]
     assert 255 in masks.unique()  # VOC's boundary band is kept, as ignore
 
 
@@ -273,9 +274,10 @@ def test_transforms_are_deterministic_under_a_seed():
 def test_pad_collate_pads_masks_with_ignore():
     a = (torch.zeros(3, 5, 7), torch.zeros(5, 7, dtype=torch.long))
     b = (torch.ones(3, 8, 4), torch.ones(8, 4, dtype=torch.long))
-    images, masks = pad_collate([a, b], size_divisor=8)
+    images, masks, sizes = pad_collate([a, b], size_divisor=8)
     assert images.shape == (2, 3, 8, 8) and masks.shape == (2, 8, 8)
     assert (masks[0, 5:] == 255).all() and (masks[1, :, 4:] == 255).all() and (masks[1, :, :4] == 1).all()
+    assert sizes.tolist() == [[5, 7], [8, 4]]  # each image's own size, for the detail metrics
 
 
 # --- bad input: each a clear error naming the file and the fix -----------------------------------------------------
@@ -480,7 +482,7 @@ def test_train_transform_flips_unless_told_not_to():
 def test_pad_collate_keeps_the_image_dtype_and_values():
     a = (torch.full((3, 2, 3), 0.25, dtype=torch.float64), torch.zeros(2, 3, dtype=torch.long))
     b = (torch.full((3, 3, 2), -1.5, dtype=torch.float64), torch.ones(3, 2, dtype=torch.long))
-    images, masks = pad_collate([a, b])  # size_divisor 1 by default: no rounding up
+    images, masks, _ = pad_collate([a, b])  # size_divisor 1 by default: no rounding up
     assert images.shape == (2, 3, 3, 3) and masks.shape == (2, 3, 3)
     assert images.dtype == torch.float64 and masks.dtype == torch.long
     assert images[0, :, :2, :3].eq(0.25).all() and images[1, :, :3, :2].eq(-1.5).all()

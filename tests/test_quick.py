@@ -34,7 +34,7 @@ def test_the_detail_set_is_reproducible_and_in_the_official_layout(detail_root, 
     module = VOCSegmentationDataModule(detail_root, batch_size=2, num_workers=0, crop_size=64, train_split="train",
                                        mean=(0.5,) * 3, std=(0.5,) * 3)
     module.setup("fit")
-    _, masks = next(iter(module.val_dataloader()))
+    _, masks, _ = next(iter(module.val_dataloader()))
     labels = set(masks.unique().tolist())
     assert labels <= {0, IGNORE_INDEX} | set(DETAIL_CLASSES.values()) and len(labels) >= 4
 

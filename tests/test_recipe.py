@@ -387,7 +387,7 @@ def miou_by_hand(model, datamodule, flip: bool) -> float:
     the flipped image flipped back when ``flip``."""
     confusion = torch.zeros(21, 21, dtype=torch.long)
     with torch.no_grad():
-        for images, masks in datamodule.val_dataloader():
+        for images, masks, _ in datamodule.val_dataloader():
             probs = model(images).softmax(1)
             if flip:
                 probs = probs + model(images.flip(-1)).flip(-1).softmax(1)

@@ -142,11 +142,12 @@ def final_evaluation(trainer, pl_module) -> dict[str, Any]:
     pl_module.eval()
     try:
         with trainer.precision_plugin.forward_context():
-            for images, masks in datamodule.val_dataloader():
+            for images, masks, sizes in datamodule.val_dataloader():
                 images, masks = images.to(device), masks.to(device)
                 preds = pl_module.evaluation_prediction(images)
-                for metric in (iou_metric, boundary_metric, trimap_metric):
-                    metric.update(preds, masks)
+                iou_metric.update(preds, masks)  # the padding is 255: ignored
+                for metric in (boundary_metric, trimap_metric):  # each image at its own size
+                    metric.update(preds, masks, sizes)
         iou = iou_metric.compute().detach().float().cpu()
         boundary = boundary_metric.compute().cpu()
         trimap = trimap_metric.compute().cpu()
@@ -313,7 +314,7 @@ class QualitativePanel(L.Callback):
             return
         import wandb
 
-        images, masks = batch
+        images, masks = batch[:2]
         with torch.no_grad():
             preds = pl_module(images[: self.num_images]).argmax(1)
         panel = make_panel(images[: self.num_images], masks[: self.num_images], preds, trainer.datamodule)

@@ -2,14 +2,22 @@
 
 Both are computed with torch ops only (max-pool erosion and dilation), so they run on the GPU and reduce over DDP
 ranks like the mIoU; pixels labelled ``ignore_index`` count nowhere. Distances are chessboard distances (a
-(2d+1) x (2d+1) square), as the OpenCV erosion of the Boundary IoU reference code; the image border counts as a
-contour (the mask is padded with background).
+(2d+1) x (2d+1) square). Each image is measured at its own size: ``update(preds, target, sizes)`` takes the real
+(height, width) of each image of a padded batch and crops it first (:func:`unpadded`), so neither d nor the bands
+see the padding.
 
-* :class:`BoundaryIoU` (Cheng et al., CVPR 2021): per class, |G_d ∩ P_d| / |G_d ∪ P_d|, where G_d (P_d) are the
-  pixels of the ground-truth (predicted) mask of the class within d pixels of that mask's own contour, d =
-  ``dilation_ratio`` x the image diagonal (rounded up, at least 1). Summed over the dataset before the division.
-* :class:`TrimapIoU` (DeepLab's trimap experiment): the mIoU over the pixels within w pixels of a ground-truth
-  boundary (a pixel whose 3x3 neighbourhood holds another label, 255 included), for each band width w.
+* :class:`BoundaryIoU` (Cheng et al., CVPR 2021), as the official ``mask_to_boundary`` (bowenc0221/boundary-iou-api,
+  ``boundary_iou/utils/boundary_utils.py``): per class, |G_d ∩ P_d| / |G_d ∪ P_d|, where G_d (P_d) are the pixels
+  of the ground-truth (predicted) mask of the class within d pixels of that mask's contour, the image border
+  counting as contour, and d = ``round(dilation_ratio`` x the image diagonal``)``, at least 1 (Python's ``round``, as
+  the official code). Summed over the dataset before the division.
+* :class:`TrimapIoU` (DeepLab's trimap experiment, ``MyVOCevalsegBoundary.m`` of deeplab-public-ver2): the IoU over
+  the non-void pixels within w pixels of a void (``ignore_index``) pixel, for each band width w: on PASCAL VOC, whose
+  objects are outlined by a void band, exactly DeepLab's band. Where two labels meet without void between them
+  (Cityscapes, ADE20K, touching objects), the pixels on either side of the change are 1 px from it, as a pixel next
+  to a void band is: the band also takes the non-void pixels within w - 1 px of a pixel whose 3x3 neighbourhood holds
+  another non-void label. ``compute()`` gives per-class IoU; the tables average the classes with ``nanmean`` (classes
+  absent from a band in truth and prediction are skipped), where DeepLab's script takes a plain mean over all 21.
 """
 
 from __future__ import annotations
@@ -44,12 +52,40 @@ def inner_boundary(masks: Tensor, width: int) -> Tensor:
     return masks & ~erode(masks, width)
 
 
-def label_boundary(target: Tensor) -> Tensor:
-    """Pixels of a label map (N, H, W) whose 3x3 neighbourhood holds another label (the image edge does not)."""
-    t = target[:, None].float()
-    high = F.max_pool2d(F.pad(t, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-    low = -F.max_pool2d(F.pad(-t, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-    return (high != low)[:, 0]
+def label_change(target: Tensor, ignore_index: int = 255) -> Tensor:
+    """Non-void pixels of a label map (N, H, W) whose 3x3 neighbourhood holds another non-void label (the image
+    edge does not count)."""
+    valid = target != ignore_index
+    high_source = torch.where(valid, target, torch.full_like(target, -1))[:, None].float()
+    low_source = torch.where(valid, target, torch.full_like(target, 1 << 20))[:, None].float()
+    high = F.max_pool2d(F.pad(high_source, (1, 1, 1, 1), value=-1.0), 3, stride=1)[:, 0]
+    low = -F.max_pool2d(F.pad(-low_source, (1, 1, 1, 1), value=-float(1 << 20)), 3, stride=1)[:, 0]
+    own = target.float()
+    return valid & ((high > own) | (low < own))
+
+
+def trimap_band(target: Tensor, width: int, ignore_index: int = 255) -> Tensor:
+    """The non-void pixels within ``width`` px of a void pixel (DeepLab's band: ``imdilate`` of the void mask with a
+    (2w+1) square, outside the image not void) or within ``width`` - 1 px of a :func:`label_change` pixel."""
+    void = target == ignore_index
+    return (dilate(void, width) | dilate(label_change(target, ignore_index), width - 1)) & ~void
+
+
+def unpadded(preds: Tensor, target: Tensor, sizes: Tensor | None):
+    """(pred, target) class maps (1, h, w) of each image of a batch, cropped to its real ``sizes`` (N, 2) when the
+    batch was padded (:func:`polypool.data.transforms.pad_collate`); the whole batch at once without ``sizes``."""
+    if preds.shape != target.shape or preds.ndim != 3:
+        raise ValueError(f"preds and target must be class maps of the same shape (N, H, W), got "
+                         f"{tuple(preds.shape)} and {tuple(target.shape)}")
+    if sizes is None:
+        yield preds, target
+        return
+    if len(sizes) != len(target):
+        raise ValueError(f"sizes must give one (height, width) per image: {len(sizes)} for {len(target)} images")
+    for i, (height, width) in enumerate(sizes.tolist()):
+        if not (0 < height <= target.shape[-2] and 0 < width <= target.shape[-1]):
+            raise ValueError(f"image {i}'s size {(height, width)} does not fit the batch's {tuple(target.shape[-2:])}")
+        yield preds[i: i + 1, :height, :width], target[i: i + 1, :height, :width]
 
 
 class BoundaryIoU(Metric):
@@ -67,12 +103,17 @@ class BoundaryIoU(Metric):
         self.add_state("union", torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
 
     def boundary_width(self, height: int, width: int) -> int:
-        return max(1, math.ceil(self.dilation_ratio * math.hypot(height, width)))
+        """d of an image of ``height`` x ``width``: ``int(round(ratio * diagonal))``, at least 1, as the official
+        ``mask_to_boundary`` (Python's round: halves to even)."""
+        return max(1, int(round(self.dilation_ratio * math.hypot(height, width))))
 
-    def update(self, preds: Tensor, target: Tensor) -> None:
-        if preds.shape != target.shape or preds.ndim != 3:
-            raise ValueError(f"preds and target must be class maps of the same shape (N, H, W), got "
-                             f"{tuple(preds.shape)} and {tuple(target.shape)}")
+    def update(self, preds: Tensor, target: Tensor, sizes: Tensor | None = None) -> None:
+        """Class maps (N, H, W); ``sizes`` (N, 2): each image's real size in a padded batch (d and the boundaries are
+        those of the image, not of the padded map)."""
+        for pred_maps, target_maps in unpadded(preds, target, sizes):
+            self._update(pred_maps, target_maps)
+
+    def _update(self, preds: Tensor, target: Tensor) -> None:
         d = self.boundary_width(*target.shape[-2:])
         valid = target != self.ignore_index
         for c in range(self.num_classes):
@@ -89,7 +130,8 @@ class BoundaryIoU(Metric):
 
 
 class TrimapIoU(Metric):
-    """mIoU within bands of ``widths`` pixels around the ground-truth boundaries: ``compute()`` returns a tensor
+    """mIoU within bands of ``widths`` pixels around the ground-truth boundaries (:func:`trimap_band`): ``compute()``
+    returns a tensor
     (len(widths), num_classes) of per-class IoU (NaN for a class absent from a band in truth and prediction); the
     trimap mIoU of width w is the nanmean of its row."""
 
@@ -104,14 +146,15 @@ class TrimapIoU(Metric):
         self.add_state("confmat", torch.zeros(len(self.widths), num_classes, num_classes, dtype=torch.long),
                        dist_reduce_fx="sum")
 
-    def update(self, preds: Tensor, target: Tensor) -> None:
-        if preds.shape != target.shape or preds.ndim != 3:
-            raise ValueError(f"preds and target must be class maps of the same shape (N, H, W), got "
-                             f"{tuple(preds.shape)} and {tuple(target.shape)}")
-        boundary = label_boundary(target)
-        valid = target != self.ignore_index
+    def update(self, preds: Tensor, target: Tensor, sizes: Tensor | None = None) -> None:
+        """Class maps (N, H, W); ``sizes`` (N, 2): each image's real size in a padded batch (the padding, void in the
+        target, would otherwise put the image's real edges into every band)."""
+        for pred_maps, target_maps in unpadded(preds, target, sizes):
+            self._update(pred_maps, target_maps)
+
+    def _update(self, preds: Tensor, target: Tensor) -> None:
         for i, w in enumerate(self.widths):
-            band = dilate(boundary, w) & valid
+            band = trimap_band(target, w, self.ignore_index)
             index = target[band] * self.num_classes + preds[band].clamp(0, self.num_classes - 1)
             self.confmat[i] += torch.bincount(index, minlength=self.num_classes ** 2).view(
                 self.num_classes, self.num_classes)

@@ -127,15 +127,18 @@ def val_transform(mean, std) -> Compose:
     return Compose([Normalize(mean, std)])
 
 
-def pad_collate(batch: Sequence[Sample], size_divisor: int = 1) -> Sample:
+def pad_collate(batch: Sequence[Sample], size_divisor: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Stack samples of different sizes: pad to the largest (rounded up to ``size_divisor``) at the bottom/right,
-    images with 0 (the mean, after normalising) and masks with 255 (ignored by the loss and the metric)."""
+    images with 0 (the mean, after normalising) and masks with 255 (ignored by the loss and the metric). Returns
+    ``(images, masks, sizes)``, ``sizes`` (N, 2) the real (height, width) of each image, so that the metrics measure
+    each image at its own size (:func:`polypool.metrics.unpadded`)."""
     height = max(image.shape[-2] for image, _ in batch)
     width = max(image.shape[-1] for image, _ in batch)
     height, width = (math.ceil(height / size_divisor) * size_divisor, math.ceil(width / size_divisor) * size_divisor)
     images = torch.zeros(len(batch), batch[0][0].shape[0], height, width, dtype=batch[0][0].dtype)
     masks = torch.full((len(batch), height, width), IGNORE_INDEX, dtype=torch.long)
+    sizes = torch.tensor([tuple(mask.shape[-2:]) for _, mask in batch], dtype=torch.long).view(len(batch), 2)
     for i, (image, mask) in enumerate(batch):
         images[i, :, :image.shape[-2], :image.shape[-1]] = image
         masks[i, :mask.shape[-2], :mask.shape[-1]] = mask
-    return images, masks
+    return images, masks, sizes

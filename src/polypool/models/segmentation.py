@@ -209,10 +209,10 @@ class SegmentationModel(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        images, masks = batch
+        images, masks = batch[:2]  # (images, masks, sizes): pad_collate's padded batch
         logits = self(images)
         self.log("val/loss", self.loss(logits, masks), sync_dist=True)
-        self.val_iou.update(self.evaluation_prediction(images, logits), masks)
+        self.val_iou.update(self.evaluation_prediction(images, logits), masks)  # the padding is 255: ignored
         if batch_idx == 0 and self._wandb_runs():
             self._log_dense_alpha_maps(images)
 
