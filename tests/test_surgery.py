@@ -165,6 +165,20 @@ def test_ppool_carries_count_include_pad_false_over():
     assert model.get_submodule("features.6.branch3.0").count_include_pad is False
 
 
+def test_average_sites_that_leave_the_padding_out_swap_to_max():
+    """Max pooling pads with -inf and counts no padding, so an AvgPool2d(count_include_pad=False) site swaps to max
+    like any other (issue 29, section 6: timm's inception_resnet_v2 raised here)."""
+    model = nn.Sequential(nn.AvgPool2d(3, 1, 1, count_include_pad=False))
+    report = swap_pooling(model, "max", input_size=(2, 6, 6))
+    assert len(report.swapped) == 1 and isinstance(model[0], nn.MaxPool2d)
+    x = torch.randn(1, 2, 6, 6)
+    torch.testing.assert_close(model(x), torch.nn.functional.max_pool2d(x, 3, 1, 1))
+    timm_model = timm.create_model("inception_resnet_v2", pretrained=False).eval()
+    report = swap_pooling(timm_model, {"max": "max", "avg": "max"}, input_size=(3, 96, 96))  # max_all
+    assert [s.name for s in report.swapped if s.kind == "avg"] == ["mixed_5b.branch3.0"]
+    assert isinstance(timm_model.get_submodule("mixed_5b.branch3.0"), nn.MaxPool2d)
+
+
 class TrainingBranch(nn.Module):
     """A block whose forward pools differently in training and in eval."""
 

@@ -48,7 +48,8 @@ def build_pooling(name: str, kernel_size: IntOrPair, stride: Optional[IntOrPair]
     """Build pooling ``name`` with ``nn.MaxPool2d``'s window arguments; ``kwargs`` are the layer's own options.
 
     ``count_include_pad`` (from an average-pooling site) is passed on to the layers that have it (avg, gated,
-    mixed, P-pooling, DPP, Lp: each a weighted mean over the window); Strided-C, a learned convolution in which
+    mixed, P-pooling, DPP, Lp: each a weighted mean over the window) and dropped for max pooling, which pads with
+    -inf and counts no padding whatever the flag; Strided-C, a learned convolution in which
     "the padding not counted" has no meaning, raises for ``count_include_pad=False`` with non-zero padding, rather
     than silently changing the site's border behaviour.
     """
@@ -58,6 +59,8 @@ def build_pooling(name: str, kernel_size: IntOrPair, stride: Optional[IntOrPair]
     if count_include_pad is not None:
         if "count_include_pad" in accepted:
             kwargs["count_include_pad"] = count_include_pad
+        elif name == "max":
+            pass  # max pooling pads with -inf and never counts the padding: the flag means nothing to it
         elif not count_include_pad and to_pair(padding, "padding") != (0, 0):
             # Without padding the flag changes nothing (a ceil-mode overhang is never counted), so only padded
             # windows are a problem.
