@@ -36,7 +36,8 @@ def voc_root(tmp_path_factory):
 
 def test_the_paper_configs_exist():
     assert BASE_CONFIGS == ["configs/ade20k/inception.yaml", "configs/cityscapes/inception.yaml",
-                            "configs/voc/resnet.yaml", "configs/voc/resnet101_deeplabv2.yaml", "configs/voc/vgg.yaml",
+                            "configs/voc/resnet.yaml", "configs/voc/resnet101_deeplabv2.yaml",
+                            "configs/voc/resnet_deeplabv3.yaml", "configs/voc/vgg.yaml",
                             "configs/voc/vgg_largefov.yaml"]
     assert PRESETS == ["configs/trainer/cpu.yaml", "configs/trainer/ddp.yaml", "configs/trainer/gpu.yaml",
                        "configs/trainer/quick.yaml"]

@@ -8,16 +8,17 @@ from polypool.pooling import PPool2d
 from polypool.surgery import swap_pooling
 
 
-def test_vgg16_largefov_has_output_stride_8_and_five_swappable_pools():
+def test_vgg16_largefov_has_output_stride_8_and_six_swappable_pools():
     features = build_vgg16_largefov()
     pools = [m for m in features if isinstance(m, nn.MaxPool2d)]
     assert [(p.kernel_size, p.stride, p.padding) for p in pools] == [(3, 2, 1)] * 3 + [(3, 1, 1)] * 2
+    assert isinstance(features[-1], nn.AvgPool2d)  # pool5a
     dilated = [m.dilation for m in features if isinstance(m, nn.Conv2d)]
     assert dilated == [(1, 1)] * 10 + [(2, 2)] * 3
     x = torch.rand(1, 3, 65, 81)
     assert features(x).shape == (1, 512, 9, 11)  # ceil(65/8), ceil(81/8)
     report = swap_pooling(features, "ppool", input_size=(3, 64, 64))
-    assert len(report.swapped) == 5 and sum(isinstance(m, PPool2d) for m in features) == 5
+    assert len(report.swapped) == 6 and sum(isinstance(m, PPool2d) for m in features) == 6
     head = LargeFOVHead(512, 21)
     assert head(features(x)).shape == (1, 21, 9, 11)
     assert head.fc6.dilation == (12, 12) and head.fc6.out_channels == 1024

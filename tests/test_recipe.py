@@ -158,23 +158,52 @@ def load(name):
     return yaml.safe_load((REPO / "configs" / "voc" / f"{name}.yaml").read_text())
 
 
+# The authors' VGG solver and training script, as read (kfxw/mydev-pytorch-semantic-segmentation, test_solver_cfg.py
+# and train.py @ 17a7b9815d4e1a3fb504bc5b9bd58183989739bc, the solver's last commit; group_weight unchanged at HEAD
+# aa307c116150ce8a0de522ae7859fed383763e75).
+AUTHORS_VGG_SOLVER = {
+    "train_cropSize": 321, "batch_size_per_gpu": 20, "gpu_id": [0], "lr_encoder": 2e-8, "lr_decoder": 2e-7,
+    "weight_decay": 5e-4, "lr_pow": 1, "num_epoch": 20, "epoch_iters": 602,
+    "random_flip": True,  # False ("False#True") at 0ea004a and e1fbbc4, True from 17a7b98 on
+    "random_scale": False,
+    # train.py's group_weight: conv weights in a group with lr = base x 2 and weight_decay 0; biases weight_decay 0 at
+    # the base lr; the group that would decay is empty
+    "weight_lr_mult": 2.0, "bias_lr_mult": 1.0, "decay": 0.0,
+    "loss": "CrossEntropyLoss(ignore_index=255, reduction='sum') / batch_size_per_gpu",
+}
+
+
 def test_the_authors_configs_follow_their_code():
     vgg, resnet = load("vgg"), load("resnet")
-    assert vgg["model"]["head"] == "vgg16_20m" and vgg["data"]["init_args"]["crop_size"] == 321
-    assert vgg["data"]["init_args"]["batch_size"] == 20 and vgg["data"]["init_args"]["scale_range"] == [1.0, 1.0]
-    assert vgg["model"]["lr"] == pytest.approx(2e-8 * 321 ** 2, rel=1e-3)  # the summed loss's lr, as a mean loss
-    assert vgg["model"]["weight_decay"] == pytest.approx(5e-4 / 321 ** 2, rel=0.02)
-    assert vgg["model"]["head_lr_mult"] == 10.0 and vgg["model"]["poly_power"] == 1.0
-    assert vgg["trainer"]["max_steps"] == 20 * 602
-    assert resnet["model"]["backbone"] == "resnet50.tv_in1k" and resnet["model"]["head"] == "aspp_v3"
+    solver, model, data = AUTHORS_VGG_SOLVER, vgg["model"], vgg["data"]["init_args"]
+    assert model["head"] == "vgg16_20m" and data["crop_size"] == solver["train_cropSize"]
+    assert data["batch_size"] == solver["batch_size_per_gpu"] * len(solver["gpu_id"])
+    assert data["scale_range"] == [1.0, 1.0] and not solver["random_scale"]
+    assert data["hflip"] is solver["random_flip"]
+    # the summed loss's lr as a mean loss (x crop area), and the weights' x2 of group_weight
+    pixels = solver["train_cropSize"] ** 2
+    assert model["lr"] == pytest.approx(solver["lr_encoder"] * pixels * solver["weight_lr_mult"], rel=1e-3)
+    assert model["lr"] * model["bias_lr_mult"] == pytest.approx(solver["lr_encoder"] * pixels * solver["bias_lr_mult"],
+                                                                rel=1e-3)
+    assert model["weight_decay"] == solver["decay"]
+    assert model["head_lr_mult"] == solver["lr_decoder"] / solver["lr_encoder"]
+    assert model["poly_power"] == solver["lr_pow"]
+    assert vgg["trainer"]["max_steps"] == solver["num_epoch"] * solver["epoch_iters"]
+    # the P-pooling branch's multipliers are of the base lr (x1, x100, x180): here of lr / weight_lr_mult
+    base = model["lr"] / solver["weight_lr_mult"]
+    assert [model[k] * model["lr"] / base for k in ("alpha_conv_lr_mult", "alpha_prelu_lr_mult",
+                                                     "alpha_bias_lr_mult")] == pytest.approx([1.0, 100.0, 180.0])
+    # the authors' own ResNet-50 and DeepLabv3 decoder (tests/test_fidelity_resnet.py checks them layer by layer)
+    assert resnet["model"]["backbone"] == "resnet50_authors" and resnet["model"]["head"] == "deeplabv3_authors"
+    assert resnet["data"]["init_args"]["scale_range"] == [0.5, 2.0] and resnet["data"]["init_args"]["hflip"] is True
     assert resnet["model"]["output_stride"] == 16 and resnet["data"]["init_args"]["crop_size"] == 504
     assert resnet["data"]["init_args"]["batch_size"] == 24
     assert resnet["model"]["lr"] == pytest.approx(1e-7 * 504 ** 2, rel=1e-3)
+    assert (resnet["model"]["alpha_conv_lr_mult"], resnet["model"]["alpha_prelu_lr_mult"],
+            resnet["model"]["alpha_bias_lr_mult"]) == (1.0, 100.0, 180.0)
     for config in (vgg, resnet):
-        model = config["model"]
-        assert (model["alpha_conv_lr_mult"], model["alpha_prelu_lr_mult"], model["alpha_bias_lr_mult"],
-                model["alpha_grad_scale"]) == (1.0, 100.0, 180.0, 3.0)
-        assert model["tta_flip"] is False  # one scale, no flip
+        assert config["model"]["alpha_grad_scale"] == 3.0
+        assert config["model"]["tta_flip"] is False  # one scale, no flip
 
 
 def test_deeplab_configs_keep_deeplab():
@@ -346,7 +375,7 @@ def test_bad_values_fail_before_training_with_their_name(voc_root, capsys):
         main(base + ["--data.init_args.scale_range", "[2.0, 0.5]"])
     from polypool.models import SegmentationModel
 
-    with pytest.raises(ValueError, match=r"unknown timm backbone 'vgg99'; close names: \[.*'vgg19'"):
+    with pytest.raises(ValueError, match=r"unknown backbone 'vgg99'.*close names: \[.*'vgg19'"):
         SegmentationModel(backbone="vgg99")
 
 

@@ -59,12 +59,13 @@ def pool_windows(features):
 def test_vgg16_largefov_structure():
     model = make_model("vgg16", "ppool", head="largefov")
     features, head = model.network.backbone, model.network.head
-    assert pool_windows(features) == [((3, 3), (2, 2), (1, 1))] * 3 + [((3, 3), (1, 1), (1, 1))] * 2
+    assert pool_windows(features) == [((3, 3), (2, 2), (1, 1))] * 3 + [((3, 3), (1, 1), (1, 1))] * 3  # + pool5a
     convs = [m for m in features if isinstance(m, torch.nn.Conv2d)]
     assert [c.dilation for c in convs[-3:]] == [(2, 2)] * 3 and all(c.dilation == (1, 1) for c in convs[:-3])
     assert (head.fc6.kernel_size, head.fc6.dilation, head.fc6.out_channels) == ((3, 3), (12, 12), 1024)
     assert (head.fc7.kernel_size, head.fc7.out_channels, head.classifier.out_channels) == ((1, 1), 1024, 21)
-    assert features(torch.rand(1, 3, 64, 64)).shape[-2:] == (8, 8)  # output stride 8
+    # output stride 8 with Caffe's rounding up: 65 -> 33 -> 17 -> 9, and 64 -> 33 -> 17 -> 9
+    assert features(torch.rand(1, 3, 65, 64)).shape[-2:] == (9, 9)
     assert isinstance(head.drop, torch.nn.Dropout) and not isinstance(head.drop, torch.nn.Dropout2d)
 
 
@@ -79,6 +80,7 @@ def test_vgg16_20m_is_the_authors_layout():
     # 321 -> 161 -> 81 -> 41 (2x2/2 pad 1, floor) -> 40 (2x2/1) -> 40 (3x3/1 pad 1)
     assert features(torch.rand(1, 3, 321, 321)).shape[-2:] == (40, 40)
     assert model(torch.rand(1, 3, 65, 49)).shape == (1, 21, 65, 49)
+    assert isinstance(head.drop, torch.nn.Dropout2d)  # VGGModels.py drops whole channels (tests/test_fidelity_vgg.py)
     with pytest.raises(ValueError, match="vgg16 takes head 'vgg16_20m'.*or 'largefov'"):
         SegmentationModel(backbone="vgg16", head="aspp")
     with pytest.raises(ValueError, match="'vgg16_20m' is a VGG16 head"):
@@ -111,7 +113,8 @@ def test_vgg_fc6_fc7_start_from_the_subsampled_imagenet_fc_layers(tmp_path, head
 
 def test_resnet_has_output_stride_8_and_an_aspp_head():
     model = make_model("resnet50", "ppool")
-    assert model.network.backbone(torch.rand(1, 3, 64, 64)).shape[-2:] == (8, 8)
+    # DeepLab v2 (aspp at output stride 8) rounds its pool1 up as Caffe: 65 -> 33 -> 17 -> 9, and 64 -> 32 -> 17 -> 9
+    assert model.network.backbone(torch.rand(1, 3, 65, 64)).shape[-2:] == (9, 9)
     assert [b.dilation for b in model.network.head.branches] == [(6, 6), (12, 12), (18, 18), (24, 24)]
     assert [s.name for s in model.swap_report.swapped] == ["features.maxpool"]
 
@@ -351,8 +354,11 @@ def test_local_weights_file_is_loaded(tmp_path):
 
 
 def test_bad_configuration_errors():
-    with pytest.raises(ValueError, match="unknown timm backbone 'resnet5O'"):
+    with pytest.raises(ValueError, match="unknown backbone 'resnet5O'"):
         SegmentationModel(backbone="resnet5O")
+    # unknown before anything else: a VGG head on an unknown name says the name is unknown (issue 32, section 7)
+    with pytest.raises(ValueError, match=r"unknown backbone 'vgg17'.*close names: \[.*'vgg16'"):
+        SegmentationModel(backbone="vgg17", head="vgg16_20m")
     with pytest.raises(ValueError, match="unknown pooling 'pool'"):
         SegmentationModel(backbone="resnet18", pooling="pool", output_stride=32)
     with pytest.raises(ValueError, match="VGG16 segmentation networks have output stride 8"):
@@ -502,7 +508,7 @@ def test_build_network_defaults_to_output_stride_8():
     from polypool.models.networks import build_network
 
     network = build_network("resnet18", num_classes=3)
-    assert network.backbone(torch.rand(1, 3, 64, 64)).shape[-2:] == (8, 8)
+    assert network.backbone(torch.rand(1, 3, 65, 65)).shape[-2:] == (9, 9)  # 65 -> 33 -> 17 -> 9
 
 
 def test_network_weights_load_from_a_checkpoint_or_a_state_dict_and_must_fit(tmp_path):

@@ -605,6 +605,12 @@ def weight_needs(values: dict[str, Any]) -> list[WeightNeed]:
     import timm
     from timm.models import get_pretrained_cfg
 
+    from .models.networks import AUTHORS_BACKBONES
+
+    if str(backbone) in AUTHORS_BACKBONES:  # the authors' ResNet-50: CSAIL's file, through torch hub's cache
+        from .models.authors_resnet import AUTHORS_RESNET50_URL
+
+        return [WeightNeed(str(backbone), "url", AUTHORS_RESNET50_URL)]
     if not timm.is_model(str(backbone)):
         raise SweepError(f"model.backbone {backbone!r} is not a timm model")
     cfg = get_pretrained_cfg(str(backbone))

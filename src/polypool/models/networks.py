@@ -3,11 +3,14 @@
 Two VGG16 layouts (docs/paper_notes.md, "The authors' training configurations"), both on timm's ``vgg16.features``
 restructured to output stride 8, with conv5 dilated x2:
 
-* ``vgg16_20m``, the authors' VGG16 (DeepLab's "VGG16_20M" initialisation model, as their code trains it):
-  pool1-3 2x2/2 pad 1, pool4 2x2/1, pool5 3x3/1 pad 1; fc6 3x3 **dilation 1**, 1024 channels; fc7 1x1, 1024.
-* ``largefov``, DeepLab-LargeFOV (DeepLab v1): pool1-3 3x3/2 pad 1, pool4-5 3x3/1 pad 1; fc6 3x3 dilation 12.
+* ``vgg16_20m``, the authors' VGG16 (DeepLab's "VGG16_20M" initialisation model, as their PyTorch code builds it,
+  ``networks/VGGModels.py``): pool1-3 2x2/2 pad 1, pool4 2x2/1, pool5 3x3/1 pad 1, PyTorch's floor rounding; fc6 3x3
+  **dilation 1**, 1024 channels; fc7 1x1, 1024; channel dropout (``nn.Dropout2d``) after fc6 and fc7.
+* ``largefov``, DeepLab-LargeFOV (DeepLab v1's prototxt): pool1-3 3x3/2 pad 1, pool4-5 3x3/1 pad 1, then pool5a, a
+  3x3/1 pad 1 average pool; Caffe's rounding up of pooling output sizes (``ceil_mode``); fc6 3x3 dilation 12;
+  element-wise dropout (Caffe's) after fc6 and fc7.
 
-Both heads end in dropout and a 1x1 classifier (:class:`VGGHead`); with ImageNet weights, fc6/fc7 start from timm's
+Both heads end in a 1x1 classifier (:class:`VGGHead`); with ImageNet weights, fc6/fc7 start from timm's
 ``pre_logits`` subsampled as DeepLab did (:func:`init_vgg_head_from_imagenet`), so only the classifier is new.
 
 Two ASPP heads: DeepLab v2's (parallel 3x3 classifiers at rates 6/12/18/24, summed; :class:`ASPP`) and DeepLabv3's
@@ -24,27 +27,34 @@ import torch
 from torch import Tensor, nn
 
 VGG16_BACKBONES = ("vgg16", "vgg16_bn")  # timm's VGG16, and with BatchNorm (the CPU miniature trains it from scratch)
-# (kernel, stride, padding) of pool1..pool5 in each VGG16 layout (docs/paper_notes.md)
+# (kernel, stride, padding) of pool1..pool5 in each VGG16 layout (tests/test_fidelity_vgg.py holds the references)
 VGG16_POOLS = {
     "vgg16_20m": ((2, 2, 1), (2, 2, 1), (2, 2, 1), (2, 1, 0), (3, 1, 1)),
     "largefov": ((3, 2, 1), (3, 2, 1), (3, 2, 1), (3, 1, 1), (3, 1, 1)),
 }
 VGG16_FC6_DILATION = {"vgg16_20m": 1, "largefov": 12}
-HEADS = ("auto", "vgg16_20m", "largefov", "aspp", "aspp_v3")
+VGG16_CEIL_MODE = {"vgg16_20m": False, "largefov": True}  # the authors' PyTorch rounds down, Caffe's pooling up
+VGG16_POOL5A = {"vgg16_20m": False, "largefov": True}  # LargeFOV's 3x3/1 pad 1 average pool after pool5
+VGG16_CHANNEL_DROPOUT = {"vgg16_20m": True, "largefov": False}  # nn.Dropout2d (authors) / Caffe's element-wise
+# deeplabv3_authors: the authors' DeepLabv3 decoder (models/authors_resnet.py), on backbone resnet50_authors (their
+# encoder; AUTHORS_BACKBONES) or on any timm backbone
+HEADS = ("auto", "vgg16_20m", "largefov", "aspp", "aspp_v3", "deeplabv3_authors")
+AUTHORS_BACKBONES = ("resnet50_authors",)  # not timm models: built by polypool.models.authors_resnet
 
 
 class VGGHead(nn.Module):
-    """fc6 (3x3, ``dilation``), fc7 (1x1), each with ReLU and element-wise dropout (``nn.Dropout``, as DeepLab's
-    Caffe dropout layers), and the new 1x1 classifier. fc6/fc7 are VGG16's fully connected layers as convolutions:
-    with ImageNet weights they start from them (:func:`init_vgg_head_from_imagenet`)."""
+    """fc6 (3x3, ``dilation``), fc7 (1x1), each with ReLU and dropout, and the new 1x1 classifier. Dropout drops
+    single values (``nn.Dropout``, as DeepLab's Caffe dropout layers) or, with ``channel_dropout``, whole channels
+    (``nn.Dropout2d``, as the authors' ``VGGModels.py``). fc6/fc7 are VGG16's fully connected layers as
+    convolutions: with ImageNet weights they start from them (:func:`init_vgg_head_from_imagenet`)."""
 
     def __init__(self, in_channels: int, num_classes: int, channels: int = 1024, dilation: int = 12,
-                 dropout: float = 0.5):
+                 dropout: float = 0.5, channel_dropout: bool = False):
         super().__init__()
         self.fc6 = nn.Conv2d(in_channels, channels, 3, padding=dilation, dilation=dilation)
         self.fc7 = nn.Conv2d(channels, channels, 1)
         self.act = nn.ReLU(inplace=True)
-        self.drop = nn.Dropout(dropout)
+        self.drop = nn.Dropout2d(dropout) if channel_dropout else nn.Dropout(dropout)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
         nn.init.normal_(self.classifier.weight, std=0.01)
         nn.init.zeros_(self.classifier.bias)
@@ -132,7 +142,9 @@ def build_vgg16_features_from(vgg: nn.Module, layout: str = "largefov") -> nn.Se
     """Restructure a timm ``vgg16``'s features in place to output stride 8 and return them.
 
     timm's VGG asserts output_stride 32, so the restructuring is done here on its module tree: the five
-    ``MaxPool2d`` get the windows of ``layout`` (:data:`VGG16_POOLS`) and conv5_1-3 get dilation 2. timm's
+    ``MaxPool2d`` get the windows and rounding of ``layout`` (:data:`VGG16_POOLS`, :data:`VGG16_CEIL_MODE`), conv5_1-3
+    get dilation 2, and LargeFOV's pool5a (:data:`VGG16_POOL5A`) is appended: a pooling site like the others, an
+    average pool in the pre-trained network (the Max row) and swapped by every other pooling. timm's
     ``pre_logits`` (fc6/fc7 as 7x7/1x1 convs of 4096 channels) is not part of the features: the head takes what
     it needs from it (:func:`init_vgg_head_from_imagenet`).
     """
@@ -146,11 +158,29 @@ def build_vgg16_features_from(vgg: nn.Module, layout: str = "largefov") -> nn.Se
         raise RuntimeError(f"timm's VGG16 features have {len(pools)} MaxPool2d and {len(convs)} Conv2d, expected 5 "
                            f"and 13: this timm version changed the VGG layout")
     for index, (kernel, stride, padding) in zip(pools, VGG16_POOLS[layout]):
-        features[index] = nn.MaxPool2d(kernel, stride, padding)
+        features[index] = nn.MaxPool2d(kernel, stride, padding, ceil_mode=VGG16_CEIL_MODE[layout])
     for index in convs[-3:]:
         conv = features[index]
         conv.dilation, conv.padding = (2, 2), (2, 2)
+    if VGG16_POOL5A[layout]:  # Caffe's AVE pooling divides by 9 at the border too: the padding counts
+        features.append(nn.AvgPool2d(3, 1, 1, ceil_mode=True, count_include_pad=True))
     return features
+
+
+def deeplab_v2_resnet(resnet: nn.Module) -> None:
+    """DeepLab v2's ResNet at output stride 8, in place on a timm ResNet dilated to 8: every block of res4 (layer3)
+    at rate 2 and of res5 (layer4) at rate 4, the first block included (``res4a_branch2b``, ``res5a_branch2b``: timm
+    and torchvision keep the previous rate in a dilated stage's first block), and pool1 rounding up as Caffe's
+    pooling does (tests/test_fidelity_resnet101.py holds the prototxt's table). A backbone without ResNet's
+    ``layer3``/``layer4`` of bottleneck blocks is left as it is."""
+    for stage, rate in (("layer3", 2), ("layer4", 4)):
+        blocks = getattr(resnet, stage, None)
+        if blocks is None or not hasattr(blocks[0], "conv2"):
+            return
+        for block in blocks:
+            block.conv2.dilation, block.conv2.padding = (rate, rate), (rate, rate)
+    if isinstance(getattr(resnet, "maxpool", None), nn.MaxPool2d):
+        resnet.maxpool.ceil_mode = True
 
 
 class LastFeatureMap(nn.Module):
@@ -165,6 +195,15 @@ class LastFeatureMap(nn.Module):
         return self.features(x)[-1]
 
 
+def unknown_backbone(name: str) -> ValueError:
+    """The error for a backbone that is neither a timm model nor one of :data:`AUTHORS_BACKBONES`, with close names."""
+    import difflib
+
+    close = difflib.get_close_matches(name.split(".")[0], [*AUTHORS_BACKBONES, *timm.list_models()], n=10, cutoff=0.6)
+    return ValueError(f"unknown backbone {name!r}: not a timm model nor one of {list(AUTHORS_BACKBONES)}; close names: "
+                      f"{close}")
+
+
 def create_timm_model(name: str, pretrained: bool = False, weights: str | None = None, **kwargs) -> nn.Module:
     """``timm.create_model`` with the errors a user can act on: an unknown name lists close names; pretrained
     weights that cannot be downloaded (no network) say how to pass a local file instead; ``weights`` is a local
@@ -172,11 +211,7 @@ def create_timm_model(name: str, pretrained: bool = False, weights: str | None =
     from pathlib import Path
 
     if not timm.is_model(name):
-        import difflib
-
-        base = name.split(".")[0]
-        close = difflib.get_close_matches(base, timm.list_models(), n=10, cutoff=0.6)
-        raise ValueError(f"unknown timm backbone {name!r}; close names: {close}")
+        raise unknown_backbone(name)
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
@@ -217,11 +252,32 @@ def build_network(backbone: str, num_classes: int, head: str = "auto", output_st
     * ``vgg16`` or ``vgg16_bn`` (any timm tag, e.g. ``vgg16.tv_in1k``) with head ``vgg16_20m`` (the authors') or ``largefov``
       (DeepLab's; what ``auto`` picks): VGG16 features at output stride 8 and :class:`VGGHead`.
     * any other timm backbone (ResNets dilated to ``output_stride``; ``inception_v3`` at 32) with ``aspp``
-      (DeepLab v2, what ``auto`` picks) or ``aspp_v3`` (DeepLabv3: rates 6/12/18 at output stride 16, doubled
-      at 8).
+      (DeepLab v2, what ``auto`` picks; a ResNet at output stride 8 dilated as DeepLab v2, :func:`deeplab_v2_resnet`)
+      or ``aspp_v3`` (DeepLabv3: rates 6/12/18 at output stride 16, doubled at 8).
+    * ``resnet50_authors`` (not a timm name) with ``deeplabv3_authors`` (what ``auto`` picks): the authors' own
+      ResNet-50 (CSAIL's deep stem, multigrid layer4 of 4 blocks; output stride 8, 16 or 32) and their DeepLabv3
+      decoder ``DeeplabV3ASPPBilinear``, as their code builds them (:mod:`polypool.models.authors_resnet`);
+      ``weights``/``pretrained``: CSAIL's ``resnet50-imagenet.pth``. ``deeplabv3_authors`` also goes on any timm
+      backbone (the decoder on its channels).
     """
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+    if backbone not in AUTHORS_BACKBONES and not timm.is_model(backbone):  # before the heads: 'vgg17' is unknown
+        raise unknown_backbone(backbone)
+    if backbone in AUTHORS_BACKBONES or head == "deeplabv3_authors":  # the authors' ResNet and/or their decoder
+        from .authors_resnet import DeeplabV3ASPPBilinear, build_authors_resnet50
+
+        if backbone in AUTHORS_BACKBONES:
+            if head not in ("auto", "deeplabv3_authors"):
+                raise ValueError(f"{backbone} takes head 'deeplabv3_authors' (the authors' decoder), got {head!r}")
+            encoder: nn.Module = build_authors_resnet50(pretrained, weights, output_stride)
+        elif backbone.split(".")[0] in VGG16_BACKBONES:
+            raise ValueError(f"head 'deeplabv3_authors' takes a ResNet-like backbone, not {backbone!r}")
+        else:
+            stride = {} if output_stride == 32 else {"output_stride": output_stride}
+            encoder = LastFeatureMap(create_timm_model(backbone, pretrained, weights, features_only=True,
+                                                       out_indices=(-1,), **stride))
+        return SegmentationNetwork(encoder, DeeplabV3ASPPBilinear(num_classes, encoder.out_channels))
     if backbone.split(".")[0] in VGG16_BACKBONES:
         head = "largefov" if head == "auto" else head
         if head not in VGG16_POOLS:
@@ -231,7 +287,8 @@ def build_network(backbone: str, num_classes: int, head: str = "auto", output_st
             raise ValueError(f"the VGG16 segmentation networks have output stride 8 (got output_stride={output_stride})")
         vgg = create_timm_model(backbone, pretrained, weights)
         features = build_vgg16_features_from(vgg, head)
-        head_module: nn.Module = VGGHead(512, num_classes, dilation=VGG16_FC6_DILATION[head])
+        head_module: nn.Module = VGGHead(512, num_classes, dilation=VGG16_FC6_DILATION[head],
+                                         channel_dropout=VGG16_CHANNEL_DROPOUT[head])
         if pretrained or weights is not None:
             init_vgg_head_from_imagenet(head_module, vgg)
         return SegmentationNetwork(features, head_module)
@@ -247,6 +304,8 @@ def build_network(backbone: str, num_classes: int, head: str = "auto", output_st
         raise ValueError(f"timm backbone {backbone!r} cannot be built with output_stride={output_stride} "
                          f"({error}); use output_stride=32 for it") from error
     if head == "aspp":
+        if output_stride == 8:
+            deeplab_v2_resnet(features.features)
         head_module = ASPP(features.out_channels, num_classes)
     else:
         rates = tuple(r * max(16 // output_stride, 1) for r in (6, 12, 18))

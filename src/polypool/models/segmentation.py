@@ -28,10 +28,21 @@ from .networks import build_network
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
 
+# Backbones that are not timm models, with the normalisation their weights were trained with: the authors' ResNet-50
+# (RGB, ToTensor, Normalize(mean=[0.48108, 0.45753, 0.40787], std=[0.5, 0.5, 0.5]); their
+# data/voc/VOCDataset_newstyle.py @ c31dcf926aa3f4bbbec60f53a8eac7e558aa1070, polypool.models.authors_resnet).
+NON_TIMM_MEAN_STD: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "resnet50_authors": ((0.48108, 0.45753, 0.40787), (0.5, 0.5, 0.5)),
+}
+
+
 def backbone_mean_std(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """mean/std of timm's pretrained config for ``backbone`` (name or name.tag); ImageNet's when it has none."""
+    """mean/std of timm's pretrained config for ``backbone`` (name or name.tag), or of :data:`NON_TIMM_MEAN_STD`
+    for a backbone that is not a timm model; ImageNet's when it has none."""
     import timm
 
+    if backbone in NON_TIMM_MEAN_STD:
+        return NON_TIMM_MEAN_STD[backbone]
     try:
         cfg = timm.models.get_pretrained_cfg(backbone)
     except Exception:  # noqa: BLE001 - an unknown name fails later, with its own message
@@ -49,7 +60,7 @@ PAPER_POOLING_KWARGS: dict[str, dict[str, Any]] = {
 # The model's pooling choices: the registry's names, where "max" is the pre-trained backbone exactly as it is (its
 # average-pooling sites stay average pooling), and "max_all" turns every site, average pools included, into max.
 ModelPooling = Literal["max", "max_all", "avg", "strided_conv", "gated", "mixed", "dpp", "lp", "ppool"]
-Head = Literal["auto", "vgg16_20m", "largefov", "aspp", "aspp_v3"]
+Head = Literal["auto", "vgg16_20m", "largefov", "aspp", "aspp_v3", "deeplabv3_authors"]
 BatchNormPolicy = Literal["train", "frozen"]
 EvalMode = Literal["whole", "sliding"]
 Optimizer = Literal["sgd", "adamw"]
@@ -61,7 +72,8 @@ class SegmentationModel(L.LightningModule):
 
     Args:
         backbone: a timm model name, with a weights tag where it matters (``resnet101.tv_in1k``): ``vgg16``
-            (Table 1), ``resnet50``/``resnet101`` (Table 2), ``inception_v3``.
+            (Table 1), ``resnet50``/``resnet101`` (Table 2), ``inception_v3``; or ``resnet50_authors``, the
+            authors' own ResNet-50 (:mod:`polypool.models.authors_resnet`; weights: CSAIL's resnet50-imagenet.pth).
         pretrained: load timm's ImageNet weights (needs network, or ``weights``).
         weights: a local weights file for the backbone, loaded by timm (``pretrained_cfg_overlay=dict(file=...)``).
         network_weights: start the whole segmentation network (backbone and head) from a trained one, before the
@@ -74,7 +86,8 @@ class SegmentationModel(L.LightningModule):
         pooling_kwargs: options of the pooling layers (``alpha_mode``, ``alpha_init``, ``alpha_range``, ...);
             None takes :data:`PAPER_POOLING_KWARGS` for that pooling (the authors' settings).
         head: ``vgg16_20m`` (the authors' VGG16: 2x2 pools, fc6 3x3 dilation 1) or ``largefov`` (DeepLab-LargeFOV)
-            for vgg16; ``aspp`` (DeepLab v2) or ``aspp_v3`` (DeepLabv3) for the others; ``auto``: largefov / aspp.
+            for vgg16; ``aspp`` (DeepLab v2) or ``aspp_v3`` (DeepLabv3) for the others; ``deeplabv3_authors`` (the
+            authors' DeepLabv3 decoder; resnet50_authors' only head); ``auto``: largefov / aspp / deeplabv3_authors.
         num_classes, ignore_index: of the dataset (LightningCLI links them from the DataModule).
         class_names: for logging per-class IoU by name (default: VOC's for 21 classes).
         output_stride: 8 for VGG16; 8 or 16 for ResNets; 32 for inception_v3 (timm has no dilated variant).
