@@ -133,6 +133,11 @@ def final_evaluation(trainer, pl_module) -> dict[str, Any]:
     # leave the module where teardown put it
     device, left_on = trainer.strategy.root_device, pl_module.device
     pl_module.to(device)
+    if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        # DDP copies rank 0's buffers (BatchNorm statistics) at each training forward only, so after the last step
+        # every rank holds its own: evaluate rank 0's, the ones the checkpoint holds, on every rank
+        for buffer in pl_module.buffers():
+            torch.distributed.broadcast(buffer.data, src=0)
     iou_metric = pl_module.val_iou.clone()
     iou_metric.reset()
     num_classes, ignore = pl_module.hparams.num_classes, pl_module.hparams.ignore_index
