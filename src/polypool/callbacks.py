@@ -3,11 +3,15 @@ and a qualitative panel."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
+import os
+import shutil
 import subprocess
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Optional
 
@@ -112,8 +116,115 @@ class RunRecord(L.Callback):
             "steps": int(trainer.global_step),
             "wall_time_s": round(self.elapsed(), 1),
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=2) + "\n")
+        try:  # complete or not there: a truncated record would count as a finished run
+            atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+        except OSError as error:
+            if error.errno in NO_SPACE_ERRNOS:
+                raise NoSpaceError(f"no space left on device to write the run record {path.name} in {path.parent} "
+                                   f"({format_bytes(free_bytes(path.parent))} free there); nothing half-written was "
+                                   f"left. Free some space, then run the same command with --ckpt_path last: it "
+                                   f"evaluates the finished run again and writes the record") from error
+            raise
+
+
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class NoSpaceError(RuntimeError):
+    """The disk (or quota) is full: a file could not be written, nothing half-written was left; the message names
+    the folder and the space needed. The CLI prints it and exits with status 1 instead of a traceback."""
+
+
+def format_bytes(count: Optional[float]) -> str:
+    if count is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(count) < 1024 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} GB"
+
+
+def free_bytes(folder: Path) -> Optional[int]:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Writes ``text`` to a temporary file in ``path``'s folder, flushes it to disk, then renames it to ``path``
+    (``os.replace``, atomic on POSIX): ``path`` is either its old content or the whole new one, never a part. On an
+    error the temporary file is removed and the error raised."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = None
+    try:
+        tmp = temporary_name(path)
+        with open(tmp, "x") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def temporary_name(path: Path) -> Path:
+    """A fresh hidden name beside ``path`` (same folder, so same file system: the rename is atomic)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+class DamagedRecord(ValueError):
+    """A run record that is there but cannot be used (truncated, not JSON, missing its IoU); ``path`` and ``why``
+    say which and what is wrong, the message also says what to do."""
+
+    def __init__(self, path: Path, why: str):
+        self.path, self.why = Path(path), why
+        super().__init__(f"damaged run record {self.path} ({why}): move it aside (e.g. to {self.path.name}.damaged) "
+                         f"or delete it, and train the run again (reproduce.sh does both itself)")
+
+
+RECORD_KEYS = ("per_class_iou", "miou")
+
+
+def read_record(path: Path, required: tuple[str, ...] = RECORD_KEYS) -> dict:
+    """A run record written by :class:`RunRecord`, checked: it parses as a JSON object and has the ``required``
+    keys (``per_class_iou``: a list of numbers or nulls; ``miou``: a number, or null). Raises :class:`DamagedRecord`
+    naming the file, what is wrong and the fix. The table (``polypool.tables``) and the sweep's status
+    (``polypool.sweep.inspect_run``) read records through this."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise DamagedRecord(path, f"cannot be read: {error}") from error
+    if not text.strip():
+        raise DamagedRecord(path, "empty file")
+    try:
+        record = json.loads(text)
+    except ValueError as error:
+        truncated = not text.rstrip().endswith(("}", "]"))  # RunRecord's JSON ends with its closing brace
+        raise DamagedRecord(path, ("truncated, not valid JSON: " if truncated else "not valid JSON: ")
+                            + f"{getattr(error, 'msg', error)} at line {getattr(error, 'lineno', '?')} column "
+                              f"{getattr(error, 'colno', '?')}") from error
+    if not isinstance(record, dict):
+        raise DamagedRecord(path, f"a JSON {type(record).__name__}, not an object")
+    missing = [key for key in required if key not in record]
+    if missing:
+        raise DamagedRecord(path, "no " + ", ".join(repr(key) for key in missing))
+    per_class = record.get("per_class_iou")
+    if "per_class_iou" in record and not (isinstance(per_class, list) and per_class and all(
+            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in per_class)):
+        raise DamagedRecord(path, "'per_class_iou' is not a list of numbers")
+    miou = record.get("miou")
+    if miou is not None and (isinstance(miou, bool) or not isinstance(miou, (int, float))):
+        raise DamagedRecord(path, "'miou' is not a number")
+    return record
 
 
 @torch.no_grad()

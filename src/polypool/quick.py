@@ -62,6 +62,18 @@ def pretrain_overrides(overrides: Sequence[str]) -> list[str]:
     return kept
 
 
+def pretrain_steps(overrides: Sequence[str] = ()) -> str:
+    """The pre-training's steps: :data:`PRETRAIN_STEPS`, unless ``overrides`` set ``--trainer.max_steps N`` (or
+    ``--trainer.max_steps=N``); the last one wins, as it does on the command line."""
+    steps, overrides = str(PRETRAIN_STEPS), pretrain_overrides(overrides)
+    for i, arg in enumerate(overrides):
+        if arg == "--trainer.max_steps" and i + 1 < len(overrides):
+            steps = overrides[i + 1]
+        elif arg.startswith("--trainer.max_steps="):
+            steps = arg.split("=", 1)[1]
+    return steps
+
+
 def pretrain_command(root: Path, resume: bool, overrides: Sequence[str] = ()) -> list[str]:
     """The max-pooling run every pooling fine-tunes from: the quick preset from random weights, longer;
     ``overrides`` (:func:`pretrain_overrides`) come last, so a test can make it tiny."""
@@ -83,8 +95,8 @@ def pretrain(root: Path, overrides: Sequence[str] = (), say=print) -> Path:
     folder = Path(root) / "pretrain"
     last = folder / "checkpoints" / "last.ckpt"
     command = pretrain_command(root, last.is_file(), overrides)
-    say(f"quick: training the shared max-pooling network every pooling fine-tunes from ({PRETRAIN_STEPS} steps; "
-        f"log {folder / 'pretrain.log'})")
+    say(f"quick: training the shared max-pooling network every pooling fine-tunes from "
+        f"({pretrain_steps(overrides)} steps; log {folder / 'pretrain.log'})")
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "pretrain.log", "a") as log:
         if subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode:

@@ -7,10 +7,12 @@ state) and, once finished, its record ``OUT/runs/<dataset>/<config>/<pooling>/<s
 
 :func:`plan` says what each run is (:func:`inspect_run`):
 
-* ``done``: its record exists; never run again;
+* ``done``: its record exists (and reads: :func:`polypool.callbacks.read_record`); never run again;
 * ``running``: a live process (this host: its pid; elsewhere: a SLURM job in the queue, else a ``progress.json``
   written in the last 15 minutes) is training it; left alone;
-* ``failed``: its last attempt exited non-zero; tried again (from ``last.ckpt`` if there is one);
+* ``failed``: its last attempt exited non-zero, or its record is damaged (truncated, not JSON, no IoU: the
+  detail says ``damaged record: <path> (<why>)``); tried again (from ``last.ckpt`` if there is one), a damaged
+  record first moved aside to ``<seed>.json.damaged`` (:func:`set_aside_damaged_record`);
 * ``partial``: interrupted, ``checkpoints/last.ckpt`` exists; resumed with ``--ckpt_path last``;
 * ``missing``: not started (or stopped before its first checkpoint); started from scratch.
 
@@ -181,20 +183,28 @@ def is_alive(run: Run, state: dict[str, Any]) -> bool:
     return time.time() - float(updated) < HEARTBEAT_S
 
 
+DONE_RECORD_KEYS = ("miou",)  # what --status shows of a record; any RunRecord has it (and per_class_iou)
+
+
 def inspect_run(run: Run, max_steps: Optional[int] = None) -> RunStatus:
-    """What ``run`` is now (one of :data:`STATES`), with its step, last mIoU and elapsed time."""
+    """What ``run`` is now (one of :data:`STATES`), with its step, last mIoU and elapsed time. A record that is
+    there but does not read (:func:`polypool.callbacks.read_record`) is not done: the run is ``failed``, with the
+    detail "damaged record: <path> (<why>); it will be trained again" (unless a live process trains it)."""
+    from .callbacks import DamagedRecord, read_record
     from .loggers import read_metrics
     from .progress import read_progress
 
     progress = read_progress(run.logdir) or {}
+    damaged: Optional[DamagedRecord] = None
     if run.record.is_file():
         try:
-            record = json.loads(run.record.read_text())
-        except ValueError:
-            record = {}
-        steps = record.get("steps")
-        return RunStatus(run, "done", steps, progress.get("max_steps") or max_steps or steps, record.get("miou"),
-                         record.get("wall_time_s"))
+            record = read_record(run.record, required=DONE_RECORD_KEYS)
+        except DamagedRecord as error:
+            damaged = error
+        else:
+            steps = record.get("steps")
+            return RunStatus(run, "done", steps, progress.get("max_steps") or max_steps or steps, record.get("miou"),
+                             record.get("wall_time_s"))
     status = RunStatus(run, "missing", max_steps=max_steps)
     if progress:
         status.step, status.elapsed = progress.get("step"), progress.get("elapsed_s")
@@ -220,7 +230,50 @@ def inspect_run(run: Run, max_steps: Optional[int] = None) -> RunStatus:
         status.detail = f"exit {state.get('returncode')}" if state.get("returncode") is not None else ""
     elif run.last_ckpt.is_file():
         status.state = "partial"
+    if damaged is not None and status.state != "running":
+        status.state = "failed"
+        status.detail = f"damaged record: {damaged.path} ({damaged.why}); it will be trained again"
     return status
+
+
+def set_aside_damaged_record(run: Run, say=print) -> Optional[Path]:
+    """Moves ``run``'s record to ``<seed>.json.damaged`` (``.damaged.1``, ... if taken) when it is there but does
+    not read, so that the run is trained again and nothing is lost; returns where it went (None: no damaged
+    record)."""
+    from .callbacks import DamagedRecord, read_record
+
+    if not run.record.is_file():
+        return None
+    try:
+        read_record(run.record, required=DONE_RECORD_KEYS)
+        return None  # it reads (written since the plan was made): nothing to set aside
+    except DamagedRecord as error:
+        why = error.why
+    target = run.record.with_name(run.record.name + ".damaged")
+    number = 0
+    while target.exists():
+        number += 1
+        target = run.record.with_name(f"{run.record.name}.damaged.{number}")
+    os.replace(run.record, target)
+    say(f"== {run.name}: its record {run.record} is damaged ({why}); kept as {target}, training the run again")
+    return target
+
+
+def runs_to_train(statuses: list[RunStatus], say=print) -> list[tuple[Run, bool]]:
+    """``(run, resume from last.ckpt)`` for every run that is neither done nor running elsewhere, a damaged
+    record moved aside first (:func:`set_aside_damaged_record`); says what happens to the others."""
+    todo = []
+    for status in statuses:
+        run = status.run
+        if status.state == "done":
+            say(f"== {run.name}: done ({run.record})")
+        elif status.state == "running":
+            say(f"== {run.name}: running elsewhere ({status.detail or run.read_state().get('host', '?')}); "
+                f"log: {run.log_path()}")
+        else:
+            set_aside_damaged_record(run, say)
+            todo.append((run, run.last_ckpt.is_file()))
+    return todo
 
 
 # -- arguments and the config -------------------------------------------------------------------------------------
@@ -1178,16 +1231,7 @@ def _main(args: argparse.Namespace, extra: list[str]) -> int:
               f"(run them with --offline on a node without internet)")
         return 0
     statuses = plan(sweep)
-    todo = []
-    for status in statuses:
-        run = status.run
-        if status.state == "done":
-            print(f"== {run.name}: done ({run.record})")
-        elif status.state == "running":
-            print(f"== {run.name}: running elsewhere ({status.detail or run.read_state().get('host', '?')}); "
-                  f"log: {run.log_path()}")
-        else:
-            todo.append((run, run.last_ckpt.is_file()))
+    todo = runs_to_train(statuses)
     if todo:
         # the data, the quick pre-training and the weights only when a run will use them
         prepare_data(sweep)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -92,11 +91,19 @@ def detail_columns(records: Sequence[dict]) -> list[str]:
 
 
 def load_records(root: Path, dataset: str, backbone: str) -> Table:
-    """Our run records: ``<root>/<dataset>/<backbone>/<pooling>/<seed>.json``."""
+    """Our run records: ``<root>/<dataset>/<backbone>/<pooling>/<seed>.json``. A damaged one (truncated, not JSON,
+    no ``per_class_iou``: :func:`polypool.callbacks.read_record`) is skipped with a warning naming it, and its run
+    shows as missing. A record without ``miou`` takes the mean of its classes."""
+    from .callbacks import DamagedRecord, read_record
+
     table = Table(columns=list(VOC_SHORT_NAMES) + ["mean"])
     for method, _ in METHODS:
         for path in sorted((root / dataset / backbone / method).glob("*.json"), key=_seed_order):
-            record = json.loads(path.read_text())
+            try:
+                record = read_record(path, required=("per_class_iou",))
+            except DamagedRecord as error:
+                warnings.warn(f"skipping {error}; the table shows that run as missing", stacklevel=2)
+                continue
             table.runs.setdefault(method, []).append(record_values(record["per_class_iou"], record.get("miou")))
             table.records.setdefault(method, []).append(record)
             seed = record.get("seed")

@@ -37,9 +37,9 @@ class ADE20KDataModule(SegmentationDataModule):
                  mean: Optional[tuple[float, float, float]] = None,
                  std: Optional[tuple[float, float, float]] = None, train_split: str = "training",
                  val_split: str = "validation", val_batch_size: int = 1, check_labels: bool = True,
-                 download: bool = False, hflip: bool = True):
+                 download: bool = False, hflip: bool = True, allow_split_overlap: bool = False):
         super().__init__(root, batch_size, num_workers, crop_size, scale_range, mean, std, train_split, val_split,
-                         val_batch_size, check_labels, download, hflip)
+                         val_batch_size, check_labels, download, hflip, allow_split_overlap=allow_split_overlap)
         self.base = self.root / "ADEChallengeData2016"
 
     def download_dataset(self) -> None:

@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Optional, Union
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from .classes import IGNORE_INDEX
-from .dataset import EpochSampler, ResumableLoader, SegmentationDataset, ShardSampler
+from .dataset import (DatasetError, EpochSampler, ResumableLoader, SegmentationDataset, ShardSampler, name_some,
+                      repeated)
 from .transforms import pad_collate, train_transform, val_transform
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -31,6 +33,10 @@ class SegmentationDataModule(L.LightningDataModule):
 
     ``mean``/``std`` default to None: the normalisation the model's pretrained backbone expects (the trainer's
     LightningModule's ``input_mean_std``, from timm's pretrained config), else ImageNet's. Pass them to override.
+
+    ``setup("fit")`` reads every val sample once (a bad file stops the run before training, not at its end) and
+    refuses a split that lists a sample twice or a sample in both the train and the val split;
+    ``allow_split_overlap=True`` turns the latter into a warning, for a user who means to evaluate on training images.
     """
 
     ignore_index = IGNORE_INDEX
@@ -52,6 +58,7 @@ class SegmentationDataModule(L.LightningDataModule):
         check_labels: bool = True,
         download: bool = False,
         hflip: bool = True,
+        allow_split_overlap: bool = False,
     ):
         super().__init__()
         self.root = Path(root).expanduser()
@@ -74,6 +81,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.hflip = hflip
         self.train_split, self.val_split = train_split, val_split
         self.check_labels, self.download = check_labels, download
+        self.allow_split_overlap = allow_split_overlap
         self.train_dataset: Optional[SegmentationDataset] = None
         self.val_dataset: Optional[SegmentationDataset] = None
 
@@ -128,6 +136,31 @@ class SegmentationDataModule(L.LightningDataModule):
             self.train_dataset.seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         if stage in (None, "fit", "validate", "test", "predict") and self.val_dataset is None:
             self.val_dataset = self.make_dataset(self.val_split, train=False)
+            if stage in (None, "fit"):
+                # every val file is read now: a bad one would otherwise stop the run at its first evaluation,
+                # which the quick preset holds at the very end
+                self.val_dataset.check_files(f"val ({self.val_split!r})")
+        if stage in (None, "fit"):
+            self.check_splits()
+
+    def check_splits(self) -> None:
+        """No sample twice in a split, and none in both the train and the val split (an error, or with
+        ``allow_split_overlap=True`` a warning)."""
+        for split, dataset in ((self.train_split, self.train_dataset), (self.val_split, self.val_dataset)):
+            twice = repeated([str(image) for image, _ in dataset.pairs])
+            if twice:
+                raise DatasetError(f"split {split!r} lists {name_some(twice, noun='file')} more than once: each "
+                                   f"would count as many times as it is listed; list each image once")
+        train_ids = {Path(image).stem for image, _ in self.train_dataset.pairs}
+        both = sorted(train_ids & {Path(image).stem for image, _ in self.val_dataset.pairs})
+        if not both:
+            return
+        message = (f"{name_some(both)} in both the train split {self.train_split!r} and the val split "
+                   f"{self.val_split!r}: the val mIoU would be measured on images the network trained on")
+        if not self.allow_split_overlap:
+            raise DatasetError(f"{message}. Remove them from one of the splits, or pass allow_split_overlap=True "
+                               f"(--data.init_args.allow_split_overlap true) if you mean it")
+        rank_zero_warn(f"{message} (allowed by allow_split_overlap=True)")
 
     def train_transform(self):
         self.resolve_normalization()

@@ -37,9 +37,10 @@ class CityscapesDataModule(SegmentationDataModule):
                  mean: Optional[tuple[float, float, float]] = None,
                  std: Optional[tuple[float, float, float]] = None, train_split: str = "train",
                  val_split: str = "val", val_batch_size: int = 1, check_labels: bool = True,
-                 download: bool = False, hflip: bool = True, prefer_train_ids: bool = True):
+                 download: bool = False, hflip: bool = True, prefer_train_ids: bool = True,
+                 allow_split_overlap: bool = False):
         super().__init__(root, batch_size, num_workers, crop_size, scale_range, mean, std, train_split, val_split,
-                         val_batch_size, check_labels, download, hflip)
+                         val_batch_size, check_labels, download, hflip, allow_split_overlap=allow_split_overlap)
         self.prefer_train_ids = prefer_train_ids
         self.class_names = cityscapes_classes()
         self.palette = cityscapes_palette()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -23,13 +25,35 @@ def require_dir(path: Path, what: str, layout: str) -> Path:
     return path
 
 
-def read_split_file(path: Path, layout: str) -> list[str]:
-    """The ids listed in a split file, one per line; a missing or empty file is an error."""
+def name_some(ids, limit: int = 10, noun: str = "id") -> str:
+    """How many ``ids`` there are and at most ``limit`` of them (sorted): "3 ids (a, b, c)"."""
+    ids = sorted(ids)
+    shown = ", ".join(ids[:limit]) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+    return f"{len(ids)} {noun}{'s' if len(ids) != 1 else ''} ({shown})"
+
+
+def repeated(ids: Sequence[str]) -> list[str]:
+    """The ids that occur more than once in ``ids``."""
+    seen, twice = set(), set()
+    for image_id in ids:
+        (twice if image_id in seen else seen).add(image_id)
+    return sorted(twice)
+
+
+def read_split_file(path: Path, layout: str, unique: bool = True) -> list[str]:
+    """The ids listed in a split file, one per line (UTF-8, with or without a byte-order mark); a missing or empty
+    file is an error, and so is an id listed twice (it would be trained on or evaluated twice) unless ``unique`` is
+    false (lists that are merged into a set anyway, such as SBD's for trainaug)."""
     if not path.is_file():
         raise DatasetError(f"split file not found: {path}. Expected layout:\n{layout}")
-    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    ids = [line.split()[0] for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     if not ids:
         raise DatasetError(f"split file {path} is empty: it should list one image id per line")
+    twice = repeated(ids) if unique else []
+    if twice:
+        raise DatasetError(f"split file {path} lists {name_some(twice)} more than once: each would be used as many "
+                           f"times as it is listed (a repeated val id counts twice in the mIoU). Remove the repeated "
+                           f"lines")
     return ids
 
 
@@ -114,6 +138,28 @@ class SegmentationDataset(Dataset):
                                    f"[0, {self.num_classes}) and {IGNORE_INDEX} (ignore): fix the mask, or pass "
                                    f"check_labels=False to skip this check")
         return torch.from_numpy(image.copy()).permute(2, 0, 1).contiguous(), torch.from_numpy(mask.astype(np.int64))
+
+    def check_files(self, what: str, threads: Optional[int] = None) -> None:
+        """Read every sample once as :meth:`load` does (a full decode of image and mask, the size and label checks),
+        so that a bad file stops the run now rather than at an evaluation hours later. Raises :class:`DatasetError`
+        naming the first bad file and how many others there are."""
+        threads = threads or max(1, min(8, os.cpu_count() or 1))  # PIL and zlib decode without the GIL
+
+        def problem(index: int) -> Optional[str]:
+            try:
+                self.load(index)
+            except DatasetError as error:
+                return str(error)
+            return None
+
+        with ThreadPoolExecutor(threads) as pool:
+            found = [(i, p) for i, p in enumerate(pool.map(problem, range(len(self.pairs)))) if p is not None]
+        if found:
+            others = [str(self.pairs[i][0]) for i, _ in found[1:]]
+            raise DatasetError(f"the {what} set is read once before training, and {len(found)} of its {len(self)} "
+                               f"samples cannot be used: {found[0][1]}"
+                               + (f". The others (by image): {', '.join(others[:10])}"
+                                  f"{f' and {len(others) - 10} more' if len(others) > 10 else ''}" if others else ""))
 
     def __getitem__(self, index: int):
         """``index`` may carry the epoch (``epoch * len(self) + i``, see :class:`EpochSampler`): the sample's

@@ -61,9 +61,9 @@ class VOCSegmentationDataModule(SegmentationDataModule):
                  mean: Optional[tuple[float, float, float]] = None,
                  std: Optional[tuple[float, float, float]] = None, train_split: str = "train",
                  val_split: str = "val", val_batch_size: int = 1, check_labels: bool = True, download: bool = False, hflip: bool = True,
-                 sbd_root: Optional[Union[str, Path]] = None):
+                 sbd_root: Optional[Union[str, Path]] = None, allow_split_overlap: bool = False):
         super().__init__(root, batch_size, num_workers, crop_size, scale_range, mean, std, train_split, val_split,
-                         val_batch_size, check_labels, download, hflip)
+                         val_batch_size, check_labels, download, hflip, allow_split_overlap=allow_split_overlap)
         self.voc_dir = self.root / "VOCdevkit" / "VOC2012"
         self.sbd_dir = Path(sbd_root).expanduser() if sbd_root else self.root / "benchmark_RELEASE" / "dataset"
 
@@ -99,11 +99,11 @@ class VOCSegmentationDataModule(SegmentationDataModule):
         aug_dir = self.voc_dir / "SegmentationClassAug"
         if (self.sbd_dir / "cls").is_dir():
             for name in ("train", "val"):
-                ids += read_split_file(self.sbd_dir / f"{name}.txt", VOC_LAYOUT)
+                ids += read_split_file(self.sbd_dir / f"{name}.txt", VOC_LAYOUT, unique=False)  # merged below
         else:
             ids += [p.stem for p in sorted(aug_dir.glob("*.png"))]
         excluded = set(voc_split("val"))
-        return sorted(set(ids) - excluded)
+        return sorted(set(ids) - excluded)  # a set: SBD lists many VOC train ids again, and VOC val is left out
 
     def mask_path(self, image_id: str) -> Path:
         for candidate in (self.voc_dir / "SegmentationClass" / f"{image_id}.png",
@@ -121,8 +121,14 @@ class VOCSegmentationDataModule(SegmentationDataModule):
         for image_id in self.split_ids(split):
             image = self.voc_dir / "JPEGImages" / f"{image_id}.jpg"
             if not image.is_file():
-                raise DatasetError(f"image {image} (listed in split {split!r}) does not exist: its mask has no image; "
-                                   f"restore JPEGImages or remove the id from the split file")
+                try:
+                    mask = self.mask_path(image_id)
+                except DatasetError:
+                    raise DatasetError(f"id {image_id} (listed in split {split!r}) has neither image ({image}) nor "
+                                       f"mask ({self.voc_dir / 'SegmentationClass' / f'{image_id}.png'}): remove the "
+                                       f"id from the split file, or restore both files") from None
+                raise DatasetError(f"image {image} (listed in split {split!r}) does not exist, though its mask {mask} "
+                                   f"does: restore JPEGImages or remove the id from the split file")
             pairs.append((image, self.mask_path(image_id)))
         transform = self.train_transform() if train else self.val_transform()
         return SegmentationDataset(pairs, self.num_classes, transform, mask_reader=read_mask,
