@@ -19,6 +19,8 @@ import lightning as L
 import numpy as np
 import torch
 
+from . import provenance
+
 
 def git_commit() -> str:
     try:
@@ -37,7 +39,8 @@ def config_hash(config: Optional[dict]) -> str:
 class RunRecord(L.Callback):
     """Writes ``<root>/<dataset>/<experiment>/<pooling>/<seed>.json`` when a fit ends: per-class IoU (NaN for absent
     classes, written as null), mIoU, class names, the experiment and its config files, the config hash, the git
-    commit, steps, wall time, and for every P-pooling layer alpha's mean and spread at the first and the last step.
+    commit, steps, wall time, for every P-pooling layer alpha's mean and spread at the first and the last step, and
+    its provenance (:mod:`polypool.provenance`: the software and hardware, the start and end time, GPU- or CPU-hours).
 
     ``dataset`` defaults to the DataModule's ``dataset_name``; ``experiment`` (the CLI sets it to the config's name,
     e.g. ``vgg_largefov``) to the model's backbone family (vgg16 -> "vgg", resnet* -> "resnet", inception* ->
@@ -55,25 +58,37 @@ class RunRecord(L.Callback):
         self._elapsed_before = 0.0  # wall time of earlier attempts of this run (from the checkpoint)
         self._probe: Optional[torch.Tensor] = None
         self._alpha_first: Optional[dict] = None
+        self._started: Optional[str] = None  # when the run's first attempt started (UTC, ISO 8601)
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._start = time.time()
+        if self._started is None:
+            self._started = provenance.now()
 
     def elapsed(self) -> float:
         return self._elapsed_before + (time.time() - self._start if self._start is not None else 0.0)
 
     def state_dict(self) -> dict:
-        return {"elapsed_s": self.elapsed(), "probe": self._probe, "alpha_first": self._alpha_first}
+        return {"elapsed_s": self.elapsed(), "probe": self._probe, "alpha_first": self._alpha_first,
+                "started": self._started}
 
     def load_state_dict(self, state: dict) -> None:
         self._elapsed_before = float(state.get("elapsed_s", 0.0))
         self._probe, self._alpha_first = state.get("probe"), state.get("alpha_first")
+        self._started = state.get("started") or self._started
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if self._probe is None:
             self._probe = batch[0][:1].detach().cpu().clone()
         if self._alpha_first is None:
             self._alpha_first = {"step": int(trainer.global_step), "layers": alpha_summary(pl_module, self._probe)}
+
+    def provenance(self, trainer) -> dict[str, Any]:
+        """What produced the run (:mod:`polypool.provenance`): software, hardware, its start (first attempt) and end,
+        and the device-hours of its wall time over every attempt."""
+        hardware = provenance.hardware(trainer)
+        return {"software": provenance.software(), "hardware": hardware, "started": self._started,
+                "ended": provenance.now(), **provenance.device_hours(self.elapsed(), hardware)}
 
     def record_path(self, trainer, pl_module) -> Path:
         dataset = self.dataset or getattr(trainer.datamodule, "dataset_name", "dataset")
@@ -115,6 +130,7 @@ class RunRecord(L.Callback):
             "git_commit": git_commit(),
             "steps": int(trainer.global_step),
             "wall_time_s": round(self.elapsed(), 1),
+            "provenance": self.provenance(trainer),
         }
         try:  # complete or not there: a truncated record would count as a finished run
             atomic_write_text(path, json.dumps(record, indent=2) + "\n")

@@ -343,8 +343,12 @@ class PolypoolCLI(LightningCLI):
         experiment = self.experiment_name()
         backbone = backbone_family(self.model.hparams.backbone)
         tags = [self.model.hparams.pooling, dataset, backbone, experiment]
-        return {"group": f"{dataset}/{experiment}", "tags": tags,
-                "config": self.config[self.subcommand].as_dict() if self.subcommand else self.config.as_dict()}
+        from .provenance import hardware, software
+
+        config = self.config[self.subcommand].as_dict() if self.subcommand else self.config.as_dict()
+        # what produced the run, as its record holds it (the record adds world size, precision and the times)
+        config["provenance"] = {"software": software(), "hardware": hardware()}
+        return {"group": f"{dataset}/{experiment}", "tags": tags, "config": config}
 
     def refuse_a_fit_that_does_nothing(self) -> None:
         """``--ckpt_path last`` with no last checkpoint (Lightning would warn and start from step 0) and a fit of 0
@@ -383,7 +387,13 @@ class PolypoolCLI(LightningCLI):
 
 
 def main(args: Optional[list[str]] = None) -> PolypoolCLI:
-    """The CLI; a full disk, or a damaged checkpoint to resume from, ends it with a message and status 1."""
+    """The CLI; a full disk, or a damaged checkpoint to resume from, ends it with a message and status 1.
+    ``--version`` prints the package's version and the environment in one line (:func:`polypool.provenance.one_line`)."""
+    if (sys.argv[1:] if args is None else list(args)) == ["--version"]:
+        from .provenance import one_line
+
+        print(one_line())
+        raise SystemExit(0)
     try:
         return PolypoolCLI(SegmentationModel, SegmentationDataModule, subclass_mode_data=True,
                            auto_configure_optimizers=False, save_config_kwargs={"overwrite": True}, args=args)

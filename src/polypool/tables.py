@@ -129,10 +129,43 @@ def paper_table_key(dataset: str, experiment: str) -> tuple[str, str]:
     return dataset, experiment
 
 
+def environment_lines(table: Table) -> list[str]:
+    """Which software and hardware the rows came from (the records' ``provenance``), each environment with its runs
+    when there are several, and a plain warning when they differ in what makes numbers incomparable (torch, CUDA,
+    the accelerator, the precision, the package's version: :func:`polypool.provenance.mixed`)."""
+    from .provenance import describe, mixed
+
+    labels = dict(METHODS)
+    runs: dict[str, list[str]] = {}
+    unrecorded = []
+    for method, records in table.records.items():
+        for record in records:
+            name = f"{labels.get(method, method)} seed {record.get('seed')}"
+            if record.get("provenance"):
+                runs.setdefault(describe(record["provenance"]), []).append(name)
+            else:
+                unrecorded.append(name)
+    lines = []
+    if len(runs) == 1:
+        lines.append(f"Environment of every run: {next(iter(runs))}.")
+    elif runs:
+        lines.append(f"The rows come from {len(runs)} environments: " +
+                     "; ".join(f"{env} ({', '.join(names)})" for env, names in runs.items()) + ".")
+    differ = mixed(r.get("provenance") for rs in table.records.values() for r in rs)
+    if differ:
+        lines.append("These rows MIX environments, so their differences include the environment's: " +
+                     "; ".join(f"{key} {' / '.join(map(str, values))}" for key, values in differ.items()) + ".")
+    if unrecorded:
+        lines.append(f"No environment recorded for {', '.join(unrecorded)} (records written before provenance was).")
+    return lines
+
+
 def provenance_lines(table: Table) -> list[str]:
-    """Which config files the rows came from, and for every P-pooling run whether alpha moved."""
+    """Which config files the rows came from, in which environments, and for every P-pooling run whether alpha
+    moved."""
     configs = sorted({" + ".join(r.get("config_files") or []) for rs in table.records.values() for r in rs} - {""})
     lines = [f"Our rows: runs of {', '.join(f'`{c}`' for c in configs)}." if configs else ""]
+    lines += environment_lines(table)
     for method, label in METHODS:
         for record in table.records.get(method, []):
             alpha = record.get("alpha") or {}
