@@ -20,14 +20,37 @@ TORCH_CHANGED := $(if $(filter-out $(strip $(shell cat $(TORCH_INDEX_FILE) 2>/de
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml $(TORCH_CHANGED)
+# The locked environment: every package with its version and hashes (requirements/lock.txt, CPython 3.11 on Linux
+# x86-64, made by `make lock`). With TORCH_CUDA / TORCH_INDEX_URL, torch's build (torch, torchvision, triton,
+# nvidia-*) comes from that index, pinned by version, and the rest from the lock. LOCK= (empty) installs from
+# pyproject.toml's ranges instead (another Python, another platform).
+LOCK ?= requirements/lock.txt
+
+$(STAMP): pyproject.toml $(LOCK) $(TORCH_CHANGED)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(if $(TORCH_CHANGED),$(PY) -m pip uninstall --quiet --yes torch torchvision)
+ifeq ($(strip $(LOCK)),)
 	$(PY) -m pip install --quiet $(if $(strip $(TORCH_INDEX_URL)),--index-url $(strip $(TORCH_INDEX_URL))) torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION)
 	$(PY) -m pip install --quiet -e ".[test]"
+else ifeq ($(strip $(TORCH_INDEX_URL)),)
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+else
+	$(PY) -m pip install --quiet --index-url $(strip $(TORCH_INDEX_URL)) torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION)
+	$(PY) scripts/lock.py without-torch > $(VENV)/lock-without-torch.txt
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(VENV)/lock-without-torch.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+endif
 	printf '%s\n' '$(strip $(TORCH_INDEX_URL))' > $(TORCH_INDEX_FILE)
 	touch $(STAMP)
+
+# Re-resolve requirements/lock.txt (uv, from PyPI): the newest releases within pyproject.toml's ranges, torch pinned
+# to TORCH_VERSION. Review the diff, run make test, commit.
+.PHONY: lock
+lock: setup
+	$(PY) -m pip install --quiet uv==0.13.9
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) scripts/lock.py update --torch $(TORCH_VERSION) --torchvision $(TORCHVISION_VERSION)
 
 FORCE:
 
