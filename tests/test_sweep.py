@@ -98,7 +98,7 @@ def test_two_runs_side_by_side_write_records_and_the_table_and_a_second_call_doe
     progress = json.loads((out / "logs/voc/vgg/ppool/0/progress.json").read_text())
     assert progress["step"] == 4 and progress["max_steps"] == 4 and progress["miou"] is not None
     # the user's rows are the runs trained now; the committed miniature is a section of its own (issue 31, section 0)
-    assert "Trained by this sweep: max seed 0, ppool seed 0." in table
+    assert "- Trained by this sweep: Max seed 0, P-pooling seed 0." in table
     assert "**committed reference (results/quick/reference/runs, 3 seed(s)" in table
     # again: nothing to train, records untouched, and nothing pre-trained for runs that will not happen
     stamps = {p: (out / f"runs/voc/vgg/{p}/0.json").stat().st_mtime_ns for p in ("max", "ppool")}

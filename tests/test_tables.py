@@ -475,6 +475,8 @@ def test_provenance_lines_name_the_config_files_and_each_p_pooling_runs_alpha():
     })
     assert provenance_lines(table) == [
         "Our rows: runs of `configs/voc/vgg.yaml`, `configs/voc/vgg.yaml + configs/trainer/quick.yaml`.",
+        "No environment recorded for Max seed 0, Gated seed 0, Gated seed 1, DPP seed 0, P-pooling seed 2, "
+        "P-pooling seed 3 (records written before provenance was).",
         "P-pooling seed 2: alpha mean from step 0 to step 60: 4 30 (spread 0.5) -> 29.84 (spread 0.25); "
         "9 ? -> 3 (spread 0).",
     ]
@@ -482,6 +484,7 @@ def test_provenance_lines_name_the_config_files_and_each_p_pooling_runs_alpha():
     table = Table(["bg", "mean"], records={"ppool": [{"seed": 0, "alpha": {"last": {"step": 8, "layers": {
         "4": {"mean": 1.23456, "std": 0.0123456}}}}}]})
     assert provenance_lines(table) == [
+        "No environment recorded for P-pooling seed 0 (records written before provenance was).",
         "P-pooling seed 0: alpha mean from step ? to step 8: 4 ? -> 1.235 (spread 0.0123)."]
 
 
@@ -623,6 +626,7 @@ def test_a_committed_reference_is_a_section_of_its_own_and_the_table_names_the_r
     assert "| mIoU | bIoU | trimap 1px | trimap 4px | trimap 16px |" in committed
     assert "| Average | **75.0 ± 7.1** | **25.0 ± 0.0** | **25.0 ± 0.0** | **35.0 ± 0.0** | **45.0 ± 0.0** |" in committed
     assert "| Max | - |" in committed
-    assert f"Trained by this sweep: ppool seed 0. Read from records of earlier sweeps in {ours}: Max seed 0." in mine
+    assert f"- Trained by this sweep: P-pooling seed 0. Read from records of earlier sweeps in {ours}: Max seed 0." \
+        in committed  # under the tables, with the other provenance lines
     csv_rows = (tmp_path / "t.csv").read_text().splitlines()
     assert any(row.startswith('"committed reference') and ",Average," in row for row in csv_rows)

@@ -461,11 +461,13 @@ def quick_note(table: Table, extra: str = "") -> str:
 
 def trained_note(table: Table, runs_root: Path, trained: str) -> str:
     """Which of the table's runs this sweep trained now and which it read from records already in ``runs_root``."""
-    now = {name.strip() for name in trained.split(",") if name.strip()}
+    now = {name.strip() for name in trained.split(",") if name.strip()}  # "<pooling> seed <seed>", as the sweep names
     labels = dict(METHODS)
+    named = [f"{labels[m]} seed {r.get('seed')}" for m, rs in table.records.items() for r in rs
+             if f"{m} seed {r.get('seed')}" in now]
     read = [f"{labels[m]} seed {r.get('seed')}" for m, rs in table.records.items() for r in rs
             if f"{m} seed {r.get('seed')}" not in now]
-    parts = [f"Trained by this sweep: {', '.join(sorted(now)) if now else 'none'}."]
+    parts = [f"Trained by this sweep: {', '.join(named) if named else 'none'}."]
     if read:
         parts.append(f"Read from records of earlier sweeps in {runs_root}: {', '.join(read)}.")
     return " ".join(parts)
@@ -503,11 +505,11 @@ def reference_rows(ours: Table, reference: Table) -> tuple[list[str], list[list[
 
 
 def write_tables(ours: Table, paper: Optional[Table], out_stem: Path, note: str = "",
-                 reference: Optional[tuple[str, Table]] = None) -> str:
+                 reference: Optional[tuple[str, Table]] = None, below: Sequence[str] = ()) -> str:
     """Write ``<out_stem>.{md,csv,tex}``; returns the markdown. Our rows carry the detail columns (Boundary IoU,
     trimap mIoU) after the paper's; with 3+ seeds a section gives each pooling's paired difference against Max.
     ``reference`` = (its title, its table): rows trained elsewhere (the committed miniature), shown apart from ours,
-    never mixed into them."""
+    never mixed into them. ``below``: lines added to the provenance list under the tables."""
     ours_columns = ours.columns + ours.detail_columns
     sections = [("ours", ours_columns, render_rows(ours, "md", detail=True))]
     if paper is not None:
@@ -527,7 +529,7 @@ def write_tables(ours: Table, paper: Optional[Table], out_stem: Path, note: str 
     missing = missing_runs(ours)
     if missing:
         md.append(f"Missing runs (shown as -): {', '.join(missing)}.")
-    provenance = provenance_lines(ours)
+    provenance = list(below) + provenance_lines(ours)
     if provenance:
         md += [""] + [f"- {line}" for line in provenance]
     text = "\n".join(md).rstrip() + "\n"
@@ -580,8 +582,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     key = paper_table_key(args.dataset, args.backbone)
     # the miniature's generated set is not PASCAL VOC: no paper rows, no differences to them
     paper = load_paper(*key) if key in PAPER_TABLES and not args.quick else None
-    if args.trained is not None:
-        args.note = " ".join(filter(None, [args.note, trained_note(ours, args.runs, args.trained)]))
+    below = [trained_note(ours, args.runs, args.trained)] if args.trained is not None else []
     reference = None
     if args.reference is not None:
         committed = load_records(args.reference, args.dataset, args.backbone)
@@ -590,7 +591,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
             reference = (f"committed reference ({args.reference}, {seeds} seed(s); trained when it was committed, "
                          f"not by this sweep)", committed)
     text = write_tables(ours, paper, args.out or Path("results") / f"{args.dataset}_{args.backbone}", args.note,
-                        reference)
+                        reference, below)
     print(text)
     return text
 
