@@ -84,9 +84,9 @@ def hardware(trainer=None) -> dict[str, Any]:
                 "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
                 "devices_per_node": int(getattr(trainer, "num_devices", 1) or 1)}
     info["host"] = platform.node()
-    if trainer is not None:
-        info.update(world_size=int(trainer.world_size), num_nodes=int(trainer.num_nodes),
-                    precision=str(trainer.precision))
+    if trainer is not None:  # a Trainer; a stand-in without these attributes gives what it has
+        info.update(world_size=int(getattr(trainer, "world_size", 1)), num_nodes=int(getattr(trainer, "num_nodes", 1)),
+                    precision=str(getattr(trainer, "precision", None)))
     return info
 
 
