@@ -5,9 +5,10 @@ same file."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import subprocess
-from importlib import metadata
+import sys
 from pathlib import Path
 
 import yaml
@@ -50,7 +51,12 @@ def test_the_lock_holds_every_dependency_of_the_package_and_its_tests_and_torch_
 def test_this_environment_is_the_locked_one():
     """What make setup installed here (CI's environment) is the lock's set, version for version."""
     locked = pins(LOCK.read_text())
-    installed = {d.metadata["Name"].lower().replace("_", "-"): d.version for d in metadata.distributions()}
+    # in a fresh interpreter: once torch's cpp_extension has imported setuptools, the copies of packaging and
+    # platformdirs that setuptools bundles are on this process's path and shadow the installed ones
+    listing = subprocess.run([sys.executable, "-c", "import json; from importlib import metadata; print(json.dumps("
+                              "{d.metadata['Name']: d.version for d in metadata.distributions()}))"],
+                             capture_output=True, text=True, check=True).stdout
+    installed = {name.lower().replace("_", "-"): version for name, version in json.loads(listing).items()}
     # torch's version carries its build's tag (2.14.1+cu130)
     wrong = {name: (version, installed.get(name)) for name, version in locked.items()
              if (installed.get(name) or "").split("+")[0] != version}
