@@ -12,14 +12,17 @@ import shutil
 import subprocess
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
 import numpy as np
 import torch
+from typing_extensions import override
 
 from . import provenance
+from . import wandb_keys as keys
 
 
 def git_commit() -> str:
@@ -47,6 +50,10 @@ class RunRecord(L.Callback):
     "inception"). The alpha statistics are taken over a fixed probe image (the first training image) for a dense
     alpha; the probe, the first statistics and the elapsed time are checkpointed, so a resumed run records the
     whole run.
+
+    With a W&B logger it also sends, at every periodic validation, the distribution of each dense P-pooling layer's
+    alpha over the probe (``alpha/<layer>/dense_hist``; :func:`log_dense_alpha_histograms`); the final evaluation
+    sends it too (:func:`final_evaluation`).
     """
 
     def __init__(self, root: str = "results/runs", dataset: Optional[str] = None, experiment: Optional[str] = None):
@@ -65,6 +72,11 @@ class RunRecord(L.Callback):
         if self._started is None:
             self._started = provenance.now()
 
+    @property
+    def probe(self) -> Optional[torch.Tensor]:
+        """The fixed probe image (the first training image, on the CPU; None before the first step)."""
+        return self._probe
+
     def elapsed(self) -> float:
         return self._elapsed_before + (time.time() - self._start if self._start is not None else 0.0)
 
@@ -82,6 +94,14 @@ class RunRecord(L.Callback):
             self._probe = batch[0][:1].detach().cpu().clone()
         if self._alpha_first is None:
             self._alpha_first = {"step": int(trainer.global_step), "layers": alpha_summary(pl_module, self._probe)}
+
+    @override
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        # dense alpha's distribution over the probe at every periodic validation (not the sanity check: nothing
+        # trained yet, and a resumed run's was sent before it stopped), to W&B, rank 0
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        log_dense_alpha_histograms(pl_module, self._probe)
 
     def provenance(self, trainer) -> dict[str, Any]:
         """What produced the run (:mod:`polypool.provenance`): software, hardware, its start (first attempt) and end,
@@ -244,12 +264,18 @@ def read_record(path: Path, required: tuple[str, ...] = RECORD_KEYS) -> dict:
 
 
 @torch.no_grad()
-def final_evaluation(trainer, pl_module) -> dict[str, Any]:
+def final_evaluation(trainer, pl_module, probe: Optional[torch.Tensor] = None) -> dict[str, Any]:
     """``pl_module`` on the DataModule's whole val set (no ``limit_val_batches``), under the model's test-time
     protocol, with fresh metrics reduced over the DDP ranks; called on every rank, on the strategy's device. Returns
     ``{"iou": per-class IoU, "boundary_iou": per-class Boundary IoU, "trimap": {width: per-class IoU}, "device": the
     device it ran on}`` and logs their means as
-    ``final/mIoU``, ``final/boundary_mIoU`` and ``final/trimap_mIoU/<width>px`` (and ``final/IoU/<class>``)."""
+    ``final/mIoU``, ``final/boundary_mIoU`` and ``final/trimap_mIoU/<width>px`` (and ``final/IoU/<class>``).
+
+    It also sends W&B (rank 0's W&B runs only) what a periodic validation sends, so a run without one (the quick
+    preset's) shows them too: alpha's statistics, the dense alpha maps of the first val image, the image | truth |
+    prediction panel of the first val batch (with the trainer's :class:`QualitativePanel`), and the distribution of
+    dense alpha over ``probe`` (default: the trainer's :class:`RunRecord`'s probe): :func:`send_evaluation_to_wandb`.
+    """
     from .metrics import BoundaryIoU, TrimapIoU
 
     datamodule = trainer.datamodule
@@ -272,30 +298,82 @@ def final_evaluation(trainer, pl_module) -> dict[str, Any]:
     trimap_metric = TrimapIoU(num_classes, ignore_index=ignore).to(device)
     was_training = pl_module.training
     pl_module.eval()
+    first = None  # the first batch and its prediction, for W&B's media
     try:
         with trainer.precision_plugin.forward_context():
             for images, masks, sizes in datamodule.val_dataloader():
                 images, masks = images.to(device), masks.to(device)
                 preds = pl_module.evaluation_prediction(images)
+                if first is None:
+                    first = (images, masks, preds)
                 iou_metric.update(preds, masks)  # the padding is 255: ignored
                 for metric in (boundary_metric, trimap_metric):  # each image at its own size
                     metric.update(preds, masks, sizes)
         iou = iou_metric.compute().detach().float().cpu()
         boundary = boundary_metric.compute().cpu()
         trimap = trimap_metric.compute().cpu()
+        if first is not None and trainer.is_global_zero:
+            if probe is None:
+                probe = next((c.probe for c in getattr(trainer, "callbacks", []) if isinstance(c, RunRecord)), None)
+            try:
+                with trainer.precision_plugin.forward_context():  # on the device, in eval mode, as validation
+                    send_evaluation_to_wandb(trainer, pl_module, *first, probe=probe)
+            except Exception as error:  # noqa: BLE001 - W&B's pictures must not cost the run its record
+                warnings.warn(f"the final evaluation's alpha maps, panel and histograms could not be sent to W&B "
+                              f"({type(error).__name__}: {error}); the metrics and the run record are not affected",
+                              stacklevel=2)
     finally:
         pl_module.train(was_training)
         pl_module.to(left_on)
     result = {"iou": iou, "boundary_iou": boundary, "device": device,
               "trimap": {w: trimap[i] for i, w in enumerate(trimap_metric.widths)}}
     if trainer.is_global_zero:
-        values = {"final/mIoU": float(torch.nanmean(iou)), "final/boundary_mIoU": float(torch.nanmean(boundary))}
-        values.update({f"final/trimap_mIoU/{w}px": float(torch.nanmean(v)) for w, v in result["trimap"].items()})
-        values.update({f"final/IoU/{name}": float(v) for name, v in zip(pl_module.class_names, iou)})
+        values = {keys.FINAL_MIOU: float(torch.nanmean(iou)),
+                  keys.FINAL_BOUNDARY_MIOU: float(torch.nanmean(boundary))}
+        values.update({keys.final_trimap_miou(w): float(torch.nanmean(v)) for w, v in result["trimap"].items()})
+        values.update({keys.class_iou(keys.FINAL, name): float(v) for name, v in zip(pl_module.class_names, iou)})
         for logger in trainer.loggers:
             logger.log_metrics(values, step=int(trainer.global_step))
             logger.save()
     return result
+
+
+@torch.no_grad()
+def send_evaluation_to_wandb(trainer, pl_module, images: torch.Tensor, masks: torch.Tensor, preds: torch.Tensor,
+                             probe: Optional[torch.Tensor] = None) -> None:
+    """Sends rank 0's W&B runs what a periodic validation sends them, for an evaluation outside the validation loop
+    (the final one): ``alpha/<layer>/mean|min|max`` (and a channel alpha's histogram), the dense alpha maps of the
+    first of ``images`` (``alpha_map/<layer>``), the image | truth | prediction panel of ``images``, ``masks`` and
+    ``preds`` (``val/panel``, with the trainer's :class:`QualitativePanel` and its ``num_images``) and the dense alpha
+    distribution over ``probe`` (``alpha/<layer>/dense_hist``), all at ``trainer/global_step``. Nothing without a
+    W&B logger."""
+    runs = pl_module._wandb_runs()
+    if not runs or not trainer.is_global_zero:
+        return
+    scalars = pl_module.alpha_scalars()  # a dense alpha's: of the evaluation's last forward, as in validation
+    if scalars:
+        for run in runs:
+            run.log({**scalars, keys.STEP: int(trainer.global_step)})
+    pl_module.log_alpha_histograms()
+    pl_module._log_dense_alpha_maps(images)
+    log_dense_alpha_histograms(pl_module, probe)
+    for callback in getattr(trainer, "callbacks", []):
+        if isinstance(callback, QualitativePanel):
+            callback.log_panel(trainer, pl_module, images, masks, preds,
+                               caption="image | ground truth | prediction (final evaluation)")
+
+
+def log_dense_alpha_histograms(pl_module, probe: Optional[torch.Tensor]) -> None:
+    """The distribution of every dense P-pooling layer's alpha over the fixed ``probe`` image (all channels and
+    positions of its alpha map), as a W&B histogram over the layer's alpha range (``alpha/<layer>/dense_hist``, the
+    same bins at every step: :func:`polypool.models.segmentation.alpha_histogram`), at ``trainer/global_step``. Dense
+    alpha has no parameter to take a histogram of: it is computed from the input. Nothing without a W&B logger or a
+    probe."""
+    if probe is None or not pl_module._wandb_runs():
+        return
+    for name, (module, alpha) in alpha_maps(pl_module, probe).items():
+        if module.alpha_mode == "dense":
+            pl_module._log_histogram(keys.alpha_dense_hist(name), alpha.flatten(), module.alpha_range)
 
 
 def nan_to_none(values: torch.Tensor) -> list[Optional[float]]:
@@ -436,7 +514,8 @@ def backbone_family(backbone: str) -> str:
 
 class QualitativePanel(L.Callback):
     """Each validation, logs image | ground truth | prediction for the first ``num_images`` images of the first
-    batch to W&B (other loggers cannot hold images), coloured with the dataset's palette."""
+    batch to W&B (other loggers cannot hold images), coloured with the dataset's palette; the final evaluation logs
+    one too (:func:`send_evaluation_to_wandb`), under the same key."""
 
     def __init__(self, num_images: int = 2):
         self.num_images = num_images
@@ -444,15 +523,23 @@ class QualitativePanel(L.Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if batch_idx != 0 or not pl_module._wandb_runs():
             return
-        import wandb
-
         images, masks = batch[:2]
         with torch.no_grad():
             preds = pl_module(images[: self.num_images]).argmax(1)
-        panel = make_panel(images[: self.num_images], masks[: self.num_images], preds, trainer.datamodule)
-        for run in pl_module._wandb_runs():
-            run.log({"val/panel": wandb.Image(panel, caption="image | ground truth | prediction"),
-                     "trainer/global_step": trainer.global_step})
+        self.log_panel(trainer, pl_module, images, masks, preds)
+
+    def log_panel(self, trainer, pl_module, images: torch.Tensor, masks: torch.Tensor, preds: torch.Tensor,
+                  caption: str = "image | ground truth | prediction") -> None:
+        """The panel of the first ``num_images`` of ``images``/``masks``/``preds`` to the W&B runs (``val/panel``)."""
+        runs = pl_module._wandb_runs()
+        if not runs:
+            return
+        import wandb
+
+        n = self.num_images
+        panel = make_panel(images[:n], masks[:n], preds[:n], trainer.datamodule)
+        for run in runs:
+            run.log({keys.PANEL: wandb.Image(panel, caption=caption), keys.STEP: trainer.global_step})
 
 
 def make_panel(images: torch.Tensor, masks: torch.Tensor, preds: torch.Tensor, datamodule: Any) -> np.ndarray:

@@ -55,6 +55,7 @@ from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
 
 from .callbacks import (NO_SPACE_ERRNOS, AlphaHistory, NoSpaceError, QualitativePanel, RNGState, RunRecord,
                         backbone_family, format_bytes, free_bytes, temporary_name)
+from . import wandb_keys
 from .data import SegmentationDataModule
 from .loggers import PolypoolWandbLogger, ResumableCSVLogger
 from .models import SegmentationModel
@@ -347,8 +348,8 @@ class PolypoolCLI(LightningCLI):
 
         config = self.config[self.subcommand].as_dict() if self.subcommand else self.config.as_dict()
         # what produced the run, as its record holds it (the record adds world size, precision and the times)
-        config["provenance"] = {"software": software(), "hardware": hardware()}
-        return {"group": f"{dataset}/{experiment}", "tags": tags, "config": config}
+        config[wandb_keys.PROVENANCE_CONFIG] = {"software": software(), "hardware": hardware()}
+        return {"group": wandb_keys.group(dataset, experiment), "tags": tags, "config": config}
 
     def refuse_a_fit_that_does_nothing(self) -> None:
         """``--ckpt_path last`` with no last checkpoint (Lightning would warn and start from step 0) and a fit of 0

@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
+from .wandb_keys import TRIMAP_WIDTHS
+
 
 def erode(masks: Tensor, radius: int) -> Tensor:
     """Binary erosion of ``masks`` (N, H, W) by a (2r+1)-square, the outside of the image counting as background."""
@@ -137,7 +139,7 @@ class TrimapIoU(Metric):
 
     full_state_update = False
 
-    def __init__(self, num_classes: int, widths: Sequence[int] = (1, 2, 4, 8, 16, 32), ignore_index: int = 255,
+    def __init__(self, num_classes: int, widths: Sequence[int] = TRIMAP_WIDTHS, ignore_index: int = 255,
                  **kwargs):
         super().__init__(**kwargs)
         if not widths or min(widths) < 1:

@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from . import wandb_keys as keys
 from .data.classes import VOC_CLASSES, VOC_SHORT_NAMES
 
 # The supplement's rows, in its order: (pooling name in the registry, row label).
@@ -186,19 +187,19 @@ def provenance_lines(table: Table) -> list[str]:
 def load_metrics_csv(path: Path, class_names: Sequence[str] = VOC_CLASSES) -> np.ndarray:
     """A CSVLogger ``metrics.csv`` as table values: the run's final whole-val evaluation (``final/*``, what its
     record holds), or for a log without one the last periodic validation (``val/*``)."""
-    last = {"final/": None, "val/": None}
+    last = {keys.FINAL: None, keys.VAL: None}
     with open(path) as f:
         for row in csv.DictReader(f):
             for prefix in last:
-                if row.get(f"{prefix}mIoU"):
+                if row.get(keys.miou(prefix)):
                     last[prefix] = row
-    prefix = "final/" if last["final/"] is not None else "val/"
+    prefix = keys.FINAL if last[keys.FINAL] is not None else keys.VAL
     row = last[prefix]
     if row is None:
-        raise ValueError(f"{path} has no evaluation row (no 'final/mIoU' or 'val/mIoU' value)")
-    per_class = [float(row[f"{prefix}IoU/{name}"]) if row.get(f"{prefix}IoU/{name}") not in (None, "", "nan")
-                 else None for name in class_names]
-    return record_values(per_class, float(row[f"{prefix}mIoU"]))
+        raise ValueError(f"{path} has no evaluation row (no {keys.FINAL_MIOU!r} or {keys.VAL_MIOU!r} value)")
+    per_class = [float(row[keys.class_iou(prefix, name)])
+                 if row.get(keys.class_iou(prefix, name)) not in (None, "", "nan") else None for name in class_names]
+    return record_values(per_class, float(row[keys.miou(prefix)]))
 
 
 def load_csv_logs(root: Path) -> Table:
@@ -212,17 +213,18 @@ def load_csv_logs(root: Path) -> Table:
 
 def load_wandb(path: str, dataset: str, backbone: str) -> Table:
     """Finished W&B runs of group ``<dataset>/<backbone>``: their final whole-val evaluation (``final/*``), or for a
-    run without one its last periodic validation (``val/*``)."""
+    run without one its last periodic validation (``val/*``). The keys are :mod:`polypool.wandb_keys`', the ones the
+    runs log and the dashboard (``python -m polypool.dashboard``) plots."""
     import wandb
 
     table = Table(columns=list(VOC_SHORT_NAMES) + ["mean"])
-    for run in wandb.Api().runs(path, filters={"group": f"{dataset}/{backbone}", "state": "finished"}):
-        method = run.config.get("model", {}).get("pooling")
+    for run in wandb.Api().runs(path, filters={"group": keys.group(dataset, backbone), "state": "finished"}):
+        method = keys.config_value(run.config, keys.POOLING_CONFIG)
         summary = run.summary
-        prefix = "final/" if summary.get("final/mIoU") is not None else "val/"
-        per_class = [summary.get(f"{prefix}IoU/{name}") for name in VOC_CLASSES]
-        if method and summary.get(f"{prefix}mIoU") is not None:
-            table.runs.setdefault(method, []).append(record_values(per_class, summary[f"{prefix}mIoU"]))
+        prefix = keys.FINAL if summary.get(keys.FINAL_MIOU) is not None else keys.VAL
+        per_class = [summary.get(keys.class_iou(prefix, name)) for name in VOC_CLASSES]
+        if method and summary.get(keys.miou(prefix)) is not None:
+            table.runs.setdefault(method, []).append(record_values(per_class, summary[keys.miou(prefix)]))
     return table
 
 

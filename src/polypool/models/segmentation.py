@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassJaccardIndex
 
+from .. import wandb_keys as keys
 from ..data.classes import IGNORE_INDEX, VOC_CLASSES
 from ..data.base import IMAGENET_MEAN, IMAGENET_STD
 from ..pooling import PPool2d, pooling_parameters
@@ -218,13 +219,13 @@ class SegmentationModel(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> Tensor:
         images, masks = batch
         loss = self.loss(self(images), masks)
-        self.log("train/loss", loss, prog_bar=True)
+        self.log(keys.TRAIN_LOSS, loss, prog_bar=True)
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
         images, masks = batch[:2]  # (images, masks, sizes): pad_collate's padded batch
         logits = self(images)
-        self.log("val/loss", self.loss(logits, masks), sync_dist=True)
+        self.log(keys.VAL_LOSS, self.loss(logits, masks), sync_dist=True)
         self.val_iou.update(self.evaluation_prediction(images, logits), masks)  # the padding is 255: ignored
         if batch_idx == 0 and self._wandb_runs():
             self._log_dense_alpha_maps(images)
@@ -233,20 +234,34 @@ class SegmentationModel(L.LightningModule):
         per_class = self.val_iou.compute()
         self.val_iou.reset()
         self.last_val_iou = per_class.detach().cpu()
-        self.log("val/mIoU", torch.nanmean(per_class), prog_bar=True, sync_dist=False)
+        self.log(keys.VAL_MIOU, torch.nanmean(per_class), prog_bar=True, sync_dist=False)
         for name, iou in zip(self.class_names, per_class):
-            self.log(f"val/IoU/{name}", iou)
+            self.log(keys.class_iou(keys.VAL, name), iou)
         self.log_pooling_parameters()
 
     def log_pooling_parameters(self) -> None:
         """Mean/min/max alpha of every P-pooling layer (histograms too, with a W&B logger)."""
+        for key, value in self.alpha_scalars().items():
+            self.log(key, value)
+        self.log_alpha_histograms()
+
+    def alpha_scalars(self) -> dict[str, float]:
+        """``{alpha/<layer>/mean|min|max: value}`` of every P-pooling layer (a dense alpha's: of the last forward;
+        NaN values, a dense alpha before its first forward, are left out)."""
+        values = {}
         for name, module in self.network.backbone.named_modules():
             if isinstance(module, PPool2d):
                 stats = module.alpha_stats()
-                for key in ("mean", "min", "max"):
-                    if not math.isnan(stats[key]):
-                        self.log(f"alpha/{name}/{key}", stats[key])
-                self._log_histogram(f"alpha/{name}/hist", stats.get("per_channel"), module.alpha_range)
+                values.update({keys.alpha_stat(name, key): stats[key] for key in keys.ALPHA_STATS
+                               if not math.isnan(stats[key])})
+        return values
+
+    def log_alpha_histograms(self) -> None:
+        """W&B histograms of every channel-mode P-pooling layer's per-channel alpha (``alpha/<layer>/hist``)."""
+        for name, module in self.network.backbone.named_modules():
+            if isinstance(module, PPool2d):
+                self._log_histogram(keys.alpha_hist(name), module.alpha_stats().get("per_channel"),
+                                    module.alpha_range)
 
     def _wandb_runs(self) -> list:
         """The W&B runs among the loggers (histograms and images go there; CSV keeps the scalars)."""
@@ -262,7 +277,7 @@ class SegmentationModel(L.LightningModule):
         for run in self._wandb_runs():
             import wandb
 
-            run.log({key: wandb.Histogram(np_histogram=(counts, edges)), "trainer/global_step": self.global_step})
+            run.log({key: wandb.Histogram(np_histogram=(counts, edges)), keys.STEP: self.global_step})
 
     @torch.no_grad()
     def dense_alpha_maps(self, images: Tensor) -> dict[str, Tensor]:
@@ -291,9 +306,9 @@ class SegmentationModel(L.LightningModule):
                 scaled = ((alpha.mean(0) - low) / max(high - low, 1e-6)).clamp(0, 1)
                 # wandb.Image casts arrays to uint8 without scaling: a [0, 1] float map would be all black
                 image = (scaled * 255).round().to(torch.uint8).numpy()
-                run.log({f"alpha_map/{name}": wandb.Image(image, caption=f"mean alpha over channels, "
-                                                                        f"{low:g} black to {high:g} white"),
-                         "trainer/global_step": self.global_step})
+                run.log({keys.alpha_map(name): wandb.Image(image, caption=f"mean alpha over channels, "
+                                                                          f"{low:g} black to {high:g} white"),
+                         keys.STEP: self.global_step})
 
     def uses_tta(self) -> bool:
         """Whether evaluation differs from one plain forward of the whole image."""
