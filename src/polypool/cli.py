@@ -18,6 +18,9 @@ Unless the config sets ``trainer.logger`` / checkpointing itself, every run gets
   full-scale run every 2,000-5,000 steps), and at every validation (Lightning 2.6's ``ModelCheckpoint`` writes
   ``last.ckpt`` there only when the best mIoU improved). Both callbacks write the same ``last.ckpt`` (no
   ``last-v1.ckpt``); a config that lists its own ``ModelCheckpoint`` gets neither;
+* :class:`SignalCheckpoint`: stopped with SIGTERM (SLURM's and most schedulers' stop, ``reproduce.sh``'s) or SIGUSR1
+  (a scheduler's warning before it), a fit writes ``last.ckpt`` at the step it stopped at and exits with status
+  128 + the signal's number (143, 138) and a message saying how to resume (issue 32, section 1);
 * :class:`RunRecord` writing ``<records_root>/<dataset>/<experiment>/<pooling>/<seed>.json`` when the fit ends,
   :class:`AlphaHistory` (P-pooling's alpha every 100 steps, ``<default_root_dir>/alpha_history.jsonl``) and
   :class:`QualitativePanel` (W&B only). A config that lists one of these callbacks itself replaces the default;
@@ -39,7 +42,9 @@ Checkpoints and records are complete or absent (issue 32, section 3):
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -52,6 +57,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .callbacks import (NO_SPACE_ERRNOS, AlphaHistory, NoSpaceError, QualitativePanel, RNGState, RunRecord,
                         backbone_family, format_bytes, free_bytes, temporary_name)
@@ -182,6 +188,94 @@ class TimedLastCheckpoint(L.Callback):
         self._saved_at = time.monotonic()
 
 
+class SignalCheckpoint(L.Callback):
+    """SIGTERM or SIGUSR1 during a fit: ``last.ckpt`` in ``dirpath`` at the step the run stopped at, then the fit
+    ends with status 128 + the signal's number and a message (rank 0, stderr).
+
+    Lightning's own handler (``SignalConnector``, registered for each fit) only notes SIGTERM
+    (``trainer.received_sigterm``) and ends the fit after the batch with ``SIGTERMException``: status 0 and nothing
+    saved. This callback saves at that batch's end (``on_train_batch_end``, where Lightning's own checkpoints are
+    taken, so that ``--ckpt_path last`` continues as the uninterrupted run would) through ``trainer.save_checkpoint``
+    (the CLI's atomic checkpoint IO), then ends the fit with ``SIGTERMException(143)``; under DDP the ranks decide
+    together (any rank signalled: all save and stop). A signal during a validation (Lightning ends it at once) is
+    saved in ``on_exception`` instead (one process only). SIGUSR1 is taken as SIGTERM, unless something handles it
+    already (Lightning's SLURM auto-requeue, which saves its own ``hpc_ckpt``). A signal before the first step, or
+    after the last one (during the final evaluation: Lightning's handler is gone, the default one ends the process;
+    ``last.ckpt`` of the last step is there), saves nothing new."""
+
+    def __init__(self, dirpath: str):
+        self.dirpath = Path(dirpath)
+        self.signal_name: Optional[str] = None  # "SIGUSR1" when that came; SIGTERM otherwise
+        self.requested = False
+        self._previous_usr1: Any = None
+        self._start_step = 0
+        self._saved_step: Optional[int] = None
+
+    @property
+    def path(self) -> Path:
+        return self.dirpath / "last.ckpt"
+
+    @override
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._start_step, self._saved_step = trainer.global_step, None
+        usr1 = getattr(signal, "SIGUSR1", None)
+        if usr1 is not None and threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(usr1) in (signal.SIG_DFL, None):
+            self._previous_usr1 = signal.signal(usr1, self._on_sigusr1)
+
+    def _on_sigusr1(self, signum, frame) -> None:
+        self.signal_name, self.requested = "SIGUSR1", True
+        handler = signal.getsignal(signal.SIGTERM)  # Lightning's: sets trainer.received_sigterm
+        if callable(handler):
+            handler(signal.SIGTERM, frame)
+
+    def _restore(self) -> None:
+        if self._previous_usr1 is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGUSR1, self._previous_usr1)
+        self._previous_usr1 = None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(getattr(signal, self.signal_name or "SIGTERM"))
+
+    @override
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        stop = bool(trainer.received_sigterm or self.requested)
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)  # any rank: every rank saves
+        if stop:
+            self.save(trainer)
+            raise SIGTERMException(self.exit_code)
+
+    def save(self, trainer) -> None:
+        trainer.save_checkpoint(self.path)
+        self._saved_step = trainer.global_step
+
+    @override
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException):
+            return
+        self._restore()
+        step = trainer.global_step
+        if self._saved_step != step and step > self._start_step and trainer.world_size == 1 \
+                and not trainer.sanity_checking:
+            self.save(trainer)
+        name = self.signal_name or "SIGTERM"
+        if self._saved_step == step:
+            told = (f"saved {self.path}; the same command with --ckpt_path last resumes it from there")
+        elif self.path.is_file():
+            told = f"nothing new to save: {self.path} is kept; the same command with --ckpt_path last resumes it"
+        else:
+            told = "nothing to save yet; run the same command again to start it"
+        if trainer.is_global_zero:
+            print(f"polypool: stopped by {name} at step {step}: {told}", file=sys.stderr, flush=True)
+        exception.polypool_reported = True  # main() prints nothing more
+
+    @override
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._restore()
+
+
 class DamagedCheckpoint(RuntimeError):
     """``--ckpt_path`` names a checkpoint that cannot be loaded and there is nothing to fall back to; the message
     names the file and the fix. The CLI prints it and exits with status 1."""
@@ -293,6 +387,7 @@ class PolypoolCLI(LightningCLI):
         given = config.get("callbacks") or []
         given = list(given) if isinstance(given, list) else [given]
         extra: list = []
+        last: list = []  # SignalCheckpoint: after the others, so that the step it saves is complete for each of them
         if not any(isinstance(c, ModelCheckpoint) for c in given) and config.get("enable_checkpointing", True) is not False:
             # no version counter: one last.ckpt, written by both instances (a counter would make last-v1.ckpt)
             extra.append(ModelCheckpoint(dirpath=str(root / "checkpoints"), monitor="val/mIoU", mode="max",
@@ -303,6 +398,7 @@ class PolypoolCLI(LightningCLI):
                                   f"got {minutes}")
             if self.subcommand in (None, "fit"):
                 extra.append(TimedLastCheckpoint(dirpath=str(root / "checkpoints"), minutes=minutes))
+                last.append(SignalCheckpoint(dirpath=str(root / "checkpoints")))  # SIGTERM/SIGUSR1: last.ckpt
         plugins = config.get("plugins")
         plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
         if "plugins" not in kwargs and not has_own_checkpoint_io(config.get("strategy"), plugins):
@@ -321,6 +417,7 @@ class PolypoolCLI(LightningCLI):
             extra.append(ProgressFile())
         if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in given):
             extra.append(default_progress_bar())
+        extra += last
         if extra:
             kwargs["callbacks"] = given + extra
         return super().instantiate_trainer(**kwargs)
@@ -388,7 +485,8 @@ class PolypoolCLI(LightningCLI):
 
 
 def main(args: Optional[list[str]] = None) -> PolypoolCLI:
-    """The CLI; a full disk, or a damaged checkpoint to resume from, ends it with a message and status 1.
+    """The CLI; a full disk, or a damaged checkpoint to resume from, ends it with a message and status 1; SIGTERM
+    or SIGUSR1 with status 128 + the signal's number (:class:`SignalCheckpoint`: ``last.ckpt`` saved first).
     ``--version`` prints the package's version and the environment in one line (:func:`polypool.provenance.one_line`)."""
     if (sys.argv[1:] if args is None else list(args)) == ["--version"]:
         from .provenance import one_line
@@ -401,6 +499,11 @@ def main(args: Optional[list[str]] = None) -> PolypoolCLI:
     except (NoSpaceError, DamagedCheckpoint) as error:
         print(f"polypool: {error}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
+    except SIGTERMException as error:  # a SystemExit, of status 0 when Lightning raises it
+        if not getattr(error, "polypool_reported", False):
+            print("polypool: stopped by SIGTERM (no checkpoint written: the config has its own checkpointing)",
+                  file=sys.stderr, flush=True)
+        raise SystemExit(error.code if isinstance(error.code, int) and error.code else 143) from None
 
 
 if __name__ == "__main__":

@@ -8,6 +8,13 @@ once per data folder and shared by every pooling and seed, as ImageNet's weights
 
     python -m polypool.quick DIR            # DIR/VOCdevkit (the set) and DIR/pretrained_max.ckpt
     python -m polypool.quick DIR -- --trainer.max_steps 4   # overrides for the pre-training run
+
+One process prepares a folder at a time (issue 32): :func:`prepare` holds ``DIR/quick.lock``
+(:mod:`polypool.locking`), and another one (a second sweep, with another --out) waits for it, then uses what it made
+or resumes what it left. The set is generated beside its place and moved there when complete; each child runs in a
+session of its own, holding the lock with its parent (a parent killed with ``kill -9`` leaves the folder locked until
+its pre-training ends), and is stopped with its parent (SIGTERM/SIGINT: :mod:`polypool.stopping`), the pre-training
+saving its ``last.ckpt`` first, so that the next attempt resumes it.
 """
 
 from __future__ import annotations
@@ -17,10 +24,15 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .locking import FolderLock
+from .stopping import Stopped, run_child, stop_on_signals
+
 PRETRAINED = "pretrained_max.ckpt"
+LOCK = "quick.lock"  # in the data folder: held while the set and the network are made (prepare)
 # The committed miniature (3 seeds), kept apart from a user's own results/quick/runs so that a run never takes it for
 # its own: a --quick table shows it as a section of its own. Made by
 # ./reproduce.sh voc vgg --quick --seeds 3 --out results/quick/reference -- --data.init_args.root data/quick/voc
@@ -39,13 +51,36 @@ def pretrained_path(root: Path) -> Path:
     return Path(root) / PRETRAINED
 
 
-def make_data(root: Path) -> None:
-    """The generated detail-heavy set (``python -m polypool.data.fixtures voc ROOT --preset quick``), once."""
-    if (Path(root) / "VOCdevkit").is_dir():
+def _note_child(lock: Optional[FolderLock], what: str):
+    """``run_child``'s ``on_start``: the lock file names the child too (for a waiting process's message)."""
+    def note(process) -> None:
+        if lock is not None:
+            lock.note(child=process.pid, child_command=what)
+    return note
+
+
+def make_data(root: Path, lock: Optional[FolderLock] = None) -> None:
+    """The generated detail-heavy set (``python -m polypool.data.fixtures voc ROOT --preset quick``), once. It is
+    written to ``ROOT/.generating`` and moved to ``ROOT/VOCdevkit`` when complete, so that a stopped generation
+    leaves no part that would count as the set."""
+    root = Path(root)
+    if (root / "VOCdevkit").is_dir():
         return
-    command = [sys.executable, "-m", "polypool.data.fixtures", "voc", str(root), "--preset", "quick"]
-    if subprocess.run(command).returncode:
+    partial = root / ".generating"
+    shutil.rmtree(partial, ignore_errors=True)  # an earlier, interrupted generation (the lock is ours)
+    command = [sys.executable, "-m", "polypool.data.fixtures", "voc", str(partial), "--preset", "quick"]
+    try:
+        code = run_child(command, pass_fds=lock.fds if lock else (),
+                         on_start=_note_child(lock, "the quick set's generation"))
+    except Stopped as stop:
+        shutil.rmtree(partial, ignore_errors=True)
+        stop.left = (f"while generating the quick set in {root}: nothing of it was kept; run the same command again "
+                     f"to generate it")
+        raise
+    if code:
         raise QuickError(f"generating the quick set failed: {shlex.join(command)}")
+    (partial / "VOCdevkit").replace(root / "VOCdevkit")
+    shutil.rmtree(partial, ignore_errors=True)
 
 
 def pretrain_overrides(overrides: Sequence[str]) -> list[str]:
@@ -86,21 +121,52 @@ def pretrain_command(root: Path, resume: bool, overrides: Sequence[str] = ()) ->
             "--seed_everything", "0", *(["--ckpt_path", "last"] if resume else []), *pretrain_overrides(overrides)]
 
 
-def pretrain(root: Path, overrides: Sequence[str] = (), say=print) -> Path:
-    """``ROOT/pretrained_max.ckpt``: trained now (resuming an interrupted pre-training) unless it exists."""
+def checkpoint_step(path: Path) -> Optional[int]:
+    """The global step a Lightning checkpoint holds (its tensors not read), None if it does not load."""
+    try:
+        import torch
+
+        return int(torch.load(path, map_location="cpu", mmap=True, weights_only=False)["global_step"])
+    except Exception:  # noqa: BLE001 - any reason: the message then names no step
+        return None
+
+
+def pretrain(root: Path, overrides: Sequence[str] = (), say=print, lock: Optional[FolderLock] = None) -> Path:
+    """``ROOT/pretrained_max.ckpt``: trained now (resuming an interrupted pre-training) unless it exists. Each
+    attempt starts with a line ``== <time> starting|resuming from <last.ckpt>: <command>`` in ``pretrain.log``.
+    Stopped (SIGTERM/SIGINT: :class:`polypool.stopping.Stopped`), the pre-training saves its ``last.ckpt`` and
+    ends before the exception goes on, saying what is kept."""
     target = pretrained_path(root)
     if target.is_file():
         say(f"quick: the shared max-pooling network exists ({target})")
         return target
     folder = Path(root) / "pretrain"
     last = folder / "checkpoints" / "last.ckpt"
-    command = pretrain_command(root, last.is_file(), overrides)
+    resume = last.is_file()
+    command = pretrain_command(root, resume, overrides)
+    steps = pretrain_steps(overrides)
     say(f"quick: training the shared max-pooling network every pooling fine-tunes from "
-        f"({pretrain_steps(overrides)} steps; log {folder / 'pretrain.log'})")
+        f"({steps} steps; log {folder / 'pretrain.log'})" + (f", resuming from {last}" if resume else ""))
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "pretrain.log", "a") as log:
-        if subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode:
-            raise QuickError(f"the quick pre-training failed: {shlex.join(command)}; see {folder / 'pretrain.log'}")
+        log.write(f"\n== {time.strftime('%Y-%m-%d %H:%M:%S')} "
+                  f"{'resuming from ' + str(last) if resume else 'starting'}: {shlex.join(command)}\n")
+        log.flush()
+        try:
+            code = run_child(command, stdout=log, stderr=subprocess.STDOUT, pass_fds=lock.fds if lock else (),
+                             on_start=_note_child(lock, "the quick pre-training, polypool fit"))
+        except Stopped as stop:
+            step = checkpoint_step(last) if last.is_file() else None
+            kept = (f"its last checkpoint {last} (step {step} of {steps}) is kept; run the same command again to "
+                    f"resume it" if step is not None else
+                    "it had saved no checkpoint yet; run the same command again to start it over")
+            stop.left = f"during the quick pre-training: {kept} (log: {folder / 'pretrain.log'})"
+            raise
+        finally:
+            if lock is not None:
+                lock.note(child=None, child_command=None)
+    if code:
+        raise QuickError(f"the quick pre-training failed: {shlex.join(command)}; see {folder / 'pretrain.log'}")
     if not last.is_file():
         raise QuickError(f"the quick pre-training wrote no {last}")
     shutil.copyfile(last, target.with_suffix(".tmp"))
@@ -109,9 +175,28 @@ def pretrain(root: Path, overrides: Sequence[str] = (), say=print) -> Path:
 
 
 def prepare(root: Path, overrides: Sequence[str] = (), say=print) -> Path:
-    """The generated set and the shared network under ``root``; returns the network's path."""
-    make_data(root)
-    return pretrain(root, overrides, say)
+    """The generated set and the shared network under ``root``; returns the network's path. Made under
+    ``ROOT/quick.lock``: another process that prepares the same folder is waited for (saying which), then what it
+    made is used and what it left is resumed."""
+    root = Path(root)
+    if (root / "VOCdevkit").is_dir() and pretrained_path(root).is_file():
+        say(f"quick: the shared max-pooling network exists ({pretrained_path(root)})")
+        return pretrained_path(root)
+    lock = FolderLock(root / LOCK, f"the quick data folder {root}")
+    try:
+        lock.acquire(wait=True, say=say, waiting="quick: waiting for")
+    except Stopped as stop:
+        stop.left = (f"while waiting for another process to prepare the quick data folder {root} (lock file "
+                     f"{lock.path}): nothing was started here; run the same command again")
+        raise
+    try:
+        note = lock.takeover_note()
+        if note:
+            say(f"quick: {note}")
+        make_data(root, lock)
+        return pretrain(root, overrides, say, lock)
+    finally:
+        lock.release()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -122,9 +207,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("root", type=Path, help="the data folder (reproduce.sh --quick: data/quick/voc)")
     args = parser.parse_args(argv)
     try:
-        print(prepare(args.root, overrides))
+        with stop_on_signals():
+            print(prepare(args.root, overrides))
     except QuickError as error:
         sys.exit(f"polypool.quick: {error}")
+    except Stopped as stop:
+        print(f"polypool.quick: stopped ({stop.signal}) {stop.left}".rstrip(), file=sys.stderr)
+        sys.exit(stop.code)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,15 @@ regenerated (``python -m polypool.tables``) when they end; the exit status is 1 
 Before anything starts: ``--gpus N`` checks that torch sees N GPUs (:func:`gpu_problem`); the data (download or
 the generated quick set) and the pretrained weights of the config (:func:`weight_needs`) are fetched once, here,
 or, with ``--offline``, checked; ``--prefetch`` only does that (on a login node) and exits.
+
+Signals and locks (issue 32, sections 1 and 2). SIGTERM and SIGINT stop the sweep at any stage
+(:mod:`polypool.stopping`): every child it started (each in a session of its own) gets SIGTERM, a run or the quick
+pre-training saves its ``last.ckpt`` and ends (killed after 30 s), and the sweep says what was left and how to go
+on, exiting 143 (SIGTERM) or 130 (SIGINT). A sweep that trains holds ``OUT/<dataset>_<config>.lock``
+(:func:`sweep_lock`; :mod:`polypool.locking`): a second sweep of the same config and folder stops at once, naming
+the first (pid, host, start time, command); each run holds ``<logdir>/run.lock`` with its process (:func:`run_lock`),
+and ``--quick``'s data folder ``quick.lock`` while the set and the pre-training are made (a sweep with another
+--out waits for it).
 """
 
 from __future__ import annotations
@@ -47,6 +56,9 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import yaml
+
+from .locking import FolderLock, LockHeld, describe_holder
+from .stopping import Stopped, raise_stopped, run_child, stop_on_signals, stop_process
 
 POOLINGS = ("max", "avg", "strided_conv", "gated", "dpp", "ppool")  # the rows of the supplement's tables
 STATES = ("done", "running", "failed", "partial", "missing")
@@ -803,7 +815,13 @@ def prepare_data(sweep: Sweep, prefetch: bool = False, say=print) -> None:
     if download and not sweep.offline:
         command = [sys.executable, "-m", "polypool.data.download", sweep.dataset, str(root),
                    "--train-split", train_split]
-        if subprocess.run(command).returncode:
+        try:
+            code = run_child(command)
+        except Stopped as stop:
+            stop.left = (f"while downloading the {sweep.dataset} data into {root}: run the same command again to "
+                         f"download it")
+            raise
+        if code:
             raise SweepError(f"the download failed ({shlex.join(command)})")
     if not root.is_dir():
         raise SweepError(f"no data at {root}. See README.md, 'Data' (or pass -- --data.init_args.root DIR, or -- "
@@ -862,9 +880,11 @@ def _copy_output(source_fd: int, sinks: list) -> None:
 class LocalProcess:
     """One run's ``python -m polypool fit``; its output goes to ``train.log`` (appended: a resumed run keeps the
     earlier attempts'), and also to this terminal when ``echo`` (one run at a time). On a terminal the run gets a
-    pseudo-terminal, so that it draws its progress bar."""
+    pseudo-terminal, so that it draws its progress bar. The run is a session of its own (a Ctrl+C reaches the sweep,
+    which stops it: :meth:`stop`); ``pass_fds``: descriptors it holds too (its folder's lock)."""
 
-    def __init__(self, command: list[str], env: dict[str, str], log: Path, echo: bool):
+    def __init__(self, command: list[str], env: dict[str, str], log: Path, echo: bool,
+                 pass_fds: Sequence[int] = ()):
         log.parent.mkdir(parents=True, exist_ok=True)
         self.log_file = open(log, "ab")
         self.log_file.write(f"\n== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n".encode())
@@ -891,12 +911,13 @@ class LocalProcess:
                 except OSError:
                     pass
                 self.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=slave,
-                                                stderr=slave)
+                                                stderr=slave, start_new_session=True, pass_fds=pass_fds)
                 os.close(slave)
                 source = master
             else:
                 self.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                                stderr=subprocess.STDOUT)
+                                                stderr=subprocess.STDOUT, start_new_session=True,
+                                                pass_fds=pass_fds)
                 source = os.dup(self.process.stdout.fileno())
                 self.process.stdout.close()
             sys.stdout.flush()
@@ -905,7 +926,7 @@ class LocalProcess:
             self.thread.start()
         else:
             self.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=self.log_file,
-                                            stderr=subprocess.STDOUT)
+                                            stderr=subprocess.STDOUT, start_new_session=True, pass_fds=pass_fds)
 
     def poll(self) -> Optional[int]:
         code = self.process.poll()
@@ -920,15 +941,12 @@ class LocalProcess:
         if not self.log_file.closed:
             self.log_file.close()
 
-    def stop(self, timeout: float = 30.0) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+    def stop(self, timeout: float = 30.0, signalled: bool = False) -> Optional[str]:
+        """SIGTERM (the run saves ``last.ckpt`` and ends; ``signalled``: already sent), SIGKILL to its process group
+        after ``timeout`` s (:func:`polypool.stopping.stop_process`); returns how it ended (None: it had ended)."""
+        how = stop_process(self.process, timeout, signalled=signalled)
         self.close()
+        return how
 
 
 def gpu_slots(sweep: Sweep) -> list[Optional[str]]:
@@ -948,12 +966,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class _Stop(Exception):
-    pass
+_Stop = Stopped  # SIGTERM/SIGINT (polypool.stopping)
+_raise_stop = raise_stopped
 
 
-def _raise_stop(signum, frame):  # noqa: ARG001
-    raise _Stop(signal.Signals(signum).name)
+def run_lock(run: Run) -> FolderLock:
+    """The lock of ``run``'s folder (``<logdir>/run.lock``), held by the sweep and the run's process while it
+    trains: a run left training by a sweep killed with ``kill -9`` keeps it, and is not started twice."""
+    return FolderLock(run.logdir / "run.lock", f"the folder of the run {run.name}, {run.logdir}")
 
 
 def print_progress(statuses: list[RunStatus], say=print) -> None:
@@ -963,7 +983,9 @@ def print_progress(statuses: list[RunStatus], say=print) -> None:
 
 def run_local(sweep: Sweep, todo: list[tuple[Run, bool]], say=print, poll_s: float = 60.0) -> list[Outcome]:
     """Train ``todo`` (run, resume) with ``sweep.workers`` processes side by side; a new run starts whenever one
-    ends. SIGTERM/SIGINT stop every run (each keeps its last checkpoint) and re-raise as :class:`_Stop`."""
+    ends. SIGTERM/SIGINT stop every run (each saves its last checkpoint and ends, or is killed after 30 s) and
+    re-raise as :class:`_Stop`. Each run holds its folder's lock (:func:`run_lock`) with the sweep; a run whose
+    folder another process holds (a run left training by a sweep killed with ``kill -9``) is left alone."""
     slots = gpu_slots(sweep)
     env = run_env(sweep)
     threads = None
@@ -974,6 +996,7 @@ def run_local(sweep: Sweep, todo: list[tuple[Run, bool]], say=print, poll_s: flo
     outcomes: list[Outcome] = []
     echo = sweep.workers == 1
     last_summary = time.time()
+    locks: dict[Run, FolderLock] = {}
     previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         while queue or active:
@@ -981,6 +1004,11 @@ def run_local(sweep: Sweep, todo: list[tuple[Run, bool]], say=print, poll_s: flo
                 if slot in active or not queue:
                     continue
                 run, resume = queue.popleft()
+                try:
+                    locks[run] = run_lock(run).acquire(say=lambda line: say(f"== {run.name}: {line}"))
+                except LockHeld as held:
+                    say(f"== {run.name}: left alone, another process trains it: {held}")
+                    continue
                 run_env_ = dict(env)
                 if slots[slot] is not None:
                     run_env_["CUDA_VISIBLE_DEVICES"] = slots[slot]
@@ -991,7 +1019,9 @@ def run_local(sweep: Sweep, todo: list[tuple[Run, bool]], say=print, poll_s: flo
                 where = f" on GPU {slots[slot]}" if slots[slot] is not None else ""
                 say(f"== {run.name}{': resuming from ' + str(run.last_ckpt) if resume else ''}{where}"
                     f"{'' if echo else f' (log: {run.log})'}")
-                process = LocalProcess(sweep.fit_command(run, resume), run_env_, run.log, echo)
+                process = LocalProcess(sweep.fit_command(run, resume), run_env_, run.log, echo,
+                                       pass_fds=locks[run].fds)
+                locks[run].note(child=process.process.pid, child_command=f"polypool fit, {run.name}")
                 run.write_state("running", pid=process.process.pid, host=socket.gethostname(),
                                 log=str(run.log), gpus=slots[slot])
                 active[slot] = (run, process, time.time())
@@ -1000,6 +1030,7 @@ def run_local(sweep: Sweep, todo: list[tuple[Run, bool]], say=print, poll_s: flo
                 if code is None:
                     continue
                 del active[slot]
+                locks.pop(run).release()
                 seconds = time.time() - started
                 ok = code == 0 and run.record.is_file()
                 if ok:
@@ -1016,12 +1047,20 @@ def run_local(sweep: Sweep, todo: list[tuple[Run, bool]], say=print, poll_s: flo
                 print_progress([inspect_run(run) for run, _, _ in active.values()], say)
             time.sleep(0.2)
     except _Stop:
+        for run, process, started in active.values():  # all at once: each saves its checkpoint meanwhile
+            if process.process.poll() is None:
+                process.process.send_signal(signal.SIGTERM)
         for run, process, started in active.values():
-            process.stop()
+            how = process.stop(signalled=True)
+            if how == "killed":
+                say(f"== {run.name}: did not end within 30 s of SIGTERM and was killed; its last checkpoint is the "
+                    f"one before")
             run.write_state("interrupted", log=str(run.log))
             outcomes.append(Outcome(run, False, time.time() - started, sweep.gpus_per_run, None, "interrupted"))
         raise
     finally:
+        for lock in locks.values():
+            lock.release()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return outcomes
@@ -1195,7 +1234,13 @@ def build_table(sweep: Sweep, failed: list[RunStatus], trained: Sequence[Run] = 
     if failed:
         command += ["--note", "Failed runs (shown as -): " + ", ".join(
             f"{s.run.name} (log: {s.run.log_path()})" for s in failed) + "."]
-    if subprocess.run(command).returncode:
+    try:
+        code = run_child(command)
+    except Stopped as stop:
+        stop.left = (f"while building the table {sweep.table_stem.with_suffix('.md')}: the runs' records are kept; "
+                     f"run the same command again to build it (nothing is trained again)")
+        raise
+    if code:
         raise SweepError(f"the table could not be built: {shlex.join(command)}")
 
 
@@ -1214,12 +1259,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return error.code
 
 
+def sweep_lock(sweep: Sweep) -> FolderLock:
+    """The lock of a sweep's output folder for its config (``OUT/<dataset>_<config>.lock``, beside its table): one
+    sweep of a config per output folder at a time (another config's may share the folder)."""
+    return FolderLock(sweep.table_stem.with_suffix(".lock"),
+                      f"the output folder {sweep.out} of {sweep.dataset}/{sweep.config_name}")
+
+
 def _main(args: argparse.Namespace, extra: list[str]) -> int:
     start = time.time()
     sweep = make_sweep(args, extra)
     if args.status:
         print_status(sweep)
         return 0
+    with stop_on_signals():
+        try:
+            return _run(args, sweep, start)
+        except Stopped as stop:
+            left = stop.left or "run the same command again to go on"
+            print(f"{PROG}: stopped ({stop.signal}){'' if left[:1] in ';:,' else ' '}{left}", file=sys.stderr,
+                  flush=True)
+            return stop.code
+
+
+def _run(args: argparse.Namespace, sweep: Sweep, start: float) -> int:
+    """:func:`_main` after the arguments, SIGTERM/SIGINT raising :class:`Stopped` (each step that starts a child
+    stops it and says what it left in :attr:`Stopped.left`). A sweep that trains holds :func:`sweep_lock` (a second
+    one on the same folder and config stops at once, naming the first), and ``--quick`` the data folder's
+    (:func:`polypool.quick.prepare`: a second sweep with another --out waits for the first's pre-training)."""
     if args.gpus and not args.slurm and not args.prefetch:
         problem = gpu_problem(args.gpus)
         if problem:
@@ -1230,12 +1297,36 @@ def _main(args: argparse.Namespace, extra: list[str]) -> int:
         print(f"{PROG}: prefetch done: the runs of {sweep.dataset}/{sweep.config_name} find their data and weights "
               f"(run them with --offline on a node without internet)")
         return 0
+    lock = sweep_lock(sweep)
+    try:
+        lock.acquire()
+    except LockHeld as held:
+        holder = held.holder
+        stop_it = (f"stop it (kill {holder['pid']}: its runs keep their last checkpoints) or " if
+                   holder.get("pid") and holder.get("host") == socket.gethostname() else "")
+        raise SweepError(f"another sweep of {sweep.dataset}/{sweep.config_name} is using {sweep.out}: "
+                         f"{describe_holder(holder)} (lock file {lock.path}). Wait for it to end, or {stop_it}"
+                         f"give this one another --out DIR; --status shows its runs") from None
+    try:
+        note = lock.takeover_note()
+        if note:
+            print(f"== {note}")
+        return _train(args, sweep, start)
+    finally:
+        lock.release()
+
+
+def _train(args: argparse.Namespace, sweep: Sweep, start: float) -> int:
     statuses = plan(sweep)
     todo = runs_to_train(statuses)
     if todo:
         # the data, the quick pre-training and the weights only when a run will use them
         prepare_data(sweep)
-        ensure_weights(sweep.values(), sweep.offline, say=lambda line: print(f"== {line}"))
+        try:
+            ensure_weights(sweep.values(), sweep.offline, say=lambda line: print(f"== {line}"))
+        except Stopped as stop:
+            stop.left = "while fetching the pretrained weights: run the same command again to fetch them"
+            raise
         mode = (f"as {len(todo)} job(s) ({args.slurm_cluster})" if args.slurm else
                 f"{sweep.workers} at a time" + (f", {sweep.gpus_per_run} GPU(s) each" if sweep.gpus_per_run else
                                                  " on the CPU"))
@@ -1245,10 +1336,11 @@ def _main(args: argparse.Namespace, extra: list[str]) -> int:
               f"train (delete a record, or pass --out DIR, to train it again); rebuilding the table from them")
     try:
         outcomes = run_slurm(sweep, todo, args) if args.slurm else run_local(sweep, todo, poll_s=args.poll_s)
-    except _Stop as stop:
-        print(f"{PROG}: stopped ({stop}); every run keeps its last checkpoint: run the same command again to resume "
-              f"them", file=sys.stderr)
-        return 130 if str(stop) == "SIGINT" else 143
+    except Stopped as stop:
+        stop.left = ("while waiting for the submitted jobs: they go on in SLURM's queue (scancel stops them); run the "
+                     "same command again to wait for them (they are not submitted twice)" if args.slurm else
+                     "; every run keeps its last checkpoint: run the same command again to resume them")
+        raise
 
     statuses = plan(sweep)
     failed = [s for s in statuses if s.state == "failed"]
