@@ -168,13 +168,13 @@ def test_max_steps_0_is_refused(root, tmp_path, monkeypatch):
 def test_the_pretraining_announces_the_steps_the_overrides_set(tmp_path, monkeypatch):
     from polypool import quick
 
-    def fake_run(command, **kwargs):
+    def fake_run_child(command, **kwargs):  # the pre-training's child, without training
         last = tmp_path / "pretrain/checkpoints/last.ckpt"
         last.parent.mkdir(parents=True, exist_ok=True)
         last.write_bytes(b"ckpt")
-        return type("Done", (), {"returncode": 0})()
+        return 0
 
-    monkeypatch.setattr(quick.subprocess, "run", fake_run)
+    monkeypatch.setattr(quick, "run_child", fake_run_child)
     said = []
     quick.pretrain(tmp_path, ["--trainer.max_steps=9", "--trainer.max_steps", "5"], say=said.append)
     assert "(5 steps;" in said[0], said  # the last override wins, as on the command line
