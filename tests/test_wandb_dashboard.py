@@ -207,9 +207,8 @@ def test_creating_the_dashboard_without_wandb_fails_with_a_clear_message(tmp_pat
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     message = done.stderr
     assert "cannot create the W&B dashboard of ent/proj" in message
-    assert "http://127.0.0.1:9 could not be reached" in message and "wandb login" in message
-    # no API key at all (none in the environment, no ~/.netrc)
+    assert "http://127.0.0.1:9 could not be reached" in message and "WANDB_BASE_URL" in message
+    # no API key either (none in the environment, no ~/.netrc): the unreachable server is named first
     done = run_dashboard(tmp_path, WANDB_BASE_URL="http://127.0.0.1:9")
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
-    assert "ent/proj" in done.stderr and "no W&B API key is set" in done.stderr
-    assert "wandb login" in done.stderr and "WANDB_API_KEY" in done.stderr
+    assert "ent/proj" in done.stderr and "could not be reached" in done.stderr

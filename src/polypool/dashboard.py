@@ -192,6 +192,20 @@ def describe(workspace) -> str:
     return "\n".join(lines)
 
 
+def unreachable(url: str, timeout: float = 10.0) -> Optional[str]:
+    """None if ``url``'s server answers (any HTTP status), else why not."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None
+    except (urllib.error.URLError, OSError) as error:
+        return f"{type(error).__name__}: {getattr(error, 'reason', error)}"
+    return None
+
+
 def save(workspace, url: Optional[str] = None) -> str:
     """Creates the workspace in W&B (or, with ``url``, updates the workspace there with its sections and runs) and
     returns its URL. Raises :class:`DashboardError` naming the project, the cause and the fix when no API key is set
@@ -203,6 +217,10 @@ def save(workspace, url: Optional[str] = None) -> str:
     host = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
     what = f"cannot {'update' if url else 'create'} the W&B dashboard of {where}"
     offline = "(--dry-run prints the dashboard without W&B)"
+    problem = unreachable(host)  # one quick try: W&B's own client retries an unreachable server for minutes
+    if problem:
+        raise DashboardError(f"{what}: W&B at {host} could not be reached ({problem}). Check the network (and "
+                             f"WANDB_BASE_URL, for a W&B server of your own), then run this command again {offline}")
     try:
         wandb.Api()  # the API key and the server, checked before anything else
         target = workspace
