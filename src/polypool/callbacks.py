@@ -33,6 +33,15 @@ def git_commit() -> str:
         return "unknown"
 
 
+DEFAULT_RECORDS_ROOT = "results/runs"
+
+
+def record_file(root, dataset: str, experiment: str, pooling: str, seed: int) -> Path:
+    """Where a run's record lives: ``<root>/<dataset>/<experiment>/<pooling>/<seed>.json``. The one owner of that
+    layout: the reproduction harness, the tables and the notebooks find records with it."""
+    return Path(root) / dataset / experiment / pooling / f"{seed}.json"
+
+
 def config_hash(config: Optional[dict]) -> str:
     if not config:
         return "none"
@@ -56,7 +65,7 @@ class RunRecord(L.Callback):
     sends it too (:func:`final_evaluation`).
     """
 
-    def __init__(self, root: str = "results/runs", dataset: Optional[str] = None, experiment: Optional[str] = None):
+    def __init__(self, root: str = DEFAULT_RECORDS_ROOT, dataset: Optional[str] = None, experiment: Optional[str] = None):
         self.root, self.dataset, self.experiment = Path(root), dataset, experiment
         self.config: Optional[dict] = None
         self.config_files: list[str] = []
@@ -114,7 +123,7 @@ class RunRecord(L.Callback):
         dataset = self.dataset or getattr(trainer.datamodule, "dataset_name", "dataset")
         experiment = self.experiment or backbone_family(pl_module.hparams.backbone)
         seed = self.seed if self.seed is not None else 0
-        return self.root / dataset / experiment / pl_module.hparams.pooling / f"{seed}.json"
+        return record_file(self.root, dataset, experiment, pl_module.hparams.pooling, seed)
 
     def on_fit_end(self, trainer, pl_module) -> None:
         # Every rank evaluates its share of the whole val set (also a run resumed at max_steps, which trained no

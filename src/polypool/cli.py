@@ -59,7 +59,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from .callbacks import (NO_SPACE_ERRNOS, AlphaHistory, NoSpaceError, QualitativePanel, RNGState, RunRecord,
+from .callbacks import (DEFAULT_RECORDS_ROOT, NO_SPACE_ERRNOS, AlphaHistory, NoSpaceError, QualitativePanel, RNGState, RunRecord,
                         backbone_family, format_bytes, free_bytes, temporary_name)
 from . import wandb_keys
 from .data import SegmentationDataModule
@@ -357,7 +357,7 @@ class PolypoolCLI(LightningCLI):
             parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
         parser.add_argument("--wandb_project", type=Optional[str], default="polypool",
                             help="W&B project of the run (offline without credentials); null: no W&B logger")
-        parser.add_argument("--records_root", type=str, default="results/runs",
+        parser.add_argument("--records_root", type=str, default=DEFAULT_RECORDS_ROOT,
                             help="where RunRecord writes <dataset>/<experiment>/<pooling>/<seed>.json")
         parser.add_argument("--experiment", type=Optional[str], default=None,
                             help="the name that keeps this configuration's runs apart: records in <records_root>/"

@@ -57,6 +57,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
+from .callbacks import record_file
 from .locking import FolderLock, LockHeld, describe_holder
 from .stopping import Stopped, raise_stopped, run_child, stop_on_signals, stop_process
 
@@ -94,7 +95,7 @@ class Run:
 
     @property
     def record(self) -> Path:
-        return self.out / "runs" / self.dataset / self.config_name / self.pooling / f"{self.seed}.json"
+        return record_file(self.out / "runs", self.dataset, self.config_name, self.pooling, self.seed)
 
     @property
     def logdir(self) -> Path:
