@@ -43,7 +43,8 @@ def compare_to_reference(x, alpha, kernel, stride, padding, ceil_mode, *, backen
 
 def check_negative_flag(function, backend: str, device="cpu"):
     """``function`` (a fused autograd Function) raises NegativeInput for a negative anywhere, also in a trailing
-    row that no window reads, and not otherwise; p_pool2d then shifts the map, as the reference does."""
+    row that no window reads, and not otherwise; p_pool2d then takes the windows with a negative through the
+    signed path."""
     window = Window.make(2, 2, 0, False)
     x = torch.rand(2, 3, 41, 40, device=device)
     assert function.apply(x, 3.0, window).shape == (2, 3, 20, 20)  # no NegativeInput raised

@@ -52,7 +52,7 @@ def test_compiled_graph_calls_the_fused_op(backend, op, alpha_kind, nonnegative)
     device = DEVICE if backend == "triton" else "cpu"
     window = (3, 2, 1)
     torch.manual_seed(0)
-    x = torch.randn(2, 3, 9, 10, device=device, requires_grad=True)  # negatives: shifted inside the graph
+    x = torch.randn(2, 3, 9, 10, device=device, requires_grad=True)  # negatives: their windows through the signed path in the graph
     out = Window.make(*window).output_size(9, 10)
     alpha = (torch.rand(3, 1, 1, device=device) * 20 if alpha_kind == "channel"
              else torch.rand(2, 3, *out, device=device) * 20).requires_grad_(True)

@@ -27,7 +27,7 @@ def test_export_of_conv_relu_dense_ppool_runs_and_matches_eager():
     x = torch.rand(2, 3, 16, 17)
     program = torch.export.export(model, (x,))
     torch.testing.assert_close(program.module()(x), model(x), rtol=1e-5, atol=1e-6)
-    x2 = torch.randn(2, 3, 16, 17)  # other values, negatives included (the shift is traced, not branched on)
+    x2 = torch.randn(2, 3, 16, 17)  # other values, negatives included (the signed path is traced, not branched on)
     torch.testing.assert_close(program.module()(x2), model(x2), rtol=1e-5, atol=1e-6)
 
 

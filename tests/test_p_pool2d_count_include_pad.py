@@ -83,8 +83,8 @@ def test_alpha_positive_against_the_excluded_reference(backend, function_name, k
 
 
 def test_excluding_changes_nothing_without_padding_or_at_alpha_above_zero_on_positive_windows():
-    """Padded zeros add 0 to both sums when alpha > 0, so only alpha = 0, all-zero windows and shifted maps see the
-    flag; without padding it changes nothing at all."""
+    """Padded zeros add 0 to both sums when alpha > 0, so only alpha = 0, all-zero windows and shifted windows see
+    the flag; without padding it changes nothing at all."""
     x = torch.rand(2, 3, 9, 8) + 0.1
     for backend in ("reference", "auto"):
         torch.testing.assert_close(p_pool2d(x, 5.0, 3, 2, 1, backend=backend, count_include_pad=False),
@@ -93,13 +93,14 @@ def test_excluding_changes_nothing_without_padding_or_at_alpha_above_zero_on_pos
                                    p_pool2d(x, 0.0, 3, 2, 0, True, backend=backend), rtol=1e-5, atol=1e-6)
 
 
-def test_negative_maps_are_shifted_and_the_padding_left_out():
-    """A map with a negative minimum is shifted up by it: with count_include_pad the padding stands for that
-    minimum; without it the padding is not in the window, so at alpha = 0 it is avg_pool2d without padding."""
+def test_negative_windows_count_the_padding_as_avg_pool2d_does():
+    """A window with a negative element is shifted up by its own minimum; a padded zero stays a zero of the window
+    (count_include_pad) or is not in it: at alpha = 0 it is avg_pool2d either way."""
     x = torch.rand(1, 2, 7, 7) - 0.5
     for backend in ("reference", "auto"):
-        torch.testing.assert_close(p_pool2d(x, 0.0, 3, 2, 1, backend=backend, count_include_pad=False),
-                                   F.avg_pool2d(x, 3, 2, 1, count_include_pad=False), rtol=1e-5, atol=1e-6)
+        for include_pad in (True, False):
+            torch.testing.assert_close(p_pool2d(x, 0.0, 3, 2, 1, backend=backend, count_include_pad=include_pad),
+                                       F.avg_pool2d(x, 3, 2, 1, count_include_pad=include_pad), rtol=1e-5, atol=1e-6)
 
 
 def test_layer_and_3d_input():

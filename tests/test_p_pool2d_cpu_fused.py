@@ -68,11 +68,11 @@ def test_vgg_2x2_stride_2_tiles(size, alpha_kind):
         alpha[:, 0, 0], alpha[:, 1, 1] = 0.0, 1.0
     compare(x, alpha, 2, 2, 0, False)
     compare(x, alpha, 2, 2, 0, True)  # ceil mode changes nothing on even sizes
-    compare(torch.randn(2, 5, *size), alpha, 2, 2, 0, False)  # negatives: flagged, shifted, pooled again
+    compare(torch.randn(2, 5, *size), alpha, 2, 2, 0, False)  # negatives: flagged, their windows shifted
 
 
 def test_wide_rows_and_negative_inputs():
-    x = torch.randn(1, 2, 9, 70)  # rows longer than one vector, and a shift for the negatives
+    x = torch.randn(1, 2, 9, 70)  # rows longer than one vector, and shifts for the negatives
     compare(x, torch.rand(2, 1, 1) * 10, 2, 2, 0, True)
 
 

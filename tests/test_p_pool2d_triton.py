@@ -80,7 +80,7 @@ def test_low_precision_is_computed_in_fp32(dtype, rtol, alpha):
 
 
 def test_negative_non_contiguous_and_channels_last_inputs():
-    compare(torch.randn(1, 2, 9, 40), torch.rand(2, 1, 1) * 10, 2, 2, 0, True)  # shifted by the map's minimum
+    compare(torch.randn(1, 2, 9, 40), torch.rand(2, 1, 1) * 10, 2, 2, 0, True)  # windows with negatives shifted by their minimum
     compare(torch.rand(2, 4, 12, 14).contiguous(memory_format=torch.channels_last), torch.rand(4, 1, 1) * 10, 3, 2, 1, False)
     compare(torch.rand(2, 3, 24, 14)[:, :, ::2], torch.tensor(3.0), 2, 2, 0, False)
 

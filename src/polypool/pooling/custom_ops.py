@@ -5,9 +5,9 @@ whose backward is again such an op (``OP_NAMES``).
 
 ``p_pool2d`` uses them only while ``torch.compile`` traces it (not under ``torch.export``, which keeps the reference
 op's plain torch ops so that the exported program runs anywhere). A compiled graph cannot branch on the data, so
-there the negative-input shift is always applied (the reference's rule: a map with a negative minimum is shifted by
-it; a zero shift costs one min-reduction) unless the caller says the input is non-negative; the first-result check
-and the fallback of the eager path do not apply inside a compiled graph.
+there, unless the caller says the input is non-negative, every window is also computed by the signed path
+(:mod:`polypool.pooling.signed`) and the op's result kept where the window is finite and >= 0; the first-result
+check and the fallback of the eager path do not apply inside a compiled graph.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def _triton_forward(x: Tensor, alpha: Tensor, dense: bool, kernel: list[int], st
     total = n * c * out_h * out_w
     args = _triton_args(window, x, total, channels_last, y)
     grid = triton_fused._grid(total, args["BLOCK"])
-    negative = torch.empty(grid, dtype=torch.int8, device=x.device)  # not read: the caller shifted x
+    negative = torch.empty(grid, dtype=torch.int8, device=x.device)  # not read: the caller passes a finite x >= 0
     _launch(k.p_pool2d_forward_kernel)[grid](
         x, alpha, y, den, q, negative, total, c, height, width, out_h, out_w, *x.stride(),
         DENSE=dense, SAVE_Q=True, STORE_STATE=True, INCLUDE_PAD=True, **args)
@@ -217,14 +217,11 @@ def serves(x: Tensor, alpha, backend: str) -> Optional[str]:
     return None
 
 
-def compiled_p_pool2d(x: Tensor, alpha, window: Window, op: str, nonnegative: bool) -> Tensor:
-    """P-pooling through the registered op ``op``; alpha's gradient flows through its layout change."""
+def compiled_p_pool2d(x: Tensor, alpha, window: Window, op: str) -> Tensor:
+    """P-pooling of a finite x >= 0 through the registered op ``op``; alpha's gradient flows through its layout
+    change."""
     n, c, height, width = x.shape
     out_h, out_w = window.output_size(height, width)
-    shift = None
-    if not nonnegative:  # the reference's rule, without a data-dependent branch
-        shift = x.detach().amin(dim=(-2, -1), keepdim=True).clamp(max=0)
-        x = x - shift
     dense = alpha_is_dense(alpha)
     if not isinstance(alpha, Tensor):
         alpha_k = torch.full((n * c,), float(alpha), device=x.device)
@@ -242,4 +239,4 @@ def compiled_p_pool2d(x: Tensor, alpha, window: Window, op: str, nonnegative: bo
         y = p_pool2d_triton(x, alpha_k, *args)[0]
     else:
         y = p_pool2d_cpu(x, alpha_k, *args)[0]
-    return y if shift is None else y + shift.to(y.dtype)
+    return y

@@ -189,10 +189,14 @@ def dense_p_pool2d_with_stats(
             if route == "triton":
                 y, alpha = triton_fused.dense_apply(input, params, *branch, explicit=backend == "triton",
                                                     check_negative=not input_nonnegative)
-                return y, alpha, _stats(alpha)
-            return DensePPool2dCPU.apply(input, *params, *branch)
+                fused = y, alpha, _stats(alpha)
+            else:
+                fused = DensePPool2dCPU.apply(input, *params, *branch)
+            # +inf or NaN in x show in y: the unfused path gives each window the formula's limit
+            if input_nonnegative or bool(torch.isfinite(fused[0]).all()):
+                return fused
         except NegativeInput:
-            pass  # the unfused branch on x, and the pooling of the shifted maps
+            pass  # the unfused branch on x, and p_pool2d's signed path for the windows with a negative
         except triton_fused.TritonFailure:
             pass  # warned once; the unfused path answers
     alpha = dense_branch_alpha(input, *params, window, alpha_range, input_scale)

@@ -28,13 +28,17 @@ Conventions, all documented in the README
 * Where x_i = 0 and 0 < a < 1 the exact dy/dx_i is -inf (x^a has an infinite slope at 0); we take its weight's
   convention instead: a term with w_i = 0 contributes 0, as torch.pow's exponent gradient does at base 0. The
   same convention gives 0*ln 0 = 0 in dy/da.
-* Negative inputs: each (sample, channel) map whose minimum is negative is shifted by that (detached) minimum,
-  pooled, and shifted back, as the authors' code does. Zero padding then means "the map's minimum".
-* NaN/Inf inputs propagate like in torch's poolings; ``check=True`` raises a clear error instead.
+* Negative and non-finite inputs: a window with a negative element is shifted by its own minimum, pooled and
+  shifted back; +-inf and NaN give the formula's limits (+inf: +inf; NaN: NaN; -inf: left out at a > 0).
+  Each window's output depends on that window only (:mod:`.signed`, which computes those windows; the authors'
+  code shifts whole maps, which agrees on the ReLU outputs the paper pools). ``check=True`` raises on non-finite
+  inputs instead.
+* ``alpha=float("inf")`` is max pooling (the a -> inf limit), in every backend.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal, Optional, Union
 
 import torch
@@ -43,12 +47,13 @@ from torch import Tensor
 from . import cpu_fused, custom_ops, triton_fused
 from .fused_interface import NegativeInput
 from .geometry import IntOrPair, Window, overhang_mask, pad_window_input, window_max, window_offsets
+from .signed import signed_p_pool2d, window_max_pool
 
 Alpha = Union[float, Tensor]
 Backend = Literal["auto", "reference", "cpu_fused", "triton"]
 BACKENDS = ("auto", "reference", "cpu_fused", "triton")
 
-__all__ = ["p_pool2d", "alpha_shape_error", "shift_negative"]
+__all__ = ["p_pool2d", "alpha_shape_error", "nonnegative_finite"]
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -181,12 +186,21 @@ def alpha_shape_error(alpha: Tensor, out_shape: torch.Size) -> Optional[str]:
     )
 
 
-def shift_negative(x: Tensor) -> tuple[Tensor, Optional[Tensor]]:
-    """Shift each (sample, channel) map with a negative minimum up to 0; returns the shifted x and the shift."""
-    shift = x.detach().amin(dim=(-2, -1), keepdim=True).clamp_(max=0)
-    if not torch.compiler.is_compiling() and not bool((shift < 0).any()):
-        return x, None  # the common case after a ReLU: no copy
-    return x - shift, shift
+def nonnegative_finite(x: Tensor) -> bool:
+    """Whether every element of x is finite and >= 0 (one pass, one device sync): then the paper's formula applies
+    as it stands and any backend serves x; else :func:`p_pool2d` takes the windows that hold a negative or
+    non-finite element through :func:`~polypool.pooling.signed.signed_p_pool2d`."""
+    low, high = torch.aminmax(x)  # NaN propagates: then both comparisons are False
+    return bool((low >= 0) & (high < torch.inf))
+
+
+def _with_signed_windows(x: Tensor, alpha: Alpha, window: Window, include_pad: bool, pool) -> Tensor:
+    """``pool`` (a backend that assumes finite x >= 0) on the windows without a negative or non-finite element,
+    the signed path on the others: each window's output depends on that window only (module docstring)."""
+    y_signed, needed = signed_p_pool2d(x, alpha, window, include_pad)
+    # the backend reads the other windows' values as they are; what it makes of the replaced ones is not used
+    y = pool(torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).clamp(min=0))
+    return torch.where(needed, y_signed, y)
 
 
 def p_pool2d(
@@ -205,21 +219,23 @@ def p_pool2d(
 
     Args:
         input: ``(N, C, H, W)`` or ``(C, H, W)`` floating tensor (fp16, bf16, fp32 or fp64, any memory format).
-        alpha: the exponent, >= 0. A Python float (fixed), or a tensor broadcasting to the output
-            ``(N, C, H_out, W_out)``: a scalar per layer, ``(C, 1, 1)`` per channel, or dense.
+        alpha: the exponent, >= 0. A Python float (fixed; ``float("inf")`` is max pooling), or a finite tensor
+            broadcasting to the output ``(N, C, H_out, W_out)``: a scalar per layer, ``(C, 1, 1)`` per channel, or
+            dense (``check=True`` verifies a tensor's values).
         kernel_size, stride, padding, ceil_mode: as in ``F.max_pool2d``; the windows and output shape are
             exactly max_pool2d's. ``stride`` defaults to ``kernel_size``.
-        check: raise a ``ValueError`` on NaN/Inf in ``input`` or a negative/NaN ``alpha`` (one device sync).
-            Off by default: NaN/Inf then propagate, like in torch's poolings.
+        check: raise a ``ValueError`` on NaN/Inf in ``input`` or a negative/NaN/Inf tensor ``alpha`` (one device
+            sync). Off by default: NaN/Inf inputs then give the formula's limits (module docstring).
         backend: ``"auto"`` (the fused kernel where one serves the input, else the reference),
             ``"reference"`` (the pure-torch op in this file), ``"cpu_fused"`` (the C++ kernel; fp32 CPU only),
             or ``"triton"`` (the Triton kernels; fp32/fp16/bf16 on CUDA, or on CPU with ``TRITON_INTERPRET=1``).
-        input_nonnegative: the caller guarantees ``input >= 0`` (it is a ReLU's output: ``swap_pooling`` sets this
-            on the layers it puts after a ReLU). Skips the negative-input check, which costs a device sync per
-            call on the GPU (and so prevents CUDA-graph capture). A negative input then gives wrong results.
+        input_nonnegative: the caller guarantees a finite ``input >= 0`` (it is a ReLU's output: ``swap_pooling``
+            sets this on the layers it puts after a ReLU). Skips the check for negative and non-finite inputs,
+            which costs a device sync per call on the GPU (and so prevents CUDA-graph capture). A negative input
+            then gives wrong results, and +inf NaN.
         count_include_pad: as in ``avg_pool2d``: whether the zero padding is part of each window (the default). For
             alpha > 0 a padded zero adds nothing to either sum, so this matters at alpha = 0, in all-zero windows,
-            and for maps shifted up by a negative minimum (where the padding stands for that minimum).
+            and in windows with a negative element (shifted up by their minimum, where a padded zero counts).
 
     Returns:
         ``(N, C, H_out, W_out)`` in the input's dtype, computed in fp32 (fp64 for fp64 inputs).
@@ -251,23 +267,32 @@ def p_pool2d(
                 f"p_pool2d got NaN or Inf in its input of shape {tuple(input.shape)}: fix the layer before the "
                 f"pooling (lower the learning rate, check the data), or pass check=False to propagate them"
             )
-        if isinstance(alpha, Tensor) and not bool((alpha >= 0).all()):
-            raise ValueError("alpha must be >= 0 everywhere (got a negative or NaN value); clamp it to [0, inf)")
+        if isinstance(alpha, Tensor) and not bool(((alpha >= 0) & (alpha < math.inf)).all()):
+            raise ValueError("alpha must be >= 0 and finite everywhere in a tensor alpha (got a negative, NaN or inf "
+                             "value): clamp it to [0, a finite maximum]; a float alpha=float('inf') is max pooling")
     include_pad = bool(count_include_pad) or window.padding == (0, 0)  # without padding the flag changes nothing
+    if not isinstance(alpha, Tensor) and alpha == math.inf:  # the a -> inf limit, in every backend
+        return window_max_pool(input, window, include_pad)
     if (torch.compiler.is_compiling() and not torch.compiler.is_exporting() and backend in BACKENDS
             and include_pad):
         # torch.compile: the fused kernels as torch.library ops, which Inductor calls (torch.export keeps the
-        # reference op's plain torch ops, which any runtime can run)
+        # reference op's plain torch ops, which any runtime can run). A graph cannot branch on the data: without
+        # the caller's word that x >= 0, every window also goes through the signed path.
         op = custom_ops.serves(input, alpha, backend)
         if op is not None:
-            return custom_ops.compiled_p_pool2d(input, alpha, window, op, input_nonnegative)
+            def compiled(x):
+                return custom_ops.compiled_p_pool2d(x, alpha, window, op)
+            return compiled(input) if input_nonnegative else _with_signed_windows(
+                input, alpha, window, include_pad, compiled)
     function = _select_backend(backend, input, alpha)
     if function is _PPool2d:
-        x, shift = (input, None) if input_nonnegative else shift_negative(input)
-        y = function.apply(x, alpha, window, include_pad)
-        return y if shift is None else y + shift
+        def reference(x):
+            return _PPool2d.apply(x, alpha, window, include_pad)
+        if input_nonnegative or (not torch.compiler.is_compiling() and nonnegative_finite(input)):
+            return reference(input)
+        return _with_signed_windows(input, alpha, window, include_pad, reference)
     # a fused kernel checks for negatives as it reads x (no pass of its own), and writes the backward's state only
-    # when a gradient can be asked for
+    # when a gradient can be asked for; +inf and NaN show in its output
     need_grad = torch.is_grad_enabled() and (
         input.requires_grad or (isinstance(alpha, Tensor) and alpha.requires_grad))
     check_negative = not input_nonnegative
@@ -275,22 +300,26 @@ def p_pool2d(
         def run(x):
             return triton_fused.apply(x, alpha, window, need_grad, explicit=backend == "triton",
                                       check_negative=check_negative, include_pad=include_pad)
+
+        def run_nonnegative(x):  # x >= 0 and finite: the reference op answers if Triton fails
+            try:
+                return run(x)
+            except triton_fused.TritonFailure:
+                return _PPool2d.apply(x, alpha, window, include_pad)
     else:
         def run(x):
             return function.apply(x, alpha, window, need_grad, check_negative, include_pad)
+        run_nonnegative = run
     try:
-        return run(input)
+        y = run(input)
     except NegativeInput:
-        pass
+        return _with_signed_windows(input, alpha, window, include_pad, run_nonnegative)
     except triton_fused.TritonFailure:  # warned once; the path is off from now on
         return p_pool2d(input, alpha, kernel_size, stride, padding, ceil_mode,  # auto: no Triton any more
                         input_nonnegative=input_nonnegative, count_include_pad=count_include_pad)
-    x, shift = shift_negative(input)
-    try:
-        y = run(x)
-    except triton_fused.TritonFailure:
-        y = _PPool2d.apply(x, alpha, window, include_pad)
-    return y if shift is None else y + shift
+    if check_negative and not math.isfinite(y.amax()):  # +inf or NaN in x (y >= 0 here)
+        return _with_signed_windows(input, alpha, window, include_pad, run_nonnegative)
+    return y
 
 
 def _select_backend(backend: Backend, x: Tensor, alpha: Alpha):

@@ -17,9 +17,10 @@ from .geometry import Window
 
 
 class NegativeInput(Exception):
-    """Raised by a fused forward that met a negative x: its arithmetic assumes x >= 0. ``p_pool2d`` catches it,
-    shifts the maps with a negative minimum (the reference's rule) and calls the kernel again. The kernels check
-    the window elements as they read them, so the common (post-ReLU) case costs no extra pass over x."""
+    """Raised by a fused forward that met a negative x: its arithmetic assumes x >= 0. ``p_pool2d`` catches it and
+    takes the windows with a negative element through the signed path (:mod:`polypool.pooling.signed`), the kernel
+    serving the others. The kernels check the window elements as they read them, so the common (post-ReLU) case
+    costs no extra pass over x."""
 
 
 def raise_if_negative(kernel_saw_negative: bool, x: Tensor, window: Window) -> None:
