@@ -14,14 +14,14 @@
 
 namespace polypool::ops::detail {
 
-// Whether the forward, too, reads the log2 splits where windows overlap (the backward always does). With the rows
-// read in place it gains (measured fwd+bwd / max_pool2d's: 3x3/1 on (8, 512, 41, 41) 2.04x without, 1.85x with)
+// Whether the forward, too, reads the log2 splits where windows overlap (the backward always does): with the rows
+// read in place, two subtractions per window element cost less than a log each (timings:
+// results/bench/cpu_kernel_notes.md)
 constexpr bool kForwardSplit = true;
 // Layer/channel alpha at overlapping stride-1 windows: the weights from the plane's powers (prepare_powers), one
-// exp per element instead of one per window element. Measured side by side, fwd+bwd / max_pool2d's with alpha 30 on
-// relu(randn) inputs: 3x3/1 on (8, 512, 41, 41) 1.82x -> 1.43x, on (8, 192, 35, 35) 1.73x -> 1.42x. Not at stride 2,
-// where an element is in only 2.25 windows of a 3x3: the exact powers cost more than they save (3x3/2 on
-// (8, 256, 81, 81): 1.63x -> 1.84x).
+// exp per element instead of one per window element (a 3x3/1 window reads each element 9 times). Not at stride 2,
+// where an element is in only 2.25 windows of a 3x3: the exact powers cost more than they save there (timings of
+// both: results/bench/cpu_kernel_notes.md).
 // Only where the product errors of the exponent are exact: with hardware FMA (the AVX2 float build), or in double.
 #if defined(PPOOL_FLOAT_AVX2) || defined(PPOOL_DOUBLE)
 constexpr bool kPlanePowers = true;

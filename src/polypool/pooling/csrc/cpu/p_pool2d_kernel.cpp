@@ -402,7 +402,7 @@ inline void backward_row_general(RowBuffers& buf, const Geometry& g, int64_t o, 
         if (g.sw == 1) {  // the outputs' elements at offset dj are contiguous: a vector add
           // Whole vectors also at the row's end: the lanes past it add exactly 0 (to the row's padding, the next
           // row's first columns or the plane's slack), which costs less than a partial (masked) load and store per
-          // offset (measured: 3-5% of a 3x3/1 layer-alpha fwd+bwd at widths 17 and 35)
+          // offset (timings: results/bench/cpu_kernel_notes.md)
           for (int64_t dj = 0; dj < g.kw; ++dj) {
             Vec dx = element(di, dj);
             if (partial) dx = Vec::blendv(Vec(0.f), dx, live);

@@ -53,7 +53,8 @@ inline void split_log2(const Vec& x, Vec& e, Vec& l) {
 #if defined(PPOOL_FLOAT_AVX2)
   // The mantissa is taken into [sqrt(1/2), sqrt(2)) (halved, and e one up, above sqrt(2)), and log2(1 + f) = f P(f)
   // with P of degree 8, least-squares fitted on [sqrt(1/2) - 1, sqrt(2) - 1]: at most 6.3e-8 from log2 x over every
-  // float mantissa, as accurate as SLEEF's 1-ulp log2 (which took a sixth of P-pooling's 3x3/2 fwd+bwd) at a few FMAs.
+  // float mantissa, as accurate as SLEEF's 1-ulp log2 at a few FMAs (SLEEF's log2 was a large share of P-pooling's
+  // time with overlapping windows: results/bench/cpu_kernel_notes.md).
   const __m256i bits = _mm256_castps_si256(x);
   const __m256i exponent = _mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(0xff)),
                                             _mm256_set1_epi32(127));
@@ -161,8 +162,9 @@ const Vec kTiny(std::numeric_limits<real_t>::min());
 inline Vec flush_max(const Vec& m) { return Vec::blendv(m, Vec(0.f), m < kTiny); }
 
 // Input gradients below the smallest normal float (|dx| < 1.2e-38, from the tiny weights r^a of a large alpha) are
-// written as 0: left in, they make the next layer's convolution backward several times slower on x86 (measured: 5x
-// for VGG16's conv1_2). Applied to each element's finished dx, once, not to every window's term of it.
+// written as 0: left in, they make the next layer's convolution backward several times slower on x86, whose
+// arithmetic on subnormals is slow (results/bench/cpu_kernel_notes.md). Applied to each element's finished dx, once,
+// not to every window's term of it.
 inline Vec flush_subnormal(const Vec& v) {
   return Vec::blendv(v, Vec(0.f), v.abs() < Vec(std::numeric_limits<real_t>::min()));
 }
