@@ -1,4 +1,5 @@
-"""The fused CPU path of ``p_pool2d``: a C++ kernel (``csrc/p_pool2d_cpu.cpp``), compiled on first use.
+"""The fused CPU path of ``p_pool2d``: a C++ kernel (``csrc/``: ``p_pool2d.cpp`` binds ``cpu/p_pool2d_kernel.cpp``),
+compiled on first use.
 
 It computes exactly the reference op's arithmetic in one pass over the windows, vectorised with ATen's
 ``Vectorized<float>`` (its fast exp; logarithms from each element's binary exponent and a polynomial of its
@@ -25,7 +26,9 @@ from .fused_interface import alpha_grad_to_shape, is_channels_last, kernel_alpha
 from .geometry import Window
 
 log = logging.getLogger(__name__)
-SOURCE = Path(__file__).with_name("csrc") / "p_pool2d_cpu.cpp"
+CSRC = Path(__file__).with_name("csrc")
+# The translation units the extension is built from (the headers they include sit beside them: csrc/*.h, csrc/cpu/*.h)
+SOURCES = (CSRC / "p_pool2d.cpp", CSRC / "cpu" / "p_pool2d_kernel.cpp")
 
 _lock = threading.Lock()
 _extensions: dict[torch.dtype, object] = {}
@@ -41,6 +44,21 @@ def _build_flags(dtype: torch.dtype = torch.float32) -> list[str]:
     if capability in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
     return flags + _DTYPE_FLAGS[dtype]
+
+
+def source_files() -> list[Path]:
+    """Every file of the kernel's source, headers included, in a fixed order: what the build digest hashes."""
+    return sorted(path for path in CSRC.rglob("*") if path.suffix in (".cpp", ".h"))
+
+
+def build_digest(flags: list[str]) -> str:
+    """The build's identity: every source file (its path under csrc/ and its bytes), the flags and torch's version. It
+    names the extension, so an edit of any file, a header too, builds afresh instead of loading a stale cached build."""
+    digest = hashlib.sha1()
+    for path in source_files():
+        digest.update(path.relative_to(CSRC).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    digest.update(" ".join(flags).encode() + torch.__version__.encode())
+    return digest.hexdigest()
 
 
 def load_error(dtype: torch.dtype = torch.float32) -> Optional[str]:
@@ -61,12 +79,12 @@ def load_extension(dtype: torch.dtype = torch.float32):
         from torch.utils import cpp_extension
 
         flags = _build_flags(dtype)
-        digest = hashlib.sha1(SOURCE.read_bytes() + " ".join(flags).encode() + torch.__version__.encode()).hexdigest()
+        digest = build_digest(flags)
         log.info("building polypool's fused CPU P-pooling kernel (%s; once, cached by torch)", dtype)
         try:
             _extensions[dtype] = cpp_extension.load(
-                name=f"polypool_p_pool2d_cpu_{digest[:12]}", sources=[str(SOURCE)], extra_cflags=flags,
-                extra_ldflags=["-fopenmp"], verbose=False)
+                name=f"polypool_p_pool2d_cpu_{digest[:12]}", sources=[str(path) for path in SOURCES],
+                extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as error:  # a missing compiler, headers, ...: the reference op still works
             _load_errors[dtype] = f"{type(error).__name__}: {error}"
             warnings.warn(f"polypool: the fused CPU P-pooling kernel could not be built, using the (slower) "
