@@ -13,7 +13,7 @@ from fused_checks import runs_through
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@pytest.mark.parametrize("backend,function_name", [("triton", "PPool2dTriton"), ("reference", "_PPool2d"),
+@pytest.mark.parametrize("backend,function_name", [("triton", "PPool2dTriton"), ("reference", "PPool2dReference"),
                                                    ("cpu_fused", "PPool2dCPU")])
 def test_3d_input_keeps_the_backend(backend, function_name):
     """A (C, H, W) input runs on the backend asked for (it used to drop ``backend`` and take the default)."""

@@ -22,7 +22,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .fused_interface import alpha_grad_to_shape, is_channels_last, kernel_alpha, raise_if_negative
+from .dense_branch import branch_grads, branch_tensors
+from .fused_interface import NegativeInput, alpha_grad_to_shape, is_channels_last, kernel_alpha, raise_if_negative
 from .geometry import Window
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ def supports(x: Tensor, alpha) -> bool:
 
 
 class PPool2dCPU(torch.autograd.Function):
-    """``_PPool2d`` of the reference op, computed by the fused C++ kernel (fp32, CPU); raises NegativeInput on a
+    """``PPool2dReference`` (the reference op), computed by the fused C++ kernel (fp32, CPU); raises NegativeInput on a
     negative x.
 
     ``need_grad=False`` (``p_pool2d`` passes it under ``no_grad`` or when nothing requires a gradient): the kernel
@@ -151,3 +152,61 @@ class PPool2dCPU(torch.autograd.Function):
         if need_alpha:
             grad_alpha = alpha_grad_to_shape(grad_alpha_map, ctx.dense, *x.shape[:2], ctx.alpha_shape, ctx.alpha_dtype)
         return (grad_x if ctx.needs_input_grad[0] else None), grad_alpha, None, None, None, None
+
+
+class DensePPool2dCPU(torch.autograd.Function):
+    """P-pooling with the fused dense branch, by the C++ kernel (fp32 CPU, x >= 0; raises NegativeInput
+    otherwise). Returns (y, alpha, alpha's (mean, min, max)); alpha and its statistics are not differentiable (the
+    gradient that reaches alpha is folded into the parameters'). It computes in x's dtype: float32 as routed by
+    ``dense_p_pool2d``, float64 in the tests (the kernel's float64 build)."""
+
+    @staticmethod
+    def forward(ctx, x, conv_weight, prelu_weight, proj_weight, proj_bias, window: Window,
+                alpha_range: tuple[float, float], input_scale: float, grad_scale: float, include_pad: bool,
+                need_grad: bool):
+        ext = load_extension(x.dtype)
+        channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        x = x.contiguous()
+        n, c, height, width = x.shape
+        out_h, out_w = window.output_size(height, width)
+        taps = window.kernel[0] * window.kernel[1]
+        k, slope, w, b = branch_tensors(conv_weight, prelu_weight, proj_weight, proj_bias, c, taps, x.dtype)
+        lo, hi = alpha_range
+        y, alpha, den, stats, negative = ext.dense_forward(
+            x, k, slope, w, b, float(lo), float(hi), float(input_scale), list(window.kernel), list(window.stride),
+            list(window.padding), [out_h, out_w], need_grad, include_pad)
+        if negative:
+            raise NegativeInput
+        stats = torch.stack([stats[:, 0].sum() / alpha.numel(), stats[:, 1].min(), stats[:, 2].max()])
+        ctx.set_materialize_grads(False)  # alpha and its statistics get no gradient: no zero tensors for them
+        ctx.window, ctx.alpha_range, ctx.grad_scale, ctx.channels_last = window, (lo, hi), grad_scale, channels_last
+        ctx.input_scale = float(input_scale)
+        ctx.params = (conv_weight, prelu_weight, proj_weight, proj_bias)  # for shapes and dtypes only
+        if need_grad:
+            # the backward recomputes the window max, alpha and the per-plane normaliser f from x; k, slope, w and b
+            # are views of the parameters where those are contiguous in x's dtype (a shared PReLU slope: C copies)
+            ctx.save_for_backward(x, den, y, k, slope, w, b)
+        ctx.mark_non_differentiable(alpha, stats)
+        if channels_last:
+            y = y.contiguous(memory_format=torch.channels_last)
+            alpha = alpha.contiguous(memory_format=torch.channels_last)
+        return y, alpha, stats
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor, _grad_alpha, _grad_stats):
+        if not ctx.saved_tensors:
+            raise RuntimeError("dense p_pool2d (cpu_fused) ran its forward without need_grad: no state for a backward")
+        x, den, y, k, slope, w, b = ctx.saved_tensors
+        if grad_y is None:  # y took no part in the loss (grads are not materialised)
+            return (None,) * 11
+        window: Window = ctx.window
+        lo, hi = ctx.alpha_range
+        grad_x, partial = load_extension(x.dtype).dense_backward(
+            x, den, y, grad_y.contiguous().to(x.dtype), k, slope, w, b, float(lo), float(hi), ctx.input_scale,
+            list(window.kernel), list(window.stride), list(window.padding))
+        if ctx.channels_last:
+            grad_x = grad_x.contiguous(memory_format=torch.channels_last)
+        n, c = x.shape[:2]
+        grads = branch_grads(partial, n, c, window.kernel[0] * window.kernel[1], ctx.params, ctx.grad_scale)
+        grads = tuple(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad[1:5]))
+        return (grad_x if ctx.needs_input_grad[0] else None), *grads, None, None, None, None, None, None

@@ -88,7 +88,7 @@ p_pool2d_cpu.register_autograd(_cpu_backward, setup_context=_cpu_setup)
 # ------------------------------------------------------------------------------------------------ GPU (Triton)
 
 def _triton_args(window: Window, x: Tensor, total: int, channels_last: bool, *others: Tensor) -> dict:
-    return triton_fused._launch_args(window, x, total, channels_last, *others)
+    return triton_fused.launch_args(window, x, total, channels_last, *others)
 
 
 def _triton_forward(x: Tensor, alpha: Tensor, dense: bool, kernel: list[int], stride: list[int],
@@ -107,7 +107,7 @@ def _triton_forward(x: Tensor, alpha: Tensor, dense: bool, kernel: list[int], st
     q = torch.empty(shape, dtype=torch.float32, device=x.device, memory_format=memory_format)
     total = n * c * out_h * out_w
     args = _triton_args(window, x, total, channels_last, y)
-    grid = triton_fused._grid(total, args["BLOCK"])
+    grid = triton_fused.grid(total, args["BLOCK"])
     negative = torch.empty(grid, dtype=torch.int8, device=x.device)  # not read: the caller passes a finite x >= 0
     _launch(k.p_pool2d_forward_kernel)[grid](
         x, alpha, y, den, q, negative, total, c, height, width, out_h, out_w, *x.stride(),
@@ -132,12 +132,12 @@ def _triton_backward_op(x: Tensor, alpha: Tensor, dense: bool, den: Tensor, q: T
     total_out = den.numel()
     factors = torch.empty((3, total_out), dtype=torch.float32, device=x.device)  # per output, once
     args = _triton_args(window, x, total_out, channels_last, den, factors)
-    _launch(k.p_pool2d_grad_factors_kernel)[triton_fused._grid(total_out, args["BLOCK"])](
+    _launch(k.p_pool2d_grad_factors_kernel)[triton_fused.grid(total_out, args["BLOCK"])](
         x, alpha, den, q, grad_y, factors, partial, total_out, *geometry, DENSE=dense, Q_SAVED=True,
         NEED_FACTORS=True, NEED_ALPHA=True, **args)
     total = x.numel()
     args = _triton_args(window, x, total, channels_last, den, factors)
-    _launch(k.p_pool2d_grad_input_kernel)[triton_fused._grid(total, args["BLOCK"])](
+    _launch(k.p_pool2d_grad_input_kernel)[triton_fused.grid(total, args["BLOCK"])](
         x, alpha, factors, grad_x, total, total_out, *geometry, DENSE=dense, **args)
     return grad_x, partial
 

@@ -1,33 +1,16 @@
-"""P-pooling (Wei et al., CVPR 2019): the exact, numerically stable reference op.
+"""``p_pool2d``: P-pooling's entry point, which picks the backend for each call.
 
     y_j = sum_{i in R_j} x_i^(a+1) / sum_{i in R_j} x_i^a,   a >= 0
 
-a = 0 is average pooling and a -> inf is max pooling, in forward and backward (supplement, Props 1-2).
+The layers of this package import one way: the reference op (``reference.py``: the maths and conventions, for
+finite x >= 0) and the signed path (``signed.py``: windows with a negative or non-finite element); the fused
+backends that reproduce the reference op (``cpu_fused.py``: C++; ``triton_fused.py``: Triton; ``custom_ops.py``:
+both as ``torch.library`` ops for ``torch.compile``); and this dispatcher on top.
 
-How it is computed, and why
----------------------------
-* **Max-normalised form.** With m_j the window max and r_i = x_i / m_j in [0, 1],
-  y_j = m_j * sum r^(a+1) / sum r^a. The max element contributes exactly 1 to the denominator, so nothing
-  overflows for any a, and an underflow of r^a to 0 is the correct a -> inf limit. All arithmetic is in fp32
-  (fp64 for fp64 inputs), whatever the input dtype.
-* **One window offset at a time.** Instead of unfolding (k*k/stride^2 copies of x), the op loops over the
-  kh*kw offsets of the window; each offset is a strided view of x of the output's size. Memory stays at a few
-  output-sized buffers and the same code serves every kernel/stride/padding/ceil_mode.
-* **Analytic backward** (supplement Sec. 1, docs/paper_notes.md), with w_i = r_i^a / sum r^a and q = y / m:
-      dy/dx_i = w_i * ((a+1) - a*q/r_i),        dy/da = m * sum_i w_i (r_i - q) ln r_i.
-  Only the window max m and the denominator sum r^a are saved besides x and y (and q = y/m in fp32 for
-  fp16/bf16 inputs); naive autograd keeps four input-sized intermediates.
-
-Conventions, all documented in the README
------------------------------------------
+Conventions, all documented in the README (the maths: ``reference.py``)
+------------------------------------------------------------------------
 * Padding is zeros, counted in the window like ``avg_pool2d(count_include_pad=True)`` (``count_include_pad=False``
-  leaves it out); in ceil mode the part of a window that overhangs the padded input is not part of the window (as
-  in ``avg_pool2d``).
-* 0^0 = 1 (torch.pow), so at a = 0 zeros, padding included, count as elements: Prop. 1 holds exactly.
-* A window of all zeros gives y = 0 and the average-pooling gradient (finite, never NaN).
-* Where x_i = 0 and 0 < a < 1 the exact dy/dx_i is -inf (x^a has an infinite slope at 0); we take its weight's
-  convention instead: a term with w_i = 0 contributes 0, as torch.pow's exponent gradient does at base 0. The
-  same convention gives 0*ln 0 = 0 in dy/da.
+  leaves it out); in ceil mode the part of a window that overhangs the padded input is not part of the window.
 * Negative and non-finite inputs: a window with a negative element is shifted by its own minimum, pooled and
   shifted back; +-inf and NaN give the formula's limits (+inf: +inf; NaN: NaN; -inf: left out at a > 0).
   Each window's output depends on that window only (:mod:`.signed`, which computes those windows; the authors'
@@ -39,138 +22,23 @@ Conventions, all documented in the README
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional, Union
+from typing import Literal, Optional
 
 import torch
 from torch import Tensor
 
 from . import cpu_fused, custom_ops, triton_fused
 from .fused_interface import NegativeInput
-from .geometry import IntOrPair, Window, overhang_mask, pad_window_input, window_max, window_offsets
+from .geometry import IntOrPair, Window
+from .reference import Alpha, PPool2dReference
 from .signed import signed_p_pool2d, window_max_pool
 
-Alpha = Union[float, Tensor]
 Backend = Literal["auto", "reference", "cpu_fused", "triton"]
 BACKENDS = ("auto", "reference", "cpu_fused", "triton")
 
 __all__ = ["p_pool2d", "alpha_shape_error", "nonnegative_finite"]
 
-
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _normaliser(m: Tensor, acc: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    """(m, 1/m, is_zero) with a window max below the smallest normal number flushed to 0 (its reciprocal would
-    overflow) and 1/m := 1 where the window is then all zeros; r = x/m + is_zero is 1 there."""
-    m = m.to(acc)
-    zero = m < torch.finfo(acc).tiny  # NaN stays NaN: NaN < tiny is False
-    m = torch.where(zero, 0.0, m)
-    inv_m = torch.where(zero, torch.ones_like(m), m).reciprocal_()
-    return m, inv_m, zero.to(acc)
-
-
-def _unit_ratio(v: Tensor, inv_m: Tensor, zero: Tensor) -> Tensor:
-    """r = x/m in [0, 1] (1 in an all-zero window), with subnormals flushed: an element x or a ratio r below the
-    smallest normal number counts as 0, as on a GPU that flushes denormals. So 1/r, r^a and ln r stay finite."""
-    r = torch.addcmul(zero, v, inv_m)
-    tiny = torch.finfo(r.dtype).tiny
-    return torch.where((v < tiny) | (r < tiny), zero, r)
-
-
-def _window_max(xp: Tensor, window: Window, out_h: int, out_w: int) -> Tensor:
-    """The window max; when traced (torch.compile, torch.export) without ``out=`` ops, which an exported program
-    cannot run where an input requires grad ("functions with out=... arguments don't support automatic
-    differentiation")."""
-    if not torch.compiler.is_compiling():
-        return window_max(xp, window, out_h, out_w)
-    m = None
-    for rows, cols, _, _ in window_offsets(window, out_h, out_w):
-        m = xp[..., rows, cols] if m is None else torch.maximum(m, xp[..., rows, cols])
-    return m
-
-
-class _PPool2d(torch.autograd.Function):
-    """Forward and analytic backward of P-pooling on a non-negative input."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, alpha: Alpha, window: Window, include_pad: bool = True):
-        height, width = x.shape[-2:]
-        out_h, out_w = window.output_size(height, width)
-        acc = _accumulation_dtype(x.dtype)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            xp = pad_window_input(x, window)
-            m, inv_m, zero = _normaliser(_window_max(xp, window, out_h, out_w), acc)
-            a = alpha.to(acc) if isinstance(alpha, Tensor) else float(alpha)
-            num = torch.zeros(m.shape, dtype=acc, device=x.device)
-            den = torch.zeros_like(num)
-            for rows, cols, di, dj in window_offsets(window, out_h, out_w):
-                r = _unit_ratio(xp[..., rows, cols], inv_m, zero)  # x/m, or 1 in an all-zero window
-                p = r.pow(a)
-                mask = overhang_mask(window, height, width, out_h, out_w, di, dj, p, include_pad)
-                if mask is not None:
-                    p.mul_(mask)
-                den.add_(p)
-                num.addcmul_(p, r)
-            q = num.div_(den)  # den >= 1: the max element (or every element of an all-zero window) adds 1
-            y = (q * m).to(x.dtype)
-            m = m.to(x.dtype)
-        # Backward needs q = y/m to ~1e-7: it enters as (a+1) - a*q/r, a difference of O(a) terms. In fp32/fp64
-        # y/m is that exact and y costs nothing to keep (it is the output); in fp16/bf16 keep q itself in fp32.
-        exact_output = x.dtype == acc
-        ctx.q_from_output = exact_output
-        ctx.window = window
-        ctx.alpha_shape = alpha.shape if isinstance(alpha, Tensor) else None
-        ctx.alpha_value = None if isinstance(alpha, Tensor) else float(alpha)
-        tensors = (x, m, den.to(x.dtype), y if exact_output else q)
-        ctx.save_for_backward(*tensors, *((alpha,) if isinstance(alpha, Tensor) else ()))
-        return y
-
-    @staticmethod
-    def backward(ctx, grad_y: Tensor):
-        x, m, den, y_or_q, *alpha_tensor = ctx.saved_tensors
-        alpha = alpha_tensor[0] if alpha_tensor else ctx.alpha_value
-        window: Window = ctx.window
-        need_x, need_alpha = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        height, width = x.shape[-2:]
-        out_h, out_w = m.shape[-2:]
-        acc = _accumulation_dtype(x.dtype)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            m, inv_m, zero = _normaliser(m, acc)  # m was saved flushed: this only rebuilds 1/m
-            # q = y/m, and 1 in an all-zero window (y = 0, every r = 1)
-            q = torch.addcmul(zero, y_or_q.to(acc), inv_m) if ctx.q_from_output else y_or_q
-            a = alpha.to(acc) if isinstance(alpha, Tensor) else alpha
-            g_over_den = grad_y.to(acc) / den.to(acc)
-            xp = pad_window_input(x, window)
-            grad_xp = torch.zeros(xp.shape, dtype=acc, device=x.device) if need_x else None
-            # r^(a-1) at r = 0: 1 if a == 1, else 0 (exact for a > 1, the w_i = 0 convention for a < 1).
-            at_zero = (a == 1).to(acc) if isinstance(a, Tensor) else float(a == 1)
-            # the a q p/r term is 0 where a = 0, never 0 * (p/r) (which is NaN if r were subnormal)
-            nonzero_a = (a != 0) if isinstance(a, Tensor) else a != 0
-            need_alpha = need_alpha and isinstance(alpha, Tensor)
-            if need_x:
-                coef_p, coef_p_over_r = g_over_den * (a + 1), g_over_den * a * q
-            alpha_sum = torch.zeros_like(g_over_den) if need_alpha else None
-            for rows, cols, _, _ in window_offsets(window, out_h, out_w):
-                r = _unit_ratio(xp[..., rows, cols], inv_m, zero)
-                p = r.pow(a)
-                positive = r > 0
-                if need_alpha:
-                    # sum_i p_i (r_i - q) ln r_i, with 0 * ln 0 := 0
-                    alpha_sum.add_(torch.where(positive, p * (r - q) * torch.log(r), 0.0))
-                if need_x:
-                    # g * w_i * ((a+1) - a q / r_i), with w_i = p_i / den
-                    p_over_r = torch.where(positive & nonzero_a, p / r, at_zero)  # at_zero is 0 where a = 0
-                    grad_xp[..., rows, cols] += p.mul_(coef_p).sub_(p_over_r.mul_(coef_p_over_r))
-            grad_x = None
-            if need_x:
-                ph, pw = window.padding
-                grad_x = grad_xp[..., ph:ph + height, pw:pw + width].to(x.dtype)
-            grad_alpha = None
-            if need_alpha:
-                grad_alpha = alpha_sum.mul_(g_over_den).mul_(m)
-                grad_alpha = grad_alpha.sum_to_size(ctx.alpha_shape).to(alpha.dtype)
-        return grad_x, grad_alpha, None, None
+_PPool2d = PPool2dReference  # the name before the reference op had a module of its own
 
 
 def alpha_shape_error(alpha: Tensor, out_shape: torch.Size) -> Optional[str]:
@@ -285,9 +153,9 @@ def p_pool2d(
             return compiled(input) if input_nonnegative else _with_signed_windows(
                 input, alpha, window, include_pad, compiled)
     function = _select_backend(backend, input, alpha)
-    if function is _PPool2d:
+    if function is PPool2dReference:
         def reference(x):
-            return _PPool2d.apply(x, alpha, window, include_pad)
+            return PPool2dReference.apply(x, alpha, window, include_pad)
         if input_nonnegative or (not torch.compiler.is_compiling() and nonnegative_finite(input)):
             return reference(input)
         return _with_signed_windows(input, alpha, window, include_pad, reference)
@@ -305,7 +173,7 @@ def p_pool2d(
             try:
                 return run(x)
             except triton_fused.TritonFailure:
-                return _PPool2d.apply(x, alpha, window, include_pad)
+                return PPool2dReference.apply(x, alpha, window, include_pad)
     else:
         def run(x):
             return function.apply(x, alpha, window, need_grad, check_negative, include_pad)
@@ -326,7 +194,7 @@ def _select_backend(backend: Backend, x: Tensor, alpha: Alpha):
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "reference" or torch.compiler.is_compiling():
-        return _PPool2d  # traced (torch.export, or no fused op serves): the reference op's torch ops
+        return PPool2dReference  # traced (torch.export, or no fused op serves): the reference op's torch ops
     if backend in ("auto", "triton") and triton_fused.supports(x, alpha, allow_cpu=backend == "triton"):
         return triton_fused.PPool2dTriton
     if backend in ("auto", "cpu_fused") and cpu_fused.supports(x, alpha):
@@ -340,4 +208,4 @@ def _select_backend(backend: Backend, x: Tensor, alpha: Alpha):
             f"installed; got a {x.dtype} tensor on {x.device} (Triton installed: {triton_fused.kernels() is not None}, "
             f"POLYPOOL_TRITON enabled: {triton_fused.enabled()}, interpreter: {triton_fused.interpreting()}, "
             f"switched off after a failure: {triton_fused.failure() or 'no'})")
-    return _PPool2d
+    return PPool2dReference

@@ -38,7 +38,9 @@ from torch import Tensor
 
 from .fused_interface import (NegativeInput, alpha_grad_to_shape, alpha_is_dense, is_channels_last, kernel_alpha,
                               raise_if_negative)
+from .dense_branch import branch_grads, branch_tensors, dense_branch_alpha, scale_gradient
 from .geometry import Window
+from .reference import PPool2dReference
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 NUM_WARPS = 4
@@ -220,14 +222,13 @@ def _mismatch(names, got_all, want_all, dtype) -> Optional[str]:
 
 
 def _first_result_mismatch(device, dtype, dense: bool, alpha, window: Window) -> Optional[str]:
-    from .functional import _PPool2d  # the reference op (functional.py imports this module)
 
     x, a, g = _first_result_input(window, dtype, dense)
     alpha_dtype = alpha.dtype if isinstance(alpha, Tensor) else torch.float32
     results = []
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
         for function, xv, gv, extra in ((PPool2dTriton, x.to(device, dtype), g.to(device, dtype), (True, True)),
-                                        (_PPool2d, x, g, ())):
+                                        (PPool2dReference, x, g, ())):
             xv = xv.clone().requires_grad_(True)
             av = a.to(device if extra else "cpu", alpha_dtype).requires_grad_(True)
             y = function.apply(xv, av, window, *extra)
@@ -238,8 +239,6 @@ def _first_result_mismatch(device, dtype, dense: bool, alpha, window: Window) ->
 
 def _dense_first_result_mismatch(device, dtype, window: Window, alpha_range, input_scale: float, grad_scale: float,
                                  include_pad: bool) -> Optional[str]:
-    from .dense_alpha import dense_branch_alpha, scale_gradient
-    from .functional import _PPool2d
 
     x, _, g = _first_result_input(window, dtype, dense_alpha=False)
     lo, hi = (float(v) for v in alpha_range)
@@ -260,7 +259,7 @@ def _dense_first_result_mismatch(device, dtype, window: Window, alpha_range, inp
         xr = x.clone().requires_grad_(True)
         pr = [p.clone().requires_grad_(True) for p in params]
         alpha_r = dense_branch_alpha(xr, *pr, window, (lo, hi), input_scale)
-        yr = _PPool2d.apply(xr, scale_gradient(alpha_r, grad_scale), window, include_pad)
+        yr = PPool2dReference.apply(xr, scale_gradient(alpha_r, grad_scale), window, include_pad)
         want = [yr, alpha_r, *torch.autograd.grad(yr, (xr, *pr), g)]
     return _mismatch(names, *([t.detach().float().cpu() for t in ts] for ts in (got, want)), dtype)
 
@@ -288,19 +287,19 @@ def _span(t: Tensor) -> int:
     return 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()) if size > 0)
 
 
-def _launch_args(window: Window, x: Tensor, total: int, channels_last: bool, *others: Tensor) -> dict:
+def launch_args(window: Window, x: Tensor, total: int, channels_last: bool, *others: Tensor) -> dict:
     (kh, kw), (sh, sw), (ph, pw) = window.kernel, window.stride, window.padding
     idx64 = max(total, _span(x), *(t.numel() for t in others)) > INT64_FROM
     return dict(KH=kh, KW=kw, SH=sh, SW=sw, PH=ph, PW=pw, CL=channels_last, IDX64=idx64, BLOCK=block_size(total),
                 num_warps=NUM_WARPS)
 
 
-def _grid(total: int, block: int) -> tuple[int]:
+def grid(total: int, block: int) -> tuple[int]:
     return ((total + block - 1) // block,)
 
 
 class PPool2dTriton(torch.autograd.Function):
-    """``_PPool2d`` of the reference op, computed by the Triton kernels; raises NegativeInput on a negative x.
+    """``PPool2dReference`` of the reference op, computed by the Triton kernels; raises NegativeInput on a negative x.
 
     ``need_grad=False`` (``p_pool2d`` passes it under ``no_grad`` or when nothing requires a gradient): only y is
     written, not the backward's state. ``explicit``: a failure in the backward raises (else the reference op's
@@ -325,10 +324,10 @@ class PPool2dTriton(torch.autograd.Function):
             q = _alloc(out_shape, torch.float32, x.device, channels_last) if save_q else den  # den: a placeholder
         else:
             den = q = y  # placeholders: the kernel stores neither
-        args = _launch_args(window, x, total, channels_last, y)
-        negative = _alloc(_grid(total, args["BLOCK"]), torch.int8, x.device)
+        args = launch_args(window, x, total, channels_last, y)
+        negative = _alloc(grid(total, args["BLOCK"]), torch.int8, x.device)
         with _device_guard(x):
-            k.p_pool2d_forward_kernel[_grid(total, args["BLOCK"])](
+            k.p_pool2d_forward_kernel[grid(total, args["BLOCK"])](
                 x, alpha_k, y, den, q, negative, total, c, height, width, out_h, out_w, *x.stride(),
                 DENSE=dense, SAVE_Q=save_q, STORE_STATE=need_grad, INCLUDE_PAD=include_pad, **args)
         # One device sync: the reference pays it too (its shift check), without the kernel's fused pass over x.
@@ -377,15 +376,15 @@ def _backward_kernels(ctx, x, alpha_k, den, y_or_q, grad_y, need_x: bool, need_a
         # per output, once: dx's factors (when dx is needed) and dalpha (when alpha needs a gradient)
         factors = _alloc((3, total_out), torch.float32, x.device) if need_x else den  # den: a placeholder
         partial = _alloc(den.shape, torch.float32, x.device, channels_last) if need_alpha else den
-        args = _launch_args(ctx.window, x, total_out, channels_last, den, factors)
-        k.p_pool2d_grad_factors_kernel[_grid(total_out, args["BLOCK"])](
+        args = launch_args(ctx.window, x, total_out, channels_last, den, factors)
+        k.p_pool2d_grad_factors_kernel[grid(total_out, args["BLOCK"])](
             x, alpha_k, den, y_or_q, grad_y, factors, partial, total_out, *geometry, **flags,
             NEED_FACTORS=need_x, NEED_ALPHA=need_alpha, **args)
         if need_x:
             total = x.numel()
             grad_x = _alloc(x.shape, x.dtype, x.device, channels_last)  # every element is written: no zero fill
-            args = _launch_args(ctx.window, x, total, channels_last, den, factors)
-            k.p_pool2d_grad_input_kernel[_grid(total, args["BLOCK"])](
+            args = launch_args(ctx.window, x, total, channels_last, den, factors)
+            k.p_pool2d_grad_input_kernel[grid(total, args["BLOCK"])](
                 x, alpha_k, factors, grad_x, total, total_out, *geometry, DENSE=ctx.dense, **args)
         if need_alpha:
             grad_map = partial if ctx.dense else partial.sum(dim=(2, 3)).reshape(n * c)
@@ -394,14 +393,13 @@ def _backward_kernels(ctx, x, alpha_k, den, y_or_q, grad_y, need_x: bool, need_a
 
 def _reference_backward(ctx, x, alpha_k, grad_y, need_x: bool, need_alpha: bool):
     """The gradients by the reference op (recomputing its forward): the answer to a failed backward launch."""
-    from .functional import _PPool2d
 
     n, c = x.shape[:2]
     alpha = alpha_k if ctx.dense else alpha_k.view(n, c, 1, 1)
     with torch.enable_grad():
         xr = x.detach().requires_grad_(need_x)
         ar = alpha.detach().requires_grad_(need_alpha)
-        y = _PPool2d.apply(xr, ar, ctx.window, ctx.include_pad)
+        y = PPool2dReference.apply(xr, ar, ctx.window, ctx.include_pad)
         inputs = [t for t, needed in ((xr, need_x), (ar, need_alpha)) if needed]
         grads = list(torch.autograd.grad(y, inputs, grad_y))
     grad_x = grads.pop(0) if need_x else None
@@ -430,13 +428,12 @@ class DensePPool2dTriton(torch.autograd.Function):
     def forward(ctx, x: Tensor, conv_weight, prelu_weight, proj_weight, proj_bias, window: Window,
                 alpha_range: tuple[float, float], input_scale: float, grad_scale: float, include_pad: bool,
                 need_grad: bool, check_negative: bool = True, explicit: bool = True):
-        from .dense_alpha import _branch_tensors
 
         k = kernels()
         n, c, height, width = x.shape
         out_h, out_w = window.output_size(height, width)
         taps = window.kernel[0] * window.kernel[1]
-        kw, slope, w, b = _branch_tensors(conv_weight, prelu_weight, proj_weight, proj_bias, c, taps)
+        kw, slope, w, b = branch_tensors(conv_weight, prelu_weight, proj_weight, proj_bias, c, taps)
         channels_last = is_channels_last(x)
         f = (float(input_scale) / (x.detach().amax(dim=(2, 3)).float() + 1.0)).reshape(n * c).contiguous()
         save_q = x.dtype != torch.float32
@@ -449,11 +446,11 @@ class DensePPool2dTriton(torch.autograd.Function):
             q = _alloc(out_shape, torch.float32, x.device, channels_last) if save_q else den
         else:
             den = q = y
-        args = _launch_args(window, x, total, channels_last, y)
-        negative = _alloc(_grid(total, args["BLOCK"]), torch.int8, x.device)
+        args = launch_args(window, x, total, channels_last, y)
+        negative = _alloc(grid(total, args["BLOCK"]), torch.int8, x.device)
         lo, hi = (float(v) for v in alpha_range)
         with _device_guard(x):
-            k.p_pool2d_dense_forward_kernel[_grid(total, args["BLOCK"])](
+            k.p_pool2d_dense_forward_kernel[grid(total, args["BLOCK"])](
                 x, kw, slope, w, b, f, alpha, y, den, q, negative, total, c, height, width, out_h, out_w,
                 *x.stride(), lo, hi, SAVE_Q=save_q, STORE_STATE=need_grad, INCLUDE_PAD=include_pad, **args)
         if check_negative:
@@ -470,7 +467,6 @@ class DensePPool2dTriton(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y: Tensor, _grad_alpha):
-        from .dense_alpha import _branch_grads
 
         if not ctx.saved_tensors:
             raise RuntimeError("dense p_pool2d (triton) ran its forward without need_grad: no state for a backward")
@@ -497,7 +493,7 @@ class DensePPool2dTriton(torch.autograd.Function):
             _record_failure(_describe(error))
             return _dense_reference_backward(ctx, x, grad_y)
         # the kernel summed over the samples already: one row per channel, as _branch_grads sums per (n, c)
-        grads = _branch_grads(sums, 1, c, taps, ctx.params, ctx.grad_scale)
+        grads = branch_grads(sums, 1, c, taps, ctx.params, ctx.grad_scale)
         grads = tuple(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad[1:5]))
         return grad_x, *grads, None, None, None, None, None, None, None, None
 
@@ -511,30 +507,28 @@ def _dense_backward_kernels(ctx, k, x, den, y_or_q, grad_y, f, kw, slope, w, b, 
         factors = _alloc((3, total_out), torch.float32, x.device) if need_x else den  # den: a placeholder
         # alpha, recomputed by the factors kernel for the dx kernel (a buffer of the backward only)
         alpha = _alloc(den.shape, torch.float32, x.device, channels_last) if need_x else den
-        args = _launch_args(window, x, total_out, channels_last, den, factors)
-        k.p_pool2d_grad_factors_kernel[_grid(total_out, args["BLOCK"])](
+        args = launch_args(window, x, total_out, channels_last, den, factors)
+        k.p_pool2d_grad_factors_kernel[grid(total_out, args["BLOCK"])](
             x, alpha, den, y_or_q, grad_y, factors, sums, total_out, *geometry, DENSE=True,
             Q_SAVED=ctx.q_saved, NEED_FACTORS=need_x, NEED_ALPHA=True, BRANCH=True, k_ptr=kw,
             slope_ptr=slope, w_ptr=w, b_ptr=b, f_ptr=f, lo=lo, hi=hi, **args)
         if need_x:
             total = x.numel()
             grad_x = _alloc(x.shape, x.dtype, x.device, channels_last)
-            args = _launch_args(window, x, total, channels_last, den, factors)
-            k.p_pool2d_grad_input_kernel[_grid(total, args["BLOCK"])](
+            args = launch_args(window, x, total, channels_last, den, factors)
+            k.p_pool2d_grad_input_kernel[grid(total, args["BLOCK"])](
                 x, alpha, factors, grad_x, total, total_out, *geometry, DENSE=True, **args)
     return grad_x, sums
 
 
 def _dense_reference_backward(ctx, x, grad_y):
     """The gradients of the unfused path (recomputing its forward): the answer to a failed backward launch."""
-    from .dense_alpha import dense_branch_alpha, scale_gradient
-    from .functional import _PPool2d
 
     with torch.enable_grad():
         xr = x.detach().float().requires_grad_(ctx.needs_input_grad[0])
         params = [p.detach().requires_grad_(True) for p in ctx.params]
         alpha = dense_branch_alpha(xr, *params, ctx.window, ctx.alpha_range, ctx.input_scale)
-        y = _PPool2d.apply(xr, scale_gradient(alpha, ctx.grad_scale), ctx.window, ctx.include_pad)
+        y = PPool2dReference.apply(xr, scale_gradient(alpha, ctx.grad_scale), ctx.window, ctx.include_pad)
         inputs = [t for t, needed in zip([xr, *params], ctx.needs_input_grad[:5]) if needed]
         grads = list(torch.autograd.grad(y, inputs, grad_y.float()))
     out = [grads.pop(0) if needed else None for needed in ctx.needs_input_grad[:5]]
