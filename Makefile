@@ -16,7 +16,7 @@ TORCH_INDEX_URL ?= $(if $(filter default,$(TORCH_CUDA)),,$(if $(TORCH_CUDA),http
 # FORCE when the requested build differs from the installed one
 TORCH_CHANGED := $(if $(filter-out $(strip $(shell cat $(TORCH_INDEX_FILE) 2>/dev/null)),$(strip $(TORCH_INDEX_URL)))$(filter-out $(strip $(TORCH_INDEX_URL)),$(strip $(shell cat $(TORCH_INDEX_FILE) 2>/dev/null))),FORCE)
 
-.PHONY: setup test test-fast bench clean FORCE
+.PHONY: setup test test-fast bench clean lint format FORCE
 
 setup: $(STAMP)
 
@@ -81,3 +81,14 @@ mutate: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info
+
+# ruff (lint and format check) and mypy, configured in pyproject.toml; the same hooks run on commit with pre-commit
+# (.pre-commit-config.yaml: pre-commit install). make format applies ruff's fixes and formatting.
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks scripts notebooks
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts notebooks
+	$(VENV)/bin/mypy
+
+format: setup
+	$(VENV)/bin/ruff check --fix src tests benchmarks scripts notebooks
+	$(VENV)/bin/ruff format src tests benchmarks scripts notebooks
