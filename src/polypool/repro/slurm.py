@@ -23,7 +23,7 @@ from typing import Any
 
 from . import spec
 from .config import PROG, Sweep, SweepError
-from .local import Outcome
+from .local import Outcome, run_env
 from .preflight import gpu_problem
 from .runs import Run
 from .status import inspect_run, print_progress
@@ -138,8 +138,10 @@ def run_slurm(sweep: Sweep, todo: list[tuple[Run, bool]], args: argparse.Namespa
         specs.append(JobSpec(sweep.fit_command(run, resume), os.getcwd(), env, str(run.log), str(run.state_file),
                              sweep.gpus_per_run, str(run.last_ckpt)))
         run.logdir.mkdir(parents=True, exist_ok=True)
-    if todo:
-        executor.update_parameters(slurm_array_parallelism=len(todo))
+    if not todo:
+        return []
+    executor.update_parameters(slurm_array_parallelism=len(todo))  # the whole array at once, as SLURM allows
+    before = time.time()
     with executor.batch():  # one job array (SLURM), the job ids known once it is submitted
         submitted = [executor.submit(FitJob(), job_spec) for job_spec in specs]
     jobs = []
@@ -147,7 +149,8 @@ def run_slurm(sweep: Sweep, todo: list[tuple[Run, bool]], args: argparse.Namespa
         state = {"slurm_job": str(job.job_id), "log": str(run.log), "submitit_log": str(job.paths.stdout)}
         if args.slurm_cluster == "local":  # the job's process is on this host
             state.update(pid=int(job.job_id), host=socket.gethostname())
-        run.write_state("submitted", **state)
+        if float(run.read_state().get("time") or 0) < before:  # unless the job has already said how it is
+            run.write_state("submitted", **state)
         say(f"== {run.name}{' (resuming)' if resume else ''}: submitted job {job.job_id} (log: {run.log})")
         jobs.append((run, job, time.time()))
     outcomes = []

@@ -31,7 +31,6 @@ import argparse
 import socket  # noqa: F401 - polypool.sweep.socket, as before the split
 import sys
 import time
-from pathlib import Path
 from typing import Optional, Sequence
 
 from . import spec, tables
