@@ -14,7 +14,7 @@
 #
 # CONFIG names configs/DATASET/CONFIG.yaml; its runs, records, logs and W&B group are its own. Finished runs (their
 # record exists) are skipped and interrupted ones resume from their last checkpoint, so the script can simply be
-# run again. All options: ./reproduce.sh --help. The work is done by python -m polypool.sweep (src/polypool/sweep.py).
+# run again. All options: ./reproduce.sh --help. The work is done by python -m polypool.sweep (src/polypool/repro/).
 set -euo pipefail
 cd "$(dirname "$0")"
 

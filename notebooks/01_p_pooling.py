@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from polypool.notebook_support import save_figure
+from polypool.repro.notebooks import save_figure
 from polypool.pooling import p_pool2d
 
 torch.manual_seed(0)

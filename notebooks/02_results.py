@@ -22,8 +22,8 @@ if "ipykernel" not in __import__("sys").modules:  # as a script: no screen neede
 import matplotlib.pyplot as plt
 import numpy as np
 
-from polypool.notebook_support import QUICK_LABEL, quick_runs, repo_root, save_figure
-from polypool.tables import METHODS, Table, load_paper, load_records, quick_note, write_tables
+from polypool.repro.notebooks import QUICK_LABEL, quick_runs, repo_root, save_figure
+from polypool.repro.tables import METHODS, Table, load_paper, load_records, quick_note, write_tables
 
 ROOT = repo_root()
 LABELS = dict(METHODS)

@@ -29,8 +29,8 @@ from scipy import ndimage
 
 from polypool.data import ADE20KDataModule, CityscapesDataModule, VOCSegmentationDataModule
 from polypool.data.classes import IGNORE_INDEX
-from polypool.notebook_support import (MINIATURE_LABEL, QUICK_DATA, QUICK_LABEL, best_checkpoint, load_model,
-                                       miniature_data, miniature_pair, quick_log_dir, repo_root, save_figure)
+from polypool.repro.notebooks import (MINIATURE_LABEL, QUICK_DATA, QUICK_LABEL, best_checkpoint, load_model,
+                                      miniature_data, miniature_pair, quick_log_dir, repo_root, save_figure)
 
 ROOT = repo_root()
 NUM_IMAGES = 3

@@ -28,8 +28,8 @@ import torch
 
 from polypool.callbacks import AlphaHistory, load_alpha_history
 from polypool.data import VOCSegmentationDataModule
-from polypool.notebook_support import (QUICK_DATA, QUICK_LABEL, best_checkpoint, load_model, quick_log_dir,
-                                       repo_root, save_figure, train_quick_variant)
+from polypool.repro.notebooks import (QUICK_DATA, QUICK_LABEL, best_checkpoint, load_model, quick_log_dir,
+                                      repo_root, save_figure, train_quick_variant)
 
 ROOT = repo_root()
 full_dense = ROOT / "results" / "logs" / "voc" / "vgg" / "ppool" / "0"

@@ -50,7 +50,7 @@ POOLING_TESTS = ["tests/test_p_pool2d.py", "tests/test_p_pool2d_cpu_fused.py", "
 # name -> (files to mutate, files not to mutate, the fast tests that cover them)
 MODULES: dict[str, tuple[list[str], list[str], list[str]]] = {
     "transforms": (["src/polypool/data/transforms.py"], [], ["tests/test_data.py"]),
-    "tables": (["src/polypool/tables.py"], [], ["tests/test_tables.py"]),
+    "tables": (["src/polypool/repro/tables.py"], [], ["tests/test_tables.py"]),
     "surgery": (["src/polypool/surgery.py"], [], ["tests/test_surgery.py"]),
     # Triton's kernels are compiled from their source by @triton.jit: a mutmut trampoline is not a kernel.
     # custom_ops.py runs only inside torch.compile (see POOLING_TESTS), and torch.library.custom_op infers its ops'

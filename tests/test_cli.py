@@ -126,7 +126,7 @@ def test_fit_logs_checkpoints_and_writes_a_record_that_the_table_reads(voc_root,
     run_dir = next((logs / "wandb").glob("offline-run-*"))
     media = {p.parent.name for p in (run_dir / "files" / "media" / "images").rglob("*.png")}
     assert {"val", "alpha_map"} <= media, media  # val/panel_*.png, alpha_map/features.maxpool_*.png
-    from polypool.tables import main as tables
+    from polypool.repro.tables import main as tables
 
     text = tables(["--runs", str(tmp_path / "runs"), "--dataset", "voc", "--backbone", "resnet",
                    "--out", str(tmp_path / "table")])

@@ -166,7 +166,7 @@ def test_max_steps_0_is_refused(root, tmp_path, monkeypatch):
 # --- section 7: the pre-training announces the steps it takes ------------------------------------------------------
 
 def test_the_pretraining_announces_the_steps_the_overrides_set(tmp_path, monkeypatch):
-    from polypool import quick
+    from polypool.repro import quick
 
     def fake_run_child(command, **kwargs):  # the pre-training's child, without training
         last = tmp_path / "pretrain/checkpoints/last.ckpt"

@@ -18,18 +18,11 @@ import pytest
 import torch
 
 from polypool import callbacks
-from polypool import sweep as sw
+from polypool.repro import sweep as sw
 from polypool.cli import main
 from polypool.data.fixtures import make_voc
 
-REPO = Path(__file__).parents[1]
-
-
-@pytest.fixture(autouse=True)
-def in_repo(monkeypatch):
-    monkeypatch.chdir(REPO)
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
+from helpers import REPO, in_repo  # noqa: F401 - in_repo: an autouse fixture
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +79,7 @@ def test_a_truncated_record_is_not_done_the_sweep_trains_it_again_and_the_table_
     assert "1/6 runs done" in sw.completeness(sw.plan(sweep))
 
     # the table: the damaged record skipped, named in a warning; P-pooling shows as missing
-    from polypool.tables import load_records, main as tables
+    from polypool.repro.tables import load_records, main as tables
 
     with pytest.warns(UserWarning, match=rf"skipping damaged run record {ppool.record} \(truncated"):
         table = load_records(out / "runs", "voc", "vgg")

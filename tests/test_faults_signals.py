@@ -11,6 +11,7 @@ the same quick data folder waits for the first's pre-training instead of startin
 The sweeps here run as ``python -m polypool.sweep`` (what reproduce.sh execs) in subprocesses, each bounded by a
 timeout; the fits are as small as a fit gets (32 px crops, batch 2)."""
 
+import contextlib
 import json
 import os
 import signal
@@ -24,7 +25,7 @@ import lightning as L
 import pytest
 import torch
 
-from polypool import sweep as sw
+from polypool.repro import sweep as sw
 from polypool.cli import main
 from polypool.data.fixtures import make_voc
 
@@ -260,15 +261,22 @@ def hold_lock(path: Path):
     return holder
 
 
-def test_a_second_sweep_on_the_same_output_folder_refuses_naming_the_first(voc_root, tmp_path, monkeypatch,
-                                                                           capsys):
-    lock = tmp_path / "out/voc_vgg.lock"
-    holder = hold_lock(lock)
+@contextlib.contextmanager
+def lock_held(path: Path):
+    """:func:`hold_lock` for the block; the holder is killed after it."""
+    holder = hold_lock(path)
     try:
-        code, out, err = sweep_in_process(monkeypatch, capsys, tmp_path, voc_root)
+        yield holder
     finally:
         holder.kill()
         holder.wait(30)
+
+
+def test_a_second_sweep_on_the_same_output_folder_refuses_naming_the_first(voc_root, tmp_path, monkeypatch,
+                                                                           capsys):
+    lock = tmp_path / "out/voc_vgg.lock"
+    with lock_held(lock) as holder:
+        code, out, err = sweep_in_process(monkeypatch, capsys, tmp_path, voc_root)
     assert code == 1, out + err
     assert (f"reproduce.sh: another sweep of voc/vgg is using {tmp_path / 'out'}: pid {holder.pid} on host {HOST}, "
             f"started 2026-01-02 03:04:05 (reproduce.sh voc vgg) (lock file {lock}). Wait for it to end, or stop it "
@@ -298,12 +306,8 @@ def test_a_run_whose_folder_another_process_holds_is_left_alone(voc_root, tmp_pa
     """A run still training, started by a sweep that was killed with kill -9 (it holds its folder's lock): the next
     sweep trains the others and does not start it a second time."""
     lock = tmp_path / "out/logs/voc/vgg/avg/0/run.lock"
-    holder = hold_lock(lock)
-    try:
+    with lock_held(lock) as holder:
         code, out, err = sweep_in_process(monkeypatch, capsys, tmp_path, voc_root)
-    finally:
-        holder.kill()
-        holder.wait(30)
     assert (f"== avg seed 0: left alone, another process trains it: the folder of the run avg seed 0, "
             f"{tmp_path / 'out/logs/voc/vgg/avg/0'} is in use by pid {holder.pid} on host {HOST}") in out, out + err
     assert (tmp_path / "out/runs/voc/vgg/max/0.json").is_file()

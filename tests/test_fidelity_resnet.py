@@ -504,7 +504,7 @@ def test_errors_name_what_is_wrong():
 def test_prefetch_knows_where_the_authors_weights_come_from(tmp_path, monkeypatch):
     """reproduce.sh --prefetch / --offline look for CSAIL's file in torch hub's cache, where the model loads it."""
     from polypool.models.authors_resnet import AUTHORS_RESNET50_URL
-    from polypool.sweep import weight_needs
+    from polypool.repro.preflight import weight_needs
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     [need] = weight_needs({"model": {"backbone": "resnet50_authors", "pretrained": True}})

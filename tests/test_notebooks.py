@@ -54,7 +54,7 @@ def test_cells_of_a_percent_script(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.stem)
 def test_notebook_runs_top_to_bottom(script, monkeypatch):
-    from polypool.notebook_support import QUICK_OVERRIDES_ENV
+    from polypool.repro.notebooks import QUICK_OVERRIDES_ENV
 
     # the smallest quick runs: this checks that the notebooks run, not what the miniature learns (test_quick.py)
     monkeypatch.setenv(QUICK_OVERRIDES_ENV, "--trainer.max_steps 3 --data.init_args.crop_size 32 "

@@ -17,7 +17,7 @@ import torch
 from polypool import provenance
 from polypool.cli import main
 from polypool.data.fixtures import make_voc
-from polypool.tables import main as tables
+from polypool.repro.tables import main as tables
 
 REPO = Path(__file__).resolve().parents[1]
 

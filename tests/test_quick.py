@@ -173,7 +173,7 @@ def test_the_miniature_learns_with_max_and_p_pooling_and_alpha_moves(tmp_path):
 
 
 def test_the_pretraining_takes_the_runs_overrides_but_not_their_callbacks(tmp_path):
-    from polypool.quick import PRETRAIN_STEPS, pretrain_command
+    from polypool.repro.quick import PRETRAIN_STEPS, pretrain_command
 
     command = pretrain_command(tmp_path, resume=True, overrides=[
         "--trainer.max_steps", "4", "--trainer.callbacks+={\"class_path\": \"x.Y\"}", "--trainer.callbacks", "z.W",

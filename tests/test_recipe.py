@@ -19,14 +19,7 @@ from polypool.data import VOCSegmentationDataModule
 from polypool.data.dataset import EpochSampler, ShardSampler
 from polypool.data.fixtures import make_voc
 
-REPO = Path(__file__).parents[1]
-
-
-@pytest.fixture(autouse=True)
-def in_repo(monkeypatch):
-    monkeypatch.chdir(REPO)
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
+from helpers import REPO, in_repo  # noqa: F401 - in_repo: an autouse fixture
 
 
 @pytest.fixture(scope="module")
@@ -270,7 +263,7 @@ def write_record(root, experiment, pooling, miou, alpha=None):
 
 
 def test_each_config_gets_its_own_table_against_the_same_paper_table(tmp_path):
-    from polypool.tables import main as tables, paper_table_key
+    from polypool.repro.tables import main as tables, paper_table_key
 
     assert paper_table_key("voc", "vgg_largefov") == paper_table_key("voc", "vgg") == ("voc", "vgg")
     assert paper_table_key("voc", "resnet101_deeplabv2") == ("voc", "resnet")

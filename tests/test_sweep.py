@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from polypool import sweep as sw
+from polypool.repro import sweep as sw
 from polypool.data.fixtures import make_voc
 
 REPO = Path(__file__).parents[1]

@@ -10,7 +10,7 @@ import pytest
 
 from polypool.data import VOC_CLASSES
 from polypool.data.classes import VOC_SHORT_NAMES
-from polypool.tables import METHODS, load_csv_logs, load_paper, load_records, main, render_rows
+from polypool.repro.tables import METHODS, load_csv_logs, load_paper, load_records, main, render_rows
 
 # The supplement's two per-class tables as printed, bold marks included (copied from shared/paper/supplementary.md).
 SUPPLEMENT = Path(__file__).parents[1] / "results" / "paper" / "supplement_tables.txt"
@@ -97,7 +97,7 @@ def test_csv_logger_metrics_are_a_source_too(tmp_path):
 
 
 def test_quick_flag_puts_the_quick_runs_note_above_the_tables(tmp_path):
-    from polypool.tables import QUICK_NOTE
+    from polypool.repro.tables import QUICK_NOTE
 
     text = main(["--runs", str(tmp_path / "none"), "--dataset", "voc", "--backbone", "vgg",
                  "--out", str(tmp_path / "t"), "--quick"])
@@ -217,7 +217,7 @@ def write_run(root, method, per_class, miou=None, seed=0, backbone="vgg"):
 
 
 def test_markdown_and_latex_text_exactly(tmp_path):
-    from polypool.tables import Table, write_tables
+    from polypool.repro.tables import Table, write_tables
 
     columns = ["bg", "cat", "mean"]
     ours = Table(columns, {"max": [np.array([50.06, np.nan, 40.0])], "ppool": [np.array([60.0, 30.0, 45.0]),
@@ -259,7 +259,7 @@ def test_markdown_and_latex_text_exactly(tmp_path):
 
 
 def test_bold_compares_at_the_printed_precision():
-    from polypool.tables import Table
+    from polypool.repro.tables import Table
 
     table = Table(["bg", "mean"], {"max": [np.array([50.12, 40.04])], "avg": [np.array([50.08, 40.0])]})
     rendered = {row[0]: row[1:] for row in render_rows(table, "md")}
@@ -276,14 +276,14 @@ def test_single_run_has_zero_std_and_records_are_kept(tmp_path):
 
 
 def test_record_values_without_and_with_a_logged_miou():
-    from polypool.tables import record_values
+    from polypool.repro.tables import record_values
 
     np.testing.assert_allclose(record_values([0.5, None, 0.7]), [50.0, np.nan, 70.0, 60.0])
     np.testing.assert_allclose(record_values([0.5, None, 0.7], 0.4), [50.0, np.nan, 70.0, 40.0])
 
 
 def test_metrics_csv_cells_and_the_logged_miou(tmp_path):
-    from polypool.tables import load_metrics_csv
+    from polypool.repro.tables import load_metrics_csv
 
     header = ["epoch", "step", "val/mIoU"] + [f"val/IoU/{n}" for n in VOC_CLASSES]
     cells = ["0.5"] * 18 + ["", "nan", "0.25"]  # an empty cell and "nan" both mean "absent class"
@@ -299,7 +299,7 @@ def test_metrics_csv_cells_and_the_logged_miou(tmp_path):
 
 def test_metrics_csv_gives_the_final_evaluation_over_later_periodic_validations(tmp_path):
     """The record's numbers come from the final whole-val evaluation; a table read from the logs must agree."""
-    from polypool.tables import load_metrics_csv
+    from polypool.repro.tables import load_metrics_csv
 
     names = VOC_CLASSES
     header = (["epoch", "step", "val/mIoU"] + [f"val/IoU/{n}" for n in names] + ["final/mIoU"]
@@ -315,7 +315,7 @@ def test_metrics_csv_gives_the_final_evaluation_over_later_periodic_validations(
 
 
 def test_paper_tables_and_their_keys():
-    from polypool.tables import paper_table_key
+    from polypool.repro.tables import paper_table_key
 
     with pytest.raises(ValueError, match=r"no per-class table for cityscapes/resnet; it has \[\('voc', 'resnet'\)"):
         load_paper("cityscapes", "resnet")
@@ -335,8 +335,8 @@ def test_main_defaults_read_results_runs_and_write_results(tmp_path, monkeypatch
 
 
 def test_main_csv_logs_wandb_and_a_dataset_without_a_paper_table(tmp_path, monkeypatch):
-    from polypool import tables
-    from polypool.tables import Table
+    from polypool.repro import tables
+    from polypool.repro.tables import Table
 
     header = ["epoch", "step", "val/mIoU"] + [f"val/IoU/{n}" for n in VOC_CLASSES]
     path = tmp_path / "logs" / "gated" / "0" / "metrics.csv"
@@ -358,7 +358,7 @@ def test_main_csv_logs_wandb_and_a_dataset_without_a_paper_table(tmp_path, monke
 
 
 def test_text_ends_once_notes_join_and_csv_log_columns(tmp_path):
-    from polypool.tables import QUICK_NOTE, Table, write_tables
+    from polypool.repro.tables import QUICK_NOTE, Table, write_tables
 
     full = Table(["bg", "mean"], {m: [np.array([50.0, 50.0])] for m, _ in METHODS})
     text = write_tables(full, None, tmp_path / "full")  # no note, nothing missing: the text ends with its table
@@ -403,7 +403,7 @@ def test_detail_metrics_are_extra_columns_of_our_rows_only(tmp_path):
 def test_paired_differences_against_max_pair_by_seed_with_a_t_interval(tmp_path):
     from scipy import stats
 
-    from polypool.tables import findings, paired_differences
+    from polypool.repro.tables import findings, paired_differences
 
     root = tmp_path / "runs"
     max_miou = {0: 0.40, 1: 0.50, 2: 0.45}
@@ -441,7 +441,7 @@ def test_paired_differences_against_max_pair_by_seed_with_a_t_interval(tmp_path)
 
 
 def test_the_quick_note_names_each_difference_from_the_full_recipe_from_the_config_files(tmp_path):
-    from polypool.tables import recipe_differences
+    from polypool.repro.tables import recipe_differences
 
     (tmp_path / "full.yaml").write_text("model:\n  lr: 0.1\n  backbone: vgg16\ndata:\n  class_path: "
                                         "polypool.data.VOCSegmentationDataModule\n  init_args:\n"
@@ -459,7 +459,7 @@ def test_the_quick_note_names_each_difference_from_the_full_recipe_from_the_conf
 
 
 def test_provenance_lines_name_the_config_files_and_each_p_pooling_runs_alpha():
-    from polypool.tables import Table, provenance_lines
+    from polypool.repro.tables import Table, provenance_lines
 
     def alpha(first, last):
         return {"first": {"step": 0, "layers": {"4": {"mean": first, "std": 0.5}}},
@@ -494,7 +494,7 @@ def test_load_wandb_reads_the_finished_runs_of_the_experiments_group(monkeypatch
     import sys
     import types
 
-    from polypool.tables import load_wandb
+    from polypool.repro.tables import load_wandb
 
     class Run:
         def __init__(self, pooling, miou, iou=0.25):
@@ -527,7 +527,7 @@ def test_load_wandb_prefers_the_final_evaluation(monkeypatch):
     import sys
     import types
 
-    from polypool.tables import load_wandb
+    from polypool.repro.tables import load_wandb
 
     run = types.SimpleNamespace(config={"model": {"pooling": "max"}},
                                 summary={"val/mIoU": 0.2, **{f"val/IoU/{n}": 0.2 for n in VOC_CLASSES},
@@ -554,7 +554,7 @@ def test_records_sort_by_seed_number_and_the_file_name_gives_a_missing_seed(tmp_
 
 
 def test_findings_without_any_run_say_so():
-    from polypool.tables import PAIRED_MIN_SEEDS, Table, findings
+    from polypool.repro.tables import PAIRED_MIN_SEEDS, Table, findings
 
     assert findings(Table(columns=["bg", "mean"])) == [
         f"No paired comparison: it needs {PAIRED_MIN_SEEDS} seeds of each pooling (these runs have 0 for the pooling "
@@ -562,7 +562,7 @@ def test_findings_without_any_run_say_so():
 
 
 def test_a_setting_the_quick_preset_sets_to_null_is_a_difference(tmp_path):
-    from polypool.tables import recipe_differences
+    from polypool.repro.tables import recipe_differences
 
     (tmp_path / "full.yaml").write_text("model:\n  lr: 0.1\n")
     (tmp_path / "quick.yaml").write_text("model:\n  lr: 0.1\n  custom_setting: null\n")
@@ -571,7 +571,7 @@ def test_a_setting_the_quick_preset_sets_to_null_is_a_difference(tmp_path):
 
 
 def test_the_quick_note_and_the_written_tables_carry_the_runs_provenance(tmp_path):
-    from polypool.tables import quick_note, recipe_differences, write_tables
+    from polypool.repro.tables import quick_note, recipe_differences, write_tables
 
     root = tmp_path / "runs"
     configs = ["configs/voc/vgg.yaml", "configs/trainer/quick.yaml"]
@@ -600,7 +600,7 @@ def test_the_quick_note_and_the_written_tables_carry_the_runs_provenance(tmp_pat
 
 def test_identical_runs_are_no_clear_difference(tmp_path):
     """Every paired difference 0: the interval is [0, 0], which does not exclude 0."""
-    from polypool.tables import findings
+    from polypool.repro.tables import findings
 
     root = tmp_path / "runs"
     for seed in (0, 1, 2):

@@ -104,7 +104,7 @@ def test_dense_alpha_sends_its_distribution_over_the_probe_at_every_validation_a
 
 
 def test_the_dashboard_plots_only_keys_the_runs_log(fit):
-    from polypool.dashboard import dashboard, plotted_keys, pooling_layers
+    from polypool.repro.dashboard import dashboard, plotted_keys, pooling_layers
 
     layers = pooling_layers(fit.model)
     assert layers == {LAYER: "dense"}
@@ -130,7 +130,7 @@ def test_the_dashboard_plots_only_keys_the_runs_log(fit):
 def test_the_dashboard_of_a_tables_runs(monkeypatch):
     import wandb_workspaces.reports.v2 as wr
 
-    from polypool import dashboard as board
+    from polypool.repro import dashboard as board
 
     layers = board.config_layers(board.config_files("voc", "vgg"))
     assert layers == {name: "dense" for name in ("4", "9", "16", "23", "30")}  # VGG16's five pools, dense alpha
@@ -168,8 +168,8 @@ def test_the_dashboard_of_a_tables_runs(monkeypatch):
 
 
 def test_the_table_reads_the_keys_and_the_group_the_dashboard_shows(monkeypatch):
-    from polypool import dashboard as board
-    from polypool import tables
+    from polypool.repro import dashboard as board
+    from polypool.repro import tables
     from polypool.data.classes import VOC_CLASSES
 
     queries = []
