@@ -14,12 +14,14 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
+from typing_extensions import override
 
 
 class AppendingExperimentWriter(ExperimentWriter):
     """Lightning's CSV writer, except that an existing ``metrics.csv`` (an earlier attempt of the same run) is kept
     and appended to, instead of deleted (Lightning: "Previous log files in this directory will be deleted")."""
 
+    @override
     def _check_log_dir_exists(self) -> None:
         if self._fs.isfile(self.metrics_file_path):
             with self._fs.open(self.metrics_file_path, "r", newline="") as file:
@@ -34,6 +36,7 @@ class ResumableCSVLogger(CSVLogger):
 
     @property
     @rank_zero_experiment
+    @override
     def experiment(self) -> ExperimentWriter:
         if self._experiment is None:
             os.makedirs(self._root_dir, exist_ok=True)

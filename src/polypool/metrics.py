@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
+from typing_extensions import override
 
 from .wandb_keys import TRIMAP_WIDTHS
 
@@ -109,6 +110,7 @@ class BoundaryIoU(Metric):
         ``mask_to_boundary`` (Python's round: halves to even)."""
         return max(1, int(round(self.dilation_ratio * math.hypot(height, width))))
 
+    @override
     def update(self, preds: Tensor, target: Tensor, sizes: Tensor | None = None) -> None:
         """Class maps (N, H, W); ``sizes`` (N, 2): each image's real size in a padded batch (d and the boundaries are
         those of the image, not of the padded map)."""
@@ -126,6 +128,7 @@ class BoundaryIoU(Metric):
             self.intersection[c] += (g & p).sum()
             self.union[c] += (g | p).sum()
 
+    @override
     def compute(self) -> Tensor:
         union = self.union.double()
         return torch.where(union > 0, self.intersection.double() / union.clamp(min=1), torch.nan).float()
@@ -148,6 +151,7 @@ class TrimapIoU(Metric):
         self.add_state("confmat", torch.zeros(len(self.widths), num_classes, num_classes, dtype=torch.long),
                        dist_reduce_fx="sum")
 
+    @override
     def update(self, preds: Tensor, target: Tensor, sizes: Tensor | None = None) -> None:
         """Class maps (N, H, W); ``sizes`` (N, 2): each image's real size in a padded batch (the padding, void in the
         target, would otherwise put the image's real edges into every band)."""
@@ -161,6 +165,7 @@ class TrimapIoU(Metric):
             self.confmat[i] += torch.bincount(index, minlength=self.num_classes ** 2).view(
                 self.num_classes, self.num_classes)
 
+    @override
     def compute(self) -> Tensor:
         confmat = self.confmat.double()
         tp = confmat.diagonal(dim1=1, dim2=2)
