@@ -93,9 +93,32 @@ def unpadded(preds: Tensor, target: Tensor, sizes: Tensor | None):
 
 class BoundaryIoU(Metric):
     """Per-class Boundary IoU (a tensor of ``num_classes``; NaN where a class has no boundary pixel in truth or
-    prediction). ``update(preds, target)`` with class maps (N, H, W)."""
+    prediction). ``update(preds, target)`` with class maps (N, H, W).
 
-    full_state_update = False
+    Example:
+        >>> import torch
+        >>> from polypool.metrics import BoundaryIoU
+        >>> target = torch.zeros(1, 8, 8, dtype=torch.long)
+        >>> target[:, 2:6, 2:6] = 1  # a 4 x 4 square of class 1
+        >>> preds = torch.zeros_like(target)
+        >>> preds[:, 2:6, 3:7] = 1  # predicted one pixel to the right
+        >>> metric = BoundaryIoU(num_classes=3)
+        >>> metric.boundary_width(8, 8)  # d: 2% of the diagonal, at least 1 px
+        1
+        >>> metric.update(preds, target)
+        >>> metric.compute()  # class 2 is in neither map: NaN
+        tensor([0.7308, 0.3333,    nan])
+        >>> metric = BoundaryIoU(num_classes=3)
+        >>> metric.update(preds, target, sizes=torch.tensor([[6, 6]]))  # a 6 x 6 image padded to 8 x 8
+        >>> metric.compute()
+        tensor([0.6667, 0.5714,    nan])
+    """
+
+    full_state_update: bool = False
+    is_differentiable: bool = False
+    higher_is_better: bool = True
+    plot_lower_bound: float = 0.0
+    plot_upper_bound: float = 1.0
 
     def __init__(self, num_classes: int, ignore_index: int = 255, dilation_ratio: float = 0.02, **kwargs):
         super().__init__(**kwargs)
@@ -138,9 +161,30 @@ class TrimapIoU(Metric):
     """mIoU within bands of ``widths`` pixels around the ground-truth boundaries (:func:`trimap_band`): ``compute()``
     returns a tensor
     (len(widths), num_classes) of per-class IoU (NaN for a class absent from a band in truth and prediction); the
-    trimap mIoU of width w is the nanmean of its row."""
+    trimap mIoU of width w is the nanmean of its row.
 
-    full_state_update = False
+    Example:
+        >>> import torch
+        >>> from polypool.metrics import TrimapIoU
+        >>> target = torch.zeros(1, 10, 10, dtype=torch.long)
+        >>> target[:, 2:8, 2:8] = 255  # a void band around the object, as PASCAL VOC draws it
+        >>> target[:, 3:7, 3:7] = 1  # a 4 x 4 object of class 1
+        >>> preds = torch.zeros_like(target)
+        >>> preds[:, 3:7, 3:6] = 1  # its right column missed
+        >>> metric = TrimapIoU(num_classes=2, widths=(1, 2))
+        >>> metric.update(preds, target)
+        >>> metric.compute()  # one row per band width, one column per class
+        tensor([[0.8750, 0.6667],
+                [0.9412, 0.7500]])
+        >>> metric.compute().nanmean(1)  # the trimap mIoU of each width
+        tensor([0.7708, 0.8456])
+    """
+
+    full_state_update: bool = False
+    is_differentiable: bool = False
+    higher_is_better: bool = True
+    plot_lower_bound: float = 0.0
+    plot_upper_bound: float = 1.0
 
     def __init__(self, num_classes: int, widths: Sequence[int] = TRIMAP_WIDTHS, ignore_index: int = 255,
                  **kwargs):

@@ -34,7 +34,11 @@ DEFAULT_RECORDS_ROOT = "results/runs"
 
 def record_file(root, dataset: str, experiment: str, pooling: str, seed: int) -> Path:
     """Where a run's record lives: ``<root>/<dataset>/<experiment>/<pooling>/<seed>.json``. The one owner of that
-    layout: the reproduction harness, the tables and the notebooks find records with it."""
+    layout: the reproduction harness, the tables and the notebooks find records with it.
+
+    >>> record_file(DEFAULT_RECORDS_ROOT, "voc", "vgg_largefov", "ppool", 0).as_posix()
+    'results/runs/voc/vgg_largefov/ppool/0.json'
+    """
     return Path(root) / dataset / experiment / pooling / f"{seed}.json"
 
 
