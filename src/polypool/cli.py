@@ -102,43 +102,54 @@ class PolypoolCLI(LightningCLI):
             if project:  # group, tags and config go to wandb.init through WandbLogger's own arguments
                 loggers.append(PolypoolWandbLogger(project=project, save_dir=str(root), **self.wandb_run_info()))
             kwargs["logger"] = loggers
-        given = config.get("callbacks") or []
-        given = list(given) if isinstance(given, list) else [given]
-        extra: list = []
-        last: list = []  # SignalCheckpoint: after the others, so that the step it saves is complete for each of them
-        if not any(isinstance(c, ModelCheckpoint) for c in given) and config.get("enable_checkpointing", True) is not False:
-            # no version counter: one last.ckpt, written by both instances (a counter would make last-v1.ckpt)
-            extra.append(ModelCheckpoint(dirpath=str(root / "checkpoints"), monitor="val/mIoU", mode="max",
-                                         filename="best-{step}", save_last=True, enable_version_counter=False))
-            minutes = self._run_setting("checkpoint_every_minutes")
-            if minutes is not None and minutes < 0:
-                self.parser.error(f"--checkpoint_every_minutes must be >= 0 (or null: no timed checkpoints), "
-                                  f"got {minutes}")
-            if self.subcommand in (None, "fit"):
-                extra.append(TimedLastCheckpoint(dirpath=str(root / "checkpoints"), minutes=minutes))
-                last.append(SignalCheckpoint(dirpath=str(root / "checkpoints")))  # SIGTERM/SIGUSR1: last.ckpt
         plugins = config.get("plugins")
         plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
         if "plugins" not in kwargs and not has_own_checkpoint_io(config.get("strategy"), plugins):
             kwargs["plugins"] = plugins + [AtomicCheckpointIO()]  # checkpoints complete or absent
-        if config.get("logger") is not False and not any(isinstance(c, LearningRateMonitor) for c in given):
-            extra.append(LearningRateMonitor(logging_interval="step"))  # every named parameter group
-        if not any(isinstance(c, RunRecord) for c in given):
-            extra.append(RunRecord(root=self._run_setting("records_root")))
-        if not any(isinstance(c, AlphaHistory) for c in given):
-            extra.append(AlphaHistory())
-        if not any(isinstance(c, QualitativePanel) for c in given):
-            extra.append(QualitativePanel())
-        if not any(isinstance(c, RNGState) for c in given):
-            extra.append(RNGState())  # a resumed run draws the random numbers the uninterrupted one would
-        if not any(isinstance(c, ProgressFile) for c in given):
-            extra.append(ProgressFile())
-        if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in given):
-            extra.append(default_progress_bar())
-        extra += last
+        given = config.get("callbacks") or []
+        given = list(given) if isinstance(given, list) else [given]
+        extra = self.default_callbacks(root, config, given)
         if extra:
             kwargs["callbacks"] = given + extra
         return super().instantiate_trainer(**kwargs)
+
+    def default_callbacks(self, root: Path, config: dict[str, Any], given: list) -> list:
+        """The callbacks every run gets (the module's docstring says what each does), in this order, less those that
+        the config's own ``trainer.callbacks`` (``given``) replaces: a callback of the class named in the table.
+
+        LightningCLI's own ways of adding callbacks cannot say "unless the config lists its own":
+        ``parser.add_lightning_class_args(RunRecord, ...)`` and ``trainer_defaults={"callbacks": ...}`` always add
+        theirs (a config with its own would run two), and a default ``trainer.callbacks`` (``parser.set_defaults``)
+        is replaced as a whole by a config's list (``configs/trainer/quick.yaml`` lists its own ``AlphaHistory``:
+        every other default would be gone). Hence this table."""
+        checkpoints = str(root / "checkpoints")
+        fit = self.subcommand in (None, "fit")
+        checkpointing = config.get("enable_checkpointing", True) is not False
+        minutes = self._run_setting("checkpoint_every_minutes")
+        if checkpointing and not any(isinstance(c, ModelCheckpoint) for c in given) \
+                and minutes is not None and minutes < 0:
+            self.parser.error(f"--checkpoint_every_minutes must be >= 0 (or null: no timed checkpoints), "
+                              f"got {minutes}")
+        table = [  # (replaced by a given instance of, wanted in this run, the default)
+            # no version counter: one last.ckpt, written by both instances (a counter would make last-v1.ckpt)
+            (ModelCheckpoint, checkpointing,
+             lambda: ModelCheckpoint(dirpath=checkpoints, monitor="val/mIoU", mode="max", filename="best-{step}",
+                                     save_last=True, enable_version_counter=False)),
+            (ModelCheckpoint, checkpointing and fit, lambda: TimedLastCheckpoint(dirpath=checkpoints, minutes=minutes)),
+            # every named parameter group
+            (LearningRateMonitor, config.get("logger") is not False,
+             lambda: LearningRateMonitor(logging_interval="step")),
+            (RunRecord, True, lambda: RunRecord(root=self._run_setting("records_root"))),
+            (AlphaHistory, True, AlphaHistory),
+            (QualitativePanel, True, QualitativePanel),
+            (RNGState, True, RNGState),  # a resumed run draws the random numbers the uninterrupted one would
+            (ProgressFile, True, ProgressFile),
+            (ProgressBar, config.get("enable_progress_bar", True) is not False, default_progress_bar),
+            # SIGTERM/SIGUSR1: last.ckpt; after the others, so that the step it saves is complete for each of them
+            (ModelCheckpoint, checkpointing and fit, lambda: SignalCheckpoint(dirpath=checkpoints)),
+        ]
+        return [make() for replaced_by, wanted, make in table
+                if wanted and not any(isinstance(c, replaced_by) for c in given)]
 
     def experiment_name(self) -> str:
         """``--experiment``, else the name of the last ``--config`` file outside configs/trainer (the presets),
@@ -194,6 +205,10 @@ class PolypoolCLI(LightningCLI):
         if checked != ckpt_path:
             self.config_init[self.subcommand]["ckpt_path"] = checked
         config = self.config[self.subcommand].as_dict()
+        # Set here, on every RunRecord (the default one and one a config gives itself), rather than linked into
+        # RunRecord's init args (parser.link_arguments): a link can reach a class added with add_lightning_class_args
+        # but not an entry of a config's trainer.callbacks list; a parse-time link would copy seed_everything: true,
+        # not the seed LightningCLI draws after parsing; and the resolved config is the whole parsed one.
         for callback in self.trainer.callbacks:
             if isinstance(callback, RunRecord):
                 callback.config = {k: v for k, v in config.items() if k not in ("ckpt_path", "config")}
