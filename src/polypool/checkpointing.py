@@ -31,6 +31,8 @@ def _is_local(path: Any) -> bool:
 def has_own_checkpoint_io(strategy: Any, plugins: list) -> bool:
     """Whether the trainer gets a ``CheckpointIO`` of its own (a plugin, or a strategy that sets or needs its own:
     XLA, DeepSpeed, FSDP), so that :class:`AtomicCheckpointIO` is not installed."""
+    # Strategy's private _checkpoint_io: its public checkpoint_io property cannot tell a CheckpointIO given to the
+    # strategy from the default TorchCheckpointIO it creates on first reading
     if any(isinstance(p, CheckpointIO) for p in plugins) or getattr(strategy, "_checkpoint_io", None) is not None:
         return True
     name = (strategy if isinstance(strategy, str) else type(strategy).__name__).lower()

@@ -270,9 +270,8 @@ class SegmentationModel(L.LightningModule):
                                     module.alpha_range)
 
     def _wandb_runs(self) -> list:
-        """The W&B runs among the loggers (histograms and images go there; CSV keeps the scalars)."""
-        if self._trainer is None:
-            return []
+        """The W&B runs among the loggers (histograms and images go there; CSV keeps the scalars); none without a
+        trainer (``self.loggers`` is then empty)."""
         return [logger.experiment for logger in self.loggers if isinstance(logger, WandbLogger)]
 
     def _log_histogram(self, key: str, values: Optional[Tensor], value_range: tuple[float, float]) -> None:
