@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from polypool import callbacks
+from polypool.callbacks import files, run_record
 from polypool.repro import sweep as sw
 from polypool.cli import main
 from polypool.data.fixtures import make_voc
@@ -121,7 +122,7 @@ def run_record_on_fit_end(tmp_path, monkeypatch, miou):
     record = callbacks.RunRecord(root=str(tmp_path / "runs"), experiment="vgg")
     evaluation = {"iou": torch.full((21,), miou), "boundary_iou": torch.full((21,), 0.25),
                   "trimap": {1: torch.full((21,), 0.2)}, "device": torch.device("cpu")}
-    monkeypatch.setattr(callbacks, "final_evaluation", lambda trainer, pl_module: evaluation)
+    monkeypatch.setattr(run_record, "final_evaluation", lambda trainer, pl_module: evaluation)
     trainer = SimpleNamespace(is_global_zero=True, datamodule=SimpleNamespace(dataset_name="voc"), global_step=4)
     module = SimpleNamespace(hparams=SimpleNamespace(backbone="vgg16_bn", pooling="ppool"),
                              class_names=[f"class{i}" for i in range(21)])
@@ -149,7 +150,7 @@ def test_run_record_writes_atomically_a_full_disk_leaves_the_previous_record(tmp
     with monkeypatch.context() as patch:
         # whichever way the record is written: in place (write_text) or through open()
         patch.setattr(Path, "write_text", lambda self, text, *a, **k: HalfWritten(str(self)).write(text))
-        patch.setattr(callbacks, "open", lambda name, mode="r", *a, **k: HalfWritten(str(name)), raising=False)
+        patch.setattr(files, "open", lambda name, mode="r", *a, **k: HalfWritten(str(name)), raising=False)
         with pytest.raises(Exception) as error:
             run_record_on_fit_end(tmp_path, monkeypatch, 0.75)
     assert path.read_text() == good  # the previous record, whole

@@ -41,317 +41,34 @@ Checkpoints and records are complete or absent (issue 32, section 3):
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
-import threading
-import time
-import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
-import lightning as L
-import torch
-from typing_extensions import override
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from typing_extensions import override
 
-from .callbacks import (DEFAULT_RECORDS_ROOT, NO_SPACE_ERRNOS, AlphaHistory, NoSpaceError, QualitativePanel, RNGState, RunRecord,
-                        backbone_family, format_bytes, free_bytes, temporary_name)
+from .callbacks import (DEFAULT_RECORDS_ROOT, AlphaHistory, NoSpaceError, QualitativePanel, RNGState, RunRecord,
+                        SignalCheckpoint, TimedLastCheckpoint, backbone_family)
+from .checkpointing import (AtomicCheckpointIO, DamagedCheckpoint, checked_resume_path, checkpoint_nbytes,
+                            checkpoint_problem, has_own_checkpoint_io, last_checkpoints)
 from . import wandb_keys
 from .data import SegmentationDataModule
 from .loggers import PolypoolWandbLogger, ResumableCSVLogger
 from .models import SegmentationModel
 from .progress import ProgressFile, default_progress_bar
 
-
-def _is_local(path: Any) -> bool:
-    text = str(path)
-    return "://" not in text or text.startswith("file://")
-
-
-def has_own_checkpoint_io(strategy: Any, plugins: list) -> bool:
-    """Whether the trainer gets a ``CheckpointIO`` of its own (a plugin, or a strategy that sets or needs its own:
-    XLA, DeepSpeed, FSDP), so that :class:`AtomicCheckpointIO` is not installed."""
-    if any(isinstance(p, CheckpointIO) for p in plugins) or getattr(strategy, "_checkpoint_io", None) is not None:
-        return True
-    name = (strategy if isinstance(strategy, str) else type(strategy).__name__).lower()
-    return any(kind in name for kind in ("xla", "deepspeed", "fsdp"))
-
-
-def checkpoint_nbytes(checkpoint: Any) -> int:
-    """The bytes of the tensors in ``checkpoint`` (each storage once): about the size ``torch.save`` writes."""
-    seen, total, stack = set(), 0, [checkpoint]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, torch.Tensor):
-            try:
-                storage = item.untyped_storage()
-                key = (str(item.device), storage.data_ptr(), storage.nbytes())
-                if key not in seen:
-                    seen.add(key)
-                    total += storage.nbytes()
-            except (RuntimeError, NotImplementedError):
-                total += item.numel() * item.element_size()
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple)):
-            stack.extend(item)
-    return total
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's ``TorchCheckpointIO`` whose files reach their name only when complete: ``torch.save`` to a
-    hidden temporary file in the checkpoint's own folder, flushed to disk, then ``os.replace`` (atomic). Lightning's
-    own save writes to the system's temporary folder and moves the file, which across file systems is a copy into
-    the final name: a full disk left a truncated ``last.ckpt`` there.
-
-    A full disk (``ENOSPC``/``EDQUOT``) raises :class:`~polypool.callbacks.NoSpaceError` naming the folder and the
-    space needed (the size of the checkpoint being written, or the previous one's if larger: the new file is written
-    beside it); the temporary file is removed and the previous checkpoint stays as it was. Remote paths
-    (``s3://`` ...) and ``storage_options`` go to ``TorchCheckpointIO``."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
-        if storage_options is not None or not _is_local(path):
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        path = Path(str(path).removeprefix("file://"))
-        tmp = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = temporary_name(path)
-            with open(tmp, "xb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            tmp = None
-        except BaseException as error:
-            if tmp is not None:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-            if isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS:
-                raise NoSpaceError(self.no_space_message(checkpoint, path)) from error
-            raise
-
-    @staticmethod
-    def no_space_message(checkpoint: dict[str, Any], path: Path) -> str:
-        needed = checkpoint_nbytes(checkpoint)
-        previous = path.stat().st_size if path.is_file() else 0
-        kept = (f"the previous {path.name} ({format_bytes(previous)}) is unchanged" if previous else
-                f"no {path.name} was written")
-        return (f"no space left on device to save the checkpoint {path.name} in {path.parent}: it needs about "
-                f"{format_bytes(max(needed, previous))} free there ({format_bytes(free_bytes(path.parent))} free "
-                f"now); {kept}, nothing half-written was left. Free some space in {path.parent} (or give the run "
-                f"another --trainer.default_root_dir), then resume with --ckpt_path last")
-
-
-class TimedLastCheckpoint(L.Callback):
-    """``last.ckpt`` in ``dirpath`` every ``minutes`` of training (``0``: after every step; ``None``: no timed saves)
-    and at every validation of a fit, beside the CLI's best/last ``ModelCheckpoint``: Lightning cannot combine a time
-    interval with the best-checkpoint monitor in one ``ModelCheckpoint``, and (2.6) writes ``last.ckpt`` at a
-    validation only when the best improved. Saved with ``trainer.save_checkpoint`` (through the CLI's
-    :class:`AtomicCheckpointIO`: complete or absent); the end of training is left to the ``ModelCheckpoint``."""
-
-    def __init__(self, dirpath: str, minutes: Optional[float]):
-        self.dirpath = Path(dirpath)
-        self.interval_s = None if minutes is None else float(minutes) * 60.0
-        self._saved_at = time.monotonic()
-
-    @property
-    def path(self) -> Path:
-        return self.dirpath / "last.ckpt"
-
-    @override
-    def on_train_start(self, trainer, pl_module) -> None:
-        self._saved_at = time.monotonic()
-
-    @override
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.interval_s is None:
-            return
-        due = time.monotonic() - self._saved_at >= self.interval_s
-        if trainer.strategy.broadcast(due):  # rank 0 decides: saving is collective, every rank saves or none
-            self.save(trainer)
-
-    @override
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if not trainer.sanity_checking and trainer.state.fn == "fit":
-            self.save(trainer)
-
-    def save(self, trainer) -> None:
-        trainer.save_checkpoint(self.path)
-        self._saved_at = time.monotonic()
-
-
-class SignalCheckpoint(L.Callback):
-    """SIGTERM or SIGUSR1 during a fit: ``last.ckpt`` in ``dirpath`` at the step the run stopped at, then the fit
-    ends with status 128 + the signal's number and a message (rank 0, stderr).
-
-    Lightning's own handler (``SignalConnector``, registered for each fit) only notes SIGTERM
-    (``trainer.received_sigterm``) and ends the fit after the batch with ``SIGTERMException``: status 0 and nothing
-    saved. This callback saves at that batch's end (``on_train_batch_end``, where Lightning's own checkpoints are
-    taken, so that ``--ckpt_path last`` continues as the uninterrupted run would) through ``trainer.save_checkpoint``
-    (the CLI's atomic checkpoint IO), then ends the fit with ``SIGTERMException(143)``; under DDP the ranks decide
-    together (any rank signalled: all save and stop). A signal during a validation (Lightning ends it at once) is
-    saved in ``on_exception`` instead (one process only). SIGUSR1 is taken as SIGTERM, unless something handles it
-    already (Lightning's SLURM auto-requeue, which saves its own ``hpc_ckpt``). A signal before the first step, or
-    after the last one (during the final evaluation: Lightning's handler is gone, the default one ends the process;
-    ``last.ckpt`` of the last step is there), saves nothing new."""
-
-    def __init__(self, dirpath: str):
-        self.dirpath = Path(dirpath)
-        self.signal_name: Optional[str] = None  # "SIGUSR1" when that came; SIGTERM otherwise
-        self.requested = False
-        self._previous_usr1: Any = None
-        self._start_step = 0
-        self._saved_step: Optional[int] = None
-
-    @property
-    def path(self) -> Path:
-        return self.dirpath / "last.ckpt"
-
-    @override
-    def on_train_start(self, trainer, pl_module) -> None:
-        self._start_step, self._saved_step = trainer.global_step, None
-        usr1 = getattr(signal, "SIGUSR1", None)
-        if usr1 is not None and threading.current_thread() is threading.main_thread() \
-                and signal.getsignal(usr1) in (signal.SIG_DFL, None):
-            self._previous_usr1 = signal.signal(usr1, self._on_sigusr1)
-
-    def _on_sigusr1(self, signum, frame) -> None:
-        self.signal_name, self.requested = "SIGUSR1", True
-        handler = signal.getsignal(signal.SIGTERM)  # Lightning's: sets trainer.received_sigterm
-        if callable(handler):
-            handler(signal.SIGTERM, frame)
-
-    def _restore(self) -> None:
-        if self._previous_usr1 is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGUSR1, self._previous_usr1)
-        self._previous_usr1 = None
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + int(getattr(signal, self.signal_name or "SIGTERM"))
-
-    @override
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        stop = bool(trainer.received_sigterm or self.requested)
-        if trainer.world_size > 1:
-            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)  # any rank: every rank saves
-        if stop:
-            self.save(trainer)
-            raise SIGTERMException(self.exit_code)
-
-    def save(self, trainer) -> None:
-        trainer.save_checkpoint(self.path)
-        self._saved_step = trainer.global_step
-
-    @override
-    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if not isinstance(exception, SIGTERMException):
-            return
-        self._restore()
-        step = trainer.global_step
-        if self._saved_step != step and step > self._start_step and trainer.world_size == 1 \
-                and not trainer.sanity_checking:
-            self.save(trainer)
-        name = self.signal_name or "SIGTERM"
-        if self._saved_step == step:
-            told = (f"saved {self.path}; the same command with --ckpt_path last resumes it from there")
-        elif self.path.is_file():
-            told = f"nothing new to save: {self.path} is kept; the same command with --ckpt_path last resumes it"
-        else:
-            told = "nothing to save yet; run the same command again to start it"
-        if trainer.is_global_zero:
-            print(f"polypool: stopped by {name} at step {step}: {told}", file=sys.stderr, flush=True)
-        exception.polypool_reported = True  # main() prints nothing more
-
-    @override
-    def teardown(self, trainer, pl_module, stage: str) -> None:
-        self._restore()
-
-
-class DamagedCheckpoint(RuntimeError):
-    """``--ckpt_path`` names a checkpoint that cannot be loaded and there is nothing to fall back to; the message
-    names the file and the fix. The CLI prints it and exits with status 1."""
-
-
-def checkpoint_problem(path: Any) -> tuple[Optional[str], Optional[int]]:
-    """``(why the checkpoint cannot be resumed from, None)``, or ``(None, its global step)`` when it loads."""
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as error:
-        return f"cannot be read: {error.strerror}", None
-    if size == 0:
-        return "an empty file", None
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # noqa: BLE001 - whatever torch.load says, the file cannot be resumed from
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        hint = "" if zipfile.is_zipfile(path) else "; no zip directory at its end: written only in part?"
-        return f"{format_bytes(size)}, torch.load fails: {first}{hint}", None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        return "not a Lightning checkpoint (no 'state_dict')", None
-    return None, checkpoint.get("global_step")
-
-
-def last_checkpoints(trainer) -> list[Path]:
-    """The ``last*.ckpt`` files among which Lightning's ``ckpt_path="last"`` takes the newest."""
-    found: set[str] = set()
-    for callback in trainer.checkpoint_callbacks:
-        if isinstance(callback, ModelCheckpoint) and callback.dirpath:
-            found |= {str(p) for p in Path(callback.dirpath).glob("last*.ckpt")}
-    return [Path(p) for p in found if _is_local(p) and Path(p).is_file()]
-
-
-def checked_resume_path(ckpt_path: Optional[str], trainer, say=None) -> Optional[str]:
-    """``ckpt_path`` if the checkpoint it names loads. For ``"last"`` with a damaged newest ``last*.ckpt``: the
-    newest readable other checkpoint of its folder (the best one), said on stderr; with none, and for a damaged
-    explicit path, raises :class:`DamagedCheckpoint` naming the file and the fix. ``best``, ``hpc``, remote paths
-    and paths that do not exist are left to Lightning."""
-    say = say or (lambda text: print(text, file=sys.stderr, flush=True))
-    if not ckpt_path or ckpt_path in ("best", "hpc") or str(ckpt_path).startswith("registry") \
-            or not _is_local(ckpt_path):
-        return ckpt_path
-    if ckpt_path == "last":
-        candidates = last_checkpoints(trainer)
-        if not candidates:
-            return ckpt_path
-        path = max(candidates, key=lambda p: p.stat().st_mtime)  # the one Lightning would load
-    else:
-        path = Path(str(ckpt_path).removeprefix("file://"))
-        if not path.is_file():
-            return ckpt_path
-    problem, _ = checkpoint_problem(path)
-    if problem is None:
-        return ckpt_path
-    if ckpt_path != "last":
-        raise DamagedCheckpoint(f"cannot resume: the checkpoint {path} is damaged ({problem}). Pass --ckpt_path "
-                                f"with another checkpoint, or leave --ckpt_path out to train from the start")
-    others = sorted((p for p in path.parent.glob("*.ckpt") if p != path and not p.name.startswith(".")),
-                    key=lambda p: p.stat().st_mtime, reverse=True)
-    for other in others:
-        other_problem, step = checkpoint_problem(other)
-        if other_problem is None:
-            if trainer.is_global_zero:
-                say(f"polypool: the checkpoint {path} is damaged ({problem}); resuming from {other} (step {step}), "
-                    f"the newest readable checkpoint in {path.parent}: the steps after it are trained again, and "
-                    f"the next checkpoint replaces {path.name}")
-            return str(other)
-        if trainer.is_global_zero:
-            say(f"polypool: {other} is damaged too ({other_problem})")
-    raise DamagedCheckpoint(f"cannot resume: the checkpoint {path} is damaged ({problem}) and {path.parent} holds no "
-                            f"other readable checkpoint. Delete it (rm '{path}') and run the same command again to "
-                            f"train this run from the start, or pass --ckpt_path with another checkpoint")
+# the checkpoint IO and the checkpoint callbacks lived here: their old import path (polypool.cli.X) keeps working
+__all__ = ["AtomicCheckpointIO", "DamagedCheckpoint", "PolypoolCLI", "SignalCheckpoint", "TimedLastCheckpoint",
+           "checked_resume_path", "checkpoint_nbytes", "checkpoint_problem", "has_own_checkpoint_io",
+           "last_checkpoints", "main"]
 
 
 class PolypoolCLI(LightningCLI):
+    @override
     def add_arguments_to_parser(self, parser) -> None:
         for key in ("num_classes", "class_names", "ignore_index"):
             parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
@@ -372,6 +89,7 @@ class PolypoolCLI(LightningCLI):
     def _run_setting(self, key: str) -> Any:
         return self.config[self.subcommand][key] if self.subcommand else self.config[key]
 
+    @override
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         """LightningCLI's public hook: the run's loggers and default callbacks go in as trainer arguments."""
         config = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
@@ -384,43 +102,54 @@ class PolypoolCLI(LightningCLI):
             if project:  # group, tags and config go to wandb.init through WandbLogger's own arguments
                 loggers.append(PolypoolWandbLogger(project=project, save_dir=str(root), **self.wandb_run_info()))
             kwargs["logger"] = loggers
-        given = config.get("callbacks") or []
-        given = list(given) if isinstance(given, list) else [given]
-        extra: list = []
-        last: list = []  # SignalCheckpoint: after the others, so that the step it saves is complete for each of them
-        if not any(isinstance(c, ModelCheckpoint) for c in given) and config.get("enable_checkpointing", True) is not False:
-            # no version counter: one last.ckpt, written by both instances (a counter would make last-v1.ckpt)
-            extra.append(ModelCheckpoint(dirpath=str(root / "checkpoints"), monitor="val/mIoU", mode="max",
-                                         filename="best-{step}", save_last=True, enable_version_counter=False))
-            minutes = self._run_setting("checkpoint_every_minutes")
-            if minutes is not None and minutes < 0:
-                self.parser.error(f"--checkpoint_every_minutes must be >= 0 (or null: no timed checkpoints), "
-                                  f"got {minutes}")
-            if self.subcommand in (None, "fit"):
-                extra.append(TimedLastCheckpoint(dirpath=str(root / "checkpoints"), minutes=minutes))
-                last.append(SignalCheckpoint(dirpath=str(root / "checkpoints")))  # SIGTERM/SIGUSR1: last.ckpt
         plugins = config.get("plugins")
         plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
         if "plugins" not in kwargs and not has_own_checkpoint_io(config.get("strategy"), plugins):
             kwargs["plugins"] = plugins + [AtomicCheckpointIO()]  # checkpoints complete or absent
-        if config.get("logger") is not False and not any(isinstance(c, LearningRateMonitor) for c in given):
-            extra.append(LearningRateMonitor(logging_interval="step"))  # every named parameter group
-        if not any(isinstance(c, RunRecord) for c in given):
-            extra.append(RunRecord(root=self._run_setting("records_root")))
-        if not any(isinstance(c, AlphaHistory) for c in given):
-            extra.append(AlphaHistory())
-        if not any(isinstance(c, QualitativePanel) for c in given):
-            extra.append(QualitativePanel())
-        if not any(isinstance(c, RNGState) for c in given):
-            extra.append(RNGState())  # a resumed run draws the random numbers the uninterrupted one would
-        if not any(isinstance(c, ProgressFile) for c in given):
-            extra.append(ProgressFile())
-        if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in given):
-            extra.append(default_progress_bar())
-        extra += last
+        given = config.get("callbacks") or []
+        given = list(given) if isinstance(given, list) else [given]
+        extra = self.default_callbacks(root, config, given)
         if extra:
             kwargs["callbacks"] = given + extra
         return super().instantiate_trainer(**kwargs)
+
+    def default_callbacks(self, root: Path, config: dict[str, Any], given: list) -> list:
+        """The callbacks every run gets (the module's docstring says what each does), in this order, less those that
+        the config's own ``trainer.callbacks`` (``given``) replaces: a callback of the class named in the table.
+
+        LightningCLI's own ways of adding callbacks cannot say "unless the config lists its own":
+        ``parser.add_lightning_class_args(RunRecord, ...)`` and ``trainer_defaults={"callbacks": ...}`` always add
+        theirs (a config with its own would run two), and a default ``trainer.callbacks`` (``parser.set_defaults``)
+        is replaced as a whole by a config's list (``configs/trainer/quick.yaml`` lists its own ``AlphaHistory``:
+        every other default would be gone). Hence this table."""
+        checkpoints = str(root / "checkpoints")
+        fit = self.subcommand in (None, "fit")
+        checkpointing = config.get("enable_checkpointing", True) is not False
+        minutes = self._run_setting("checkpoint_every_minutes")
+        if checkpointing and not any(isinstance(c, ModelCheckpoint) for c in given) \
+                and minutes is not None and minutes < 0:
+            self.parser.error(f"--checkpoint_every_minutes must be >= 0 (or null: no timed checkpoints), "
+                              f"got {minutes}")
+        table = [  # (replaced by a given instance of, wanted in this run, the default)
+            # no version counter: one last.ckpt, written by both instances (a counter would make last-v1.ckpt)
+            (ModelCheckpoint, checkpointing,
+             lambda: ModelCheckpoint(dirpath=checkpoints, monitor="val/mIoU", mode="max", filename="best-{step}",
+                                     save_last=True, enable_version_counter=False)),
+            (ModelCheckpoint, checkpointing and fit, lambda: TimedLastCheckpoint(dirpath=checkpoints, minutes=minutes)),
+            # every named parameter group
+            (LearningRateMonitor, config.get("logger") is not False,
+             lambda: LearningRateMonitor(logging_interval="step")),
+            (RunRecord, True, lambda: RunRecord(root=self._run_setting("records_root"))),
+            (AlphaHistory, True, AlphaHistory),
+            (QualitativePanel, True, QualitativePanel),
+            (RNGState, True, RNGState),  # a resumed run draws the random numbers the uninterrupted one would
+            (ProgressFile, True, ProgressFile),
+            (ProgressBar, config.get("enable_progress_bar", True) is not False, default_progress_bar),
+            # SIGTERM/SIGUSR1: last.ckpt; after the others, so that the step it saves is complete for each of them
+            (ModelCheckpoint, checkpointing and fit, lambda: SignalCheckpoint(dirpath=checkpoints)),
+        ]
+        return [make() for replaced_by, wanted, make in table
+                if wanted and not any(isinstance(c, replaced_by) for c in given)]
 
     def experiment_name(self) -> str:
         """``--experiment``, else the name of the last ``--config`` file outside configs/trainer (the presets),
@@ -476,6 +205,10 @@ class PolypoolCLI(LightningCLI):
         if checked != ckpt_path:
             self.config_init[self.subcommand]["ckpt_path"] = checked
         config = self.config[self.subcommand].as_dict()
+        # Set here, on every RunRecord (the default one and one a config gives itself), rather than linked into
+        # RunRecord's init args (parser.link_arguments): a link can reach a class added with add_lightning_class_args
+        # but not an entry of a config's trainer.callbacks list; a parse-time link would copy seed_everything: true,
+        # not the seed LightningCLI draws after parsing; and the resolved config is the whole parsed one.
         for callback in self.trainer.callbacks:
             if isinstance(callback, RunRecord):
                 callback.config = {k: v for k, v in config.items() if k not in ("ckpt_path", "config")}

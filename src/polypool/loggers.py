@@ -14,12 +14,20 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
+from typing_extensions import override
 
 
 class AppendingExperimentWriter(ExperimentWriter):
     """Lightning's CSV writer, except that an existing ``metrics.csv`` (an earlier attempt of the same run) is kept
-    and appended to, instead of deleted (Lightning: "Previous log files in this directory will be deleted")."""
+    and appended to, instead of deleted (Lightning: "Previous log files in this directory will be deleted").
 
+    This overrides Lightning's private ``_check_log_dir_exists`` (and reads the writer's ``_fs``): Lightning 2.6 has
+    no public way to keep a ``metrics.csv``. The writer's constructor calls that method, which deletes the file;
+    ``CSVLogger`` has no append option, and its public ``save``/``log_metrics`` come after the deletion. Moving the
+    file aside around the constructor would leave a moment with no ``metrics.csv`` (and a warning saying it will be
+    deleted). tests/test_cli.py's resumed fit checks that the rows of both attempts are kept."""
+
+    @override
     def _check_log_dir_exists(self) -> None:
         if self._fs.isfile(self.metrics_file_path):
             with self._fs.open(self.metrics_file_path, "r", newline="") as file:
@@ -34,7 +42,10 @@ class ResumableCSVLogger(CSVLogger):
 
     @property
     @rank_zero_experiment
+    @override
     def experiment(self) -> ExperimentWriter:
+        # CSVLogger.experiment with the appending writer; _experiment and _root_dir are CSVLogger's own attributes
+        # (no public setter: the property is the one place Lightning builds the writer)
         if self._experiment is None:
             os.makedirs(self._root_dir, exist_ok=True)
             self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)

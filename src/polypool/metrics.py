@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
+from typing_extensions import override
 
 from .wandb_keys import TRIMAP_WIDTHS
 
@@ -92,9 +93,32 @@ def unpadded(preds: Tensor, target: Tensor, sizes: Tensor | None):
 
 class BoundaryIoU(Metric):
     """Per-class Boundary IoU (a tensor of ``num_classes``; NaN where a class has no boundary pixel in truth or
-    prediction). ``update(preds, target)`` with class maps (N, H, W)."""
+    prediction). ``update(preds, target)`` with class maps (N, H, W).
 
-    full_state_update = False
+    Example:
+        >>> import torch
+        >>> from polypool.metrics import BoundaryIoU
+        >>> target = torch.zeros(1, 8, 8, dtype=torch.long)
+        >>> target[:, 2:6, 2:6] = 1  # a 4 x 4 square of class 1
+        >>> preds = torch.zeros_like(target)
+        >>> preds[:, 2:6, 3:7] = 1  # predicted one pixel to the right
+        >>> metric = BoundaryIoU(num_classes=3)
+        >>> metric.boundary_width(8, 8)  # d: 2% of the diagonal, at least 1 px
+        1
+        >>> metric.update(preds, target)
+        >>> metric.compute()  # class 2 is in neither map: NaN
+        tensor([0.7308, 0.3333,    nan])
+        >>> metric = BoundaryIoU(num_classes=3)
+        >>> metric.update(preds, target, sizes=torch.tensor([[6, 6]]))  # a 6 x 6 image padded to 8 x 8
+        >>> metric.compute()
+        tensor([0.6667, 0.5714,    nan])
+    """
+
+    full_state_update: bool = False
+    is_differentiable: bool = False
+    higher_is_better: bool = True
+    plot_lower_bound: float = 0.0
+    plot_upper_bound: float = 1.0
 
     def __init__(self, num_classes: int, ignore_index: int = 255, dilation_ratio: float = 0.02, **kwargs):
         super().__init__(**kwargs)
@@ -109,6 +133,7 @@ class BoundaryIoU(Metric):
         ``mask_to_boundary`` (Python's round: halves to even)."""
         return max(1, int(round(self.dilation_ratio * math.hypot(height, width))))
 
+    @override
     def update(self, preds: Tensor, target: Tensor, sizes: Tensor | None = None) -> None:
         """Class maps (N, H, W); ``sizes`` (N, 2): each image's real size in a padded batch (d and the boundaries are
         those of the image, not of the padded map)."""
@@ -126,6 +151,7 @@ class BoundaryIoU(Metric):
             self.intersection[c] += (g & p).sum()
             self.union[c] += (g | p).sum()
 
+    @override
     def compute(self) -> Tensor:
         union = self.union.double()
         return torch.where(union > 0, self.intersection.double() / union.clamp(min=1), torch.nan).float()
@@ -135,9 +161,30 @@ class TrimapIoU(Metric):
     """mIoU within bands of ``widths`` pixels around the ground-truth boundaries (:func:`trimap_band`): ``compute()``
     returns a tensor
     (len(widths), num_classes) of per-class IoU (NaN for a class absent from a band in truth and prediction); the
-    trimap mIoU of width w is the nanmean of its row."""
+    trimap mIoU of width w is the nanmean of its row.
 
-    full_state_update = False
+    Example:
+        >>> import torch
+        >>> from polypool.metrics import TrimapIoU
+        >>> target = torch.zeros(1, 10, 10, dtype=torch.long)
+        >>> target[:, 2:8, 2:8] = 255  # a void band around the object, as PASCAL VOC draws it
+        >>> target[:, 3:7, 3:7] = 1  # a 4 x 4 object of class 1
+        >>> preds = torch.zeros_like(target)
+        >>> preds[:, 3:7, 3:6] = 1  # its right column missed
+        >>> metric = TrimapIoU(num_classes=2, widths=(1, 2))
+        >>> metric.update(preds, target)
+        >>> metric.compute()  # one row per band width, one column per class
+        tensor([[0.8750, 0.6667],
+                [0.9412, 0.7500]])
+        >>> metric.compute().nanmean(1)  # the trimap mIoU of each width
+        tensor([0.7708, 0.8456])
+    """
+
+    full_state_update: bool = False
+    is_differentiable: bool = False
+    higher_is_better: bool = True
+    plot_lower_bound: float = 0.0
+    plot_upper_bound: float = 1.0
 
     def __init__(self, num_classes: int, widths: Sequence[int] = TRIMAP_WIDTHS, ignore_index: int = 255,
                  **kwargs):
@@ -148,6 +195,7 @@ class TrimapIoU(Metric):
         self.add_state("confmat", torch.zeros(len(self.widths), num_classes, num_classes, dtype=torch.long),
                        dist_reduce_fx="sum")
 
+    @override
     def update(self, preds: Tensor, target: Tensor, sizes: Tensor | None = None) -> None:
         """Class maps (N, H, W); ``sizes`` (N, 2): each image's real size in a padded batch (the padding, void in the
         target, would otherwise put the image's real edges into every band)."""
@@ -161,6 +209,7 @@ class TrimapIoU(Metric):
             self.confmat[i] += torch.bincount(index, minlength=self.num_classes ** 2).view(
                 self.num_classes, self.num_classes)
 
+    @override
     def compute(self) -> Tensor:
         confmat = self.confmat.double()
         tp = confmat.diagonal(dim1=1, dim2=2)

@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 import lightning as L
 from lightning.pytorch.callbacks.progress import ProgressBar, TQDMProgressBar
+from typing_extensions import override
 
 PROGRESS_FILE = "progress.json"
 
@@ -111,14 +112,17 @@ class StepProgressBar(TQDMProgressBar):
         super().__init__(*args, **kwargs)
         self.clock = RunClock()
 
+    @override
     def on_train_start(self, trainer, pl_module) -> None:
         super().on_train_start(trainer, pl_module)
         self.clock.begin(trainer)
 
+    @override
     def on_validation_end(self, trainer, pl_module) -> None:
         self.clock.after_validation(trainer)
         super().on_validation_end(trainer, pl_module)
 
+    @override
     def get_metrics(self, trainer, pl_module) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
@@ -144,9 +148,11 @@ class PlainProgress(ProgressBar):
         self._enabled = True
         self._last_print = 0.0
 
+    @override
     def disable(self) -> None:
         self._enabled = False
 
+    @override
     def enable(self) -> None:
         self._enabled = True
 
@@ -160,6 +166,7 @@ class PlainProgress(ProgressBar):
         self._last_print = time.time()
         print(f"[progress] {prefix}{describe(self.clock.values(trainer))}", flush=True)
 
+    @override
     def on_train_start(self, trainer, pl_module) -> None:
         self.clock.begin(trainer)
         self._last_print = time.time()
@@ -167,16 +174,19 @@ class PlainProgress(ProgressBar):
             total = total_steps(trainer)
             print(f"[progress] training from step {trainer.global_step} to {total if total else '?'}", flush=True)
 
+    @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if time.time() - self._last_print >= self.every_s:
             self.emit(trainer)
 
+    @override
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
         self.clock.after_validation(trainer)
         self.emit(trainer, "validated: ")
 
+    @override
     def on_train_end(self, trainer, pl_module) -> None:
         self.emit(trainer, "training done: ")
 
@@ -213,19 +223,23 @@ class ProgressFile(L.Callback):
         tmp.write_text(json.dumps(values) + "\n")
         tmp.replace(path)  # atomic: a reader never sees half a file
 
+    @override
     def on_train_start(self, trainer, pl_module) -> None:
         self.clock.begin(trainer)
         self.write(trainer)
 
+    @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if time.time() - self._last >= self.every_s:
             self.write(trainer)
 
+    @override
     def on_validation_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
             self.clock.after_validation(trainer)
             self.write(trainer)
 
+    @override
     def on_train_end(self, trainer, pl_module) -> None:
         self.write(trainer, "trained")
 

@@ -10,6 +10,7 @@ from typing import Optional, Union
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
+from typing_extensions import override
 
 from .classes import IGNORE_INDEX
 from .dataset import (DatasetError, EpochSampler, ResumableLoader, SegmentationDataset, ShardSampler, name_some,
@@ -96,6 +97,7 @@ class SegmentationDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     # -- Lightning -----------------------------------------------------------------------------------------------
+    @override
     def prepare_data(self) -> None:
         if self.download:
             self.download_dataset()
@@ -126,6 +128,7 @@ class SegmentationDataModule(L.LightningDataModule):
         mean_std = getattr(model, "input_mean_std", None)
         self.mean, self.std = mean_std if mean_std is not None else (IMAGENET_MEAN, IMAGENET_STD)
 
+    @override
     def setup(self, stage: Optional[str] = None) -> None:
         if stage in (None, "fit"):
             self.per_rank_batch_size()  # fail before training, on every rank, if the batch does not split
@@ -170,12 +173,14 @@ class SegmentationDataModule(L.LightningDataModule):
         self.resolve_normalization()
         return val_transform(self.mean, self.std)
 
+    @override
     def train_dataloader(self) -> DataLoader:
         world_size, rank = self.world()
         sampler = EpochSampler(self.train_dataset, seed=self.train_dataset.seed, num_replicas=world_size, rank=rank)
         return ResumableLoader(self.train_dataset, batch_size=self.per_rank_batch_size(), sampler=sampler,
                                drop_last=True, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
+    @override
     def val_dataloader(self) -> DataLoader:
         # Full-resolution images differ in size: batch 1, or a padded collate (padding ignored as 255).
         # Every rank evaluates its own share, none padded or repeated (ShardSampler), so the summed confusion
@@ -185,8 +190,10 @@ class SegmentationDataModule(L.LightningDataModule):
                           sampler=ShardSampler(self.val_dataset, world_size, rank), num_workers=self.num_workers, collate_fn=partial(pad_collate, size_divisor=8),
                           persistent_workers=self.num_workers > 0)
 
+    @override
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
 
+    @override
     def predict_dataloader(self) -> DataLoader:
         return self.val_dataloader()

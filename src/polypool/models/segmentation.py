@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassJaccardIndex
+from typing_extensions import override
 
 from .. import wandb_keys as keys
 from ..data.classes import IGNORE_INDEX, VOC_CLASSES
@@ -206,22 +207,26 @@ class SegmentationModel(L.LightningModule):
             return []
         return [m for m in self.network.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
+    @override
     def train(self, mode: bool = True):
         super().train(mode)
         for module in self.frozen_norm_layers():  # frozen statistics: eval mode even while training
             module.eval()
         return self
 
+    @override
     def forward(self, images: Tensor) -> Tensor:
         return self.network(images)
 
     # -- training and evaluation -------------------------------------------------------------------------------
+    @override
     def training_step(self, batch, batch_idx: int) -> Tensor:
         images, masks = batch
         loss = self.loss(self(images), masks)
         self.log(keys.TRAIN_LOSS, loss, prog_bar=True)
         return loss
 
+    @override
     def validation_step(self, batch, batch_idx: int) -> None:
         images, masks = batch[:2]  # (images, masks, sizes): pad_collate's padded batch
         logits = self(images)
@@ -230,6 +235,7 @@ class SegmentationModel(L.LightningModule):
         if batch_idx == 0 and self._wandb_runs():
             self._log_dense_alpha_maps(images)
 
+    @override
     def on_validation_epoch_end(self) -> None:
         per_class = self.val_iou.compute()
         self.val_iou.reset()
@@ -264,9 +270,8 @@ class SegmentationModel(L.LightningModule):
                                     module.alpha_range)
 
     def _wandb_runs(self) -> list:
-        """The W&B runs among the loggers (histograms and images go there; CSV keeps the scalars)."""
-        if self._trainer is None:
-            return []
+        """The W&B runs among the loggers (histograms and images go there; CSV keeps the scalars); none without a
+        trainer (``self.loggers`` is then empty)."""
         return [logger.experiment for logger in self.loggers if isinstance(logger, WandbLogger)]
 
     def _log_histogram(self, key: str, values: Optional[Tensor], value_range: tuple[float, float]) -> None:
@@ -329,6 +334,7 @@ class SegmentationModel(L.LightningModule):
             return self.predict_logits(images).argmax(1)
         return (self(images) if logits is None else logits).argmax(1)
 
+    @override
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         """Class maps ``(N, H, W)`` at the input resolution, averaging logits over ``tta_scales`` and flips."""
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -393,6 +399,7 @@ class SegmentationModel(L.LightningModule):
         order = list(lr_mult)
         return sorted(groups.values(), key=lambda g: (order.index(g["name"].split("/")[0]), g["name"]))
 
+    @override
     def configure_optimizers(self):
         hp = self.hparams
         if hp.optimizer == "adamw":
