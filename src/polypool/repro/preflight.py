@@ -159,12 +159,7 @@ def weight_needs(values: dict[str, Any]) -> list[WeightNeed]:
     if cfg is None:
         raise SweepError(f"timm has no pretrained weights for {backbone!r}; set model.pretrained false or pass "
                          f"-- --model.weights FILE")
-    try:
-        from timm.models._builder import _resolve_pretrained_source  # timm's own choice of source
-
-        source, location = _resolve_pretrained_source(cfg.to_dict())
-    except Exception:  # noqa: BLE001 - a timm without it: the hub first, as timm does
-        source, location = ("hf-hub", cfg.hf_hub_id) if cfg.hf_hub_id else ("url", cfg.url)
+    source, location = pretrained_source(cfg)
     if source == "hf-hub":
         if isinstance(location, tuple):
             return [WeightNeed(str(backbone), source, location[0], (location[1],))]
@@ -172,6 +167,16 @@ def weight_needs(values: dict[str, Any]) -> list[WeightNeed]:
     if source == "url" and location:
         return [WeightNeed(str(backbone), "url", location)]
     raise SweepError(f"cannot tell where timm loads {backbone!r}'s weights from (source {source!r})")
+
+
+def pretrained_source(cfg) -> tuple[str, Any]:
+    """Where timm loads a pretrained config's weights from, read from its public fields in timm's order of
+    preference (``timm.models._builder``, private): the Hugging Face hub when the config names a hub id (with the
+    file name when it overrides one), else its URL."""
+    if cfg.hf_hub_id:
+        filename = getattr(cfg, "hf_hub_filename", None)
+        return "hf-hub", ((cfg.hf_hub_id, filename) if filename else cfg.hf_hub_id)
+    return "url", cfg.url
 
 
 def _probe(url: str, timeout: float = 15.0) -> Optional[str]:
