@@ -29,8 +29,8 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -76,20 +76,37 @@ def vgg16_layout_pools(layout: str, crop: int = 321, batch: int = 8) -> list[Sha
     return shapes
 
 
-SHAPES = [*vgg16_pools(224), *vgg16_pools(512), *vgg16_layout_pools("vgg16_20m"), *vgg16_layout_pools("largefov"),
-          Shape("resnet.stem_pool", (8, 64, 112, 112), 3, 2, 1), *INCEPTION_POOLS]
+SHAPES = [
+    *vgg16_pools(224),
+    *vgg16_pools(512),
+    *vgg16_layout_pools("vgg16_20m"),
+    *vgg16_layout_pools("largefov"),
+    Shape("resnet.stem_pool", (8, 64, 112, 112), 3, 2, 1),
+    *INCEPTION_POOLS,
+]
 QUICK_SHAPES = [Shape("vgg16@224.pool3", (8, 256, 56, 56), 2, 2), Shape("resnet.stem_pool", (2, 64, 112, 112), 3, 2, 1)]
 
 Row = Callable[[torch.Tensor], torch.Tensor]
-CORE_ROWS = ("max_pool2d", "avg_pool2d", "naive P-pool (autograd)", "p_pool2d reference", "p_pool2d (ours, default)",
-             "P-pool layer alpha", "P-pool channel alpha", "P-pool dense alpha (fused)", "P-pool dense alpha (unfused)")
+CORE_ROWS = (
+    "max_pool2d",
+    "avg_pool2d",
+    "naive P-pool (autograd)",
+    "p_pool2d reference",
+    "p_pool2d (ours, default)",
+    "P-pool layer alpha",
+    "P-pool channel alpha",
+    "P-pool dense alpha (fused)",
+    "P-pool dense alpha (unfused)",
+)
 
 
 def naive_p_pool(alpha: torch.Tensor, s: Shape) -> Row:
     """The composition a user would write first: two average pools of powers, divided, through autograd."""
+
     def row(x):
         num = F.avg_pool2d(x.pow(alpha + 1), s.kernel, s.stride, s.padding, s.ceil_mode)
         return num / F.avg_pool2d(x.pow(alpha), s.kernel, s.stride, s.padding, s.ceil_mode)
+
     return row
 
 
@@ -105,10 +122,21 @@ def make_rows(s: Shape, device: torch.device, baselines: bool) -> dict[str, tupl
         "p_pool2d (ours, default)": (lambda x: p_pool2d(x, alpha, **pool_args), [alpha]),
     }
     # the layers as a network has them: after a ReLU (swap_pooling sets input_nonnegative), alpha at its init
-    for mode, label in (("layer", "P-pool layer alpha"), ("channel", "P-pool channel alpha"),
-                        ("dense", "P-pool dense alpha (fused)"), ("dense-unfused", "P-pool dense alpha (unfused)")):
-        layer = PPool2d(s.kernel, s.stride, s.padding, s.ceil_mode, channels=s.size[1], alpha_mode=mode.split("-")[0],
-                        fused_branch=mode != "dense-unfused").to(device)
+    for mode, label in (
+        ("layer", "P-pool layer alpha"),
+        ("channel", "P-pool channel alpha"),
+        ("dense", "P-pool dense alpha (fused)"),
+        ("dense-unfused", "P-pool dense alpha (unfused)"),
+    ):
+        layer = PPool2d(
+            s.kernel,
+            s.stride,
+            s.padding,
+            s.ceil_mode,
+            channels=s.size[1],
+            alpha_mode=mode.split("-")[0],
+            fused_branch=mode != "dense-unfused",
+        ).to(device)
         layer.input_nonnegative = True
         rows[label] = (layer, list(layer.parameters()))
     if baselines:
@@ -197,8 +225,10 @@ def format_table(shape: Shape, result: dict, x: torch.Tensor, copy_gbps: float |
         "|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if gpu else ""),
     ]
     for name, r in result.items():
-        line = (f"| {name} | {r['fwd']:.3f} | {r['fwdbwd']:.3f} | {r['fwd'] / base['fwd']:.2f}x | "
-                f"{r['fwdbwd'] / base['fwdbwd']:.2f}x | {r['extra_mem']:.2f} |")
+        line = (
+            f"| {name} | {r['fwd']:.3f} | {r['fwdbwd']:.3f} | {r['fwd'] / base['fwd']:.2f}x | "
+            f"{r['fwdbwd'] / base['fwdbwd']:.2f}x | {r['extra_mem']:.2f} |"
+        )
         if gpu:  # the floor: fwd reads x, writes y; bwd reads x and dy, writes dx
             floor = (3 * x.numel() + 2 * r["out_numel"]) * x.element_size()
             gbps = floor / (r["fwdbwd"] * 1e-3) / 1e9
@@ -207,8 +237,13 @@ def format_table(shape: Shape, result: dict, x: torch.Tensor, copy_gbps: float |
     return "\n".join(lines)
 
 
-def train_step_table(device: torch.device, reps: int, batch: int = 8, crop: int = 321,
-                     layouts: tuple[str, ...] = ("largefov", "vgg16_20m")) -> str:
+def train_step_table(
+    device: torch.device,
+    reps: int,
+    batch: int = 8,
+    crop: int = 321,
+    layouts: tuple[str, ...] = ("largefov", "vgg16_20m"),
+) -> str:
     """One SGD step (forward, loss, backward, update) of VGG16 in each layout of configs/voc, with max pooling and
     with P-pooling (the authors' dense alpha, fused), interleaved, median of ``reps``."""
     from polypool.models import SegmentationModel
@@ -216,8 +251,11 @@ def train_step_table(device: torch.device, reps: int, batch: int = 8, crop: int 
     torch.manual_seed(0)
     images = torch.randn(batch, 3, crop, crop, device=device)
     masks = torch.randint(0, 21, (batch, crop, crop), device=device)
-    models = {(layout, name): SegmentationModel(backbone="vgg16", pooling=name, head=layout).to(device)
-              for layout in layouts for name in ("max", "ppool")}
+    models = {
+        (layout, name): SegmentationModel(backbone="vgg16", pooling=name, head=layout).to(device)
+        for layout in layouts
+        for name in ("max", "ppool")
+    }
     optimizers = {key: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9) for key, m in models.items()}
 
     def step(key):
@@ -234,12 +272,18 @@ def train_step_table(device: torch.device, reps: int, batch: int = 8, crop: int 
             t0 = clock(device)
             step(key)
             times[key].append((clock(device) - t0) * 1e3)
-    lines = [f"### VGG16 training step: batch {batch}, {crop}x{crop}, SGD, median of {reps}", "",
-             "| layout | pooling | step ms | / max |", "|---|---|---:|---:|"]
+    lines = [
+        f"### VGG16 training step: batch {batch}, {crop}x{crop}, SGD, median of {reps}",
+        "",
+        "| layout | pooling | step ms | / max |",
+        "|---|---|---:|---:|",
+    ]
     for layout in layouts:
         max_ms, ppool_ms = statistics.median(times[(layout, "max")]), statistics.median(times[(layout, "ppool")])
-        lines += [f"| {layout} | max | {max_ms:.1f} | 1.00x |",
-                  f"| {layout} | P-pooling (dense alpha, fused default) | {ppool_ms:.1f} | {ppool_ms / max_ms:.2f}x |"]
+        lines += [
+            f"| {layout} | max | {max_ms:.1f} | 1.00x |",
+            f"| {layout} | P-pooling (dense alpha, fused default) | {ppool_ms:.1f} | {ppool_ms / max_ms:.2f}x |",
+        ]
     return "\n".join(lines)
 
 
@@ -255,11 +299,19 @@ def main(argv=None) -> int:
     parser.add_argument("--reps", type=int, default=5, help="repetitions per row (the median is reported)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--shapes", nargs="*", default=None,
-                        help="only the shapes whose name contains one of these strings (e.g. vgg16@224 inception)")
-    parser.add_argument("--rows", choices=["core", "all", "ppool"], default="all",
-                        help="core: without the baseline layers; ppool: max/avg_pool2d and the P-pooling layers only "
-                             "(without the slow naive and reference rows)")
+    parser.add_argument(
+        "--shapes",
+        nargs="*",
+        default=None,
+        help="only the shapes whose name contains one of these strings (e.g. vgg16@224 inception)",
+    )
+    parser.add_argument(
+        "--rows",
+        choices=["core", "all", "ppool"],
+        default="all",
+        help="core: without the baseline layers; ppool: max/avg_pool2d and the P-pooling layers only "
+        "(without the slow naive and reference rows)",
+    )
     parser.add_argument("--no-train-step", action="store_true", help="skip the VGG16-LargeFOV training step")
     parser.add_argument("--train-step-reps", type=int, default=3)
     parser.add_argument("--train-step-batch", type=int, default=8)
@@ -272,17 +324,20 @@ def main(argv=None) -> int:
         shapes = [s for s in shapes if any(part in s.name for part in args.shapes)]
     reps = 2 if args.quick else args.reps
     torch.manual_seed(0)
-    header = (f"# Pooling benchmark: {device_description(device)}, torch {torch.__version__}, {args.dtype}, "
-              f"median of {reps}\n\nCommand: `python benchmarks/bench_pooling.py "
-              f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n")
+    header = (
+        f"# Pooling benchmark: {device_description(device)}, torch {torch.__version__}, {args.dtype}, "
+        f"median of {reps}\n\nCommand: `python benchmarks/bench_pooling.py "
+        f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n"
+    )
     print(header, flush=True)
     tables = [header]
     for shape in shapes:
         x = torch.rand(shape.size, device=device, dtype=dtype).requires_grad_(True)
         rows = make_rows(shape, device, baselines=args.rows == "all")
         if args.rows == "ppool":
-            rows = {name: row for name, row in rows.items() if name not in ("naive P-pool (autograd)",
-                                                                             "p_pool2d reference")}
+            rows = {
+                name: row for name, row in rows.items() if name not in ("naive P-pool (autograd)", "p_pool2d reference")
+            }
         copy_gbps = copy_bandwidth(x, reps) if device.type == "cuda" else None
         table = format_table(shape, measure(rows, x, reps), x, copy_gbps)
         print(table + "\n", flush=True)

@@ -34,12 +34,16 @@ def main() -> None:
     for backend in ("cpu_fused", "reference"):
         hinted = best_of(lambda: p_pool2d(relu, 3.0, 2, backend=backend, input_nonnegative=True), 10)
         checked = best_of(lambda: p_pool2d(relu, 3.0, 2, backend=backend), 10)
-        print(f"{backend:10s} ReLU input: checked / hinted = {checked / hinted:.2f} "
-              f"({checked * 1e3:.1f} / {hinted * 1e3:.1f} ms)")
+        print(
+            f"{backend:10s} ReLU input: checked / hinted = {checked / hinted:.2f} "
+            f"({checked * 1e3:.1f} / {hinted * 1e3:.1f} ms)"
+        )
     nonnegative = best_of(lambda: p_pool2d(relu, 3.0, 2), 5)
     with_negatives = best_of(lambda: p_pool2d(signed, 3.0, 2), 5)
-    print(f"auto       signed input / ReLU input = {with_negatives / nonnegative:.1f} "
-          f"({with_negatives * 1e3:.1f} / {nonnegative * 1e3:.1f} ms)")
+    print(
+        f"auto       signed input / ReLU input = {with_negatives / nonnegative:.1f} "
+        f"({with_negatives * 1e3:.1f} / {nonnegative * 1e3:.1f} ms)"
+    )
 
 
 if __name__ == "__main__":

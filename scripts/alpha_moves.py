@@ -22,34 +22,62 @@ from polypool.data import VOCSegmentationDataModule
 from polypool.data.fixtures import make_voc
 from polypool.models import SegmentationModel
 
-AUTHORS = {"alpha_conv_lr_mult": 1.0, "alpha_prelu_lr_mult": 100.0, "alpha_bias_lr_mult": 180.0,
-           "alpha_grad_scale": 3.0}
+AUTHORS = {
+    "alpha_conv_lr_mult": 1.0,
+    "alpha_prelu_lr_mult": 100.0,
+    "alpha_bias_lr_mult": 180.0,
+    "alpha_grad_scale": 3.0,
+}
 PLAIN = {"alpha_conv_lr_mult": 1.0, "alpha_prelu_lr_mult": 1.0, "alpha_bias_lr_mult": 1.0, "alpha_grad_scale": 1.0}
 
 
-def alpha_movement(root: Path, multipliers: dict, steps: int, lr: float = 2.06e-3, crop: int = 64,
-                   batch: int = 4, seed: int = 0, backbone: str = "vgg16") -> dict[str, tuple[float, ...]]:
+def alpha_movement(
+    root: Path,
+    multipliers: dict,
+    steps: int,
+    lr: float = 2.06e-3,
+    crop: int = 64,
+    batch: int = 4,
+    seed: int = 0,
+    backbone: str = "vgg16",
+) -> dict[str, tuple[float, ...]]:
     """``{layer: (mean before, mean after, spread before, spread after, mean |change| of alpha's offset)}`` of dense
     alpha over one probe image; the offset is the side branch's 1x1 conv bias (30 at the start)."""
     L.seed_everything(seed, verbose=False)
     network = {"head": "vgg16_20m"} if backbone.startswith("vgg16") else {"head": "aspp", "output_stride": 32}
-    model = SegmentationModel(backbone=backbone, pooling="ppool", lr=lr, poly_power=1.0,
-                              weight_decay=5e-4 / 321 ** 2, **network, **multipliers)
-    offsets = {name: m.alpha_branch.proj.bias.detach().clone() for name, m in model.network.backbone.named_modules()
-               if hasattr(m, "alpha_branch")}
-    data = VOCSegmentationDataModule(root, batch_size=batch, num_workers=0, crop_size=crop, train_split="train",
-                                     scale_range=(1.0, 1.0), hflip=False)
+    model = SegmentationModel(
+        backbone=backbone, pooling="ppool", lr=lr, poly_power=1.0, weight_decay=5e-4 / 321**2, **network, **multipliers
+    )
+    offsets = {
+        name: m.alpha_branch.proj.bias.detach().clone()
+        for name, m in model.network.backbone.named_modules()
+        if hasattr(m, "alpha_branch")
+    }
+    data = VOCSegmentationDataModule(
+        root, batch_size=batch, num_workers=0, crop_size=crop, train_split="train", scale_range=(1.0, 1.0), hflip=False
+    )
     data.setup("fit")
     probe = data.val_dataset[0][0][None]
     before = alpha_summary(model, probe)
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     trainer.fit(model, data)
     after = alpha_summary(model, probe)
-    moved = {name: (model.network.backbone.get_submodule(name).alpha_branch.proj.bias.detach() - start).abs().mean()
-             for name, start in offsets.items()}
-    return {name: (before[name]["mean"], after[name]["mean"], before[name]["std"], after[name]["std"],
-                   float(moved[name])) for name in before}
+    moved = {
+        name: (model.network.backbone.get_submodule(name).alpha_branch.proj.bias.detach() - start).abs().mean()
+        for name, start in offsets.items()
+    }
+    return {
+        name: (before[name]["mean"], after[name]["mean"], before[name]["std"], after[name]["std"], float(moved[name]))
+        for name in before
+    }
 
 
 def main(argv=None) -> None:
@@ -66,8 +94,11 @@ def main(argv=None) -> None:
             moved = alpha_movement(root, multipliers, args.steps, crop=args.crop, backbone=args.backbone)
             print(f"{label}, {args.backbone}, {args.steps} steps:", flush=True)
             for name, (mean0, mean1, std0, std1, offset) in moved.items():
-                print(f"  {name:16s} mean alpha {mean0:.5f} -> {mean1:.5f} (moved {mean1 - mean0:+.2e}); "
-                      f"spread {std0:.2e} -> {std1:.2e}; offset moved {offset:.2e}", flush=True)
+                print(
+                    f"  {name:16s} mean alpha {mean0:.5f} -> {mean1:.5f} (moved {mean1 - mean0:+.2e}); "
+                    f"spread {std0:.2e} -> {std1:.2e}; offset moved {offset:.2e}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

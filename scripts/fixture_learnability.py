@@ -26,18 +26,22 @@ from polypool.data.fixtures import make_voc
 class TinySegmenter(nn.Module):
     def __init__(self, backbone: str, num_classes: int):
         super().__init__()
-        self.body = timm.create_model(backbone, pretrained=False, features_only=True, out_indices=(-1,),
-                                      **({"output_stride": 8} if backbone.startswith("resnet") else {}))
+        self.body = timm.create_model(
+            backbone,
+            pretrained=False,
+            features_only=True,
+            out_indices=(-1,),
+            **({"output_stride": 8} if backbone.startswith("resnet") else {}),
+        )
         self.classifier = nn.Conv2d(self.body.feature_info.channels()[-1], num_classes, 1)
 
     def forward(self, x):
-        return F.interpolate(self.classifier(self.body(x)[-1]), size=x.shape[-2:], mode="bilinear",
-                             align_corners=False)
+        return F.interpolate(self.classifier(self.body(x)[-1]), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def confusion(pred, target, num_classes):
     keep = target != 255
-    return torch.bincount(target[keep] * num_classes + pred[keep], minlength=num_classes ** 2).view(num_classes, -1)
+    return torch.bincount(target[keep] * num_classes + pred[keep], minlength=num_classes**2).view(num_classes, -1)
 
 
 def miou(matrix):
@@ -55,6 +59,7 @@ def run(minutes: float, backbone: str, n_train: int, n_val: int, seed: int, max_
         model = TinySegmenter(backbone, dm.num_classes)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         start, steps = time.time(), 0
+
         def done():
             return time.time() - start >= minutes * 60 or (max_steps is not None and steps >= max_steps)
 
@@ -76,8 +81,13 @@ def run(minutes: float, backbone: str, n_train: int, n_val: int, seed: int, max_
                 background_only += confusion(torch.zeros_like(masks).flatten(), masks.flatten(), dm.num_classes)
     value, _ = miou(matrix)
     chance, _ = miou(background_only)
-    return {"miou": value, "chance_background_only": chance, "steps": steps, "last_loss": loss.item(),
-            "seconds": time.time() - start}
+    return {
+        "miou": value,
+        "chance_background_only": chance,
+        "steps": steps,
+        "last_loss": loss.item(),
+        "seconds": time.time() - start,
+    }
 
 
 def main() -> None:
@@ -89,9 +99,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     result = run(args.minutes, args.backbone, args.train, args.val, args.seed)
-    print(f"{args.backbone}, {result['steps']} steps in {result['seconds']:.0f} s, last loss {result['last_loss']:.3f}: "
-          f"val mIoU {100 * result['miou']:.1f}% (predicting background everywhere: "
-          f"{100 * result['chance_background_only']:.1f}%)")
+    print(
+        f"{args.backbone}, {result['steps']} steps in {result['seconds']:.0f} s, last loss {result['last_loss']:.3f}: "
+        f"val mIoU {100 * result['miou']:.1f}% (predicting background everywhere: "
+        f"{100 * result['chance_background_only']:.1f}%)"
+    )
 
 
 if __name__ == "__main__":

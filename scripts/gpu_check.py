@@ -62,13 +62,15 @@ if ARGS.smoke:
 os.environ["POLYPOOL_TRITON"] = "strict"
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 if not ARGS.smoke and not torch.cuda.is_available():
-    print(f"make gpu-check needs a CUDA GPU, and torch sees none (torch {torch.__version__}, built for CUDA "
-          f"{torch.version.cuda}; CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}). Nothing was "
-          f"measured. Run it on a machine with an NVIDIA GPU, or `python scripts/gpu_check.py --smoke` to check the "
-          f"script itself on the CPU.", file=sys.stderr)
+    print(
+        f"make gpu-check needs a CUDA GPU, and torch sees none (torch {torch.__version__}, built for CUDA "
+        f"{torch.version.cuda}; CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}). Nothing was "
+        f"measured. Run it on a machine with an NVIDIA GPU, or `python scripts/gpu_check.py --smoke` to check the "
+        f"script itself on the CPU.",
+        file=sys.stderr,
+    )
     sys.exit(2)
 
 from polypool.pooling import p_pool2d, triton_fused  # noqa: E402
@@ -128,19 +130,34 @@ def rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
 
 # ------------------------------------------------------------------------------------------------ parts
 
+
 def part_pytest() -> list[str]:
-    files = ["tests/test_p_pool2d_triton.py", "tests/test_cuda_path.py", "tests/test_p_pool2d_subnormal.py",
-             "tests/test_relu_hint.py", "tests/test_compile.py", "tests/test_p_pool2d_dense.py",
-             "tests/test_p_pool2d_count_include_pad.py"]
+    files = [
+        "tests/test_p_pool2d_triton.py",
+        "tests/test_cuda_path.py",
+        "tests/test_p_pool2d_subnormal.py",
+        "tests/test_relu_hint.py",
+        "tests/test_compile.py",
+        "tests/test_p_pool2d_dense.py",
+        "tests/test_p_pool2d_count_include_pad.py",
+    ]
     env = {k: v for k, v in os.environ.items() if k not in ("POLYPOOL_TRITON", "TRITON_INTERPRET")}
     timeout = max(30, min(240, left() - 240))
     t0 = time.time()
     try:
-        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", *files],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", *files],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         summary = [line for line in done.stdout.splitlines() if re.search(r"\d+ (passed|failed|error)", line)]
-        emit(f"- `pytest {' '.join(files)}` on {gpu_name()}: {summary[-1] if summary else 'no summary'} "
-             f"({time.time() - t0:.0f} s)")
+        emit(
+            f"- `pytest {' '.join(files)}` on {gpu_name()}: {summary[-1] if summary else 'no summary'} "
+            f"({time.time() - t0:.0f} s)"
+        )
         for line in done.stdout.splitlines():
             if line.startswith(("FAILED", "ERROR")):
                 emit(f"  - {line[:300]}")
@@ -161,8 +178,11 @@ def compare(shape, k, s, p, ceil, dtype, alpha_kind, channels_last=False) -> tup
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     out_h, out_w = Window.make(k, s, p, ceil).output_size(*shape[-2:])
-    alpha = (torch.rand(shape[1], 1, 1, device=DEVICE) * 49 + 1 if alpha_kind == "channel"
-             else torch.rand(shape[0], shape[1], out_h, out_w, device=DEVICE) * 49 + 1)
+    alpha = (
+        torch.rand(shape[1], 1, 1, device=DEVICE) * 49 + 1
+        if alpha_kind == "channel"
+        else torch.rand(shape[0], shape[1], out_h, out_w, device=DEVICE) * 49 + 1
+    )
     xt, at = x.detach().requires_grad_(True), alpha.clone().requires_grad_(True)
     y = p_pool2d(xt, at, k, s, p, ceil, backend="triton")
     assert runs_through(y), "not the Triton path"
@@ -195,12 +215,16 @@ def part_correct() -> list[str]:
                 # y to the dtype's rounding; gradients also carry the fp32 conditioning of (a+1) - a q/r
                 ok = ey <= 2 * RTOL[dtype] and ex <= 2 * RTOL[dtype] + 1e-4 and ea <= max(2 * RTOL[dtype], 1e-3)
                 failures += not ok
-                emit(f"| {name} {tuple(shape)} k{k}s{s}p{p}{' ceil' if ceil else ''} | {str(dtype)[6:]} | "
-                     f"{alpha_kind} | {layout} | {ey:.1e} | {ex:.1e} | {ea:.1e} | {'ok' if ok else 'FAIL'} |")
+                emit(
+                    f"| {name} {tuple(shape)} k{k}s{s}p{p}{' ceil' if ceil else ''} | {str(dtype)[6:]} | "
+                    f"{alpha_kind} | {layout} | {ey:.1e} | {ex:.1e} | {ea:.1e} | {'ok' if ok else 'FAIL'} |"
+                )
             except Exception as error:
                 failures += 1
-                emit(f"| {name} | {str(dtype)[6:]} | {alpha_kind} | {layout} | | | | EXCEPTION "
-                     f"{type(error).__name__}: {str(error)[:150]} |")
+                emit(
+                    f"| {name} | {str(dtype)[6:]} | {alpha_kind} | {layout} | | | | EXCEPTION "
+                    f"{type(error).__name__}: {str(error)[:150]} |"
+                )
             finally:
                 if DEVICE.type == "cuda":
                     torch.cuda.empty_cache()
@@ -230,15 +254,17 @@ def part_big() -> list[str]:
     worst = 0.0
     for plane in (0, shape[1] - 1):
         for rows, cols in ((slice(0, 4), slice(0, 4)), (slice(-4, None), slice(-4, None))):
-            xs = x.detach()[:, plane:plane + 1, rows, cols].float().requires_grad_(True)
+            xs = x.detach()[:, plane : plane + 1, rows, cols].float().requires_grad_(True)
             ys = p_pool2d(xs, 30.0, 2, backend="reference")
             ys.backward(torch.ones_like(ys))
-            got_y = y.detach()[:, plane:plane + 1][..., _half(rows), _half(cols)]
-            got_dx = x.grad[:, plane:plane + 1, rows, cols]
+            got_y = y.detach()[:, plane : plane + 1][..., _half(rows), _half(cols)]
+            got_dx = x.grad[:, plane : plane + 1, rows, cols]
             worst = max(worst, rel_error(got_y, ys), rel_error(got_dx, xs.grad))
     ok = worst <= 2 * RTOL[torch.bfloat16]
-    emit(f"- first and last windows of the first and last plane against the reference: max rel err {worst:.1e} "
-         f"({'ok' if ok else 'FAIL'})")
+    emit(
+        f"- first and last windows of the first and last plane against the reference: max rel err {worst:.1e} "
+        f"({'ok' if ok else 'FAIL'})"
+    )
     del x, y, g
     if DEVICE.type == "cuda":
         torch.cuda.empty_cache()
@@ -253,8 +279,11 @@ def part_speed() -> list[str]:
     """Measures only: its failures are exceptions."""
     import bench_pooling as bench
 
-    shapes = bench.QUICK_SHAPES[:1] if ARGS.smoke else [
-        s for s in bench.SHAPES if s.name.startswith(("vgg16@224", "resnet", "inception"))]
+    shapes = (
+        bench.QUICK_SHAPES[:1]
+        if ARGS.smoke
+        else [s for s in bench.SHAPES if s.name.startswith(("vgg16@224", "resnet", "inception"))]
+    )
     reps = 2 if ARGS.smoke else 20
     for dtype in (torch.bfloat16, torch.float32):
         emit(f"\n#### {str(dtype)[6:]}\n")
@@ -265,8 +294,10 @@ def part_speed() -> list[str]:
             size = (1, 2, 8, 8) if ARGS.smoke else shape.size
             x = torch.rand(size, device=DEVICE, dtype=dtype).requires_grad_(True)
             rows = bench.make_rows(shape, DEVICE, baselines=False)
-            rows = {name: rows[name] for name in ("max_pool2d", "avg_pool2d", "p_pool2d reference",
-                                                  "p_pool2d (ours, default)")}
+            rows = {
+                name: rows[name]
+                for name in ("max_pool2d", "avg_pool2d", "p_pool2d reference", "p_pool2d (ours, default)")
+            }
             copy = bench.copy_bandwidth(x, reps) if DEVICE.type == "cuda" else None
             emit(bench.format_table(shape, bench.measure(rows, x, reps), x, copy) + "\n")
             del x
@@ -285,7 +316,7 @@ def part_train() -> list[str]:
         model = SegmentationModel(backbone="vgg16", pooling=name).to(DEVICE)
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 
-        def step():
+        def step(model=model, optimizer=optimizer):
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
                 loss = model.loss(model(images), masks)
@@ -341,14 +372,18 @@ def part_probes() -> list[str]:
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, CC="/bin/false", TRITON_CACHE_DIR=cache, POLYPOOL_TRITON="1")
         try:
-            done = subprocess.run([sys.executable, "-c", FALLBACK_CHILD], env=env, capture_output=True, text=True,
-                                  timeout=120)
+            done = subprocess.run(
+                [sys.executable, "-c", FALLBACK_CHILD], env=env, capture_output=True, text=True, timeout=120
+            )
             result = [line[7:] for line in done.stdout.splitlines() if line.startswith("RESULT")]
-            emit(f"- no C compiler (CC=/bin/false), empty Triton cache, fresh process: "
-                 f"{result[-1] if result else 'no result, rc ' + str(done.returncode) + ': ' + done.stderr[-300:]}")
+            emit(
+                f"- no C compiler (CC=/bin/false), empty Triton cache, fresh process: "
+                f"{result[-1] if result else 'no result, rc ' + str(done.returncode) + ': ' + done.stderr[-300:]}"
+            )
             if "VERDICT ok" not in done.stdout.splitlines():
-                problems.append("the no-compiler fallback: " + (
-                    result[-1] if result else f"no result (rc {done.returncode})"))
+                problems.append(
+                    "the no-compiler fallback: " + (result[-1] if result else f"no result (rc {done.returncode})")
+                )
         except subprocess.TimeoutExpired:
             emit("- no-compiler probe: timed out")
             problems.append("the no-compiler fallback timed out")
@@ -364,8 +399,10 @@ def part_probes() -> list[str]:
             graph.replay()
             sync()
             same = torch.allclose(y, p_pool2d(x, 30.0, 2, backend="reference"), rtol=1e-5, atol=1e-6)
-            emit(f"- CUDA-graph capture of a forward with the ReLU hint (no negative check, no sync): OK, replay "
-                 f"matches the reference: {same}")
+            emit(
+                f"- CUDA-graph capture of a forward with the ReLU hint (no negative check, no sync): OK, replay "
+                f"matches the reference: {same}"
+            )
             if not same:
                 problems.append("the CUDA-graph replay does not match the reference")
         except Exception as error:
@@ -390,8 +427,10 @@ def part_probes() -> list[str]:
             ye = f(x, a)
             gxe, gae = torch.autograd.grad(ye, (x, a), g)
             errors = [rel_error(u, v.float()) for u, v in ((y, ye), (gx, gxe), (ga, gae))]
-            emit(f"- torch.compile (Inductor, the registered Triton op): compile + first fwd/bwd {first:.1f} s; "
-                 f"max rel err vs eager y/dx/dalpha {errors[0]:.1e}/{errors[1]:.1e}/{errors[2]:.1e}")
+            emit(
+                f"- torch.compile (Inductor, the registered Triton op): compile + first fwd/bwd {first:.1f} s; "
+                f"max rel err vs eager y/dx/dalpha {errors[0]:.1e}/{errors[1]:.1e}/{errors[2]:.1e}"
+            )
             if max(errors) > COMPILE_RTOL:
                 problems.append(f"torch.compile differs from eager by {max(errors):.1e} (tolerance {COMPILE_RTOL})")
         except Exception as error:
@@ -403,12 +442,14 @@ def part_probes() -> list[str]:
     return problems
 
 
-PARTS = [("pytest", "1. The Triton test files on the GPU", part_pytest),
-         ("correct", "2. Triton against the reference op", part_correct),
-         ("big", "3. An input of more than 2^31 elements", part_big),
-         ("speed", "4. Forward+backward against max_pool2d, and the copy ceiling", part_speed),
-         ("train", "5. VGG16-LargeFOV training steps, bf16 autocast", part_train),
-         ("probes", "6. Probes", part_probes)]
+PARTS = [
+    ("pytest", "1. The Triton test files on the GPU", part_pytest),
+    ("correct", "2. Triton against the reference op", part_correct),
+    ("big", "3. An input of more than 2^31 elements", part_big),
+    ("speed", "4. Forward+backward against max_pool2d, and the copy ceiling", part_speed),
+    ("train", "5. VGG16-LargeFOV training steps, bf16 autocast", part_train),
+    ("probes", "6. Probes", part_probes),
+]
 
 
 def main() -> int:
@@ -422,14 +463,19 @@ def main() -> int:
     OUT.parent.mkdir(parents=True, exist_ok=True)
     import triton
 
-    device = (f"{gpu_name()}, CUDA {torch.version.cuda}, driver capability "
-              f"{'.'.join(map(str, torch.cuda.get_device_capability(DEVICE)))}" if DEVICE.type == "cuda"
-              else f"CPU {platform.machine()} through Triton's interpreter (smoke run: nothing here is a measurement)")
+    device = (
+        f"{gpu_name()}, CUDA {torch.version.cuda}, driver capability "
+        f"{'.'.join(map(str, torch.cuda.get_device_capability(DEVICE)))}"
+        if DEVICE.type == "cuda"
+        else f"CPU {platform.machine()} through Triton's interpreter (smoke run: nothing here is a measurement)"
+    )
     emit(f"# P-pooling CUDA path: acceptance check on {gpu_name()}")
     emit()
-    emit(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {device}; torch {torch.__version__}, triton "
-         f"{triton.__version__}; command `make gpu-check` (`python scripts/gpu_check.py"
-         f"{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`). Triton in strict mode: no silent fallback.")
+    emit(
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {device}; torch {torch.__version__}, triton "
+        f"{triton.__version__}; command `make gpu-check` (`python scripts/gpu_check.py"
+        f"{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`). Triton in strict mode: no silent fallback."
+    )
     failed: dict[str, str] = {}  # part -> what failed
     out_of_time = []
     for key, title, part in PARTS:

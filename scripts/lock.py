@@ -44,12 +44,30 @@ def update(torch_version: str, torchvision_version: str) -> None:
     # typing: cityscapesscripts still asks for the old backport; uv takes 3.10.0.0, whose Requires-Python (< 3.5)
     # pip refuses, so the lock holds the last one pip installs on Python 3
     pins.write_text(f"torch=={torch_version}\ntorchvision=={torchvision_version}\ntyping==3.7.4.3\n")
-    command = ["uv", "pip", "compile", "pyproject.toml", "--extra", "test", "--generate-hashes", "--python-version",
-               PYTHON, "--python-platform", PLATFORM, "--constraint", str(pins), "--no-header", "--quiet",
-               "--output-file", str(LOCK)]
+    command = [
+        "uv",
+        "pip",
+        "compile",
+        "pyproject.toml",
+        "--extra",
+        "test",
+        "--generate-hashes",
+        "--python-version",
+        PYTHON,
+        "--python-platform",
+        PLATFORM,
+        "--constraint",
+        str(pins),
+        "--no-header",
+        "--quiet",
+        "--output-file",
+        str(LOCK),
+    ]
     subprocess.run(command, cwd=REPO, check=True)
-    header = (f"# The locked environment of `make setup` (CPython {PYTHON}, Linux x86-64, PyPI's torch), every package "
-              f"with its hashes.\n# Made by `make lock` (python scripts/lock.py update); do not edit by hand.\n")
+    header = (
+        f"# The locked environment of `make setup` (CPython {PYTHON}, Linux x86-64, PyPI's torch), every package "
+        f"with its hashes.\n# Made by `make lock` (python scripts/lock.py update); do not edit by hand.\n"
+    )
     LOCK.write_text(header + LOCK.read_text())
 
 

@@ -40,13 +40,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "build" / "mutate"
 
-POOLING_TESTS = ["tests/test_p_pool2d.py", "tests/test_p_pool2d_cpu_fused.py", "tests/test_p_pool2d_dense.py",
-                 "tests/test_p_pool2d_subnormal.py", "tests/test_p_pool2d_count_include_pad.py",
-                 "tests/test_relu_hint.py", "tests/test_baselines.py", "tests/test_ppool_layer.py",
-                 "tests/test_pooling_contracts.py",
-                 # torch.export's traced paths and the Triton safety nets. Not tests/test_compile.py: Dynamo cannot
-                 # trace mutmut's trampolines (a ContextVar.set), so every torch.compile test fails on a clean copy.
-                 "tests/test_export.py", "tests/test_cuda_path.py"]
+POOLING_TESTS = [
+    "tests/test_p_pool2d.py",
+    "tests/test_p_pool2d_cpu_fused.py",
+    "tests/test_p_pool2d_dense.py",
+    "tests/test_p_pool2d_subnormal.py",
+    "tests/test_p_pool2d_count_include_pad.py",
+    "tests/test_relu_hint.py",
+    "tests/test_baselines.py",
+    "tests/test_ppool_layer.py",
+    "tests/test_pooling_contracts.py",
+    # torch.export's traced paths and the Triton safety nets. Not tests/test_compile.py: Dynamo cannot
+    # trace mutmut's trampolines (a ContextVar.set), so every torch.compile test fails on a clean copy.
+    "tests/test_export.py",
+    "tests/test_cuda_path.py",
+]
 # name -> (files to mutate, files not to mutate, the fast tests that cover them)
 MODULES: dict[str, tuple[list[str], list[str], list[str]]] = {
     "transforms": (["src/polypool/data/transforms.py"], [], ["tests/test_data.py"]),
@@ -55,15 +63,31 @@ MODULES: dict[str, tuple[list[str], list[str], list[str]]] = {
     # Triton's kernels are compiled from their source by @triton.jit: a mutmut trampoline is not a kernel.
     # custom_ops.py runs only inside torch.compile (see POOLING_TESTS), and torch.library.custom_op infers its ops'
     # schemas from annotations that a trampoline does not keep: a mutated copy would not even import.
-    "pooling": (["src/polypool/pooling/*.py"],
-                ["src/polypool/pooling/triton_*.py", "src/polypool/pooling/custom_ops.py"], POOLING_TESTS),
-    "models": (["src/polypool/models/*.py"], [],
-               ["tests/test_segmentation_model.py", "tests/test_model_checks.py", "tests/test_networks.py"]),
+    "pooling": (
+        ["src/polypool/pooling/*.py"],
+        ["src/polypool/pooling/triton_*.py", "src/polypool/pooling/custom_ops.py"],
+        POOLING_TESTS,
+    ),
+    "models": (
+        ["src/polypool/models/*.py"],
+        [],
+        ["tests/test_segmentation_model.py", "tests/test_model_checks.py", "tests/test_networks.py"],
+    ),
 }
 # What the tests read besides src/ and tests/ (the paper's tables for tables.py and its tests).
 ALSO_COPY = ["results/paper", "configs"]
-STATUSES = ("killed", "timeout", "survived", "no tests", "suspicious", "skipped", "segfault", "not checked",
-            "caught by type check", "check was interrupted by user")
+STATUSES = (
+    "killed",
+    "timeout",
+    "survived",
+    "no tests",
+    "suspicious",
+    "skipped",
+    "segfault",
+    "not checked",
+    "caught by type check",
+    "check was interrupted by user",
+)
 
 
 # --sample PERCENT -> the last digits of the sampled mutant numbers (spread out, so neighbouring mutants of one
@@ -134,11 +158,18 @@ def summarise(name: str, found: dict[str, str], seconds: float) -> dict:
     counts = collections.Counter(found.values())
     killed = counts["killed"] + counts["timeout"]
     judged = killed + counts["survived"] + counts["no tests"] + counts["suspicious"]
-    return {"module": name, "mutants": len(found), "killed": killed, "survived": counts["survived"],
-            "no tests": counts["no tests"], "other": len(found) - judged,
-            "rate": 100.0 * killed / judged if judged else float("nan"), "interval": wilson(killed, judged),
-            "seconds": seconds,
-            "survivors": sorted(k for k, v in found.items() if v in ("survived", "no tests", "suspicious"))}
+    return {
+        "module": name,
+        "mutants": len(found),
+        "killed": killed,
+        "survived": counts["survived"],
+        "no tests": counts["no tests"],
+        "other": len(found) - judged,
+        "rate": 100.0 * killed / judged if judged else float("nan"),
+        "interval": wilson(killed, judged),
+        "seconds": seconds,
+        "survivors": sorted(k for k, v in found.items() if v in ("survived", "no tests", "suspicious")),
+    }
 
 
 def main(argv=None) -> int:
@@ -147,14 +178,20 @@ def main(argv=None) -> int:
     parser.add_argument("--list", action="store_true", help="print the modules and their tests, and exit")
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 1, help="parallel mutant workers")
     parser.add_argument("--reuse", action="store_true", help="keep build/mutate/<module> and its earlier results")
-    parser.add_argument("--sample", default="10", choices=[*SAMPLE_DIGITS, "all"],
-                        help="percent of each module's mutants to test, a fixed systematic sample (default 10); "
-                             "'all' tests every mutant")
+    parser.add_argument(
+        "--sample",
+        default="10",
+        choices=[*SAMPLE_DIGITS, "all"],
+        help="percent of each module's mutants to test, a fixed systematic sample (default 10); "
+        "'all' tests every mutant",
+    )
     args = parser.parse_args(argv)
     if args.list:
         for name, (only, exclude, tests) in MODULES.items():
-            print(f"{name}: mutate {' '.join(only)}{' except ' + ' '.join(exclude) if exclude else ''}; "
-                  f"tests {' '.join(tests)}")
+            print(
+                f"{name}: mutate {' '.join(only)}{' except ' + ' '.join(exclude) if exclude else ''}; "
+                f"tests {' '.join(tests)}"
+            )
         return 0
     unknown = set(args.modules) - set(MODULES)
     if unknown:
@@ -167,25 +204,33 @@ def main(argv=None) -> int:
         work = WORK / name if args.reuse and (WORK / name).exists() else prepare(name)
         print(f"== {name}: mutmut run in {work.relative_to(ROOT)}", flush=True)
         start = time.time()
-        run = subprocess.run(["nice", "-n", "10", mutmut, "run", "--max-children", str(args.max_children),
-                              *sample_pattern(args.sample)], cwd=work)
+        run = subprocess.run(
+            ["nice", "-n", "10", mutmut, "run", "--max-children", str(args.max_children), *sample_pattern(args.sample)],
+            cwd=work,
+        )
         row = summarise(name, results(work, mutmut), time.time() - start)
         if run.returncode != 0:
             failed.append(name)
-            print(f"   mutmut run exited with {run.returncode}: nothing was tested if the clean run failed; add "
-                  f"debug=true to {work.relative_to(ROOT)}/setup.cfg and rerun there to see the failing test",
-                  flush=True)
+            print(
+                f"   mutmut run exited with {run.returncode}: nothing was tested if the clean run failed; add "
+                f"debug=true to {work.relative_to(ROOT)}/setup.cfg and rerun there to see the failing test",
+                flush=True,
+            )
         rows.append(row)
         for survivor in row["survivors"]:
             print(f"   survived: {survivor}")
     sampled = "every mutant" if args.sample == "all" else f"a {args.sample}% sample of the mutants"
     print(f"\n{sampled}; 'other' = not tested (outside the sample, skipped); 95% interval of the kill rate (Wilson)")
-    print(f"{'module':<12}{'mutants':>8}{'killed':>8}{'survived':>9}{'no tests':>9}{'other':>7}{'kill %':>8}"
-          f"{'95% interval':>15}{'time':>8}")
+    print(
+        f"{'module':<12}{'mutants':>8}{'killed':>8}{'survived':>9}{'no tests':>9}{'other':>7}{'kill %':>8}"
+        f"{'95% interval':>15}{'time':>8}"
+    )
     for row in rows:
         low, high = row["interval"]
-        print(f"{row['module']:<12}{row['mutants']:>8}{row['killed']:>8}{row['survived']:>9}{row['no tests']:>9}"
-              f"{row['other']:>7}{row['rate']:>8.1f}{f'{low:.1f}-{high:.1f}':>15}{row['seconds'] / 60:>7.1f}m")
+        print(
+            f"{row['module']:<12}{row['mutants']:>8}{row['killed']:>8}{row['survived']:>9}{row['no tests']:>9}"
+            f"{row['other']:>7}{row['rate']:>8.1f}{f'{low:.1f}-{high:.1f}':>15}{row['seconds'] / 60:>7.1f}m"
+        )
     if failed:
         print(f"mutmut failed for: {' '.join(failed)}")
     return 1 if failed else 0

@@ -4,12 +4,13 @@ import pytest
 import torch
 
 from polypool.pooling import p_pool2d
-from polypool.pooling.fused_interface import NegativeInput, runs_through  # noqa: F401 (re-exported)
+from polypool.pooling.fused_interface import NegativeInput, runs_through
 from polypool.pooling.geometry import Window
 
 
-def compare_to_reference(x, alpha, kernel, stride, padding, ceil_mode, *, backend: str, function_name: str,
-                         rtol: float = 1e-5):
+def compare_to_reference(
+    x, alpha, kernel, stride, padding, ceil_mode, *, backend: str, function_name: str, rtol: float = 1e-5
+):
     """The fused backend's values and gradients against the reference op's on the same input.
 
     The reference runs in fp32 on the same values (for fp16/bf16 inputs: the rounded ones), so for low precision
@@ -33,8 +34,9 @@ def compare_to_reference(x, alpha, kernel, stride, padding, ceil_mode, *, backen
     a_max = float(alpha.max()) if isinstance(alpha, torch.Tensor) else float(alpha)
     window = Window.make(kernel, stride, padding, ceil_mode)
     windows_per_element = -(-window.kernel[0] // window.stride[0]) * -(-window.kernel[1] // window.stride[1])
-    conditioning = (2 * max(a_max, 1.0) * torch.finfo(torch.float32).eps * grad.abs().max().item()
-                    * windows_per_element ** 0.5)
+    conditioning = (
+        2 * max(a_max, 1.0) * torch.finfo(torch.float32).eps * grad.abs().max().item() * windows_per_element**0.5
+    )
     torch.testing.assert_close(x.grad.float(), x_ref.grad, rtol=rtol, atol=1e-5 + conditioning)
     if isinstance(alpha, torch.Tensor):
         scale = a_ref.grad.abs().max().item()
@@ -53,5 +55,6 @@ def check_negative_flag(function, backend: str, device="cpu"):
         bad[1, 2, row, 7] = -0.5
         with pytest.raises(NegativeInput):
             function.apply(bad, 3.0, window)
-        torch.testing.assert_close(p_pool2d(bad, 3.0, 2, backend=backend),
-                                   p_pool2d(bad, 3.0, 2, backend="reference"), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            p_pool2d(bad, 3.0, 2, backend=backend), p_pool2d(bad, 3.0, 2, backend="reference"), rtol=1e-5, atol=1e-6
+        )

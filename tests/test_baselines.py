@@ -115,8 +115,7 @@ def test_count_include_pad_false_in_the_window_means(ceil_mode):
     x = torch.rand(2, 3, 9, 8)
     want = F.avg_pool2d(x, 3, 2, 1, ceil_mode, count_include_pad=False)
     assert not torch.allclose(want, F.avg_pool2d(x, 3, 2, 1, ceil_mode, count_include_pad=True))
-    ppool = build_pooling("ppool", 3, 2, 1, ceil_mode, count_include_pad=False, alpha_init=0.0,
-                          alpha_range=(0.0, 1.0))
+    ppool = build_pooling("ppool", 3, 2, 1, ceil_mode, count_include_pad=False, alpha_init=0.0, alpha_range=(0.0, 1.0))
     assert ppool.count_include_pad is False
     dpp = build_pooling("dpp", 3, 2, 1, ceil_mode, channels=3, count_include_pad=False)
     lp = build_pooling("lp", 3, 2, 1, ceil_mode, channels=3, count_include_pad=False, p_init=1.0)
@@ -134,11 +133,20 @@ def test_learned_parameters_are_named_for_the_optimizer():
     model = nn.Sequential(nn.Conv2d(3, CHANNELS, 3), *(build_pooling(n, 2, channels=CHANNELS) for n in POOLING_NAMES))
     names = dict(pooling_parameters(model))
     assert "0.weight" not in names  # the conv is not a pooling layer
-    assert set(names) == {"3.conv.weight", "3.conv.bias", "4.gate_weight", "5.mix", "6.alpha", "6.lambda_", "7.p",
-                          "8.alpha"}
+    assert set(names) == {
+        "3.conv.weight",
+        "3.conv.bias",
+        "4.gate_weight",
+        "5.mix",
+        "6.alpha",
+        "6.lambda_",
+        "7.p",
+        "8.alpha",
+    }
 
 
 # --- limit cases --------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("depthwise", [False, True])
 @pytest.mark.parametrize("kernel,stride,padding", [(2, 2, 0), (3, 2, 1), (3, 1, 1), (2, 1, 0)])
@@ -173,7 +181,7 @@ def test_gated_pooling_gate_is_the_sigmoid_of_the_mask_over_each_window(gate):
     expected = torch.empty(2, CHANNELS, 4, 5, dtype=torch.float64)
     for i in range(4):
         for j in range(5):
-            expected[:, :, i, j] = torch.sigmoid((xp[:, :, 2 * i:2 * i + 3, 2 * j:2 * j + 3] * w).sum((-2, -1)))
+            expected[:, :, i, j] = torch.sigmoid((xp[:, :, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3] * w).sum((-2, -1)))
     torch.testing.assert_close(gate_values, expected)
     pooled_max, pooled_avg = F.max_pool2d(x, 3, 2, 1, ceil_mode=True), F.avg_pool2d(x, 3, 2, 1, ceil_mode=True)
     torch.testing.assert_close(layer(x), expected * pooled_max + (1 - expected) * pooled_avg)
@@ -196,8 +204,9 @@ def test_mixed_pooling_limits():
 @pytest.mark.parametrize("reward", ["asym", "sym"])
 @pytest.mark.parametrize("kernel,stride,padding,ceil_mode", [(2, 2, 0, False), (3, 2, 1, True)])
 def test_dpp_with_lambda_zero_is_average_pooling(variant, reward, kernel, stride, padding, ceil_mode):
-    layer = DetailPreservingPool2d(kernel, stride, padding, ceil_mode, channels=CHANNELS, variant=variant,
-                                   reward=reward)
+    layer = DetailPreservingPool2d(
+        kernel, stride, padding, ceil_mode, channels=CHANNELS, variant=variant, reward=reward
+    )
     with torch.no_grad():
         layer.alpha.uniform_(0, 3)  # any alpha: with lambda = 0 every weight is alpha + 1
     x = torch.randn(2, CHANNELS, 11, 10)
@@ -211,8 +220,8 @@ def test_dpp_rewards_details_above_the_mean():
     x = torch.zeros(1, 1, 2, 2, dtype=torch.float64)
     x[0, 0, 0, 0] = 1.0
     eps2 = 1e-6
-    detail = 0.75 ** 2 + eps2
-    for reward, other in (("asym", eps2), ("sym", 0.25 ** 2 + eps2)):
+    detail = 0.75**2 + eps2
+    for reward, other in (("asym", eps2), ("sym", 0.25**2 + eps2)):
         layer = DetailPreservingPool2d(2, channels=1, reward=reward, lambda_init=2.0).double()
         assert layer(x).item() == pytest.approx(detail / (detail + 3 * other), rel=1e-12), reward
     assert detail / (detail + 3 * eps2) > 0.99  # asym: almost the detail itself; sym: 3/4

@@ -1,8 +1,8 @@
 """python -m polypool: every config parses, fit logs and records, resume, DDP on CPU, reproduce.sh --quick."""
 
 import json
-import time
 import subprocess
+import time
 from pathlib import Path
 
 import lightning as L
@@ -35,12 +35,21 @@ def voc_root(tmp_path_factory):
 
 
 def test_the_paper_configs_exist():
-    assert BASE_CONFIGS == ["configs/ade20k/inception.yaml", "configs/cityscapes/inception.yaml",
-                            "configs/voc/resnet.yaml", "configs/voc/resnet101_deeplabv2.yaml",
-                            "configs/voc/resnet_deeplabv3.yaml", "configs/voc/vgg.yaml",
-                            "configs/voc/vgg_largefov.yaml"]
-    assert PRESETS == ["configs/trainer/cpu.yaml", "configs/trainer/ddp.yaml", "configs/trainer/gpu.yaml",
-                       "configs/trainer/quick.yaml"]
+    assert BASE_CONFIGS == [
+        "configs/ade20k/inception.yaml",
+        "configs/cityscapes/inception.yaml",
+        "configs/voc/resnet.yaml",
+        "configs/voc/resnet101_deeplabv2.yaml",
+        "configs/voc/resnet_deeplabv3.yaml",
+        "configs/voc/vgg.yaml",
+        "configs/voc/vgg_largefov.yaml",
+    ]
+    assert PRESETS == [
+        "configs/trainer/cpu.yaml",
+        "configs/trainer/ddp.yaml",
+        "configs/trainer/gpu.yaml",
+        "configs/trainer/quick.yaml",
+    ]
 
 
 @pytest.mark.parametrize("preset", [None, *PRESETS])
@@ -55,12 +64,40 @@ def test_every_config_parses_with_print_config(config, preset, capsys):
 
 
 def fit_args(root, tmp_path, backbone="resnet18", pooling="ppool", steps=4, extra=()):
-    return ["fit", "--config", "configs/voc/resnet.yaml", "--config", "configs/trainer/quick.yaml",
-            "--data.init_args.root", str(root), "--data.init_args.batch_size", "4", "--data.init_args.crop_size",
-            "48", "--model.backbone", backbone, "--model.pooling", pooling, "--model.output_stride", "8",
-            "--trainer.max_epochs", "-1", "--trainer.max_steps", str(steps), "--trainer.limit_val_batches", "2",
-            "--trainer.check_val_every_n_epoch", "1", "--trainer.default_root_dir", str(tmp_path / "logs"),
-            "--trainer.log_every_n_steps", "1", "--records_root", str(tmp_path / "runs"), *extra]
+    return [
+        "fit",
+        "--config",
+        "configs/voc/resnet.yaml",
+        "--config",
+        "configs/trainer/quick.yaml",
+        "--data.init_args.root",
+        str(root),
+        "--data.init_args.batch_size",
+        "4",
+        "--data.init_args.crop_size",
+        "48",
+        "--model.backbone",
+        backbone,
+        "--model.pooling",
+        pooling,
+        "--model.output_stride",
+        "8",
+        "--trainer.max_epochs",
+        "-1",
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.limit_val_batches",
+        "2",
+        "--trainer.check_val_every_n_epoch",
+        "1",
+        "--trainer.default_root_dir",
+        str(tmp_path / "logs"),
+        "--trainer.log_every_n_steps",
+        "1",
+        "--records_root",
+        str(tmp_path / "runs"),
+        *extra,
+    ]
 
 
 @torch.no_grad()
@@ -96,8 +133,14 @@ def test_fit_logs_checkpoints_and_writes_a_record_that_the_table_reads(voc_root,
     logs = tmp_path / "logs"
     assert (logs / "config.yaml").is_file() and (logs / "checkpoints" / "last.ckpt").is_file()
     header = (logs / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert {"train/loss", "val/mIoU", "val/IoU/aeroplane", "final/mIoU", "final/boundary_mIoU",
-            "final/trimap_mIoU/1px"} <= set(header)
+    assert {
+        "train/loss",
+        "val/mIoU",
+        "val/IoU/aeroplane",
+        "final/mIoU",
+        "final/boundary_mIoU",
+        "final/trimap_mIoU/1px",
+    } <= set(header)
     # LearningRateMonitor: every named parameter group's rate, the dense alpha branch's included
     assert {"lr-AdamW/backbone/weight", "lr-AdamW/head/weight", "lr-AdamW/alpha_bias/bias"} <= set(header)
     # the record is the final evaluation of the whole val set (4 images), not the last periodic validation (2 of
@@ -120,7 +163,9 @@ def test_fit_logs_checkpoints_and_writes_a_record_that_the_table_reads(voc_root,
     assert pool["mode"] == "dense" and sum(pool["hist"]["counts"]) == 64 * 12 * 12
     assert pool["sampled"] and len(pool["values"]) == 1024 and pool["min"] <= min(pool["values"])
     assert 1.0 <= pool["min"] <= pool["mean"] <= pool["max"] <= 50.0
-    assert type(cli.trainer.loggers[0]).__name__ == "ResumableCSVLogger"  # first, so config.yaml goes to the run's folder
+    assert (
+        type(cli.trainer.loggers[0]).__name__ == "ResumableCSVLogger"
+    )  # first, so config.yaml goes to the run's folder
     assert type(cli.trainer.loggers[1]).__name__ == "PolypoolWandbLogger" and cli.trainer.loggers[1]._offline
     # what W&B received, read back from the offline run's own files: the panel and the dense alpha maps as images
     run_dir = next((logs / "wandb").glob("offline-run-*"))
@@ -128,21 +173,38 @@ def test_fit_logs_checkpoints_and_writes_a_record_that_the_table_reads(voc_root,
     assert {"val", "alpha_map"} <= media, media  # val/panel_*.png, alpha_map/features.maxpool_*.png
     from polypool.repro.tables import main as tables
 
-    text = tables(["--runs", str(tmp_path / "runs"), "--dataset", "voc", "--backbone", "resnet",
-                   "--out", str(tmp_path / "table")])
+    text = tables(
+        ["--runs", str(tmp_path / "runs"), "--dataset", "voc", "--backbone", "resnet", "--out", str(tmp_path / "table")]
+    )
     assert "| P-pooling |" in text and "Missing runs (shown as -): Max, Average, Strided-C, Gated, DPP." in text
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("pooling", POOLING_NAMES)
-@pytest.mark.parametrize("backbone,config", [("vgg16", "configs/voc/vgg.yaml"), ("resnet50", "configs/voc/resnet.yaml"),
-                                             ("inception_v3", "configs/cityscapes/inception.yaml")])
+@pytest.mark.parametrize(
+    "backbone,config",
+    [
+        ("vgg16", "configs/voc/vgg.yaml"),
+        ("resnet50", "configs/voc/resnet.yaml"),
+        ("inception_v3", "configs/cityscapes/inception.yaml"),
+    ],
+)
 def test_fit_every_backbone_and_pooling_through_the_cli(voc_root, tmp_path, backbone, config, pooling):
     args = fit_args(voc_root, tmp_path, backbone=backbone, pooling=pooling, steps=2)
     args[2] = config
     if backbone == "inception_v3":  # Cityscapes config, VOC fixture: the data class and a crop Inception accepts
-        args += ["--data", "polypool.data.VOCSegmentationDataModule", "--data.init_args.root", str(voc_root),
-                 "--data.init_args.crop_size", "96", "--model.output_stride", "32", "--model.eval_mode", "whole"]
+        args += [
+            "--data",
+            "polypool.data.VOCSegmentationDataModule",
+            "--data.init_args.root",
+            str(voc_root),
+            "--data.init_args.crop_size",
+            "96",
+            "--model.output_stride",
+            "32",
+            "--model.eval_mode",
+            "whole",
+        ]
     main(args)
     assert len(list((tmp_path / "runs" / "voc").rglob("0.json"))) == 1
 
@@ -150,8 +212,14 @@ def test_fit_every_backbone_and_pooling_through_the_cli(voc_root, tmp_path, back
 def test_wandb_receives_the_alpha_histograms(voc_root, tmp_path):
     import wandb
 
-    main(fit_args(voc_root, tmp_path, steps=2, extra=["--model.pooling_kwargs", "{alpha_mode: channel}",
-                                                      "--experiment", "resnet_variant"]))
+    main(
+        fit_args(
+            voc_root,
+            tmp_path,
+            steps=2,
+            extra=["--model.pooling_kwargs", "{alpha_mode: channel}", "--experiment", "resnet_variant"],
+        )
+    )
     wandb.finish()  # flushes the run's binary log
     # W&B's service process writes the file: on a busy machine it may still be writing when finish() returns (a
     # fresh-clone CI read only its 7-byte header), so read every run file of this test until the keys are there
@@ -170,7 +238,7 @@ def test_wandb_receives_the_alpha_histograms(voc_root, tmp_path):
     tags = []
     while run_file[start] == 0x52:
         length = run_file[start + 1]
-        tags.append(run_file[start + 2:start + 2 + length].decode())
+        tags.append(run_file[start + 2 : start + 2 + length].decode())
         start += 2 + length
     assert tags == ["ppool", "voc", "resnet", "resnet_variant"]
     assert b'"pooling":"ppool","pooling_kwargs":{"alpha_mode":"channel"}' in run_file
@@ -198,11 +266,15 @@ def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(voc_root, tmp_
     full = main(fit_args(voc_root, tmp_path / "full", steps=6, extra=schedule))
     wandb.finish()  # each attempt below is a process of its own on a real node
     with pytest.raises(SystemExit):  # Lightning shuts down gracefully on KeyboardInterrupt, then exits with 1
-        main(fit_args(voc_root, tmp_path / "resumed", steps=6, extra=schedule + ["--trainer.callbacks+=test_cli.Interrupt"]))
+        main(
+            fit_args(
+                voc_root, tmp_path / "resumed", steps=6, extra=[*schedule, "--trainer.callbacks+=test_cli.Interrupt"]
+            )
+        )
     assert not (tmp_path / "resumed/runs").exists()  # an interrupted run writes no record
     assert torch.load(tmp_path / "resumed/logs/checkpoints/last.ckpt", weights_only=False)["global_step"] == 3
     wandb.finish()  # the interrupted process's W&B run; a resumed attempt is a new process
-    resumed = main(fit_args(voc_root, tmp_path / "resumed", steps=6, extra=schedule + ["--ckpt_path", "last"]))
+    resumed = main(fit_args(voc_root, tmp_path / "resumed", steps=6, extra=[*schedule, "--ckpt_path", "last"]))
     assert resumed.trainer.global_step == 6
     a, b = final_weights(full), final_weights(resumed)
     for key in a:
@@ -236,8 +308,13 @@ def test_reproduce_quick_end_to_end(tmp_path):
     # the plumbing, end to end, at the smallest size (the overrides reach the shared pre-training too); that the
     # miniature learns is tests/test_quick.py's slow test
     tiny = ["--", "--trainer.max_steps", "3", "--data.init_args.crop_size", "32", "--data.init_args.batch_size", "2"]
-    result = subprocess.run(["bash", "reproduce.sh", "voc", "vgg", "--quick", "--workers", "2", "--out", str(out), *tiny],
-                            cwd=REPO, capture_output=True, text=True, timeout=1500)
+    result = subprocess.run(
+        ["bash", "reproduce.sh", "voc", "vgg", "--quick", "--workers", "2", "--out", str(out), *tiny],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     table = (out / "voc_vgg.md").read_text()
     assert "Miniature run" in table and "Missing runs" not in table
@@ -245,6 +322,11 @@ def test_reproduce_quick_end_to_end(tmp_path):
         assert f"| {label} |" in table
     assert len(list((out / "runs" / "voc" / "vgg").glob("*/0.json"))) == 6
     assert (out / "data/voc/pretrained_max.ckpt").is_file()  # the network every pooling fine-tuned from
-    again = subprocess.run(["bash", "reproduce.sh", "voc", "vgg", "--quick", "--out", str(out), *tiny], cwd=REPO,
-                           capture_output=True, text=True, timeout=600)
+    again = subprocess.run(
+        ["bash", "reproduce.sh", "voc", "vgg", "--quick", "--out", str(out), *tiny],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert again.returncode == 0 and again.stdout.count(": done (") == 6  # finished runs are not redone

@@ -47,19 +47,25 @@ def check_against_reference(fn_compiled, x, alpha, window, nonnegative):
 @pytest.mark.parametrize("alpha_kind", ["channel", "dense"])
 @pytest.mark.parametrize("nonnegative", [False, True])
 def test_compiled_graph_calls_the_fused_op(backend, op, alpha_kind, nonnegative):
-    if backend == "cpu_fused" and not cpu_fused.enabled() or backend == "triton" and not triton_fused.enabled():
+    if (backend == "cpu_fused" and not cpu_fused.enabled()) or (backend == "triton" and not triton_fused.enabled()):
         pytest.skip("backend turned off")
     device = DEVICE if backend == "triton" else "cpu"
     window = (3, 2, 1)
     torch.manual_seed(0)
-    x = torch.randn(2, 3, 9, 10, device=device, requires_grad=True)  # negatives: their windows through the signed path in the graph
+    x = torch.randn(
+        2, 3, 9, 10, device=device, requires_grad=True
+    )  # negatives: their windows through the signed path in the graph
     out = Window.make(*window).output_size(9, 10)
-    alpha = (torch.rand(3, 1, 1, device=device) * 20 if alpha_kind == "channel"
-             else torch.rand(2, 3, *out, device=device) * 20).requires_grad_(True)
+    alpha = (
+        torch.rand(3, 1, 1, device=device) * 20
+        if alpha_kind == "channel"
+        else torch.rand(2, 3, *out, device=device) * 20
+    ).requires_grad_(True)
 
     def f(x, alpha):
-        return p_pool2d(torch.relu(x) if nonnegative else x, alpha, *window, backend=backend,
-                        input_nonnegative=nonnegative)
+        return p_pool2d(
+            torch.relu(x) if nonnegative else x, alpha, *window, backend=backend, input_nonnegative=nonnegative
+        )
 
     ops, compiled = compiled_graph_ops(f, x, alpha)
     assert f"{qualified(op)}.default" in ops, ops
@@ -79,6 +85,7 @@ def test_compiled_aot_eager_backward_uses_the_backward_op():
         def compiler(graph, inputs):
             graphs.append(graph)
             return make_boxed_func(graph.forward)
+
         return aot_module_simplified(gm, example_inputs, fw_compiler=compiler, bw_compiler=compiler)
 
     torch._dynamo.reset()

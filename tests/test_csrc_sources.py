@@ -43,7 +43,7 @@ def test_build_digest_covers_every_file(tmp_path, monkeypatch):
     flags = cpu_fused._build_flags()
     base = cpu_fused.build_digest(flags)
     assert cpu_fused.build_digest(flags) == base
-    assert cpu_fused.build_digest(flags + ["-DPPOOL_DOUBLE"]) != base
+    assert cpu_fused.build_digest([*flags, "-DPPOOL_DOUBLE"]) != base
     files = cpu_fused.source_files()
     assert len(files) >= 3
     for path in files:
@@ -60,5 +60,6 @@ def test_package_data_ships_every_file():
     patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["polypool"]
     for path in cpu_fused.source_files():
         name = path.relative_to(PACKAGE).as_posix()
-        assert any(fnmatch.fnmatchcase(name, pattern) and name.count("/") == pattern.count("/")
-                   for pattern in patterns), f"{name} matches no package-data pattern"
+        assert any(
+            fnmatch.fnmatchcase(name, pattern) and name.count("/") == pattern.count("/") for pattern in patterns
+        ), f"{name} matches no package-data pattern"

@@ -5,16 +5,17 @@ Without a GPU the Triton kernels run in Triton's CPU interpreter (``TRITON_INTER
 
 import pytest
 import torch
+from fused_checks import runs_through
 
 from polypool.pooling import p_pool2d, triton_fused
-
-from fused_checks import runs_through
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@pytest.mark.parametrize("backend,function_name", [("triton", "PPool2dTriton"), ("reference", "PPool2dReference"),
-                                                   ("cpu_fused", "PPool2dCPU")])
+@pytest.mark.parametrize(
+    "backend,function_name",
+    [("triton", "PPool2dTriton"), ("reference", "PPool2dReference"), ("cpu_fused", "PPool2dCPU")],
+)
 def test_3d_input_keeps_the_backend(backend, function_name):
     """A (C, H, W) input runs on the backend asked for (it used to drop ``backend`` and take the default)."""
     if backend == "triton" and not triton_fused.enabled():
@@ -57,8 +58,12 @@ def auto_uses_triton(monkeypatch):
 
 
 # where each kernel takes its element count (``total``) among its positional arguments
-TOTAL_ARG = {"p_pool2d_forward_kernel": 6, "p_pool2d_grad_factors_kernel": 7, "p_pool2d_grad_input_kernel": 4,
-             "p_pool2d_dense_forward_kernel": 11}
+TOTAL_ARG = {
+    "p_pool2d_forward_kernel": 6,
+    "p_pool2d_grad_factors_kernel": 7,
+    "p_pool2d_grad_input_kernel": 4,
+    "p_pool2d_dense_forward_kernel": 11,
+}
 
 
 class RecordingKernels:
@@ -78,12 +83,17 @@ class RecordingKernels:
                 def launch(*args, **kwargs):
                     if name in outer.fail:
                         raise RuntimeError(f"simulated failure of {name}")
-                    outer.launches.append(types.SimpleNamespace(name=name, grid=grid, total=args[TOTAL_ARG[name]],
-                                                                block=kwargs["BLOCK"], kwargs=kwargs))
+                    outer.launches.append(
+                        types.SimpleNamespace(
+                            name=name, grid=grid, total=args[TOTAL_ARG[name]], block=kwargs["BLOCK"], kwargs=kwargs
+                        )
+                    )
                     kernel[grid](*args, **kwargs)
                     if name in outer.tamper:
                         outer.tamper[name](args)
+
                 return launch
+
         return Launcher()
 
 
@@ -130,7 +140,9 @@ def test_a_failure_on_the_retry_after_negative_inputs_falls_back_with_the_shift(
                     if launches["forward"] == 2:
                         raise RuntimeError("simulated failure on the retry")
                     return launcher[grid](*args, **kwargs)
+
                 return launch
+
         return FailOnRetry()
 
     monkeypatch.setattr(RecordingKernels, "__getattr__", second_forward_fails)
@@ -179,8 +191,9 @@ def test_a_failed_backward_is_answered_by_the_reference(monkeypatch, auto_uses_t
 
 
 @needs_triton
-@pytest.mark.parametrize("broken", ["p_pool2d_forward_kernel", "p_pool2d_grad_input_kernel",
-                                    "p_pool2d_grad_factors_kernel"])
+@pytest.mark.parametrize(
+    "broken", ["p_pool2d_forward_kernel", "p_pool2d_grad_input_kernel", "p_pool2d_grad_factors_kernel"]
+)
 def test_first_result_is_checked_against_the_reference(monkeypatch, auto_uses_triton, broken):
     """A kernel that runs but computes wrong values (a miscompile) is caught on the first call, before any result
     reaches the user: a warning, and the reference op's result."""
@@ -189,7 +202,7 @@ def test_first_result_is_checked_against_the_reference(monkeypatch, auto_uses_tr
     monkeypatch.setattr(triton_fused, "kernels", lambda: fake)
     x = torch.rand(2, 3, 8, 8, device=DEVICE)
     alpha = torch.rand(3, 1, 1, device=DEVICE) * 10
-    with pytest.warns(RuntimeWarning, match=f"first result.*does not match the reference"):
+    with pytest.warns(RuntimeWarning, match="first result.*does not match the reference"):
         y = p_pool2d(x, alpha, 2)
     torch.testing.assert_close(y, reference(x, alpha, 2))
     monkeypatch.setenv("POLYPOOL_TRITON", "strict")
@@ -202,8 +215,9 @@ def test_first_result_is_checked_against_the_reference(monkeypatch, auto_uses_tr
 def test_first_result_check_runs_once_per_dtype_and_alpha_layout(monkeypatch, auto_uses_triton):
     calls = []
     original = triton_fused._first_result_mismatch
-    monkeypatch.setattr(triton_fused, "_first_result_mismatch",
-                        lambda *args: calls.append(args[1:3]) or original(*args))
+    monkeypatch.setattr(
+        triton_fused, "_first_result_mismatch", lambda *args: calls.append(args[1:3]) or original(*args)
+    )
     x = torch.rand(1, 2, 6, 6, device=DEVICE)
     for _ in range(2):
         p_pool2d(x, 3.0, 2)
@@ -216,24 +230,35 @@ def test_first_result_check_runs_once_per_dtype_and_alpha_layout(monkeypatch, au
 def dense_branch(channels: int, kernel: int):
     """Parameters of the dense-alpha branch (conv, PReLU slope, 1x1 weight, bias) that use both sides of the clamp."""
     generator = torch.Generator().manual_seed(2)
-    return [torch.randn(channels, 1, kernel, kernel, generator=generator), torch.rand(channels, generator=generator),
-            torch.randn(channels, 1, 1, 1, generator=generator) * 20, 5 + torch.rand(channels, generator=generator) * 10]
+    return [
+        torch.randn(channels, 1, kernel, kernel, generator=generator),
+        torch.rand(channels, generator=generator),
+        torch.randn(channels, 1, 1, 1, generator=generator) * 20,
+        5 + torch.rand(channels, generator=generator) * 10,
+    ]
 
 
 def dense_pool(x, params, backend="auto", fused=True):
     from polypool.pooling import dense_p_pool2d
 
-    return dense_p_pool2d(x, *[p.to(x.device) for p in params], 2, alpha_range=(1.0, 20.0), backend=backend,
-                          fused=fused)
+    return dense_p_pool2d(
+        x, *[p.to(x.device) for p in params], 2, alpha_range=(1.0, 20.0), backend=backend, fused=fused
+    )
 
 
 @needs_triton
-@pytest.mark.parametrize("broken,output_arg", [("p_pool2d_dense_forward_kernel", 7),  # y
-                                               ("p_pool2d_dense_forward_kernel", 6),  # alpha
-                                               ("p_pool2d_grad_factors_kernel", 6),  # the branch's gradient sums
-                                               ("p_pool2d_grad_input_kernel", 3)])  # dx
-def test_dense_branch_first_result_is_checked_against_the_unfused_branch(monkeypatch, auto_uses_triton, broken,
-                                                                         output_arg):
+@pytest.mark.parametrize(
+    "broken,output_arg",
+    [
+        ("p_pool2d_dense_forward_kernel", 7),  # y
+        ("p_pool2d_dense_forward_kernel", 6),  # alpha
+        ("p_pool2d_grad_factors_kernel", 6),  # the branch's gradient sums
+        ("p_pool2d_grad_input_kernel", 3),
+    ],
+)  # dx
+def test_dense_branch_first_result_is_checked_against_the_unfused_branch(
+    monkeypatch, auto_uses_triton, broken, output_arg
+):
     """The fused dense-alpha kernels get the plain path's first-result check (their own kernels: a miscompile of
     them went unnoticed): a wrong y, alpha or gradient on the first call warns, naming the cause and POLYPOOL_TRITON,
     and the unfused branch answers; strict mode raises."""
@@ -241,8 +266,11 @@ def test_dense_branch_first_result_is_checked_against_the_unfused_branch(monkeyp
     monkeypatch.setattr(triton_fused, "kernels", lambda: fake)
     x = torch.rand(2, 3, 8, 8, device=DEVICE)
     params = dense_branch(3, 2)
-    with pytest.warns(RuntimeWarning, match=r"POLYPOOL_TRITON=0.*Cause: RuntimeError: the first result of the Triton "
-                                            r"kernels \(torch.float32, fused dense-alpha branch.*does not match"):
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"POLYPOOL_TRITON=0.*Cause: RuntimeError: the first result of the Triton "
+        r"kernels \(torch.float32, fused dense-alpha branch.*does not match",
+    ):
         y, alpha = dense_pool(x, params)
     assert not runs_through(y, "DensePPool2dTriton")
     want_y, want_alpha = dense_pool(x.cpu(), params, backend="reference", fused=False)
@@ -258,8 +286,9 @@ def test_dense_branch_first_result_is_checked_against_the_unfused_branch(monkeyp
 def test_dense_branch_first_result_check_runs_once_per_dtype(monkeypatch, auto_uses_triton):
     calls = []
     original = triton_fused._dense_first_result_mismatch
-    monkeypatch.setattr(triton_fused, "_dense_first_result_mismatch",
-                        lambda *args: calls.append(args[1]) or original(*args))
+    monkeypatch.setattr(
+        triton_fused, "_dense_first_result_mismatch", lambda *args: calls.append(args[1]) or original(*args)
+    )
     x = torch.rand(1, 2, 6, 6, device=DEVICE, requires_grad=True)  # a graph: runs_through can tell the path
     params = dense_branch(2, 2)
     for _ in range(2):
@@ -297,11 +326,16 @@ def test_no_compiler_and_empty_cache_falls_back_in_a_fresh_process(tmp_path, str
     """A bare machine: no working C compiler (CC=/bin/false) and an empty Triton cache, in a fresh process with
     the real launch path (not the interpreter). On a GPU, Triton cannot build its launcher; without one it finds
     no driver. Either way p_pool2d warns once and answers with the reference op; strict mode raises."""
-    env = dict(os.environ, CC="/bin/false", TRITON_CACHE_DIR=str(tmp_path / "triton_cache"), TRITON_INTERPRET="0",
-               POLYPOOL_CPU_KERNEL="0", POLYPOOL_TRITON="strict" if strict else "1")
+    env = dict(
+        os.environ,
+        CC="/bin/false",
+        TRITON_CACHE_DIR=str(tmp_path / "triton_cache"),
+        TRITON_INTERPRET="0",
+        POLYPOOL_CPU_KERNEL="0",
+        POLYPOOL_TRITON="strict" if strict else "1",
+    )
     (tmp_path / "triton_cache").mkdir()
-    done = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     if strict:
         assert done.returncode != 0, done.stdout
         assert "Error" in done.stderr.strip().splitlines()[-1]
@@ -313,6 +347,7 @@ def test_no_compiler_and_empty_cache_falls_back_in_a_fresh_process(tmp_path, str
 
 # ---------------------------------------------------------------------------------------------- launch layout
 
+
 def launches_of(monkeypatch, fn):
     fake = RecordingKernels()
     monkeypatch.setattr(triton_fused, "kernels", lambda: fake)
@@ -321,9 +356,14 @@ def launches_of(monkeypatch, fn):
 
 
 @needs_triton
-@pytest.mark.parametrize("shape,window", [((1, 40, 14, 14), (2, 2, 0)),  # VGG16's pool5 at 224: 49 outputs/plane
-                                          ((1, 12, 8, 8), (3, 1, 1)),  # Inception's Mixed_7b pools: 64 per plane
-                                          ((1, 2, 23, 31), (3, 2, 1))])
+@pytest.mark.parametrize(
+    "shape,window",
+    [
+        ((1, 40, 14, 14), (2, 2, 0)),  # VGG16's pool5 at 224: 49 outputs/plane
+        ((1, 12, 8, 8), (3, 1, 1)),  # Inception's Mixed_7b pools: 64 per plane
+        ((1, 2, 23, 31), (3, 2, 1)),
+    ],
+)
 def test_one_flat_grid_without_idle_blocks(monkeypatch, shape, window):
     """Every launch is a 1-D grid over the whole tensor (CUDA's grid axis 1 stops at 65,535 blocks: a plane with
     more than 65,535 x BLOCK outputs or inputs failed), and only the last block has idle lanes (a 7x7 plane used
@@ -333,7 +373,10 @@ def test_one_flat_grid_without_idle_blocks(monkeypatch, shape, window):
     alpha = torch.full((shape[1], 1, 1), 5.0, device=DEVICE, requires_grad=True)
     launches = launches_of(monkeypatch, lambda: p_pool2d(x, alpha, *window, backend="triton").sum().backward())
     assert [launch.name for launch in launches] == [
-        "p_pool2d_forward_kernel", "p_pool2d_grad_factors_kernel", "p_pool2d_grad_input_kernel"]
+        "p_pool2d_forward_kernel",
+        "p_pool2d_grad_factors_kernel",
+        "p_pool2d_grad_input_kernel",
+    ]
     for launch in launches:
         assert len(launch.grid) == 1 and launch.grid[0] < 2**31, launch
         assert 0 <= launch.grid[0] * launch.block - launch.total < launch.block, launch
@@ -350,7 +393,7 @@ def test_int64_indexing(monkeypatch):
 def compare_layouts(x, *window, alpha=None, dtype=torch.float32, rtol=1e-5):
     """Triton against the reference on x as NCHW, channels_last and a strided view: values, gradients, and the
     memory format of y and dx (channels_last stays channels_last, as with max_pool2d)."""
-    n, c = x.shape[:2]
+    _n, c = x.shape[:2]
     alpha = torch.rand(c, 1, 1) * 10 if alpha is None else alpha
     for layout in ("nchw", "channels_last", "strided"):
         xl = x.to(DEVICE, dtype)
@@ -404,6 +447,7 @@ def test_channels_last_input_is_not_copied():
 
 # ---------------------------------------------------------------------------------------------- inference
 
+
 @needs_triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_no_backward_state_without_gradients(monkeypatch, dtype):
@@ -411,8 +455,11 @@ def test_no_backward_state_without_gradients(monkeypatch, dtype):
     triton_fused._checked.update({(torch.device(DEVICE), dtype, False)})
     sizes = []
     original = triton_fused._alloc
-    monkeypatch.setattr(triton_fused, "_alloc", lambda shape, dtype, *a: sizes.append((tuple(shape), dtype))
-                        or original(shape, dtype, *a))
+    monkeypatch.setattr(
+        triton_fused,
+        "_alloc",
+        lambda shape, dtype, *a: sizes.append((tuple(shape), dtype)) or original(shape, dtype, *a),
+    )
     x = torch.rand(2, 3, 8, 8, device=DEVICE, dtype=dtype)
     xg = x.clone().requires_grad_(True)
     with torch.no_grad():
@@ -443,8 +490,7 @@ def test_saved_for_backward_beyond_x_and_y_is_den_and_q_only(dtype, bytes_per_ou
 
             y, _ = dense_p_pool2d(x, *params, 3, 1, 1, alpha_range=(1.0, 20.0), backend="triton")
         else:
-            y = p_pool2d(x, torch.full((3, 1, 1), 5.0, device=DEVICE, requires_grad=True), 3, 1, 1,
-                         backend="triton")
+            y = p_pool2d(x, torch.full((3, 1, 1), 5.0, device=DEVICE, requires_grad=True), 3, 1, 1, backend="triton")
         return y
 
     pool()  # the first-result check, outside the hook

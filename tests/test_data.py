@@ -51,6 +51,7 @@ def voc(root, **kwargs):
 
 # --- VOC -----------------------------------------------------------------------------------------------------------
 
+
 def test_voc_batches_have_the_right_shapes_types_and_labels(voc_root):
     dm = voc(voc_root)
     dm.prepare_data()
@@ -84,8 +85,15 @@ def test_trainaug_adds_sbd_and_excludes_voc_val(voc_root):
     sbd_train = set((voc_root / "benchmark_RELEASE/dataset/train.txt").read_text().split())
     assert sbd_train & val_ids, "the fixture's SBD train overlaps VOC val, like the real one"
     assert not train_ids & val_ids
-    assert train_ids == (set(dm.split_ids("train")) | sbd_train
-                         | set((voc_root / "benchmark_RELEASE/dataset/val.txt").read_text().split())) - val_ids
+    assert (
+        train_ids
+        == (
+            set(dm.split_ids("train"))
+            | sbd_train
+            | set((voc_root / "benchmark_RELEASE/dataset/val.txt").read_text().split())
+        )
+        - val_ids
+    )
     masks = {p[0].stem: p[1] for p in dm.train_dataset.pairs}
     assert masks["2007_000000"].suffix == ".png"  # VOC's own mask wins
     sbd_only = sorted(train_ids - set(dm.split_ids("train")))
@@ -118,11 +126,12 @@ def test_trainaug_from_segmentation_class_aug_pngs(voc_root, tmp_path):
 
 # --- Cityscapes and ADE20K -----------------------------------------------------------------------------------------
 
+
 def test_cityscapes_label_ids_map_to_train_ids_like_cityscapesscripts(cityscapes_root, tmp_path):
     from cityscapesscripts.helpers.labels import id2label
 
     root = copy_of(cityscapes_root, tmp_path)
-    every_id = np.array([[i for i in range(34)]], dtype=np.uint8).repeat(3, 0)
+    every_id = np.array([list(range(34))], dtype=np.uint8).repeat(3, 0)
     gt = next((root / "gtFine/train").rglob("*_gtFine_labelIds.png"))
     image = root / "leftImg8bit/train" / gt.parent.name / gt.name.replace("_gtFine_labelIds", "_leftImg8bit")
     Image.fromarray(every_id, mode="L").save(gt)
@@ -164,11 +173,12 @@ def test_ade20k_shifts_labels_and_ignores_other(ade_root):
     _, mask = dm.val_dataset.load(0)
     assert (mask[raw == 0] == 255).all()
     assert torch.equal(mask[raw > 0], torch.from_numpy(raw[raw > 0].astype(np.int64) - 1))
-    images, masks = next(iter(dm.train_dataloader()))
+    images, _masks = next(iter(dm.train_dataloader()))
     assert images.shape == (2, 3, 32, 32)
 
 
 # --- transforms ----------------------------------------------------------------------------------------------------
+
 
 def striped_sample(height=20, width=30):
     mask = torch.arange(width).repeat(height, 1) % 7
@@ -225,7 +235,7 @@ def test_crop_cuts_image_and_mask_at_the_same_random_offset():
         top, left = int(crop_image[0, 0, 0]), int(crop_image[1, 0, 0])
         offsets.add((top, left))
         assert 0 <= top <= 40 - 16 and 0 <= left <= 50 - 20
-        assert torch.equal(crop_image, image[:, top:top + 16, left:left + 20])  # a contiguous window of the image
+        assert torch.equal(crop_image, image[:, top : top + 16, left : left + 20])  # a contiguous window of the image
         assert torch.equal(crop_mask, mask_of(crop_image))  # and the mask cut at the same place
     tops, lefts = {top for top, _ in offsets}, {left for _, left in offsets}
     assert min(tops) <= 4 and max(tops) >= 20 and min(lefts) <= 6 and max(lefts) >= 24  # over the whole range
@@ -239,7 +249,7 @@ def test_crop_of_a_sample_larger_in_one_axis_only_pads_the_other():
         crop_image, crop_mask = crop(image, mask, torch.Generator().manual_seed(seed))
         left = int(crop_image[1, 0, 0])
         lefts.add(left)
-        assert torch.equal(crop_image[:, :10], image[:, :, left:left + 20])
+        assert torch.equal(crop_image[:, :10], image[:, :, left : left + 20])
         assert torch.equal(crop_mask[:10], mask_of(crop_image[:, :10]))
         fill = torch.tensor([128, 64, 0], dtype=torch.uint8)[:, None, None]
         assert (crop_mask[10:] == 255).all() and (crop_image[:, 10:] == fill).all()
@@ -281,6 +291,7 @@ def test_pad_collate_pads_masks_with_ignore():
 
 
 # --- bad input: each a clear error naming the file and the fix -----------------------------------------------------
+
 
 def test_missing_root_names_the_expected_layout(tmp_path):
     with pytest.raises(DatasetError, match=r"(?s)VOC root not found.*Expected layout:.*JPEGImages"):
@@ -382,8 +393,11 @@ def test_cityscapes_file_with_a_wrong_suffix(cityscapes_root, tmp_path):
 
 def test_download_without_network_names_the_folder_and_the_url(tmp_path, monkeypatch):
     monkeypatch.setattr(voc_module, "VOC_URL", "http://127.0.0.1:9/VOCtrainval_11-May-2012.tar")  # refused at once
-    with pytest.raises(DatasetError, match=r"could not download VOC 2012 from http://127.0.0.1:9/.*so that .*"
-                                           r"VOCdevkit/VOC2012 exists"):
+    with pytest.raises(
+        DatasetError,
+        match=r"could not download VOC 2012 from http://127.0.0.1:9/.*so that .*"
+        r"VOCdevkit/VOC2012 exists",
+    ):
         voc(tmp_path / "voc", download=True).prepare_data()
     with pytest.raises(DatasetError, match=r"cityscapes-dataset.com/downloads"):
         CityscapesDataModule(tmp_path / "cs", download=True).prepare_data()
@@ -395,11 +409,24 @@ def test_every_datamodule_argument_is_exposed_to_lightning_cli(cls, tmp_path):
 
     parser = ArgumentParser()
     parser.add_class_arguments(cls, "data")
-    cfg = parser.parse_args([f"--data.root={tmp_path}", "--data.crop_size=[64,96]", "--data.scale_range=[0.75,1.5]",
-                             "--data.batch_size=3", "--data.check_labels=false", "--data.train_split=custom"])
+    cfg = parser.parse_args(
+        [
+            f"--data.root={tmp_path}",
+            "--data.crop_size=[64,96]",
+            "--data.scale_range=[0.75,1.5]",
+            "--data.batch_size=3",
+            "--data.check_labels=false",
+            "--data.train_split=custom",
+        ]
+    )
     dm = cls(**cfg.data.as_dict())
     assert (dm.crop_size, dm.scale_range, dm.batch_size, dm.check_labels, dm.train_split) == (
-        (64, 96), (0.75, 1.5), 3, False, "custom")
+        (64, 96),
+        (0.75, 1.5),
+        3,
+        False,
+        "custom",
+    )
 
 
 def test_augmentation_depends_on_seed_epoch_and_index_only(voc_root):
@@ -424,6 +451,7 @@ def test_augmentation_depends_on_seed_epoch_and_index_only(voc_root):
 
 
 # --- the details mutation testing found unchecked (transforms.py) -------------------------------------------------
+
 
 def test_scale_gives_the_drawn_size_within_the_range():
     image, mask = positional_sample(20, 30)
@@ -474,8 +502,12 @@ def test_crop_fill_of_a_white_mean_and_the_dtypes():
 def test_train_transform_flips_unless_told_not_to():
     with_flip = train_transform((8, 8), (1.0, 1.0), (0.5,) * 3, (0.25,) * 3)
     without = train_transform((8, 8), (1.0, 1.0), (0.5,) * 3, (0.25,) * 3, hflip=False)
-    assert [type(t).__name__ for t in with_flip.transforms] == ["RandomScale", "RandomCrop", "RandomHorizontalFlip",
-                                                                "Normalize"]
+    assert [type(t).__name__ for t in with_flip.transforms] == [
+        "RandomScale",
+        "RandomCrop",
+        "RandomHorizontalFlip",
+        "Normalize",
+    ]
     assert [type(t).__name__ for t in without.transforms] == ["RandomScale", "RandomCrop", "Normalize"]
 
 

@@ -15,7 +15,8 @@ from polypool.metrics import BoundaryIoU, TrimapIoU
 
 # The references, as read with the search tool's file reader. Facts, not code: the functions below follow them.
 BOUNDARY_IOU_REFERENCE = {
-    "repository": "bowenc0221/boundary-iou-api", "path": "boundary_iou/utils/boundary_utils.py",
+    "repository": "bowenc0221/boundary-iou-api",
+    "path": "boundary_iou/utils/boundary_utils.py",
     "commit": "8006aa98e931ee410dbb1fede30271d5bc859769",  # byte-identical at 37d25586a677b043ed585f10e5c42d4e80176ea9
     "function": "mask_to_boundary(mask, dilation_ratio=0.02)",
     "d": "int(round(dilation_ratio * sqrt(h**2 + w**2))), set to 1 when below 1",
@@ -25,7 +26,8 @@ BOUNDARY_IOU_REFERENCE = {
     "iou": "boundary IoU = |gt boundary & dt boundary| / |gt boundary | dt boundary|",
 }
 TRIMAP_REFERENCE = {
-    "repository": "hszhao/PSPNet", "path": "matlab/my_script/MyVOCevalsegBoundary.m",  # deeplab-public-ver2's script
+    "repository": "hszhao/PSPNet",
+    "path": "matlab/my_script/MyVOCevalsegBoundary.m",  # deeplab-public-ver2's script
     "commit": "c479f4fe941ea207cbd3ec7b6ab0de72d493e4ca",
     "band": "imdilate(gtim == 255, strel('square', 2*w + 1)) & (gtim ~= 255)",
     "confusion": "rows: ground truth, columns: prediction, over the band's pixels, summed over the images",
@@ -35,7 +37,7 @@ TRIMAP_REFERENCE = {
 
 
 def official_d(height: int, width: int, ratio: float = 0.02) -> int:
-    d = int(round(ratio * np.sqrt(height ** 2 + width ** 2)))
+    d = round(ratio * np.sqrt(height**2 + width**2))
     return 1 if d < 1 else d
 
 
@@ -43,7 +45,7 @@ def official_mask_to_boundary(mask: np.ndarray, ratio: float = 0.02) -> np.ndarr
     """The official ``mask_to_boundary``: a 1-px zero border, a 3x3 erosion repeated d times, mask minus eroded."""
     h, w = mask.shape
     padded = cv2.copyMakeBorder(mask.astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
-    eroded = cv2.erode(padded, np.ones((3, 3), np.uint8), iterations=official_d(h, w, ratio))[1:h + 1, 1:w + 1]
+    eroded = cv2.erode(padded, np.ones((3, 3), np.uint8), iterations=official_d(h, w, ratio))[1 : h + 1, 1 : w + 1]
     return (mask.astype(np.uint8) - eroded).astype(bool)
 
 
@@ -77,8 +79,9 @@ def change_band(target: np.ndarray, w: int, ignore=255) -> np.ndarray:
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
             shifted = np.full_like(target, ignore)
-            shifted[max(dy, 0):h + min(dy, 0), max(dx, 0):wd + min(dx, 0)] = \
-                target[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):wd + min(-dx, 0)]
+            shifted[max(dy, 0) : h + min(dy, 0), max(dx, 0) : wd + min(dx, 0)] = target[
+                max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : wd + min(-dx, 0)
+            ]
             change |= valid & (shifted != ignore) & (shifted != target)
     if not change.any():
         return change
@@ -100,7 +103,7 @@ def reference_trimap(preds, targets, num_classes, widths, ignore=255):
 
 def square(shift=0, size=64):
     mask = np.zeros((size, size), dtype=np.int64)
-    mask[10:30, 10 + shift:30 + shift] = 1
+    mask[10:30, 10 + shift : 30 + shift] = 1
     return mask
 
 
@@ -114,7 +117,7 @@ def test_a_square_predicted_one_pixel_off():
     # d = round(0.02 * 64 * sqrt 2) = 2: rings of 20^2 - 16^2 = 144 pixels; shifted by one, they share 4 x 19 in
     # the top and bottom strips and 16 x 2 in the sides: 108
     assert metric.intersection[1].item() == 108 and metric.union[1].item() == 180
-    mask_iou = (380 / 420)
+    mask_iou = 380 / 420
     assert ours[1].item() == pytest.approx(108 / 180) and ours[1].item() < mask_iou - 0.3  # detail-sensitive
 
 
@@ -140,7 +143,7 @@ def random_maps(seed, n=3, size=(37, 53), classes=4):
     maps = []
     for _ in range(n):
         coarse = rng.integers(0, classes, size=(size[0] // 6 + 1, size[1] // 6 + 1))
-        fine = np.kron(coarse, np.ones((6, 6), dtype=np.int64))[:size[0], :size[1]]
+        fine = np.kron(coarse, np.ones((6, 6), dtype=np.int64))[: size[0], : size[1]]
         noise = rng.random(size) < 0.05
         fine[noise] = rng.integers(0, classes, size=noise.sum())
         maps.append(fine)
@@ -156,8 +159,7 @@ def test_random_masks_match_the_references(seed):
         boundary.update(torch.from_numpy(pred)[None], torch.from_numpy(target)[None])
         trimap.update(torch.from_numpy(pred)[None], torch.from_numpy(target)[None])
     np.testing.assert_allclose(boundary.compute().numpy(), reference_boundary_iou(preds, targets, 4), rtol=1e-6)
-    np.testing.assert_allclose(trimap.compute().numpy(), reference_trimap(preds, targets, 4, (1, 2, 4, 8)),
-                               rtol=1e-6)
+    np.testing.assert_allclose(trimap.compute().numpy(), reference_trimap(preds, targets, 4, (1, 2, 4, 8)), rtol=1e-6)
 
 
 def test_a_perfect_prediction_and_a_wide_band_equal_the_plain_miou():
@@ -210,11 +212,12 @@ def test_a_perfect_prediction_of_a_padded_image_scores_one():
     target = np.zeros((90, 90), dtype=np.int64)
     target[30:, 30:] = 1  # an object that meets the image's bottom and right edges
     target[5:20, 5:70] = 2
-    images, masks, sizes = pad_collate([(torch.zeros(3, 90, 90), torch.from_numpy(target))], size_divisor=8)
+    _images, masks, sizes = pad_collate([(torch.zeros(3, 90, 90), torch.from_numpy(target))], size_divisor=8)
     assert masks.shape == (1, 96, 96)
     # the prediction runs on into the padding: each class that meets the real bottom/right edge goes on past it
-    preds = torch.nn.functional.pad(torch.from_numpy(target)[None, None].float(), (0, 6, 0, 6),
-                                    mode="replicate")[:, 0].long()
+    preds = torch.nn.functional.pad(torch.from_numpy(target)[None, None].float(), (0, 6, 0, 6), mode="replicate")[
+        :, 0
+    ].long()
     boundary = BoundaryIoU(3)
     boundary.update(preds, masks, sizes)
     assert torch.all(boundary.compute() == 1.0)
@@ -249,7 +252,7 @@ def voc_like(seed, size=(64, 80), classes=5, band=3):
     target = np.zeros(size, dtype=np.int64)
     for _ in range(4):
         y, x = rng.integers(0, size[0] - 10), rng.integers(0, size[1] - 10)
-        target[y:y + rng.integers(6, 30), x:x + rng.integers(6, 30)] = rng.integers(1, classes)
+        target[y : y + rng.integers(6, 30), x : x + rng.integers(6, 30)] = rng.integers(1, classes)
     edge = ndimage.maximum_filter(target, 3) != ndimage.minimum_filter(target, 3)
     target[ndimage.binary_dilation(edge, iterations=band // 2)] = 255
     return target

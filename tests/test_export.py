@@ -10,13 +10,16 @@ import torch
 from torch import nn
 
 from polypool.pooling import PPool2d
-from polypool.surgery import swap_pooling
 
 
 def small_model():
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), PPool2d(2, channels=8, alpha_mode="dense"),
-                         nn.Conv2d(8, 8, 3, padding=1), PPool2d(3, 2, 1, ceil_mode=True, channels=8,
-                                                                alpha_mode="channel")).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        PPool2d(2, channels=8, alpha_mode="dense"),
+        nn.Conv2d(8, 8, 3, padding=1),
+        PPool2d(3, 2, 1, ceil_mode=True, channels=8, alpha_mode="channel"),
+    ).eval()
 
 
 def test_export_of_conv_relu_dense_ppool_runs_and_matches_eager():
@@ -38,8 +41,7 @@ def segmentation_network(backbone: str, alpha_mode: str, size: int) -> nn.Module
 
     torch.manual_seed(0)
     options = {"vgg16": {"head": "largefov"}, "inception_v3": {"output_stride": 32}}[backbone]
-    model = SegmentationModel(backbone=backbone, pooling="ppool", pooling_kwargs={"alpha_mode": alpha_mode},
-                              **options)
+    model = SegmentationModel(backbone=backbone, pooling="ppool", pooling_kwargs={"alpha_mode": alpha_mode}, **options)
     expected_sites = {"vgg16": 6, "inception_v3": 13}[backbone]  # every pooling site (LargeFOV: pool5a too)
     assert len(model.swap_report.swapped) == expected_sites
     return model.network.eval()
@@ -78,6 +80,7 @@ def assert_matches_eager(monkeypatch, exported, model, x, tolerance=1e-6):
 @pytest.mark.parametrize("backbone,alpha_mode,size", CASES)
 def test_onnx_export_of_p_pooled_backbones(monkeypatch, tmp_path, backbone, alpha_mode, size):
     import onnxruntime  # onnx, onnxscript and onnxruntime are in the test extras
+
     model = segmentation_network(backbone, alpha_mode, size)
     x = torch.rand(1, 3, size, size)
     path = tmp_path / f"{backbone}.onnx"

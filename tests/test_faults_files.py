@@ -16,14 +16,13 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
+from helpers import REPO, in_repo  # noqa: F401 - in_repo: an autouse fixture
 
 from polypool import callbacks
 from polypool.callbacks import files, run_record
-from polypool.repro import sweep as sw
 from polypool.cli import main
 from polypool.data.fixtures import make_voc
-
-from helpers import REPO, in_repo  # noqa: F401 - in_repo: an autouse fixture
+from polypool.repro import sweep as sw
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +32,38 @@ def voc_root(tmp_path_factory):
 
 def fit_args(root, folder, steps=3, extra=()):
     """A fit of ``steps`` steps of resnet18 on the 32 px fixture, no periodic validation unless ``extra`` asks."""
-    return ["fit", "--config", "configs/voc/resnet.yaml", "--config", "configs/trainer/quick.yaml",
-            "--data.init_args.root", str(root), "--data.init_args.batch_size", "2", "--data.init_args.crop_size",
-            "32", "--model.backbone", "resnet18", "--model.output_stride", "8", "--trainer.max_epochs", "-1",
-            "--trainer.max_steps", str(steps), "--trainer.default_root_dir", str(folder / "logs"),
-            "--trainer.enable_progress_bar", "false", "--records_root", str(folder / "runs"),
-            "--wandb_project", "null", "--seed_everything", "0", *extra]
+    return [
+        "fit",
+        "--config",
+        "configs/voc/resnet.yaml",
+        "--config",
+        "configs/trainer/quick.yaml",
+        "--data.init_args.root",
+        str(root),
+        "--data.init_args.batch_size",
+        "2",
+        "--data.init_args.crop_size",
+        "32",
+        "--model.backbone",
+        "resnet18",
+        "--model.output_stride",
+        "8",
+        "--trainer.max_epochs",
+        "-1",
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.default_root_dir",
+        str(folder / "logs"),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--records_root",
+        str(folder / "runs"),
+        "--wandb_project",
+        "null",
+        "--seed_everything",
+        "0",
+        *extra,
+    ]
 
 
 VALIDATE_EVERY_STEP = ["--trainer.val_check_interval", "1", "--trainer.limit_val_batches", "1"]
@@ -46,10 +71,23 @@ VALIDATE_EVERY_STEP = ["--trainer.val_check_interval", "1", "--trainer.limit_val
 
 def a_record(miou=0.5) -> dict:
     """A record as RunRecord writes one (the fields the table and the sweep read, and some others)."""
-    return {"dataset": "voc", "experiment": "vgg", "backbone": "vgg16_bn", "pooling": "ppool", "seed": 0,
-            "class_names": [f"class{i}" for i in range(21)], "per_class_iou": [miou] * 20 + [None], "miou": miou,
-            "boundary_iou": {"per_class": [0.25] * 21, "mean": 0.25}, "trimap_miou": {"1": 0.2}, "alpha": {},
-            "config_hash": "abc", "git_commit": "def", "steps": 4, "wall_time_s": 12.5}
+    return {
+        "dataset": "voc",
+        "experiment": "vgg",
+        "backbone": "vgg16_bn",
+        "pooling": "ppool",
+        "seed": 0,
+        "class_names": [f"class{i}" for i in range(21)],
+        "per_class_iou": [miou] * 20 + [None],
+        "miou": miou,
+        "boundary_iou": {"per_class": [0.25] * 21, "mean": 0.25},
+        "trimap_miou": {"1": 0.2},
+        "alpha": {},
+        "config_hash": "abc",
+        "git_commit": "def",
+        "steps": 4,
+        "wall_time_s": 12.5,
+    }
 
 
 def write_truncated(path: Path, record: dict) -> str:
@@ -61,6 +99,7 @@ def write_truncated(path: Path, record: dict) -> str:
 
 
 # -- (a) a damaged record: not done, trained again, kept aside; the table skips it with a warning ----------------
+
 
 def test_a_truncated_record_is_not_done_the_sweep_trains_it_again_and_the_table_skips_it(tmp_path):
     out = tmp_path / "out"
@@ -80,14 +119,16 @@ def test_a_truncated_record_is_not_done_the_sweep_trains_it_again_and_the_table_
     assert "1/6 runs done" in sw.completeness(sw.plan(sweep))
 
     # the table: the damaged record skipped, named in a warning; P-pooling shows as missing
-    from polypool.repro.tables import load_records, main as tables
+    from polypool.repro.tables import load_records
+    from polypool.repro.tables import main as tables
 
     with pytest.warns(UserWarning, match=rf"skipping damaged run record {ppool.record} \(truncated"):
         table = load_records(out / "runs", "voc", "vgg")
     assert "ppool" not in table.runs and len(table.runs["max"]) == 1
     with pytest.warns(UserWarning, match=str(ppool.record)):
-        text = tables(["--runs", str(out / "runs"), "--dataset", "voc", "--backbone", "vgg",
-                       "--out", str(tmp_path / "table")])
+        text = tables(
+            ["--runs", str(out / "runs"), "--dataset", "voc", "--backbone", "vgg", "--out", str(tmp_path / "table")]
+        )
     assert "P-pooling" in text.split("Missing runs")[1].splitlines()[0]
 
     # the sweep's plan trains it, from scratch (no last.ckpt), the damaged record moved aside first
@@ -97,15 +138,22 @@ def test_a_truncated_record_is_not_done_the_sweep_trains_it_again_and_the_table_
     assert not ppool.record.exists()
     kept = ppool.record.with_name("0.json.damaged")
     assert kept.read_text() == half  # nothing lost
-    assert any(line.startswith(f"== ppool seed 0: its record {ppool.record} is damaged") and str(kept) in line
-               for line in said), said
+    assert any(
+        line.startswith(f"== ppool seed 0: its record {ppool.record} is damaged") and str(kept) in line for line in said
+    ), said
     assert sw.inspect_run(ppool, 4).state == "missing"
 
 
-@pytest.mark.parametrize("content,why", [("", "empty file"), ("[1, 2]", "a JSON list, not an object"),
-                                         ('{"per_class_iou": [0.5]}', "no 'miou'"),
-                                         ('{"miou": 0.5}', "no 'per_class_iou'"),
-                                         ('{"per_class_iou": "x", "miou": 0.5}', "'per_class_iou' is not a list")])
+@pytest.mark.parametrize(
+    "content,why",
+    [
+        ("", "empty file"),
+        ("[1, 2]", "a JSON list, not an object"),
+        ('{"per_class_iou": [0.5]}', "no 'miou'"),
+        ('{"miou": 0.5}', "no 'per_class_iou'"),
+        ('{"per_class_iou": "x", "miou": 0.5}', "'per_class_iou' is not a list"),
+    ],
+)
 def test_read_record_names_the_file_what_is_wrong_and_the_fix(tmp_path, content, why):
     path = tmp_path / "0.json"
     path.write_text(content)
@@ -117,15 +165,21 @@ def test_read_record_names_the_file_what_is_wrong_and_the_fix(tmp_path, content,
 
 # -- (b) RunRecord writes atomically -------------------------------------------------------------------------------
 
+
 def run_record_on_fit_end(tmp_path, monkeypatch, miou):
     """RunRecord.on_fit_end for a 21-class run whose final evaluation gives ``miou`` for every class."""
     record = callbacks.RunRecord(root=str(tmp_path / "runs"), experiment="vgg")
-    evaluation = {"iou": torch.full((21,), miou), "boundary_iou": torch.full((21,), 0.25),
-                  "trimap": {1: torch.full((21,), 0.2)}, "device": torch.device("cpu")}
+    evaluation = {
+        "iou": torch.full((21,), miou),
+        "boundary_iou": torch.full((21,), 0.25),
+        "trimap": {1: torch.full((21,), 0.2)},
+        "device": torch.device("cpu"),
+    }
     monkeypatch.setattr(run_record, "final_evaluation", lambda trainer, pl_module: evaluation)
     trainer = SimpleNamespace(is_global_zero=True, datamodule=SimpleNamespace(dataset_name="voc"), global_step=4)
-    module = SimpleNamespace(hparams=SimpleNamespace(backbone="vgg16_bn", pooling="ppool"),
-                             class_names=[f"class{i}" for i in range(21)])
+    module = SimpleNamespace(
+        hparams=SimpleNamespace(backbone="vgg16_bn", pooling="ppool"), class_names=[f"class{i}" for i in range(21)]
+    )
     record.on_fit_end(trainer, module)
     return tmp_path / "runs/voc/vgg/ppool/0.json"
 
@@ -165,6 +219,7 @@ def test_run_record_writes_atomically_a_full_disk_leaves_the_previous_record(tmp
 
 # -- (c) checkpoints complete or nothing; a full disk stops the run with a message ---------------------------------
 
+
 def half_then_full_disk(real_save, when=lambda checkpoint: True):
     """A ``torch.save`` that writes half of the checkpoint, then fails as a full disk does."""
 
@@ -202,13 +257,17 @@ def test_the_checkpoint_io_writes_complete_or_nothing(tmp_path, monkeypatch):
     assert "the previous last.ckpt" in message and "--ckpt_path last" in message
 
 
-def test_a_full_disk_stops_the_fit_with_a_message_and_keeps_the_last_good_checkpoint(voc_root, tmp_path,
-                                                                                    monkeypatch, capsys):
+def test_a_full_disk_stops_the_fit_with_a_message_and_keeps_the_last_good_checkpoint(
+    voc_root, tmp_path, monkeypatch, capsys
+):
     main(fit_args(voc_root, tmp_path, steps=1))  # last.ckpt at step 1
     folder = tmp_path / "logs" / "checkpoints"
     good = (folder / "last.ckpt").read_bytes()
-    monkeypatch.setattr(torch, "save", half_then_full_disk(
-        torch.save, when=lambda c: isinstance(c, dict) and c.get("global_step", 0) >= 2))
+    monkeypatch.setattr(
+        torch,
+        "save",
+        half_then_full_disk(torch.save, when=lambda c: isinstance(c, dict) and c.get("global_step", 0) >= 2),
+    )
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:  # a message and status 1, not a traceback
         main(fit_args(voc_root, tmp_path, steps=2, extra=["--ckpt_path", "last"]))
@@ -223,6 +282,7 @@ def test_a_full_disk_stops_the_fit_with_a_message_and_keeps_the_last_good_checkp
 
 
 # -- (d) a damaged last.ckpt at resume -----------------------------------------------------------------------------
+
 
 def truncate(path: Path) -> None:
     data = path.read_bytes()
@@ -239,10 +299,12 @@ def test_resume_from_a_damaged_last_checkpoint_falls_back_to_the_best_one(voc_ro
     step = torch.load(best, weights_only=False)["global_step"]
     truncate(folder / "last.ckpt")
     capsys.readouterr()
-    cli = main(fit_args(voc_root, tmp_path, steps=3, extra=VALIDATE_EVERY_STEP + ["--ckpt_path", "last"]))
+    cli = main(fit_args(voc_root, tmp_path, steps=3, extra=[*VALIDATE_EVERY_STEP, "--ckpt_path", "last"]))
     err = capsys.readouterr().err
-    assert (f"polypool: the checkpoint {folder / 'last.ckpt'} is damaged (" in err
-            and f"resuming from {best} (step {step})" in err), err
+    assert (
+        f"polypool: the checkpoint {folder / 'last.ckpt'} is damaged (" in err
+        and f"resuming from {best} (step {step})" in err
+    ), err
     assert cli.trainer.global_step == 3
     assert torch.load(folder / "last.ckpt", weights_only=False)["global_step"] == 3  # replaced by a good one
     assert last_step == 2  # every validation left its last.ckpt, whether the best improved or not
@@ -265,6 +327,7 @@ def test_resume_from_a_damaged_last_checkpoint_without_another_says_to_delete_it
 
 # -- (e) last.ckpt on a time interval --------------------------------------------------------------------------------
 
+
 class LastCheckpointSteps(L.Callback):
     """Notes, at the start of every training step, the step of the last.ckpt on disk (None: none yet)."""
 
@@ -278,8 +341,14 @@ class LastCheckpointSteps(L.Callback):
 
 def test_last_checkpoint_on_a_time_interval_without_validation(voc_root, tmp_path):
     LastCheckpointSteps.seen = []
-    cli = main(fit_args(voc_root, tmp_path, steps=3, extra=["--checkpoint_every_minutes", "0",
-                                                          "--trainer.callbacks+=test_faults_files.LastCheckpointSteps"]))
+    cli = main(
+        fit_args(
+            voc_root,
+            tmp_path,
+            steps=3,
+            extra=["--checkpoint_every_minutes", "0", "--trainer.callbacks+=test_faults_files.LastCheckpointSteps"],
+        )
+    )
     assert cli.trainer.limit_val_batches == 0  # the quick preset: no periodic validation
     [timed] = [c for c in cli.trainer.callbacks if type(c).__name__ == "TimedLastCheckpoint"]
     assert timed.interval_s == 0
@@ -313,11 +382,17 @@ def test_a_run_resumed_from_a_timed_checkpoint_matches_an_uninterrupted_one(tmp_
     every_step = ["--checkpoint_every_minutes", "0"]
     full = main(fit_args(root, tmp_path / "full", steps=5, extra=every_step))
     with pytest.raises(SystemExit):  # Lightning's graceful shutdown on KeyboardInterrupt, then exit 1
-        main(fit_args(root, tmp_path / "resumed", steps=5,
-                      extra=every_step + ["--trainer.callbacks+=test_faults_files.StopAtStep4"]))
+        main(
+            fit_args(
+                root,
+                tmp_path / "resumed",
+                steps=5,
+                extra=[*every_step, "--trainer.callbacks+=test_faults_files.StopAtStep4"],
+            )
+        )
     last = tmp_path / "resumed/logs/checkpoints/last.ckpt"
     assert torch.load(last, weights_only=False)["global_step"] == 4  # the timed save of step 4, mid-epoch
-    resumed = main(fit_args(root, tmp_path / "resumed", steps=5, extra=every_step + ["--ckpt_path", "last"]))
+    resumed = main(fit_args(root, tmp_path / "resumed", steps=5, extra=[*every_step, "--ckpt_path", "last"]))
     assert resumed.trainer.global_step == 5
     a, b = full.model.state_dict(), resumed.model.state_dict()
     for key in a:

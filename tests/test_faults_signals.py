@@ -25,9 +25,9 @@ import lightning as L
 import pytest
 import torch
 
-from polypool.repro import sweep as sw
 from polypool.cli import main
 from polypool.data.fixtures import make_voc
+from polypool.repro import sweep as sw
 
 REPO = Path(__file__).parents[1]
 HOST = socket.gethostname()
@@ -36,15 +36,28 @@ HOST = socket.gethostname()
 def child_env(tmp_path) -> dict:
     """This checkout's package and the test helpers importable, one thread, W&B quiet, caches of the test's own."""
     path = os.pathsep.join(filter(None, [str(REPO / "src"), str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline",
-            "WANDB_SILENT": "true", "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
+    return {
+        **os.environ,
+        "PYTHONPATH": path,
+        "OMP_NUM_THREADS": "1",
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "HF_HOME": str(tmp_path / "hf"),
+        "TORCH_HOME": str(tmp_path / "torch"),
+    }
 
 
 def start(args, tmp_path, name):
     """``python -m polypool.sweep ARGS`` (or another module), output in ``tmp_path/<name>.log``."""
     log = open(tmp_path / f"{name}.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, env=child_env(tmp_path), stdout=log,
-                               stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", *args],
+        cwd=REPO,
+        env=child_env(tmp_path),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     log.close()
     return process
 
@@ -57,8 +70,9 @@ def wait_for(condition, what, timeout=300, processes=(), tmp_path=None):
     deadline = time.time() + timeout
     while not condition():
         for name, process in processes:
-            assert process.poll() is None, f"{name} ended (exit {process.returncode}) before {what}:\n" + \
-                (output(tmp_path, name)[-3000:] if tmp_path else "")
+            assert process.poll() is None, f"{name} ended (exit {process.returncode}) before {what}:\n" + (
+                output(tmp_path, name)[-3000:] if tmp_path else ""
+            )
         assert time.time() < deadline, f"timed out waiting for {what}"
         time.sleep(0.2)
 
@@ -100,27 +114,45 @@ def end_leftovers(tmp_path, processes=()):
 
 def tiny(root, steps):
     """Overrides after --: the runs and the quick pre-training as small as they get, no W&B."""
-    return ["--data.init_args.root", str(root), "--data.init_args.crop_size", "32", "--data.init_args.batch_size",
-            "2", "--trainer.max_steps", str(steps), "--wandb_project", "null"]
+    return [
+        "--data.init_args.root",
+        str(root),
+        "--data.init_args.crop_size",
+        "32",
+        "--data.init_args.batch_size",
+        "2",
+        "--trainer.max_steps",
+        str(steps),
+        "--wandb_project",
+        "null",
+    ]
 
 
 # -- (a) SIGTERM during the quick set's generation and during the pre-training ----------------------------------
+
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc to find the processes left")
 def test_sigterm_while_the_quick_set_is_generated_leaves_no_process_and_no_partial_set(tmp_path):
     root = tmp_path / "voc"
     quick = start(["polypool.quick", str(root)], tmp_path, "quick")
     try:
-        wait_for(lambda: (root / ".generating").is_dir() or (root / "VOCdevkit").is_dir(), "the generation to start",
-                 120, [("quick", quick)], tmp_path)
+        wait_for(
+            lambda: (root / ".generating").is_dir() or (root / "VOCdevkit").is_dir(),
+            "the generation to start",
+            120,
+            [("quick", quick)],
+            tmp_path,
+        )
         assert not (root / "VOCdevkit").is_dir()  # generated beside its place, moved there when complete
         generator = json.loads((root / "quick.lock").read_text())["child"]  # the lock file names its child
         assert alive(generator)
         quick.send_signal(signal.SIGTERM)
         assert quick.wait(60) == 143
         said = output(tmp_path, "quick")
-        assert (f"polypool.quick: stopped (SIGTERM) while generating the quick set in {root}: nothing of it was "
-                f"kept; run the same command again to generate it") in said, said
+        assert (
+            f"polypool.quick: stopped (SIGTERM) while generating the quick set in {root}: nothing of it was "
+            f"kept; run the same command again to generate it"
+        ) in said, said
         assert not alive(generator) and not processes_mentioning(str(tmp_path))
         # nothing that would count as the set: the next attempt generates it whole
         assert not (root / "VOCdevkit").exists() and not (root / ".generating").exists()
@@ -140,14 +172,25 @@ def test_sigterm_during_the_pretraining_stops_it_says_what_is_kept_and_the_next_
     out1, out2 = tmp_path / "out1", tmp_path / "out2"
 
     def sweep_args(out):
-        return ["polypool.sweep", "voc", "vgg", "--quick", "--poolings", "max", "--out", str(out), "--poll-s", "3",
-                "--", *tiny(root, steps)]
+        return [
+            "polypool.sweep",
+            "voc",
+            "vgg",
+            "--quick",
+            "--poolings",
+            "max",
+            "--out",
+            str(out),
+            "--poll-s",
+            "3",
+            "--",
+            *tiny(root, steps),
+        ]
 
     a = start(sweep_args(out1), tmp_path, "a")
     started = [("a", a)]
     try:
-        wait_for(lambda: (root / "pretrain/progress.json").is_file(), "A's pre-training to start", 300, started,
-                 tmp_path)
+        wait_for((root / "pretrain/progress.json").is_file, "A's pre-training to start", 300, started, tmp_path)
         holder = json.loads((root / "quick.lock").read_text())
         assert holder["pid"] == a.pid and holder["host"] == HOST
         fit = holder["child"]  # A's pre-training, polypool fit
@@ -162,8 +205,13 @@ def test_sigterm_during_the_pretraining_stops_it_says_what_is_kept_and_the_next_
 
         c = start(sweep_args(out2), tmp_path, "c")
         started.append(("c", c))
-        wait_for(lambda: "quick: waiting for" in output(tmp_path, "c"), "C to wait for A", 120, started[:1] + [
-            ("c", c)], tmp_path)
+        wait_for(
+            lambda: "quick: waiting for" in output(tmp_path, "c"),
+            "C to wait for A",
+            120,
+            [*started[:1], ("c", c)],
+            tmp_path,
+        )
         assert f"quick: waiting for pid {a.pid} on host {HOST}" in output(tmp_path, "c")
         assert f"now running pid {fit} (the quick pre-training, polypool fit)" in output(tmp_path, "c")
 
@@ -173,11 +221,13 @@ def test_sigterm_during_the_pretraining_stops_it_says_what_is_kept_and_the_next_
         last = root / "pretrain/checkpoints/last.ckpt"
         step = torch.load(last, map_location="cpu", mmap=True, weights_only=False)["global_step"]
         assert 0 < step < steps
-        assert (f"reproduce.sh: stopped (SIGTERM) during the quick pre-training: its last checkpoint {last} (step "
-                f"{step} of {steps}) is kept; run the same command again to resume it (log: "
-                f"{root / 'pretrain/pretrain.log'})") in said_a, said_a
+        assert (
+            f"reproduce.sh: stopped (SIGTERM) during the quick pre-training: its last checkpoint {last} (step "
+            f"{step} of {steps}) is kept; run the same command again to resume it (log: "
+            f"{root / 'pretrain/pretrain.log'})"
+        ) in said_a, said_a
         assert not alive(fit)  # the pre-training stopped with A: no orphan
-        assert not [pid for pid in processes_mentioning(str(out1))]
+        assert not list(processes_mentioning(str(out1)))
         log = (root / "pretrain/pretrain.log").read_text()
         assert f"polypool: stopped by SIGTERM at step {step}: saved {last}" in log
 
@@ -191,8 +241,10 @@ def test_sigterm_during_the_pretraining_stops_it_says_what_is_kept_and_the_next_
         assert " starting: " in attempts[0] and "--ckpt_path" not in attempts[0]
         assert f" resuming from {last}: " in attempts[1] and "--ckpt_path last" in attempts[1]
         assert log.count("Restoring states from the checkpoint path") == 1
-        assert torch.load(root / "pretrained_max.ckpt", map_location="cpu", mmap=True,
-                          weights_only=False)["global_step"] == steps
+        assert (
+            torch.load(root / "pretrained_max.ckpt", map_location="cpu", mmap=True, weights_only=False)["global_step"]
+            == steps
+        )
         assert (out2 / "runs/voc/vgg/max/0.json").is_file()
         assert not (root / "quick.lock").exists() and not (out2 / "voc_vgg.lock").exists()  # released
     finally:
@@ -247,8 +299,21 @@ def sweep_in_process(monkeypatch, capsys, tmp_path, data_root, poolings="max,avg
     monkeypatch.setattr(sw.Sweep, "fit_command", fake_fit_command)
     monkeypatch.chdir(REPO)
     capsys.readouterr()
-    code = sw.main(["voc", "vgg", "--poolings", poolings, "--out", str(tmp_path / "out"), "--",
-                    "--data.init_args.root", str(data_root), "--model.weights", str(weights)])
+    code = sw.main(
+        [
+            "voc",
+            "vgg",
+            "--poolings",
+            poolings,
+            "--out",
+            str(tmp_path / "out"),
+            "--",
+            "--data.init_args.root",
+            str(data_root),
+            "--model.weights",
+            str(weights),
+        ]
+    )
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -272,32 +337,37 @@ def lock_held(path: Path):
         holder.wait(30)
 
 
-def test_a_second_sweep_on_the_same_output_folder_refuses_naming_the_first(voc_root, tmp_path, monkeypatch,
-                                                                           capsys):
+def test_a_second_sweep_on_the_same_output_folder_refuses_naming_the_first(voc_root, tmp_path, monkeypatch, capsys):
     lock = tmp_path / "out/voc_vgg.lock"
     with lock_held(lock) as holder:
         code, out, err = sweep_in_process(monkeypatch, capsys, tmp_path, voc_root)
     assert code == 1, out + err
-    assert (f"reproduce.sh: another sweep of voc/vgg is using {tmp_path / 'out'}: pid {holder.pid} on host {HOST}, "
-            f"started 2026-01-02 03:04:05 (reproduce.sh voc vgg) (lock file {lock}). Wait for it to end, or stop it "
-            f"(kill {holder.pid}: its runs keep their last checkpoints) or give this one another --out DIR; "
-            f"--status shows its runs") in err
+    assert (
+        f"reproduce.sh: another sweep of voc/vgg is using {tmp_path / 'out'}: pid {holder.pid} on host {HOST}, "
+        f"started 2026-01-02 03:04:05 (reproduce.sh voc vgg) (lock file {lock}). Wait for it to end, or stop it "
+        f"(kill {holder.pid}: its runs keep their last checkpoints) or give this one another --out DIR; "
+        f"--status shows its runs"
+    ) in err
     assert not (tmp_path / "out/runs").exists() and "run(s) to train" not in out  # nothing started
 
 
 def test_a_lock_left_by_a_process_that_ended_is_taken_over(voc_root, tmp_path, monkeypatch, capsys):
-    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                           timeout=60)
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, timeout=60
+    )
     dead = int(ended.stdout)
     assert not alive(dead)
     lock = tmp_path / "out/voc_vgg.lock"
     lock.parent.mkdir(parents=True)
-    lock.write_text(json.dumps({"pid": dead, "host": HOST, "started": "2026-01-02 03:04:05",
-                                "command": "reproduce.sh voc vgg"}))  # a sweep killed with kill -9 left it
+    lock.write_text(
+        json.dumps({"pid": dead, "host": HOST, "started": "2026-01-02 03:04:05", "command": "reproduce.sh voc vgg"})
+    )  # a sweep killed with kill -9 left it
     code, out, err = sweep_in_process(monkeypatch, capsys, tmp_path, voc_root)
     assert code == 0, out + err
-    assert (f"== taking over {lock} from pid {dead} on host {HOST}, started 2026-01-02 03:04:05 (reproduce.sh voc "
-            f"vgg), which ended without releasing it") in out
+    assert (
+        f"== taking over {lock} from pid {dead} on host {HOST}, started 2026-01-02 03:04:05 (reproduce.sh voc "
+        f"vgg), which ended without releasing it"
+    ) in out
     assert (tmp_path / "out/runs/voc/vgg/max/0.json").is_file() and (tmp_path / "out/runs/voc/vgg/avg/0.json").is_file()
     assert not lock.exists()  # released at the end
 
@@ -307,9 +377,11 @@ def test_a_run_whose_folder_another_process_holds_is_left_alone(voc_root, tmp_pa
     sweep trains the others and does not start it a second time."""
     lock = tmp_path / "out/logs/voc/vgg/avg/0/run.lock"
     with lock_held(lock) as holder:
-        code, out, err = sweep_in_process(monkeypatch, capsys, tmp_path, voc_root)
-    assert (f"== avg seed 0: left alone, another process trains it: the folder of the run avg seed 0, "
-            f"{tmp_path / 'out/logs/voc/vgg/avg/0'} is in use by pid {holder.pid} on host {HOST}") in out, out + err
+        _code, out, err = sweep_in_process(monkeypatch, capsys, tmp_path, voc_root)
+    assert (
+        f"== avg seed 0: left alone, another process trains it: the folder of the run avg seed 0, "
+        f"{tmp_path / 'out/logs/voc/vgg/avg/0'} is in use by pid {holder.pid} on host {HOST}"
+    ) in out, out + err
     assert (tmp_path / "out/runs/voc/vgg/max/0.json").is_file()
     assert not (tmp_path / "out/runs/voc/vgg/avg/0.json").exists()
     assert not (tmp_path / "out/logs/voc/vgg/avg/0/train.log").exists()  # never started
@@ -317,13 +389,42 @@ def test_a_run_whose_folder_another_process_holds_is_left_alone(voc_root, tmp_pa
 
 # -- (c) a fit stopped with SIGTERM or SIGUSR1 saves last.ckpt where it stopped ---------------------------------
 
+
 def fit_args(root, folder, steps, extra=()):
-    return ["fit", "--config", "configs/voc/resnet.yaml", "--config", "configs/trainer/quick.yaml",
-            "--data.init_args.root", str(root), "--data.init_args.batch_size", "2", "--data.init_args.crop_size",
-            "32", "--model.backbone", "resnet18", "--model.output_stride", "8", "--trainer.max_epochs", "-1",
-            "--trainer.max_steps", str(steps), "--trainer.default_root_dir", str(folder / "logs"),
-            "--trainer.enable_progress_bar", "false", "--records_root", str(folder / "runs"),
-            "--wandb_project", "null", "--seed_everything", "0", "--checkpoint_every_minutes", "null", *extra]
+    return [
+        "fit",
+        "--config",
+        "configs/voc/resnet.yaml",
+        "--config",
+        "configs/trainer/quick.yaml",
+        "--data.init_args.root",
+        str(root),
+        "--data.init_args.batch_size",
+        "2",
+        "--data.init_args.crop_size",
+        "32",
+        "--model.backbone",
+        "resnet18",
+        "--model.output_stride",
+        "8",
+        "--trainer.max_epochs",
+        "-1",
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.default_root_dir",
+        str(folder / "logs"),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--records_root",
+        str(folder / "runs"),
+        "--wandb_project",
+        "null",
+        "--seed_everything",
+        "0",
+        "--checkpoint_every_minutes",
+        "null",
+        *extra,
+    ]
 
 
 class SignalAt(L.Callback):
@@ -354,8 +455,9 @@ def quiet_wandb(monkeypatch):
 
 
 @pytest.mark.parametrize("name, code", [("SIGTERM", 143), ("SIGUSR1", 138)])
-def test_a_fit_stopped_by_a_signal_saves_last_ckpt_at_that_step_and_resumes_from_it(name, code, tmp_path,
-                                                                                       monkeypatch, capsys):
+def test_a_fit_stopped_by_a_signal_saves_last_ckpt_at_that_step_and_resumes_from_it(
+    name, code, tmp_path, monkeypatch, capsys
+):
     monkeypatch.chdir(REPO)
     root = make_voc(tmp_path / "voc", n_train=6, n_val=2, size=(32, 32), seed=0)  # 3 steps an epoch
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
@@ -364,15 +466,20 @@ def test_a_fit_stopped_by_a_signal_saves_last_ckpt_at_that_step_and_resumes_from
         main(fit_args(root, tmp_path / "stopped", 5, [f"--trainer.callbacks+={signal_at}"]))
     assert stopped.value.code == code
     last = tmp_path / "stopped/logs/checkpoints/last.ckpt"
-    assert (f"polypool: stopped by {name} at step 4: saved {last}; the same command with --ckpt_path last resumes "
-            f"it from there") in capsys.readouterr().err
+    assert (
+        f"polypool: stopped by {name} at step 4: saved {last}; the same command with --ckpt_path last resumes "
+        f"it from there"
+    ) in capsys.readouterr().err
     assert torch.load(last, weights_only=False)["global_step"] == 4  # the step it stopped at, mid-epoch
     assert not (tmp_path / "stopped/runs").exists()  # no record of a run that did not finish
     assert {sig: signal.getsignal(sig) for sig in handlers} == handlers  # this process's handlers are back
 
     FirstStep.seen = []
-    resumed = main(fit_args(root, tmp_path / "stopped", 5, ["--ckpt_path", "last",
-                                                            "--trainer.callbacks+=test_faults_signals.FirstStep"]))
+    resumed = main(
+        fit_args(
+            root, tmp_path / "stopped", 5, ["--ckpt_path", "last", "--trainer.callbacks+=test_faults_signals.FirstStep"]
+        )
+    )
     assert FirstStep.seen == [4] and resumed.trainer.global_step == 5
     if name == "SIGTERM":  # the resumed run ends as the uninterrupted one
         full = main(fit_args(root, tmp_path / "full", 5))

@@ -19,12 +19,12 @@ below), not our classes, with our weights copied in table order.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from pathlib import Path
 from torch import nn
 
 from polypool.models import SegmentationModel, build_network
@@ -33,9 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 SOURCES = {
     "encoder": "kfxw/mydev-pytorch-semantic-segmentation networks/resnet.py @ 4e5bf6c7af7097141e66d4c2e178ab0232eeaf5d",
     "decoder": "kfxw/mydev-pytorch-semantic-segmentation networks/ModelBuilder.py @ "
-               "27b6e5eac5e53cefcb6fbdb5e9c6ee47dba91855",
+    "27b6e5eac5e53cefcb6fbdb5e9c6ee47dba91855",
     "solver": "kfxw/mydev-pytorch-semantic-segmentation deeplabv3_resnet_solver_cfg.py @ "
-              "27b6e5eac5e53cefcb6fbdb5e9c6ee47dba91855",
+    "27b6e5eac5e53cefcb6fbdb5e9c6ee47dba91855",
     "weights": "CSAILVision/semantic-segmentation-pytorch models/resnet.py @ 192f5c9e1de2ca5367dc26a3f5b63688cabb1c50",
 }
 URL = "http://sceneparsing.csail.mit.edu/model/pretrained_resnet/resnet50-imagenet.pth"
@@ -45,8 +45,20 @@ NUM_CLASSES = 21
 # One row per conv / pool layer, in the reference's construction order. For a conv: the BatchNorm that follows it
 # (``bn``; eps 1e-5, momentum 0.001: their SynchronizedBatchNorm2d) and whether a ReLU follows that (``relu``; a
 # Bottleneck's conv3 and downsample are added first, then ReLU). adaptive_avgpool: ``kernel`` is its output size.
-FIELDS = ("name", "type", "kernel", "stride", "padding", "dilation", "in_channels", "out_channels", "groups", "bn",
-          "relu", "bias")
+FIELDS = (
+    "name",
+    "type",
+    "kernel",
+    "stride",
+    "padding",
+    "dilation",
+    "in_channels",
+    "out_channels",
+    "groups",
+    "bn",
+    "relu",
+    "bias",
+)
 ENCODER_ROWS = [  # networks/resnet.py @ 4e5bf6c, overall_stride=16
     ("conv1", "conv", 3, 2, 1, 1, 3, 64, 1, "bn1", True, False),
     ("conv2", "conv", 3, 1, 1, 1, 64, 64, 1, "bn2", True, False),
@@ -120,8 +132,14 @@ DECODER_ROWS = [  # networks/ModelBuilder.py @ 27b6e5e, DeeplabV3ASPPBilinear(nu
     ("gap.0", "adaptive_avgpool", 1, None, None, None, 2048, 2048, 1, None, False, False),
     ("gap.1", "conv", 1, 1, 0, 1, 2048, 256, 1, "gap.2", True, False),
     ("cat_projection.0", "conv", 1, 1, 0, 1, 1280, 308, 1, "cat_projection.1", True, False),
-    {"name": "cat_projection.3", "type": "dropout", "dropout": "Dropout2d", "p": 0.5, "in_channels": 308,
-     "out_channels": 308},  # at 27b6e5e; "#nn.Dropout2d(p=0.5)" from c1d4aaa on
+    {
+        "name": "cat_projection.3",
+        "type": "dropout",
+        "dropout": "Dropout2d",
+        "p": 0.5,
+        "in_channels": 308,
+        "out_channels": 308,
+    },  # at 27b6e5e; "#nn.Dropout2d(p=0.5)" from c1d4aaa on
     ("decoder_projection.0", "conv", 3, 1, 1, 1, 308, 308, 308, "decoder_projection.1", True, False),
     ("decoder_projection.3", "conv", 1, 1, 0, 1, 308, 256, 1, "decoder_projection.4", True, False),
     ("decoder_projection.6", "conv", 3, 1, 1, 1, 256, 256, 256, "decoder_projection.7", True, False),
@@ -139,8 +157,14 @@ def as_dicts(rows):
 ENCODER, DECODER = as_dicts(ENCODER_ROWS), as_dicts(DECODER_ROWS)
 
 # Parameters (conv weights and biases, BatchNorm gamma and beta; no fc): stem = conv1-3 and bn1-3.
-PART_PARAMS = {"stem": 112_832, "layer1": 236_288, "layer2": 1_219_584, "layer3": 7_098_368, "layer4": 19_427_328,
-               "decoder": 3_243_449}
+PART_PARAMS = {
+    "stem": 112_832,
+    "layer1": 236_288,
+    "layer2": 1_219_584,
+    "layer3": 7_098_368,
+    "layer4": 19_427_328,
+    "decoder": 3_243_449,
+}
 ENCODER_PARAMS = 28_094_400  # with ResNet-50's 3-block layer4 it would be 23,631,808
 # Feature-map side at each stage for square inputs, from the reference's rules: conv out = floor((H + 2p - d(k - 1)
 # - 1) / s) + 1, max pooling the same (floor, ceil_mode False). stem = after conv3, the decoder's logits = layer4's.
@@ -198,7 +222,7 @@ def test_the_modules_equal_the_reference_table():
     rows = {row["name"]: row for row in ENCODER + DECODER}
     layer_types = (nn.Conv2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.modules.dropout._DropoutNd, nn.Dropout)
     seen, bns = [], []
-    for prefix, part in (("backbone", network.backbone), ("head", network.head)):
+    for _prefix, part in (("backbone", network.backbone), ("head", network.head)):
         for name, module in part.named_modules():
             if isinstance(module, layer_types):
                 seen.append(name)
@@ -210,10 +234,26 @@ def test_the_modules_equal_the_reference_table():
         module = ours(name, network)
         if row["type"] == "conv":
             assert type(module) is nn.Conv2d, name
-            got = (module.kernel_size, module.stride, module.padding, module.dilation, module.in_channels,
-                   module.out_channels, module.groups, module.bias is not None)
-            want = ((row["kernel"],) * 2, (row["stride"],) * 2, (row["padding"],) * 2, (row["dilation"],) * 2,
-                    row["in_channels"], row["out_channels"], row["groups"], row["bias"])
+            got = (
+                module.kernel_size,
+                module.stride,
+                module.padding,
+                module.dilation,
+                module.in_channels,
+                module.out_channels,
+                module.groups,
+                module.bias is not None,
+            )
+            want = (
+                (row["kernel"],) * 2,
+                (row["stride"],) * 2,
+                (row["padding"],) * 2,
+                (row["dilation"],) * 2,
+                row["in_channels"],
+                row["out_channels"],
+                row["groups"],
+                row["bias"],
+            )
             assert got == want, name
             bn = ours(row["bn"], network) if row["bn"] else None
             if bn is not None:
@@ -222,7 +262,12 @@ def test_the_modules_equal_the_reference_table():
         elif row["type"] == "maxpool":
             assert type(module) is nn.MaxPool2d, name
             assert (module.kernel_size, module.stride, module.padding, module.dilation, module.ceil_mode) == (
-                row["kernel"], row["stride"], row["padding"], row["dilation"], False)
+                row["kernel"],
+                row["stride"],
+                row["padding"],
+                row["dilation"],
+                False,
+            )
         elif row["type"] == "adaptive_avgpool":
             assert type(module) is nn.AdaptiveAvgPool2d and module.output_size == row["kernel"], name
         else:
@@ -233,13 +278,13 @@ def test_the_modules_equal_the_reference_table():
 # ---- (b) parameter counts -----------------------------------------------------------------------------------------
 def test_parameter_counts_equal_the_reference():
     network = build()
-    counts = {part: 0 for part in PART_PARAMS}
+    counts = dict.fromkeys(PART_PARAMS, 0)
     for name, param in network.backbone.named_parameters():
         counts[part_of(name.split(".weight")[0].split(".bias")[0])] += param.numel()
     counts["decoder"] = sum(p.numel() for p in network.head.parameters())
     assert counts == PART_PARAMS
     assert sum(p.numel() for p in network.backbone.parameters()) == ENCODER_PARAMS
-    from_table = {part: 0 for part in PART_PARAMS}  # the table itself gives the same numbers
+    from_table = dict.fromkeys(PART_PARAMS, 0)  # the table itself gives the same numbers
     for row in ENCODER + DECODER:
         from_table[part_of(row["name"])] += row_params(row)
     assert from_table == PART_PARAMS
@@ -264,11 +309,18 @@ def test_feature_map_sizes_equal_the_reference(size):
     with torch.device("meta"):  # shapes only: no memory, no arithmetic
         network = build().eval()
     found = {}
-    names = {"relu3": "stem", "maxpool": "maxpool", "layer1": "layer1", "layer2": "layer2", "layer3": "layer3",
-             "layer4": "layer4"}
+    names = {
+        "relu3": "stem",
+        "maxpool": "maxpool",
+        "layer1": "layer1",
+        "layer2": "layer2",
+        "layer3": "layer3",
+        "layer4": "layer4",
+    }
     for name, stage in names.items():
         network.backbone.get_submodule(name).register_forward_hook(
-            lambda module, inputs, output, stage=stage: found.__setitem__(stage, tuple(output.shape[-2:])))
+            lambda module, inputs, output, stage=stage: found.__setitem__(stage, tuple(output.shape[-2:]))
+        )
     head_out = []
     network.head.register_forward_hook(lambda module, inputs, output: head_out.append(tuple(output.shape)))
     logits = network(torch.empty(1, 3, size, size, device="meta"))
@@ -309,11 +361,20 @@ class ReferenceNetwork:
             return x.mean(dim=(2, 3), keepdim=True)
         if row["type"] == "dropout":
             return x  # eval mode
-        x = F.conv2d(x, self.tensors[row["name"] + ".weight"], self.tensors.get(row["name"] + ".bias"),
-                     row["stride"], row["padding"], row["dilation"], row["groups"])
+        x = F.conv2d(
+            x,
+            self.tensors[row["name"] + ".weight"],
+            self.tensors.get(row["name"] + ".bias"),
+            row["stride"],
+            row["padding"],
+            row["dilation"],
+            row["groups"],
+        )
         if row["bn"]:
-            t = {key: self.tensors[f"{row['bn']}.{key}"][None, :, None, None]
-                 for key in ("weight", "bias", "running_mean", "running_var")}
+            t = {
+                key: self.tensors[f"{row['bn']}.{key}"][None, :, None, None]
+                for key in ("weight", "bias", "running_mean", "running_var")
+            }
             x = (x - t["running_mean"]) / torch.sqrt(t["running_var"] + BN_EPS) * t["weight"] + t["bias"]
         return torch.relu(x) if row["relu"] else x
 
@@ -326,8 +387,9 @@ class ReferenceNetwork:
         x = self.path(ENCODER[:4], image)
         for main, shortcut in blocks().values():
             x = torch.relu(self.path(main, x) + (self.path(shortcut, x) if shortcut else x))
-        branches = {name: self.path([r for r in DECODER if r["name"].split(".")[0] == name], x)
-                    for name in CONCAT_ORDER}
+        branches = {
+            name: self.path([r for r in DECODER if r["name"].split(".")[0] == name], x) for name in CONCAT_ORDER
+        }
         branches["gap"] = F.interpolate(branches["gap"], size=x.shape[-2:], mode="bilinear", align_corners=False)
         y = torch.cat([branches[name] for name in CONCAT_ORDER], dim=1)
         y = self.path([r for r in DECODER if r["name"].startswith(("cat_projection", "decoder_projection"))], y)
@@ -387,8 +449,9 @@ def test_a_local_weights_file_loads_as_the_authors_load_it(tmp_path):
     state = csail_state_dict()
     file = tmp_path / "resnet50-imagenet.pth"
     torch.save(state, file)
-    model = SegmentationModel(backbone="resnet50_authors", head="deeplabv3_authors", output_stride=16,
-                              weights=str(file))  # --model.weights FILE
+    model = SegmentationModel(
+        backbone="resnet50_authors", head="deeplabv3_authors", output_stride=16, weights=str(file)
+    )  # --model.weights FILE
     encoder = model.network.backbone
     for key in ("conv2.weight", "bn1.running_var", "layer4.2.conv2.weight", "layer4.0.downsample.0.weight"):
         assert torch.equal(encoder.state_dict()[key], state[key]), key
@@ -397,22 +460,24 @@ def test_a_local_weights_file_loads_as_the_authors_load_it(tmp_path):
     assert torch.all(fresh.bn1.weight == 1) and torch.allclose(fresh.bn3.bias, torch.full((2048,), 1e-4))
     assert abs(float(fresh.conv2.weight.detach().std()) - math.sqrt(2 / (512 * 9))) < 2e-3
     report = encoder.weights_report
-    assert report.missing == sorted(k for k in encoder.state_dict() if k.startswith("layer4.3.")
-                                    and not k.endswith("num_batches_tracked"))
+    assert report.missing == sorted(
+        k for k in encoder.state_dict() if k.startswith("layer4.3.") and not k.endswith("num_batches_tracked")
+    )
     assert report.unexpected == ["fc.bias", "fc.weight"]
 
 
-@pytest.mark.parametrize("change,named", [
-    ("extra", "layer1.0.conv9.weight"),
-    ("shape", "conv2.weight"),
-    ("missing", "layer2.1.bn2.running_var"),
-    ("four_blocks", "layer4.3.conv1.weight"),
-])
+@pytest.mark.parametrize(
+    "change,named",
+    [
+        ("extra", "layer1.0.conv9.weight"),
+        ("shape", "conv2.weight"),
+        ("missing", "layer2.1.bn2.running_var"),
+        ("four_blocks", "layer4.3.conv1.weight"),
+    ],
+)
 def test_a_wrong_weights_file_does_not_load_silently(tmp_path, change, named):
     state = csail_state_dict()
-    if change == "extra":
-        state[named] = torch.zeros(64, 64, 1, 1)
-    elif change == "shape":
+    if change == "extra" or change == "shape":
         state[named] = torch.zeros(64, 64, 1, 1)
     elif change == "missing":
         del state[named]
@@ -444,7 +509,7 @@ def test_the_resnet_config_is_the_authors_network_and_solver():
     assert (model["backbone"], model["head"], model["output_stride"]) == ("resnet50_authors", "deeplabv3_authors", 16)
     assert (data["crop_size"], data["batch_size"], data["scale_range"], data["hflip"]) == (504, 24, [0.5, 2.0], True)
     assert config["trainer"]["max_steps"] == 46 * 661 == 30406
-    assert model["lr"] == pytest.approx(1e-7 * 504 ** 2, rel=1e-3)
+    assert model["lr"] == pytest.approx(1e-7 * 504**2, rel=1e-3)
     network = SegmentationModel(**{**model, "pretrained": False}).eval()
     assert type(network.network.backbone).__name__ == "AuthorsResNet"
     assert type(network.network.head).__name__ == "DeeplabV3ASPPBilinear"
@@ -458,8 +523,15 @@ def test_the_deeplabv3_config_keeps_the_torchvision_resnet_and_cites_every_value
     assert config["trainer"]["default_root_dir"] == "results/logs/voc/resnet_deeplabv3"
     text = (REPO / "configs" / "voc" / "resnet_deeplabv3.yaml").read_text()
     assert "Chen et al. 2017" in text and "# AC" not in text
-    values = [line for line in text.splitlines() if ":" in line and not line.strip().startswith("#")
-              and not line.rstrip().endswith(":") and "class_path" not in line and "seed_everything" not in line]
+    values = [
+        line
+        for line in text.splitlines()
+        if ":" in line
+        and not line.strip().startswith("#")
+        and not line.rstrip().endswith(":")
+        and "class_path" not in line
+        and "seed_everything" not in line
+    ]
     exempt = ("num_workers", "root", "val_split", "default_root_dir", "val_check_interval", "check_val_every_n_epoch")
     assert [line for line in values if "#" not in line and not line.strip().startswith(exempt)] == []
 
@@ -468,8 +540,9 @@ def test_the_deeplabv3_config_keeps_the_torchvision_resnet_and_cites_every_value
 def test_the_stem_maxpool_is_the_one_pooling_site_and_ppool_replaces_it():
     from polypool.pooling import PPool2d
 
-    model = SegmentationModel(backbone="resnet50_authors", head="deeplabv3_authors", output_stride=16,
-                              pretrained=False, pooling="ppool")
+    model = SegmentationModel(
+        backbone="resnet50_authors", head="deeplabv3_authors", output_stride=16, pretrained=False, pooling="ppool"
+    )
     report = model.swap_report
     assert [site.name for site in report.local_sites] == ["maxpool"] and len(report.swapped) == 1
     assert report.swapped[0].channels == 128 and report.swapped[0].after_relu

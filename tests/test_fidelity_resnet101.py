@@ -38,8 +38,9 @@ DELIBERATE = {"stride_on": "branch2b"}
 
 
 def make_ours() -> nn.Module:
-    model = SegmentationModel(backbone="resnet101", head="aspp", output_stride=8, pooling="max", pretrained=False,
-                              batchnorm="frozen")
+    model = SegmentationModel(
+        backbone="resnet101", head="aspp", output_stride=8, pooling="max", pretrained=False, batchnorm="frozen"
+    )
     network = model.network.eval()
     torch.manual_seed(0)
     with torch.no_grad():  # BatchNorm statistics that are not the identity, so that frozen BN is checked
@@ -63,7 +64,12 @@ def test_every_block_is_dilated_as_the_prototxt():
     k, s, p, out = DEEPLAB_V2_RESNET101["stem"]["conv1"]
     conv1 = resnet.conv1
     assert (conv1.kernel_size, conv1.stride, conv1.padding, conv1.out_channels, conv1.bias) == (
-        (k, k), (s, s), (p, p), out, None)
+        (k, k),
+        (s, s),
+        (p, p),
+        out,
+        None,
+    )
     _, k, s, p = DEEPLAB_V2_RESNET101["stem"]["pool1"]
     assert (resnet.maxpool.kernel_size, resnet.maxpool.stride, resnet.maxpool.padding) == (k, s, p)
     assert resnet.maxpool.ceil_mode == (DEEPLAB_V2_RESNET101["rounding"] == "ceil")
@@ -105,8 +111,9 @@ def test_feature_map_sizes_equal_caffes(size):
 
 
 def frozen_bn(x, bn):
-    return (x - bn.running_mean[:, None, None]) / torch.sqrt(bn.running_var[:, None, None] + bn.eps) \
-        * bn.weight[:, None, None] + bn.bias[:, None, None]
+    return (x - bn.running_mean[:, None, None]) / torch.sqrt(bn.running_var[:, None, None] + bn.eps) * bn.weight[
+        :, None, None
+    ] + bn.bias[:, None, None]
 
 
 def reference_logits(network, x):
@@ -120,7 +127,7 @@ def reference_logits(network, x):
     out = [o - 1 if (o - 1) * s >= n + p else o for o, n in zip(out, x.shape[-2:])]
     extra = [(o - 1) * s + k - n - p for o, n in zip(out, x.shape[-2:])]
     x = F.max_pool2d(F.pad(x, (p, max(extra[1], 0), p, max(extra[0], 0)), value=-math.inf), k, s)
-    for layer, (_, count, _, stride, dilation) in zip(blocks(network), DEEPLAB_V2_RESNET101["stages"]):
+    for layer, (_, _count, _, stride, dilation) in zip(blocks(network), DEEPLAB_V2_RESNET101["stages"]):
         for i, block in enumerate(layer):
             s = stride if i == 0 else 1
             shortcut = x

@@ -38,13 +38,22 @@ VGG16_20M = {
     "repository": "kfxw/mydev-pytorch-semantic-segmentation",
     "path": "networks/VGGModels.py (VGG16_20M); networks/ModelBuilder.py (C0Bilinear, the classifier)",
     "commit": "582b55a5606e8f489f3ff0c8425479569bec4c13 (VGGModels.py, unchanged at HEAD aa307c116150ce8a0de522ae7859fe"
-              "d383763e75); 09ded0e3f82ebd37a3c6948233754d9d004588ba (ModelBuilder.py)",
+    "d383763e75); 09ded0e3f82ebd37a3c6948233754d9d004588ba (ModelBuilder.py)",
     "rounding": "floor",  # nn.MaxPool2d's default ceil_mode=False
-    "pools": {"pool1": ("max", 2, 2, 1), "pool2": ("max", 2, 2, 1), "pool3": ("max", 2, 2, 1),
-              "pool4": ("max", 2, 1, 0), "pool5": ("max", 3, 1, 1)},
-    "head": [("fc6", "conv", 3, 1, 1, 1, 1024), ("drop6", "dropout", "channel", 0.5),
-             ("fc7", "conv", 1, 1, 0, 1, 1024), ("drop7", "dropout", "channel", 0.5),
-             ("classifier", "conv", 1, 1, 0, 1, 21)],
+    "pools": {
+        "pool1": ("max", 2, 2, 1),
+        "pool2": ("max", 2, 2, 1),
+        "pool3": ("max", 2, 2, 1),
+        "pool4": ("max", 2, 1, 0),
+        "pool5": ("max", 3, 1, 1),
+    },
+    "head": [
+        ("fc6", "conv", 3, 1, 1, 1, 1024),
+        ("drop6", "dropout", "channel", 0.5),
+        ("fc7", "conv", 1, 1, 0, 1, 1024),
+        ("drop7", "dropout", "channel", 0.5),
+        ("classifier", "conv", 1, 1, 0, 1, 21),
+    ],
     "parameters": 20_505_429,  # conv weights and biases through fc7 (20,483,904) and the 1024 -> 21 classifier
     # the feature map after each pooling, for inputs of 321, 504 and 513
     "sizes": {321: [161, 81, 41, 40, 40], 504: [253, 127, 64, 63, 63], 513: [257, 129, 65, 64, 64]},
@@ -55,11 +64,21 @@ LARGEFOV = {
     "commit": "ad566e9a4d3b1c4ea8a23cf8f2f4430c57f65e43",
     "rounding": "ceil",  # Caffe: ceil((H + 2p - k) / s) + 1, less one where the last window starts in the padding
     "rounding_source": "BVLC/caffe src/caffe/layers/pooling_layer.cpp @ 032384455635928a63ff0325a73e56d4f625c71d",
-    "pools": {"pool1": ("max", 3, 2, 1), "pool2": ("max", 3, 2, 1), "pool3": ("max", 3, 2, 1),
-              "pool4": ("max", 3, 1, 1), "pool5": ("max", 3, 1, 1), "pool5a": ("ave", 3, 1, 1)},
-    "head": [("fc6", "conv", 3, 1, 12, 12, 1024), ("drop6", "dropout", "element", 0.5),
-             ("fc7", "conv", 1, 1, 0, 1, 1024), ("drop7", "dropout", "element", 0.5),
-             ("fc8_voc12", "conv", 1, 1, 0, 1, 21)],
+    "pools": {
+        "pool1": ("max", 3, 2, 1),
+        "pool2": ("max", 3, 2, 1),
+        "pool3": ("max", 3, 2, 1),
+        "pool4": ("max", 3, 1, 1),
+        "pool5": ("max", 3, 1, 1),
+        "pool5a": ("ave", 3, 1, 1),
+    },
+    "head": [
+        ("fc6", "conv", 3, 1, 12, 12, 1024),
+        ("drop6", "dropout", "element", 0.5),
+        ("fc7", "conv", 1, 1, 0, 1, 1024),
+        ("drop7", "dropout", "element", 0.5),
+        ("fc8_voc12", "conv", 1, 1, 0, 1, 21),
+    ],
     "parameters": 20_505_429,
     "sizes": {321: [161, 81, 41, 41, 41, 41], 504: [253, 127, 64, 64, 64, 64], 513: [257, 129, 65, 65, 65, 65]},
 }
@@ -154,8 +173,14 @@ def test_every_layer_equals_the_references(head, reference):
     for layer, row in zip(layers, rows):
         if row[1] == "conv":
             _, _, k, s, p, d, out = row
-            assert (layer.kernel_size, layer.stride, layer.padding, layer.dilation, layer.out_channels,
-                    layer.groups) == ((k, k), (s, s), (p, p), (d, d), out, 1), (row, layer)
+            assert (
+                layer.kernel_size,
+                layer.stride,
+                layer.padding,
+                layer.dilation,
+                layer.out_channels,
+                layer.groups,
+            ) == ((k, k), (s, s), (p, p), (d, d), out, 1), (row, layer)
         elif row[1] in ("max", "ave"):
             kind, k, s, p = row[1:5]
             assert isinstance(layer, nn.MaxPool2d if kind == "max" else nn.AvgPool2d), (row, layer)

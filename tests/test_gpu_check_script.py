@@ -47,6 +47,7 @@ def report(module) -> str:
 def test_a_failed_part_makes_the_check_exit_non_zero(gpu_check, monkeypatch):
     """main() (the exit status) is 1 when a part reports a failure or raises, and the report's last line names those
     parts; the parts that passed are not named."""
+
     def passes():
         gpu_check.emit("- fine")
         return []
@@ -61,15 +62,20 @@ def test_a_failed_part_makes_the_check_exit_non_zero(gpu_check, monkeypatch):
     monkeypatch.setattr(gpu_check, "PARTS", [("correct", "2. correct", reports_fail), ("speed", "4. speed", passes)])
     assert gpu_check.main() == 1  # a FAIL row alone (the old script exited 0 here)
     assert report(gpu_check).strip().splitlines()[-1] == (
-        "**Result: FAIL** in 1 part(s): correct (1 case(s) outside tolerance or raising).")
+        "**Result: FAIL** in 1 part(s): correct (1 case(s) outside tolerance or raising)."
+    )
 
     gpu_check.LINES.clear()
-    monkeypatch.setattr(gpu_check, "PARTS", [("correct", "2. correct", reports_fail), ("big", "3. big", raises),
-                                             ("speed", "4. speed", passes)])
+    monkeypatch.setattr(
+        gpu_check,
+        "PARTS",
+        [("correct", "2. correct", reports_fail), ("big", "3. big", raises), ("speed", "4. speed", passes)],
+    )
     assert gpu_check.main() == 1
     assert report(gpu_check).strip().splitlines()[-1] == (
         "**Result: FAIL** in 2 part(s): correct (1 case(s) outside tolerance or raising); "
-        "big (RuntimeError: simulated crash).")
+        "big (RuntimeError: simulated crash)."
+    )
 
     gpu_check.LINES.clear()
     monkeypatch.setattr(gpu_check, "PARTS", [("speed", "4. speed", passes)])
@@ -84,8 +90,11 @@ def fake_run(stdout: str, returncode: int = 0):
 
 def force_pytest(gpu_check, monkeypatch):
     out = "FAILED tests/test_cuda_path.py::test_x - AssertionError\n1 failed, 40 passed in 9.0s\n"
-    monkeypatch.setattr(gpu_check, "subprocess", types.SimpleNamespace(
-        run=fake_run(out, returncode=1), TimeoutExpired=subprocess.TimeoutExpired))
+    monkeypatch.setattr(
+        gpu_check,
+        "subprocess",
+        types.SimpleNamespace(run=fake_run(out, returncode=1), TimeoutExpired=subprocess.TimeoutExpired),
+    )
     return gpu_check.part_pytest, "pytest exited 1 (1 failed, 40 passed in 9.0s)"
 
 
@@ -125,21 +134,24 @@ def force_train(gpu_check, monkeypatch):
 
 def force_probe_fallback(gpu_check, monkeypatch):
     out = "RESULT matches the reference: False; warnings: 1; failure recorded: 'x'\nVERDICT FAIL\n"
-    monkeypatch.setattr(gpu_check, "subprocess", types.SimpleNamespace(
-        run=fake_run(out), TimeoutExpired=subprocess.TimeoutExpired))
+    monkeypatch.setattr(
+        gpu_check, "subprocess", types.SimpleNamespace(run=fake_run(out), TimeoutExpired=subprocess.TimeoutExpired)
+    )
     return gpu_check.part_probes, "the no-compiler fallback: matches the reference: False"
 
 
 def force_probe_failure_recorded(gpu_check, monkeypatch):
     out = "RESULT matches the reference: True; warnings: 0; failure recorded: 'none'\nVERDICT ok\n"
-    monkeypatch.setattr(gpu_check, "subprocess", types.SimpleNamespace(
-        run=fake_run(out), TimeoutExpired=subprocess.TimeoutExpired))
+    monkeypatch.setattr(
+        gpu_check, "subprocess", types.SimpleNamespace(run=fake_run(out), TimeoutExpired=subprocess.TimeoutExpired)
+    )
     monkeypatch.setattr(triton_fused, "failure", lambda: "RuntimeError: simulated")
     return gpu_check.part_probes, "the Triton path recorded a failure: RuntimeError: simulated"
 
 
-@pytest.mark.parametrize("force", [force_pytest, force_correct, force_big, force_train, force_probe_fallback,
-                                   force_probe_failure_recorded])
+@pytest.mark.parametrize(
+    "force", [force_pytest, force_correct, force_big, force_train, force_probe_fallback, force_probe_failure_recorded]
+)
 def test_each_part_reports_its_failures(gpu_check, monkeypatch, force):
     """Each part returns what failed in it (main() turns that into the exit status): a failed pytest run, a FAIL row
     of the comparison, the >2^31-element check, a non-finite training loss, a failed probe."""
@@ -154,8 +166,14 @@ def test_smoke_run_end_to_end(tmp_path):
     cores), exits 0, and its report ends with the PASS line."""
     out = tmp_path / "smoke.md"
     env = {k: v for k, v in os.environ.items() if k not in ("POLYPOOL_TRITON", "TRITON_INTERPRET")}
-    done = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(out)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     text = out.read_text()
     assert text.strip().splitlines()[-1] == "**Result: PASS**: no part reported a failure.", text[-2000:]
@@ -167,8 +185,8 @@ def test_readme_benchmark_section_quotes_the_committed_results():
     (it once quoted a 1.34x training step and 0.5x saved for backward that no committed run had), and it claims no
     GPU time for make gpu-check, which has not run on a GPU."""
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("\n## Benchmark\n"):]
-    section = section[:section.index("\n## ", 1)]
+    section = readme[readme.index("\n## Benchmark\n") :]
+    section = section[: section.index("\n## ", 1)]
     results = (ROOT / "results" / "bench" / "cpu_2core.md").read_text()
     numbers = re.findall(r"(?<![\d.])\d+\.\d+(?![\d.])", section)
     assert len(numbers) > 20, section

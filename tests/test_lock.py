@@ -22,8 +22,10 @@ spec.loader.exec_module(lock_script)
 
 
 def pins(text: str) -> dict[str, str]:
-    return {m.group(1).lower().replace("_", "-"): m.group(2)
-            for m in re.finditer(r"^([A-Za-z0-9_.-]+)==([^ \\\n]+)", text, re.MULTILINE)}
+    return {
+        m.group(1).lower().replace("_", "-"): m.group(2)
+        for m in re.finditer(r"^([A-Za-z0-9_.-]+)==([^ \\\n]+)", text, re.MULTILINE)
+    }
 
 
 def test_every_package_of_the_lock_has_a_version_and_hashes():
@@ -53,13 +55,24 @@ def test_this_environment_is_the_locked_one():
     locked = pins(LOCK.read_text())
     # in a fresh interpreter: once torch's cpp_extension has imported setuptools, the copies of packaging and
     # platformdirs that setuptools bundles are on this process's path and shadow the installed ones
-    listing = subprocess.run([sys.executable, "-c", "import json; from importlib import metadata; print(json.dumps("
-                              "{d.metadata['Name']: d.version for d in metadata.distributions()}))"],
-                             capture_output=True, text=True, check=True).stdout
+    listing = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json; from importlib import metadata; print(json.dumps("
+            "{d.metadata['Name']: d.version for d in metadata.distributions()}))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     installed = {name.lower().replace("_", "-"): version for name, version in json.loads(listing).items()}
     # torch's version carries its build's tag (2.14.1+cu130)
-    wrong = {name: (version, installed.get(name)) for name, version in locked.items()
-             if (installed.get(name) or "").split("+")[0] != version}
+    wrong = {
+        name: (version, installed.get(name))
+        for name, version in locked.items()
+        if (installed.get(name) or "").split("+")[0] != version
+    }
     assert wrong == {}
 
 
@@ -76,13 +89,13 @@ def test_make_setup_installs_from_the_lock_with_hashes_and_torch_builds_from_the
     dry = subprocess.run(["make", "-n", "-B", "setup", "TORCH_CUDA=default"], cwd=REPO, capture_output=True, text=True)
     assert dry.returncode == 0, dry.stderr
     assert "pip install --quiet --require-hashes --no-deps -r requirements/lock.txt" in dry.stdout
-    assert "--no-deps --no-build-isolation -e ." in dry.stdout and "-e \".[test]\"" not in dry.stdout
+    assert "--no-deps --no-build-isolation -e ." in dry.stdout and '-e ".[test]"' not in dry.stdout
     cuda = subprocess.run(["make", "-n", "-B", "setup", "TORCH_CUDA=cu126"], cwd=REPO, capture_output=True, text=True)
     assert "--index-url https://download.pytorch.org/whl/cu126 torch==2.14.1 torchvision==0.29.1" in cuda.stdout
     assert "scripts/lock.py without-torch > .venv/lock-without-torch.txt" in cuda.stdout
     assert "--require-hashes --no-deps -r .venv/lock-without-torch.txt" in cuda.stdout
     loose = subprocess.run(["make", "-n", "-B", "setup", "LOCK="], cwd=REPO, capture_output=True, text=True)
-    assert "-e \".[test]\"" in loose.stdout and "require-hashes" not in loose.stdout
+    assert '-e ".[test]"' in loose.stdout and "require-hashes" not in loose.stdout
 
 
 def test_environment_yml_installs_the_lock():

@@ -35,7 +35,7 @@ def test_poly_schedule_mid_way(power):
             got = {g["name"]: g["lr"] for g in optimizer.param_groups}
             assert got == pytest.approx({name: lr * factor for name, lr in base.items()}, rel=1e-9), step
     backbone = next(g for g in optimizer.param_groups if g["name"].startswith("backbone"))
-    assert backbone["lr"] == pytest.approx(0.01 * 0.25 ** power, rel=1e-9)  # t = 30 of 40
+    assert backbone["lr"] == pytest.approx(0.01 * 0.25**power, rel=1e-9)  # t = 30 of 40
 
 
 class Asymmetric(nn.Module):
@@ -84,11 +84,15 @@ def test_tta_scales_resize_each_view_and_come_back_to_the_input_size():
         got = model.predict_logits(images)
         expected = 0
         for scale in (0.5, 1.0):
-            view = F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False) \
-                if scale != 1 else images
+            view = (
+                F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
+                if scale != 1
+                else images
+            )
             for flip in (False, True):
                 logits = net(view.flip(-1)).flip(-1) if flip else net(view)
-                expected = expected + F.interpolate(logits, size=(8, 12), mode="bilinear",
-                                                    align_corners=False).softmax(1)
+                expected = expected + F.interpolate(logits, size=(8, 12), mode="bilinear", align_corners=False).softmax(
+                    1
+                )
     assert got.shape == (1, 3, 8, 12)
     torch.testing.assert_close(per_pixel_distribution(got), per_pixel_distribution(expected), rtol=1e-5, atol=1e-6)

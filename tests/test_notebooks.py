@@ -33,7 +33,8 @@ def test_every_notebook_is_listed():
 def test_committed_notebook_is_its_script_executed(script):
     committed = nbformat.read(script.with_suffix(".ipynb"), as_version=4)
     assert [(c.cell_type, c.source) for c in committed.cells] == build.cells_of(script), (
-        f"{script.name} changed since its notebook was built: run python notebooks/build.py {script.stem[:2]}")
+        f"{script.name} changed since its notebook was built: run python notebooks/build.py {script.stem[:2]}"
+    )
     code = [c for c in committed.cells if c.cell_type == "code"]
     assert code and all(c.execution_count is not None for c in code), "the notebook was not executed"
     outputs = [o for c in code for o in c.outputs]
@@ -57,8 +58,9 @@ def test_notebook_runs_top_to_bottom(script, monkeypatch):
     from polypool.repro.notebooks import QUICK_OVERRIDES_ENV
 
     # the smallest quick runs: this checks that the notebooks run, not what the miniature learns (test_quick.py)
-    monkeypatch.setenv(QUICK_OVERRIDES_ENV, "--trainer.max_steps 3 --data.init_args.crop_size 32 "
-                                            "--data.init_args.batch_size 2")
+    monkeypatch.setenv(
+        QUICK_OVERRIDES_ENV, "--trainer.max_steps 3 --data.init_args.crop_size 32 --data.init_args.batch_size 2"
+    )
     start = time.time() - 1
     notebook = build.execute(build.notebook_of(script))  # raises CellExecutionError on any failing cell
     assert all(c.execution_count is not None for c in notebook.cells if c.cell_type == "code")

@@ -27,9 +27,9 @@ def loop_reference(x, alpha, kernel, stride, padding, ceil_mode):
     for i in range(out_h):
         cols = []
         for j in range(out_w):
-            patch = xp[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw].flatten(2)
+            patch = xp[:, :, i * sh : i * sh + kh, j * sw : j * sw + kw].flatten(2)
             a = alpha[:, :, i, j, None]
-            cols.append((patch ** (a + 1)).sum(-1) / (patch ** a).sum(-1))
+            cols.append((patch ** (a + 1)).sum(-1) / (patch**a).sum(-1))
         rows.append(torch.stack(cols, -1))
     return torch.stack(rows, -2)
 
@@ -45,10 +45,11 @@ def convention_alpha_grad(x, alpha, kernel, stride, padding):
     cols = F.unfold(x.double(), kernel, padding=padding, stride=stride).view(n, c, kernel * kernel, -1)
     m = cols.amax(2, keepdim=True)
     r = cols / m
-    p = r ** alpha
+    p = r**alpha
     q = (p * r).sum(2, keepdim=True) / p.sum(2, keepdim=True)
     log = torch.where(r > 0, r.clamp(min=1e-300).log(), 0.0)
     return (m[:, :, 0] * (p * (r - q) * log).sum(2) / p.sum(2)).view(n, c, out_h, out_w)
+
 
 def distinct_positive(shape, gap=0.05, seed=None):
     """Positive values with no ties and a gap between them, so the arg-max of every window is unique."""
@@ -62,12 +63,21 @@ def test_authors_test_vector():
     alpha = torch.full((1, 1, 3, 3), 2.0, dtype=torch.float64, requires_grad=True)
     y = p_pool2d(x, alpha, 2, 1, 1)
     y.sum().backward()
-    torch.testing.assert_close(y.detach(), torch.tensor(
-        [[[[1, 1.8, 2], [2.8, 3.3333, 3.6], [3, 3.64, 4]]]], dtype=torch.float64), atol=1e-4, rtol=0)
-    torch.testing.assert_close(alpha.grad, torch.tensor(
-        [[[[0, 0.11090, 0], [0.19775, 0.25982, 0.22181], [0, 0.06628, 0]]]], dtype=torch.float64), atol=1e-4, rtol=0)
-    torch.testing.assert_close(x.grad, torch.tensor(
-        [[[[0.4978, 1.7956], [2.4597, 3.4263]]]], dtype=torch.float64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        y.detach(),
+        torch.tensor([[[[1, 1.8, 2], [2.8, 3.3333, 3.6], [3, 3.64, 4]]]], dtype=torch.float64),
+        atol=1e-4,
+        rtol=0,
+    )
+    torch.testing.assert_close(
+        alpha.grad,
+        torch.tensor([[[[0, 0.11090, 0], [0.19775, 0.25982, 0.22181], [0, 0.06628, 0]]]], dtype=torch.float64),
+        atol=1e-4,
+        rtol=0,
+    )
+    torch.testing.assert_close(
+        x.grad, torch.tensor([[[[0.4978, 1.7956], [2.4597, 3.4263]]]], dtype=torch.float64), atol=1e-4, rtol=0
+    )
 
 
 @pytest.mark.parametrize("kernel,stride,padding,ceil_mode", GRID, ids=GRID_IDS)
@@ -101,8 +111,9 @@ def test_prop2_large_alpha_is_max_pooling(kernel, stride, padding, ceil_mode):
 
 
 @pytest.mark.parametrize("alpha_shape", ["layer", "channel", "dense"])
-@pytest.mark.parametrize("kernel,stride,padding,ceil_mode", [(2, 2, 0, False), (3, 2, 1, True), (3, 1, 1, False),
-                                                             (2, 3, 1, True)])
+@pytest.mark.parametrize(
+    "kernel,stride,padding,ceil_mode", [(2, 2, 0, False), (3, 2, 1, True), (3, 1, 1, False), (2, 3, 1, True)]
+)
 def test_matches_float64_loop_reference(alpha_shape, kernel, stride, padding, ceil_mode):
     x = (torch.rand(ODD_SHAPE, dtype=torch.float64) + 0.05).requires_grad_(True)
     out_h, out_w = Window.make(kernel, stride, padding, ceil_mode).output_size(*ODD_SHAPE[2:])
@@ -242,13 +253,13 @@ def test_reference_op_at_exact_zeros_with_alpha_one(alpha_kind, kernel, stride, 
 @pytest.mark.parametrize("alpha_kind", ["float", "tensor"])
 @pytest.mark.parametrize("alpha_value", [0.5, 0.01])
 @pytest.mark.parametrize("kernel,stride,padding,ceil_mode", ZERO_WINDOWS)
-def test_reference_op_at_exact_zeros_with_alpha_below_one(alpha_kind, alpha_value, kernel, stride, padding,
-                                                          ceil_mode):
+def test_reference_op_at_exact_zeros_with_alpha_below_one(alpha_kind, alpha_value, kernel, stride, padding, ceil_mode):
     # 0 < alpha < 1: the exact dy/dx_i at x_i = 0 is -inf; the documented convention (w_i = 0 contributes 0) gives
     # exactly 0 there. Everywhere else the gradient is the definition's, and dy/dalpha uses 0 ln 0 = 0.
     x = relu_pattern(ODD_SHAPE, seed=2).requires_grad_(True)
-    alpha = torch.tensor(alpha_value, dtype=torch.float64, requires_grad=True) if alpha_kind == "tensor" \
-        else alpha_value
+    alpha = (
+        torch.tensor(alpha_value, dtype=torch.float64, requires_grad=True) if alpha_kind == "tensor" else alpha_value
+    )
     y = p_pool2d(x, alpha, kernel, stride, padding, ceil_mode, backend="reference")
     a_ref = torch.tensor(alpha_value, dtype=torch.float64, requires_grad=True)
     y_ref = loop_reference(x, a_ref, kernel, stride, padding, ceil_mode)
@@ -275,15 +286,16 @@ def test_reference_op_with_some_all_zero_windows(alpha):
     blocks = torch.arange(20).reshape(4, 5) % 3 == 0  # output positions whose window is all zeros
     zero_in = blocks.repeat_interleave(2, 0).repeat_interleave(2, 1)
     x[..., zero_in] = 0
-    x[..., ~zero_in] *= (torch.arange(80).reshape(8, 10)[~zero_in] % 2 == 0)  # and exact zeros elsewhere
+    x[..., ~zero_in] *= torch.arange(80).reshape(8, 10)[~zero_in] % 2 == 0  # and exact zeros elsewhere
     x.requires_grad_(True)
     alpha_t = torch.full((2, 3, 4, 5), alpha, dtype=torch.float64, requires_grad=True)  # dense: one per window
     y = p_pool2d(x, alpha_t, 2, backend="reference")
     grad = torch.rand(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(6)) + 0.5
     gx, ga = torch.autograd.grad(y, (x, alpha_t), grad)
     assert (y[..., blocks] == 0).all() and (ga[..., blocks] == 0).all()
-    torch.testing.assert_close(gx[..., zero_in], (grad / 4).repeat_interleave(2, 2).repeat_interleave(2, 3)[
-        ..., zero_in], rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        gx[..., zero_in], (grad / 4).repeat_interleave(2, 2).repeat_interleave(2, 3)[..., zero_in], rtol=1e-12, atol=0
+    )
     filled = torch.where(zero_in, 1.0, x.detach()).requires_grad_(True)
     a_ref = alpha_t.detach().clone().requires_grad_(True)
     y_ref = loop_reference(filled, a_ref, 2, 2, 0, False)
@@ -343,8 +355,9 @@ def test_a_negative_in_a_column_that_no_window_reads_changes_nothing(backend, ke
     if not fused_backend_available(backend, x, 3.0):
         pytest.skip(f"{backend} does not serve this input here")
     y = p_pool2d(x, 3.0, kernel, stride, backend=backend)
-    torch.testing.assert_close(y.double(), loop_reference(x.double(), 3.0, kernel, stride, 0, False), rtol=1e-5,
-                               atol=1e-6)
+    torch.testing.assert_close(
+        y.double(), loop_reference(x.double(), 3.0, kernel, stride, 0, False), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_uncovered_negative_sees_trailing_rows_and_columns_only():
@@ -366,8 +379,11 @@ def test_uncovered_negative_sees_trailing_rows_and_columns_only():
 def test_channels_last_and_non_contiguous_inputs():
     base = torch.rand(2, 8, 12, 15)
     alpha = torch.rand(8, 1, 1) * 5
-    for x in (base.contiguous(memory_format=torch.channels_last), base.transpose(2, 3).contiguous().transpose(2, 3),
-              torch.rand(2, 8, 24, 15)[:, :, ::2]):
+    for x in (
+        base.contiguous(memory_format=torch.channels_last),
+        base.transpose(2, 3).contiguous().transpose(2, 3),
+        torch.rand(2, 8, 24, 15)[:, :, ::2],
+    ):
         ref_in = x.contiguous().requires_grad_(True)
         x = x.detach().requires_grad_(True)
         y = p_pool2d(x, alpha, 3, 2, 1, True)
@@ -401,12 +417,13 @@ def test_autocast_bf16_input():
     h64 = h.detach().double().requires_grad_(True)
     y64 = p_pool2d(h64, 30.0, 2, 2)
     (gh64,) = torch.autograd.grad(y64, h64, grad.double())
-    torch.testing.assert_close(y.double(), y64.detach(), rtol=2 ** -8, atol=1e-6)
+    torch.testing.assert_close(y.double(), y64.detach(), rtol=2**-8, atol=1e-6)
     # two bf16 ulps: the gradient is rounded to bf16 once, and near-tied window elements at alpha = 30 amplify the
     # inputs' own bf16 rounding
-    torch.testing.assert_close(h.grad.double(), gh64, rtol=2 ** -7, atol=2 ** -7 * gh64.abs().max().item())
-    (gw,) = torch.autograd.grad(F.conv2d(x, conv.weight, conv.bias, padding=1), conv.weight,
-                                h.grad.float() * (h.detach() > 0))
+    torch.testing.assert_close(h.grad.double(), gh64, rtol=2**-7, atol=2**-7 * gh64.abs().max().item())
+    (gw,) = torch.autograd.grad(
+        F.conv2d(x, conv.weight, conv.bias, padding=1), conv.weight, h.grad.float() * (h.detach() > 0)
+    )
     torch.testing.assert_close(conv.weight.grad, gw, rtol=2e-2, atol=2e-2 * gw.abs().max().item())
 
 
@@ -434,14 +451,17 @@ def test_nan_input_propagates_or_raises_with_check():
         p_pool2d(x, 2.0, 2, 2, check=True)
 
 
-@pytest.mark.parametrize("kwargs,error,match", [
-    (dict(alpha=-1.0), ValueError, "alpha must be >= 0"),
-    (dict(alpha=float("nan")), ValueError, "alpha must be >= 0"),
-    (dict(alpha=torch.ones(5, 1, 1)), ValueError, "does not broadcast"),
-    (dict(padding=2), ValueError, "padding must be between 0 and half"),
-    (dict(kernel_size=9), ValueError, "too small"),
-    (dict(kernel_size=(2, 2, 2)), ValueError, "kernel_size"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(alpha=-1.0), ValueError, "alpha must be >= 0"),
+        (dict(alpha=float("nan")), ValueError, "alpha must be >= 0"),
+        (dict(alpha=torch.ones(5, 1, 1)), ValueError, "does not broadcast"),
+        (dict(padding=2), ValueError, "padding must be between 0 and half"),
+        (dict(kernel_size=9), ValueError, "too small"),
+        (dict(kernel_size=(2, 2, 2)), ValueError, "kernel_size"),
+    ],
+)
 def test_bad_arguments_raise_clear_errors(kwargs, error, match):
     args = dict(alpha=1.0, kernel_size=2, padding=0) | kwargs
     with pytest.raises(error, match=match):

@@ -16,10 +16,18 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 PADDED = [(k, s, 1, c) for k, s, c in itertools.product([2, 3], [1, 2, 3], [False, True])]
 BACKENDS = [
     pytest.param("reference", "PPool2d", id="reference"),
-    pytest.param("cpu_fused", "PPool2dCPU", id="cpu_fused",
-                 marks=pytest.mark.skipif(not cpu_fused.enabled(), reason="POLYPOOL_CPU_KERNEL=0")),
-    pytest.param("triton", "PPool2dTriton", id="triton",
-                 marks=pytest.mark.skipif(not triton_fused.enabled(), reason="POLYPOOL_TRITON=0")),
+    pytest.param(
+        "cpu_fused",
+        "PPool2dCPU",
+        id="cpu_fused",
+        marks=pytest.mark.skipif(not cpu_fused.enabled(), reason="POLYPOOL_CPU_KERNEL=0"),
+    ),
+    pytest.param(
+        "triton",
+        "PPool2dTriton",
+        id="triton",
+        marks=pytest.mark.skipif(not triton_fused.enabled(), reason="POLYPOOL_TRITON=0"),
+    ),
 ]
 
 
@@ -87,10 +95,18 @@ def test_excluding_changes_nothing_without_padding_or_at_alpha_above_zero_on_pos
     the flag; without padding it changes nothing at all."""
     x = torch.rand(2, 3, 9, 8) + 0.1
     for backend in ("reference", "auto"):
-        torch.testing.assert_close(p_pool2d(x, 5.0, 3, 2, 1, backend=backend, count_include_pad=False),
-                                   p_pool2d(x, 5.0, 3, 2, 1, backend=backend), rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(p_pool2d(x, 0.0, 3, 2, 0, True, backend=backend, count_include_pad=False),
-                                   p_pool2d(x, 0.0, 3, 2, 0, True, backend=backend), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            p_pool2d(x, 5.0, 3, 2, 1, backend=backend, count_include_pad=False),
+            p_pool2d(x, 5.0, 3, 2, 1, backend=backend),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+        torch.testing.assert_close(
+            p_pool2d(x, 0.0, 3, 2, 0, True, backend=backend, count_include_pad=False),
+            p_pool2d(x, 0.0, 3, 2, 0, True, backend=backend),
+            rtol=1e-5,
+            atol=1e-6,
+        )
 
 
 def test_negative_windows_count_the_padding_as_avg_pool2d_does():
@@ -99,8 +115,12 @@ def test_negative_windows_count_the_padding_as_avg_pool2d_does():
     x = torch.rand(1, 2, 7, 7) - 0.5
     for backend in ("reference", "auto"):
         for include_pad in (True, False):
-            torch.testing.assert_close(p_pool2d(x, 0.0, 3, 2, 1, backend=backend, count_include_pad=include_pad),
-                                       F.avg_pool2d(x, 3, 2, 1, count_include_pad=include_pad), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(
+                p_pool2d(x, 0.0, 3, 2, 1, backend=backend, count_include_pad=include_pad),
+                F.avg_pool2d(x, 3, 2, 1, count_include_pad=include_pad),
+                rtol=1e-5,
+                atol=1e-6,
+            )
 
 
 def test_layer_and_3d_input():
@@ -108,5 +128,6 @@ def test_layer_and_3d_input():
     assert "count_include_pad=False" in repr(layer)
     x = torch.rand(3, 9, 8)
     torch.testing.assert_close(layer(x), F.avg_pool2d(x, 3, 2, 1, count_include_pad=False))
-    torch.testing.assert_close(p_pool2d(x, 0.0, 3, 2, 1, count_include_pad=False),
-                               F.avg_pool2d(x, 3, 2, 1, count_include_pad=False))
+    torch.testing.assert_close(
+        p_pool2d(x, 0.0, 3, 2, 1, count_include_pad=False), F.avg_pool2d(x, 3, 2, 1, count_include_pad=False)
+    )

@@ -4,12 +4,10 @@ import itertools
 
 import pytest
 import torch
-
-from polypool.pooling import p_pool2d
-from polypool.pooling import cpu_fused
-from polypool.pooling.geometry import Window
-
 from fused_checks import check_negative_flag, compare_to_reference
+
+from polypool.pooling import cpu_fused, p_pool2d
+from polypool.pooling.geometry import Window
 
 pytestmark = pytest.mark.skipif(not cpu_fused.enabled(), reason="POLYPOOL_CPU_KERNEL=0 turns the fused CPU path off")
 
@@ -42,8 +40,7 @@ def test_grid_channel_alpha(kernel, stride, padding, ceil_mode):
 def test_alpha_shapes(alpha_kind, kernel, stride, padding, ceil_mode):
     x = torch.rand(2, 4, 21, 17) * 5
     out_h, out_w = Window.make(kernel, stride, padding, ceil_mode).output_size(21, 17)
-    alpha = {"float": 30.0, "layer": torch.tensor(7.5),
-             "dense": torch.rand(2, 4, out_h, out_w) * 50}[alpha_kind]
+    alpha = {"float": 30.0, "layer": torch.tensor(7.5), "dense": torch.rand(2, 4, out_h, out_w) * 50}[alpha_kind]
     compare(x, alpha, kernel, stride, padding, ceil_mode)
 
 
@@ -76,8 +73,17 @@ def test_wide_rows_and_negative_inputs():
     compare(x, torch.rand(2, 1, 1) * 10, 2, 2, 0, True)
 
 
-@pytest.mark.parametrize("kernel,stride,padding,ceil_mode", [
-    (5, 1, 2, False), (5, 2, 2, True), (4, 2, 1, True), (2, 1, 1, True), (3, 2, 0, True), ((3, 2), (2, 1), (1, 0), True)])
+@pytest.mark.parametrize(
+    "kernel,stride,padding,ceil_mode",
+    [
+        (5, 1, 2, False),
+        (5, 2, 2, True),
+        (4, 2, 1, True),
+        (2, 1, 1, True),
+        (3, 2, 0, True),
+        ((3, 2), (2, 1), (1, 0), True),
+    ],
+)
 @pytest.mark.parametrize("width", [3, 4, 8, 9, 16, 17, 26])
 def test_strides_one_and_two_read_rows_in_place_at_any_width(kernel, stride, padding, ceil_mode, width):
     """Strides 1 and 2 read each window offset's row in place from a padded (stride 2: even/odd column) copy of the
@@ -129,15 +135,15 @@ def test_plane_powers_keep_the_gradient_of_weights_that_underflow(alpha):
     """An element whose power (x / M)^a 2^100 underflows but whose ratio to its window max is positive: its weight is
     negligible, but its dx is not (a q r^(a-1), about 1 at a = 1), so its windows take the exact path. The plane max
     2^127 puts 2^-110 at 2^-137 there, while the windows' largest powers stay above 2^-100."""
-    x = torch.tensor([2.0 ** 127, 0, 0, 2.0 ** -70, 2.0 ** -110, 2.0 ** -70, 0, 0]).view(1, 1, 1, 8)
+    x = torch.tensor([2.0**127, 0, 0, 2.0**-70, 2.0**-110, 2.0**-70, 0, 0]).view(1, 1, 1, 8)
     x = torch.cat([x, torch.rand(1, 1, 1, 8) + 0.5], dim=1)  # and a plane that takes the powers
     a = torch.tensor(alpha)
     x32 = x.clone().requires_grad_(True)
     x64 = x.double().requires_grad_(True)
     y = p_pool2d(x32, a, (1, 3), 1, backend="cpu_fused")
     y64 = p_pool2d(x64, a.double(), (1, 3), 1, backend="reference")
-    gx, = torch.autograd.grad(y, x32, torch.ones_like(y))
-    gx64, = torch.autograd.grad(y64, x64, torch.ones_like(y64))
+    (gx,) = torch.autograd.grad(y, x32, torch.ones_like(y))
+    (gx64,) = torch.autograd.grad(y64, x64, torch.ones_like(y64))
     torch.testing.assert_close(y.double(), y64, rtol=1e-6, atol=0)
     torch.testing.assert_close(gx.double(), gx64, rtol=1e-5, atol=1e-6)
     if alpha == 1.0:
@@ -160,15 +166,26 @@ def test_gathered_backward_keeps_its_sums_finite():
     x64 = x.double().requires_grad_(True)
     y = p_pool2d(x32, alpha, 3, 1, 1, backend="cpu_fused")
     y64 = p_pool2d(x64, alpha.double(), 3, 1, 1, backend="reference")
-    gx, = torch.autograd.grad(y, x32, grad)
-    gx64, = torch.autograd.grad(y64, x64, grad.double())
+    (gx,) = torch.autograd.grad(y, x32, grad)
+    (gx64,) = torch.autograd.grad(y64, x64, grad.double())
     torch.testing.assert_close(y.double(), y64, rtol=1e-6, atol=0)
     for channel, scale in ((0, 1e13), (1, 1.0)):
         torch.testing.assert_close(gx[:, channel].double(), gx64[:, channel], rtol=1e-5, atol=1e-5 * scale)
 
 
-@pytest.mark.parametrize("alpha,plane_max", [(3.0, 2.0 ** 62), (5.0, 1e12), (7.0, 3.8e8), (1.5, 2.0 ** 127),
-                                              (1.1, 2.0 ** 127), (2.0, 2.0 ** 127), (2.5, 2.0 ** 127), (30.0, 64.0)])
+@pytest.mark.parametrize(
+    "alpha,plane_max",
+    [
+        (3.0, 2.0**62),
+        (5.0, 1e12),
+        (7.0, 3.8e8),
+        (1.5, 2.0**127),
+        (1.1, 2.0**127),
+        (2.0, 2.0**127),
+        (2.5, 2.0**127),
+        (30.0, 64.0),
+    ],
+)
 def test_plane_powers_far_below_the_plane_max(alpha, plane_max):
     """Layer/channel alpha at stride 1 works from the plane's powers P = (x / M)^a 2^100: the forward from row sums
     of P and P x, the backward (a >= 2) by gathering P_i A_i - Q_i B_i with Q_i = P_i / (x_i / M). Windows far below
@@ -178,7 +195,7 @@ def test_plane_powers_far_below_the_plane_max(alpha, plane_max):
     window has a large max of its own. Against the float64 reference op: y and dx away from M's windows."""
     generator = torch.Generator().manual_seed(0)
     x = torch.rand(1, 1, 7, 12, generator=generator) + 0.5
-    x[0, 0, 1::2, 1::2] = 2.0 ** 27 if plane_max > 2.0 ** 40 else 1.0
+    x[0, 0, 1::2, 1::2] = 2.0**27 if plane_max > 2.0**40 else 1.0
     x[0, 0, 0, 0] = plane_max
     x = torch.cat([x, torch.rand(1, 1, 7, 12, generator=generator) + 0.5], dim=1)  # and a plane without
     x[:, 1, 0, 0] = plane_max
@@ -188,8 +205,8 @@ def test_plane_powers_far_below_the_plane_max(alpha, plane_max):
     y = p_pool2d(x32, a, 3, 1, 1, backend="cpu_fused")
     y64 = p_pool2d(x64, a.double(), 3, 1, 1, backend="reference")
     grad = torch.rand(y64.shape, generator=generator, dtype=torch.float64)
-    gx, = torch.autograd.grad(y, x32, grad.float())
-    gx64, = torch.autograd.grad(y64, x64, grad)
+    (gx,) = torch.autograd.grad(y, x32, grad.float())
+    (gx64,) = torch.autograd.grad(y64, x64, grad)
     far = torch.ones(7, 12, dtype=torch.bool)
     far[:3, :3] = False  # the elements in a window with M, where the other elements' weights are tiny
     torch.testing.assert_close(y.double()[..., far], y64[..., far], rtol=1e-5, atol=0)
@@ -226,7 +243,7 @@ def test_subnormal_input_gradients_are_flushed_to_zero():
 
     def input_grad(backend, size):
         leaf = x[..., :size, :size].clone().requires_grad_(True)
-        p_pool2d(leaf, alpha, 2, backend=backend).backward(grad[..., :size // 2, :size // 2])
+        p_pool2d(leaf, alpha, 2, backend=backend).backward(grad[..., : size // 2, : size // 2])
         return leaf.grad
 
     for size in (16, 15):  # the tiled path, and the general one (odd size)
@@ -397,14 +414,21 @@ def test_alphas_just_above_one_keep_r_to_the_a_minus_one_where_r_to_the_a_underf
 
 # Windows of every kernel path: the tiled 2x2/2, stride 2 and 1 with padding, a ceil-mode overhang, stride 3, and
 # padding left out of the window (count_include_pad=False).
-FLOAT64_WINDOWS = [(2, 2, 0, False, True), (3, 2, 1, True, True), (3, 1, 1, False, True), (2, 2, 1, False, True),
-                   (3, 3, 0, True, True), (3, 2, 1, False, False)]
+FLOAT64_WINDOWS = [
+    (2, 2, 0, False, True),
+    (3, 2, 1, True, True),
+    (3, 1, 1, False, True),
+    (2, 2, 1, False, True),
+    (3, 3, 0, True, True),
+    (3, 2, 1, False, False),
+]
 
 
 @pytest.mark.parametrize("kernel,stride,padding,ceil_mode,include_pad", FLOAT64_WINDOWS)
 @pytest.mark.parametrize("alpha_kind", ["channel", "dense"])
 def test_float64_build_of_the_kernel_passes_gradcheck_and_matches_the_reference(
-        kernel, stride, padding, ceil_mode, include_pad, alpha_kind):
+    kernel, stride, padding, ceil_mode, include_pad, alpha_kind
+):
     """The kernel's own formulas, compiled in float64 from the same source (in float32, finite differences cannot
     check them closely): gradcheck of x and alpha, and the float64 reference op's values and gradients to 1e-10.
     Inputs away from zero, so that no finite-difference step crosses 0^alpha's kink."""
@@ -415,8 +439,11 @@ def test_float64_build_of_the_kernel_passes_gradcheck_and_matches_the_reference(
     window = Window.make(kernel, stride, padding, ceil_mode)
     x = (torch.rand(2, 2, 7, 8, generator=generator, dtype=torch.float64) + 0.5).requires_grad_(True)
     out_h, out_w = window.output_size(7, 8)
-    alpha = (torch.tensor([0.7, 6.0], dtype=torch.float64).view(2, 1, 1) if alpha_kind == "channel" else
-             torch.rand(2, 2, out_h, out_w, generator=generator, dtype=torch.float64) * 12 + 0.1).requires_grad_(True)
+    alpha = (
+        torch.tensor([0.7, 6.0], dtype=torch.float64).view(2, 1, 1)
+        if alpha_kind == "channel"
+        else torch.rand(2, 2, out_h, out_w, generator=generator, dtype=torch.float64) * 12 + 0.1
+    ).requires_grad_(True)
 
     def fused(x, alpha):
         return PPool2dCPU.apply(x, alpha, window, True, True, include_pad)
@@ -425,8 +452,7 @@ def test_float64_build_of_the_kernel_passes_gradcheck_and_matches_the_reference(
     y = fused(x, alpha)
     grad_y = torch.rand(y.shape, generator=generator, dtype=torch.float64)
     gx, ga = torch.autograd.grad(y, (x, alpha), grad_y)
-    y_ref = p_pool2d(x, alpha, kernel, stride, padding, ceil_mode, backend="reference",
-                     count_include_pad=include_pad)
+    y_ref = p_pool2d(x, alpha, kernel, stride, padding, ceil_mode, backend="reference", count_include_pad=include_pad)
     gx_ref, ga_ref = torch.autograd.grad(y_ref, (x, alpha), grad_y)
     torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(gx, gx_ref, rtol=1e-10, atol=1e-12)

@@ -58,9 +58,19 @@ def run(x, params, window: Window, backend: str, fused: bool, include_pad=True, 
     """(y, alpha, dx, dconv, dslope, dweight, dbias) of dense_p_pool2d, and y's autograd graph."""
     x = x.detach().clone().requires_grad_(True)
     params = [p.detach().clone().to(x.device).requires_grad_(True) for p in params]
-    y, alpha = dense_p_pool2d(x, *params, window.kernel, window.stride, window.padding, window.ceil_mode,
-                              alpha_range=(LO, HI), count_include_pad=include_pad, alpha_grad_scale=grad_scale,
-                              backend=backend, fused=fused)
+    y, alpha = dense_p_pool2d(
+        x,
+        *params,
+        window.kernel,
+        window.stride,
+        window.padding,
+        window.ceil_mode,
+        alpha_range=(LO, HI),
+        count_include_pad=include_pad,
+        alpha_grad_scale=grad_scale,
+        backend=backend,
+        fused=fused,
+    )
     grad = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)) if grad is None else grad
     y.backward(grad.to(y.device, y.dtype))
     return y, [y.detach(), alpha, x.grad, *(p.grad for p in params)]
@@ -88,9 +98,15 @@ def compare(x, params, window, backend, rtol=1e-5, include_pad=True, grad_scale=
 
 # Triton's interpreter is slow: a third of the grid (every case with its own (kernel, stride)) in the default pass,
 # the rest in CI's slow pass
-GRID_CASES = [pytest.param(backend.values[0], *case, marks=[*backend.marks, *(
-    [pytest.mark.slow] if backend.values[0] == "triton" and i % 3 else [])]) for backend in BACKENDS
-    for i, case in enumerate(GRID)]
+GRID_CASES = [
+    pytest.param(
+        backend.values[0],
+        *case,
+        marks=[*backend.marks, *([pytest.mark.slow] if backend.values[0] == "triton" and i % 3 else [])],
+    )
+    for backend in BACKENDS
+    for i, case in enumerate(GRID)
+]
 
 
 @pytest.mark.parametrize("backend,kernel,stride,padding,ceil_mode", GRID_CASES)
@@ -104,8 +120,10 @@ def test_grid(backend, kernel, stride, padding, ceil_mode):
 
 
 @pytest.mark.skipif(not cpu_fused.enabled(), reason="POLYPOOL_CPU_KERNEL=0")
-@pytest.mark.parametrize("kernel,padding,size", [
-    (3, 1, (9, 17)), ((3, 5), (1, 2), (6, 19)), ((5, 3), (2, 0), (10, 13)), (2, 0, (7, 5)), (3, 1, (4, 1))])
+@pytest.mark.parametrize(
+    "kernel,padding,size",
+    [(3, 1, (9, 17)), ((3, 5), (1, 2), (6, 19)), ((5, 3), (2, 0), (10, 13)), (2, 0, (7, 5)), (3, 1, (4, 1))],
+)
 def test_fused_cpu_stride_one_takes_a_plane_as_one_row(kernel, padding, size):
     """At stride 1 the C++ kernel computes a plane's outputs as one row over the padded plane (its rows Wpad apart)
     where that fills the vectors better than a row of outputs at a time (each of these sizes, with AVX2 floats): the
@@ -135,8 +153,17 @@ def test_fused_cpu_keeps_den_alone_and_computes_the_normaliser_again(window):
         ps = [p.clone().requires_grad_(True) for p in params]
         saved = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-            y, _ = dense_p_pool2d(xs, *ps, window.kernel, window.stride, window.padding, alpha_range=(LO, HI),
-                                  input_scale=2.5, backend=backend, fused=fused)
+            y, _ = dense_p_pool2d(
+                xs,
+                *ps,
+                window.kernel,
+                window.stride,
+                window.padding,
+                alpha_range=(LO, HI),
+                input_scale=2.5,
+                backend=backend,
+                fused=fused,
+            )
         if fused:
             assert runs_through(y, "DensePPool2dCPU")
             own = {t.data_ptr() for t in (xs, y, *ps)}
@@ -153,8 +180,7 @@ def test_count_include_pad_false_and_gradient_scale(backend, window):
     # (3x3/1 on 11x13 maps: the C++ forward takes rows of outputs, its backward the plane as one row)
     window = Window.make(*window, ceil_mode=True)
     x = make_input(seed=2)
-    compare(x, branch_parameters(x.shape[1], window.kernel, seed=3), window, backend, include_pad=False,
-            grad_scale=3.0)
+    compare(x, branch_parameters(x.shape[1], window.kernel, seed=3), window, backend, include_pad=False, grad_scale=3.0)
 
 
 @pytest.mark.parametrize("dtype,rtol", [(torch.float16, 1e-3), (torch.bfloat16, 8e-3)])
@@ -228,10 +254,17 @@ def test_fused_cpu_gradcheck():
 
 
 @pytest.mark.skipif(not cpu_fused.enabled(), reason="POLYPOOL_CPU_KERNEL=0")
-@pytest.mark.parametrize("kernel,stride,padding,ceil_mode,include_pad,width", [
-    (2, 2, 0, False, True, 8), (3, 2, 1, True, True, 8), (3, 1, 1, False, True, 8), (2, 2, 1, False, True, 8),
-    (3, 2, 1, False, False, 8),
-    (3, 1, 1, False, True, 13)])  # a plane's outputs as one row (float64 AVX2: rows of 13 outputs in 16 lanes)
+@pytest.mark.parametrize(
+    "kernel,stride,padding,ceil_mode,include_pad,width",
+    [
+        (2, 2, 0, False, True, 8),
+        (3, 2, 1, True, True, 8),
+        (3, 1, 1, False, True, 8),
+        (2, 2, 1, False, True, 8),
+        (3, 2, 1, False, False, 8),
+        (3, 1, 1, False, True, 13),
+    ],
+)  # a plane's outputs as one row (float64 AVX2: rows of 13 outputs in 16 lanes)
 def test_fused_cpu_kernel_in_float64(kernel, stride, padding, ceil_mode, include_pad, width):
     """The fused kernel's formulas, compiled in float64 from the same source: gradcheck of the four branch
     parameters, and alpha, y and dy/dx (through the pooling only) equal to the unfused branch and the reference op
@@ -243,8 +276,10 @@ def test_fused_cpu_kernel_in_float64(kernel, stride, padding, ceil_mode, include
     x = (torch.rand(2, 2, 7, width, generator=generator, dtype=torch.float64) + 0.5).requires_grad_(True)
     taps = torch.rand(2, 1, kernel, kernel, generator=generator) - 0.5
     taps -= taps.mean(dim=(2, 3), keepdim=True)  # taps summing to 0: conv sums of both signs, both sides of PReLU
-    params = [p.double().requires_grad_(True) for p in (
-        taps, torch.tensor([0.25, 0.5]), torch.tensor([2.0, -1.5]).view(2, 1, 1, 1), torch.tensor([4.0, 9.0]))]
+    params = [
+        p.double().requires_grad_(True)
+        for p in (taps, torch.tensor([0.25, 0.5]), torch.tensor([2.0, -1.5]).view(2, 1, 1, 1), torch.tensor([4.0, 9.0]))
+    ]
     alpha_range = (0.0, 100.0)  # alpha stays in (3, 10)
 
     def fused(x, *params):
@@ -254,8 +289,9 @@ def test_fused_cpu_kernel_in_float64(kernel, stride, padding, ceil_mode, include
     y, alpha, _ = fused(x, *params)
     alpha_ref = dense_branch_alpha(x, *params, window, alpha_range)  # reads x detached
     assert alpha.min() > alpha_range[0] and alpha.max() < alpha_range[1]
-    y_ref = p_pool2d(x, alpha_ref, kernel, stride, padding, ceil_mode, backend="reference",
-                     count_include_pad=include_pad)
+    y_ref = p_pool2d(
+        x, alpha_ref, kernel, stride, padding, ceil_mode, backend="reference", count_include_pad=include_pad
+    )
     grad_y = torch.rand(y.shape, generator=generator, dtype=torch.float64)
     grads = torch.autograd.grad(y, (x, *params), grad_y)
     grads_ref = torch.autograd.grad(y_ref, (x, *params), grad_y)
@@ -289,9 +325,15 @@ def test_fused_cpu_branch_ignores_a_column_that_no_window_reads():
 def test_unfused_gradcheck_float64():
     generator = torch.Generator().manual_seed(0)
     x = torch.rand(1, 2, 6, 7, generator=generator, dtype=torch.float64) + 0.5
-    params = [p.double().requires_grad_(True) for p in (
-        torch.rand(2, 1, 3, 3, generator=generator) + 0.5, torch.tensor([0.25, 0.5]),
-        torch.tensor([2.0, -1.5]).view(2, 1, 1, 1), torch.tensor([4.0, 9.0]))]
+    params = [
+        p.double().requires_grad_(True)
+        for p in (
+            torch.rand(2, 1, 3, 3, generator=generator) + 0.5,
+            torch.tensor([0.25, 0.5]),
+            torch.tensor([2.0, -1.5]).view(2, 1, 1, 1),
+            torch.tensor([4.0, 9.0]),
+        )
+    ]
 
     def fn(x, *params):
         return dense_p_pool2d(x, *params, 3, 2, 1, alpha_range=(0.0, 100.0))[0]
@@ -314,8 +356,9 @@ def test_ppool2d_dense_uses_the_fused_branch_by_default():
     alpha = layer.alpha_branch(x)  # the unfused branch: the same map
     assert stats["mean"] == pytest.approx(alpha.mean().item(), rel=1e-5)
     assert stats["min"] == pytest.approx(alpha.min().item(), rel=1e-5)
-    torch.testing.assert_close(alpha, dense_branch_alpha(x, *layer.alpha_branch.parameters_for_kernel(),
-                                                         layer.window, layer.alpha_range))
+    torch.testing.assert_close(
+        alpha, dense_branch_alpha(x, *layer.alpha_branch.parameters_for_kernel(), layer.window, layer.alpha_range)
+    )
 
 
 def test_shared_prelu_slope_gets_the_summed_gradient():
@@ -344,7 +387,9 @@ class FailingKernels:
             def __getitem__(self, grid):
                 def launch(*args, **kwargs):
                     raise RuntimeError(f"simulated failure of {attribute}")
+
                 return launch
+
         return Launcher()
 
 

@@ -74,9 +74,11 @@ def per_window_reference(x, alpha, kernel, stride=None, padding=0, ceil_mode=Fal
 def test_the_issue_example_pools_each_window_on_its_own():
     """#32's repro: a -1e4 (or -1e8) in the first window left [1, 2, 3, 4] at 2.50 and [5, 6, 7, 8] at 6.50 (0.0
     with -1e8) instead of their own P-pooling; -inf made every window NaN, +inf gave NaN where max_pool2d gives inf."""
-    x = torch.tensor([[-1e4, 0, 1, 2, 5, 6], [0, 0, 3, 4, 7, 8.]]).view(1, 1, 2, 6)
-    alone = [p_pool2d(torch.tensor([1, 2, 3, 4.]).view(1, 1, 2, 2), 30.0, 2).item(),
-             p_pool2d(torch.tensor([5, 6, 7, 8.]).view(1, 1, 2, 2), 30.0, 2).item()]
+    x = torch.tensor([[-1e4, 0, 1, 2, 5, 6], [0, 0, 3, 4, 7, 8.0]]).view(1, 1, 2, 6)
+    alone = [
+        p_pool2d(torch.tensor([1, 2, 3, 4.0]).view(1, 1, 2, 2), 30.0, 2).item(),
+        p_pool2d(torch.tensor([5, 6, 7, 8.0]).view(1, 1, 2, 2), 30.0, 2).item(),
+    ]
     assert alone[0] > 3.99 and alone[1] > 7.98  # close to the max at alpha = 30
     for backend in BACKENDS:
         need(backend, x, 30.0)
@@ -88,12 +90,20 @@ def test_the_issue_example_pools_each_window_on_its_own():
         positive = x.abs()
         positive[0, 0, 0, 0] = math.inf
         y = p_pool2d(positive, 30.0, 2, backend=backend).flatten().tolist()
-        assert y == [math.inf] + alone, (backend, y)
+        assert y == [math.inf, *alone], (backend, y)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("kernel,stride,padding,ceil_mode,include_pad", [
-    (2, 2, 0, False, True), (3, 2, 1, False, True), (3, 2, 1, True, True), (3, 2, 1, True, False), (3, 1, 1, False, False)])
+@pytest.mark.parametrize(
+    "kernel,stride,padding,ceil_mode,include_pad",
+    [
+        (2, 2, 0, False, True),
+        (3, 2, 1, False, True),
+        (3, 2, 1, True, True),
+        (3, 2, 1, True, False),
+        (3, 1, 1, False, False),
+    ],
+)
 def test_signed_inputs_equal_the_per_window_definition(backend, kernel, stride, padding, ceil_mode, include_pad):
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(2, 3, 7, 9, generator=gen) * 2
@@ -195,11 +205,11 @@ def test_non_finite_inputs_give_the_limits_window_by_window(backend, alpha):
     base = torch.rand(1, 1, 4, 8, generator=torch.Generator().manual_seed(9)) + 0.5
     need(backend, base, alpha)
     x = base.clone()
-    x[0, 0, 0, 0] = math.inf        # window 0
-    x[0, 0, 1, 2] = math.nan        # window 1
-    x[0, 0, 0, 4] = -math.inf       # window 2
-    x[0, 0, 0:2, 6:8] = -math.inf   # window 3: -inf only
-    x[0, 0, 2, 0] = math.inf        # window 4: +inf and -inf
+    x[0, 0, 0, 0] = math.inf  # window 0
+    x[0, 0, 1, 2] = math.nan  # window 1
+    x[0, 0, 0, 4] = -math.inf  # window 2
+    x[0, 0, 0:2, 6:8] = -math.inf  # window 3: -inf only
+    x[0, 0, 2, 0] = math.inf  # window 4: +inf and -inf
     x[0, 0, 3, 1] = -math.inf
     y = p_pool2d(x, alpha, 2, backend=backend)[0, 0].flatten()
     assert y[0] == math.inf and math.isnan(y[1]) and y[3] == -math.inf

@@ -79,7 +79,7 @@ def test_bf16_subnormals(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("alpha,element", [(1.01, 2e-38), (1.1, 2e-38), (1.2, 2.0 ** -106)])
+@pytest.mark.parametrize("alpha,element", [(1.01, 2e-38), (1.1, 2e-38), (1.2, 2.0**-106)])
 def test_alpha_just_above_one_keeps_the_r_to_the_a_minus_one_term(backend, alpha, element):
     """An element beside 1 whose ratio r is a normal float while r^a is not (a > 1): the C++ kernel writes r^a as 0,
     as a GPU's exp2 flushes it. The element's dx = (a + 1) r^a - a q r^(a-1) (over den) keeps its second term:

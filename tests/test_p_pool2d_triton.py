@@ -9,11 +9,10 @@ import itertools
 
 import pytest
 import torch
+from fused_checks import check_negative_flag, compare_to_reference
 
 from polypool.pooling import p_pool2d, triton_fused
 from polypool.pooling.geometry import Window
-
-from fused_checks import check_negative_flag, compare_to_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 GRID = list(itertools.product([2, 3], [1, 2, 3], [0, 1], [False, True]))
@@ -24,6 +23,7 @@ pytestmark = pytest.mark.skipif(not triton_fused.enabled(), reason="POLYPOOL_TRI
 @pytest.fixture(autouse=True)
 def poisoned_buffers(monkeypatch):
     """Kernel outputs start as NaN (the negative-input flags as 1, "negative") instead of what torch.empty holds."""
+
     def poisoned(shape, dtype, device, channels_last=False):
         empty = original(shape, dtype, device, channels_last)
         return empty.fill_(float("nan") if dtype.is_floating_point else 1)
@@ -40,8 +40,17 @@ def test_triton_is_installed_and_serves_this_device():
 
 
 def compare(x, alpha, kernel, stride, padding, ceil_mode, rtol=1e-5):
-    compare_to_reference(x.to(DEVICE), alpha.to(DEVICE) if isinstance(alpha, torch.Tensor) else alpha, kernel,
-                         stride, padding, ceil_mode, backend="triton", function_name="PPool2dTriton", rtol=rtol)
+    compare_to_reference(
+        x.to(DEVICE),
+        alpha.to(DEVICE) if isinstance(alpha, torch.Tensor) else alpha,
+        kernel,
+        stride,
+        padding,
+        ceil_mode,
+        backend="triton",
+        function_name="PPool2dTriton",
+        rtol=rtol,
+    )
 
 
 @pytest.mark.parametrize("kernel,stride,padding,ceil_mode", GRID)
@@ -57,7 +66,9 @@ def test_grid_channel_alpha(kernel, stride, padding, ceil_mode):
 
 
 @pytest.mark.parametrize("alpha_kind", ["float", "layer", "dense"])
-@pytest.mark.parametrize("kernel,stride,padding,ceil_mode", [(2, 2, 0, False), (3, 2, 1, True), ((2, 3), (1, 2), (1, 0), False)])
+@pytest.mark.parametrize(
+    "kernel,stride,padding,ceil_mode", [(2, 2, 0, False), (3, 2, 1, True), ((2, 3), (1, 2), (1, 0), False)]
+)
 def test_alpha_shapes(alpha_kind, kernel, stride, padding, ceil_mode):
     x = torch.rand(2, 3, 15, 12) * 5
     out_h, out_w = Window.make(kernel, stride, padding, ceil_mode).output_size(15, 12)
@@ -80,8 +91,12 @@ def test_low_precision_is_computed_in_fp32(dtype, rtol, alpha):
 
 
 def test_negative_non_contiguous_and_channels_last_inputs():
-    compare(torch.randn(1, 2, 9, 40), torch.rand(2, 1, 1) * 10, 2, 2, 0, True)  # windows with negatives shifted by their minimum
-    compare(torch.rand(2, 4, 12, 14).contiguous(memory_format=torch.channels_last), torch.rand(4, 1, 1) * 10, 3, 2, 1, False)
+    compare(
+        torch.randn(1, 2, 9, 40), torch.rand(2, 1, 1) * 10, 2, 2, 0, True
+    )  # windows with negatives shifted by their minimum
+    compare(
+        torch.rand(2, 4, 12, 14).contiguous(memory_format=torch.channels_last), torch.rand(4, 1, 1) * 10, 3, 2, 1, False
+    )
     compare(torch.rand(2, 3, 24, 14)[:, :, ::2], torch.tensor(3.0), 2, 2, 0, False)
 
 
@@ -89,7 +104,7 @@ def test_planes_span_several_blocks():
     """More outputs and inputs per plane than one program's block, and blocks that straddle two planes: the flat
     index's plane and position, and the per-plane dalpha sums."""
     block = triton_fused.block_size(2 * 40 * 41)
-    assert 40 * 41 > block and (40 * 41) % block  # the second plane starts inside a block
+    assert block < 40 * 41 and (40 * 41) % block  # the second plane starts inside a block
     compare(torch.rand(1, 2, 40, 41), torch.rand(2, 1, 1) * 10, 3, 1, 1, False)
 
 
@@ -134,11 +149,13 @@ def test_dx_visits_only_the_windows_of_its_residue_class(monkeypatch, window, vi
     module = triton_fused.kernels()
     states, visited = [], []
     original_state, original_factors = module._window_state, getattr(module, "_load_factors", None)
-    monkeypatch.setattr(module, "_window_state",
-                        lambda *args, **kwargs: states.append(1) or original_state(*args, **kwargs))
+    monkeypatch.setattr(
+        module, "_window_state", lambda *args, **kwargs: states.append(1) or original_state(*args, **kwargs)
+    )
     if original_factors is not None:
-        monkeypatch.setattr(module, "_load_factors",
-                            lambda *args, **kwargs: visited.append(1) or original_factors(*args, **kwargs))
+        monkeypatch.setattr(
+            module, "_load_factors", lambda *args, **kwargs: visited.append(1) or original_factors(*args, **kwargs)
+        )
     x = torch.rand(1, 1, 8, 8, requires_grad=True)  # 64 inputs: one program
     y = p_pool2d(x, 3.0, *window, backend="triton")
     states.clear()

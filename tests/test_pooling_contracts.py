@@ -11,15 +11,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from polypool.pooling import (DetailPreservingPool2d, LearnedNormPool2d, PPool2d, StridedConvPool2d, build_pooling,
-                              p_pool2d, pooling_parameters)
-from polypool.pooling import cpu_fused
+from polypool.pooling import (
+    DetailPreservingPool2d,
+    LearnedNormPool2d,
+    PPool2d,
+    StridedConvPool2d,
+    build_pooling,
+    cpu_fused,
+    p_pool2d,
+    pooling_parameters,
+)
 from polypool.pooling.basic import avg_pool
 from polypool.pooling.fused_interface import alpha_grad_to_shape, alpha_is_dense
 from polypool.pooling.geometry import Window, pad_window_input
 
-
 # --- geometry -------------------------------------------------------------------------------------------------------
+
 
 def test_window_output_size_and_overhang_use_each_axis_own_kernel_and_stride():
     window = Window.make((2, 3), (1, 2), 0, ceil_mode=True)
@@ -46,6 +53,7 @@ def test_a_bad_stride_is_named_in_the_error():
 
 # --- the fused kernels' interface -----------------------------------------------------------------------------------
 
+
 def test_alpha_is_dense_when_it_varies_over_either_output_axis():
     assert not alpha_is_dense(2.0)
     assert not alpha_is_dense(torch.tensor(2.0))
@@ -66,6 +74,7 @@ def test_alpha_grad_to_shape_sums_to_the_alpha_and_takes_its_dtype():
 
 # --- the C++ kernel -------------------------------------------------------------------------------------------------
 
+
 def test_the_cpu_kernel_builds_here_and_can_be_switched_off(monkeypatch):
     """With a C++ compiler the fp32 CPU path is the fused kernel, not a silent fallback to the reference op."""
     if shutil.which("c++") is None and shutil.which("g++") is None:
@@ -80,6 +89,7 @@ def test_the_cpu_kernel_builds_here_and_can_be_switched_off(monkeypatch):
 
 
 # --- p_pool2d -------------------------------------------------------------------------------------------------------
+
 
 def test_p_pool2d_names_what_it_got_when_it_is_not_a_tensor():
     with pytest.raises(TypeError, match=r"expects a floating-point tensor, got list$"):
@@ -109,6 +119,7 @@ def test_the_reference_gradient_is_the_same_for_a_tensor_alpha_as_for_a_float(va
 
 # --- the layers -----------------------------------------------------------------------------------------------------
 
+
 def test_ppool_accepts_alpha_init_on_its_range_bounds_and_shows_its_gradient_scale():
     assert PPool2d(2, alpha_init=50.0).alpha.item() == 50.0  # the default range is [1, 50]
     assert PPool2d(2, alpha_init=1.0).alpha.item() == 1.0
@@ -137,8 +148,9 @@ def test_dense_ppool_clamps_alpha_to_its_range_and_keeps_count_include_pad():
     assert stats["min"] == 1.5 and stats["max"] == 2.0
     torch.testing.assert_close(y, p_pool2d(x, layer.current_alpha(x), 3, 1, 1), rtol=1e-5, atol=1e-6)
 
-    average = PPool2d(3, 1, 1, channels=2, alpha_mode="dense", alpha_init=0.0, alpha_range=(0.0, 0.0),
-                      count_include_pad=False)
+    average = PPool2d(
+        3, 1, 1, channels=2, alpha_mode="dense", alpha_init=0.0, alpha_range=(0.0, 0.0), count_include_pad=False
+    )
     torch.testing.assert_close(average(x), F.avg_pool2d(x, 3, 1, 1, count_include_pad=False), rtol=1e-5, atol=1e-6)
 
 
@@ -175,10 +187,15 @@ def test_registry_errors_and_parameter_names():
 
 # --- dense alpha (the side branch in the kernel) --------------------------------------------------------------------
 
+
 def _branch(channels: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(channels, 1, 3, 3, generator=g), torch.full((channels,), 0.25),
-            torch.randn(channels, 1, 1, 1, generator=g), torch.tensor([-10.0, 1.0]))  # channel 0's alpha clamps to 0
+    return (
+        torch.randn(channels, 1, 3, 3, generator=g),
+        torch.full((channels,), 0.25),
+        torch.randn(channels, 1, 1, 1, generator=g),
+        torch.tensor([-10.0, 1.0]),
+    )  # channel 0's alpha clamps to 0
 
 
 @pytest.mark.parametrize("fused", [True, False])

@@ -75,14 +75,17 @@ def test_channel_stats_and_repr():
     assert "alpha_mode=channel" in text and "mean=4" in text
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(alpha_mode="pixel"), "alpha_mode must be one of"),
-    (dict(alpha_mode="channel"), "needs the number of input channels"),
-    (dict(alpha_mode="dense"), "needs the number of input channels"),
-    (dict(alpha_init=0.5), "outside alpha_range"),
-    (dict(alpha_range=(5.0, 1.0)), "alpha_range must be"),
-    (dict(alpha_range=(-1.0, 1.0), alpha_init=0.0), "alpha_range must be"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(alpha_mode="pixel"), "alpha_mode must be one of"),
+        (dict(alpha_mode="channel"), "needs the number of input channels"),
+        (dict(alpha_mode="dense"), "needs the number of input channels"),
+        (dict(alpha_init=0.5), "outside alpha_range"),
+        (dict(alpha_range=(5.0, 1.0)), "alpha_range must be"),
+        (dict(alpha_range=(-1.0, 1.0), alpha_init=0.0), "alpha_range must be"),
+    ],
+)
 def test_bad_layer_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         PPool2d(2, **kwargs)

@@ -29,24 +29,56 @@ def in_repo(monkeypatch):
 
 
 def test_version_prints_the_package_and_the_environment_in_one_line():
-    done = subprocess.run([sys.executable, "-m", "polypool", "--version"], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "polypool", "--version"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     [line] = done.stdout.splitlines()
     assert line.startswith(f"polypool {metadata.version('polypool')}")
-    for part in (f"Python {platform.python_version()}", f"torch {torch.__version__}",
-                 f"lightning {metadata.version('lightning')}", f"timm {metadata.version('timm')}",
-                 f"torchmetrics {metadata.version('torchmetrics')}", f"{torch.get_num_threads()} threads"):
+    for part in (
+        f"Python {platform.python_version()}",
+        f"torch {torch.__version__}",
+        f"lightning {metadata.version('lightning')}",
+        f"timm {metadata.version('timm')}",
+        f"torchmetrics {metadata.version('torchmetrics')}",
+        f"{torch.get_num_threads()} threads",
+    ):
         assert part in line, (part, line)
 
 
 def test_a_record_holds_the_software_the_hardware_and_the_times(tmp_path):
     root = make_voc(tmp_path / "voc", n_train=4, n_val=2, size=(32, 32), seed=0)
-    main(["fit", "--config", "configs/voc/vgg.yaml", "--config", "configs/trainer/quick.yaml",
-          "--data.init_args.root", str(root), "--data.init_args.batch_size", "2", "--data.init_args.crop_size", "32",
-          "--model.backbone", "resnet18", "--model.head", "aspp", "--model.output_stride", "32",
-          "--model.pooling", "max", "--trainer.max_steps", "2", "--trainer.default_root_dir", str(tmp_path / "logs"),
-          "--records_root", str(tmp_path / "runs"), "--wandb_project", "null"])
+    main(
+        [
+            "fit",
+            "--config",
+            "configs/voc/vgg.yaml",
+            "--config",
+            "configs/trainer/quick.yaml",
+            "--data.init_args.root",
+            str(root),
+            "--data.init_args.batch_size",
+            "2",
+            "--data.init_args.crop_size",
+            "32",
+            "--model.backbone",
+            "resnet18",
+            "--model.head",
+            "aspp",
+            "--model.output_stride",
+            "32",
+            "--model.pooling",
+            "max",
+            "--trainer.max_steps",
+            "2",
+            "--trainer.default_root_dir",
+            str(tmp_path / "logs"),
+            "--records_root",
+            str(tmp_path / "runs"),
+            "--wandb_project",
+            "null",
+        ]
+    )
     [path] = (tmp_path / "runs").rglob("*.json")
     record = json.loads(path.read_text())
     software, hardware = record["provenance"]["software"], record["provenance"]["hardware"]
@@ -76,10 +108,23 @@ def test_git_dirty_flags_uncommitted_changes(monkeypatch):
 
 
 def gpu_provenance(torch_version="2.14.1", gpu="NVIDIA H100 80GB HBM3", precision="bf16-mixed"):
-    return {"software": {"polypool": "0.1.0", "git_commit": "abcdef0123", "git_dirty": False, "torch": torch_version,
-                         "cuda": "13.0"},
-            "hardware": {"accelerator": "gpu", "device_name": gpu, "devices_per_node": 4, "world_size": 4,
-                         "num_nodes": 1, "precision": precision}}
+    return {
+        "software": {
+            "polypool": "0.1.0",
+            "git_commit": "abcdef0123",
+            "git_dirty": False,
+            "torch": torch_version,
+            "cuda": "13.0",
+        },
+        "hardware": {
+            "accelerator": "gpu",
+            "device_name": gpu,
+            "devices_per_node": 4,
+            "world_size": 4,
+            "num_nodes": 1,
+            "precision": precision,
+        },
+    }
 
 
 def write(root, method, seed, prov):
@@ -96,8 +141,10 @@ def test_the_table_names_its_environment_and_says_plainly_when_rows_mix_them(tmp
     write(same, "max", 0, gpu_provenance())
     write(same, "ppool", 0, gpu_provenance())
     text = tables(["--runs", str(same), "--dataset", "voc", "--backbone", "vgg", "--out", str(tmp_path / "a")])
-    assert ("Environment of every run: polypool 0.1.0 (git abcdef0), torch 2.14.1 (CUDA 13.0), NVIDIA H100 80GB HBM3 "
-            "x4 (4 process(es), 1 node(s)), precision bf16-mixed.") in text
+    assert (
+        "Environment of every run: polypool 0.1.0 (git abcdef0), torch 2.14.1 (CUDA 13.0), NVIDIA H100 80GB HBM3 "
+        "x4 (4 process(es), 1 node(s)), precision bf16-mixed."
+    ) in text
     assert "MIX" not in text
     mixed = tmp_path / "mixed"
     write(mixed, "max", 0, gpu_provenance())
@@ -105,6 +152,8 @@ def test_the_table_names_its_environment_and_says_plainly_when_rows_mix_them(tmp
     write(mixed, "avg", 0, None)
     text = tables(["--runs", str(mixed), "--dataset", "voc", "--backbone", "vgg", "--out", str(tmp_path / "b")])
     assert "The rows come from 2 environments: " in text and "(Max seed 0)" in text and "(P-pooling seed 0)" in text
-    assert ("These rows MIX environments, so their differences include the environment's: torch 2.14.1 / 2.13.0; "
-            "device_name NVIDIA H100 80GB HBM3 / NVIDIA A100-SXM4-40GB; precision bf16-mixed / 32-true.") in text
+    assert (
+        "These rows MIX environments, so their differences include the environment's: torch 2.14.1 / 2.13.0; "
+        "device_name NVIDIA H100 80GB HBM3 / NVIDIA A100-SXM4-40GB; precision bf16-mixed / 32-true."
+    ) in text
     assert "No environment recorded for Average seed 0" in text

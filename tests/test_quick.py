@@ -12,8 +12,7 @@ from PIL import Image
 from scipy import ndimage
 
 from polypool.data import VOCSegmentationDataModule
-from polypool.data.fixtures import (DETAIL_CLASSES, IGNORE_INDEX, PRESETS, make_voc, render_detail_scene,
-                                    voc_statistics)
+from polypool.data.fixtures import DETAIL_CLASSES, IGNORE_INDEX, PRESETS, make_voc, render_detail_scene, voc_statistics
 from polypool.models import SegmentationModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,11 +27,14 @@ def test_the_detail_set_is_reproducible_and_in_the_official_layout(detail_root, 
     again = make_voc(tmp_path, n_train=6, n_val=8, size=(96, 96), seed=3, style="detail")
     val_id = (detail_root / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt").read_text().split()[0]
     for name in ("JPEGImages/2007_000000.jpg", f"SegmentationClass/{val_id}.png", "ImageSets/Segmentation/val.txt"):
-        assert (detail_root / "VOCdevkit/VOC2012" / name).read_bytes() == (again / "VOCdevkit/VOC2012" / name).read_bytes()
+        assert (detail_root / "VOCdevkit/VOC2012" / name).read_bytes() == (
+            again / "VOCdevkit/VOC2012" / name
+        ).read_bytes()
     mask = Image.open(detail_root / f"VOCdevkit/VOC2012/SegmentationClass/{val_id}.png")
     assert mask.mode == "P"  # VOC's palette PNG
-    module = VOCSegmentationDataModule(detail_root, batch_size=2, num_workers=0, crop_size=64, train_split="train",
-                                       mean=(0.5,) * 3, std=(0.5,) * 3)
+    module = VOCSegmentationDataModule(
+        detail_root, batch_size=2, num_workers=0, crop_size=64, train_split="train", mean=(0.5,) * 3, std=(0.5,) * 3
+    )
     module.setup("fit")
     _, masks, _ = next(iter(module.val_dataloader()))
     labels = set(masks.unique().tolist())
@@ -50,7 +52,7 @@ def test_the_detail_set_has_thin_small_and_touching_objects():
         for cls in np.unique(mask[foreground]):
             kept |= ndimage.binary_erosion(mask == cls, np.ones((5, 5)))
         thin_share.append((foreground & ~kept).sum() / max(foreground.sum(), 1))
-        regions, count = ndimage.label(mask == DETAIL_CLASSES["bird"], np.ones((3, 3)))
+        regions, _count = ndimage.label(mask == DETAIL_CLASSES["bird"], np.ones((3, 3)))
         small += int((np.bincount(regions.ravel())[1:] <= 16).sum())
         for cls in np.unique(mask[foreground]):  # another object's pixel right next to this one's
             ring = ndimage.binary_dilation(mask == cls) & foreground & (mask != cls)
@@ -73,7 +75,7 @@ def test_statistics_of_a_hand_made_set(tmp_path):
     assert stats["classes"]["person"]["object_px"] == {"median": 100.0, "min": 100, "max": 100, "count": 1}
     assert stats["classes"]["bird"]["pixel_share"] == pytest.approx(10 / 1024)
     # pixels whose label differs from a 3x3 neighbour, dilated by a 9x9 square (4 px, chessboard)
-    edge = (ndimage.maximum_filter(mask, 3, mode="nearest") != ndimage.minimum_filter(mask, 3, mode="nearest"))
+    edge = ndimage.maximum_filter(mask, 3, mode="nearest") != ndimage.minimum_filter(mask, 3, mode="nearest")
     band = ndimage.binary_dilation(edge, np.ones((9, 9)))
     assert stats["near_boundary_share"] == pytest.approx(band.mean())
 
@@ -86,9 +88,11 @@ def test_the_quick_preset_is_the_detail_set():
 
 # --- starting from a trained network, the optimiser ----------------------------------------------------------------
 
+
 def small_model(**kwargs):
-    return SegmentationModel(backbone="vgg16_bn", head="vgg16_20m", num_classes=21, swap_input_size=(3, 32, 32),
-                             **kwargs)
+    return SegmentationModel(
+        backbone="vgg16_bn", head="vgg16_20m", num_classes=21, swap_input_size=(3, 32, 32), **kwargs
+    )
 
 
 def test_network_weights_start_the_network_from_a_checkpoint_or_a_state_dict(tmp_path):
@@ -104,7 +108,9 @@ def test_network_weights_start_the_network_from_a_checkpoint_or_a_state_dict(tmp
         assert torch.equal(model.network.backbone[1].running_mean, torch.full((64,), 0.5))
         assert len(model.swap_report.swapped) == 5  # loaded before the swap: the pools are P-pooling now
     with pytest.raises(ValueError, match="does not fit this network.*wrong shape"):
-        SegmentationModel(backbone="vgg16_bn", head="vgg16_20m", num_classes=7, network_weights=str(tmp_path / "network.pth"))
+        SegmentationModel(
+            backbone="vgg16_bn", head="vgg16_20m", num_classes=7, network_weights=str(tmp_path / "network.pth")
+        )
     with pytest.raises(FileNotFoundError, match="network_weights file .*missing.ckpt does not exist"):
         small_model(network_weights=str(tmp_path / "missing.ckpt"))
 
@@ -112,8 +118,9 @@ def test_network_weights_start_the_network_from_a_checkpoint_or_a_state_dict(tmp
 def test_adamw_is_an_optimizer_choice_with_the_same_lr_groups():
     from lightning.pytorch import Trainer
 
-    model = small_model(pooling="ppool", optimizer="adamw", lr=0.01, weight_decay=0.5, head_lr_mult=10,
-                        alpha_bias_lr_mult=180)
+    model = small_model(
+        pooling="ppool", optimizer="adamw", lr=0.01, weight_decay=0.5, head_lr_mult=10, alpha_bias_lr_mult=180
+    )
     model.trainer = Trainer(max_steps=10, logger=False, enable_checkpointing=False)
     optimizer = model.configure_optimizers()["optimizer"]
     assert isinstance(optimizer, torch.optim.AdamW)
@@ -140,15 +147,35 @@ def test_vgg16_bn_takes_the_vgg16_layouts():
 
 # --- the miniature learns ------------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_the_miniature_learns_with_max_and_p_pooling_and_alpha_moves(tmp_path):
     """One seed of Max and P-pooling, trained by reproduce.sh --quick itself (its generated set, the shared max-pooling
     network, the two fine-tunes side by side): both clearly better than background only (12.2 mIoU on its val set),
     and P-pooling's alpha learned. (Measured, seed 0: the shared network 45.9 mIoU; Max and P-pooling: README.)"""
     out = tmp_path / "quick"
-    done = subprocess.run(["bash", "reproduce.sh", "voc", "vgg", "--quick", "--workers", "2", "--poolings", "max,ppool",
-                           "--out", str(out), "--", "--wandb_project", "null"], cwd=REPO, capture_output=True,
-                          text=True, timeout=1800)
+    done = subprocess.run(
+        [
+            "bash",
+            "reproduce.sh",
+            "voc",
+            "vgg",
+            "--quick",
+            "--workers",
+            "2",
+            "--poolings",
+            "max,ppool",
+            "--out",
+            str(out),
+            "--",
+            "--wandb_project",
+            "null",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert (out / "data/voc/pretrained_max.ckpt").is_file()
     records = {p: json.loads((out / "runs/voc/vgg" / p / "0.json").read_text()) for p in ("max", "ppool")}
@@ -156,8 +183,9 @@ def test_the_miniature_learns_with_max_and_p_pooling_and_alpha_moves(tmp_path):
         assert record["miou"] >= 0.40, (pooling, record["miou"], record["per_class_iou"])
     # alpha's own parameters learned: every dense branch left its start (projection bias 30, PReLU slope 0.25); a
     # frozen branch keeps both exactly, whatever the layers before it do
-    state = torch.load(out / "logs/voc/vgg/ppool/0/checkpoints/last.ckpt", map_location="cpu",
-                       weights_only=False)["state_dict"]
+    state = torch.load(out / "logs/voc/vgg/ppool/0/checkpoints/last.ckpt", map_location="cpu", weights_only=False)[
+        "state_dict"
+    ]
     biases = {k: v for k, v in state.items() if k.endswith("alpha_branch.proj.bias")}
     slopes = {k: v for k, v in state.items() if k.endswith("alpha_branch.act.weight")}
     assert len(biases) == len(slopes) == 5, sorted(biases)  # VGG16's five pools
@@ -167,18 +195,29 @@ def test_the_miniature_learns_with_max_and_p_pooling_and_alpha_moves(tmp_path):
         assert (slope - 0.25).abs().max() > 0.01, name  # measured: 0.11-0.17
     # and the run record's probe saw alpha change (measured at lr 2e-4, 40 steps: up to 0.018 in the layer means)
     alpha = records["ppool"]["alpha"]
-    moved = [abs(alpha["last"]["layers"][name]["mean"] - first["mean"])
-             for name, first in alpha["first"]["layers"].items()]
+    moved = [
+        abs(alpha["last"]["layers"][name]["mean"] - first["mean"]) for name, first in alpha["first"]["layers"].items()
+    ]
     assert max(moved) > 1e-3, moved
 
 
 def test_the_pretraining_takes_the_runs_overrides_but_not_their_callbacks(tmp_path):
     from polypool.repro.quick import PRETRAIN_STEPS, pretrain_command
 
-    command = pretrain_command(tmp_path, resume=True, overrides=[
-        "--trainer.max_steps", "4", "--trainer.callbacks+={\"class_path\": \"x.Y\"}", "--trainer.callbacks", "z.W",
-        "--data.init_args.crop_size", "32"])
-    tail = command[command.index("fit"):]
+    command = pretrain_command(
+        tmp_path,
+        resume=True,
+        overrides=[
+            "--trainer.max_steps",
+            "4",
+            '--trainer.callbacks+={"class_path": "x.Y"}',
+            "--trainer.callbacks",
+            "z.W",
+            "--data.init_args.crop_size",
+            "32",
+        ],
+    )
+    tail = command[command.index("fit") :]
     assert tail[-6:] == ["--ckpt_path", "last", "--trainer.max_steps", "4", "--data.init_args.crop_size", "32"]
     assert not [a for a in command if "callbacks" in a or a in ("z.W",)]
     assert command[command.index("--model.pooling") + 1] == "max"

@@ -13,13 +13,12 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from helpers import REPO, in_repo  # noqa: F401 - in_repo: an autouse fixture
 
 from polypool.cli import main
 from polypool.data import VOCSegmentationDataModule
 from polypool.data.dataset import EpochSampler, ShardSampler
 from polypool.data.fixtures import make_voc
-
-from helpers import REPO, in_repo  # noqa: F401 - in_repo: an autouse fixture
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +65,16 @@ class BatchLog(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         hashes = [hashlib.sha1(image.numpy().tobytes()).hexdigest() for image in batch[0]]
         with open(Path(self.out) / f"rank{trainer.global_rank}.jsonl", "a") as f:
-            f.write(json.dumps({"step": trainer.global_step, "hashes": hashes,
-                                "loader_batch_size": trainer.train_dataloader.batch_size}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "step": trainer.global_step,
+                        "hashes": hashes,
+                        "loader_batch_size": trainer.train_dataloader.batch_size,
+                    }
+                )
+                + "\n"
+            )
 
 
 def torchrun(args, tmp_path):
@@ -75,29 +82,82 @@ def torchrun(args, tmp_path):
     (ddp_spawn on the CPU shares the model's tensors between the processes, metric states included, so it
     cannot test what each rank counts.)"""
     env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_port", str(29500 + os.getpid() % 1000), "-m", "polypool", *args,
-                             "--trainer.devices", "2", "--trainer.strategy", "ddp"],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(29500 + os.getpid() % 1000),
+            "-m",
+            "polypool",
+            *args,
+            "--trainer.devices",
+            "2",
+            "--trainer.strategy",
+            "ddp",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
 
 
 def ddp_args(voc_root, tmp_path, subcommand="fit"):
-    return [subcommand, "--config", "configs/voc/resnet.yaml", "--config", "configs/trainer/cpu.yaml",
-            "--data.init_args.root", str(voc_root), "--data.init_args.num_workers", "0",
-            "--data.init_args.train_split", "train", "--data.init_args.crop_size", "48",
-            "--model.backbone", "resnet18", "--model.pooling", "ppool", "--model.pretrained", "false",
-            "--model.output_stride", "32", "--wandb_project", "null", "--trainer.default_root_dir", str(tmp_path),
-            "--records_root", str(tmp_path / "runs")]
+    return [
+        subcommand,
+        "--config",
+        "configs/voc/resnet.yaml",
+        "--config",
+        "configs/trainer/cpu.yaml",
+        "--data.init_args.root",
+        str(voc_root),
+        "--data.init_args.num_workers",
+        "0",
+        "--data.init_args.train_split",
+        "train",
+        "--data.init_args.crop_size",
+        "48",
+        "--model.backbone",
+        "resnet18",
+        "--model.pooling",
+        "ppool",
+        "--model.pretrained",
+        "false",
+        "--model.output_stride",
+        "32",
+        "--wandb_project",
+        "null",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--records_root",
+        str(tmp_path / "runs"),
+    ]
 
 
 @pytest.mark.slow
 def test_ddp_two_processes_split_the_global_batch(voc_root, tmp_path):
-    torchrun(ddp_args(voc_root, tmp_path) + [
-        "--data.init_args.batch_size", "4", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",
-        "--trainer.enable_checkpointing", "false",
-        "--trainer.callbacks+=" + json.dumps({"class_path": "test_recipe.BatchLog", "init_args": {"out": str(tmp_path)}})],
-        tmp_path)
+    torchrun(
+        [
+            *ddp_args(voc_root, tmp_path),
+            "--data.init_args.batch_size",
+            "4",
+            "--trainer.max_steps",
+            "2",
+            "--trainer.limit_val_batches",
+            "0",
+            "--trainer.enable_checkpointing",
+            "false",
+            "--trainer.callbacks+="
+            + json.dumps({"class_path": "test_recipe.BatchLog", "init_args": {"out": str(tmp_path)}}),
+        ],
+        tmp_path,
+    )
     logs = [[json.loads(line) for line in (tmp_path / f"rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
     assert [len(log) for log in logs] == [2, 2]
     for step in range(2):
@@ -132,9 +192,15 @@ def test_ddp_validation_on_seven_images_equals_one_process_exactly(voc_root, tmp
     def run(folder, launch):
         out = tmp_path / folder / "confmat.json"
         out.parent.mkdir()
-        launch(ddp_args(voc_root, tmp_path / folder, "validate") + ["--seed_everything", "3",
-               "--trainer.callbacks+=" + json.dumps({"class_path": "test_recipe.ConfusionLog",
-                                                     "init_args": {"out": str(out)}})])
+        launch(
+            [
+                *ddp_args(voc_root, tmp_path / folder, "validate"),
+                "--seed_everything",
+                "3",
+                "--trainer.callbacks+="
+                + json.dumps({"class_path": "test_recipe.ConfusionLog", "init_args": {"out": str(out)}}),
+            ]
+        )
         return torch.tensor(json.loads(out.read_text()))
 
     one = run("one", main)
@@ -155,13 +221,22 @@ def load(name):
 # and train.py @ 17a7b9815d4e1a3fb504bc5b9bd58183989739bc, the solver's last commit; group_weight unchanged at HEAD
 # aa307c116150ce8a0de522ae7859fed383763e75).
 AUTHORS_VGG_SOLVER = {
-    "train_cropSize": 321, "batch_size_per_gpu": 20, "gpu_id": [0], "lr_encoder": 2e-8, "lr_decoder": 2e-7,
-    "weight_decay": 5e-4, "lr_pow": 1, "num_epoch": 20, "epoch_iters": 602,
+    "train_cropSize": 321,
+    "batch_size_per_gpu": 20,
+    "gpu_id": [0],
+    "lr_encoder": 2e-8,
+    "lr_decoder": 2e-7,
+    "weight_decay": 5e-4,
+    "lr_pow": 1,
+    "num_epoch": 20,
+    "epoch_iters": 602,
     "random_flip": True,  # False ("False#True") at 0ea004a and e1fbbc4, True from 17a7b98 on
     "random_scale": False,
     # train.py's group_weight: conv weights in a group with lr = base x 2 and weight_decay 0; biases weight_decay 0 at
     # the base lr; the group that would decay is empty
-    "weight_lr_mult": 2.0, "bias_lr_mult": 1.0, "decay": 0.0,
+    "weight_lr_mult": 2.0,
+    "bias_lr_mult": 1.0,
+    "decay": 0.0,
     "loss": "CrossEntropyLoss(ignore_index=255, reduction='sum') / batch_size_per_gpu",
 }
 
@@ -176,24 +251,29 @@ def test_the_authors_configs_follow_their_code():
     # the summed loss's lr as a mean loss (x crop area), and the weights' x2 of group_weight
     pixels = solver["train_cropSize"] ** 2
     assert model["lr"] == pytest.approx(solver["lr_encoder"] * pixels * solver["weight_lr_mult"], rel=1e-3)
-    assert model["lr"] * model["bias_lr_mult"] == pytest.approx(solver["lr_encoder"] * pixels * solver["bias_lr_mult"],
-                                                                rel=1e-3)
+    assert model["lr"] * model["bias_lr_mult"] == pytest.approx(
+        solver["lr_encoder"] * pixels * solver["bias_lr_mult"], rel=1e-3
+    )
     assert model["weight_decay"] == solver["decay"]
     assert model["head_lr_mult"] == solver["lr_decoder"] / solver["lr_encoder"]
     assert model["poly_power"] == solver["lr_pow"]
     assert vgg["trainer"]["max_steps"] == solver["num_epoch"] * solver["epoch_iters"]
     # the P-pooling branch's multipliers are of the base lr (x1, x100, x180): here of lr / weight_lr_mult
     base = model["lr"] / solver["weight_lr_mult"]
-    assert [model[k] * model["lr"] / base for k in ("alpha_conv_lr_mult", "alpha_prelu_lr_mult",
-                                                     "alpha_bias_lr_mult")] == pytest.approx([1.0, 100.0, 180.0])
+    assert [
+        model[k] * model["lr"] / base for k in ("alpha_conv_lr_mult", "alpha_prelu_lr_mult", "alpha_bias_lr_mult")
+    ] == pytest.approx([1.0, 100.0, 180.0])
     # the authors' own ResNet-50 and DeepLabv3 decoder (tests/test_fidelity_resnet.py checks them layer by layer)
     assert resnet["model"]["backbone"] == "resnet50_authors" and resnet["model"]["head"] == "deeplabv3_authors"
     assert resnet["data"]["init_args"]["scale_range"] == [0.5, 2.0] and resnet["data"]["init_args"]["hflip"] is True
     assert resnet["model"]["output_stride"] == 16 and resnet["data"]["init_args"]["crop_size"] == 504
     assert resnet["data"]["init_args"]["batch_size"] == 24
-    assert resnet["model"]["lr"] == pytest.approx(1e-7 * 504 ** 2, rel=1e-3)
-    assert (resnet["model"]["alpha_conv_lr_mult"], resnet["model"]["alpha_prelu_lr_mult"],
-            resnet["model"]["alpha_bias_lr_mult"]) == (1.0, 100.0, 180.0)
+    assert resnet["model"]["lr"] == pytest.approx(1e-7 * 504**2, rel=1e-3)
+    assert (
+        resnet["model"]["alpha_conv_lr_mult"],
+        resnet["model"]["alpha_prelu_lr_mult"],
+        resnet["model"]["alpha_bias_lr_mult"],
+    ) == (1.0, 100.0, 180.0)
     for config in (vgg, resnet):
         assert config["model"]["alpha_grad_scale"] == 3.0
         assert config["model"]["tta_flip"] is False  # one scale, no flip
@@ -209,10 +289,23 @@ def test_deeplab_configs_keep_deeplab():
 @pytest.mark.parametrize("name", ["vgg", "vgg_largefov", "resnet", "resnet101_deeplabv2"])
 def test_every_value_of_the_voc_configs_cites_a_source(name):
     lines = (REPO / "configs" / "voc" / f"{name}.yaml").read_text().splitlines()
-    values = [line for line in lines if ":" in line and not line.strip().startswith("#")
-              and not line.rstrip().endswith(":") and "class_path" not in line and "seed_everything" not in line]
-    uncited = [line for line in values if "#" not in line and not line.strip().startswith(("num_workers", "root",
-               "val_split", "default_root_dir", "val_check_interval", "check_val_every_n_epoch"))]
+    values = [
+        line
+        for line in lines
+        if ":" in line
+        and not line.strip().startswith("#")
+        and not line.rstrip().endswith(":")
+        and "class_path" not in line
+        and "seed_everything" not in line
+    ]
+    uncited = [
+        line
+        for line in values
+        if "#" not in line
+        and not line.strip().startswith(
+            ("num_workers", "root", "val_split", "default_root_dir", "val_check_interval", "check_val_every_n_epoch")
+        )
+    ]
     assert uncited == []
 
 
@@ -220,8 +313,11 @@ def test_every_cited_source_is_in_the_repository():
     """Configs, code, notebooks and docs cite the project's own notes (docs/*.md), never a file outside the
     repository: the shared facts file the notes were written from is not in a clone."""
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    texts = {path: (REPO / path).read_text() for path in tracked
-             if path.endswith((".py", ".yaml", ".md", ".ipynb", ".sh", ".cfg", ".toml")) and (REPO / path).is_file()}
+    texts = {
+        path: (REPO / path).read_text()
+        for path in tracked
+        if path.endswith((".py", ".yaml", ".md", ".ipynb", ".sh", ".cfg", ".toml")) and (REPO / path).is_file()
+    }
     outside = "facts" + ".md"  # spelled apart so this file does not cite it
     assert sorted(path for path, text in texts.items() if outside in text) == []
     cited = {m for text in texts.values() for m in re.findall(r"docs/[\w./-]+?\.md", text)}
@@ -258,43 +354,94 @@ def test_the_datamodule_takes_mean_and_std_from_the_models_backbone(voc_root):
 def write_record(root, experiment, pooling, miou, alpha=None):
     path = root / "voc" / experiment / pooling / "0.json"
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"per_class_iou": [miou] * 21, "miou": miou, "seed": 0, "alpha": alpha or {},
-                                "config_files": [f"configs/voc/{experiment}.yaml"]}))
+    path.write_text(
+        json.dumps(
+            {
+                "per_class_iou": [miou] * 21,
+                "miou": miou,
+                "seed": 0,
+                "alpha": alpha or {},
+                "config_files": [f"configs/voc/{experiment}.yaml"],
+            }
+        )
+    )
 
 
 def test_each_config_gets_its_own_table_against_the_same_paper_table(tmp_path):
-    from polypool.repro.tables import main as tables, paper_table_key
+    from polypool.repro.tables import main as tables
+    from polypool.repro.tables import paper_table_key
 
     assert paper_table_key("voc", "vgg_largefov") == paper_table_key("voc", "vgg") == ("voc", "vgg")
     assert paper_table_key("voc", "resnet101_deeplabv2") == ("voc", "resnet")
-    moved = {"first": {"step": 0, "layers": {"features.4": {"mean": 30.0, "std": 0.01}}},
-             "last": {"step": 12040, "layers": {"features.4": {"mean": 29.5, "std": 0.2}}}}
+    moved = {
+        "first": {"step": 0, "layers": {"features.4": {"mean": 30.0, "std": 0.01}}},
+        "last": {"step": 12040, "layers": {"features.4": {"mean": 29.5, "std": 0.2}}},
+    }
     write_record(tmp_path, "vgg_largefov", "ppool", 0.6, moved)
     write_record(tmp_path, "vgg", "max", 0.5)
-    text = tables(["--runs", str(tmp_path), "--dataset", "voc", "--backbone", "vgg_largefov",
-                   "--out", str(tmp_path / "voc_vgg_largefov")])
+    text = tables(
+        [
+            "--runs",
+            str(tmp_path),
+            "--dataset",
+            "voc",
+            "--backbone",
+            "vgg_largefov",
+            "--out",
+            str(tmp_path / "voc_vgg_largefov"),
+        ]
+    )
     assert "Our rows: runs of `configs/voc/vgg_largefov.yaml`." in text
-    assert "P-pooling seed 0: alpha mean from step 0 to step 12040: features.4 30 (spread 0.01) -> 29.5 " \
-           "(spread 0.2)." in text
-    assert "| P-pooling | **60.0** |" in text and "Missing runs (shown as -): Max," in text  # the vgg run is not mixed in
+    assert (
+        "P-pooling seed 0: alpha mean from step 0 to step 12040: features.4 30 (spread 0.01) -> 29.5 "
+        "(spread 0.2)." in text
+    )
+    assert (
+        "| P-pooling | **60.0** |" in text and "Missing runs (shown as -): Max," in text
+    )  # the vgg run is not mixed in
     assert "**paper (supplement)**" in text  # Table 1 beside it
 
 
 @pytest.mark.slow
 def test_reproduce_takes_the_config_name_and_keeps_its_runs_apart(tmp_path):
     out = tmp_path / "quick"
-    result = subprocess.run(["bash", "reproduce.sh", "voc", "vgg_largefov", "--quick", "--poolings", "max",
-                             "--out", str(out), "--", "--trainer.max_steps", "8", "--data.init_args.crop_size", "32",
-                             "--wandb_project", "null"],
-                            cwd=REPO, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [
+            "bash",
+            "reproduce.sh",
+            "voc",
+            "vgg_largefov",
+            "--quick",
+            "--poolings",
+            "max",
+            "--out",
+            str(out),
+            "--",
+            "--trainer.max_steps",
+            "8",
+            "--data.init_args.crop_size",
+            "32",
+            "--wandb_project",
+            "null",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((out / "runs/voc/vgg_largefov/max/0.json").read_text())
     assert record["experiment"] == "vgg_largefov" and record["steps"] == 8
     assert record["config_files"][0] == "configs/voc/vgg_largefov.yaml"
     assert (out / "logs/voc/vgg_largefov/max/0/metrics.csv").is_file() and not (out / "runs/voc/vgg").exists()
     assert "configs/voc/vgg_largefov.yaml" in (out / "voc_vgg_largefov.md").read_text()
-    bad = subprocess.run(["bash", "reproduce.sh", "voc", "vgg", "--quick", "--poolings", "maxx"], cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        ["bash", "reproduce.sh", "voc", "vgg", "--quick", "--poolings", "maxx"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2 and "unknown row 'maxx'" in bad.stderr
 
 
@@ -310,8 +457,10 @@ def test_alpha_branch_multipliers_move_alpha_in_training(tmp_path, capsys):
     plain = alpha_movement(root, PLAIN, steps=200, crop=32, backbone="resnet18")["features.maxpool"]
     with capsys.disabled():
         for label, (mean0, mean1, std0, std1, offset) in (("authors'", authors), ("all x1", plain)):
-            print(f"\n{label}: alpha mean {mean0:.5f} -> {mean1:.5f}, spread {std0:.2e} -> {std1:.2e}, "
-                  f"offset moved {offset:.2e}")
+            print(
+                f"\n{label}: alpha mean {mean0:.5f} -> {mean1:.5f}, spread {std0:.2e} -> {std1:.2e}, "
+                f"offset moved {offset:.2e}"
+            )
     assert authors[4] > 100 * plain[4] > 0  # the multipliers reach the training, not just the optimiser
 
 
@@ -330,18 +479,25 @@ def test_shell_scripts_pass_shellcheck():
 
 def run_reproduce(*args):
     # a proxy that refuses: "no network" on any machine, so a test never starts a 2 GB download
-    env = {**os.environ, "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
-           "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
-    return subprocess.run(["bash", "reproduce.sh", *args], cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env=env)
+    env = {
+        **os.environ,
+        "http_proxy": "http://127.0.0.1:9",
+        "https_proxy": "http://127.0.0.1:9",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+    }
+    return subprocess.run(
+        ["bash", "reproduce.sh", *args], cwd=REPO, capture_output=True, text=True, timeout=600, env=env
+    )
 
 
 def test_reproduce_honours_the_data_root_and_download_overrides(tmp_path):
     missing = run_reproduce("voc", "vgg", "--", "--data.init_args.root", str(tmp_path / "elsewhere"))
     assert missing.returncode == 1 and f"no data at {tmp_path / 'elsewhere'}" in missing.stderr
     # download true: fetched once, here, before training; without network it names the URL and the folder
-    offline = run_reproduce("voc", "vgg", "--", f"--data.init_args.root={tmp_path / 'voc'}",
-                            "--data.init_args.download", "true")
+    offline = run_reproduce(
+        "voc", "vgg", "--", f"--data.init_args.root={tmp_path / 'voc'}", "--data.init_args.download", "true"
+    )
     assert offline.returncode == 1
     assert "host.robots.ox.ac.uk" in offline.stderr and f"{tmp_path / 'voc'}/VOCdevkit/VOC2012" in offline.stderr
     unknown = run_reproduce("voc", "nope")
@@ -356,16 +512,27 @@ def test_gpu_presets_take_speed_over_determinism():
 
 # -- bad values fail where they enter, by name ----------------------------------------------------------------------
 def test_bad_values_fail_before_training_with_their_name(voc_root, capsys):
-    base = ["fit", "--config", "configs/voc/vgg.yaml", "--config", "configs/trainer/quick.yaml",
-            "--data.init_args.root", str(voc_root), "--wandb_project", "null", "--trainer.max_steps", "1"]
+    base = [
+        "fit",
+        "--config",
+        "configs/voc/vgg.yaml",
+        "--config",
+        "configs/trainer/quick.yaml",
+        "--data.init_args.root",
+        str(voc_root),
+        "--wandb_project",
+        "null",
+        "--trainer.max_steps",
+        "1",
+    ]
     with pytest.raises(SystemExit):  # a Literal: rejected by the parser, which lists the choices
-        main(base + ["--model.pooling", "nope"])
+        main([*base, "--model.pooling", "nope"])
     error = capsys.readouterr().err
     assert "pooling" in error and "nope" in error and "ppool" in error and "max_all" in error
     with pytest.raises(ValueError, match=r"crop_size must be a positive size.*-5"):
-        main(base + ["--data.init_args.crop_size", "-5"])
+        main([*base, "--data.init_args.crop_size", "-5"])
     with pytest.raises(ValueError, match=r"scale_range must be \(min, max\)"):
-        main(base + ["--data.init_args.scale_range", "[2.0, 0.5]"])
+        main([*base, "--data.init_args.scale_range", "[2.0, 0.5]"])
     from polypool.models import SegmentationModel
 
     with pytest.raises(ValueError, match=r"unknown backbone 'vgg99'.*close names: \[.*'vgg19'"):
@@ -386,13 +553,20 @@ def test_the_record_keeps_the_wall_time_of_earlier_attempts():
 
 @pytest.mark.slow
 def test_a_ddp_run_resumed_at_max_steps_evaluates_on_every_rank_and_writes_its_record(voc_root, tmp_path):
-    args = ddp_args(voc_root, tmp_path) + ["--data.init_args.batch_size", "4", "--trainer.max_steps", "2",
-                                           "--trainer.limit_val_batches", "0"]
+    args = [
+        *ddp_args(voc_root, tmp_path),
+        "--data.init_args.batch_size",
+        "4",
+        "--trainer.max_steps",
+        "2",
+        "--trainer.limit_val_batches",
+        "0",
+    ]
     torchrun(args, tmp_path)
     record = tmp_path / "runs/voc/resnet/ppool/0.json"
     first = json.loads(record.read_text())
     record.unlink()
-    torchrun(args + ["--ckpt_path", "last"], tmp_path)  # nothing left to train: only the final evaluation
+    torchrun([*args, "--ckpt_path", "last"], tmp_path)  # nothing left to train: only the final evaluation
     again = json.loads(record.read_text())
     assert again["steps"] == first["steps"] == 2 and again["miou"] == pytest.approx(first["miou"])
     # The resumed record counts the earlier attempt's time as checkpointed (the first record also counted its own
@@ -451,8 +625,11 @@ def test_the_final_evaluation_runs_on_the_strategys_device_and_leaves_the_module
     monkeypatch.setattr(type(trainer.strategy), "root_device", property(lambda self: run_device))
     events, real_to, real_predict = [], model.to, model.evaluation_prediction
     monkeypatch.setattr(model, "to", lambda device: (events.append(("to", device)), real_to(device))[1])
-    monkeypatch.setattr(model, "evaluation_prediction",
-                        lambda images: (events.append(("predict", images.device)), real_predict(images))[1])
+    monkeypatch.setattr(
+        model,
+        "evaluation_prediction",
+        lambda images: (events.append(("predict", images.device)), real_predict(images))[1],
+    )
     result = final_evaluation(trainer, model)
     assert result["device"] == run_device
     assert events[0] == ("to", run_device) and events[-1] == ("to", torch.device("cpu"))

@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from polypool.pooling import PPool2d, cpu_fused, p_pool2d, triton_fused
-from polypool.pooling import fused_interface
+from polypool.pooling import PPool2d, cpu_fused, fused_interface, p_pool2d, triton_fused
 from polypool.surgery import swap_pooling
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -16,7 +15,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 @pytest.mark.parametrize("backend", ["triton", "cpu_fused"])
 def test_hint_skips_the_negative_check(monkeypatch, backend):
-    if backend == "triton" and not triton_fused.enabled() or backend == "cpu_fused" and not cpu_fused.enabled():
+    if (backend == "triton" and not triton_fused.enabled()) or (backend == "cpu_fused" and not cpu_fused.enabled()):
         pytest.skip("backend turned off")
     module = triton_fused if backend == "triton" else cpu_fused
     device = DEVICE if backend == "triton" else "cpu"
@@ -49,8 +48,14 @@ class Net(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-                                      nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.MaxPool2d(2))
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(4, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+            nn.MaxPool2d(2),
+        )
         self.act = nn.ReLU()
 
     def forward(self, x):

@@ -13,15 +13,23 @@ from polypool.models import SegmentationModel
 from polypool.pooling import POOLING_NAMES, PPool2d, pooling_parameters
 
 BACKBONES = {"vgg16": 8, "resnet50": 8, "inception_v3": 32}  # backbone -> output stride
-INPUT_SIZES = {"vgg16": [(64, 80), (97, 75)], "resnet50": [(64, 80), (97, 75)],
-               "inception_v3": [(96, 112), (129, 101)]}  # inception_v3 needs at least ~75 px
+INPUT_SIZES = {
+    "vgg16": [(64, 80), (97, 75)],
+    "resnet50": [(64, 80), (97, 75)],
+    "inception_v3": [(96, 112), (129, 101)],
+}  # inception_v3 needs at least ~75 px
 # DPP starts at lambda = 0, where its alpha has exactly zero gradient; start it elsewhere to see the gradient.
 POOLING_KWARGS = {"dpp": {"lambda_init": 0.5}, "ppool": {"alpha_mode": "channel"}}
 
 
 def make_model(backbone, pooling, **kwargs):
-    return SegmentationModel(backbone=backbone, pooling=pooling, output_stride=BACKBONES[backbone],
-                             pooling_kwargs=POOLING_KWARGS.get(pooling), **kwargs)
+    return SegmentationModel(
+        backbone=backbone,
+        pooling=pooling,
+        output_stride=BACKBONES[backbone],
+        pooling_kwargs=POOLING_KWARGS.get(pooling),
+        **kwargs,
+    )
 
 
 def check_forward_sizes(model, backbone):
@@ -76,7 +84,11 @@ def test_vgg16_20m_is_the_authors_layout():
     convs = [m for m in features if isinstance(m, torch.nn.Conv2d)]
     assert [c.dilation for c in convs[-3:]] == [(2, 2)] * 3 and all(c.dilation == (1, 1) for c in convs[:-3])
     assert (head.fc6.kernel_size, head.fc6.dilation, head.fc6.padding, head.fc6.out_channels) == (
-        (3, 3), (1, 1), (1, 1), 1024)
+        (3, 3),
+        (1, 1),
+        (1, 1),
+        1024,
+    )
     # 321 -> 161 -> 81 -> 41 (2x2/2 pad 1, floor) -> 40 (2x2/1) -> 40 (3x3/1 pad 1)
     assert features(torch.rand(1, 3, 321, 321)).shape[-2:] == (40, 40)
     assert model(torch.rand(1, 3, 65, 49)).shape == (1, 21, 65, 49)
@@ -134,16 +146,23 @@ def groups_by_name(model):
 
 
 def test_parameter_groups_and_learning_rates():
-    model = make_model("resnet50", "ppool", lr=0.01, head_lr_mult=10.0, pooling_lr_mult=3.0, weight_decay=5e-4,
-                       bias_lr_mult=2.0)
+    model = make_model(
+        "resnet50", "ppool", lr=0.01, head_lr_mult=10.0, pooling_lr_mult=3.0, weight_decay=5e-4, bias_lr_mult=2.0
+    )
     groups = groups_by_name(model)
     assert sorted(groups) == ["backbone/norm", "backbone/weight", "head/bias", "head/weight", "pooling/weight"]
     lr = {name: g["lr"] for name, g in groups.items()}
-    assert lr == pytest.approx({"backbone/norm": 0.01, "backbone/weight": 0.01, "head/bias": 0.2,
-                                "head/weight": 0.1, "pooling/weight": 0.03})
+    assert lr == pytest.approx(
+        {"backbone/norm": 0.01, "backbone/weight": 0.01, "head/bias": 0.2, "head/weight": 0.1, "pooling/weight": 0.03}
+    )
     decay = {name: g["weight_decay"] for name, g in groups.items()}
-    assert decay == {"backbone/norm": 0.0, "backbone/weight": 5e-4, "head/bias": 0.0, "head/weight": 5e-4,
-                     "pooling/weight": 0.0}
+    assert decay == {
+        "backbone/norm": 0.0,
+        "backbone/weight": 5e-4,
+        "head/bias": 0.0,
+        "head/weight": 5e-4,
+        "pooling/weight": 0.0,
+    }
     assert [id(p) for p in groups["pooling/weight"]["params"]] == [id(p) for _, p in pooling_parameters(model)]
     norms = [p for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()]
     assert {id(p) for p in groups["backbone/norm"]["params"]} == {id(p) for p in norms}
@@ -154,17 +173,27 @@ def test_parameter_groups_and_learning_rates():
 
 
 def test_the_dense_alpha_branch_multipliers_reach_the_optimiser():
-    model = SegmentationModel(backbone="resnet18", pooling="ppool", output_stride=32, lr=0.002, weight_decay=5e-4,
-                              alpha_conv_lr_mult=1.0, alpha_prelu_lr_mult=100.0, alpha_bias_lr_mult=180.0,
-                              alpha_grad_scale=3.0)
+    model = SegmentationModel(
+        backbone="resnet18",
+        pooling="ppool",
+        output_stride=32,
+        lr=0.002,
+        weight_decay=5e-4,
+        alpha_conv_lr_mult=1.0,
+        alpha_prelu_lr_mult=100.0,
+        alpha_bias_lr_mult=180.0,
+        alpha_grad_scale=3.0,
+    )
     model.trainer = type("FakeTrainer", (), {"estimated_stepping_batches": 100})()  # what configure_optimizers reads
     optimizer = model.configure_optimizers()["optimizer"]
     groups = {g["name"]: g for g in optimizer.param_groups}
     branch = model.network.backbone.get_submodule("features.maxpool").alpha_branch
     assert branch.proj.bias.tolist() == [30.0] * 64
-    expected = {"alpha_conv/weight": ({id(branch.conv.weight), id(branch.proj.weight)}, 0.002, 5e-4),
-                "alpha_prelu/weight": ({id(branch.act.weight)}, 0.2, 0.0),
-                "alpha_bias/bias": ({id(branch.proj.bias)}, 0.36, 0.0)}
+    expected = {
+        "alpha_conv/weight": ({id(branch.conv.weight), id(branch.proj.weight)}, 0.002, 5e-4),
+        "alpha_prelu/weight": ({id(branch.act.weight)}, 0.2, 0.0),
+        "alpha_bias/bias": ({id(branch.proj.bias)}, 0.36, 0.0),
+    }
     for name, (ids, lr, decay) in expected.items():
         assert {id(p) for p in groups[name]["params"]} == ids, name
         assert (groups[name]["lr"], groups[name]["weight_decay"]) == (pytest.approx(lr), decay), name
@@ -222,7 +251,9 @@ def test_max_is_the_pretrained_network_and_max_all_turns_every_site_into_max():
 def test_input_normalisation_comes_from_the_backbone_weights():
     assert SegmentationModel(backbone="inception_v3", output_stride=32).input_mean_std == ((0.5,) * 3, (0.5,) * 3)
     assert SegmentationModel(backbone="resnet18", output_stride=32).input_mean_std == (
-        (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -241,9 +272,18 @@ class LossHistory(L.Callback):
 def fit_a_few_steps(model, root, steps=10, crop_size=64):
     dm = VOCSegmentationDataModule(root, batch_size=4, num_workers=0, crop_size=crop_size)
     history = LossHistory()
-    trainer = L.Trainer(max_steps=steps, overfit_batches=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-                        callbacks=[history], num_sanity_val_steps=0, limit_val_batches=0)
+    trainer = L.Trainer(
+        max_steps=steps,
+        overfit_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        callbacks=[history],
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
     trainer.fit(model, dm)
     return trainer, history.losses
 
@@ -323,8 +363,9 @@ def test_miou_equals_the_official_cityscapes_evaluation(tmp_path):
 
 
 def test_predict_step_returns_class_maps_with_tta():
-    model = SegmentationModel(backbone="resnet18", num_classes=4, output_stride=32, tta_flip=True,
-                              tta_scales=(0.75, 1.0)).eval()
+    model = SegmentationModel(
+        backbone="resnet18", num_classes=4, output_stride=32, tta_flip=True, tta_scales=(0.75, 1.0)
+    ).eval()
     images = torch.rand(2, 3, 70, 90)
     with torch.no_grad():
         maps = model.predict_step((images, None), 0)
@@ -335,8 +376,11 @@ def test_pretrained_without_network_says_how_to_pass_local_weights(monkeypatch):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(RuntimeError, match=r"could not load pretrained weights for timm model 'resnet18'.*"
-                                           r"pretrained_cfg_overlay=dict\(file="):
+    with pytest.raises(
+        RuntimeError,
+        match=r"could not load pretrained weights for timm model 'resnet18'.*"
+        r"pretrained_cfg_overlay=dict\(file=",
+    ):
         SegmentationModel(backbone="resnet18", pretrained=True, output_stride=32)
 
 
@@ -371,8 +415,9 @@ def test_bad_configuration_errors():
 
 
 def test_dense_alpha_maps_of_one_image():
-    model = SegmentationModel(backbone="resnet18", pooling="ppool", output_stride=32,
-                              pooling_kwargs={"alpha_mode": "dense"})
+    model = SegmentationModel(
+        backbone="resnet18", pooling="ppool", output_stride=32, pooling_kwargs={"alpha_mode": "dense"}
+    )
     maps = model.dense_alpha_maps(torch.rand(2, 3, 64, 96))
     assert list(maps) == ["features.maxpool"] and maps["features.maxpool"].shape == (64, 16, 24)
     assert ((maps["features.maxpool"] >= 1) & (maps["features.maxpool"] <= 50)).all()
@@ -381,12 +426,25 @@ def test_dense_alpha_maps_of_one_image():
 def test_alpha_history_records_channel_alpha_over_training(voc_fixture, tmp_path):
     from polypool.callbacks import AlphaHistory, load_alpha_history
 
-    model = SegmentationModel(backbone="resnet18", pooling="ppool", output_stride=8, lr=0.01,
-                              pooling_kwargs={"alpha_mode": "channel", "alpha_init": 3.0, "alpha_range": (0.0, 10.0)})
+    model = SegmentationModel(
+        backbone="resnet18",
+        pooling="ppool",
+        output_stride=8,
+        lr=0.01,
+        pooling_kwargs={"alpha_mode": "channel", "alpha_init": 3.0, "alpha_range": (0.0, 10.0)},
+    )
     dm = VOCSegmentationDataModule(voc_fixture, batch_size=4, num_workers=0, crop_size=48)
-    trainer = L.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path,
-                        callbacks=[AlphaHistory(every_n_steps=2, bins=20)], limit_val_batches=0)
+    trainer = L.Trainer(
+        max_steps=4,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        callbacks=[AlphaHistory(every_n_steps=2, bins=20)],
+        limit_val_batches=0,
+    )
     trainer.fit(model, dm)
     history = load_alpha_history(tmp_path / AlphaHistory.filename)
     assert [snapshot["step"] for snapshot in history] == [0, 2, 4]
@@ -406,8 +464,9 @@ def test_alpha_history_records_channel_alpha_over_training(voc_fixture, tmp_path
 def test_alpha_history_probe_leaves_the_training_untouched():
     from polypool.callbacks import AlphaHistory
 
-    model = SegmentationModel(backbone="resnet18", pooling="ppool", output_stride=32,
-                              pooling_kwargs={"alpha_mode": "dense"}).train()
+    model = SegmentationModel(
+        backbone="resnet18", pooling="ppool", output_stride=32, pooling_kwargs={"alpha_mode": "dense"}
+    ).train()
     bn = model.network.backbone.get_submodule("features.bn1")
     before = bn.running_mean.clone(), bn.num_batches_tracked.clone()
     callback = AlphaHistory()
@@ -422,8 +481,14 @@ def test_alpha_history_probe_leaves_the_training_untouched():
 def test_sliding_window_evaluation_is_a_model_option():
     from polypool.inference import sliding_window_logits
 
-    model = SegmentationModel(backbone="resnet18", num_classes=5, output_stride=32, eval_mode="sliding",
-                              eval_crop=(64, 64), eval_stride=(40, 40)).eval()
+    model = SegmentationModel(
+        backbone="resnet18",
+        num_classes=5,
+        output_stride=32,
+        eval_mode="sliding",
+        eval_crop=(64, 64),
+        eval_stride=(40, 40),
+    ).eval()
     images = torch.rand(1, 3, 90, 130)
     with torch.no_grad():
         sliding = sliding_window_logits(model, images, 5, (64, 64), (40, 40))
@@ -456,12 +521,21 @@ def test_flip_alone_is_a_test_time_protocol_and_evaluation_follows_it():
 
 def test_training_and_validation_log_their_metrics(voc_fixture):
     L.seed_everything(0)
-    model = SegmentationModel(backbone="resnet18", output_stride=32, pooling="ppool",
-                              pooling_kwargs={"alpha_mode": "channel"})
+    model = SegmentationModel(
+        backbone="resnet18", output_stride=32, pooling="ppool", pooling_kwargs={"alpha_mode": "channel"}
+    )
     dm = VOCSegmentationDataModule(voc_fixture, batch_size=4, num_workers=0, crop_size=64)
-    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0, limit_val_batches=1,
-                        val_check_interval=1)
+    trainer = L.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        num_sanity_val_steps=0,
+        limit_val_batches=1,
+        val_check_interval=1,
+    )
     trainer.fit(model, dm)
     assert {"train/loss", "val/mIoU"} <= set(trainer.progress_bar_metrics)
     metrics = trainer.callback_metrics
@@ -482,8 +556,15 @@ def test_alpha_histogram_bins_the_fixed_range_even_when_it_is_empty():
 
 
 def test_backbone_biases_get_the_bias_multiplier_and_no_decay():
-    model = SegmentationModel(backbone="vgg16", pooling="max", head="vgg16_20m", lr=1e-3, weight_decay=5e-4,
-                              bias_lr_mult=2.0, head_lr_mult=10.0)
+    model = SegmentationModel(
+        backbone="vgg16",
+        pooling="max",
+        head="vgg16_20m",
+        lr=1e-3,
+        weight_decay=5e-4,
+        bias_lr_mult=2.0,
+        head_lr_mult=10.0,
+    )
     groups = groups_by_name(model)
     assert (groups["backbone/bias"]["lr"], groups["backbone/bias"]["weight_decay"]) == (pytest.approx(2e-3), 0.0)
     assert (groups["backbone/weight"]["lr"], groups["head/bias"]["lr"]) == (pytest.approx(1e-3), pytest.approx(2e-2))
@@ -492,13 +573,15 @@ def test_backbone_biases_get_the_bias_multiplier_and_no_decay():
 
 
 def test_adamw_takes_the_same_parameter_groups():
-    model = SegmentationModel(backbone="resnet18", pooling="ppool", output_stride=32, optimizer="adamw", lr=1e-3,
-                              weight_decay=0.05)
+    model = SegmentationModel(
+        backbone="resnet18", pooling="ppool", output_stride=32, optimizer="adamw", lr=1e-3, weight_decay=0.05
+    )
     model.trainer = type("FakeTrainer", (), {"estimated_stepping_batches": 10})()
     optimizer = model.configure_optimizers()["optimizer"]
     assert type(optimizer) is torch.optim.AdamW
     assert [(g["name"], g["lr"], g["weight_decay"]) for g in optimizer.param_groups] == [
-        (g["name"], g["lr"], g["weight_decay"]) for g in model.parameter_groups()]
+        (g["name"], g["lr"], g["weight_decay"]) for g in model.parameter_groups()
+    ]
     sgd = SegmentationModel(backbone="resnet18", output_stride=32)
     sgd.trainer = model.trainer
     assert type(sgd.configure_optimizers()["optimizer"]) is torch.optim.SGD
@@ -527,14 +610,18 @@ def test_network_weights_load_from_a_checkpoint_or_a_state_dict_and_must_fit(tmp
         for (name, a), b in zip(trained.network.state_dict().items(), fresh.network.state_dict().values()):
             assert torch.equal(a, b), (file, name)
     # the constructor's network_weights takes the same files
-    loaded = SegmentationModel(backbone="resnet18", num_classes=3, output_stride=32,
-                               network_weights=str(tmp_path / "run.ckpt"))
+    loaded = SegmentationModel(
+        backbone="resnet18", num_classes=3, output_stride=32, network_weights=str(tmp_path / "run.ckpt")
+    )
     assert torch.equal(loaded.network.head.branches[0].weight, trained.network.head.branches[0].weight)
     with pytest.raises(FileNotFoundError, match=r"network_weights file .*missing\.ckpt does not exist"):
         load_network_weights(fresh.network, str(tmp_path / "missing.ckpt"))
     other = SegmentationModel(backbone="resnet18", num_classes=5, output_stride=32)
-    with pytest.raises(ValueError, match=r"does not fit this network.*wrong shape \['head\.branches\.0\.bias', "
-                                         r"'head\.branches\.0\.weight', "):
+    with pytest.raises(
+        ValueError,
+        match=r"does not fit this network.*wrong shape \['head\.branches\.0\.bias', "
+        r"'head\.branches\.0\.weight', ",
+    ):
         load_network_weights(other.network, str(tmp_path / "network.pth"))
     partial = {k: v for k, v in trained.network.state_dict().items() if not k.startswith("head.")}
     partial["extra.weight"] = torch.zeros(1)
@@ -546,8 +633,9 @@ def test_network_weights_load_from_a_checkpoint_or_a_state_dict_and_must_fit(tmp
 def test_dense_alpha_maps_reach_wandb_as_images_scaled_to_the_alpha_range(monkeypatch):
     import wandb
 
-    model = SegmentationModel(backbone="resnet18", pooling="ppool", output_stride=32,
-                              pooling_kwargs={"alpha_mode": "dense"})
+    model = SegmentationModel(
+        backbone="resnet18", pooling="ppool", output_stride=32, pooling_kwargs={"alpha_mode": "dense"}
+    )
     logged = []
     run = type("Run", (), {"log": lambda self, data: logged.append(data)})()
     monkeypatch.setattr(model, "_wandb_runs", lambda: [run])
@@ -568,8 +656,9 @@ def test_alpha_summary_gives_the_spatial_spread_of_a_dense_alpha():
     from polypool.callbacks import alpha_summary
 
     torch.manual_seed(0)
-    dense = SegmentationModel(backbone="resnet18", pooling="ppool", output_stride=32,
-                              pooling_kwargs={"alpha_mode": "dense"})
+    dense = SegmentationModel(
+        backbone="resnet18", pooling="ppool", output_stride=32, pooling_kwargs={"alpha_mode": "dense"}
+    )
     branch = dense.network.backbone.get_submodule("features.maxpool").alpha_branch
     with torch.no_grad():  # let alpha vary over positions and channels (at init it is ~30 everywhere)
         branch.proj.weight.normal_(0, 20)
@@ -580,6 +669,7 @@ def test_alpha_summary_gives_the_spatial_spread_of_a_dense_alpha():
     assert stats["std"] == pytest.approx(alpha.std(unbiased=False).item())
     spatial = torch.stack([alpha[c].std(unbiased=False) for c in range(64)]).mean().item()
     assert stats["spatial_std"] == pytest.approx(spatial) and 0 < spatial < stats["std"]
-    channel = SegmentationModel(backbone="resnet18", pooling="ppool", output_stride=32,
-                                pooling_kwargs={"alpha_mode": "channel"})
+    channel = SegmentationModel(
+        backbone="resnet18", pooling="ppool", output_stride=32, pooling_kwargs={"alpha_mode": "channel"}
+    )
     assert "spatial_std" not in alpha_summary(channel, probe)["features.maxpool"]  # one alpha per channel

@@ -27,8 +27,12 @@ PPOOL_AS_AVG = {"avg": {"alpha_init": 0.0}}
 
 
 def counts(report):
-    return (report.count("module", "max"), report.count("module", "avg"), report.count("functional", "max"),
-            report.count("functional", "avg"))
+    return (
+        report.count("module", "max"),
+        report.count("module", "avg"),
+        report.count("functional", "max"),
+        report.count("functional", "avg"),
+    )
 
 
 def small_input(name, batch=2):
@@ -111,8 +115,12 @@ def test_inception_features_and_forward_intermediates_after_a_functional_swap():
 
 
 def test_same_padding_pools_keep_their_padding():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), create_pool2d("max", 3, stride=2, padding="same"),
-                          create_pool2d("avg", 3, stride=2, padding="same"))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        nn.ReLU(),
+        create_pool2d("max", 3, stride=2, padding="same"),
+        create_pool2d("avg", 3, stride=2, padding="same"),
+    )
     assert [type(m).__name__ for m in model][2:] == ["MaxPool2dSame", "AvgPool2dSame"]
     x = torch.rand(1, 3, 17, 18)
     before = model(x)
@@ -137,8 +145,9 @@ def test_an_argument_the_target_cannot_express_names_the_site_and_changes_nothin
     state = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValueError, match=r"cannot swap features\.6\.branch3\.0 \(AvgPool2d.*count_include_pad=False"):
         swap_pooling(model, "strided_conv", input_size=(3, 96, 96))  # a learned conv: no "padding not counted"
-    assert all(isinstance(model.get_submodule(s.name), nn.MaxPool2d) for s in find_pooling_sites(model)
-               if s.kind == "max")
+    assert all(
+        isinstance(model.get_submodule(s.name), nn.MaxPool2d) for s in find_pooling_sites(model) if s.kind == "max"
+    )
     assert model.state_dict().keys() == state.keys()
     with torch.no_grad():
         assert torch.equal(model(x), before)
@@ -150,8 +159,9 @@ def test_an_argument_the_target_cannot_express_names_the_site_and_changes_nothin
 def test_ppool_carries_count_include_pad_false_over():
     """inception_v4's padded AvgPool2d(count_include_pad=False) sites become P-pooling that leaves the padding out
     (at alpha = 0 exactly the average pool they replace)."""
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
-                          nn.AvgPool2d(3, 1, 1, count_include_pad=False), nn.AvgPool2d(3, 2, 1))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(3, 1, 1, count_include_pad=False), nn.AvgPool2d(3, 2, 1)
+    )
     x = torch.rand(2, 3, 9, 9)
     with torch.no_grad():
         before = model(x)
@@ -213,17 +223,45 @@ def independent_count(model: nn.Module) -> int:
         if node.op == "call_function" and (node.target is F.max_pool2d or node.target is F.avg_pool2d):
             kernel = node.args[1] if len(node.args) > 1 else node.kwargs["kernel_size"]
             fixed = not isinstance(kernel, torch.fx.Node) and not (
-                isinstance(kernel, (tuple, list)) and any(isinstance(k, torch.fx.Node) for k in kernel))
+                isinstance(kernel, (tuple, list)) and any(isinstance(k, torch.fx.Node) for k in kernel)
+            )
             functional += fixed
     return modules + functional
 
 
 SWEEP = [
-    "resnet18", "resnet18d", "resnet26t", "resnet34", "resnet50d", "resnetaa50", "resnetv2_50d", "resnext26ts",
-    "seresnext26d_32x4d", "ecaresnet26t", "eca_resnext26ts", "legacy_seresnet18", "legacy_seresnext26_32x4d",
-    "skresnet18", "res2net50_14w_8s", "res2next50", "resnest14d", "resnetblur18", "nf_resnet26", "nf_regnet_b0",
-    "tresnet_m", "densenet121", "vgg11", "inception_v3", "ese_vovnet19b_dw", "dla34", "dla46_c", "dpn68",
-    "cspresnet50", "ghostnetv2_100", "botnet26t_256", "lambda_resnet26t",
+    "resnet18",
+    "resnet18d",
+    "resnet26t",
+    "resnet34",
+    "resnet50d",
+    "resnetaa50",
+    "resnetv2_50d",
+    "resnext26ts",
+    "seresnext26d_32x4d",
+    "ecaresnet26t",
+    "eca_resnext26ts",
+    "legacy_seresnet18",
+    "legacy_seresnext26_32x4d",
+    "skresnet18",
+    "res2net50_14w_8s",
+    "res2next50",
+    "resnest14d",
+    "resnetblur18",
+    "nf_resnet26",
+    "nf_regnet_b0",
+    "tresnet_m",
+    "densenet121",
+    "vgg11",
+    "inception_v3",
+    "ese_vovnet19b_dw",
+    "dla34",
+    "dla46_c",
+    "dpn68",
+    "cspresnet50",
+    "ghostnetv2_100",
+    "botnet26t_256",
+    "lambda_resnet26t",
 ]
 # Padded average pools with count_include_pad=False: P-pooling leaves the padding out there too (issue 17).
 SWEEP_EXCLUDING_PAD = ["inception_v4", "inception_resnet_v2", "poolformer_s12"]
@@ -255,19 +293,32 @@ class CeilModeSites(nn.Module):
         self.max = nn.MaxPool2d(3, 3, ceil_mode=True)
 
     def forward(self, x):
-        return (self.avg(x), self.max(x), F.avg_pool2d(x, 3, 3, 0, True),
-                F.avg_pool2d(x, kernel_size=2, ceil_mode=True), F.max_pool2d(x, 2, 2, 0, 1, True))
+        return (
+            self.avg(x),
+            self.max(x),
+            F.avg_pool2d(x, 3, 3, 0, True),
+            F.avg_pool2d(x, kernel_size=2, ceil_mode=True),
+            F.max_pool2d(x, 2, 2, 0, 1, True),
+        )
 
 
 CEIL_SITES = {  # site name -> (kernel, stride, padding, output size on 13x13)
-    "avg": ((2, 2), (2, 2), (0, 0), 7), "max": ((3, 3), (3, 3), (0, 0), 5), "avg_pool2d": ((3, 3), (3, 3), (0, 0), 5),
-    "avg_pool2d_1": ((2, 2), (2, 2), (0, 0), 7), "max_pool2d": ((2, 2), (2, 2), (0, 0), 7),
+    "avg": ((2, 2), (2, 2), (0, 0), 7),
+    "max": ((3, 3), (3, 3), (0, 0), 5),
+    "avg_pool2d": ((3, 3), (3, 3), (0, 0), 5),
+    "avg_pool2d_1": ((2, 2), (2, 2), (0, 0), 7),
+    "max_pool2d": ((2, 2), (2, 2), (0, 0), 7),
 }
 
 
 def ceil_site_layers(model):
-    return {"avg": model.avg, "max": model.max, "avg_pool2d": model.polypool_avg_pool2d,
-            "avg_pool2d_1": model.polypool_avg_pool2d_1, "max_pool2d": model.polypool_max_pool2d}
+    return {
+        "avg": model.avg,
+        "max": model.max,
+        "avg_pool2d": model.polypool_avg_pool2d,
+        "avg_pool2d_1": model.polypool_avg_pool2d_1,
+        "max_pool2d": model.polypool_max_pool2d,
+    }
 
 
 @pytest.mark.parametrize("target", ["ppool", "avg", "gated", "strided_conv"])
@@ -276,17 +327,26 @@ def test_ceil_mode_carries_over_to_every_site_at_odd_sizes(target):
     x = torch.rand(2, 3, 13, 13)
     before = model(x)
     assert [y.shape[-1] for y in before] == [7, 5, 5, 7, 7]
-    kwargs = ({"kind_kwargs": PPOOL_AS_AVG, **PPOOL_AS_MAX} if target == "ppool" else {})
+    kwargs = {"kind_kwargs": PPOOL_AS_AVG, **PPOOL_AS_MAX} if target == "ppool" else {}
     report = swap_pooling(model, target, input_size=(3, 13, 13), **kwargs)
     assert counts(report) == (1, 1, 1, 2) and len(report.swapped) == 5
     assert {s.name.rpartition(".")[2] or s.name: s.args["ceil_mode"] for s in report.sites} == dict.fromkeys(
-        CEIL_SITES, True)
+        CEIL_SITES, True
+    )
     for name, layer in ceil_site_layers(model).items():  # the new layer's own arguments
         kernel, stride, padding, _ = CEIL_SITES[name]
-        assert type(layer).__name__ == {"ppool": "PPool2d", "avg": "AvgPool2d", "gated": "GatedPool2d",
-                                        "strided_conv": "StridedConvPool2d"}[target], name
+        assert (
+            type(layer).__name__
+            == {"ppool": "PPool2d", "avg": "AvgPool2d", "gated": "GatedPool2d", "strided_conv": "StridedConvPool2d"}[
+                target
+            ]
+        ), name
         assert (tuple(layer.kernel_size), tuple(layer.stride), tuple(layer.padding), layer.ceil_mode) == (
-            kernel, stride, padding, True), name
+            kernel,
+            stride,
+            padding,
+            True,
+        ), name
     after = model(x)
     assert [y.shape[-1] for y in after] == [size for *_, size in CEIL_SITES.values()]
     if target == "ppool":  # alpha = 0 at the avg sites, 1e4 at the max sites: the same values, overhang included
@@ -346,10 +406,12 @@ class ArgumentSites(nn.Module):
 def test_site_arguments_are_described_compactly():
     """Square pairs as one number, others as AxB; dilation only when not 1, divisor only when set; SAME padding."""
     described = {s.name: s.describe_args() for s in find_pooling_sites(ArgumentSites())}
-    assert described == {"a": "k=2x3, s=1, p=0, d=2, ceil=False",
-                         "b": "k=2, s=2, p=0, ceil=False, count_pad=True, divisor=3",
-                         "c": "k=3, s=1, p=0, ceil=False",
-                         "d": "k=3, s=2, p=0, ceil=False, SAME"}
+    assert described == {
+        "a": "k=2x3, s=1, p=0, d=2, ceil=False",
+        "b": "k=2, s=2, p=0, ceil=False, count_pad=True, divisor=3",
+        "c": "k=3, s=1, p=0, ceil=False",
+        "d": "k=3, s=2, p=0, ceil=False, SAME",
+    }
 
 
 def test_find_pooling_sites_lists_every_site_and_changes_nothing():
@@ -420,8 +482,11 @@ class ClashingAttribute(nn.Module):
 def test_an_owner_attribute_in_the_way_of_the_new_layer_is_an_error():
     """Overwriting a user's attribute would break the block silently: the swap refuses and names it."""
     model = ClashingAttribute()
-    with pytest.raises(ValueError, match=r"^ClashingAttribute already has an attribute 'polypool_max_pool2d'; cannot "
-                                         r"add the pooling layer$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^ClashingAttribute already has an attribute 'polypool_max_pool2d'; cannot "
+        r"add the pooling layer$",
+    ):
         swap_pooling(model, "max", input_size=(3, 8, 8))
     assert model.polypool_max_pool2d == 5 and type(model) is ClashingAttribute
 
@@ -445,11 +510,14 @@ def test_a_build_error_says_when_the_dummy_forward_never_reached_the_site():
     assert str(error.value) == (
         "cannot swap unused (MaxPool2d, k=3, s=3, p=0, ceil=False) to 'strided_conv': strided_conv pooling learns a "
         "channels -> channels convolution: pass channels=C (the dummy forward never reached this site, so its "
-        "channels are unknown: pass input_size=(C, H, W) that reaches it)")
+        "channels are unknown: pass input_size=(C, H, W) that reaches it)"
+    )
     with pytest.raises(ValueError) as error:
         swap_pooling(nn.Sequential(nn.MaxPool2d(2)), "max", input_size=(3, 8, 8), alpha_mode="channel")
-    assert str(error.value) == ("cannot swap 0 (MaxPool2d, k=2, s=2, p=0, ceil=False) to 'max': pooling 'max' got "
-                                "unexpected option(s) ['alpha_mode']; it accepts ['channels', 'dilation']")
+    assert str(error.value) == (
+        "cannot swap 0 (MaxPool2d, k=2, s=2, p=0, ceil=False) to 'max': pooling 'max' got "
+        "unexpected option(s) ['alpha_mode']; it accepts ['channels', 'dilation']"
+    )
 
 
 class InputRecorder(nn.Module):
@@ -482,10 +550,15 @@ def test_the_dummy_forward_is_one_sample_of_the_configured_or_default_size():
 
 
 def test_strided_convolutions_are_listed_with_their_window():
-    site, = find_pooling_sites(nn.Sequential(nn.Conv2d(3, 4, 3, stride=2)))
+    (site,) = find_pooling_sites(nn.Sequential(nn.Conv2d(3, 4, 3, stride=2)))
     assert (site.name, site.old, site.kind, site.args, site.describe_args(), site.reason) == (
-        "0", "Conv2d", None, {"kernel_size": (3, 3), "stride": (2, 2)}, "k=3, s=2",
-        "strided convolution: a learned layer, not a pooling")
+        "0",
+        "Conv2d",
+        None,
+        {"kernel_size": (3, 3), "stride": (2, 2)},
+        "k=3, s=2",
+        "strided convolution: a learned layer, not a pooling",
+    )
 
 
 class KeywordCalls(nn.Module):
@@ -501,8 +574,19 @@ def test_functional_calls_with_the_input_by_keyword_are_swapped():
     before = model(x)
     report = swap_pooling(model, {"max": "max", "avg": "avg"}, input_size=(3, 9, 9))
     assert [(s.name, s.kind, s.swapped, s.args) for s in report.sites] == [
-        ("avg_pool2d", "avg", True, {"stride": 2, "padding": 0, "ceil_mode": False, "count_include_pad": True,
-                                     "divisor_override": None, "kernel_size": 2}),
+        (
+            "avg_pool2d",
+            "avg",
+            True,
+            {
+                "stride": 2,
+                "padding": 0,
+                "ceil_mode": False,
+                "count_include_pad": True,
+                "divisor_override": None,
+                "kernel_size": 2,
+            },
+        ),
         ("max_pool2d", "max", True, {"stride": 3, "padding": 0, "dilation": 1, "ceil_mode": False, "kernel_size": 3}),
     ]
     avg, max_ = model.polypool_avg_pool2d, model.polypool_max_pool2d
@@ -526,11 +610,19 @@ def test_tuple_windows_are_swapped_unless_an_element_comes_from_the_input():
     report = swap_pooling(model, {"max": "max", "avg": "avg"}, input_size=(3, 8, 8))
     fixed, global_ = report.sites
     assert (fixed.name, fixed.kind, fixed.swapped, fixed.describe_args()) == (
-        "avg_pool2d", "avg", True, "s=2, p=0, ceil=False, count_pad=True, k=2")
+        "avg_pool2d",
+        "avg",
+        True,
+        "s=2, p=0, ceil=False, count_pad=True, k=2",
+    )
     # every key of a site left alone is described, those without a short name by their own name
     assert (global_.name, global_.kind, global_.swapped, global_.reason, global_.describe_args()) == (
-        "max_pool2d", None, False, "kernel_size computed from the input (a global or shape-dependent pooling)",
-        "s=None, p=0, ceil=False, return_indices=False, k=getitemxgetitem_1")
+        "max_pool2d",
+        None,
+        False,
+        "kernel_size computed from the input (a global or shape-dependent pooling)",
+        "s=None, p=0, ceil=False, return_indices=False, k=getitemxgetitem_1",
+    )
     after = model(x)
     assert torch.equal(after[0], before[0]) and torch.equal(after[1], before[1])
 
@@ -555,7 +647,8 @@ def test_a_max_pool_returning_indices_is_left_alone_with_its_reason():
     with pytest.warns(UserWarning, match="no local pooling site"):
         report = swap_pooling(model, "ppool", input_size=(3, 8, 8))
     assert [(s.name, s.old, s.kind, s.swapped, s.reason) for s in report.sites] == [
-        ("1", "MaxPool2d", None, False, "returns indices (for unpooling): only max pooling can give them")]
+        ("1", "MaxPool2d", None, False, "returns indices (for unpooling): only max pooling can give them")
+    ]
     assert type(model[1]) is nn.MaxPool2d
 
 
@@ -621,8 +714,10 @@ def test_an_untraceable_forward_gets_a_note_only_when_it_calls_a_pooling():
     """The user must hear of functional poolings that were not swapped, and not of every untraceable block."""
     with pytest.warns(UserWarning, match="no local pooling site"):
         report = swap_pooling(Untraceable(pools=True), "ppool", input_size=(3, 8, 8))
-    assert report.notes == ["could not trace the model (Untraceable: TraceError: symbolically traced variables cannot "
-                            "be used as inputs to control flow); functional poolings inside it were not swapped"]
+    assert report.notes == [
+        "could not trace the model (Untraceable: TraceError: symbolically traced variables cannot "
+        "be used as inputs to control flow); functional poolings inside it were not swapped"
+    ]
     model = nn.Sequential(nn.MaxPool2d(2), UntraceableWithoutPooling(pools=False))
     report = swap_pooling(model, "max", input_size=(3, 8, 8))
     assert report.notes == [] and len(report.swapped) == 1

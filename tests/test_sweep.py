@@ -14,29 +14,60 @@ from pathlib import Path
 import pytest
 import torch
 
-from polypool.repro import sweep as sw
 from polypool.data.fixtures import make_voc
+from polypool.repro import sweep as sw
 
 REPO = Path(__file__).parents[1]
-BLOCKED = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
-           "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
+BLOCKED = {
+    "http_proxy": "http://127.0.0.1:9",
+    "https_proxy": "http://127.0.0.1:9",
+    "HTTP_PROXY": "http://127.0.0.1:9",
+    "HTTPS_PROXY": "http://127.0.0.1:9",
+}
 # the runs' overrides: 4 steps, a validation (and last.ckpt) every 2 steps on one val image, no W&B; whatever the
 # quick preset's own schedule
-TINY = ["--data.init_args.crop_size", "32", "--data.init_args.batch_size", "2", "--trainer.max_steps", "4",
-        "--trainer.max_epochs", "-1", "--trainer.check_val_every_n_epoch", "null", "--trainer.val_check_interval", "2",
-        "--trainer.limit_val_batches", "1", "--wandb_project", "null"]
+TINY = [
+    "--data.init_args.crop_size",
+    "32",
+    "--data.init_args.batch_size",
+    "2",
+    "--trainer.max_steps",
+    "4",
+    "--trainer.max_epochs",
+    "-1",
+    "--trainer.check_val_every_n_epoch",
+    "null",
+    "--trainer.val_check_interval",
+    "2",
+    "--trainer.limit_val_batches",
+    "1",
+    "--wandb_project",
+    "null",
+]
 
 
 def reproduce(*args, env=None, timeout=900):
-    return subprocess.run(["bash", "reproduce.sh", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        ["bash", "reproduce.sh", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def cpu_env(tmp_path):
     """One thread per run, the helper callbacks importable, W&B quiet, and caches of this test's own."""
     pythonpath = os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
-    return {"OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath, "WANDB_MODE": "offline",
-            "WANDB_SILENT": "true", "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
+    return {
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": pythonpath,
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "HF_HOME": str(tmp_path / "hf"),
+        "TORCH_HOME": str(tmp_path / "torch"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +90,10 @@ def same_result(a, b):
     if a["alpha"]:
         for name, stats in a["alpha"]["last"]["layers"].items():
             for key in ("mean", "std", "min", "max"):
-                assert stats[key] == pytest.approx(b["alpha"]["last"]["layers"][name][key], rel=1e-5, abs=1e-7), \
-                    (name, key)
+                assert stats[key] == pytest.approx(b["alpha"]["last"]["layers"][name][key], rel=1e-5, abs=1e-7), (
+                    name,
+                    key,
+                )
 
 
 # -- the sweep, on the CPU ----------------------------------------------------------------------------------------
@@ -69,8 +102,23 @@ def reference(voc_root, tmp_path_factory):
     """An uninterrupted quick sweep of two runs, two workers side by side."""
     tmp = tmp_path_factory.mktemp("reference")
     out = tmp / "out"
-    args = ["voc", "vgg", "--quick", "--workers", "2", "--poolings", "max,ppool", "--out", str(out), "--poll-s", "3",
-            "--", "--data.init_args.root", str(voc_root), *TINY]
+    args = [
+        "voc",
+        "vgg",
+        "--quick",
+        "--workers",
+        "2",
+        "--poolings",
+        "max,ppool",
+        "--out",
+        str(out),
+        "--poll-s",
+        "3",
+        "--",
+        "--data.init_args.root",
+        str(voc_root),
+        *TINY,
+    ]
     result = reproduce(*args, env=cpu_env(tmp))
     yield out, args, result, tmp
     shutil.rmtree(tmp, ignore_errors=True)  # its runs' checkpoints (~1 GB)
@@ -93,8 +141,12 @@ def test_two_runs_side_by_side_write_records_and_the_table_and_a_second_call_doe
     assert "done in" in result.stdout and "GPU-hours" in result.stdout and str(out / "voc_vgg.md") in result.stdout
     # each run's output went to its own log, as periodic plain lines (not a terminal)
     log = (out / "logs/voc/vgg/ppool/0/train.log").read_text()
-    assert re.search(r"\[progress\] validated: step 2/4 \(50%\) \| loss \d+\.\d{4} \| mIoU \d\.\d{4} \(step 2\) \| "
-                     r"elapsed \d+:\d\d:\d\d \| ETA \d+:\d\d:\d\d$", log, re.MULTILINE), log[-3000:]
+    assert re.search(
+        r"\[progress\] validated: step 2/4 \(50%\) \| loss \d+\.\d{4} \| mIoU \d\.\d{4} \(step 2\) \| "
+        r"elapsed \d+:\d\d:\d\d \| ETA \d+:\d\d:\d\d$",
+        log,
+        re.MULTILINE,
+    ), log[-3000:]
     progress = json.loads((out / "logs/voc/vgg/ppool/0/progress.json").read_text())
     assert progress["step"] == 4 and progress["max_steps"] == 4 and progress["miou"] is not None
     # the user's rows are the runs trained now; the committed miniature is a section of its own (issue 31, section 0)
@@ -122,14 +174,35 @@ def test_a_killed_sweep_resumes_its_runs_and_ends_as_an_uninterrupted_one(refere
     ref_out, _, ref_result, _ = reference
     assert ref_result.returncode == 0, ref_result.stderr[-3000:]
     out, marker = tmp_path / "out", tmp_path / "paused"
-    base = ["voc", "vgg", "--quick", "--workers", "2", "--poolings", "max,ppool", "--out", str(out), "--poll-s", "3",
-            "--", "--data.init_args.root", str(voc_root), *TINY]
-    pause = json.dumps({"class_path": "sweep_callbacks.PauseAt",
-                        "init_args": {"pooling": "ppool", "step": 3, "marker": str(marker)}})
+    base = [
+        "voc",
+        "vgg",
+        "--quick",
+        "--workers",
+        "2",
+        "--poolings",
+        "max,ppool",
+        "--out",
+        str(out),
+        "--poll-s",
+        "3",
+        "--",
+        "--data.init_args.root",
+        str(voc_root),
+        *TINY,
+    ]
+    pause = json.dumps(
+        {"class_path": "sweep_callbacks.PauseAt", "init_args": {"pooling": "ppool", "step": 3, "marker": str(marker)}}
+    )
     env = {**os.environ, **cpu_env(tmp_path)}
     with open(tmp_path / "first.log", "w") as log:
-        sweep = subprocess.Popen(["bash", "reproduce.sh", *base, f"--trainer.callbacks+={pause}"], cwd=REPO,
-                                 env=env, stdout=log, stderr=subprocess.STDOUT)
+        sweep = subprocess.Popen(
+            ["bash", "reproduce.sh", *base, f"--trainer.callbacks+={pause}"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.time() + 600
         while not (marker.exists() and (out / "runs/voc/vgg/max/0.json").exists()):
             assert sweep.poll() is None and time.time() < deadline, (tmp_path / "first.log").read_text()[-3000:]
@@ -144,8 +217,18 @@ def test_a_killed_sweep_resumes_its_runs_and_ends_as_an_uninterrupted_one(refere
     ppool = out / "logs/voc/vgg/ppool/0"
     assert not (out / "runs/voc/vgg/ppool/0.json").exists()
     assert torch.load(ppool / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 2
-    status = reproduce("voc", "vgg", "--quick", "--poolings", "max,ppool", "--out", str(out), "--status",
-                       env=cpu_env(tmp_path), timeout=300)
+    status = reproduce(
+        "voc",
+        "vgg",
+        "--quick",
+        "--poolings",
+        "max,ppool",
+        "--out",
+        str(out),
+        "--status",
+        env=cpu_env(tmp_path),
+        timeout=300,
+    )
     assert " partial " in status.stdout.splitlines()[3] and " done " in status.stdout.splitlines()[2]
 
     again = reproduce(*base, env=cpu_env(tmp_path))  # the same command, without the pause
@@ -165,10 +248,28 @@ def test_slurm_jobs_through_submitits_local_executor_and_a_failed_run(voc_root, 
     the table marks the failure, and the exit status is 1 with the failed run and its log."""
     out = tmp_path / "out"
     fail = json.dumps({"class_path": "sweep_callbacks.FailFor", "init_args": {"pooling": "avg"}})
-    result = reproduce("voc", "vgg", "--quick", "--slurm", "--slurm-cluster", "local", "--time", "0:20:00",
-                       "--poolings", "max,avg", "--out", str(out), "--poll-s", "3", "--",
-                       "--data.init_args.root", str(voc_root), *TINY, f"--trainer.callbacks+={fail}",
-                       env=cpu_env(tmp_path))
+    result = reproduce(
+        "voc",
+        "vgg",
+        "--quick",
+        "--slurm",
+        "--slurm-cluster",
+        "local",
+        "--time",
+        "0:20:00",
+        "--poolings",
+        "max,avg",
+        "--out",
+        str(out),
+        "--poll-s",
+        "3",
+        "--",
+        "--data.init_args.root",
+        str(voc_root),
+        *TINY,
+        f"--trainer.callbacks+={fail}",
+        env=cpu_env(tmp_path),
+    )
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
     assert (out / "runs/voc/vgg/max/0.json").is_file() and not (out / "runs/voc/vgg/avg/0.json").exists()
     assert result.stdout.count(": submitted job ") == 2
@@ -178,8 +279,18 @@ def test_slurm_jobs_through_submitits_local_executor_and_a_failed_run(voc_root, 
     assert list((out / "slurm/voc/vgg").glob("*/*_submitted.pkl"))  # submitit's own files
     table = (out / "voc_vgg.md").read_text()
     assert f"Failed runs (shown as -): avg seed 0 (log: {avg_log})" in table and "| Max |" in table
-    status = reproduce("voc", "vgg", "--quick", "--poolings", "max,avg", "--out", str(out), "--status",
-                       env=cpu_env(tmp_path), timeout=300)
+    status = reproduce(
+        "voc",
+        "vgg",
+        "--quick",
+        "--poolings",
+        "max,avg",
+        "--out",
+        str(out),
+        "--status",
+        env=cpu_env(tmp_path),
+        timeout=300,
+    )
     assert "1/2 runs done (0 running, 1 failed, 0 partial, 0 missing)" in status.stdout
 
 
@@ -239,18 +350,37 @@ def sweep_with_fake_fit(monkeypatch, capsys, tmp_path, data_root, args, fail=(),
     monkeypatch.setenv("FAKE_FIT", json.dumps({"seen": str(seen), "fail": list(fail), "wait": wait or {}}))
     monkeypatch.chdir(REPO)
     capsys.readouterr()
-    code = sw.main(["voc", "vgg", *args, "--out", str(tmp_path / "out"), "--", "--data.init_args.root",
-                    str(data_root), "--model.weights", str(weights)])
+    code = sw.main(
+        [
+            "voc",
+            "vgg",
+            *args,
+            "--out",
+            str(tmp_path / "out"),
+            "--",
+            "--data.init_args.root",
+            str(data_root),
+            "--model.weights",
+            str(weights),
+        ]
+    )
     out, err = capsys.readouterr()
     notes = {path.name: json.loads(path.read_text()) for path in seen.iterdir()}
     return code, out, err, notes
 
 
-def test_a_failed_run_side_by_side_does_not_stop_the_others_and_the_sweep_lists_it(voc_root, tmp_path, monkeypatch,
-                                                                                  capsys):
-    code, out, err, notes = sweep_with_fake_fit(monkeypatch, capsys, tmp_path, voc_root,
-                                                ["--workers", "2", "--poolings", "max,avg,gated"], fail=["avg"],
-                                                wait={"max": "gated"})
+def test_a_failed_run_side_by_side_does_not_stop_the_others_and_the_sweep_lists_it(
+    voc_root, tmp_path, monkeypatch, capsys
+):
+    code, out, err, notes = sweep_with_fake_fit(
+        monkeypatch,
+        capsys,
+        tmp_path,
+        voc_root,
+        ["--workers", "2", "--poolings", "max,avg,gated"],
+        fail=["avg"],
+        wait={"max": "gated"},
+    )
     runs, logs = tmp_path / "out/runs/voc/vgg", tmp_path / "out/logs/voc/vgg"
     avg_log = logs / "avg/0/train.log"
     assert code == 1, out + err
@@ -271,17 +401,26 @@ def test_a_failed_run_side_by_side_does_not_stop_the_others_and_the_sweep_lists_
     assert "2/3 runs done (0 running, 1 failed, 0 partial, 0 missing)" in out
 
 
-@pytest.mark.parametrize("gpus, per_run, slots", [(2, 1, ["0", "1"]), (4, 2, ["0,1", "2,3"])],
-                         ids=["one GPU per run", "two GPUs per run (DDP)"])
+@pytest.mark.parametrize(
+    "gpus, per_run, slots",
+    [(2, 1, ["0", "1"]), (4, 2, ["0,1", "2,3"])],
+    ids=["one GPU per run", "two GPUs per run (DDP)"],
+)
 def test_runs_side_by_side_are_pinned_to_their_gpus_and_a_new_one_starts_when_one_ends(
-        gpus, per_run, slots, voc_root, tmp_path, monkeypatch, capsys):
+    gpus, per_run, slots, voc_root, tmp_path, monkeypatch, capsys
+):
     """3 runs on 2 slots: max holds slot 0 until gated has started, so gated can only start in the slot that avg
     frees: the sweep starts a run whenever one ends, not when all have."""
     monkeypatch.setattr(sw, "gpu_problem", lambda wanted: None)  # this machine has no GPU; no run touches one
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     code, out, err, notes = sweep_with_fake_fit(
-        monkeypatch, capsys, tmp_path, voc_root,
-        ["--gpus", str(gpus), "--gpus-per-run", str(per_run), "--poolings", "max,avg,gated"], wait={"max": "gated"})
+        monkeypatch,
+        capsys,
+        tmp_path,
+        voc_root,
+        ["--gpus", str(gpus), "--gpus-per-run", str(per_run), "--poolings", "max,avg,gated"],
+        wait={"max": "gated"},
+    )
     assert code == 0, out + err
     assert f"== 3 run(s) to train, 2 at a time, {per_run} GPU(s) each" in out
     for pooling in ("max", "avg", "gated"):
@@ -298,14 +437,17 @@ def test_runs_side_by_side_are_pinned_to_their_gpus_and_a_new_one_starts_when_on
 
 
 @pytest.mark.parametrize("offline", [False, True], ids=["online", "offline"])
-@pytest.mark.parametrize("piece", ["VOCdevkit/VOC2012/SegmentationClass", "benchmark_RELEASE/dataset"],
-                         ids=["VOC masks", "SBD (trainaug)"])
+@pytest.mark.parametrize(
+    "piece", ["VOCdevkit/VOC2012/SegmentationClass", "benchmark_RELEASE/dataset"], ids=["VOC masks", "SBD (trainaug)"]
+)
 def test_an_incomplete_dataset_fails_at_start_naming_the_folder_the_missing_part_and_the_fix(
-        piece, offline, tmp_path, monkeypatch, capsys):
+    piece, offline, tmp_path, monkeypatch, capsys
+):
     root = make_voc(tmp_path / "voc", n_train=2, n_val=1, size=(16, 16), seed=0, n_sbd=1)
     shutil.rmtree(root / piece)
-    code, out, err, notes = sweep_with_fake_fit(monkeypatch, capsys, tmp_path, root,
-                                                ["--poolings", "max"] + (["--offline"] if offline else []))
+    code, out, err, notes = sweep_with_fake_fit(
+        monkeypatch, capsys, tmp_path, root, ["--poolings", "max"] + (["--offline"] if offline else [])
+    )
     assert code == 1, out + err
     assert f"the voc data in {root} is incomplete" in err and str(root / piece) in err
     fix = err.split("fix: ")[1]
@@ -328,17 +470,18 @@ def test_status_reports_each_run_without_starting_anything(tmp_path):
     # partial: interrupted at step 4000 with a checkpoint; mIoU from metrics.csv, elapsed from progress.json
     (logs / "avg/0/checkpoints").mkdir(parents=True)
     (logs / "avg/0/checkpoints/last.ckpt").write_bytes(b"")
-    (logs / "avg/0/metrics.csv").write_text("step,train/loss,val/mIoU\n1999,0.9,\n1999,,0.41\n3999,,0.47\n"
-                                            "4000,0.5,\n")
+    (logs / "avg/0/metrics.csv").write_text("step,train/loss,val/mIoU\n1999,0.9,\n1999,,0.41\n3999,,0.47\n4000,0.5,\n")
     (logs / "avg/0/progress.json").write_text(json.dumps({"step": 3990, "max_steps": 12040, "elapsed_s": 1800}))
     # running: a live process of ours on this host
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "polypool-fit"])
     try:
         (logs / "gated/0").mkdir(parents=True)
-        (logs / "gated/0/sweep.json").write_text(json.dumps({"state": "running", "pid": sleeper.pid,
-                                                             "host": sw.socket.gethostname(), "time": time.time()}))
-        (logs / "gated/0/progress.json").write_text(json.dumps({"step": 600, "max_steps": 12040, "miou": 0.3,
-                                                                "elapsed_s": 65}))
+        (logs / "gated/0/sweep.json").write_text(
+            json.dumps({"state": "running", "pid": sleeper.pid, "host": sw.socket.gethostname(), "time": time.time()})
+        )
+        (logs / "gated/0/progress.json").write_text(
+            json.dumps({"step": 600, "max_steps": 12040, "miou": 0.3, "elapsed_s": 65})
+        )
         (logs / "gated/0/train.log").write_text("...")
         # failed: exit 1
         (logs / "dpp/0").mkdir(parents=True)
@@ -349,8 +492,9 @@ def test_status_reports_each_run_without_starting_anything(tmp_path):
         dead.wait()
         (logs / "ppool/0/checkpoints").mkdir(parents=True)
         (logs / "ppool/0/checkpoints/last.ckpt").write_bytes(b"")
-        (logs / "ppool/0/sweep.json").write_text(json.dumps({"state": "running", "pid": dead.pid,
-                                                             "host": sw.socket.gethostname(), "time": time.time()}))
+        (logs / "ppool/0/sweep.json").write_text(
+            json.dumps({"state": "running", "pid": dead.pid, "host": sw.socket.gethostname(), "time": time.time()})
+        )
         before = sorted(p for p in out.rglob("*"))
         result = reproduce("voc", "vgg", "--status", "--out", str(out), timeout=300)
     finally:
@@ -366,8 +510,10 @@ def test_status_reports_each_run_without_starting_anything(tmp_path):
     assert rows["gated"].endswith(str(logs / "gated/0/train.log"))
     assert rows["dpp"].split()[1:4] == ["0", "failed", "(exit"] and rows["dpp"].endswith("dpp/0/train.log")
     assert rows["ppool"].split()[1:3] == ["0", "partial"]
-    assert result.stdout.splitlines()[-1] == (f"table voc_vgg: 1/6 runs done (1 running, 1 failed, 2 partial, "
-                                              f"1 missing); {out / 'voc_vgg.md'} (not built yet)")
+    assert result.stdout.splitlines()[-1] == (
+        f"table voc_vgg: 1/6 runs done (1 running, 1 failed, 2 partial, "
+        f"1 missing); {out / 'voc_vgg.md'} (not built yet)"
+    )
 
 
 # -- the node: GPUs, prefetch, offline ----------------------------------------------------------------------------
@@ -375,8 +521,10 @@ def fake_nvidia_smi(folder: Path, driver="535.104.05", cuda="12.2", gpus=2) -> d
     folder.mkdir(parents=True, exist_ok=True)
     listing = "\\n".join(f"GPU {i}: NVIDIA A100-SXM4-40GB (UUID: GPU-{i})" for i in range(gpus))
     script = folder / "nvidia-smi"
-    script.write_text(f"#!/bin/sh\nif [ \"$1\" = -L ]; then printf '{listing}\\n'; else echo "
-                      f"'| NVIDIA-SMI {driver}   Driver Version: {driver}   CUDA Version: {cuda}     |'; fi\n")
+    script.write_text(
+        f"#!/bin/sh\nif [ \"$1\" = -L ]; then printf '{listing}\\n'; else echo "
+        f"'| NVIDIA-SMI {driver}   Driver Version: {driver}   CUDA Version: {cuda}     |'; fi\n"
+    )
     script.chmod(0o755)
     return {"PATH": f"{folder}:{os.environ['PATH']}"}
 
@@ -384,16 +532,37 @@ def fake_nvidia_smi(folder: Path, driver="535.104.05", cuda="12.2", gpus=2) -> d
 def test_gpu_check_names_torchs_cuda_the_drivers_and_the_fix_before_anything_starts(tmp_path):
     assert torch.cuda.device_count() == 0  # this machine: torch sees no GPU
     out = tmp_path / "out"
-    none = reproduce("voc", "vgg", "--gpus", "2", "--out", str(out), "--", "--data.init_args.root",
-                     str(tmp_path / "no-data"), env={"PATH": "/usr/bin:/bin"}, timeout=300)
+    none = reproduce(
+        "voc",
+        "vgg",
+        "--gpus",
+        "2",
+        "--out",
+        str(out),
+        "--",
+        "--data.init_args.root",
+        str(tmp_path / "no-data"),
+        env={"PATH": "/usr/bin:/bin"},
+        timeout=300,
+    )
     assert none.returncode == 1
     assert "--gpus 2, but torch sees 0 GPU(s)" in none.stderr
     assert f"built for CUDA {torch.version.cuda} (torch.version.cuda)" in none.stderr
     assert "no nvidia-smi on PATH" in none.stderr and "fix: " in none.stderr
     assert "no data at" not in none.stderr and not out.exists()  # checked before the data and any run
     # an old driver: the fix is the torch build for its CUDA
-    old = reproduce("voc", "vgg", "--gpus", "2", "--gpus-per-run", "1", "--out", str(out),
-                    env=fake_nvidia_smi(tmp_path / "bin"), timeout=300)
+    old = reproduce(
+        "voc",
+        "vgg",
+        "--gpus",
+        "2",
+        "--gpus-per-run",
+        "1",
+        "--out",
+        str(out),
+        env=fake_nvidia_smi(tmp_path / "bin"),
+        timeout=300,
+    )
     assert old.returncode == 1 and not out.exists()
     assert "driver: 535.104.05, supports CUDA up to 12.2 (nvidia-smi); 2 GPU(s)" in old.stderr
     assert "fix: make setup TORCH_CUDA=cu121" in old.stderr
@@ -412,8 +581,9 @@ def test_bad_sweep_options_fail_with_the_option_and_the_fix(monkeypatch):
         assert "one of [1, 2, 4, 8]" in str(error("voc", "vgg", "--gpus", "8", "--gpus-per-run", "3"))
         assert "needs --gpus N" in str(error("voc", "vgg", "--gpus-per-run", "1"))
         assert "drop --gpus" in str(error("voc", "vgg", "--quick", "--gpus", "1"))
-        assert "--workers 2 or fewer" in str(error("voc", "vgg", "--gpus", "4", "--gpus-per-run", "2",
-                                                   "--workers", "3"))
+        assert "--workers 2 or fewer" in str(
+            error("voc", "vgg", "--gpus", "4", "--gpus-per-run", "2", "--workers", "3")
+        )
         ok = sw.make_sweep(sw.build_parser().parse_args(["voc", "vgg", "--gpus", "8", "--gpus-per-run", "2"]), [])
         assert (ok.workers, ok.gpus_per_run) == (4, 2) and "configs/trainer/ddp.yaml" in ok.base_args()
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -431,8 +601,10 @@ def test_bad_sweep_options_fail_with_the_option_and_the_fix(monkeypatch):
         os.chdir(cwd)
     assert sw.parse_time_minutes("12:00:00") == 720 and sw.parse_time_minutes("1-00:00:00") == 1440
     assert sw.parse_time_minutes("90") == 90
-    values = sw.resolve_config([REPO / "configs/voc/vgg.yaml"], ["--data.init_args.root=/x", "--trainer.max_steps",
-                                                                 "7", "--model.weights", "w.pth"])
+    values = sw.resolve_config(
+        [REPO / "configs/voc/vgg.yaml"],
+        ["--data.init_args.root=/x", "--trainer.max_steps", "7", "--model.weights", "w.pth"],
+    )
     assert (sw.get(values, "data.init_args.root"), sw.get(values, "trainer.max_steps")) == ("/x", 7)
     assert sw.get(values, "data.init_args.train_split") == "trainaug"  # the rest of the config is kept
 
@@ -441,8 +613,27 @@ def test_slurm_options_reach_the_job_script(tmp_path, monkeypatch):
     """--slurm's options as submitit's SlurmExecutor holds them and writes them into the sbatch script; nothing is
     submitted. Without SLURM's commands the error says so."""
     monkeypatch.chdir(REPO)
-    argv = ["voc", "vgg", "--slurm", "--gpus-per-run", "2", "--partition", "gpu", "--account", "lab", "--qos", "high",
-            "--cpus-per-task", "6", "--mem-gb", "32", "--time", "12:00:00", "--out", str(tmp_path / "out")]
+    argv = [
+        "voc",
+        "vgg",
+        "--slurm",
+        "--gpus-per-run",
+        "2",
+        "--partition",
+        "gpu",
+        "--account",
+        "lab",
+        "--qos",
+        "high",
+        "--cpus-per-task",
+        "6",
+        "--mem-gb",
+        "32",
+        "--time",
+        "12:00:00",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     args = sw.build_parser().parse_args(argv)
     sweep = sw.make_sweep(args, [])
     monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no srun
@@ -456,13 +647,44 @@ def test_slurm_options_reach_the_job_script(tmp_path, monkeypatch):
     executor = sw.make_executor(sweep, args)
     assert executor.cluster == "slurm"
     parameters = executor._executor.parameters
-    assert {key: parameters.get(key) for key in ("partition", "account", "qos", "cpus_per_task", "mem", "time",
-                                                 "nodes", "ntasks_per_node", "gpus_per_node", "job_name")} == {
-        "partition": "gpu", "account": "lab", "qos": "high", "cpus_per_task": 6, "mem": "32GB", "time": 720,
-        "nodes": 1, "ntasks_per_node": 2, "gpus_per_node": 2, "job_name": "polypool-voc-vgg"}
+    assert {
+        key: parameters.get(key)
+        for key in (
+            "partition",
+            "account",
+            "qos",
+            "cpus_per_task",
+            "mem",
+            "time",
+            "nodes",
+            "ntasks_per_node",
+            "gpus_per_node",
+            "job_name",
+        )
+    } == {
+        "partition": "gpu",
+        "account": "lab",
+        "qos": "high",
+        "cpus_per_task": 6,
+        "mem": "32GB",
+        "time": 720,
+        "nodes": 1,
+        "ntasks_per_node": 2,
+        "gpus_per_node": 2,
+        "job_name": "polypool-voc-vgg",
+    }
     script = executor._executor._make_submission_file_text("python -m polypool fit", "0")
-    for line in ("--partition=gpu", "--account=lab", "--qos=high", "--cpus-per-task=6", "--mem=32GB",
-                 "--time=720", "--gpus-per-node=2", "--ntasks-per-node=2", "--nodes=1"):
+    for line in (
+        "--partition=gpu",
+        "--account=lab",
+        "--qos=high",
+        "--cpus-per-task=6",
+        "--mem=32GB",
+        "--time=720",
+        "--gpus-per-node=2",
+        "--ntasks-per-node=2",
+        "--nodes=1",
+    ):
         assert f"#SBATCH {line}\n" in script, line
     # GPUs per job without --gpus-per-run: --gpus; none: a CPU job of one task
     for gpus, tasks in (("4", 4), ("0", 1)):
@@ -473,8 +695,18 @@ def test_slurm_options_reach_the_job_script(tmp_path, monkeypatch):
 
 
 def test_prefetch_without_network_names_the_url_and_the_folder(voc_root, tmp_path):
-    result = reproduce("voc", "vgg", "--prefetch", "--out", str(tmp_path / "out"), "--",
-                       "--data.init_args.root", str(voc_root), env={**cpu_env(tmp_path), **BLOCKED}, timeout=300)
+    result = reproduce(
+        "voc",
+        "vgg",
+        "--prefetch",
+        "--out",
+        str(tmp_path / "out"),
+        "--",
+        "--data.init_args.root",
+        str(voc_root),
+        env={**cpu_env(tmp_path), **BLOCKED},
+        timeout=300,
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"data: voc already in {voc_root}: nothing to fetch" in result.stdout
     assert "https://huggingface.co/timm/vgg16.tv_in1k/resolve/main/model.safetensors is unreachable" in result.stderr
@@ -507,12 +739,23 @@ def test_offline_runs_fail_at_start_naming_where_they_looked_and_find_a_prefetch
     (snapshot / "model.safetensors").write_bytes(b"weights")
     (looked / "refs").mkdir()
     (looked / "refs" / "main").write_text("0" * 40)
-    prefetch = reproduce("voc", "vgg", "--prefetch", "--out", str(out), "--", "--data.init_args.root", str(voc_root),
-                         env={**cpu_env(tmp_path), **BLOCKED}, timeout=300)
+    prefetch = reproduce(
+        "voc",
+        "vgg",
+        "--prefetch",
+        "--out",
+        str(out),
+        "--",
+        "--data.init_args.root",
+        str(voc_root),
+        env={**cpu_env(tmp_path), **BLOCKED},
+        timeout=300,
+    )
     assert prefetch.returncode == 0, prefetch.stderr
     assert f"weights: vgg16 already in {snapshot / 'model.safetensors'}: nothing to fetch" in prefetch.stdout
-    env = sw.run_env(sw.Sweep("voc", "vgg", Path("configs/voc/vgg.yaml"), False, 0, 0, 1, 1, ("max",), out,
-                              offline=True))
+    env = sw.run_env(
+        sw.Sweep("voc", "vgg", Path("configs/voc/vgg.yaml"), False, 0, 0, 1, 1, ("max",), out, offline=True)
+    )
     assert env["HF_HUB_OFFLINE"] == "1" and env["WANDB_MODE"] == "offline"
 
 
@@ -528,8 +771,17 @@ def test_the_progress_view_is_a_bar_on_a_terminal_and_lines_in_a_log():
 
     assert isinstance(default_progress_bar(Stream(True)), StepProgressBar)
     assert isinstance(default_progress_bar(Stream(False)), PlainProgress)
-    line = describe({"step": 120, "max_steps": 12040, "loss": 0.83125, "miou": 0.412, "miou_step": 100,
-                     "elapsed_s": 312, "eta_s": 29520})
+    line = describe(
+        {
+            "step": 120,
+            "max_steps": 12040,
+            "loss": 0.83125,
+            "miou": 0.412,
+            "miou_step": 100,
+            "elapsed_s": 312,
+            "eta_s": 29520,
+        }
+    )
     assert line == "step 120/12040 (1%) | loss 0.8313 | mIoU 0.4120 (step 100) | elapsed 0:05:12 | ETA 8:12:00"
     import yaml
 
@@ -572,10 +824,22 @@ def test_the_bar_shows_the_runs_step_its_loss_the_last_miou_and_the_eta(tmp_path
 
     seen, bar = {}, StepProgressBar()
     data = DataLoader(TensorDataset(torch.randn(16, 2)), batch_size=2)
-    trainer = L.Trainer(max_steps=1000, max_epochs=-1, val_check_interval=2, check_val_every_n_epoch=None,
-                        limit_val_batches=1, num_sanity_val_steps=0, callbacks=[bar, StopAt()], logger=True,
-                        log_every_n_steps=1, enable_checkpointing=False, enable_model_summary=False,
-                        default_root_dir=tmp_path, accelerator="cpu", devices=1)
+    trainer = L.Trainer(
+        max_steps=1000,
+        max_epochs=-1,
+        val_check_interval=2,
+        check_val_every_n_epoch=None,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        callbacks=[bar, StopAt()],
+        logger=True,
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        devices=1,
+    )
     model = Tiny()
     trainer.fit(model, data, data)
     items = seen["items"]
@@ -594,6 +858,7 @@ def test_make_setup_takes_torchs_cuda_build_from_a_variable():
         assert "pip uninstall --quiet --yes torch torchvision" in dry.stdout  # another build than the installed one
     assert "--index-url https://download.pytorch.org/whl/cu126 torch==2.14.1 torchvision==0.29.1" in dry.stdout
     assert "'https://download.pytorch.org/whl/cu126' > .venv/.torch-index" in dry.stdout  # remembered
-    url = subprocess.run(["make", "-n", "setup", "TORCH_INDEX_URL=https://example.org/whl"], cwd=REPO,
-                         capture_output=True, text=True)
+    url = subprocess.run(
+        ["make", "-n", "setup", "TORCH_INDEX_URL=https://example.org/whl"], cwd=REPO, capture_output=True, text=True
+    )
     assert "--index-url https://example.org/whl torch==" in url.stdout

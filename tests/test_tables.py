@@ -35,8 +35,15 @@ def write_records(root, dataset, backbone, table_rows, seeds=(0,)):
             values = [float(text) for text, _ in row]
             path = root / dataset / backbone / method / f"{seed}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"per_class_iou": [v / 100 for v in values[:-1]], "miou": values[-1] / 100,
-                                        "class_names": list(VOC_CLASSES)}))
+            path.write_text(
+                json.dumps(
+                    {
+                        "per_class_iou": [v / 100 for v in values[:-1]],
+                        "miou": values[-1] / 100,
+                        "class_names": list(VOC_CLASSES),
+                    }
+                )
+            )
 
 
 @pytest.mark.parametrize("index,backbone", [(0, "vgg"), (1, "resnet")])
@@ -49,8 +56,18 @@ def test_golden_paper_numbers_regenerate_the_supplement_exactly(tmp_path, index,
     for (_, label), ours_row, paper_row in zip(METHODS, rendered, expected):
         assert ours_row[0] == label
         assert [(c.strip("*"), c.startswith("**")) for c in ours_row[1:]] == paper_row, label
-    text = main(["--runs", str(tmp_path / "runs"), "--dataset", "voc", "--backbone", backbone,
-                 "--out", str(tmp_path / f"voc_{backbone}")])
+    text = main(
+        [
+            "--runs",
+            str(tmp_path / "runs"),
+            "--dataset",
+            "voc",
+            "--backbone",
+            backbone,
+            "--out",
+            str(tmp_path / f"voc_{backbone}"),
+        ]
+    )
     assert "+0.0" in text and "Missing runs" not in text
     deltas = text.split("**ours - paper**")[1]
     assert set(re.findall(r"[+-]\d+\.\d", deltas)) == {"+0.0"}
@@ -76,8 +93,20 @@ def test_seeds_give_mean_and_std_and_missing_runs_are_dashes(tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         per_class = [value] * 20 + [None]  # the last class absent: NaN, not 0
         path.write_text(json.dumps({"per_class_iou": per_class, "miou": value}))
-    text = main(["--runs", str(root), "--dataset", "voc", "--backbone", "vgg", "--out", str(tmp_path / "t"),
-                 "--note", "miniature run"])
+    text = main(
+        [
+            "--runs",
+            str(root),
+            "--dataset",
+            "voc",
+            "--backbone",
+            "vgg",
+            "--out",
+            str(tmp_path / "t"),
+            "--note",
+            "miniature run",
+        ]
+    )
     ours = text.split("**paper (supplement)**")[0]
     assert "| P-pooling | **60.0 ± 14.1** |" in ours and "n/a" in ours
     assert "| Max | - | - |" in ours
@@ -99,14 +128,26 @@ def test_csv_logger_metrics_are_a_source_too(tmp_path):
 def test_quick_flag_puts_the_quick_runs_note_above_the_tables(tmp_path):
     from polypool.repro.tables import QUICK_NOTE
 
-    text = main(["--runs", str(tmp_path / "none"), "--dataset", "voc", "--backbone", "vgg",
-                 "--out", str(tmp_path / "t"), "--quick"])
+    text = main(
+        [
+            "--runs",
+            str(tmp_path / "none"),
+            "--dataset",
+            "voc",
+            "--backbone",
+            "vgg",
+            "--out",
+            str(tmp_path / "t"),
+            "--quick",
+        ]
+    )
     assert text.splitlines()[2].startswith(QUICK_NOTE + " Data: ") and "--quick" in QUICK_NOTE
     assert "No paired comparison: it needs 3 seeds" in text
     assert "**paper (supplement)**" not in text and "ours - paper" not in text  # a generated set, not VOC
 
 
 # --- our rows differing from the paper's: the sign of every difference, and the files read back ------------------
+
 
 def known_deltas():
     """A difference per method and column, different for every method (swapped rows show) and of both signs."""
@@ -116,8 +157,10 @@ def known_deltas():
 def paper_tsv_rows(backbone):
     """The paper's rows straight from results/paper/*.tsv, in METHODS order."""
     name = {"vgg": "table1_voc_vgg.tsv", "resnet": "table2_voc_resnet.tsv"}[backbone]
-    rows = {row[0]: row[1:] for row in (line.split("\t") for line in
-                                        (SUPPLEMENT.parent / name).read_text().splitlines()[1:])}
+    rows = {
+        row[0]: row[1:]
+        for row in (line.split("\t") for line in (SUPPLEMENT.parent / name).read_text().splitlines()[1:])
+    }
     return np.array([[float(v) for v in rows[label]] for _, label in METHODS])
 
 
@@ -140,8 +183,13 @@ def read_tex_sections(path):
             current = sections.setdefault(line[2:], [])
         elif line.endswith(" \\\\") and not line.startswith("Method"):
             cells = line[:-3].split(" & ")
-            current.append([cells[0]] + [(re.sub(r"\\textbf\{(.*)\}", r"\1", c).replace("$\\pm$", "±"),
-                                          c.startswith("\\textbf")) for c in cells[1:]])
+            current.append(
+                [cells[0]]
+                + [
+                    (re.sub(r"\\textbf\{(.*)\}", r"\1", c).replace("$\\pm$", "±"), c.startswith("\\textbf"))
+                    for c in cells[1:]
+                ]
+            )
     return sections
 
 
@@ -157,7 +205,7 @@ def test_rows_that_differ_from_the_paper_give_signed_differences_in_every_file(t
     text = main(["--runs", str(tmp_path / "runs"), "--dataset", "voc", "--backbone", backbone, "--out", str(stem)])
 
     header, csv_sections = read_csv_sections(stem.with_suffix(".csv"))
-    assert header == ["table", "method"] + paper.columns
+    assert header == ["table", "method", *paper.columns]
     assert set(csv_sections) == {"ours", "paper", "ours - paper"}
     labels = [label for _, label in METHODS]
     for name, expected in (("ours", ours_rows), ("paper", paper_rows)):
@@ -165,7 +213,7 @@ def test_rows_that_differ_from_the_paper_give_signed_differences_in_every_file(t
         assert np.array([[float(v) for v in row[1:]] for row in csv_sections[name]]) == pytest.approx(expected)
     csv_deltas = csv_sections["ours - paper"]
     assert [row[0] for row in csv_deltas] == labels
-    for (method, label), row, expected in zip(METHODS, csv_deltas, deltas):
+    for (_method, label), row, expected in zip(METHODS, csv_deltas, deltas):
         for cell, d in zip(row[1:], expected):
             assert cell == f"{d:+.1f}".replace("-0.0", "+0.0"), (label, cell, d)
             assert np.sign(float(cell)) == np.sign(round(d, 1)), (label, cell, d)  # ours above the paper: +
@@ -207,6 +255,7 @@ def test_seeds_table_reads_back_paper_and_differences(tmp_path):
 
 # --- the details mutation testing found unchecked ------------------------------------------------------------------
 
+
 def write_run(root, method, per_class, miou=None, seed=0, backbone="vgg"):
     path = root / "voc" / backbone / method / f"{seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -220,39 +269,107 @@ def test_markdown_and_latex_text_exactly(tmp_path):
     from polypool.repro.tables import Table, write_tables
 
     columns = ["bg", "cat", "mean"]
-    ours = Table(columns, {"max": [np.array([50.06, np.nan, 40.0])], "ppool": [np.array([60.0, 30.0, 45.0]),
-                                                                               np.array([62.0, 30.0, 46.0])]})
+    ours = Table(
+        columns,
+        {
+            "max": [np.array([50.06, np.nan, 40.0])],
+            "ppool": [np.array([60.0, 30.0, 45.0]), np.array([62.0, 30.0, 46.0])],
+        },
+    )
     paper = Table(columns, {"max": [np.array([50.1, 20.0, 35.0])], "ppool": [np.array([61.0, 31.0, 46.0])]})
     text = write_tables(ours, paper, tmp_path / "a" / "b" / "t", note="a note")  # parents created
     dashes = "| - | - | - |"
-    assert text == "\n".join([
-        "# t: per-class IoU (%) and mIoU", "", "a note", "",
-        "**ours**", "", "| Method | bg | cat | mean |", "|---|---:|---:|---:|",
-        "| Max | 50.1 | n/a | 40.0 |", f"| Average {dashes}", f"| Strided-C {dashes}", f"| Gated {dashes}",
-        f"| DPP {dashes}", "| P-pooling | **61.0 ± 1.4** | **30.0 ± 0.0** | **45.5 ± 0.7** |", "",
-        "**paper (supplement)**", "", "| Method | bg | cat | mean |", "|---|---:|---:|---:|",
-        "| Max | 50.1 | 20.0 | 35.0 |", f"| Average {dashes}", f"| Strided-C {dashes}", f"| Gated {dashes}",
-        f"| DPP {dashes}", "| P-pooling | **61.0** | **31.0** | **46.0** |", "",
-        "**ours - paper**", "", "| Method | bg | cat | mean |", "|---|---:|---:|---:|",
-        "| Max | +0.0 | n/a | +5.0 |", f"| Average {dashes}", f"| Strided-C {dashes}", f"| Gated {dashes}",
-        f"| DPP {dashes}", "| P-pooling | +0.0 | -1.0 | -0.5 |", "",
-        "Missing runs (shown as -): Average, Strided-C, Gated, DPP.", ""])  # -0.04 -> "+0.0", never "-0.0"
+    assert text == "\n".join(
+        [
+            "# t: per-class IoU (%) and mIoU",
+            "",
+            "a note",
+            "",
+            "**ours**",
+            "",
+            "| Method | bg | cat | mean |",
+            "|---|---:|---:|---:|",
+            "| Max | 50.1 | n/a | 40.0 |",
+            f"| Average {dashes}",
+            f"| Strided-C {dashes}",
+            f"| Gated {dashes}",
+            f"| DPP {dashes}",
+            "| P-pooling | **61.0 ± 1.4** | **30.0 ± 0.0** | **45.5 ± 0.7** |",
+            "",
+            "**paper (supplement)**",
+            "",
+            "| Method | bg | cat | mean |",
+            "|---|---:|---:|---:|",
+            "| Max | 50.1 | 20.0 | 35.0 |",
+            f"| Average {dashes}",
+            f"| Strided-C {dashes}",
+            f"| Gated {dashes}",
+            f"| DPP {dashes}",
+            "| P-pooling | **61.0** | **31.0** | **46.0** |",
+            "",
+            "**ours - paper**",
+            "",
+            "| Method | bg | cat | mean |",
+            "|---|---:|---:|---:|",
+            "| Max | +0.0 | n/a | +5.0 |",
+            f"| Average {dashes}",
+            f"| Strided-C {dashes}",
+            f"| Gated {dashes}",
+            f"| DPP {dashes}",
+            "| P-pooling | +0.0 | -1.0 | -0.5 |",
+            "",
+            "Missing runs (shown as -): Average, Strided-C, Gated, DPP.",
+            "",
+        ]
+    )  # -0.04 -> "+0.0", never "-0.0"
     assert (tmp_path / "a" / "b" / "t.md").read_text() == text
     tex_dashes = " & - & - & -"
-    assert (tmp_path / "a" / "b" / "t.tex").read_text() == "\n".join([
-        "% ours", "\\begin{tabular}{lccc}", "\\toprule", "Method & bg & cat & mean \\\\", "\\midrule",
-        "Max & 50.1 & n/a & 40.0 \\\\", f"Average{tex_dashes} \\\\", f"Strided-C{tex_dashes} \\\\",
-        f"Gated{tex_dashes} \\\\", f"DPP{tex_dashes} \\\\",
-        "P-pooling & \\textbf{61.0 $\\pm$ 1.4} & \\textbf{30.0 $\\pm$ 0.0} & \\textbf{45.5 $\\pm$ 0.7} \\\\",
-        "\\bottomrule", "\\end{tabular}", "",
-        "% paper (supplement)", "\\begin{tabular}{lccc}", "\\toprule", "Method & bg & cat & mean \\\\", "\\midrule",
-        "Max & 50.1 & 20.0 & 35.0 \\\\", f"Average{tex_dashes} \\\\", f"Strided-C{tex_dashes} \\\\",
-        f"Gated{tex_dashes} \\\\", f"DPP{tex_dashes} \\\\",
-        "P-pooling & \\textbf{61.0} & \\textbf{31.0} & \\textbf{46.0} \\\\", "\\bottomrule", "\\end{tabular}", "",
-        "% ours - paper", "\\begin{tabular}{lccc}", "\\toprule", "Method & bg & cat & mean \\\\", "\\midrule",
-        "Max & +0.0 & n/a & +5.0 \\\\", f"Average{tex_dashes} \\\\", f"Strided-C{tex_dashes} \\\\",
-        f"Gated{tex_dashes} \\\\", f"DPP{tex_dashes} \\\\", "P-pooling & +0.0 & -1.0 & -0.5 \\\\",
-        "\\bottomrule", "\\end{tabular}", ""])
+    assert (tmp_path / "a" / "b" / "t.tex").read_text() == "\n".join(
+        [
+            "% ours",
+            "\\begin{tabular}{lccc}",
+            "\\toprule",
+            "Method & bg & cat & mean \\\\",
+            "\\midrule",
+            "Max & 50.1 & n/a & 40.0 \\\\",
+            f"Average{tex_dashes} \\\\",
+            f"Strided-C{tex_dashes} \\\\",
+            f"Gated{tex_dashes} \\\\",
+            f"DPP{tex_dashes} \\\\",
+            "P-pooling & \\textbf{61.0 $\\pm$ 1.4} & \\textbf{30.0 $\\pm$ 0.0} & \\textbf{45.5 $\\pm$ 0.7} \\\\",
+            "\\bottomrule",
+            "\\end{tabular}",
+            "",
+            "% paper (supplement)",
+            "\\begin{tabular}{lccc}",
+            "\\toprule",
+            "Method & bg & cat & mean \\\\",
+            "\\midrule",
+            "Max & 50.1 & 20.0 & 35.0 \\\\",
+            f"Average{tex_dashes} \\\\",
+            f"Strided-C{tex_dashes} \\\\",
+            f"Gated{tex_dashes} \\\\",
+            f"DPP{tex_dashes} \\\\",
+            "P-pooling & \\textbf{61.0} & \\textbf{31.0} & \\textbf{46.0} \\\\",
+            "\\bottomrule",
+            "\\end{tabular}",
+            "",
+            "% ours - paper",
+            "\\begin{tabular}{lccc}",
+            "\\toprule",
+            "Method & bg & cat & mean \\\\",
+            "\\midrule",
+            "Max & +0.0 & n/a & +5.0 \\\\",
+            f"Average{tex_dashes} \\\\",
+            f"Strided-C{tex_dashes} \\\\",
+            f"Gated{tex_dashes} \\\\",
+            f"DPP{tex_dashes} \\\\",
+            "P-pooling & +0.0 & -1.0 & -0.5 \\\\",
+            "\\bottomrule",
+            "\\end{tabular}",
+            "",
+        ]
+    )
     csv_text = (tmp_path / "a" / "b" / "t.csv").read_bytes()
     assert csv_text.splitlines()[:2] == [b"table,method,bg,cat,mean", b"ours,Max,50.1,n/a,40.0"]
     assert csv_text.count(b"\r\n") == 19  # csv's own line ends, none doubled
@@ -271,7 +388,7 @@ def test_single_run_has_zero_std_and_records_are_kept(tmp_path):
     table = load_records(tmp_path, "voc", "vgg")
     mean, std = table.row("max")
     assert mean[-1] == pytest.approx(50.0) and np.isnan(mean[20]) and (std == 0).all()
-    assert table.columns == list(VOC_SHORT_NAMES) + ["mean"]
+    assert table.columns == [*list(VOC_SHORT_NAMES), "mean"]
     assert table.records["max"][0]["per_class_iou"][0] == 0.5
 
 
@@ -288,7 +405,7 @@ def test_metrics_csv_cells_and_the_logged_miou(tmp_path):
     header = ["epoch", "step", "val/mIoU"] + [f"val/IoU/{n}" for n in VOC_CLASSES]
     cells = ["0.5"] * 18 + ["", "nan", "0.25"]  # an empty cell and "nan" both mean "absent class"
     path = tmp_path / "metrics.csv"
-    path.write_text("\n".join(",".join(r) for r in [header, ["0", "9", "0.4"] + cells]) + "\n")
+    path.write_text("\n".join(",".join(r) for r in [header, ["0", "9", "0.4", *cells]]) + "\n")
     values = load_metrics_csv(path)
     assert values[0] == pytest.approx(50.0) and np.isnan(values[18]) and np.isnan(values[19])
     assert values[20] == pytest.approx(25.0) and values[-1] == pytest.approx(40.0)  # the logged mIoU, not a mean
@@ -302,8 +419,12 @@ def test_metrics_csv_gives_the_final_evaluation_over_later_periodic_validations(
     from polypool.repro.tables import load_metrics_csv
 
     names = VOC_CLASSES
-    header = (["epoch", "step", "val/mIoU"] + [f"val/IoU/{n}" for n in names] + ["final/mIoU"]
-              + [f"final/IoU/{n}" for n in names])
+    header = (
+        ["epoch", "step", "val/mIoU"]
+        + [f"val/IoU/{n}" for n in names]
+        + ["final/mIoU"]
+        + [f"final/IoU/{n}" for n in names]
+    )
     periodic = ["0", "8", "0.3"] + ["0.3"] * 21 + [""] * 22
     final = ["0", "10", ""] + [""] * 21 + ["0.6"] + ["0.5"] * 20 + ["nan"]
     later_periodic = ["0", "10", "0.2"] + ["0.2"] * 21 + [""] * 22  # logged after the final row, same step
@@ -348,11 +469,12 @@ def test_main_csv_logs_wandb_and_a_dataset_without_a_paper_table(tmp_path, monke
 
     def fake_wandb(path, dataset, backbone):
         calls.append((path, dataset, backbone))
-        return Table(list(VOC_SHORT_NAMES) + ["mean"], {"dpp": [np.full(22, 20.0)]})
+        return Table([*list(VOC_SHORT_NAMES), "mean"], {"dpp": [np.full(22, 20.0)]})
 
     monkeypatch.setattr(tables, "load_wandb", fake_wandb)
-    text = main(["--wandb", "me/polypool", "--dataset", "cityscapes", "--backbone", "resnet",
-                 "--out", str(tmp_path / "w")])
+    text = main(
+        ["--wandb", "me/polypool", "--dataset", "cityscapes", "--backbone", "resnet", "--out", str(tmp_path / "w")]
+    )
     assert calls == [("me/polypool", "cityscapes", "resnet")]
     assert "| DPP | **20.0** |" in text and "paper" not in text  # the paper has no Cityscapes per-class table
 
@@ -369,17 +491,26 @@ def test_text_ends_once_notes_join_and_csv_log_columns(tmp_path):
     path = tmp_path / "logs" / "max" / "0" / "metrics.csv"
     path.parent.mkdir(parents=True)
     path.write_text(",".join(header) + "\n0,9,0.3," + ",".join(["0.3"] * 21) + "\n")
-    assert load_csv_logs(tmp_path / "logs").columns == list(VOC_SHORT_NAMES) + ["mean"]
+    assert load_csv_logs(tmp_path / "logs").columns == [*list(VOC_SHORT_NAMES), "mean"]
 
 
 # --- detail columns, paired differences against Max, the generated note (issue 15) -------------------------------
 
+
 def write_detail_record(root, method, seed, miou, boundary, trimap):
     path = root / "voc" / "vgg" / method / f"{seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"per_class_iou": [miou] * 21, "miou": miou, "seed": seed,
-                                "boundary_iou": {"mean": boundary, "per_class": [boundary] * 21},
-                                "trimap_miou": {"1": trimap, "4": trimap + 0.1, "16": trimap + 0.2}}))
+    path.write_text(
+        json.dumps(
+            {
+                "per_class_iou": [miou] * 21,
+                "miou": miou,
+                "seed": seed,
+                "boundary_iou": {"mean": boundary, "per_class": [boundary] * 21},
+                "trimap_miou": {"1": trimap, "4": trimap + 0.1, "16": trimap + 0.2},
+            }
+        )
+    )
 
 
 def test_detail_metrics_are_extra_columns_of_our_rows_only(tmp_path):
@@ -443,18 +574,26 @@ def test_paired_differences_against_max_pair_by_seed_with_a_t_interval(tmp_path)
 def test_the_quick_note_names_each_difference_from_the_full_recipe_from_the_config_files(tmp_path):
     from polypool.repro.tables import recipe_differences
 
-    (tmp_path / "full.yaml").write_text("model:\n  lr: 0.1\n  backbone: vgg16\ndata:\n  class_path: "
-                                        "polypool.data.VOCSegmentationDataModule\n  init_args:\n"
-                                        "    crop_size: 321\n    root: data\n")
-    (tmp_path / "quick.yaml").write_text("model:\n  lr: 0.1\n  backbone: vgg16_bn\n  optimizer: adamw\n"
-                                         "  network_weights: null\n  tta_flip: false\n"
-                                         "data:\n  init_args:\n    crop_size: 64\n    hflip: true\n"
-                                         "trainer:\n  callbacks: []\n  max_steps: 60\n")
+    (tmp_path / "full.yaml").write_text(
+        "model:\n  lr: 0.1\n  backbone: vgg16\ndata:\n  class_path: "
+        "polypool.data.VOCSegmentationDataModule\n  init_args:\n"
+        "    crop_size: 321\n    root: data\n"
+    )
+    (tmp_path / "quick.yaml").write_text(
+        "model:\n  lr: 0.1\n  backbone: vgg16_bn\n  optimizer: adamw\n"
+        "  network_weights: null\n  tta_flip: false\n"
+        "data:\n  init_args:\n    crop_size: 64\n    hflip: true\n"
+        "trainer:\n  callbacks: []\n  max_steps: 60\n"
+    )
     lines = recipe_differences(["full.yaml", "quick.yaml"], root=tmp_path)
     # restated defaults (network_weights, tta_flip, hflip) are no difference; an unset key of
     # the full config is its class's default
-    assert lines == ["model.backbone vgg16_bn (full: vgg16)", "model.optimizer adamw (full: sgd)",
-                     "data.crop_size 64 (full: 321)", "trainer.max_steps 60 (full: -1)"]
+    assert lines == [
+        "model.backbone vgg16_bn (full: vgg16)",
+        "model.optimizer adamw (full: sgd)",
+        "data.crop_size 64 (full: 321)",
+        "trainer.max_steps 60 (full: -1)",
+    ]
     assert recipe_differences(["full.yaml"], root=tmp_path) == []
 
 
@@ -462,17 +601,27 @@ def test_provenance_lines_name_the_config_files_and_each_p_pooling_runs_alpha():
     from polypool.repro.tables import Table, provenance_lines
 
     def alpha(first, last):
-        return {"first": {"step": 0, "layers": {"4": {"mean": first, "std": 0.5}}},
-                "last": {"step": 60, "layers": {"4": {"mean": last, "std": 0.25}, "9": {"mean": 3.0, "std": 0.0}}}}
+        return {
+            "first": {"step": 0, "layers": {"4": {"mean": first, "std": 0.5}}},
+            "last": {"step": 60, "layers": {"4": {"mean": last, "std": 0.25}, "9": {"mean": 3.0, "std": 0.0}}},
+        }
 
-    table = Table(["bg", "mean"], records={
-        "max": [{"config_files": ["configs/voc/vgg.yaml", "configs/trainer/quick.yaml"], "seed": 0}],
-        "gated": [{"config_files": [], "seed": 0}, {"seed": 1}],  # no config files: not named
-        "dpp": [{"config_files": ["configs/voc/vgg.yaml"], "seed": 0, "alpha": None}],
-        "ppool": [{"config_files": ["configs/voc/vgg.yaml", "configs/trainer/quick.yaml"], "seed": 2,
-                   "alpha": alpha(30.0, 29.84)},
-                  {"seed": 3, "alpha": {"first": {}, "last": {"layers": {}}}}],  # no layers: no line
-    })
+    table = Table(
+        ["bg", "mean"],
+        records={
+            "max": [{"config_files": ["configs/voc/vgg.yaml", "configs/trainer/quick.yaml"], "seed": 0}],
+            "gated": [{"config_files": [], "seed": 0}, {"seed": 1}],  # no config files: not named
+            "dpp": [{"config_files": ["configs/voc/vgg.yaml"], "seed": 0, "alpha": None}],
+            "ppool": [
+                {
+                    "config_files": ["configs/voc/vgg.yaml", "configs/trainer/quick.yaml"],
+                    "seed": 2,
+                    "alpha": alpha(30.0, 29.84),
+                },
+                {"seed": 3, "alpha": {"first": {}, "last": {"layers": {}}}},
+            ],  # no layers: no line
+        },
+    )
     assert provenance_lines(table) == [
         "Our rows: runs of `configs/voc/vgg.yaml`, `configs/voc/vgg.yaml + configs/trainer/quick.yaml`.",
         "No environment recorded for Max seed 0, Gated seed 0, Gated seed 1, DPP seed 0, P-pooling seed 2, "
@@ -481,11 +630,16 @@ def test_provenance_lines_name_the_config_files_and_each_p_pooling_runs_alpha():
         "9 ? -> 3 (spread 0).",
     ]
     # a record without a first probe says so, and a table without config files has no "Our rows" line
-    table = Table(["bg", "mean"], records={"ppool": [{"seed": 0, "alpha": {"last": {"step": 8, "layers": {
-        "4": {"mean": 1.23456, "std": 0.0123456}}}}}]})
+    table = Table(
+        ["bg", "mean"],
+        records={
+            "ppool": [{"seed": 0, "alpha": {"last": {"step": 8, "layers": {"4": {"mean": 1.23456, "std": 0.0123456}}}}}]
+        },
+    )
     assert provenance_lines(table) == [
         "No environment recorded for P-pooling seed 0 (records written before provenance was).",
-        "P-pooling seed 0: alpha mean from step ? to step 8: 4 ? -> 1.235 (spread 0.0123)."]
+        "P-pooling seed 0: alpha mean from step ? to step 8: 4 ? -> 1.235 (spread 0.0123).",
+    ]
 
 
 def test_load_wandb_reads_the_finished_runs_of_the_experiments_group(monkeypatch):
@@ -513,7 +667,7 @@ def test_load_wandb_reads_the_finished_runs_of_the_experiments_group(monkeypatch
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(Api=Api))
     table = load_wandb("me/polypool", "voc", "vgg_largefov")
     assert queries == [("me/polypool", {"group": "voc/vgg_largefov", "state": "finished"})]
-    assert table.columns == list(VOC_SHORT_NAMES) + ["mean"]
+    assert table.columns == [*list(VOC_SHORT_NAMES), "mean"]
     assert sorted(table.runs) == ["max", "ppool"]
     assert len(table.runs["max"]) == 1 and len(table.runs["ppool"]) == 2
     np.testing.assert_allclose(table.runs["max"][0][:20], 25.0)
@@ -529,9 +683,15 @@ def test_load_wandb_prefers_the_final_evaluation(monkeypatch):
 
     from polypool.repro.tables import load_wandb
 
-    run = types.SimpleNamespace(config={"model": {"pooling": "max"}},
-                                summary={"val/mIoU": 0.2, **{f"val/IoU/{n}": 0.2 for n in VOC_CLASSES},
-                                         "final/mIoU": 0.6, **{f"final/IoU/{n}": 0.5 for n in VOC_CLASSES[1:]}})
+    run = types.SimpleNamespace(
+        config={"model": {"pooling": "max"}},
+        summary={
+            "val/mIoU": 0.2,
+            **{f"val/IoU/{n}": 0.2 for n in VOC_CLASSES},
+            "final/mIoU": 0.6,
+            **{f"final/IoU/{n}": 0.5 for n in VOC_CLASSES[1:]},
+        },
+    )
     api = types.SimpleNamespace(runs=lambda path, filters: [run])
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(Api=lambda: api))
     values = load_wandb("me/polypool", "voc", "vgg").runs["max"][0]
@@ -558,7 +718,8 @@ def test_findings_without_any_run_say_so():
 
     assert findings(Table(columns=["bg", "mean"])) == [
         f"No paired comparison: it needs {PAIRED_MIN_SEEDS} seeds of each pooling (these runs have 0 for the pooling "
-        f"with fewest); run with --seeds {PAIRED_MIN_SEEDS}."]
+        f"with fewest); run with --seeds {PAIRED_MIN_SEEDS}."
+    ]
 
 
 def test_a_setting_the_quick_preset_sets_to_null_is_a_difference(tmp_path):
@@ -567,7 +728,8 @@ def test_a_setting_the_quick_preset_sets_to_null_is_a_difference(tmp_path):
     (tmp_path / "full.yaml").write_text("model:\n  lr: 0.1\n")
     (tmp_path / "quick.yaml").write_text("model:\n  lr: 0.1\n  custom_setting: null\n")
     assert recipe_differences(["full.yaml", "quick.yaml"], root=tmp_path) == [
-        "model.custom_setting None (full: default)"]
+        "model.custom_setting None (full: default)"
+    ]
 
 
 def test_the_quick_note_and_the_written_tables_carry_the_runs_provenance(tmp_path):
@@ -575,8 +737,10 @@ def test_the_quick_note_and_the_written_tables_carry_the_runs_provenance(tmp_pat
 
     root = tmp_path / "runs"
     configs = ["configs/voc/vgg.yaml", "configs/trainer/quick.yaml"]
-    alpha = {"first": {"step": 0, "layers": {"features.4": {"mean": 30.0, "std": 0.5}}},
-             "last": {"step": 40, "layers": {"features.4": {"mean": 29.0, "std": 0.75}}}}
+    alpha = {
+        "first": {"step": 0, "layers": {"features.4": {"mean": 30.0, "std": 0.5}}},
+        "last": {"step": 40, "layers": {"features.4": {"mean": 29.0, "std": 0.75}}},
+    }
     for seed in (0, 1, 2):  # enough seeds for the paired differences
         for method, miou in (("max", 0.45 + seed / 100), ("ppool", 0.47 + seed / 50)):
             write_detail_record(root, method, seed, miou, 0.3, 0.2)
@@ -591,8 +755,9 @@ def test_the_quick_note_and_the_written_tables_carry_the_runs_provenance(tmp_pat
     assert "Steps per run: 40." in note
     text = write_tables(table, None, tmp_path / "t")
     assert "- Our rows: runs of `configs/voc/vgg.yaml + configs/trainer/quick.yaml`." in text
-    assert ("- P-pooling seed 0: alpha mean from step 0 to step 40: features.4 30 (spread 0.5) -> 29 (spread 0.75)."
-            in text)
+    assert (
+        "- P-pooling seed 0: alpha mean from step 0 to step 40: features.4 30 (spread 0.5) -> 29 (spread 0.75)." in text
+    )
     rows = list(csv.reader((tmp_path / "t.csv").open()))
     paired = [row for row in rows if row[0] == "paired vs max"]
     assert paired[0][:2] == ["paired vs max", "method"] and paired[1][1] == "P-pooling"
@@ -618,15 +783,34 @@ def test_a_committed_reference_is_a_section_of_its_own_and_the_table_names_the_r
     write_detail_record(ours, "ppool", 0, 0.6, 0.375, 0.5)
     for seed, miou in ((0, 0.7), (1, 0.8)):
         write_detail_record(reference, "avg", seed, miou, 0.25, 0.25)
-    text = main(["--runs", str(ours), "--dataset", "voc", "--backbone", "vgg", "--out", str(tmp_path / "t"),
-                 "--quick", "--reference", str(reference), "--trained", "ppool seed 0"])
+    text = main(
+        [
+            "--runs",
+            str(ours),
+            "--dataset",
+            "voc",
+            "--backbone",
+            "vgg",
+            "--out",
+            str(tmp_path / "t"),
+            "--quick",
+            "--reference",
+            str(reference),
+            "--trained",
+            "ppool seed 0",
+        ]
+    )
     mine, committed = text.split("**committed reference (")
     assert "| Average | - |" in mine  # the reference's Average is not one of the user's rows
     assert "2 seed(s); trained when it was committed, not by this sweep)**" in committed
     assert "| mIoU | bIoU | trimap 1px | trimap 4px | trimap 16px |" in committed
-    assert "| Average | **75.0 ± 7.1** | **25.0 ± 0.0** | **25.0 ± 0.0** | **35.0 ± 0.0** | **45.0 ± 0.0** |" in committed
+    assert (
+        "| Average | **75.0 ± 7.1** | **25.0 ± 0.0** | **25.0 ± 0.0** | **35.0 ± 0.0** | **45.0 ± 0.0** |" in committed
+    )
     assert "| Max | - |" in committed
-    assert f"- Trained by this sweep: P-pooling seed 0. Read from records of earlier sweeps in {ours}: Max seed 0." \
-        in committed  # under the tables, with the other provenance lines
+    assert (
+        f"- Trained by this sweep: P-pooling seed 0. Read from records of earlier sweeps in {ours}: Max seed 0."
+        in committed
+    )  # under the tables, with the other provenance lines
     csv_rows = (tmp_path / "t.csv").read_text().splitlines()
     assert any(row.startswith('"committed reference') and ",Average," in row for row in csv_rows)

@@ -10,7 +10,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 import wandb
 
 from polypool.cli import main
@@ -35,13 +34,43 @@ def fit(tmp_path_factory):
         calls.append(dict(data))
         return log(run, data, *args, **kwargs)
 
-    args = ["fit", "--config", "configs/voc/resnet.yaml", "--config", "configs/trainer/quick.yaml",
-            "--data.init_args.root", str(root), "--data.init_args.batch_size", "4", "--data.init_args.crop_size", "48",
-            "--model.backbone", "resnet18", "--model.pooling", "ppool", "--model.output_stride", "8",
-            "--trainer.max_epochs", "-1", "--trainer.max_steps", str(STEPS), "--trainer.limit_val_batches", "2",
-            "--trainer.check_val_every_n_epoch", "1", "--trainer.num_sanity_val_steps", "0",
-            "--trainer.default_root_dir", str(tmp_path / "logs"), "--trainer.log_every_n_steps", "1",
-            "--records_root", str(tmp_path / "runs"), "--wandb_project", "test"]
+    args = [
+        "fit",
+        "--config",
+        "configs/voc/resnet.yaml",
+        "--config",
+        "configs/trainer/quick.yaml",
+        "--data.init_args.root",
+        str(root),
+        "--data.init_args.batch_size",
+        "4",
+        "--data.init_args.crop_size",
+        "48",
+        "--model.backbone",
+        "resnet18",
+        "--model.pooling",
+        "ppool",
+        "--model.output_stride",
+        "8",
+        "--trainer.max_epochs",
+        "-1",
+        "--trainer.max_steps",
+        str(STEPS),
+        "--trainer.limit_val_batches",
+        "2",
+        "--trainer.check_val_every_n_epoch",
+        "1",
+        "--trainer.num_sanity_val_steps",
+        "0",
+        "--trainer.default_root_dir",
+        str(tmp_path / "logs"),
+        "--trainer.log_every_n_steps",
+        "1",
+        "--records_root",
+        str(tmp_path / "runs"),
+        "--wandb_project",
+        "test",
+    ]
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(REPO)
         patch.setenv("WANDB_MODE", "offline")
@@ -50,7 +79,7 @@ def fit(tmp_path_factory):
         try:
             cli = main(args)
             run = next(logger.experiment for logger in cli.trainer.loggers if hasattr(logger.experiment, "config"))
-            config = {key: run.config[key] for key in run.config.keys()}
+            config = {key: run.config[key] for key in run.config}
         finally:
             wandb.finish()  # one process, one run: a run left open would be the next test's
     from polypool.callbacks import RunRecord
@@ -111,8 +140,16 @@ def test_the_dashboard_plots_only_keys_the_runs_log(fit):
     workspace = dashboard("entity", "test", "voc", "resnet", layers)
     logged = {key for call in fit.calls for key in call}
     plotted = plotted_keys(workspace)
-    assert {"val/mIoU", "final/mIoU", "final/boundary_mIoU", "final/trimap_mIoU/1px", f"alpha/{LAYER}/mean",
-            f"alpha/{LAYER}/dense_hist", f"alpha_map/{LAYER}", "val/panel"} <= plotted
+    assert {
+        "val/mIoU",
+        "final/mIoU",
+        "final/boundary_mIoU",
+        "final/trimap_mIoU/1px",
+        f"alpha/{LAYER}/mean",
+        f"alpha/{LAYER}/dense_hist",
+        f"alpha_map/{LAYER}",
+        "val/panel",
+    } <= plotted
     assert plotted <= logged, f"plotted, never logged: {sorted(plotted - logged)}"
     # the runs table's config columns hold values of the run's config (W&B keeps a key's value under "value")
     for column in workspace.runset_settings.pinned_columns:
@@ -133,7 +170,7 @@ def test_the_dashboard_of_a_tables_runs(monkeypatch):
     from polypool.repro import dashboard as board
 
     layers = board.config_layers(board.config_files("voc", "vgg"))
-    assert layers == {name: "dense" for name in ("4", "9", "16", "23", "30")}  # VGG16's five pools, dense alpha
+    assert layers == dict.fromkeys(("4", "9", "16", "23", "30"), "dense")  # VGG16's five pools, dense alpha
     quick = board.config_layers(board.config_files("voc", "vgg", quick=True))  # vgg16_bn: other indices
     assert list(quick) == ["6", "13", "23", "33", "43"]
     workspace = board.dashboard("me", "polypool", "voc", "vgg", layers)
@@ -141,14 +178,21 @@ def test_the_dashboard_of_a_tables_runs(monkeypatch):
     settings = workspace.runset_settings
     assert "Group" in settings.filters and "'voc/vgg'" in settings.filters  # the table's runs: its W&B group
     assert [g.name for g in settings.groupby] == ["model.pooling"]  # every curve: a pooling's seeds
-    assert [s.name for s in workspace.sections] == ["mIoU", "Boundary IoU and trimap", "alpha per P-pooling layer",
-                                                    "alpha maps and panels", "Runs and provenance"]
+    assert [s.name for s in workspace.sections] == [
+        "mIoU",
+        "Boundary IoU and trimap",
+        "alpha per P-pooling layer",
+        "alpha maps and panels",
+        "Runs and provenance",
+    ]
     by_section = {s.name: s.panels for s in workspace.sections}
     line = by_section["mIoU"][0]
     assert isinstance(line, wr.LinePlot) and line.y == ["val/mIoU"] and line.x == "trainer/global_step"
     assert line.groupby_aggfunc == "mean" and line.groupby_rangefunc == "minmax"
     assert [p.metrics for p in by_section["Boundary IoU and trimap"]] == [
-        ["final/boundary_mIoU"], [f"final/trimap_mIoU/{w}px" for w in (1, 2, 4, 8, 16, 32)]]
+        ["final/boundary_mIoU"],
+        [f"final/trimap_mIoU/{w}px" for w in (1, 2, 4, 8, 16, 32)],
+    ]
     alpha = by_section["alpha per P-pooling layer"]
     assert [p.y for p in alpha[:2]] == [["alpha/4/mean", "alpha/4/min", "alpha/4/max"], ["alpha/4/dense_hist"]]
     assert len(alpha) == 2 * len(layers)
@@ -156,9 +200,14 @@ def test_the_dashboard_of_a_tables_runs(monkeypatch):
     assert isinstance(maps, wr.MediaBrowser) and maps.media_keys == [f"alpha_map/{n}" for n in layers]
     assert panel.media_keys == ["val/panel"]
     assert isinstance(by_section["Runs and provenance"][0], wr.RunComparer)
-    assert {"config:model.value.pooling", "summary:final/mIoU", "config:provenance.value.software.git_commit",
-            "config:provenance.value.software.torch", "config:provenance.value.hardware.device_name",
-            "config:trainer.value.precision"} <= set(settings.pinned_columns)
+    assert {
+        "config:model.value.pooling",
+        "summary:final/mIoU",
+        "config:provenance.value.software.git_commit",
+        "config:provenance.value.software.torch",
+        "config:provenance.value.hardware.device_name",
+        "config:trainer.value.precision",
+    } <= set(settings.pinned_columns)
     # a channel alpha: its per-channel histogram and no map; a layer alpha: no histogram
     other = board.dashboard("me", "polypool", "voc", "vgg", {"a": "channel", "b": "layer"})
     assert board.plotted_keys(other) >= {"alpha/a/hist", "alpha/b/mean"}
@@ -168,13 +217,15 @@ def test_the_dashboard_of_a_tables_runs(monkeypatch):
 
 
 def test_the_table_reads_the_keys_and_the_group_the_dashboard_shows(monkeypatch):
+    from polypool.data.classes import VOC_CLASSES
     from polypool.repro import dashboard as board
     from polypool.repro import tables
-    from polypool.data.classes import VOC_CLASSES
 
     queries = []
-    run = SimpleNamespace(config={"model": {"pooling": "ppool"}},
-                          summary={"final/mIoU": 0.5, **{f"final/IoU/{name}": 0.5 for name in VOC_CLASSES}})
+    run = SimpleNamespace(
+        config={"model": {"pooling": "ppool"}},
+        summary={"final/mIoU": 0.5, **{f"final/IoU/{name}": 0.5 for name in VOC_CLASSES}},
+    )
 
     class Api:
         def runs(self, path, filters):
@@ -185,7 +236,7 @@ def test_the_table_reads_the_keys_and_the_group_the_dashboard_shows(monkeypatch)
     table = tables.load_wandb("me/polypool", "voc", "vgg")
     assert table.runs["ppool"][0][-1] == pytest.approx(50.0)
     workspace = board.dashboard("me", "polypool", "voc", "vgg", {})
-    (path, filters), = queries
+    ((_path, filters),) = queries
     assert filters["group"] in str(workspace.runset_settings.filters)  # the same runs
     assert [g.name for g in workspace.runset_settings.groupby] == ["model.pooling"]  # the table's rows
     assert "final/mIoU" in board.plotted_keys(workspace)
@@ -195,15 +246,31 @@ def run_dashboard(tmp_path, **env):
     """``python -m polypool.dashboard ent/proj ...`` (saving, no --dry-run) in a clean HOME, under a time limit."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "NETRC"}
     environment.update(HOME=str(tmp_path), PYTHONPATH=str(REPO / "src"), WANDB_SILENT="true", **env)
-    return subprocess.run([sys.executable, "-m", "polypool.dashboard", "ent/proj", "--dataset", "voc", "--config",
-                           "vgg", "--layers", "4", "9"], capture_output=True, text=True, env=environment, timeout=90,
-                          cwd=tmp_path)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "polypool.dashboard",
+            "ent/proj",
+            "--dataset",
+            "voc",
+            "--config",
+            "vgg",
+            "--layers",
+            "4",
+            "9",
+        ],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=90,
+        cwd=tmp_path,
+    )
 
 
 def test_creating_the_dashboard_without_wandb_fails_with_a_clear_message(tmp_path):
     # a key of W&B's length, a server that does not answer (a closed port), a short HTTP timeout
-    done = run_dashboard(tmp_path, WANDB_API_KEY="x" * 40, WANDB_BASE_URL="http://127.0.0.1:9",
-                         WANDB_HTTP_TIMEOUT="2")
+    done = run_dashboard(tmp_path, WANDB_API_KEY="x" * 40, WANDB_BASE_URL="http://127.0.0.1:9", WANDB_HTTP_TIMEOUT="2")
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     message = done.stderr
     assert "cannot create the W&B dashboard of ent/proj" in message

@@ -100,12 +100,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def no_space_message(checkpoint: dict[str, Any], path: Path) -> str:
         needed = checkpoint_nbytes(checkpoint)
         previous = path.stat().st_size if path.is_file() else 0
-        kept = (f"the previous {path.name} ({format_bytes(previous)}) is unchanged" if previous else
-                f"no {path.name} was written")
-        return (f"no space left on device to save the checkpoint {path.name} in {path.parent}: it needs about "
-                f"{format_bytes(max(needed, previous))} free there ({format_bytes(free_bytes(path.parent))} free "
-                f"now); {kept}, nothing half-written was left. Free some space in {path.parent} (or give the run "
-                f"another --trainer.default_root_dir), then resume with --ckpt_path last")
+        kept = (
+            f"the previous {path.name} ({format_bytes(previous)}) is unchanged"
+            if previous
+            else f"no {path.name} was written"
+        )
+        return (
+            f"no space left on device to save the checkpoint {path.name} in {path.parent}: it needs about "
+            f"{format_bytes(max(needed, previous))} free there ({format_bytes(free_bytes(path.parent))} free "
+            f"now); {kept}, nothing half-written was left. Free some space in {path.parent} (or give the run "
+            f"another --trainer.default_root_dir), then resume with --ckpt_path last"
+        )
 
 
 class DamagedCheckpoint(RuntimeError):
@@ -124,7 +129,7 @@ def checkpoint_problem(path: Any) -> tuple[Optional[str], Optional[int]]:
         return "an empty file", None
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # noqa: BLE001 - whatever torch.load says, the file cannot be resumed from
+    except Exception as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         hint = "" if zipfile.is_zipfile(path) else "; no zip directory at its end: written only in part?"
         return f"{format_bytes(size)}, torch.load fails: {first}{hint}", None
@@ -148,8 +153,12 @@ def checked_resume_path(ckpt_path: Optional[str], trainer, say=None) -> Optional
     explicit path, raises :class:`DamagedCheckpoint` naming the file and the fix. ``best``, ``hpc``, remote paths
     and paths that do not exist are left to Lightning."""
     say = say or (lambda text: print(text, file=sys.stderr, flush=True))
-    if not ckpt_path or ckpt_path in ("best", "hpc") or str(ckpt_path).startswith("registry") \
-            or not _is_local(ckpt_path):
+    if (
+        not ckpt_path
+        or ckpt_path in ("best", "hpc")
+        or str(ckpt_path).startswith("registry")
+        or not _is_local(ckpt_path)
+    ):
         return ckpt_path
     if ckpt_path == "last":
         candidates = last_checkpoints(trainer)
@@ -164,20 +173,29 @@ def checked_resume_path(ckpt_path: Optional[str], trainer, say=None) -> Optional
     if problem is None:
         return ckpt_path
     if ckpt_path != "last":
-        raise DamagedCheckpoint(f"cannot resume: the checkpoint {path} is damaged ({problem}). Pass --ckpt_path "
-                                f"with another checkpoint, or leave --ckpt_path out to train from the start")
-    others = sorted((p for p in path.parent.glob("*.ckpt") if p != path and not p.name.startswith(".")),
-                    key=lambda p: p.stat().st_mtime, reverse=True)
+        raise DamagedCheckpoint(
+            f"cannot resume: the checkpoint {path} is damaged ({problem}). Pass --ckpt_path "
+            f"with another checkpoint, or leave --ckpt_path out to train from the start"
+        )
+    others = sorted(
+        (p for p in path.parent.glob("*.ckpt") if p != path and not p.name.startswith(".")),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
     for other in others:
         other_problem, step = checkpoint_problem(other)
         if other_problem is None:
             if trainer.is_global_zero:
-                say(f"polypool: the checkpoint {path} is damaged ({problem}); resuming from {other} (step {step}), "
+                say(
+                    f"polypool: the checkpoint {path} is damaged ({problem}); resuming from {other} (step {step}), "
                     f"the newest readable checkpoint in {path.parent}: the steps after it are trained again, and "
-                    f"the next checkpoint replaces {path.name}")
+                    f"the next checkpoint replaces {path.name}"
+                )
             return str(other)
         if trainer.is_global_zero:
             say(f"polypool: {other} is damaged too ({other_problem})")
-    raise DamagedCheckpoint(f"cannot resume: the checkpoint {path} is damaged ({problem}) and {path.parent} holds no "
-                            f"other readable checkpoint. Delete it (rm '{path}') and run the same command again to "
-                            f"train this run from the start, or pass --ckpt_path with another checkpoint")
+    raise DamagedCheckpoint(
+        f"cannot resume: the checkpoint {path} is damaged ({problem}) and {path.parent} holds no "
+        f"other readable checkpoint. Delete it (rm '{path}') and run the same command again to "
+        f"train this run from the start, or pass --ckpt_path with another checkpoint"
+    )

@@ -51,20 +51,46 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
-from .callbacks import (DEFAULT_RECORDS_ROOT, AlphaHistory, NoSpaceError, QualitativePanel, RNGState, RunRecord,
-                        SignalCheckpoint, TimedLastCheckpoint, backbone_family)
-from .checkpointing import (AtomicCheckpointIO, DamagedCheckpoint, checked_resume_path, checkpoint_nbytes,
-                            checkpoint_problem, has_own_checkpoint_io, last_checkpoints)
 from . import wandb_keys
+from .callbacks import (
+    DEFAULT_RECORDS_ROOT,
+    AlphaHistory,
+    NoSpaceError,
+    QualitativePanel,
+    RNGState,
+    RunRecord,
+    SignalCheckpoint,
+    TimedLastCheckpoint,
+    backbone_family,
+)
+from .checkpointing import (
+    AtomicCheckpointIO,
+    DamagedCheckpoint,
+    checked_resume_path,
+    checkpoint_nbytes,
+    checkpoint_problem,
+    has_own_checkpoint_io,
+    last_checkpoints,
+)
 from .data import SegmentationDataModule
 from .loggers import PolypoolWandbLogger, ResumableCSVLogger
 from .models import SegmentationModel
 from .progress import ProgressFile, default_progress_bar
 
 # the checkpoint IO and the checkpoint callbacks lived here: their old import path (polypool.cli.X) keeps working
-__all__ = ["AtomicCheckpointIO", "DamagedCheckpoint", "PolypoolCLI", "SignalCheckpoint", "TimedLastCheckpoint",
-           "checked_resume_path", "checkpoint_nbytes", "checkpoint_problem", "has_own_checkpoint_io",
-           "last_checkpoints", "main"]
+__all__ = [
+    "AtomicCheckpointIO",
+    "DamagedCheckpoint",
+    "PolypoolCLI",
+    "SignalCheckpoint",
+    "TimedLastCheckpoint",
+    "checked_resume_path",
+    "checkpoint_nbytes",
+    "checkpoint_problem",
+    "has_own_checkpoint_io",
+    "last_checkpoints",
+    "main",
+]
 
 
 class PolypoolCLI(LightningCLI):
@@ -72,19 +98,35 @@ class PolypoolCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         for key in ("num_classes", "class_names", "ignore_index"):
             parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
-        parser.add_argument("--wandb_project", type=Optional[str], default="polypool",
-                            help="W&B project of the run (offline without credentials); null: no W&B logger")
-        parser.add_argument("--records_root", type=str, default=DEFAULT_RECORDS_ROOT,
-                            help="where RunRecord writes <dataset>/<experiment>/<pooling>/<seed>.json")
-        parser.add_argument("--experiment", type=Optional[str], default=None,
-                            help="the name that keeps this configuration's runs apart: records in <records_root>/"
-                                 "<dataset>/<experiment>/, W&B group <dataset>/<experiment> (reproduce.sh passes the "
-                                 "config's name, e.g. vgg_largefov); default: the --config file's name, else the "
-                                 "backbone family (vgg, resnet, inception)")
-        parser.add_argument("--checkpoint_every_minutes", type=Optional[float], default=10.0,
-                            help="also write last.ckpt every this many minutes of training (0: after every step; "
-                                 "null: only at validations and at the end), so an interrupted run resumed with "
-                                 "--ckpt_path last loses at most this much work")
+        parser.add_argument(
+            "--wandb_project",
+            type=Optional[str],
+            default="polypool",
+            help="W&B project of the run (offline without credentials); null: no W&B logger",
+        )
+        parser.add_argument(
+            "--records_root",
+            type=str,
+            default=DEFAULT_RECORDS_ROOT,
+            help="where RunRecord writes <dataset>/<experiment>/<pooling>/<seed>.json",
+        )
+        parser.add_argument(
+            "--experiment",
+            type=Optional[str],
+            default=None,
+            help="the name that keeps this configuration's runs apart: records in <records_root>/"
+            "<dataset>/<experiment>/, W&B group <dataset>/<experiment> (reproduce.sh passes the "
+            "config's name, e.g. vgg_largefov); default: the --config file's name, else the "
+            "backbone family (vgg, resnet, inception)",
+        )
+        parser.add_argument(
+            "--checkpoint_every_minutes",
+            type=Optional[float],
+            default=10.0,
+            help="also write last.ckpt every this many minutes of training (0: after every step; "
+            "null: only at validations and at the end), so an interrupted run resumed with "
+            "--ckpt_path last loses at most this much work",
+        )
 
     def _run_setting(self, key: str) -> Any:
         return self.config[self.subcommand][key] if self.subcommand else self.config[key]
@@ -105,7 +147,7 @@ class PolypoolCLI(LightningCLI):
         plugins = config.get("plugins")
         plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
         if "plugins" not in kwargs and not has_own_checkpoint_io(config.get("strategy"), plugins):
-            kwargs["plugins"] = plugins + [AtomicCheckpointIO()]  # checkpoints complete or absent
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]  # checkpoints complete or absent
         given = config.get("callbacks") or []
         given = list(given) if isinstance(given, list) else [given]
         extra = self.default_callbacks(root, config, given)
@@ -126,19 +168,34 @@ class PolypoolCLI(LightningCLI):
         fit = self.subcommand in (None, "fit")
         checkpointing = config.get("enable_checkpointing", True) is not False
         minutes = self._run_setting("checkpoint_every_minutes")
-        if checkpointing and not any(isinstance(c, ModelCheckpoint) for c in given) \
-                and minutes is not None and minutes < 0:
-            self.parser.error(f"--checkpoint_every_minutes must be >= 0 (or null: no timed checkpoints), "
-                              f"got {minutes}")
+        if (
+            checkpointing
+            and not any(isinstance(c, ModelCheckpoint) for c in given)
+            and minutes is not None
+            and minutes < 0
+        ):
+            self.parser.error(f"--checkpoint_every_minutes must be >= 0 (or null: no timed checkpoints), got {minutes}")
         table = [  # (replaced by a given instance of, wanted in this run, the default)
             # no version counter: one last.ckpt, written by both instances (a counter would make last-v1.ckpt)
-            (ModelCheckpoint, checkpointing,
-             lambda: ModelCheckpoint(dirpath=checkpoints, monitor="val/mIoU", mode="max", filename="best-{step}",
-                                     save_last=True, enable_version_counter=False)),
+            (
+                ModelCheckpoint,
+                checkpointing,
+                lambda: ModelCheckpoint(
+                    dirpath=checkpoints,
+                    monitor="val/mIoU",
+                    mode="max",
+                    filename="best-{step}",
+                    save_last=True,
+                    enable_version_counter=False,
+                ),
+            ),
             (ModelCheckpoint, checkpointing and fit, lambda: TimedLastCheckpoint(dirpath=checkpoints, minutes=minutes)),
             # every named parameter group
-            (LearningRateMonitor, config.get("logger") is not False,
-             lambda: LearningRateMonitor(logging_interval="step")),
+            (
+                LearningRateMonitor,
+                config.get("logger") is not False,
+                lambda: LearningRateMonitor(logging_interval="step"),
+            ),
             (RunRecord, True, lambda: RunRecord(root=self._run_setting("records_root"))),
             (AlphaHistory, True, AlphaHistory),
             (QualitativePanel, True, QualitativePanel),
@@ -148,8 +205,11 @@ class PolypoolCLI(LightningCLI):
             # SIGTERM/SIGUSR1: last.ckpt; after the others, so that the step it saves is complete for each of them
             (ModelCheckpoint, checkpointing and fit, lambda: SignalCheckpoint(dirpath=checkpoints)),
         ]
-        return [make() for replaced_by, wanted, make in table
-                if wanted and not any(isinstance(c, replaced_by) for c in given)]
+        return [
+            make()
+            for replaced_by, wanted, make in table
+            if wanted and not any(isinstance(c, replaced_by) for c in given)
+        ]
 
     def experiment_name(self) -> str:
         """``--experiment``, else the name of the last ``--config`` file outside configs/trainer (the presets),
@@ -181,20 +241,28 @@ class PolypoolCLI(LightningCLI):
         """``--ckpt_path last`` with no last checkpoint (Lightning would warn and start from step 0) and a fit of 0
         steps or epochs (it would train nothing and write a record) stop before anything runs, saying why."""
         if self.config[self.subcommand].get("ckpt_path") == "last":
-            folders = list(dict.fromkeys(Path(c.dirpath) if c.dirpath else Path(self.trainer.default_root_dir) /
-                                         "checkpoints" for c in self.trainer.checkpoint_callbacks
-                                         if isinstance(c, ModelCheckpoint)))
+            folders = list(
+                dict.fromkeys(
+                    Path(c.dirpath) if c.dirpath else Path(self.trainer.default_root_dir) / "checkpoints"
+                    for c in self.trainer.checkpoint_callbacks
+                    if isinstance(c, ModelCheckpoint)
+                )
+            )
             if not any(next(folder.glob("last*.ckpt"), None) for folder in folders):  # Lightning's own pattern
                 where = " or ".join(str(f) for f in folders) if folders else "any folder (checkpointing is off)"
-                raise ValueError(f"--ckpt_path last: there is no last.ckpt in {where} to resume from. Drop "
-                                 f"--ckpt_path to start this run from scratch, or give the run's own "
-                                 f"--trainer.default_root_dir (the folder that holds checkpoints/last.ckpt)")
+                raise ValueError(
+                    f"--ckpt_path last: there is no last.ckpt in {where} to resume from. Drop "
+                    f"--ckpt_path to start this run from scratch, or give the run's own "
+                    f"--trainer.default_root_dir (the folder that holds checkpoints/last.ckpt)"
+                )
         for name in ("max_steps", "max_epochs"):
             if getattr(self.trainer, name) == 0:
-                raise ValueError(f"--trainer.{name} 0: a fit of 0 {name[4:]} trains nothing (and would write a "
-                                 f"record of the untrained network). Give a positive number (-1: no limit); to "
-                                 f"evaluate a checkpoint, use python -m polypool validate --config ... --ckpt_path "
-                                 f"PATH")
+                raise ValueError(
+                    f"--trainer.{name} 0: a fit of 0 {name[4:]} trains nothing (and would write a "
+                    f"record of the untrained network). Give a positive number (-1: no limit); to "
+                    f"evaluate a checkpoint, use python -m polypool validate --config ... --ckpt_path "
+                    f"PATH"
+                )
 
     def before_fit(self) -> None:
         """Refuse a fit that would do nothing; fill in the record's experiment, config files, resolved config and
@@ -227,15 +295,24 @@ def main(args: Optional[list[str]] = None) -> PolypoolCLI:
         print(one_line())
         raise SystemExit(0)
     try:
-        return PolypoolCLI(SegmentationModel, SegmentationDataModule, subclass_mode_data=True,
-                           auto_configure_optimizers=False, save_config_kwargs={"overwrite": True}, args=args)
+        return PolypoolCLI(
+            SegmentationModel,
+            SegmentationDataModule,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+        )
     except (NoSpaceError, DamagedCheckpoint) as error:
         print(f"polypool: {error}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
     except SIGTERMException as error:  # a SystemExit, of status 0 when Lightning raises it
         if not getattr(error, "polypool_reported", False):
-            print("polypool: stopped by SIGTERM (no checkpoint written: the config has its own checkpointing)",
-                  file=sys.stderr, flush=True)
+            print(
+                "polypool: stopped by SIGTERM (no checkpoint written: the config has its own checkpointing)",
+                file=sys.stderr,
+                flush=True,
+            )
         raise SystemExit(error.code if isinstance(error.code, int) and error.code else 143) from None
 
 

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch.nn.functional as F
 from torch import Tensor
 
 
-def sliding_window_logits(model: Callable[[Tensor], Tensor], images: Tensor, num_classes: int,
-                          crop_size: tuple[int, int], stride: tuple[int, int]) -> Tensor:
+def sliding_window_logits(
+    model: Callable[[Tensor], Tensor],
+    images: Tensor,
+    num_classes: int,
+    crop_size: tuple[int, int],
+    stride: tuple[int, int],
+) -> Tensor:
     """Logits ``(N, num_classes, H, W)`` averaged over overlapping ``crop_size`` windows.
 
     ``model`` maps ``(N, 3, h, w)`` to logits of the same spatial size. An image smaller than the crop is padded
@@ -33,7 +38,7 @@ def sliding_window_logits(model: Callable[[Tensor], Tensor], images: Tensor, num
         top = min(row * stride_h, full_h - crop_h)
         for col in range(cols):
             left = min(col * stride_w, full_w - crop_w)
-            window = padded[..., top:top + crop_h, left:left + crop_w]
-            logits[..., top:top + crop_h, left:left + crop_w] += model(window)
-            counts[..., top:top + crop_h, left:left + crop_w] += 1
+            window = padded[..., top : top + crop_h, left : left + crop_w]
+            logits[..., top : top + crop_h, left : left + crop_w] += model(window)
+            counts[..., top : top + crop_h, left : left + crop_w] += 1
     return (logits / counts)[..., :height, :width]

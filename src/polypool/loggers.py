@@ -84,8 +84,9 @@ class PolypoolWandbLogger(WandbLogger):
 
     id_file = "wandb_run_id"
 
-    def __init__(self, project: str = "polypool", save_dir: str = "results/wandb", offline: Optional[bool] = None,
-                 **kwargs: Any):
+    def __init__(
+        self, project: str = "polypool", save_dir: str = "results/wandb", offline: Optional[bool] = None, **kwargs: Any
+    ):
         if offline is None:
             offline = not has_wandb_credentials() or os.environ.get("WANDB_MODE") == "offline"
         Path(save_dir).mkdir(parents=True, exist_ok=True)

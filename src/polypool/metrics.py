@@ -23,7 +23,7 @@ see the padding.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -78,8 +78,10 @@ def unpadded(preds: Tensor, target: Tensor, sizes: Tensor | None):
     """(pred, target) class maps (1, h, w) of each image of a batch, cropped to its real ``sizes`` (N, 2) when the
     batch was padded (:func:`polypool.data.transforms.pad_collate`); the whole batch at once without ``sizes``."""
     if preds.shape != target.shape or preds.ndim != 3:
-        raise ValueError(f"preds and target must be class maps of the same shape (N, H, W), got "
-                         f"{tuple(preds.shape)} and {tuple(target.shape)}")
+        raise ValueError(
+            f"preds and target must be class maps of the same shape (N, H, W), got "
+            f"{tuple(preds.shape)} and {tuple(target.shape)}"
+        )
     if sizes is None:
         yield preds, target
         return
@@ -88,7 +90,7 @@ def unpadded(preds: Tensor, target: Tensor, sizes: Tensor | None):
     for i, (height, width) in enumerate(sizes.tolist()):
         if not (0 < height <= target.shape[-2] and 0 < width <= target.shape[-1]):
             raise ValueError(f"image {i}'s size {(height, width)} does not fit the batch's {tuple(target.shape[-2:])}")
-        yield preds[i: i + 1, :height, :width], target[i: i + 1, :height, :width]
+        yield preds[i : i + 1, :height, :width], target[i : i + 1, :height, :width]
 
 
 class BoundaryIoU(Metric):
@@ -131,7 +133,7 @@ class BoundaryIoU(Metric):
     def boundary_width(self, height: int, width: int) -> int:
         """d of an image of ``height`` x ``width``: ``int(round(ratio * diagonal))``, at least 1, as the official
         ``mask_to_boundary`` (Python's round: halves to even)."""
-        return max(1, int(round(self.dilation_ratio * math.hypot(height, width))))
+        return max(1, round(self.dilation_ratio * math.hypot(height, width)))
 
     @override
     def update(self, preds: Tensor, target: Tensor, sizes: Tensor | None = None) -> None:
@@ -186,14 +188,14 @@ class TrimapIoU(Metric):
     plot_lower_bound: float = 0.0
     plot_upper_bound: float = 1.0
 
-    def __init__(self, num_classes: int, widths: Sequence[int] = TRIMAP_WIDTHS, ignore_index: int = 255,
-                 **kwargs):
+    def __init__(self, num_classes: int, widths: Sequence[int] = TRIMAP_WIDTHS, ignore_index: int = 255, **kwargs):
         super().__init__(**kwargs)
         if not widths or min(widths) < 1:
             raise ValueError(f"widths must be positive band widths in pixels, got {widths}")
         self.num_classes, self.widths, self.ignore_index = num_classes, tuple(int(w) for w in widths), ignore_index
-        self.add_state("confmat", torch.zeros(len(self.widths), num_classes, num_classes, dtype=torch.long),
-                       dist_reduce_fx="sum")
+        self.add_state(
+            "confmat", torch.zeros(len(self.widths), num_classes, num_classes, dtype=torch.long), dist_reduce_fx="sum"
+        )
 
     @override
     def update(self, preds: Tensor, target: Tensor, sizes: Tensor | None = None) -> None:
@@ -206,8 +208,9 @@ class TrimapIoU(Metric):
         for i, w in enumerate(self.widths):
             band = trimap_band(target, w, self.ignore_index)
             index = target[band] * self.num_classes + preds[band].clamp(0, self.num_classes - 1)
-            self.confmat[i] += torch.bincount(index, minlength=self.num_classes ** 2).view(
-                self.num_classes, self.num_classes)
+            self.confmat[i] += torch.bincount(index, minlength=self.num_classes**2).view(
+                self.num_classes, self.num_classes
+            )
 
     @override
     def compute(self) -> Tensor:

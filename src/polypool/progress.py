@@ -32,7 +32,7 @@ def format_duration(seconds: Optional[float]) -> str:
     """``H:MM:SS`` (``-`` for unknown)."""
     if seconds is None or not math.isfinite(seconds) or seconds < 0:
         return "-"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
@@ -42,7 +42,7 @@ def total_steps(trainer) -> Optional[int]:
         return int(trainer.max_steps)
     try:
         estimate = trainer.estimated_stepping_batches
-    except Exception:  # noqa: BLE001 - no dataloader yet
+    except Exception:
         return None
     return int(estimate) if estimate is not None and math.isfinite(estimate) else None
 
@@ -88,8 +88,15 @@ class RunClock:
                 elapsed = callback.elapsed()
         if elapsed is None and self.start_time is not None:
             elapsed = time.time() - self.start_time
-        return {"step": step, "max_steps": total, "loss": _scalar(trainer.progress_bar_metrics.get("train/loss")),
-                "miou": self.miou, "miou_step": self.miou_step, "elapsed_s": elapsed, "eta_s": eta}
+        return {
+            "step": step,
+            "max_steps": total,
+            "loss": _scalar(trainer.progress_bar_metrics.get("train/loss")),
+            "miou": self.miou,
+            "miou_step": self.miou_step,
+            "elapsed_s": elapsed,
+            "eta_s": eta,
+        }
 
 
 def describe(values: dict[str, Any]) -> str:
@@ -97,8 +104,11 @@ def describe(values: dict[str, Any]) -> str:
     step, total = values["step"], values["max_steps"]
     parts = [f"step {step}/{total} ({100 * step / total:.0f}%)" if total else f"step {step}/?"]
     parts.append(f"loss {values['loss']:.4f}" if values["loss"] is not None else "loss -")
-    parts.append(f"mIoU {values['miou']:.4f} (step {values['miou_step']})" if values["miou"] is not None
-                 else "mIoU - (no validation yet)")
+    parts.append(
+        f"mIoU {values['miou']:.4f} (step {values['miou_step']})"
+        if values["miou"] is not None
+        else "mIoU - (no validation yet)"
+    )
     parts.append(f"elapsed {format_duration(values['elapsed_s'])}")
     parts.append(f"ETA {format_duration(values['eta_s'])}")
     return " | ".join(parts)
@@ -215,8 +225,13 @@ class ProgressFile(L.Callback):
         if not trainer.is_global_zero:
             return
         self._last = time.time()
-        values = {**self.clock.values(trainer), "state": state, "pid": os.getpid(), "host": socket.gethostname(),
-                  "updated": self._last}
+        values = {
+            **self.clock.values(trainer),
+            "state": state,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "updated": self._last,
+        }
         path = Path(trainer.default_root_dir) / PROGRESS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".json.tmp")

@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 # the libraries whose versions a record holds (the distribution names)
 LIBRARIES = ("torch", "torchvision", "timm", "lightning", "torchmetrics", "numpy")
@@ -55,8 +56,11 @@ def software() -> dict[str, Any]:
     was built with them (None on a CPU build)."""
     import torch
 
-    versions: dict[str, Any] = {"polypool": package_version(), **{f"git_{k}": v for k, v in git_state().items()},
-                                "python": platform.python_version()}
+    versions: dict[str, Any] = {
+        "polypool": package_version(),
+        **{f"git_{k}": v for k, v in git_state().items()},
+        "python": platform.python_version(),
+    }
     for name in LIBRARIES:
         try:
             versions[name] = metadata.version(name)
@@ -77,16 +81,26 @@ def hardware(trainer=None) -> dict[str, Any]:
     device = getattr(getattr(trainer, "strategy", None), "root_device", None)
     if (device is not None and device.type == "cuda") or (device is None and torch.cuda.is_available()):
         index = device.index if device is not None and device.index is not None else 0
-        info = {"accelerator": "gpu", "device_name": torch.cuda.get_device_name(index),
-                "devices_per_node": int(getattr(trainer, "num_devices", torch.cuda.device_count()) or 1)}
+        info = {
+            "accelerator": "gpu",
+            "device_name": torch.cuda.get_device_name(index),
+            "devices_per_node": int(getattr(trainer, "num_devices", torch.cuda.device_count()) or 1),
+        }
     else:
-        info = {"accelerator": "cpu", "device_name": platform.processor() or platform.machine(),
-                "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-                "devices_per_node": int(getattr(trainer, "num_devices", 1) or 1)}
+        info = {
+            "accelerator": "cpu",
+            "device_name": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(),
+            "devices_per_node": int(getattr(trainer, "num_devices", 1) or 1),
+        }
     info["host"] = platform.node()
     if trainer is not None:  # a Trainer; a stand-in without these attributes gives what it has
-        info.update(world_size=int(getattr(trainer, "world_size", 1)), num_nodes=int(getattr(trainer, "num_nodes", 1)),
-                    precision=str(getattr(trainer, "precision", None)))
+        info.update(
+            world_size=int(getattr(trainer, "world_size", 1)),
+            num_nodes=int(getattr(trainer, "num_nodes", 1)),
+            precision=str(getattr(trainer, "precision", None)),
+        )
     return info
 
 
@@ -108,11 +122,15 @@ def one_line() -> str:
     s, h = software(), hardware()
     commit = s.get("git_commit")
     where = f" (git {commit[:7]}{', uncommitted changes' if s.get('git_dirty') else ''})" if commit else ""
-    torch_part = f"torch {s['torch']}" + (f" (built with CUDA {s['cuda']}, cuDNN {s['cudnn']})" if s.get("cuda")
-                                          else " (CPU build)")
+    torch_part = f"torch {s['torch']}" + (
+        f" (built with CUDA {s['cuda']}, cuDNN {s['cudnn']})" if s.get("cuda") else " (CPU build)"
+    )
     libraries = " | ".join(f"{name} {s[name]}" for name in LIBRARIES if name != "torch" and s.get(name))
-    device = (f"{h['device_name']} x{h['devices_per_node']}" if h["accelerator"] == "gpu"
-              else f"CPU {h['device_name']}, {h['threads']} threads")
+    device = (
+        f"{h['device_name']} x{h['devices_per_node']}"
+        if h["accelerator"] == "gpu"
+        else f"CPU {h['device_name']}, {h['threads']} threads"
+    )
     return f"polypool {s['polypool']}{where} | Python {s['python']} | {torch_part} | {libraries} | {device}"
 
 
@@ -137,7 +155,8 @@ def describe(record_provenance: dict[str, Any]) -> str:
     s, h = record_provenance.get("software") or {}, record_provenance.get("hardware") or {}
     commit = s.get("git_commit")
     code = f"polypool {s.get('polypool')}" + (
-        f" (git {commit[:7]}{', uncommitted changes' if s.get('git_dirty') else ''})" if commit else "")
+        f" (git {commit[:7]}{', uncommitted changes' if s.get('git_dirty') else ''})" if commit else ""
+    )
     torch_part = f"torch {s.get('torch')}" + (f" (CUDA {s['cuda']})" if s.get("cuda") else "")
     if h.get("accelerator") == "gpu":
         device = f"{h.get('device_name')} x{h.get('devices_per_node')}"

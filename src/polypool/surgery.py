@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import inspect
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -70,8 +71,14 @@ def _left_alone_types() -> dict[type, str]:
         nn.AdaptiveAvgPool2d: "adaptive pooling: not a local window",
         nn.AdaptiveMaxPool2d: "adaptive pooling: not a local window",
     }
-    for cls in _timm_types("SelectAdaptivePool2d", "AdaptiveAvgMaxPool2d", "AdaptiveCatAvgMaxPool2d",
-                           "FastAdaptiveAvgPool", "FastAdaptiveMaxPool", "FastAdaptiveAvgMaxPool"):
+    for cls in _timm_types(
+        "SelectAdaptivePool2d",
+        "AdaptiveAvgMaxPool2d",
+        "AdaptiveCatAvgMaxPool2d",
+        "FastAdaptiveAvgPool",
+        "FastAdaptiveMaxPool",
+        "FastAdaptiveAvgMaxPool",
+    ):
         reasons[cls] = "global/adaptive pooling (classifier head): not a local window"
     for cls in _timm_types("BlurPool2d"):
         reasons[cls] = "anti-aliasing blur filter, not a pooling of the paper"
@@ -95,10 +102,20 @@ class PoolingSite:
     after_relu: Optional[bool] = None  # the dummy forward fed it a ReLU module's output (so it is never negative)
 
     def describe_args(self) -> str:
-        short = {"kernel_size": "k", "stride": "s", "padding": "p", "dilation": "d", "ceil_mode": "ceil",
-                 "count_include_pad": "count_pad", "divisor_override": "divisor"}
-        parts = [f"{short.get(k, k)}={_compact(v)}" for k, v in self.args.items()
-                 if not (k in ("dilation",) and _compact(v) == "1") and not (k == "divisor_override" and v is None)]
+        short = {
+            "kernel_size": "k",
+            "stride": "s",
+            "padding": "p",
+            "dilation": "d",
+            "ceil_mode": "ceil",
+            "count_include_pad": "count_pad",
+            "divisor_override": "divisor",
+        }
+        parts = [
+            f"{short.get(k, k)}={_compact(v)}"
+            for k, v in self.args.items()
+            if not (k in ("dilation",) and _compact(v) == "1") and not (k == "divisor_override" and v is None)
+        ]
         return ", ".join(parts) + (", SAME" if self.same_padding else "")
 
 
@@ -132,18 +149,33 @@ class SwapReport:
         return [s for s in self.sites if s.kind is not None]
 
     def count(self, source: Optional[str] = None, kind: Optional[str] = None, swapped: Optional[bool] = None) -> int:
-        return sum(1 for s in self.local_sites if (source is None or s.source == source)
-                   and (kind is None or s.kind == kind) and (swapped is None or s.swapped == swapped))
+        return sum(
+            1
+            for s in self.local_sites
+            if (source is None or s.source == source)
+            and (kind is None or s.kind == kind)
+            and (swapped is None or s.swapped == swapped)
+        )
 
     def __str__(self) -> str:
-        header = (f"swap_pooling({self.pooling!r}): {len(self.swapped)} of {len(self.local_sites)} local pooling "
-                  f"sites swapped ({self.count('module')} modules, {self.count('functional')} functional calls); "
-                  f"{len(self.sites) - len(self.local_sites)} other pooling-like layers left alone")
+        header = (
+            f"swap_pooling({self.pooling!r}): {len(self.swapped)} of {len(self.local_sites)} local pooling "
+            f"sites swapped ({self.count('module')} modules, {self.count('functional')} functional calls); "
+            f"{len(self.sites) - len(self.local_sites)} other pooling-like layers left alone"
+        )
         rows = [("site", "source", "old -> new", "arguments", "channels", "status")]
         for s in self.sites:
             status = "swapped" if s.swapped else f"left: {s.reason}"
-            rows.append((s.name, s.source, f"{s.old} -> {s.new}" if s.swapped else s.old, s.describe_args(),
-                         "" if s.channels is None else str(s.channels), status))
+            rows.append(
+                (
+                    s.name,
+                    s.source,
+                    f"{s.old} -> {s.new}" if s.swapped else s.old,
+                    s.describe_args(),
+                    "" if s.channels is None else str(s.channels),
+                    status,
+                )
+            )
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
         lines = [header, ""]
         for i, row in enumerate(rows):
@@ -160,15 +192,31 @@ class SwapReport:
 def _module_site(name: str, module: nn.Module) -> PoolingSite:
     same = isinstance(module, _timm_types("MaxPool2dSame", "AvgPool2dSame"))
     if isinstance(module, nn.MaxPool2d):
-        args = {"kernel_size": module.kernel_size, "stride": module.stride, "padding": module.padding,
-                "dilation": module.dilation, "ceil_mode": module.ceil_mode}
+        args = {
+            "kernel_size": module.kernel_size,
+            "stride": module.stride,
+            "padding": module.padding,
+            "dilation": module.dilation,
+            "ceil_mode": module.ceil_mode,
+        }
         if module.return_indices:
-            return PoolingSite(name, "module", type(module).__name__, None, args,
-                               reason="returns indices (for unpooling): only max pooling can give them")
+            return PoolingSite(
+                name,
+                "module",
+                type(module).__name__,
+                None,
+                args,
+                reason="returns indices (for unpooling): only max pooling can give them",
+            )
         return PoolingSite(name, "module", type(module).__name__, "max", args, same_padding=same)
-    args = {"kernel_size": module.kernel_size, "stride": module.stride, "padding": module.padding,
-            "ceil_mode": module.ceil_mode, "count_include_pad": module.count_include_pad,
-            "divisor_override": module.divisor_override}
+    args = {
+        "kernel_size": module.kernel_size,
+        "stride": module.stride,
+        "padding": module.padding,
+        "ceil_mode": module.ceil_mode,
+        "count_include_pad": module.count_include_pad,
+        "divisor_override": module.divisor_override,
+    }
     return PoolingSite(name, "module", type(module).__name__, "avg", args, same_padding=same)
 
 
@@ -208,8 +256,12 @@ def _functional_args(node: torch.fx.Node, kind: str) -> tuple[dict, Optional[str
     args.update({k: v for k, v in node.kwargs.items() if k != "input"})
     if "kernel_size" not in args:
         return args, "no kernel_size"
-    dynamic = [k for k, v in args.items() if isinstance(v, torch.fx.Node)
-               or (isinstance(v, (tuple, list)) and any(isinstance(e, torch.fx.Node) for e in v))]
+    dynamic = [
+        k
+        for k, v in args.items()
+        if isinstance(v, torch.fx.Node)
+        or (isinstance(v, (tuple, list)) and any(isinstance(e, torch.fx.Node) for e in v))
+    ]
     if dynamic:
         return args, f"{', '.join(dynamic)} computed from the input (a global or shape-dependent pooling)"
     if args.get("return_indices"):
@@ -251,9 +303,16 @@ def _find(model: nn.Module) -> tuple[list[PoolingSite], list[_Owner], list[str]]
             skip_prefixes.append(name + ".")
             continue
         if isinstance(module, nn.Conv2d) and max(module.stride) > 1:
-            sites.append(PoolingSite(name, "module", "Conv2d", None,
-                                     {"kernel_size": module.kernel_size, "stride": module.stride},
-                                     reason="strided convolution: a learned layer, not a pooling"))
+            sites.append(
+                PoolingSite(
+                    name,
+                    "module",
+                    "Conv2d",
+                    None,
+                    {"kernel_size": module.kernel_size, "stride": module.stride},
+                    reason="strided convolution: a learned layer, not a pooling",
+                )
+            )
             continue
         if _has_own_forward(module):
             owner = _trace_owner(name, module, notes)
@@ -266,15 +325,17 @@ def _find(model: nn.Module) -> tuple[list[PoolingSite], list[_Owner], list[str]]
 def _trace_owner(name: str, module: nn.Module, notes: list[str]) -> Optional[_Owner]:
     try:
         graphs = {flag: _trace(module, flag) for flag in (True, False)}
-    except Exception as error:  # noqa: BLE001 - any tracing failure: report it if the module could pool
+    except Exception as error:
         source = ""
         try:
             source = inspect.getsource(type(module).forward)
         except (OSError, TypeError):
             pass
         if "pool2d" in source and "adaptive" not in source:
-            notes.append(f"could not trace {name or 'the model'} ({type(module).__name__}: "
-                         f"{type(error).__name__}: {str(error)[:120]}); functional poolings inside it were not swapped")
+            notes.append(
+                f"could not trace {name or 'the model'} ({type(module).__name__}: "
+                f"{type(error).__name__}: {str(error)[:120]}); functional poolings inside it were not swapped"
+            )
         return None
     sites = {}
     for graph in graphs.values():
@@ -285,8 +346,9 @@ def _trace_owner(name: str, module: nn.Module, notes: list[str]) -> Optional[_Ow
             args, reason = _functional_args(node, kind)
             old = "F.max_pool2d" if kind == "max" else "F.avg_pool2d"
             site_name = f"{name}.{node.name}" if name else node.name
-            sites[node.name] = PoolingSite(site_name, "functional", old, None if reason else kind, args,
-                                           reason=reason or "")
+            sites[node.name] = PoolingSite(
+                site_name, "functional", old, None if reason else kind, args, reason=reason or ""
+            )
     return _Owner(name, module, graphs, sites) if sites else None
 
 
@@ -312,8 +374,10 @@ class SamePadded(nn.Module):
         return self.pool(pad_same(x, self.kernel_size, self.stride, self.dilation, value=self.value))
 
     def extra_repr(self) -> str:
-        return (f"pad_same(kernel_size={self.kernel_size}, stride={self.stride}, dilation={self.dilation}, "
-                f"value={self.value})")
+        return (
+            f"pad_same(kernel_size={self.kernel_size}, stride={self.stride}, dilation={self.dilation}, "
+            f"value={self.value})"
+        )
 
 
 class _ChannelProbe(nn.Module):
@@ -343,14 +407,18 @@ def _site_kwargs(site: PoolingSite, target: str) -> dict:
     dilation = args.pop("dilation", 1)
     if _compact(dilation) != "1":
         if target != "max":
-            raise ValueError(f"cannot swap {site.name} ({site.old}, {site.describe_args()}) to {target!r}: "
-                             f"only 'max' supports a dilated window")
+            raise ValueError(
+                f"cannot swap {site.name} ({site.old}, {site.describe_args()}) to {target!r}: "
+                f"only 'max' supports a dilated window"
+            )
         args["dilation"] = dilation  # dropped, the window would silently shrink
     divisor = args.pop("divisor_override", None)
     if divisor is not None:
         if target != "avg":
-            raise ValueError(f"cannot swap {site.name} ({site.old}, {site.describe_args()}) to {target!r}: "
-                             f"only 'avg' supports divisor_override")
+            raise ValueError(
+                f"cannot swap {site.name} ({site.old}, {site.describe_args()}) to {target!r}: "
+                f"only 'avg' supports divisor_override"
+            )
         args["divisor_override"] = divisor
     if site.same_padding:
         args["padding"] = 0  # SAME padding is applied before the pool
@@ -368,14 +436,22 @@ def _build(site: PoolingSite, target: str, pooling_kwargs: dict) -> nn.Module:
     try:
         layer = build_pooling(target, kernel_size, stride, padding, ceil_mode, channels=site.channels, **window)
     except (ValueError, TypeError) as error:
-        hint = "" if site.channels is not None else (" (the dummy forward never reached this site, so its channels "
-                                                     "are unknown: pass input_size=(C, H, W) that reaches it)")
-        raise ValueError(f"cannot swap {site.name} ({site.old}, {site.describe_args()}) to {target!r}: "
-                         f"{error}{hint}") from error
+        hint = (
+            ""
+            if site.channels is not None
+            else (
+                " (the dummy forward never reached this site, so its channels "
+                "are unknown: pass input_size=(C, H, W) that reaches it)"
+            )
+        )
+        raise ValueError(
+            f"cannot swap {site.name} ({site.old}, {site.describe_args()}) to {target!r}: {error}{hint}"
+        ) from error
     if site.same_padding:
         value = float("-inf") if target == "max" else 0.0  # the -inf of MaxPool2dSame only makes sense for max
-        layer = SamePadded(layer, site.args["kernel_size"], site.args["stride"], site.args.get("dilation", (1, 1)),
-                           value)
+        layer = SamePadded(
+            layer, site.args["kernel_size"], site.args["stride"], site.args.get("dilation", (1, 1)), value
+        )
     return layer
 
 
@@ -418,11 +494,20 @@ def _rewrite_owner(owner: _Owner, targets: dict[str, str]) -> tuple[Callable[[],
     if inspect.getsource(train_fn) == inspect.getsource(eval_fn):
         forward = train_fn
     else:  # the forward branches on self.training: keep both graphs
+
         def forward(self, *args, **kwargs):
             return (train_fn if self.training else eval_fn)(self, *args, **kwargs)
-    module.__class__ = type(original_class.__name__, (original_class,),
-                            {"forward": forward, "__module__": original_class.__module__,
-                             "__qualname__": original_class.__qualname__, "_polypool_rewritten": True})
+
+    module.__class__ = type(
+        original_class.__name__,
+        (original_class,),
+        {
+            "forward": forward,
+            "__module__": original_class.__module__,
+            "__qualname__": original_class.__qualname__,
+            "_polypool_rewritten": True,
+        },
+    )
 
     def undo():
         module.__class__ = original_class
@@ -447,8 +532,14 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
 
 
-def swap_pooling(model: nn.Module, pooling: PoolingChoice, *, input_size: Optional[tuple] = None,
-                 kind_kwargs: Optional[Mapping[str, dict]] = None, **pooling_kwargs) -> SwapReport:
+def swap_pooling(
+    model: nn.Module,
+    pooling: PoolingChoice,
+    *,
+    input_size: Optional[tuple] = None,
+    kind_kwargs: Optional[Mapping[str, dict]] = None,
+    **pooling_kwargs,
+) -> SwapReport:
     """Replace every local max/avg pooling of ``model``, in place, with pooling ``pooling`` of the registry.
 
     Args:
@@ -487,8 +578,11 @@ def swap_pooling(model: nn.Module, pooling: PoolingChoice, *, input_size: Option
         for site in sites:  # module sites: record channels with forward hooks
             if site.source == "module" and site.kind is not None:
                 module = model.get_submodule(site.name)
-                hooks.append(module.register_forward_hook(
-                    lambda mod, inputs, output, site=site: see_module_site(site, inputs[0])))
+                hooks.append(
+                    module.register_forward_hook(
+                        lambda mod, inputs, output, site=site: see_module_site(site, inputs[0])
+                    )
+                )
         for owner in owners:
             chosen = {n: targets[id(s)] for n, s in owner.sites.items() if s.kind is not None and targets[id(s)]}
             if chosen:
@@ -497,13 +591,19 @@ def swap_pooling(model: nn.Module, pooling: PoolingChoice, *, input_size: Option
                 slots.update(owner_slots)
         for site in sites:  # functional sites: their probes see the input
             if id(site) in slots:
-                hooks.append(getattr(*slots[id(site)]).register_forward_hook(
-                    lambda mod, inputs, output, site=site: see_input(site, inputs[0])))
+                hooks.append(
+                    getattr(*slots[id(site)]).register_forward_hook(
+                        lambda mod, inputs, output, site=site: see_input(site, inputs[0])
+                    )
+                )
         if any(s.kind is not None for s in sites):
             was_training = model.training
             model.eval()
-            hooks += [m.register_forward_hook(lambda mod, inputs, output: relu_outputs.setdefault(id(output), output))
-                      for m in model.modules() if isinstance(m, (nn.ReLU, nn.ReLU6))]
+            hooks += [
+                m.register_forward_hook(lambda mod, inputs, output: relu_outputs.setdefault(id(output), output))
+                for m in model.modules()
+                if isinstance(m, (nn.ReLU, nn.ReLU6))
+            ]
             try:
                 with torch.no_grad():
                     model(_dummy_input(model, input_size))
@@ -527,7 +627,7 @@ def swap_pooling(model: nn.Module, pooling: PoolingChoice, *, input_size: Option
         for action in reversed(undo):
             action()
         raise
-    for site, target, layer in new_layers:
+    for site, _target, layer in new_layers:
         if site.after_relu and hasattr(layer, "input_nonnegative"):  # P-pooling skips its negative check (a sync)
             layer.input_nonnegative = True
         if site.source == "module":
@@ -538,7 +638,10 @@ def swap_pooling(model: nn.Module, pooling: PoolingChoice, *, input_size: Option
         if isinstance(layer, SamePadded):
             site.new = f"SamePadded({type(layer.pool).__name__})"
     if not report.local_sites:
-        warnings.warn(f"swap_pooling: {type(model).__name__} has no local pooling site (0 swapped); "
-                      f"global/adaptive pooling and strided convolutions are left alone by design",
-                      UserWarning, stacklevel=2)
+        warnings.warn(
+            f"swap_pooling: {type(model).__name__} has no local pooling site (0 swapped); "
+            f"global/adaptive pooling and strided convolutions are left alone by design",
+            UserWarning,
+            stacklevel=2,
+        )
     return report

@@ -21,15 +21,45 @@ from .files import NO_SPACE_ERRNOS, NoSpaceError, atomic_write_text, format_byte
 from .qualitative_panel import QualitativePanel, make_panel
 from .records import RECORD_KEYS, DamagedRecord, read_record
 from .rng_state import RNGState
-from .run_record import (DEFAULT_RECORDS_ROOT, RunRecord, backbone_family, config_hash, git_commit, nan_to_none,
-                         record_file)
+from .run_record import (
+    DEFAULT_RECORDS_ROOT,
+    RunRecord,
+    backbone_family,
+    config_hash,
+    git_commit,
+    nan_to_none,
+    record_file,
+)
 from .signal_checkpoint import SignalCheckpoint
 from .timed_last_checkpoint import TimedLastCheckpoint
 
 __all__ = [
-    "DEFAULT_RECORDS_ROOT", "NO_SPACE_ERRNOS", "RECORD_KEYS", "AlphaHistory", "DamagedRecord", "NoSpaceError",
-    "QualitativePanel", "RNGState", "RunRecord", "SignalCheckpoint", "TimedLastCheckpoint", "alpha_maps",
-    "alpha_summary", "atomic_write_text", "backbone_family", "config_hash", "final_evaluation", "format_bytes",
-    "free_bytes", "git_commit", "load_alpha_history", "log_dense_alpha_histograms", "make_panel", "nan_to_none",
-    "read_record", "record_file", "send_evaluation_to_wandb", "temporary_name",
+    "DEFAULT_RECORDS_ROOT",
+    "NO_SPACE_ERRNOS",
+    "RECORD_KEYS",
+    "AlphaHistory",
+    "DamagedRecord",
+    "NoSpaceError",
+    "QualitativePanel",
+    "RNGState",
+    "RunRecord",
+    "SignalCheckpoint",
+    "TimedLastCheckpoint",
+    "alpha_maps",
+    "alpha_summary",
+    "atomic_write_text",
+    "backbone_family",
+    "config_hash",
+    "final_evaluation",
+    "format_bytes",
+    "free_bytes",
+    "git_commit",
+    "load_alpha_history",
+    "log_dense_alpha_histograms",
+    "make_panel",
+    "nan_to_none",
+    "read_record",
+    "record_file",
+    "send_evaluation_to_wandb",
+    "temporary_name",
 ]

@@ -44,9 +44,11 @@ def alpha_maps(pl_module, probe: Optional[torch.Tensor]) -> dict[str, tuple[Any,
             dense = pl_module.dense_alpha_maps(probe.to(pl_module.device))
         finally:
             pl_module.train(was_training)
-    return {name: (module, dense[name] if module.alpha_mode == "dense"
-                   else module.current_alpha().detach().float().cpu())
-            for name, module in layers.items() if module.alpha_mode != "dense" or name in dense}
+    return {
+        name: (module, dense[name] if module.alpha_mode == "dense" else module.current_alpha().detach().float().cpu())
+        for name, module in layers.items()
+        if module.alpha_mode != "dense" or name in dense
+    }
 
 
 def alpha_summary(pl_module, probe: Optional[torch.Tensor]) -> dict[str, dict]:
@@ -56,9 +58,13 @@ def alpha_summary(pl_module, probe: Optional[torch.Tensor]) -> dict[str, dict]:
     summary = {}
     for name, (module, alpha) in alpha_maps(pl_module, probe).items():
         values = alpha.flatten().double()
-        summary[name] = {"mode": module.alpha_mode, "mean": values.mean().item(),
-                         "std": values.std(unbiased=False).item(), "min": values.min().item(),
-                         "max": values.max().item()}
+        summary[name] = {
+            "mode": module.alpha_mode,
+            "mean": values.mean().item(),
+            "std": values.std(unbiased=False).item(),
+            "min": values.min().item(),
+            "max": values.max().item(),
+        }
         if module.alpha_mode == "dense":  # (C, H_out, W_out)
             per_channel = alpha.double().flatten(1).std(1, unbiased=False)
             summary[name]["spatial_std"] = per_channel.mean().item()

@@ -33,8 +33,9 @@ class AlphaHistory(L.Callback):
 
     def __init__(self, every_n_steps: int = 100, bins: int = 50, max_values: int = 1024):
         if every_n_steps < 1 or bins < 1 or max_values < 1:
-            raise ValueError(f"AlphaHistory needs every_n_steps, bins and max_values >= 1, got {every_n_steps}, "
-                             f"{bins}, {max_values}")
+            raise ValueError(
+                f"AlphaHistory needs every_n_steps, bins and max_values >= 1, got {every_n_steps}, {bins}, {max_values}"
+            )
         self.every_n_steps, self.bins, self.max_values = every_n_steps, bins, max_values
         self._probe: Optional[torch.Tensor] = None
         self._last_step: Optional[int] = None
@@ -64,17 +65,23 @@ class AlphaHistory(L.Callback):
             if module.alpha_mode == "dense":
                 if name not in self._sample_positions:
                     generator = torch.Generator().manual_seed(0)
-                    self._sample_positions[name] = torch.randperm(alpha.numel(), generator=generator)[:self.max_values]
+                    self._sample_positions[name] = torch.randperm(alpha.numel(), generator=generator)[: self.max_values]
                 values = alpha[self._sample_positions[name]]
             else:
                 values = alpha
             top = high if high > low else low + 1.0  # a fixed alpha (low == high) still gets bins
             counts = torch.histc(alpha, bins=self.bins, min=low, max=top)
             edges = torch.linspace(low, top, self.bins + 1)
-            stats[name] = {"mode": module.alpha_mode, "range": [low, high], "mean": alpha.mean().item(),
-                           "min": alpha.min().item(), "max": alpha.max().item(),
-                           "values": [round(v, 6) for v in values.tolist()], "sampled": module.alpha_mode == "dense",
-                           "hist": {"edges": edges.tolist(), "counts": counts.int().tolist()}}
+            stats[name] = {
+                "mode": module.alpha_mode,
+                "range": [low, high],
+                "mean": alpha.mean().item(),
+                "min": alpha.min().item(),
+                "max": alpha.max().item(),
+                "values": [round(v, 6) for v in values.tolist()],
+                "sampled": module.alpha_mode == "dense",
+                "hist": {"edges": edges.tolist(), "counts": counts.int().tolist()},
+            }
         return stats
 
     def _write(self, trainer, pl_module) -> None:

@@ -80,18 +80,23 @@ def final_evaluation(trainer, pl_module, probe: Optional[torch.Tensor] = None) -
             try:
                 with trainer.precision_plugin.forward_context():  # on the device, in eval mode, as validation
                     send_evaluation_to_wandb(trainer, pl_module, *first, probe=probe)
-            except Exception as error:  # noqa: BLE001 - W&B's pictures must not cost the run its record
-                warnings.warn(f"the final evaluation's alpha maps, panel and histograms could not be sent to W&B "
-                              f"({type(error).__name__}: {error}); the metrics and the run record are not affected",
-                              stacklevel=2)
+            except Exception as error:
+                warnings.warn(
+                    f"the final evaluation's alpha maps, panel and histograms could not be sent to W&B "
+                    f"({type(error).__name__}: {error}); the metrics and the run record are not affected",
+                    stacklevel=2,
+                )
     finally:
         pl_module.train(was_training)
         pl_module.to(left_on)
-    result = {"iou": iou, "boundary_iou": boundary, "device": device,
-              "trimap": {w: trimap[i] for i, w in enumerate(trimap_metric.widths)}}
+    result = {
+        "iou": iou,
+        "boundary_iou": boundary,
+        "device": device,
+        "trimap": {w: trimap[i] for i, w in enumerate(trimap_metric.widths)},
+    }
     if trainer.is_global_zero:
-        values = {keys.FINAL_MIOU: float(torch.nanmean(iou)),
-                  keys.FINAL_BOUNDARY_MIOU: float(torch.nanmean(boundary))}
+        values = {keys.FINAL_MIOU: float(torch.nanmean(iou)), keys.FINAL_BOUNDARY_MIOU: float(torch.nanmean(boundary))}
         values.update({keys.final_trimap_miou(w): float(torch.nanmean(v)) for w, v in result["trimap"].items()})
         values.update({keys.class_iou(keys.FINAL, name): float(v) for name, v in zip(pl_module.class_names, iou)})
         for logger in trainer.loggers:
@@ -101,8 +106,14 @@ def final_evaluation(trainer, pl_module, probe: Optional[torch.Tensor] = None) -
 
 
 @torch.no_grad()
-def send_evaluation_to_wandb(trainer, pl_module, images: torch.Tensor, masks: torch.Tensor, preds: torch.Tensor,
-                             probe: Optional[torch.Tensor] = None) -> None:
+def send_evaluation_to_wandb(
+    trainer,
+    pl_module,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    preds: torch.Tensor,
+    probe: Optional[torch.Tensor] = None,
+) -> None:
     """Sends rank 0's W&B runs what a periodic validation sends them, for an evaluation outside the validation loop
     (the final one): ``alpha/<layer>/mean|min|max`` (and a channel alpha's histogram), the dense alpha maps of the
     first of ``images`` (``alpha_map/<layer>``), the image | truth | prediction panel of ``images``, ``masks`` and
@@ -121,5 +132,6 @@ def send_evaluation_to_wandb(trainer, pl_module, images: torch.Tensor, masks: to
     log_dense_alpha_histograms(pl_module, probe)
     for callback in getattr(trainer, "callbacks", []):
         if isinstance(callback, QualitativePanel):
-            callback.log_panel(trainer, pl_module, images, masks, preds,
-                               caption="image | ground truth | prediction (final evaluation)")
+            callback.log_panel(
+                trainer, pl_module, images, masks, preds, caption="image | ground truth | prediction (final evaluation)"
+            )

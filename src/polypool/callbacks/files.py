@@ -11,7 +11,6 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
-
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 

@@ -29,8 +29,15 @@ class QualitativePanel(L.Callback):
             preds = pl_module(images[: self.num_images]).argmax(1)
         self.log_panel(trainer, pl_module, images, masks, preds)
 
-    def log_panel(self, trainer, pl_module, images: torch.Tensor, masks: torch.Tensor, preds: torch.Tensor,
-                  caption: str = "image | ground truth | prediction") -> None:
+    def log_panel(
+        self,
+        trainer,
+        pl_module,
+        images: torch.Tensor,
+        masks: torch.Tensor,
+        preds: torch.Tensor,
+        caption: str = "image | ground truth | prediction",
+    ) -> None:
         """The panel of the first ``num_images`` of ``images``/``masks``/``preds`` to the W&B runs (``val/panel``)."""
         runs = pl_module._wandb_runs()
         if not runs:

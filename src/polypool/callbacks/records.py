@@ -13,8 +13,10 @@ class DamagedRecord(ValueError):
 
     def __init__(self, path: Path, why: str):
         self.path, self.why = Path(path), why
-        super().__init__(f"damaged run record {self.path} ({why}): move it aside (e.g. to {self.path.name}.damaged) "
-                         f"or delete it, and train the run again (reproduce.sh does both itself)")
+        super().__init__(
+            f"damaged run record {self.path} ({why}): move it aside (e.g. to {self.path.name}.damaged) "
+            f"or delete it, and train the run again (reproduce.sh does both itself)"
+        )
 
 
 RECORD_KEYS = ("per_class_iou", "miou")
@@ -36,17 +38,23 @@ def read_record(path: Path, required: tuple[str, ...] = RECORD_KEYS) -> dict:
         record = json.loads(text)
     except ValueError as error:
         truncated = not text.rstrip().endswith(("}", "]"))  # RunRecord's JSON ends with its closing brace
-        raise DamagedRecord(path, ("truncated, not valid JSON: " if truncated else "not valid JSON: ")
-                            + f"{getattr(error, 'msg', error)} at line {getattr(error, 'lineno', '?')} column "
-                              f"{getattr(error, 'colno', '?')}") from error
+        raise DamagedRecord(
+            path,
+            ("truncated, not valid JSON: " if truncated else "not valid JSON: ")
+            + f"{getattr(error, 'msg', error)} at line {getattr(error, 'lineno', '?')} column "
+            f"{getattr(error, 'colno', '?')}",
+        ) from error
     if not isinstance(record, dict):
         raise DamagedRecord(path, f"a JSON {type(record).__name__}, not an object")
     missing = [key for key in required if key not in record]
     if missing:
         raise DamagedRecord(path, "no " + ", ".join(repr(key) for key in missing))
     per_class = record.get("per_class_iou")
-    if "per_class_iou" in record and not (isinstance(per_class, list) and per_class and all(
-            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in per_class)):
+    if "per_class_iou" in record and not (
+        isinstance(per_class, list)
+        and per_class
+        and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in per_class)
+    ):
         raise DamagedRecord(path, "'per_class_iou' is not a list of numbers")
     miou = record.get("miou")
     if miou is not None and (isinstance(miou, bool) or not isinstance(miou, (int, float))):

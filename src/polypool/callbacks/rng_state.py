@@ -29,8 +29,11 @@ class RNGState(L.Callback):
     def state_dict(self) -> dict:
         kind, keys, pos, has_gauss, gauss = np.random.get_state()
         # plain lists and tensors: the checkpoint stays loadable with torch.load(weights_only=True)
-        state = {"python": random.getstate(), "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
-                 "torch": torch.get_rng_state()}
+        state = {
+            "python": random.getstate(),
+            "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+            "torch": torch.get_rng_state(),
+        }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda"] = torch.cuda.get_rng_state_all()
         return state

@@ -23,8 +23,9 @@ from .files import NO_SPACE_ERRNOS, NoSpaceError, atomic_write_text, format_byte
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -65,7 +66,9 @@ class RunRecord(L.Callback):
     sends it too (:func:`final_evaluation`).
     """
 
-    def __init__(self, root: str = DEFAULT_RECORDS_ROOT, dataset: Optional[str] = None, experiment: Optional[str] = None):
+    def __init__(
+        self, root: str = DEFAULT_RECORDS_ROOT, dataset: Optional[str] = None, experiment: Optional[str] = None
+    ):
         self.root, self.dataset, self.experiment = Path(root), dataset, experiment
         self.config: Optional[dict] = None
         self.config_files: list[str] = []
@@ -92,8 +95,12 @@ class RunRecord(L.Callback):
 
     @override
     def state_dict(self) -> dict:
-        return {"elapsed_s": self.elapsed(), "probe": self._probe, "alpha_first": self._alpha_first,
-                "started": self._started}
+        return {
+            "elapsed_s": self.elapsed(),
+            "probe": self._probe,
+            "alpha_first": self._alpha_first,
+            "started": self._started,
+        }
 
     @override
     def load_state_dict(self, state: dict) -> None:
@@ -120,8 +127,13 @@ class RunRecord(L.Callback):
         """What produced the run (:mod:`polypool.provenance`): software, hardware, its start (first attempt) and end,
         and the device-hours of its wall time over every attempt."""
         hardware = provenance.hardware(trainer)
-        return {"software": provenance.software(), "hardware": hardware, "started": self._started,
-                "ended": provenance.now(), **provenance.device_hours(self.elapsed(), hardware)}
+        return {
+            "software": provenance.software(),
+            "hardware": hardware,
+            "started": self._started,
+            "ended": provenance.now(),
+            **provenance.device_hours(self.elapsed(), hardware),
+        }
 
     def record_path(self, trainer, pl_module) -> Path:
         dataset = self.dataset or getattr(trainer.datamodule, "dataset_name", "dataset")
@@ -143,8 +155,11 @@ class RunRecord(L.Callback):
         if self._probe is not None:
             last = alpha_summary(pl_module, self._probe)
             if last:
-                alpha = {"probe": "the first training image (dense alpha: statistics over its alpha map)",
-                         "first": self._alpha_first, "last": {"step": int(trainer.global_step), "layers": last}}
+                alpha = {
+                    "probe": "the first training image (dense alpha: statistics over its alpha map)",
+                    "first": self._alpha_first,
+                    "last": {"step": int(trainer.global_step), "layers": last},
+                }
         record = {
             "dataset": path.parts[-4],
             "experiment": path.parts[-3],
@@ -156,8 +171,10 @@ class RunRecord(L.Callback):
             "per_class_iou": per_class,
             "miou": float(torch.nanmean(iou)),
             # detail metrics (polypool.metrics): Boundary IoU at d = 2% of the diagonal, trimap mIoU per band width
-            "boundary_iou": {"per_class": nan_to_none(evaluation["boundary_iou"]),
-                             "mean": float(torch.nanmean(evaluation["boundary_iou"]))},
+            "boundary_iou": {
+                "per_class": nan_to_none(evaluation["boundary_iou"]),
+                "mean": float(torch.nanmean(evaluation["boundary_iou"])),
+            },
             "trimap_miou": {str(w): float(torch.nanmean(v)) for w, v in evaluation["trimap"].items()},
             "alpha": alpha,
             "config_hash": config_hash(self.config),
@@ -170,10 +187,12 @@ class RunRecord(L.Callback):
             atomic_write_text(path, json.dumps(record, indent=2) + "\n")
         except OSError as error:
             if error.errno in NO_SPACE_ERRNOS:
-                raise NoSpaceError(f"no space left on device to write the run record {path.name} in {path.parent} "
-                                   f"({format_bytes(free_bytes(path.parent))} free there); nothing half-written was "
-                                   f"left. Free some space, then run the same command with --ckpt_path last: it "
-                                   f"evaluates the finished run again and writes the record") from error
+                raise NoSpaceError(
+                    f"no space left on device to write the run record {path.name} in {path.parent} "
+                    f"({format_bytes(free_bytes(path.parent))} free there); nothing half-written was "
+                    f"left. Free some space, then run the same command with --ckpt_path last: it "
+                    f"evaluates the finished run again and writes the record"
+                ) from error
             raise
 
 

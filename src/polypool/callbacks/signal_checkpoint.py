@@ -45,8 +45,11 @@ class SignalCheckpoint(L.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         self._start_step, self._saved_step = trainer.global_step, None
         usr1 = getattr(signal, "SIGUSR1", None)
-        if usr1 is not None and threading.current_thread() is threading.main_thread() \
-                and signal.getsignal(usr1) in (signal.SIG_DFL, None):
+        if (
+            usr1 is not None
+            and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(usr1) in (signal.SIG_DFL, None)
+        ):
             self._previous_usr1 = signal.signal(usr1, self._on_sigusr1)
 
     def _on_sigusr1(self, signum, frame) -> None:
@@ -83,12 +86,16 @@ class SignalCheckpoint(L.Callback):
             return
         self._restore()
         step = trainer.global_step
-        if self._saved_step != step and step > self._start_step and trainer.world_size == 1 \
-                and not trainer.sanity_checking:
+        if (
+            self._saved_step != step
+            and step > self._start_step
+            and trainer.world_size == 1
+            and not trainer.sanity_checking
+        ):
             self.save(trainer)
         name = self.signal_name or "SIGTERM"
         if self._saved_step == step:
-            told = (f"saved {self.path}; the same command with --ckpt_path last resumes it from there")
+            told = f"saved {self.path}; the same command with --ckpt_path last resumes it from there"
         elif self.path.is_file():
             told = f"nothing new to save: {self.path} is kept; the same command with --ckpt_path last resumes it"
         else:

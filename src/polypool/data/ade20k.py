@@ -32,14 +32,39 @@ class ADE20KDataModule(SegmentationDataModule):
     class_names = ADE20K_CLASSES
     palette = ade20k_palette()
 
-    def __init__(self, root: Union[str, Path] = "data/ade20k", batch_size: int = 8, num_workers: int = 4,
-                 crop_size: Union[int, tuple[int, int]] = 512, scale_range: tuple[float, float] = (0.5, 2.0),
-                 mean: Optional[tuple[float, float, float]] = None,
-                 std: Optional[tuple[float, float, float]] = None, train_split: str = "training",
-                 val_split: str = "validation", val_batch_size: int = 1, check_labels: bool = True,
-                 download: bool = False, hflip: bool = True, allow_split_overlap: bool = False):
-        super().__init__(root, batch_size, num_workers, crop_size, scale_range, mean, std, train_split, val_split,
-                         val_batch_size, check_labels, download, hflip, allow_split_overlap=allow_split_overlap)
+    def __init__(
+        self,
+        root: Union[str, Path] = "data/ade20k",
+        batch_size: int = 8,
+        num_workers: int = 4,
+        crop_size: Union[int, tuple[int, int]] = 512,
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        mean: Optional[tuple[float, float, float]] = None,
+        std: Optional[tuple[float, float, float]] = None,
+        train_split: str = "training",
+        val_split: str = "validation",
+        val_batch_size: int = 1,
+        check_labels: bool = True,
+        download: bool = False,
+        hflip: bool = True,
+        allow_split_overlap: bool = False,
+    ):
+        super().__init__(
+            root,
+            batch_size,
+            num_workers,
+            crop_size,
+            scale_range,
+            mean,
+            std,
+            train_split,
+            val_split,
+            val_batch_size,
+            check_labels,
+            download,
+            hflip,
+            allow_split_overlap=allow_split_overlap,
+        )
         self.base = self.root / "ADEChallengeData2016"
 
     def download_dataset(self) -> None:
@@ -50,8 +75,11 @@ class ADE20KDataModule(SegmentationDataModule):
         require_dir(self.root, "ADE20K root", ADE20K_LAYOUT)
         for split in (self.train_split, self.val_split):
             for top in ("images", "annotations"):
-                require_dir(self.base / top / split, f"ADE20K folder {top}/{split}",
-                            ADE20K_LAYOUT + f"\nor pass download=True ({ADE20K_URL})")
+                require_dir(
+                    self.base / top / split,
+                    f"ADE20K folder {top}/{split}",
+                    ADE20K_LAYOUT + f"\nor pass download=True ({ADE20K_URL})",
+                )
 
     def make_dataset(self, split: str, train: bool) -> SegmentationDataset:
         self.check_layout()
@@ -62,5 +90,6 @@ class ADE20KDataModule(SegmentationDataModule):
             raise DatasetError(f"no images in {image_dir}. Expected layout:\n{ADE20K_LAYOUT}")
         pairs = pair_by_stem(images, masks, image_dir, mask_dir)
         transform = self.train_transform() if train else self.val_transform()
-        return SegmentationDataset(pairs, self.num_classes, transform, label_map=ade20k_label_map(),
-                                   check_labels=self.check_labels)
+        return SegmentationDataset(
+            pairs, self.num_classes, transform, label_map=ade20k_label_map(), check_labels=self.check_labels
+        )

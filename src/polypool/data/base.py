@@ -13,8 +13,7 @@ from torch.utils.data import DataLoader
 from typing_extensions import override
 
 from .classes import IGNORE_INDEX
-from .dataset import (DatasetError, EpochSampler, ResumableLoader, SegmentationDataset, ShardSampler, name_some,
-                      repeated)
+from .dataset import DatasetError, EpochSampler, ResumableLoader, SegmentationDataset, ShardSampler, name_some, repeated
 from .transforms import pad_collate, train_transform, val_transform
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -114,9 +113,11 @@ class SegmentationDataModule(L.LightningDataModule):
         world_size, _ = self.world()
         if self.batch_size % world_size:
             works = [n for n in range(1, self.batch_size + 1) if self.batch_size % n == 0]
-            raise ValueError(f"batch_size={self.batch_size} is the global batch of one step and must split evenly "
-                             f"over the {world_size} processes (devices x nodes); with batch_size="
-                             f"{self.batch_size} use {works} processes, or change the batch")
+            raise ValueError(
+                f"batch_size={self.batch_size} is the global batch of one step and must split evenly "
+                f"over the {world_size} processes (devices x nodes); with batch_size="
+                f"{self.batch_size} use {works} processes, or change the batch"
+            )
         return self.batch_size // world_size
 
     def resolve_normalization(self) -> None:
@@ -136,7 +137,7 @@ class SegmentationDataModule(L.LightningDataModule):
         if stage in (None, "fit") and self.train_dataset is None:
             self.train_dataset = self.make_dataset(self.train_split, train=True)
             # the seed of seed_everything (LightningCLI's --seed_everything), else 0
-            self.train_dataset.seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+            self.train_dataset.seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
         if stage in (None, "fit", "validate", "test", "predict") and self.val_dataset is None:
             self.val_dataset = self.make_dataset(self.val_split, train=False)
             if stage in (None, "fit"):
@@ -152,17 +153,23 @@ class SegmentationDataModule(L.LightningDataModule):
         for split, dataset in ((self.train_split, self.train_dataset), (self.val_split, self.val_dataset)):
             twice = repeated([str(image) for image, _ in dataset.pairs])
             if twice:
-                raise DatasetError(f"split {split!r} lists {name_some(twice, noun='file')} more than once: each "
-                                   f"would count as many times as it is listed; list each image once")
+                raise DatasetError(
+                    f"split {split!r} lists {name_some(twice, noun='file')} more than once: each "
+                    f"would count as many times as it is listed; list each image once"
+                )
         train_ids = {Path(image).stem for image, _ in self.train_dataset.pairs}
         both = sorted(train_ids & {Path(image).stem for image, _ in self.val_dataset.pairs})
         if not both:
             return
-        message = (f"{name_some(both)} in both the train split {self.train_split!r} and the val split "
-                   f"{self.val_split!r}: the val mIoU would be measured on images the network trained on")
+        message = (
+            f"{name_some(both)} in both the train split {self.train_split!r} and the val split "
+            f"{self.val_split!r}: the val mIoU would be measured on images the network trained on"
+        )
         if not self.allow_split_overlap:
-            raise DatasetError(f"{message}. Remove them from one of the splits, or pass allow_split_overlap=True "
-                               f"(--data.init_args.allow_split_overlap true) if you mean it")
+            raise DatasetError(
+                f"{message}. Remove them from one of the splits, or pass allow_split_overlap=True "
+                f"(--data.init_args.allow_split_overlap true) if you mean it"
+            )
         rank_zero_warn(f"{message} (allowed by allow_split_overlap=True)")
 
     def train_transform(self):
@@ -177,8 +184,14 @@ class SegmentationDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         world_size, rank = self.world()
         sampler = EpochSampler(self.train_dataset, seed=self.train_dataset.seed, num_replicas=world_size, rank=rank)
-        return ResumableLoader(self.train_dataset, batch_size=self.per_rank_batch_size(), sampler=sampler,
-                               drop_last=True, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return ResumableLoader(
+            self.train_dataset,
+            batch_size=self.per_rank_batch_size(),
+            sampler=sampler,
+            drop_last=True,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     @override
     def val_dataloader(self) -> DataLoader:
@@ -186,9 +199,14 @@ class SegmentationDataModule(L.LightningDataModule):
         # Every rank evaluates its own share, none padded or repeated (ShardSampler), so the summed confusion
         # matrix counts each image once.
         world_size, rank = self.world()
-        return DataLoader(self.val_dataset, batch_size=self.val_batch_size,
-                          sampler=ShardSampler(self.val_dataset, world_size, rank), num_workers=self.num_workers, collate_fn=partial(pad_collate, size_divisor=8),
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            self.val_dataset,
+            batch_size=self.val_batch_size,
+            sampler=ShardSampler(self.val_dataset, world_size, rank),
+            num_workers=self.num_workers,
+            collate_fn=partial(pad_collate, size_divisor=8),
+            persistent_workers=self.num_workers > 0,
+        )
 
     @override
     def test_dataloader(self) -> DataLoader:

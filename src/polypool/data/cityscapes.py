@@ -32,32 +32,62 @@ class CityscapesDataModule(SegmentationDataModule):
     dataset_name = "cityscapes"
     num_classes = 19
 
-    def __init__(self, root: Union[str, Path] = "data/cityscapes", batch_size: int = 8, num_workers: int = 4,
-                 crop_size: Union[int, tuple[int, int]] = 769, scale_range: tuple[float, float] = (0.5, 2.0),
-                 mean: Optional[tuple[float, float, float]] = None,
-                 std: Optional[tuple[float, float, float]] = None, train_split: str = "train",
-                 val_split: str = "val", val_batch_size: int = 1, check_labels: bool = True,
-                 download: bool = False, hflip: bool = True, prefer_train_ids: bool = True,
-                 allow_split_overlap: bool = False):
-        super().__init__(root, batch_size, num_workers, crop_size, scale_range, mean, std, train_split, val_split,
-                         val_batch_size, check_labels, download, hflip, allow_split_overlap=allow_split_overlap)
+    def __init__(
+        self,
+        root: Union[str, Path] = "data/cityscapes",
+        batch_size: int = 8,
+        num_workers: int = 4,
+        crop_size: Union[int, tuple[int, int]] = 769,
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        mean: Optional[tuple[float, float, float]] = None,
+        std: Optional[tuple[float, float, float]] = None,
+        train_split: str = "train",
+        val_split: str = "val",
+        val_batch_size: int = 1,
+        check_labels: bool = True,
+        download: bool = False,
+        hflip: bool = True,
+        prefer_train_ids: bool = True,
+        allow_split_overlap: bool = False,
+    ):
+        super().__init__(
+            root,
+            batch_size,
+            num_workers,
+            crop_size,
+            scale_range,
+            mean,
+            std,
+            train_split,
+            val_split,
+            val_batch_size,
+            check_labels,
+            download,
+            hflip,
+            allow_split_overlap=allow_split_overlap,
+        )
         self.prefer_train_ids = prefer_train_ids
         self.class_names = cityscapes_classes()
         self.palette = cityscapes_palette()
 
     def download_dataset(self) -> None:
         if not (self.root / "leftImg8bit").is_dir():
-            raise DatasetError(f"Cityscapes cannot be downloaded without an account: log in at {CITYSCAPES_URL} "
-                               f"(or use cityscapesscripts' csDownload), fetch leftImg8bit_trainvaltest.zip and "
-                               f"gtFine_trainvaltest.zip and extract both into {self.root}. Expected layout:\n"
-                               f"{CITYSCAPES_LAYOUT}")
+            raise DatasetError(
+                f"Cityscapes cannot be downloaded without an account: log in at {CITYSCAPES_URL} "
+                f"(or use cityscapesscripts' csDownload), fetch leftImg8bit_trainvaltest.zip and "
+                f"gtFine_trainvaltest.zip and extract both into {self.root}. Expected layout:\n"
+                f"{CITYSCAPES_LAYOUT}"
+            )
 
     def check_layout(self) -> None:
         require_dir(self.root, "Cityscapes root", CITYSCAPES_LAYOUT)
         for split in (self.train_split, self.val_split):
             for top in ("leftImg8bit", "gtFine"):
-                require_dir(self.root / top / split, f"Cityscapes folder {top}/{split}",
-                            CITYSCAPES_LAYOUT + f"\n(download: {CITYSCAPES_URL})")
+                require_dir(
+                    self.root / top / split,
+                    f"Cityscapes folder {top}/{split}",
+                    CITYSCAPES_LAYOUT + f"\n(download: {CITYSCAPES_URL})",
+                )
 
     def _scan(self, split: str) -> list[tuple[Path, Path]]:
         image_dir, label_dir = self.root / "leftImg8bit" / split, self.root / "gtFine" / split
@@ -65,19 +95,23 @@ class CityscapesDataModule(SegmentationDataModule):
         for path in sorted(image_dir.rglob("*")):
             if path.is_file():
                 if not path.name.endswith(IMAGE_SUFFIX):
-                    raise DatasetError(f"{path} does not end with {IMAGE_SUFFIX!r}: Cityscapes images are named "
-                                       f"<city>_<seq>_<frame>{IMAGE_SUFFIX}; rename or remove it")
-                images[str(path.relative_to(image_dir))[:-len(IMAGE_SUFFIX)]] = path
+                    raise DatasetError(
+                        f"{path} does not end with {IMAGE_SUFFIX!r}: Cityscapes images are named "
+                        f"<city>_<seq>_<frame>{IMAGE_SUFFIX}; rename or remove it"
+                    )
+                images[str(path.relative_to(image_dir))[: -len(IMAGE_SUFFIX)]] = path
         suffixes = LABEL_SUFFIXES if self.prefer_train_ids else LABEL_SUFFIXES[::-1]
         for path in sorted(label_dir.rglob("*")):
             if not path.is_file():
                 continue
             suffix = next((s for s in LABEL_SUFFIXES + OTHER_GT_SUFFIXES if path.name.endswith(s)), None)
             if suffix is None:
-                raise DatasetError(f"{path} has an unknown suffix: gtFine files end with one of "
-                                   f"{LABEL_SUFFIXES + OTHER_GT_SUFFIXES}; rename or remove it")
+                raise DatasetError(
+                    f"{path} has an unknown suffix: gtFine files end with one of "
+                    f"{LABEL_SUFFIXES + OTHER_GT_SUFFIXES}; rename or remove it"
+                )
             if suffix in LABEL_SUFFIXES:
-                key = str(path.relative_to(label_dir))[:-len(suffix)]
+                key = str(path.relative_to(label_dir))[: -len(suffix)]
                 current = labels.get(key)
                 if current is None or suffixes.index(suffix) < suffixes.index(_label_suffix(current)):
                     labels[key] = path
@@ -87,11 +121,14 @@ class CityscapesDataModule(SegmentationDataModule):
         self.check_layout()
         pairs = self._scan(split)
         if not pairs:
-            raise DatasetError(f"no images in {self.root / 'leftImg8bit' / split}. Expected layout:\n{CITYSCAPES_LAYOUT}")
+            raise DatasetError(
+                f"no images in {self.root / 'leftImg8bit' / split}. Expected layout:\n{CITYSCAPES_LAYOUT}"
+            )
         transform = self.train_transform() if train else self.val_transform()
         reader = partial(read_cityscapes_mask, to_train_id=cityscapes_label_to_train_id())
-        return SegmentationDataset(pairs, self.num_classes, transform, check_labels=self.check_labels,
-                                   mask_reader=reader)
+        return SegmentationDataset(
+            pairs, self.num_classes, transform, check_labels=self.check_labels, mask_reader=reader
+        )
 
 
 def _label_suffix(path: Path) -> str:

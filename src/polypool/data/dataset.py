@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -51,23 +52,30 @@ def read_split_file(path: Path, layout: str, unique: bool = True) -> list[str]:
         raise DatasetError(f"split file {path} is empty: it should list one image id per line")
     twice = repeated(ids) if unique else []
     if twice:
-        raise DatasetError(f"split file {path} lists {name_some(twice)} more than once: each would be used as many "
-                           f"times as it is listed (a repeated val id counts twice in the mIoU). Remove the repeated "
-                           f"lines")
+        raise DatasetError(
+            f"split file {path} lists {name_some(twice)} more than once: each would be used as many "
+            f"times as it is listed (a repeated val id counts twice in the mIoU). Remove the repeated "
+            f"lines"
+        )
     return ids
 
 
-def pair_by_stem(images: dict[str, Path], masks: dict[str, Path], image_dir: Path, mask_dir: Path) -> list[tuple[Path, Path]]:
+def pair_by_stem(
+    images: dict[str, Path], masks: dict[str, Path], image_dir: Path, mask_dir: Path
+) -> list[tuple[Path, Path]]:
     """Pair files that share an id; an image without a mask or a mask without an image is an error."""
     lonely_images = sorted(set(images) - set(masks))
     lonely_masks = sorted(set(masks) - set(images))
     problems = []
     if lonely_images:
-        problems.append(f"{len(lonely_images)} image(s) in {image_dir} without a mask in {mask_dir}, e.g. "
-                        f"{images[lonely_images[0]]}")
+        problems.append(
+            f"{len(lonely_images)} image(s) in {image_dir} without a mask in {mask_dir}, e.g. "
+            f"{images[lonely_images[0]]}"
+        )
     if lonely_masks:
-        problems.append(f"{len(lonely_masks)} mask(s) in {mask_dir} without an image in {image_dir}, e.g. "
-                        f"{masks[lonely_masks[0]]}")
+        problems.append(
+            f"{len(lonely_masks)} mask(s) in {mask_dir} without an image in {image_dir}, e.g. {masks[lonely_masks[0]]}"
+        )
     if problems:
         raise DatasetError("; ".join(problems) + ". Restore the missing files or remove the extra ones.")
     return [(images[key], masks[key]) for key in sorted(images)]
@@ -79,8 +87,10 @@ def load_image(path: Path) -> Image.Image:
             image.load()  # decode now: a truncated or corrupt file fails here, not later
             return image
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise DatasetError(f"cannot read {path} ({type(error).__name__}: {error}): the file is corrupt or "
-                           f"truncated; re-extract it from the dataset archive") from error
+        raise DatasetError(
+            f"cannot read {path} ({type(error).__name__}: {error}): the file is corrupt or "
+            f"truncated; re-extract it from the dataset archive"
+        ) from error
 
 
 def read_label_png(path: Path) -> np.ndarray:
@@ -103,9 +113,16 @@ class SegmentationDataset(Dataset):
         seed: the augmentation seed (with the epoch and the sample index).
     """
 
-    def __init__(self, pairs: Sequence[tuple[Path, Path]], num_classes: int, transform: Optional[Callable] = None,
-                 label_map: Optional[np.ndarray] = None, mask_reader: Optional[Callable[[Path], np.ndarray]] = None,
-                 check_labels: bool = True, seed: int = 0):
+    def __init__(
+        self,
+        pairs: Sequence[tuple[Path, Path]],
+        num_classes: int,
+        transform: Optional[Callable] = None,
+        label_map: Optional[np.ndarray] = None,
+        mask_reader: Optional[Callable[[Path], np.ndarray]] = None,
+        check_labels: bool = True,
+        seed: int = 0,
+    ):
         self.pairs = list(pairs)
         self.num_classes = num_classes
         self.transform = transform
@@ -123,20 +140,26 @@ class SegmentationDataset(Dataset):
         image = np.asarray(load_image(image_path).convert("RGB"))
         mask = self.mask_reader(mask_path)
         if mask.ndim != 2:
-            raise DatasetError(f"mask {mask_path} has shape {mask.shape}: a label mask is a single-channel (or "
-                               f"palette) image of label values")
+            raise DatasetError(
+                f"mask {mask_path} has shape {mask.shape}: a label mask is a single-channel (or "
+                f"palette) image of label values"
+            )
         if image.shape[:2] != mask.shape:
-            raise DatasetError(f"image {image_path} is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is "
-                               f"{mask.shape[1]}x{mask.shape[0]}: they must have the same size")
+            raise DatasetError(
+                f"image {image_path} is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is "
+                f"{mask.shape[1]}x{mask.shape[0]}: they must have the same size"
+            )
         if self.label_map is not None:
             mask = self.label_map[mask]
         if self.check_labels:
             values = np.unique(mask)
             bad = values[(values >= self.num_classes) & (values != IGNORE_INDEX)]
             if bad.size:
-                raise DatasetError(f"mask {mask_path} holds label value(s) {bad.tolist()[:10]} outside "
-                                   f"[0, {self.num_classes}) and {IGNORE_INDEX} (ignore): fix the mask, or pass "
-                                   f"check_labels=False to skip this check")
+                raise DatasetError(
+                    f"mask {mask_path} holds label value(s) {bad.tolist()[:10]} outside "
+                    f"[0, {self.num_classes}) and {IGNORE_INDEX} (ignore): fix the mask, or pass "
+                    f"check_labels=False to skip this check"
+                )
         return torch.from_numpy(image.copy()).permute(2, 0, 1).contiguous(), torch.from_numpy(mask.astype(np.int64))
 
     def check_files(self, what: str, threads: Optional[int] = None) -> None:
@@ -156,10 +179,16 @@ class SegmentationDataset(Dataset):
             found = [(i, p) for i, p in enumerate(pool.map(problem, range(len(self.pairs)))) if p is not None]
         if found:
             others = [str(self.pairs[i][0]) for i, _ in found[1:]]
-            raise DatasetError(f"the {what} set is read once before training, and {len(found)} of its {len(self)} "
-                               f"samples cannot be used: {found[0][1]}"
-                               + (f". The others (by image): {', '.join(others[:10])}"
-                                  f"{f' and {len(others) - 10} more' if len(others) > 10 else ''}" if others else ""))
+            raise DatasetError(
+                f"the {what} set is read once before training, and {len(found)} of its {len(self)} "
+                f"samples cannot be used: {found[0][1]}"
+                + (
+                    f". The others (by image): {', '.join(others[:10])}"
+                    f"{f' and {len(others) - 10} more' if len(others) > 10 else ''}"
+                    if others
+                    else ""
+                )
+            )
 
     def __getitem__(self, index: int):
         """``index`` may carry the epoch (``epoch * len(self) + i``, see :class:`EpochSampler`): the sample's
@@ -183,8 +212,9 @@ class EpochSampler(DistributedSampler):
     consumes distinct samples. It is a ``DistributedSampler``, so Lightning uses it as it is instead of wrapping it.
     """
 
-    def __init__(self, dataset: SegmentationDataset, seed: int = 0, shuffle: bool = True, num_replicas: int = 1,
-                 rank: int = 0):
+    def __init__(
+        self, dataset: SegmentationDataset, seed: int = 0, shuffle: bool = True, num_replicas: int = 1, rank: int = 0
+    ):
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank must be in [0, num_replicas={num_replicas}), got {rank}")
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
@@ -203,9 +233,12 @@ class EpochSampler(DistributedSampler):
             self.epoch += 1  # no set_epoch since the last pass (a wrapping sampler): count the passes
         self._epoch_set = False
         n = len(self.dataset)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)) \
-            if self.shuffle else torch.arange(n)
-        mine = order[:len(self) * self.num_replicas][self.rank::self.num_replicas]
+        order = (
+            torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+            if self.shuffle
+            else torch.arange(n)
+        )
+        mine = order[: len(self) * self.num_replicas][self.rank :: self.num_replicas]
         skip, self.skip = self.skip, 0
         return iter((epoch * n + mine[skip:]).tolist())
 

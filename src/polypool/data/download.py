@@ -14,10 +14,12 @@ def download_or_explain(url: str, root: Path, expected: Path, what: str) -> None
     root.mkdir(parents=True, exist_ok=True)
     try:
         download_and_extract_archive(url, download_root=str(root))
-    except Exception as error:  # noqa: BLE001 - URLError, HTTPError, timeouts, bad archives...
-        raise DatasetError(f"could not download {what} from {url} ({type(error).__name__}: {error}). Download it "
-                           f"by hand and extract it so that {expected} exists, then run again without "
-                           f"download=True") from error
+    except Exception as error:
+        raise DatasetError(
+            f"could not download {what} from {url} ({type(error).__name__}: {error}). Download it "
+            f"by hand and extract it so that {expected} exists, then run again without "
+            f"download=True"
+        ) from error
     if not expected.is_dir():
         raise DatasetError(f"{url} was extracted into {root}, but {expected} does not exist: check the archive")
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import colorsys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -41,13 +41,13 @@ def _shape_mask(shape: str, height: int, width: int, cy: float, cx: float, r: fl
     dy, dx = yy - cy, xx - cx
     thin = max(1.5, r * 0.12)
     if shape == "disk":
-        return dy ** 2 + dx ** 2 <= r ** 2
+        return dy**2 + dx**2 <= r**2
     if shape == "square":
         return (np.abs(dy) <= r * 0.8) & (np.abs(dx) <= r * 0.8)
     if shape == "triangle":
         return (dy <= r * 0.7) & (dy >= -r) & (np.abs(dx) <= (dy + r) * 0.6)
     if shape == "ring":
-        dist = np.sqrt(dy ** 2 + dx ** 2)
+        dist = np.sqrt(dy**2 + dx**2)
         return (dist <= r) & (dist >= r - 2 * thin)
     if shape == "hbar":
         return (np.abs(dy) <= thin) & (np.abs(dx) <= r * 1.3)
@@ -77,9 +77,9 @@ def render_voc_scene(rng: np.random.Generator, size: tuple[int, int], max_object
         shade = rng.uniform(40, 210)
         y0, x0 = rng.integers(0, height), rng.integers(0, width)
         if rng.random() < 0.5:
-            image[y0:y0 + rng.integers(1, 3), max(0, x0 - 20):x0 + 20] = shade
+            image[y0 : y0 + rng.integers(1, 3), max(0, x0 - 20) : x0 + 20] = shade
         else:
-            image[y0:y0 + rng.integers(4, 12), x0:x0 + rng.integers(4, 12)] = shade
+            image[y0 : y0 + rng.integers(4, 12), x0 : x0 + rng.integers(4, 12)] = shade
     mask = np.zeros((height, width), dtype=np.uint8)
     for _ in range(rng.integers(1, max_objects + 1)):
         cls = int(rng.integers(1, 21))
@@ -102,8 +102,14 @@ def render_voc_scene(rng: np.random.Generator, size: tuple[int, int], max_object
 # of a few pixels, and thick bodies that touch them, over textured backgrounds. Each class keeps its own colour (with
 # jitter), so a small network can tell them apart in minutes; what it cannot do without detail is find their pixels.
 DETAIL_CLASSES = {"bicycle": 2, "bird": 3, "boat": 4, "chair": 9, "person": 15, "pottedplant": 16}
-DETAIL_COLOURS = {2: (230, 40, 40), 3: (250, 220, 30), 4: (40, 90, 240), 9: (150, 60, 220), 15: (240, 140, 30),
-                  16: (30, 200, 60)}
+DETAIL_COLOURS = {
+    2: (230, 40, 40),
+    3: (250, 220, 30),
+    4: (40, 90, 240),
+    9: (150, 60, 220),
+    15: (240, 140, 30),
+    16: (30, 200, 60),
+}
 
 
 def _segment(yy: np.ndarray, xx: np.ndarray, p0, p1, width: float) -> np.ndarray:
@@ -121,9 +127,9 @@ def _ring(yy, xx, cy, cx, r, width):
 def _detail_object(cls: int, yy, xx, rng, height: int, width: int) -> np.ndarray:
     """The mask of one object of VOC class ``cls``, at a random place and size. Sizes scale with the image (they
     are given for 64 px); strokes stay 1-3 px wide."""
-    thin = lambda: float(rng.choice([1.0, 2.0, 3.0]))  # noqa: E731 - a stroke width of 1-3 px
+    thin = lambda: float(rng.choice([1.0, 2.0, 3.0]))
     k = min(height, width) / 64
-    u = lambda low, high: k * rng.uniform(low, high)  # noqa: E731 - a length in pixels at this image size
+    u = lambda low, high: k * rng.uniform(low, high)
     cy, cx = rng.uniform(0.15, 0.85) * height, rng.uniform(0.15, 0.85) * width
     if cls == 2:  # bicycle: two wheels and a frame of 2-3 px strokes
         r, w = u(4, 8), float(rng.choice([2.0, 3.0]))
@@ -228,16 +234,31 @@ def _save_sbd_mat(mask: np.ndarray, path: Path) -> None:
     from scipy.io import savemat
 
     present = np.unique(mask[(mask > 0) & (mask < 255)]).astype(np.uint8)
-    savemat(str(path), {"GTcls": {"Segmentation": mask.astype(np.uint8), "Boundaries": np.empty((0, 0)),
-                                  "CategoriesPresent": present}})
+    savemat(
+        str(path),
+        {
+            "GTcls": {
+                "Segmentation": mask.astype(np.uint8),
+                "Boundaries": np.empty((0, 0)),
+                "CategoriesPresent": present,
+            }
+        },
+    )
 
 
 def _voc_ids(count: int, offset: int) -> list[str]:
     return [f"{2007 + (offset + i) % 5}_{offset + i:06d}" for i in range(count)]
 
 
-def make_voc(root, n_train: int = 40, n_val: int = 12, size: tuple[int, int] = (96, 128), seed: int = 0,
-             n_sbd: int = 0, style: str = "shapes") -> Path:
+def make_voc(
+    root,
+    n_train: int = 40,
+    n_val: int = 12,
+    size: tuple[int, int] = (96, 128),
+    seed: int = 0,
+    n_sbd: int = 0,
+    style: str = "shapes",
+) -> Path:
     """Write a mini VOC 2012 (and, with ``n_sbd > 0``, SBD) in the official layouts under ``root``.
 
     ``style`` is "shapes" (the 20 classes as coloured shapes, :func:`render_voc_scene`) or "detail" (six classes
@@ -281,8 +302,18 @@ def make_voc(root, n_train: int = 40, n_val: int = 12, size: tuple[int, int] = (
 # --- Cityscapes ----------------------------------------------------------------------------------------------------
 
 # (labelId, colour) of the stuff and things drawn; 0 (unlabeled) and 4 (static) stay 255 after the mapping.
-_CITY_LABELS = {"road": 7, "sidewalk": 8, "building": 11, "pole": 17, "vegetation": 21, "sky": 23, "person": 24,
-                "car": 26, "unlabeled": 0, "static": 4}
+_CITY_LABELS = {
+    "road": 7,
+    "sidewalk": 8,
+    "building": 11,
+    "pole": 17,
+    "vegetation": 21,
+    "sky": 23,
+    "person": 24,
+    "car": 26,
+    "unlabeled": 0,
+    "static": 4,
+}
 
 
 def render_city_scene(rng, size):
@@ -295,19 +326,19 @@ def render_city_scene(rng, size):
     label[:horizon] = _CITY_LABELS["sky"]
     road_top = int(height * rng.uniform(0.55, 0.7))
     label[road_top:] = _CITY_LABELS["road"]
-    label[road_top:road_top + max(2, height // 16)] = _CITY_LABELS["sidewalk"]
+    label[road_top : road_top + max(2, height // 16)] = _CITY_LABELS["sidewalk"]
     for _ in range(rng.integers(1, 3)):
         x0, w = rng.integers(0, width - 10), rng.integers(8, width // 4)
-        label[horizon - rng.integers(0, horizon // 2 + 1):road_top, x0:x0 + w] = _CITY_LABELS["vegetation"]
+        label[horizon - rng.integers(0, horizon // 2 + 1) : road_top, x0 : x0 + w] = _CITY_LABELS["vegetation"]
     for _ in range(rng.integers(1, 4)):
         x0 = rng.integers(0, width - 4)
-        label[horizon:road_top + 2, x0:x0 + 2] = _CITY_LABELS["pole"]
+        label[horizon : road_top + 2, x0 : x0 + 2] = _CITY_LABELS["pole"]
     for _ in range(rng.integers(0, 3)):
         x0, y0 = rng.integers(0, width - 20), rng.integers(road_top, height - 6)
-        label[y0:y0 + 6, x0:x0 + 18] = _CITY_LABELS["car"]
+        label[y0 : y0 + 6, x0 : x0 + 18] = _CITY_LABELS["car"]
     for _ in range(rng.integers(0, 3)):
         x0, y0 = rng.integers(0, width - 4), rng.integers(road_top - 10, height - 10)
-        label[y0:y0 + 10, x0:x0 + 3] = _CITY_LABELS["person"]
+        label[y0 : y0 + 10, x0 : x0 + 3] = _CITY_LABELS["person"]
     label[-2:, :] = _CITY_LABELS["unlabeled"]  # the ego vehicle's border
     colours = np.zeros((256, 3), dtype=np.float32)
     for label_id in np.unique(label):
@@ -316,8 +347,9 @@ def render_city_scene(rng, size):
     return image, label
 
 
-def make_cityscapes(root, n_train: int = 6, n_val: int = 3, size: tuple[int, int] = (64, 128), seed: int = 0,
-                    train_ids: bool = False) -> Path:
+def make_cityscapes(
+    root, n_train: int = 6, n_val: int = 3, size: tuple[int, int] = (64, 128), seed: int = 0, train_ids: bool = False
+) -> Path:
     """Write a mini Cityscapes (leftImg8bit + gtFine, labelIds and colour PNGs; ``train_ids`` adds the
     ``*_labelTrainIds.png`` that cityscapesscripts' createTrainIdLabelImgs makes). Returns ``root``."""
     from cityscapesscripts.helpers.labels import id2label
@@ -362,7 +394,7 @@ def make_ade20k(root, n_train: int = 6, n_val: int = 3, size: tuple[int, int] = 
             for _ in range(rng.integers(2, 6)):
                 cls = int(rng.integers(1, 151))
                 y0, x0 = rng.integers(0, height - 8), rng.integers(0, width - 8)
-                label[y0:y0 + rng.integers(8, height // 2), x0:x0 + rng.integers(8, width // 2)] = cls
+                label[y0 : y0 + rng.integers(8, height // 2), x0 : x0 + rng.integers(8, width // 2)] = cls
             image = np.clip(colours[label] + rng.normal(0, 10, size=(height, width, 3)), 0, 255).astype(np.uint8)
             stem = f"{prefix}_{i + 1:08d}"
             Image.fromarray(image).save(base / "images" / split / f"{stem}.jpg", quality=95)
@@ -405,26 +437,49 @@ def voc_statistics(root, split: str = "val", near: int = 4) -> dict:
         for cls in np.unique(mask[valid]):
             pixels[int(cls)] = pixels.get(int(cls), 0) + int((mask == cls).sum())
             if cls:
-                regions, count = ndimage.label(mask == cls, structure=np.ones((3, 3)))  # 8-connected
+                regions, _count = ndimage.label(mask == cls, structure=np.ones((3, 3)))  # 8-connected
                 sizes.setdefault(int(cls), []).extend(np.bincount(regions.ravel())[1:].tolist())
-    classes = {VOC_CLASSES[c]: {"pixel_share": pixels[c] / labelled,
-                                "object_px": ({"median": float(np.median(sizes[c])), "min": int(min(sizes[c])),
-                                               "max": int(max(sizes[c])), "count": len(sizes[c])}
-                                              if c in sizes else None)}
-               for c in sorted(pixels)}
-    return {"split": split, "images": len(ids), "near_px": near, "near_boundary_share": in_band / labelled,
-            "classes": classes}
+    classes = {
+        VOC_CLASSES[c]: {
+            "pixel_share": pixels[c] / labelled,
+            "object_px": (
+                {
+                    "median": float(np.median(sizes[c])),
+                    "min": int(min(sizes[c])),
+                    "max": int(max(sizes[c])),
+                    "count": len(sizes[c]),
+                }
+                if c in sizes
+                else None
+            ),
+        }
+        for c in sorted(pixels)
+    }
+    return {
+        "split": split,
+        "images": len(ids),
+        "near_px": near,
+        "near_boundary_share": in_band / labelled,
+        "classes": classes,
+    }
 
 
 def format_statistics(stats: dict) -> str:
     """A markdown table of :func:`voc_statistics` (for the README)."""
-    lines = [f"{stats['images']} {stats['split']} images; {100 * stats['near_boundary_share']:.1f}% of the labelled "
-             f"pixels lie within {stats['near_px']} px of a boundary.", "",
-             "| class | pixel share | regions (8-connected) | region size, px: median (min-max) |", "|---|---:|---:|---|"]
+    lines = [
+        f"{stats['images']} {stats['split']} images; {100 * stats['near_boundary_share']:.1f}% of the labelled "
+        f"pixels lie within {stats['near_px']} px of a boundary.",
+        "",
+        "| class | pixel share | regions (8-connected) | region size, px: median (min-max) |",
+        "|---|---:|---:|---|",
+    ]
     for name, c in stats["classes"].items():
         size = c["object_px"]
-        lines.append(f"| {name} | {100 * c['pixel_share']:.1f}% | {size['count'] if size else '-'} | "
-                     + (f"{size['median']:.0f} ({size['min']}-{size['max']})" if size else "-") + " |")
+        lines.append(
+            f"| {name} | {100 * c['pixel_share']:.1f}% | {size['count'] if size else '-'} | "
+            + (f"{size['median']:.0f} ({size['min']}-{size['max']})" if size else "-")
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -440,15 +495,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--val", type=int, default=12)
     parser.add_argument("--sbd", type=int, default=0, help="VOC only: extra SBD-only images (trainaug)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--style", choices=sorted(VOC_STYLES), default="shapes",
-                        help="VOC only: 'shapes' (20 classes as coloured shapes) or 'detail' (thin, small and "
-                             "touching structures of six classes over textures)")
-    parser.add_argument("--preset", choices=sorted(PRESETS),
-                        help="VOC only: a named set; 'quick' is reproduce.sh --quick's (overrides the options above)")
-    parser.add_argument("--stats", action="store_true",
-                        help="VOC only: print the val set's statistics (object sizes, pixels near a boundary)")
-    parser.add_argument("--size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"),
-                        help="image size (default: voc 96 128, cityscapes 64 128, ade20k 72 96)")
+    parser.add_argument(
+        "--style",
+        choices=sorted(VOC_STYLES),
+        default="shapes",
+        help="VOC only: 'shapes' (20 classes as coloured shapes) or 'detail' (thin, small and "
+        "touching structures of six classes over textures)",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="VOC only: a named set; 'quick' is reproduce.sh --quick's (overrides the options above)",
+    )
+    parser.add_argument(
+        "--stats",
+        action="store_true",
+        help="VOC only: print the val set's statistics (object sizes, pixels near a boundary)",
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        metavar=("HEIGHT", "WIDTH"),
+        help="image size (default: voc 96 128, cityscapes 64 128, ade20k 72 96)",
+    )
     args = parser.parse_args(argv)
     if args.preset is not None:
         if args.dataset != "voc":

@@ -9,7 +9,8 @@ resumed run restarted.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -82,7 +83,7 @@ class RandomCrop:
             height, width = image.shape[-2:]
         top = int(torch.randint(0, height - crop_h + 1, (), generator=generator).item())
         left = int(torch.randint(0, width - crop_w + 1, (), generator=generator).item())
-        return image[:, top:top + crop_h, left:left + crop_w], mask[top:top + crop_h, left:left + crop_w]
+        return image[:, top : top + crop_h, left : left + crop_w], mask[top : top + crop_h, left : left + crop_w]
 
     def __repr__(self) -> str:
         return f"RandomCrop({self.crop_size})"
@@ -115,8 +116,9 @@ class Normalize:
         return f"Normalize(mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})"
 
 
-def train_transform(crop_size: tuple[int, int], scale_range: tuple[float, float], mean, std,
-                    hflip: bool = True) -> Compose:
+def train_transform(
+    crop_size: tuple[int, int], scale_range: tuple[float, float], mean, std, hflip: bool = True
+) -> Compose:
     """Random scale, crop (padding with the mean / 255), horizontal flip (unless ``hflip=False``), normalise."""
     flip = [RandomHorizontalFlip()] if hflip else []
     return Compose([RandomScale(scale_range), RandomCrop(crop_size, mean), *flip, Normalize(mean, std)])
@@ -139,6 +141,6 @@ def pad_collate(batch: Sequence[Sample], size_divisor: int = 1) -> tuple[torch.T
     masks = torch.full((len(batch), height, width), IGNORE_INDEX, dtype=torch.long)
     sizes = torch.tensor([tuple(mask.shape[-2:]) for _, mask in batch], dtype=torch.long).view(len(batch), 2)
     for i, (image, mask) in enumerate(batch):
-        images[i, :, :image.shape[-2], :image.shape[-1]] = image
-        masks[i, :mask.shape[-2], :mask.shape[-1]] = mask
+        images[i, :, : image.shape[-2], : image.shape[-1]] = image
+        masks[i, : mask.shape[-2], : mask.shape[-1]] = mask
     return images, masks, sizes

@@ -30,9 +30,10 @@ def read_sbd_mat(path: Path) -> np.ndarray:
 
     try:
         return loadmat(str(path))["GTcls"][0]["Segmentation"][0].astype(np.uint8)
-    except Exception as error:  # noqa: BLE001 - scipy raises several types for a bad file
-        raise DatasetError(f"cannot read the SBD mask {path} ({type(error).__name__}: {error}); re-extract "
-                           f"benchmark.tgz") from error
+    except Exception as error:
+        raise DatasetError(
+            f"cannot read the SBD mask {path} ({type(error).__name__}: {error}); re-extract benchmark.tgz"
+        ) from error
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -56,14 +57,40 @@ class VOCSegmentationDataModule(SegmentationDataModule):
     class_names = VOC_CLASSES
     palette = voc_palette()
 
-    def __init__(self, root: Union[str, Path] = "data/voc", batch_size: int = 8, num_workers: int = 4,
-                 crop_size: Union[int, tuple[int, int]] = 321, scale_range: tuple[float, float] = (0.5, 2.0),
-                 mean: Optional[tuple[float, float, float]] = None,
-                 std: Optional[tuple[float, float, float]] = None, train_split: str = "train",
-                 val_split: str = "val", val_batch_size: int = 1, check_labels: bool = True, download: bool = False, hflip: bool = True,
-                 sbd_root: Optional[Union[str, Path]] = None, allow_split_overlap: bool = False):
-        super().__init__(root, batch_size, num_workers, crop_size, scale_range, mean, std, train_split, val_split,
-                         val_batch_size, check_labels, download, hflip, allow_split_overlap=allow_split_overlap)
+    def __init__(
+        self,
+        root: Union[str, Path] = "data/voc",
+        batch_size: int = 8,
+        num_workers: int = 4,
+        crop_size: Union[int, tuple[int, int]] = 321,
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        mean: Optional[tuple[float, float, float]] = None,
+        std: Optional[tuple[float, float, float]] = None,
+        train_split: str = "train",
+        val_split: str = "val",
+        val_batch_size: int = 1,
+        check_labels: bool = True,
+        download: bool = False,
+        hflip: bool = True,
+        sbd_root: Optional[Union[str, Path]] = None,
+        allow_split_overlap: bool = False,
+    ):
+        super().__init__(
+            root,
+            batch_size,
+            num_workers,
+            crop_size,
+            scale_range,
+            mean,
+            std,
+            train_split,
+            val_split,
+            val_batch_size,
+            check_labels,
+            download,
+            hflip,
+            allow_split_overlap=allow_split_overlap,
+        )
         self.voc_dir = self.root / "VOCdevkit" / "VOC2012"
         self.sbd_dir = Path(sbd_root).expanduser() if sbd_root else self.root / "benchmark_RELEASE" / "dataset"
 
@@ -83,16 +110,19 @@ class VOCSegmentationDataModule(SegmentationDataModule):
         for split in (self.train_split, self.val_split):
             if split == "trainaug":
                 if not self._has_augmentation():
-                    raise DatasetError(f"train_split='trainaug' needs SBD at {self.sbd_dir} or "
-                                       f"{self.voc_dir / 'SegmentationClassAug'}. Expected layout:\n{VOC_LAYOUT}\n"
-                                       f"SBD: {SBD_URL} (or download=True)")
+                    raise DatasetError(
+                        f"train_split='trainaug' needs SBD at {self.sbd_dir} or "
+                        f"{self.voc_dir / 'SegmentationClassAug'}. Expected layout:\n{VOC_LAYOUT}\n"
+                        f"SBD: {SBD_URL} (or download=True)"
+                    )
             else:
                 read_split_file(self.voc_dir / "ImageSets" / "Segmentation" / f"{split}.txt", VOC_LAYOUT)
 
     def split_ids(self, split: str) -> list[str]:
         """The image ids of a split; "trainaug" is (VOC train + SBD train + SBD val) minus VOC val."""
-        voc_split = lambda name: read_split_file(self.voc_dir / "ImageSets" / "Segmentation" / f"{name}.txt",
-                                                 VOC_LAYOUT)
+        voc_split = lambda name: read_split_file(
+            self.voc_dir / "ImageSets" / "Segmentation" / f"{name}.txt", VOC_LAYOUT
+        )
         if split != "trainaug":
             return voc_split(split)
         ids = list(voc_split("train"))
@@ -106,14 +136,18 @@ class VOCSegmentationDataModule(SegmentationDataModule):
         return sorted(set(ids) - excluded)  # a set: SBD lists many VOC train ids again, and VOC val is left out
 
     def mask_path(self, image_id: str) -> Path:
-        for candidate in (self.voc_dir / "SegmentationClass" / f"{image_id}.png",
-                          self.voc_dir / "SegmentationClassAug" / f"{image_id}.png",
-                          self.sbd_dir / "cls" / f"{image_id}.mat"):
+        for candidate in (
+            self.voc_dir / "SegmentationClass" / f"{image_id}.png",
+            self.voc_dir / "SegmentationClassAug" / f"{image_id}.png",
+            self.sbd_dir / "cls" / f"{image_id}.mat",
+        ):
             if candidate.is_file():
                 return candidate
-        raise DatasetError(f"no mask for image {image_id}: looked for {self.voc_dir / 'SegmentationClass'}/"
-                           f"{image_id}.png, SegmentationClassAug/{image_id}.png and {self.sbd_dir / 'cls'}/"
-                           f"{image_id}.mat; restore the mask or remove the id from the split file")
+        raise DatasetError(
+            f"no mask for image {image_id}: looked for {self.voc_dir / 'SegmentationClass'}/"
+            f"{image_id}.png, SegmentationClassAug/{image_id}.png and {self.sbd_dir / 'cls'}/"
+            f"{image_id}.mat; restore the mask or remove the id from the split file"
+        )
 
     def make_dataset(self, split: str, train: bool) -> SegmentationDataset:
         self.check_layout()
@@ -124,12 +158,17 @@ class VOCSegmentationDataModule(SegmentationDataModule):
                 try:
                     mask = self.mask_path(image_id)
                 except DatasetError:
-                    raise DatasetError(f"id {image_id} (listed in split {split!r}) has neither image ({image}) nor "
-                                       f"mask ({self.voc_dir / 'SegmentationClass' / f'{image_id}.png'}): remove the "
-                                       f"id from the split file, or restore both files") from None
-                raise DatasetError(f"image {image} (listed in split {split!r}) does not exist, though its mask {mask} "
-                                   f"does: restore JPEGImages or remove the id from the split file")
+                    raise DatasetError(
+                        f"id {image_id} (listed in split {split!r}) has neither image ({image}) nor "
+                        f"mask ({self.voc_dir / 'SegmentationClass' / f'{image_id}.png'}): remove the "
+                        f"id from the split file, or restore both files"
+                    ) from None
+                raise DatasetError(
+                    f"image {image} (listed in split {split!r}) does not exist, though its mask {mask} "
+                    f"does: restore JPEGImages or remove the id from the split file"
+                )
             pairs.append((image, self.mask_path(image_id)))
         transform = self.train_transform() if train else self.val_transform()
-        return SegmentationDataset(pairs, self.num_classes, transform, mask_reader=read_mask,
-                                   check_labels=self.check_labels)
+        return SegmentationDataset(
+            pairs, self.num_classes, transform, mask_reader=read_mask, check_labels=self.check_labels
+        )

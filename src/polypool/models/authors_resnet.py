@@ -44,9 +44,10 @@ Input normalisation (their ``data/voc/VOCDataset_newstyle.py`` @ c31dcf926aa3f4b
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -55,13 +56,14 @@ from torch import Tensor, nn
 AUTHORS_REPO = "kfxw/mydev-pytorch-semantic-segmentation"
 AUTHORS_RESNET_SOURCE = f"{AUTHORS_REPO} networks/resnet.py @ 4e5bf6c7af7097141e66d4c2e178ab0232eeaf5d"
 AUTHORS_DECODER_SOURCE = f"{AUTHORS_REPO} networks/ModelBuilder.py @ 27b6e5eac5e53cefcb6fbdb5e9c6ee47dba91855"
-AUTHORS_DECODER_DROPOUT_REMOVED = (f"{AUTHORS_REPO} networks/ModelBuilder.py @ "
-                                   f"c1d4aaa284a2be41ae0e4a16f7f8a14d0fc9d4af")
+AUTHORS_DECODER_DROPOUT_REMOVED = f"{AUTHORS_REPO} networks/ModelBuilder.py @ c1d4aaa284a2be41ae0e4a16f7f8a14d0fc9d4af"
 AUTHORS_SOLVER_SOURCE = f"{AUTHORS_REPO} deeplabv3_resnet_solver_cfg.py @ 27b6e5eac5e53cefcb6fbdb5e9c6ee47dba91855"
-AUTHORS_NORMALISATION_SOURCE = (f"{AUTHORS_REPO} data/voc/VOCDataset_newstyle.py @ "
-                                f"c31dcf926aa3f4bbbec60f53a8eac7e558aa1070")
-CSAIL_RESNET_SOURCE = ("CSAILVision/semantic-segmentation-pytorch models/resnet.py @ "
-                       "192f5c9e1de2ca5367dc26a3f5b63688cabb1c50")
+AUTHORS_NORMALISATION_SOURCE = (
+    f"{AUTHORS_REPO} data/voc/VOCDataset_newstyle.py @ c31dcf926aa3f4bbbec60f53a8eac7e558aa1070"
+)
+CSAIL_RESNET_SOURCE = (
+    "CSAILVision/semantic-segmentation-pytorch models/resnet.py @ 192f5c9e1de2ca5367dc26a3f5b63688cabb1c50"
+)
 AUTHORS_RESNET50_URL = "http://sceneparsing.csail.mit.edu/model/pretrained_resnet/resnet50-imagenet.pth"
 AUTHORS_RESNET50_FILE = "resnet50-imagenet.pth"
 AUTHORS_MEAN = (0.48108, 0.45753, 0.40787)  # RGB, on [0, 1] images (ToTensor)
@@ -95,13 +97,15 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None,
-                 dilation: int = 1):
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None, dilation: int = 1
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=1, bias=False)
         self.bn1 = _bn(planes)
-        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=stride, padding=dilation, dilation=dilation,
-                               bias=False)
+        self.conv2 = nn.Conv2d(
+            planes, planes, kernel_size=3, stride=stride, padding=dilation, dilation=dilation, bias=False
+        )
         self.bn2 = _bn(planes)
         self.conv3 = nn.Conv2d(planes, planes * 4, kernel_size=1, bias=False)
         self.bn3 = _bn(planes * 4)
@@ -134,8 +138,9 @@ class AuthorsResNet(nn.Module):
     def __init__(self, layers: Sequence[int] = (3, 4, 6, 3), output_stride: int = 16, init: bool = True):
         super().__init__()
         if output_stride not in self.STAGES:
-            raise ValueError(f"the authors' ResNet has output stride 8, 16 or 32 (their overall_stride), got "
-                             f"{output_stride}")
+            raise ValueError(
+                f"the authors' ResNet has output stride 8, 16 or 32 (their overall_stride), got {output_stride}"
+            )
         if layers[3] != len(self.MULTIGRID):
             raise ValueError(f"the authors' multigrid layer4 needs layers[3] == 3 (their assert), got {layers[3]}")
         self.output_stride = output_stride
@@ -158,13 +163,15 @@ class AuthorsResNet(nn.Module):
         if init:
             self.apply(authors_weights_init)
 
-    def _make_layer(self, planes: int, blocks: int, stride: int = 1, multigrid: bool = False,
-                    multi_dilation: int = 1) -> nn.Sequential:
+    def _make_layer(
+        self, planes: int, blocks: int, stride: int = 1, multigrid: bool = False, multi_dilation: int = 1
+    ) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * Bottleneck.expansion:
             downsample = nn.Sequential(
                 nn.Conv2d(self.inplanes, planes * Bottleneck.expansion, kernel_size=1, stride=stride, bias=False),
-                _bn(planes * Bottleneck.expansion))
+                _bn(planes * Bottleneck.expansion),
+            )
         # the first block: their block(inplanes, planes, stride, downsample), dilation left at 1
         layers = [Bottleneck(self.inplanes, planes, stride, downsample)]
         self.inplanes = planes * Bottleneck.expansion
@@ -185,11 +192,15 @@ class AuthorsResNet(nn.Module):
         return self.layer4(x)
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int, kernel: int = 1, dilation: int = 1,
-                  groups: int = 1) -> list[nn.Module]:
+def _conv_bn_relu(
+    in_channels: int, out_channels: int, kernel: int = 1, dilation: int = 1, groups: int = 1
+) -> list[nn.Module]:
     padding = dilation * (kernel // 2)
-    return [nn.Conv2d(in_channels, out_channels, kernel, padding=padding, dilation=dilation, groups=groups,
-                      bias=False), _bn(out_channels), nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(in_channels, out_channels, kernel, padding=padding, dilation=dilation, groups=groups, bias=False),
+        _bn(out_channels),
+        nn.ReLU(inplace=True),
+    ]
 
 
 class DeeplabV3ASPPBilinear(nn.Module):
@@ -209,19 +220,29 @@ class DeeplabV3ASPPBilinear(nn.Module):
     stride. ``projection_dropout``: 0.5 at the config's commit 27b6e5e; commented out in c1d4aaa.
     """
 
-    def __init__(self, num_classes: int, fc_dim: int = 2048, dilation_rates: Sequence[int] = (6, 12, 18),
-                 projection_dropout: float = 0.5, init: bool = True):
+    def __init__(
+        self,
+        num_classes: int,
+        fc_dim: int = 2048,
+        dilation_rates: Sequence[int] = (6, 12, 18),
+        projection_dropout: float = 0.5,
+        init: bool = True,
+    ):
         super().__init__()
         self.aspp0 = nn.Sequential(*_conv_bn_relu(fc_dim, 256))
         self.aspp1, self.aspp2, self.aspp3 = (
             nn.Sequential(*_conv_bn_relu(fc_dim, fc_dim, 3, rate, groups=fc_dim), *_conv_bn_relu(fc_dim, 256))
-            for rate in dilation_rates)
+            for rate in dilation_rates
+        )
         self.gap = nn.Sequential(nn.AdaptiveAvgPool2d(1), *_conv_bn_relu(fc_dim, 256))
         self.cat_projection = nn.Sequential(*_conv_bn_relu(1280, 308), nn.Dropout2d(p=projection_dropout))
         self.decoder_projection = nn.Sequential(
-            *_conv_bn_relu(308, 308, 3, groups=308), *_conv_bn_relu(308, 256),
-            *_conv_bn_relu(256, 256, 3, groups=256), *_conv_bn_relu(256, 256),
-            nn.Conv2d(256, num_classes, kernel_size=1, bias=True))
+            *_conv_bn_relu(308, 308, 3, groups=308),
+            *_conv_bn_relu(308, 256),
+            *_conv_bn_relu(256, 256, 3, groups=256),
+            *_conv_bn_relu(256, 256),
+            nn.Conv2d(256, num_classes, kernel_size=1, bias=True),
+        )
         if init:
             self.apply(authors_weights_init)
 
@@ -244,16 +265,19 @@ class WeightsReport:
     unexpected: list[str]
 
     def __str__(self) -> str:
-        return (f"loaded {self.source} with strict=False as the authors' code does: {len(self.missing)} keys kept "
-                f"at init ({_summary(self.missing)}), {len(self.unexpected)} ignored ({_summary(self.unexpected)})")
+        return (
+            f"loaded {self.source} with strict=False as the authors' code does: {len(self.missing)} keys kept "
+            f"at init ({_summary(self.missing)}), {len(self.unexpected)} ignored ({_summary(self.unexpected)})"
+        )
 
 
 def _summary(keys: list[str], limit: int = 8) -> str:
     return ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def load_authors_resnet50_weights(encoder: AuthorsResNet, state: Mapping[str, Tensor],
-                                  source: str = AUTHORS_RESNET50_FILE) -> WeightsReport:
+def load_authors_resnet50_weights(
+    encoder: AuthorsResNet, state: Mapping[str, Tensor], source: str = AUTHORS_RESNET50_FILE
+) -> WeightsReport:
     """Load CSAIL's ImageNet ResNet-50 state dict into ``encoder`` as the authors do (``strict=False``), after
     checking that it is that file: the keys missing from it must be exactly ``layer4.3.*`` (the extra multigrid
     block, which keeps its init), the extra keys only ``fc.*`` (ignored), and every shared key's shape must match;
@@ -262,15 +286,20 @@ def load_authors_resnet50_weights(encoder: AuthorsResNet, state: Mapping[str, Te
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{source} is not a state dict of tensors (expected CSAIL's {AUTHORS_RESNET50_FILE}, "
-                         f"{AUTHORS_RESNET50_URL})")
+        raise ValueError(
+            f"{source} is not a state dict of tensors (expected CSAIL's {AUTHORS_RESNET50_FILE}, "
+            f"{AUTHORS_RESNET50_URL})"
+        )
     expected = {k: v for k, v in encoder.state_dict().items() if not k.endswith("num_batches_tracked")}
     state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     extra_block = sorted(k for k in expected if k.startswith(ALLOWED_MISSING_PREFIX))
-    wrong_shape = sorted(f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
-                         for k in set(expected) & set(state) if state[k].shape != expected[k].shape)
+    wrong_shape = sorted(
+        f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
+        for k in set(expected) & set(state)
+        if state[k].shape != expected[k].shape
+    )
     bad_missing = sorted(set(missing) - set(extra_block))
     present_extra = sorted(set(extra_block) - set(missing))
     bad_unexpected = [k for k in unexpected if not k.startswith(ALLOWED_UNEXPECTED_PREFIX)]
@@ -279,23 +308,27 @@ def load_authors_resnet50_weights(encoder: AuthorsResNet, state: Mapping[str, Te
         if bad_missing:
             problems.append(f"missing {_summary(bad_missing)} (only {ALLOWED_MISSING_PREFIX}* may be missing)")
         if present_extra:
-            problems.append(f"holds {_summary(present_extra)} (CSAIL's ImageNet ResNet-50 has 3 layer4 blocks: "
-                            f"{ALLOWED_MISSING_PREFIX}* must be missing)")
+            problems.append(
+                f"holds {_summary(present_extra)} (CSAIL's ImageNet ResNet-50 has 3 layer4 blocks: "
+                f"{ALLOWED_MISSING_PREFIX}* must be missing)"
+            )
         if bad_unexpected:
-            problems.append(f"unexpected {_summary(bad_unexpected)} (only {ALLOWED_UNEXPECTED_PREFIX}* may be "
-                            f"extra)")
+            problems.append(f"unexpected {_summary(bad_unexpected)} (only {ALLOWED_UNEXPECTED_PREFIX}* may be extra)")
         if wrong_shape:
             problems.append(f"wrong shape {_summary(wrong_shape)}")
-        raise ValueError(f"{source} does not have the layout of CSAIL's {AUTHORS_RESNET50_FILE} "
-                         f"({AUTHORS_RESNET50_URL}; keys of {CSAIL_RESNET_SOURCE}): " + "; ".join(problems))
+        raise ValueError(
+            f"{source} does not have the layout of CSAIL's {AUTHORS_RESNET50_FILE} "
+            f"({AUTHORS_RESNET50_URL}; keys of {CSAIL_RESNET_SOURCE}): " + "; ".join(problems)
+        )
     result = encoder.load_state_dict(state, strict=False)
     report = WeightsReport(source, sorted(result.missing_keys), sorted(result.unexpected_keys))
     log.info("%s", report)
     return report
 
 
-def build_authors_resnet50(pretrained: bool = False, weights: str | None = None,
-                           output_stride: int = 16) -> AuthorsResNet:
+def build_authors_resnet50(
+    pretrained: bool = False, weights: str | None = None, output_stride: int = 16
+) -> AuthorsResNet:
     """The authors' ResNet-50 encoder (:class:`AuthorsResNet`), with CSAIL's ImageNet weights from ``weights`` (a
     local ``resnet50-imagenet.pth``) or, with ``pretrained``, downloaded from :data:`AUTHORS_RESNET50_URL` into
     torch.hub's cache (``$TORCH_HOME/hub/checkpoints``). The load report is ``encoder.weights_report``."""
@@ -304,20 +337,28 @@ def build_authors_resnet50(pretrained: bool = False, weights: str | None = None,
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"weights file {path} does not exist: pass CSAIL's {AUTHORS_RESNET50_FILE} "
-                                    f"({AUTHORS_RESNET50_URL}) for resnet50_authors")
+            raise FileNotFoundError(
+                f"weights file {path} does not exist: pass CSAIL's {AUTHORS_RESNET50_FILE} "
+                f"({AUTHORS_RESNET50_URL}) for resnet50_authors"
+            )
         state = torch.load(path, map_location="cpu", weights_only=True)
         encoder.weights_report = load_authors_resnet50_weights(encoder, state, str(path))
     elif pretrained:
         cache = Path(torch.hub.get_dir()) / "checkpoints"
         try:
-            state = torch.hub.load_state_dict_from_url(AUTHORS_RESNET50_URL, map_location="cpu", progress=False,
-                                                       file_name=AUTHORS_RESNET50_FILE, weights_only=True)
-        except Exception as error:  # noqa: BLE001 - HTTP, socket, proxy and file errors all end up here
+            state = torch.hub.load_state_dict_from_url(
+                AUTHORS_RESNET50_URL,
+                map_location="cpu",
+                progress=False,
+                file_name=AUTHORS_RESNET50_FILE,
+                weights_only=True,
+            )
+        except Exception as error:
             raise RuntimeError(
                 f"could not download the authors' ImageNet ResNet-50 weights from {AUTHORS_RESNET50_URL} into "
                 f"{cache} ({type(error).__name__}: {error}). Without network, download the file where you have it "
                 f"and put it in {cache / AUTHORS_RESNET50_FILE}, or pass it: --model.weights FILE "
-                f"(weights='{AUTHORS_RESNET50_FILE}')") from error
+                f"(weights='{AUTHORS_RESNET50_FILE}')"
+            ) from error
         encoder.weights_report = load_authors_resnet50_weights(encoder, state, AUTHORS_RESNET50_URL)
     return encoder

@@ -20,7 +20,7 @@ classifier; :class:`ASPPv3`).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import timm
 import torch
@@ -48,8 +48,15 @@ class VGGHead(nn.Module):
     (``nn.Dropout2d``, as the authors' ``VGGModels.py``). fc6/fc7 are VGG16's fully connected layers as
     convolutions: with ImageNet weights they start from them (:func:`init_vgg_head_from_imagenet`)."""
 
-    def __init__(self, in_channels: int, num_classes: int, channels: int = 1024, dilation: int = 12,
-                 dropout: float = 0.5, channel_dropout: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        channels: int = 1024,
+        dilation: int = 12,
+        dropout: float = 0.5,
+        channel_dropout: bool = False,
+    ):
         super().__init__()
         self.fc6 = nn.Conv2d(in_channels, channels, 3, padding=dilation, dilation=dilation)
         self.fc7 = nn.Conv2d(channels, channels, 1)
@@ -81,8 +88,10 @@ def init_vgg_head_from_imagenet(head: VGGHead, vgg: nn.Module) -> None:
     expected = {"fc1": (4096, 512, 7, 7), "fc2": (4096, 4096, 1, 1)}
     for name, layer in (("fc1", fc1), ("fc2", fc2)):
         if tuple(layer.weight.shape) != expected[name]:
-            raise RuntimeError(f"timm's vgg16.pre_logits.{name} has shape {tuple(layer.weight.shape)}, expected "
-                               f"{expected[name]}: this timm version changed the VGG layout")
+            raise RuntimeError(
+                f"timm's vgg16.pre_logits.{name} has shape {tuple(layer.weight.shape)}, expected "
+                f"{expected[name]}: this timm version changed the VGG layout"
+            )
     head.fc6.weight.copy_(fc1.weight[::4, :, ::3, ::3])
     head.fc6.bias.copy_(fc1.bias[::4])
     head.fc7.weight.copy_(fc2.weight[::4, ::4])
@@ -107,9 +116,11 @@ class ASPP(nn.Module):
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel: int = 1, dilation: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, padding=dilation * (kernel // 2),
-                                   dilation=dilation, bias=False),
-                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel, padding=dilation * (kernel // 2), dilation=dilation, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
 
 
 class ASPPv3(nn.Module):
@@ -119,8 +130,9 @@ class ASPPv3(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, rates: Sequence[int] = (6, 12, 18), channels: int = 256):
         super().__init__()
-        self.branches = nn.ModuleList([conv_bn_relu(in_channels, channels)] +
-                                      [conv_bn_relu(in_channels, channels, 3, r) for r in rates])
+        self.branches = nn.ModuleList(
+            [conv_bn_relu(in_channels, channels)] + [conv_bn_relu(in_channels, channels, 3, r) for r in rates]
+        )
         self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), conv_bn_relu(in_channels, channels))
         self.project = conv_bn_relu(channels * (len(rates) + 2), channels)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
@@ -155,8 +167,10 @@ def build_vgg16_features_from(vgg: nn.Module, layout: str = "largefov") -> nn.Se
     pools = [i for i, layer in enumerate(features) if isinstance(layer, nn.MaxPool2d)]
     convs = [i for i, layer in enumerate(features) if isinstance(layer, nn.Conv2d)]
     if len(pools) != 5 or len(convs) != 13:
-        raise RuntimeError(f"timm's VGG16 features have {len(pools)} MaxPool2d and {len(convs)} Conv2d, expected 5 "
-                           f"and 13: this timm version changed the VGG layout")
+        raise RuntimeError(
+            f"timm's VGG16 features have {len(pools)} MaxPool2d and {len(convs)} Conv2d, expected 5 "
+            f"and 13: this timm version changed the VGG layout"
+        )
     for index, (kernel, stride, padding) in zip(pools, VGG16_POOLS[layout]):
         features[index] = nn.MaxPool2d(kernel, stride, padding, ceil_mode=VGG16_CEIL_MODE[layout])
     for index in convs[-3:]:
@@ -200,8 +214,9 @@ def unknown_backbone(name: str) -> ValueError:
     import difflib
 
     close = difflib.get_close_matches(name.split(".")[0], [*AUTHORS_BACKBONES, *timm.list_models()], n=10, cutoff=0.6)
-    return ValueError(f"unknown backbone {name!r}: not a timm model nor one of {list(AUTHORS_BACKBONES)}; close names: "
-                      f"{close}")
+    return ValueError(
+        f"unknown backbone {name!r}: not a timm model nor one of {list(AUTHORS_BACKBONES)}; close names: {close}"
+    )
 
 
 def create_timm_model(name: str, pretrained: bool = False, weights: str | None = None, **kwargs) -> nn.Module:
@@ -215,13 +230,15 @@ def create_timm_model(name: str, pretrained: bool = False, weights: str | None =
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"weights file {path} does not exist: pass the path of a timm checkpoint or "
-                                    f"state dict (.pth, .bin or .safetensors) for {name!r}")
+            raise FileNotFoundError(
+                f"weights file {path} does not exist: pass the path of a timm checkpoint or "
+                f"state dict (.pth, .bin or .safetensors) for {name!r}"
+            )
         kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
         pretrained = True
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
-    except Exception as error:  # noqa: BLE001 - hub, HTTP, socket and offline-mode errors all end up here
+    except Exception as error:
         if not pretrained or weights is not None:
             raise
         raise RuntimeError(
@@ -229,7 +246,8 @@ def create_timm_model(name: str, pretrained: bool = False, weights: str | None =
             f"network, download the weights where you have it (e.g. timm.create_model({name!r}, pretrained=True) "
             f"and torch.save(model.state_dict(), 'weights.pth')), then pass the file: weights='weights.pth' "
             f"(--model.weights on the command line), which timm loads with "
-            f"pretrained_cfg_overlay=dict(file='weights.pth')") from error
+            f"pretrained_cfg_overlay=dict(file='weights.pth')"
+        ) from error
 
 
 class SegmentationNetwork(nn.Module):
@@ -245,8 +263,14 @@ class SegmentationNetwork(nn.Module):
         return nn.functional.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def build_network(backbone: str, num_classes: int, head: str = "auto", output_stride: int = 8,
-                  pretrained: bool = False, weights: str | None = None) -> SegmentationNetwork:
+def build_network(
+    backbone: str,
+    num_classes: int,
+    head: str = "auto",
+    output_stride: int = 8,
+    pretrained: bool = False,
+    weights: str | None = None,
+) -> SegmentationNetwork:
     """The paper's networks.
 
     * ``vgg16`` or ``vgg16_bn`` (any timm tag, e.g. ``vgg16.tv_in1k``) with head ``vgg16_20m`` (the authors') or ``largefov``
@@ -275,20 +299,25 @@ def build_network(backbone: str, num_classes: int, head: str = "auto", output_st
             raise ValueError(f"head 'deeplabv3_authors' takes a ResNet-like backbone, not {backbone!r}")
         else:
             stride = {} if output_stride == 32 else {"output_stride": output_stride}
-            encoder = LastFeatureMap(create_timm_model(backbone, pretrained, weights, features_only=True,
-                                                       out_indices=(-1,), **stride))
+            encoder = LastFeatureMap(
+                create_timm_model(backbone, pretrained, weights, features_only=True, out_indices=(-1,), **stride)
+            )
         return SegmentationNetwork(encoder, DeeplabV3ASPPBilinear(num_classes, encoder.out_channels))
     if backbone.split(".")[0] in VGG16_BACKBONES:
         head = "largefov" if head == "auto" else head
         if head not in VGG16_POOLS:
-            raise ValueError(f"{backbone} takes head 'vgg16_20m' (the authors' layout) or 'largefov' (DeepLab's), "
-                             f"got {head!r}")
+            raise ValueError(
+                f"{backbone} takes head 'vgg16_20m' (the authors' layout) or 'largefov' (DeepLab's), got {head!r}"
+            )
         if output_stride != 8:
-            raise ValueError(f"the VGG16 segmentation networks have output stride 8 (got output_stride={output_stride})")
+            raise ValueError(
+                f"the VGG16 segmentation networks have output stride 8 (got output_stride={output_stride})"
+            )
         vgg = create_timm_model(backbone, pretrained, weights)
         features = build_vgg16_features_from(vgg, head)
-        head_module: nn.Module = VGGHead(512, num_classes, dilation=VGG16_FC6_DILATION[head],
-                                         channel_dropout=VGG16_CHANNEL_DROPOUT[head])
+        head_module: nn.Module = VGGHead(
+            512, num_classes, dilation=VGG16_FC6_DILATION[head], channel_dropout=VGG16_CHANNEL_DROPOUT[head]
+        )
         if pretrained or weights is not None:
             init_vgg_head_from_imagenet(head_module, vgg)
         return SegmentationNetwork(features, head_module)
@@ -301,8 +330,10 @@ def build_network(backbone: str, num_classes: int, head: str = "auto", output_st
     try:
         features = LastFeatureMap(create_timm_model(backbone, pretrained, weights, **kwargs))
     except TypeError as error:
-        raise ValueError(f"timm backbone {backbone!r} cannot be built with output_stride={output_stride} "
-                         f"({error}); use output_stride=32 for it") from error
+        raise ValueError(
+            f"timm backbone {backbone!r} cannot be built with output_stride={output_stride} "
+            f"({error}); use output_stride=32 for it"
+        ) from error
     if head == "aspp":
         if output_stride == 8:
             deeplab_v2_resnet(features.features)

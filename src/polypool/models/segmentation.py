@@ -9,21 +9,22 @@ deterministic CUDA kernels, so ``deterministic=True`` would fail on GPU.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Optional, Sequence, get_args
+from collections.abc import Sequence
+from typing import Any, Literal, Optional, get_args
 
 import lightning as L
-from lightning.pytorch.loggers import WandbLogger
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassJaccardIndex
 from typing_extensions import override
 
 from .. import wandb_keys as keys
-from ..data.classes import IGNORE_INDEX, VOC_CLASSES
 from ..data.base import IMAGENET_MEAN, IMAGENET_STD
-from ..pooling import PPool2d, pooling_parameters
+from ..data.classes import IGNORE_INDEX, VOC_CLASSES
 from ..inference import sliding_window_logits
+from ..pooling import PPool2d, pooling_parameters
 from ..surgery import SwapReport, swap_pooling
 from .networks import build_network
 
@@ -47,7 +48,7 @@ def backbone_mean_std(backbone: str) -> tuple[tuple[float, ...], tuple[float, ..
         return NON_TIMM_MEAN_STD[backbone]
     try:
         cfg = timm.models.get_pretrained_cfg(backbone)
-    except Exception:  # noqa: BLE001 - an unknown name fails later, with its own message
+    except Exception:
         cfg = None
     mean = getattr(cfg, "mean", None) or IMAGENET_MEAN
     std = getattr(cfg, "std", None) or IMAGENET_STD
@@ -163,16 +164,20 @@ class SegmentationModel(L.LightningModule):
                 raise ValueError(f"need 0 < eval_stride <= eval_crop, got {eval_stride} and {eval_crop}")
         if not tta_scales or not all(scale > 0 for scale in tta_scales):
             # checked here: evaluation would fail only after training (the quick preset validates only at the end)
-            raise ValueError(f"tta_scales must be one or more input scales > 0 (1.0 = no rescaling), got "
-                             f"{list(tta_scales)}")
+            raise ValueError(
+                f"tta_scales must be one or more input scales > 0 (1.0 = no rescaling), got {list(tta_scales)}"
+            )
         if optimizer not in get_args(Optimizer):
             raise ValueError(f"optimizer must be one of {get_args(Optimizer)}, got {optimizer!r}")
         if batchnorm not in get_args(BatchNormPolicy):
             raise ValueError(f"batchnorm must be one of {get_args(BatchNormPolicy)}, got {batchnorm!r}")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names for num_classes={num_classes}")
-        self.class_names = list(class_names) if class_names is not None else (
-            list(VOC_CLASSES) if num_classes == len(VOC_CLASSES) else [f"class_{i}" for i in range(num_classes)])
+        self.class_names = (
+            list(class_names)
+            if class_names is not None
+            else (list(VOC_CLASSES) if num_classes == len(VOC_CLASSES) else [f"class_{i}" for i in range(num_classes)])
+        )
         self.network = build_network(backbone, num_classes, head, output_stride, pretrained, weights)
         if network_weights is not None:
             load_network_weights(self.network, network_weights)
@@ -182,8 +187,9 @@ class SegmentationModel(L.LightningModule):
             pooling_kwargs = {**pooling_kwargs, "alpha_grad_scale": alpha_grad_scale}
         # "max" swaps nothing (the report still lists every site); "max_all" is the registry's max at every site.
         choice = {"max": None, "avg": None} if pooling == "max" else ("max" if pooling == "max_all" else pooling)
-        self.swap_report: SwapReport = swap_pooling(self.network.backbone, choice, input_size=swap_input_size,
-                                                    **pooling_kwargs)
+        self.swap_report: SwapReport = swap_pooling(
+            self.network.backbone, choice, input_size=swap_input_size, **pooling_kwargs
+        )
         if batchnorm == "frozen":
             for module in self.frozen_norm_layers():
                 module.eval()
@@ -191,8 +197,9 @@ class SegmentationModel(L.LightningModule):
                     param.requires_grad_(False)
         self.loss = nn.CrossEntropyLoss(ignore_index=ignore_index)
         # The benchmark mIoU: a dataset-level confusion matrix (reduced over DDP ranks), absent classes NaN.
-        self.val_iou = MulticlassJaccardIndex(num_classes, average=None, ignore_index=ignore_index,
-                                              validate_args=False, zero_division=float("nan"))
+        self.val_iou = MulticlassJaccardIndex(
+            num_classes, average=None, ignore_index=ignore_index, validate_args=False, zero_division=float("nan")
+        )
         self.last_val_iou: Optional[Tensor] = None
 
     @property
@@ -258,16 +265,16 @@ class SegmentationModel(L.LightningModule):
         for name, module in self.network.backbone.named_modules():
             if isinstance(module, PPool2d):
                 stats = module.alpha_stats()
-                values.update({keys.alpha_stat(name, key): stats[key] for key in keys.ALPHA_STATS
-                               if not math.isnan(stats[key])})
+                values.update(
+                    {keys.alpha_stat(name, key): stats[key] for key in keys.ALPHA_STATS if not math.isnan(stats[key])}
+                )
         return values
 
     def log_alpha_histograms(self) -> None:
         """W&B histograms of every channel-mode P-pooling layer's per-channel alpha (``alpha/<layer>/hist``)."""
         for name, module in self.network.backbone.named_modules():
             if isinstance(module, PPool2d):
-                self._log_histogram(keys.alpha_hist(name), module.alpha_stats().get("per_channel"),
-                                    module.alpha_range)
+                self._log_histogram(keys.alpha_hist(name), module.alpha_stats().get("per_channel"), module.alpha_range)
 
     def _wandb_runs(self) -> list:
         """The W&B runs among the loggers (histograms and images go there; CSV keeps the scalars); none without a
@@ -288,11 +295,15 @@ class SegmentationModel(L.LightningModule):
     def dense_alpha_maps(self, images: Tensor) -> dict[str, Tensor]:
         """The alpha map ``(C, H_out, W_out)`` of every dense P-pooling layer, for the first image of ``images``."""
         captured: dict[str, Tensor] = {}
-        hooks = [module.register_forward_hook(
-            lambda mod, inputs, output, name=name: captured.__setitem__(
-                name, mod.current_alpha(inputs[0][:1])[0].detach().float().cpu()))
+        hooks = [
+            module.register_forward_hook(
+                lambda mod, inputs, output, name=name: captured.__setitem__(
+                    name, mod.current_alpha(inputs[0][:1])[0].detach().float().cpu()
+                )
+            )
             for name, module in self.network.backbone.named_modules()
-            if isinstance(module, PPool2d) and module.alpha_mode == "dense"]
+            if isinstance(module, PPool2d) and module.alpha_mode == "dense"
+        ]
         try:
             if hooks:
                 self(images[:1])
@@ -311,20 +322,27 @@ class SegmentationModel(L.LightningModule):
                 scaled = ((alpha.mean(0) - low) / max(high - low, 1e-6)).clamp(0, 1)
                 # wandb.Image casts arrays to uint8 without scaling: a [0, 1] float map would be all black
                 image = (scaled * 255).round().to(torch.uint8).numpy()
-                run.log({keys.alpha_map(name): wandb.Image(image, caption=f"mean alpha over channels, "
-                                                                          f"{low:g} black to {high:g} white"),
-                         keys.STEP: self.global_step})
+                run.log(
+                    {
+                        keys.alpha_map(name): wandb.Image(
+                            image, caption=f"mean alpha over channels, {low:g} black to {high:g} white"
+                        ),
+                        keys.STEP: self.global_step,
+                    }
+                )
 
     def uses_tta(self) -> bool:
         """Whether evaluation differs from one plain forward of the whole image."""
-        return (bool(self.hparams.tta_flip) or tuple(self.hparams.tta_scales) != (1.0,)
-                or self.hparams.eval_mode != "whole")
+        return (
+            bool(self.hparams.tta_flip) or tuple(self.hparams.tta_scales) != (1.0,) or self.hparams.eval_mode != "whole"
+        )
 
     def view_logits(self, images: Tensor) -> Tensor:
         """Logits of one view under ``eval_mode``."""
         if self.hparams.eval_mode == "sliding":
-            return sliding_window_logits(self, images, self.hparams.num_classes, tuple(self.hparams.eval_crop),
-                                         tuple(self.hparams.eval_stride))
+            return sliding_window_logits(
+                self, images, self.hparams.num_classes, tuple(self.hparams.eval_crop), tuple(self.hparams.eval_stride)
+            )
         return self(images)
 
     def evaluation_prediction(self, images: Tensor, logits: Optional[Tensor] = None) -> Tensor:
@@ -344,8 +362,11 @@ class SegmentationModel(L.LightningModule):
         size = images.shape[-2:]
         total = 0.0
         for scale in self.hparams.tta_scales:
-            scaled = images if scale == 1 else F.interpolate(images, scale_factor=scale, mode="bilinear",
-                                                             align_corners=False)
+            scaled = (
+                images
+                if scale == 1
+                else F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
+            )
             views = [scaled, scaled.flip(-1)] if self.hparams.tta_flip else [scaled]
             for i, view in enumerate(views):
                 logits = self.view_logits(view)
@@ -366,11 +387,17 @@ class SegmentationModel(L.LightningModule):
         """
         hp = self.hparams
         part_of: dict[int, str] = {}
-        for name, module in self.network.backbone.named_modules():
+        for module in self.network.backbone.modules():
             branch = getattr(module, "alpha_branch", None) if isinstance(module, PPool2d) else None
             if branch is not None:
-                part_of.update({id(branch.conv.weight): "alpha_conv", id(branch.proj.weight): "alpha_conv",
-                                id(branch.act.weight): "alpha_prelu", id(branch.proj.bias): "alpha_bias"})
+                part_of.update(
+                    {
+                        id(branch.conv.weight): "alpha_conv",
+                        id(branch.proj.weight): "alpha_conv",
+                        id(branch.act.weight): "alpha_prelu",
+                        id(branch.proj.bias): "alpha_bias",
+                    }
+                )
         for _, param in pooling_parameters(self.network.backbone):
             part_of.setdefault(id(param), "pooling")
         head = self.network.head
@@ -379,9 +406,14 @@ class SegmentationModel(L.LightningModule):
             for param in module.parameters():
                 part_of[id(param)] = "head"
         norm_params = {id(p) for m in self.network.modules() if isinstance(m, NORM_TYPES) for p in m.parameters()}
-        lr_mult = {"backbone": 1.0, "head": hp.head_lr_mult, "pooling": hp.pooling_lr_mult,
-                   "alpha_conv": hp.alpha_conv_lr_mult, "alpha_prelu": hp.alpha_prelu_lr_mult,
-                   "alpha_bias": hp.alpha_bias_lr_mult}
+        lr_mult = {
+            "backbone": 1.0,
+            "head": hp.head_lr_mult,
+            "pooling": hp.pooling_lr_mult,
+            "alpha_conv": hp.alpha_conv_lr_mult,
+            "alpha_prelu": hp.alpha_prelu_lr_mult,
+            "alpha_bias": hp.alpha_bias_lr_mult,
+        }
         groups: dict[str, dict] = {}
         for name, param in self.network.named_parameters():
             if not param.requires_grad:
@@ -405,8 +437,9 @@ class SegmentationModel(L.LightningModule):
         if hp.optimizer == "adamw":
             optimizer = torch.optim.AdamW(self.parameter_groups(), lr=hp.lr, weight_decay=hp.weight_decay)
         else:
-            optimizer = torch.optim.SGD(self.parameter_groups(), lr=hp.lr, momentum=hp.momentum,
-                                        weight_decay=hp.weight_decay)
+            optimizer = torch.optim.SGD(
+                self.parameter_groups(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
+            )
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         # lr * (1 - step / total) ** poly_power, DeepLab's "poly"; torch's own scheduler (picklable, for ddp_spawn)
         schedule = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total, power=hp.poly_power)
@@ -430,8 +463,10 @@ def load_network_weights(network: torch.nn.Module, path: str) -> None:
 
     file = Path(path).expanduser()
     if not file.is_file():
-        raise FileNotFoundError(f"network_weights file {file} does not exist: pass a checkpoint of a polypool "
-                                f"SegmentationModel (.ckpt) or a state dict of its network")
+        raise FileNotFoundError(
+            f"network_weights file {file} does not exist: pass a checkpoint of a polypool "
+            f"SegmentationModel (.ckpt) or a state dict of its network"
+        )
     state = torch.load(file, map_location="cpu", weights_only=False)
     if isinstance(state, dict) and "state_dict" in state:
         state = {k.removeprefix("network."): v for k, v in state["state_dict"].items() if k.startswith("network.")}
@@ -439,7 +474,9 @@ def load_network_weights(network: torch.nn.Module, path: str) -> None:
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k].shape))
     if missing or unexpected or wrong:
-        raise ValueError(f"network_weights {file} does not fit this network (backbone, head and num_classes must be "
-                         f"the ones it was trained with; load it before swapping the pooling): missing "
-                         f"{missing[:5]}, unexpected {unexpected[:5]}, wrong shape {wrong[:5]}")
+        raise ValueError(
+            f"network_weights {file} does not fit this network (backbone, head and num_classes must be "
+            f"the ones it was trained with; load it before swapping the pooling): missing "
+            f"{missing[:5]}, unexpected {unexpected[:5]}, wrong shape {wrong[:5]}"
+        )
     network.load_state_dict(state)

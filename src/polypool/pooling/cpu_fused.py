@@ -84,13 +84,21 @@ def load_extension(dtype: torch.dtype = torch.float32):
         log.info("building polypool's fused CPU P-pooling kernel (%s; once, cached by torch)", dtype)
         try:
             _extensions[dtype] = cpp_extension.load(
-                name=f"polypool_p_pool2d_cpu_{digest[:12]}", sources=[str(path) for path in SOURCES],
-                extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
+                name=f"polypool_p_pool2d_cpu_{digest[:12]}",
+                sources=[str(path) for path in SOURCES],
+                extra_cflags=flags,
+                extra_ldflags=["-fopenmp"],
+                verbose=False,
+            )
         except Exception as error:  # a missing compiler, headers, ...: the reference op still works
             _load_errors[dtype] = f"{type(error).__name__}: {error}"
-            warnings.warn(f"polypool: the fused CPU P-pooling kernel could not be built, using the (slower) "
-                          f"reference op instead. Set POLYPOOL_CPU_KERNEL=0 to skip the build. Cause: "
-                          f"{_load_errors[dtype][:500]}", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"polypool: the fused CPU P-pooling kernel could not be built, using the (slower) "
+                f"reference op instead. Set POLYPOOL_CPU_KERNEL=0 to skip the build. Cause: "
+                f"{_load_errors[dtype][:500]}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
     return _extensions.get(dtype)
 
 
@@ -117,8 +125,15 @@ class PPool2dCPU(torch.autograd.Function):
     ``p_pool2d`` only ever makes float32 (``supports``); the tests also run it in float64 (the float64 build)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, alpha, window: Window, need_grad: bool = True, check_negative: bool = True,
-                include_pad: bool = True):
+    def forward(
+        ctx,
+        x: Tensor,
+        alpha,
+        window: Window,
+        need_grad: bool = True,
+        check_negative: bool = True,
+        include_pad: bool = True,
+    ):
         ext = load_extension(x.dtype)
         channels_last = is_channels_last(x)
         x = x.contiguous()
@@ -144,8 +159,17 @@ class PPool2dCPU(torch.autograd.Function):
         window: Window = ctx.window
         need_alpha = ctx.needs_input_grad[1] and ctx.alpha_shape is not None
         grad_x, grad_alpha_map = load_extension(x.dtype).backward(
-            x, alpha_k, ctx.dense, den, y, grad_y.contiguous().to(x.dtype), need_alpha,
-            list(window.kernel), list(window.stride), list(window.padding))
+            x,
+            alpha_k,
+            ctx.dense,
+            den,
+            y,
+            grad_y.contiguous().to(x.dtype),
+            need_alpha,
+            list(window.kernel),
+            list(window.stride),
+            list(window.padding),
+        )
         if ctx.channels_last:
             grad_x = grad_x.contiguous(memory_format=torch.channels_last)
         grad_alpha = None
@@ -161,20 +185,44 @@ class DensePPool2dCPU(torch.autograd.Function):
     ``dense_p_pool2d``, float64 in the tests (the kernel's float64 build)."""
 
     @staticmethod
-    def forward(ctx, x, conv_weight, prelu_weight, proj_weight, proj_bias, window: Window,
-                alpha_range: tuple[float, float], input_scale: float, grad_scale: float, include_pad: bool,
-                need_grad: bool):
+    def forward(
+        ctx,
+        x,
+        conv_weight,
+        prelu_weight,
+        proj_weight,
+        proj_bias,
+        window: Window,
+        alpha_range: tuple[float, float],
+        input_scale: float,
+        grad_scale: float,
+        include_pad: bool,
+        need_grad: bool,
+    ):
         ext = load_extension(x.dtype)
         channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         x = x.contiguous()
-        n, c, height, width = x.shape
+        _n, c, height, width = x.shape
         out_h, out_w = window.output_size(height, width)
         taps = window.kernel[0] * window.kernel[1]
         k, slope, w, b = branch_tensors(conv_weight, prelu_weight, proj_weight, proj_bias, c, taps, x.dtype)
         lo, hi = alpha_range
         y, alpha, den, stats, negative = ext.dense_forward(
-            x, k, slope, w, b, float(lo), float(hi), float(input_scale), list(window.kernel), list(window.stride),
-            list(window.padding), [out_h, out_w], need_grad, include_pad)
+            x,
+            k,
+            slope,
+            w,
+            b,
+            float(lo),
+            float(hi),
+            float(input_scale),
+            list(window.kernel),
+            list(window.stride),
+            list(window.padding),
+            [out_h, out_w],
+            need_grad,
+            include_pad,
+        )
         if negative:
             raise NegativeInput
         stats = torch.stack([stats[:, 0].sum() / alpha.numel(), stats[:, 1].min(), stats[:, 2].max()])
@@ -202,8 +250,21 @@ class DensePPool2dCPU(torch.autograd.Function):
         window: Window = ctx.window
         lo, hi = ctx.alpha_range
         grad_x, partial = load_extension(x.dtype).dense_backward(
-            x, den, y, grad_y.contiguous().to(x.dtype), k, slope, w, b, float(lo), float(hi), ctx.input_scale,
-            list(window.kernel), list(window.stride), list(window.padding))
+            x,
+            den,
+            y,
+            grad_y.contiguous().to(x.dtype),
+            k,
+            slope,
+            w,
+            b,
+            float(lo),
+            float(hi),
+            ctx.input_scale,
+            list(window.kernel),
+            list(window.stride),
+            list(window.padding),
+        )
         if ctx.channels_last:
             grad_x = grad_x.contiguous(memory_format=torch.channels_last)
         n, c = x.shape[:2]

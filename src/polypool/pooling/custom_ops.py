@@ -28,8 +28,9 @@ __all__ = ["OP_NAMES", "compiled_p_pool2d", "serves"]
 # be reused after an upgrade and fail (version 1's forward also returned the window max: "tuple index out of range").
 # Bump it whenever an op's arguments or outputs change.
 SCHEMA_VERSION = 2
-OP_NAMES = {op: f"polypool::p_pool2d_{op}_v{SCHEMA_VERSION}"
-            for op in ("cpu", "cpu_backward", "triton", "triton_backward")}
+OP_NAMES = {
+    op: f"polypool::p_pool2d_{op}_v{SCHEMA_VERSION}" for op in ("cpu", "cpu_backward", "triton", "triton_backward")
+}
 
 
 def _window_args(window: Window) -> tuple[list[int], list[int], list[int]]:
@@ -38,13 +39,16 @@ def _window_args(window: Window) -> tuple[list[int], list[int], list[int]]:
 
 # ------------------------------------------------------------------------------------------------ CPU (C++)
 
+
 @torch.library.custom_op(OP_NAMES["cpu"], mutates_args=())
-def p_pool2d_cpu(x: Tensor, alpha: Tensor, dense: bool, kernel: list[int], stride: list[int], padding: list[int],
-                 out_size: list[int]) -> tuple[Tensor, Tensor]:
+def p_pool2d_cpu(
+    x: Tensor, alpha: Tensor, dense: bool, kernel: list[int], stride: list[int], padding: list[int], out_size: list[int]
+) -> tuple[Tensor, Tensor]:
     """(y, den) of a non-negative fp32 x; alpha fp32 per plane (N*C,) or dense (N, C, OH, OW). The kernel keeps no
     window max for the backward: it recomputes it."""
-    y, den, _ = cpu_fused.load_extension().forward(x.contiguous(), alpha.contiguous(), dense, kernel, stride,
-                                                   padding, out_size, True, True)
+    y, den, _ = cpu_fused.load_extension().forward(
+        x.contiguous(), alpha.contiguous(), dense, kernel, stride, padding, out_size, True, True
+    )
     return y, den
 
 
@@ -55,11 +59,29 @@ def _(x, alpha, dense, kernel, stride, padding, out_size):
 
 
 @torch.library.custom_op(OP_NAMES["cpu_backward"], mutates_args=())
-def p_pool2d_cpu_backward(x: Tensor, alpha: Tensor, dense: bool, den: Tensor, y: Tensor, grad_y: Tensor,
-                          kernel: list[int], stride: list[int], padding: list[int]) -> tuple[Tensor, Tensor]:
+def p_pool2d_cpu_backward(
+    x: Tensor,
+    alpha: Tensor,
+    dense: bool,
+    den: Tensor,
+    y: Tensor,
+    grad_y: Tensor,
+    kernel: list[int],
+    stride: list[int],
+    padding: list[int],
+) -> tuple[Tensor, Tensor]:
     grad_x, grad_alpha = cpu_fused.load_extension().backward(
-        x.contiguous(), alpha.contiguous(), dense, den.contiguous(), y.contiguous(),
-        grad_y.contiguous().float(), True, kernel, stride, padding)
+        x.contiguous(),
+        alpha.contiguous(),
+        dense,
+        den.contiguous(),
+        y.contiguous(),
+        grad_y.contiguous().float(),
+        True,
+        kernel,
+        stride,
+        padding,
+    )
     return grad_x, grad_alpha
 
 
@@ -87,12 +109,14 @@ p_pool2d_cpu.register_autograd(_cpu_backward, setup_context=_cpu_setup)
 
 # ------------------------------------------------------------------------------------------------ GPU (Triton)
 
+
 def _triton_args(window: Window, x: Tensor, total: int, channels_last: bool, *others: Tensor) -> dict:
     return triton_fused.launch_args(window, x, total, channels_last, *others)
 
 
-def _triton_forward(x: Tensor, alpha: Tensor, dense: bool, kernel: list[int], stride: list[int],
-                    padding: list[int], out_size: list[int]) -> tuple[Tensor, Tensor, Tensor]:
+def _triton_forward(
+    x: Tensor, alpha: Tensor, dense: bool, kernel: list[int], stride: list[int], padding: list[int], out_size: list[int]
+) -> tuple[Tensor, Tensor, Tensor]:
     """(y, den, q) of a non-negative x (fp32/fp16/bf16, any strides); q = y/m in fp32, the backward's state with den
     (the backward recomputes the window max)."""
     k = triton_fused.kernels()
@@ -110,18 +134,43 @@ def _triton_forward(x: Tensor, alpha: Tensor, dense: bool, kernel: list[int], st
     grid = triton_fused.grid(total, args["BLOCK"])
     negative = torch.empty(grid, dtype=torch.int8, device=x.device)  # not read: the caller passes a finite x >= 0
     _launch(k.p_pool2d_forward_kernel)[grid](
-        x, alpha, y, den, q, negative, total, c, height, width, out_h, out_w, *x.stride(),
-        DENSE=dense, SAVE_Q=True, STORE_STATE=True, INCLUDE_PAD=True, **args)
+        x,
+        alpha,
+        y,
+        den,
+        q,
+        negative,
+        total,
+        c,
+        height,
+        width,
+        out_h,
+        out_w,
+        *x.stride(),
+        DENSE=dense,
+        SAVE_Q=True,
+        STORE_STATE=True,
+        INCLUDE_PAD=True,
+        **args,
+    )
     return y, den, q
 
 
-def _triton_backward_op(x: Tensor, alpha: Tensor, dense: bool, den: Tensor, q: Tensor,
-                        grad_y: Tensor, kernel: list[int], stride: list[int],
-                        padding: list[int]) -> tuple[Tensor, Tensor]:
+def _triton_backward_op(
+    x: Tensor,
+    alpha: Tensor,
+    dense: bool,
+    den: Tensor,
+    q: Tensor,
+    grad_y: Tensor,
+    kernel: list[int],
+    stride: list[int],
+    padding: list[int],
+) -> tuple[Tensor, Tensor]:
     """(dx in x's layout, dalpha per output in fp32)."""
     k = triton_fused.kernels()
     window = Window.make(kernel, stride, padding)
-    n, c, height, width = x.shape
+    _n, c, height, width = x.shape
     out_h, out_w = den.shape[-2], den.shape[-1]
     channels_last = is_channels_last(x)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -133,12 +182,26 @@ def _triton_backward_op(x: Tensor, alpha: Tensor, dense: bool, den: Tensor, q: T
     factors = torch.empty((3, total_out), dtype=torch.float32, device=x.device)  # per output, once
     args = _triton_args(window, x, total_out, channels_last, den, factors)
     _launch(k.p_pool2d_grad_factors_kernel)[triton_fused.grid(total_out, args["BLOCK"])](
-        x, alpha, den, q, grad_y, factors, partial, total_out, *geometry, DENSE=dense, Q_SAVED=True,
-        NEED_FACTORS=True, NEED_ALPHA=True, **args)
+        x,
+        alpha,
+        den,
+        q,
+        grad_y,
+        factors,
+        partial,
+        total_out,
+        *geometry,
+        DENSE=dense,
+        Q_SAVED=True,
+        NEED_FACTORS=True,
+        NEED_ALPHA=True,
+        **args,
+    )
     total = x.numel()
     args = _triton_args(window, x, total, channels_last, den, factors)
     _launch(k.p_pool2d_grad_input_kernel)[triton_fused.grid(total, args["BLOCK"])](
-        x, alpha, factors, grad_x, total, total_out, *geometry, DENSE=dense, **args)
+        x, alpha, factors, grad_x, total, total_out, *geometry, DENSE=dense, **args
+    )
     return grad_x, partial
 
 
@@ -158,8 +221,10 @@ def _triton_forward_fake(x, alpha, dense, kernel, stride, padding, out_size):
 
 def _triton_backward_fake(x, alpha, dense, den, q, grad_y, kernel, stride, padding):
     memory_format = torch.channels_last if is_channels_last(x) else torch.contiguous_format
-    return (torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=memory_format),
-            torch.empty(den.shape, dtype=torch.float32, device=x.device, memory_format=memory_format))
+    return (
+        torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=memory_format),
+        torch.empty(den.shape, dtype=torch.float32, device=x.device, memory_format=memory_format),
+    )
 
 
 def _opaque_triton_ops():
@@ -175,15 +240,16 @@ if triton_fused.interpreting():  # read once, at import (as triton.jit does): th
 else:
     try:
         p_pool2d_triton = torch.library.triton_op(OP_NAMES["triton"], mutates_args=())(_triton_forward)
-        p_pool2d_triton_backward = torch.library.triton_op(OP_NAMES["triton_backward"],
-                                                           mutates_args=())(_triton_backward_op)
+        p_pool2d_triton_backward = torch.library.triton_op(OP_NAMES["triton_backward"], mutates_args=())(
+            _triton_backward_op
+        )
     except Exception:  # a torch without triton_op support: the same ops, opaque to Inductor
         p_pool2d_triton, p_pool2d_triton_backward = _opaque_triton_ops()
 
 
 def _triton_setup(ctx, inputs, output):
     x, alpha, dense, kernel, stride, padding, _ = inputs
-    y, den, q = output
+    _y, den, q = output
     ctx.save_for_backward(x, alpha, den, q)
     ctx.args = (dense, kernel, stride, padding)
 
@@ -201,6 +267,7 @@ p_pool2d_triton.register_autograd(_triton_backward, setup_context=_triton_setup)
 
 # ------------------------------------------------------------------------------------------------ dispatch
 
+
 def serves(x: Tensor, alpha, backend: str) -> Optional[str]:
     """Which op serves a traced call: "triton", "cpu" or None (the reference op). Only checks that tracing can
     follow (device, dtype, switches, a failure recorded earlier): the ops import Triton or build the C++ kernel
@@ -208,11 +275,21 @@ def serves(x: Tensor, alpha, backend: str) -> Optional[str]:
     if isinstance(alpha, Tensor) and alpha.device != x.device:
         return None
     on_triton_device = x.is_cuda or (backend == "triton" and x.device.type == "cpu" and triton_fused.interpreting())
-    if (backend in ("auto", "triton") and on_triton_device and x.dtype in triton_fused.DTYPES
-            and triton_fused.enabled() and triton_fused.failure() is None):
+    if (
+        backend in ("auto", "triton")
+        and on_triton_device
+        and x.dtype in triton_fused.DTYPES
+        and triton_fused.enabled()
+        and triton_fused.failure() is None
+    ):
         return "triton"
-    if (backend in ("auto", "cpu_fused") and x.device.type == "cpu" and x.dtype == torch.float32
-            and cpu_fused.enabled() and cpu_fused.load_error() is None):
+    if (
+        backend in ("auto", "cpu_fused")
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and cpu_fused.enabled()
+        and cpu_fused.load_error() is None
+    ):
         return "cpu"
     return None
 

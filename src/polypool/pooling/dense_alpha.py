@@ -79,35 +79,66 @@ def dense_p_pool2d_with_stats(
     as it writes alpha; else three reductions)."""
     if input.dim() == 3:
         y, alpha, stats = dense_p_pool2d_with_stats(
-            input.unsqueeze(0), conv_weight, prelu_weight, proj_weight, proj_bias, kernel_size, stride, padding,
-            ceil_mode, alpha_range=alpha_range, input_scale=input_scale, alpha_grad_scale=alpha_grad_scale,
-            count_include_pad=count_include_pad, fused=fused, backend=backend, check=check,
-            input_nonnegative=input_nonnegative)
+            input.unsqueeze(0),
+            conv_weight,
+            prelu_weight,
+            proj_weight,
+            proj_bias,
+            kernel_size,
+            stride,
+            padding,
+            ceil_mode,
+            alpha_range=alpha_range,
+            input_scale=input_scale,
+            alpha_grad_scale=alpha_grad_scale,
+            count_include_pad=count_include_pad,
+            fused=fused,
+            backend=backend,
+            check=check,
+            input_nonnegative=input_nonnegative,
+        )
         return y.squeeze(0), alpha.squeeze(0), stats
     window = Window.make(kernel_size, stride, padding, ceil_mode)
     params = (conv_weight, prelu_weight, proj_weight, proj_bias)
     route = _fused_route(input, params, backend) if fused and not check else None
     if route is not None:
         need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (input, *params))
-        branch = (window, tuple(float(v) for v in alpha_range), float(input_scale), float(alpha_grad_scale),
-                  bool(count_include_pad) or window.padding == (0, 0), need_grad)
+        branch = (
+            window,
+            tuple(float(v) for v in alpha_range),
+            float(input_scale),
+            float(alpha_grad_scale),
+            bool(count_include_pad) or window.padding == (0, 0),
+            need_grad,
+        )
         try:
             if route == "triton":
-                y, alpha = triton_fused.dense_apply(input, params, *branch, explicit=backend == "triton",
-                                                    check_negative=not input_nonnegative)
-                fused = y, alpha, _stats(alpha)
+                y, alpha = triton_fused.dense_apply(
+                    input, params, *branch, explicit=backend == "triton", check_negative=not input_nonnegative
+                )
+                result = y, alpha, _stats(alpha)
             else:
-                fused = DensePPool2dCPU.apply(input, *params, *branch)
+                result = DensePPool2dCPU.apply(input, *params, *branch)
             # +inf or NaN in x show in y: the unfused path gives each window the formula's limit
-            if input_nonnegative or bool(torch.isfinite(fused[0]).all()):
-                return fused
+            if input_nonnegative or bool(torch.isfinite(result[0]).all()):
+                return result
         except NegativeInput:
             pass  # the unfused branch on x, and p_pool2d's signed path for the windows with a negative
         except triton_fused.TritonFailure:
             pass  # warned once; the unfused path answers
     alpha = dense_branch_alpha(input, *params, window, alpha_range, input_scale)
-    y = p_pool2d(input, scale_gradient(alpha, alpha_grad_scale), window.kernel, window.stride, window.padding,
-                 window.ceil_mode, check, backend, input_nonnegative, count_include_pad=count_include_pad)
+    y = p_pool2d(
+        input,
+        scale_gradient(alpha, alpha_grad_scale),
+        window.kernel,
+        window.stride,
+        window.padding,
+        window.ceil_mode,
+        check,
+        backend,
+        input_nonnegative,
+        count_include_pad=count_include_pad,
+    )
     alpha = alpha.detach()
     return y, alpha, _stats(alpha)
 

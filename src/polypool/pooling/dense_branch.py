@@ -25,9 +25,16 @@ def scale_gradient(x: Tensor, scale: float) -> Tensor:
     return x.detach() + (x - x.detach()) * scale
 
 
-def dense_branch_alpha(x: Tensor, conv_weight: Tensor, prelu_weight: Tensor, proj_weight: Tensor,
-                       proj_bias: Tensor, window: Window, alpha_range: tuple[float, float],
-                       input_scale: float = 1.0) -> Tensor:
+def dense_branch_alpha(
+    x: Tensor,
+    conv_weight: Tensor,
+    prelu_weight: Tensor,
+    proj_weight: Tensor,
+    proj_bias: Tensor,
+    window: Window,
+    alpha_range: tuple[float, float],
+    input_scale: float = 1.0,
+) -> Tensor:
     """The unfused side branch: alpha ``(N, C, H_out, W_out)`` of the pooling input x (read detached)."""
     x = x.detach()
     x = x / (x.abs().amax(dim=(-2, -1), keepdim=True) + 1) * input_scale
@@ -37,21 +44,31 @@ def dense_branch_alpha(x: Tensor, conv_weight: Tensor, prelu_weight: Tensor, pro
     return alpha.clamp(*alpha_range)
 
 
-def branch_tensors(conv_weight, prelu_weight, proj_weight, proj_bias, channels: int, taps: int,
-                    dtype: torch.dtype = torch.float32):
+def branch_tensors(
+    conv_weight, prelu_weight, proj_weight, proj_bias, channels: int, taps: int, dtype: torch.dtype = torch.float32
+):
     """The branch parameters as the kernels take them: in their compute dtype, contiguous, k (C, taps), slope, w,
     b (C,)."""
+
     def flat(t: Tensor, n: int) -> Tensor:
-        return t.detach().to(dtype).reshape(-1).expand(n).contiguous() if t.numel() == 1 else \
-            t.detach().to(dtype).reshape(n).contiguous()
-    return (conv_weight.detach().to(dtype).reshape(channels, taps).contiguous(), flat(prelu_weight, channels),
-            flat(proj_weight, channels), flat(proj_bias, channels))
+        return (
+            t.detach().to(dtype).reshape(-1).expand(n).contiguous()
+            if t.numel() == 1
+            else t.detach().to(dtype).reshape(n).contiguous()
+        )
+
+    return (
+        conv_weight.detach().to(dtype).reshape(channels, taps).contiguous(),
+        flat(prelu_weight, channels),
+        flat(proj_weight, channels),
+        flat(proj_bias, channels),
+    )
 
 
 def branch_grads(partial: Tensor, n: int, channels: int, taps: int, params, grad_scale: float):
     """The kernels' per-plane sums (N*C, taps + 3) to the gradients of the four parameters, in their shapes."""
     sums = partial.view(n, channels, taps + 3).sum(dim=0) * grad_scale
-    conv_weight, prelu_weight, proj_weight, proj_bias = params
+    _conv_weight, _prelu_weight, _proj_weight, _proj_bias = params
     grads = (sums[:, :taps], sums[:, taps], sums[:, taps + 1], sums[:, taps + 2])
     # a parameter shared by the channels (PReLU's num_parameters=1) gets the sum over them
     return tuple((g.sum() if p.numel() == 1 else g).reshape(p.shape).to(p.dtype) for g, p in zip(grads, params))

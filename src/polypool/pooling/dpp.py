@@ -34,10 +34,21 @@ class DetailPreservingPool2d(nn.Module):
     Learned parameters: ``alpha``, ``lambda_`` (``(C, 1, 1)``) and, for ``full``, ``filter_weight`` (``(C, 1, 3, 3)``).
     """
 
-    def __init__(self, kernel_size: IntOrPair, stride: Optional[IntOrPair] = None, padding: IntOrPair = 0,
-                 ceil_mode: bool = False, *, channels: int, variant: Literal["lite", "full"] = "lite",
-                 reward: Literal["asym", "sym"] = "asym", eps: float = 1e-3, alpha_init: float = 0.0,
-                 lambda_init: float = 0.0, count_include_pad: bool = True):
+    def __init__(
+        self,
+        kernel_size: IntOrPair,
+        stride: Optional[IntOrPair] = None,
+        padding: IntOrPair = 0,
+        ceil_mode: bool = False,
+        *,
+        channels: int,
+        variant: Literal["lite", "full"] = "lite",
+        reward: Literal["asym", "sym"] = "asym",
+        eps: float = 1e-3,
+        alpha_init: float = 0.0,
+        lambda_init: float = 0.0,
+        count_include_pad: bool = True,
+    ):
         super().__init__()
         if channels is None or channels < 1:
             raise ValueError("dpp pooling learns alpha and lambda per channel: pass channels=C")
@@ -77,7 +88,7 @@ class DetailPreservingPool2d(nn.Module):
             diff = value - guide
             if self.reward == "asym":
                 diff = torch.relu(diff)
-            weight = alpha + (diff * diff + self.eps ** 2).pow(half_lambda)
+            weight = alpha + (diff * diff + self.eps**2).pow(half_lambda)
             mask = overhang_mask(self.window, height, width, out_h, out_w, di, dj, weight, self.count_include_pad)
             if mask is not None:
                 weight = weight * mask
@@ -86,5 +97,7 @@ class DetailPreservingPool2d(nn.Module):
         return num / den
 
     def extra_repr(self) -> str:
-        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-                f"ceil_mode={self.ceil_mode}, variant={self.variant}, reward={self.reward}")
+        return (
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+            f"ceil_mode={self.ceil_mode}, variant={self.variant}, reward={self.reward}"
+        )

@@ -109,12 +109,24 @@ def p_pool2d(
         ``(N, C, H_out, W_out)`` in the input's dtype, computed in fp32 (fp64 for fp64 inputs).
     """
     if not isinstance(input, Tensor) or not input.is_floating_point():
-        raise TypeError(f"p_pool2d expects a floating-point tensor, got {type(input).__name__}"
-                        f"{'' if not isinstance(input, Tensor) else ' of dtype ' + str(input.dtype)}")
+        raise TypeError(
+            f"p_pool2d expects a floating-point tensor, got {type(input).__name__}"
+            f"{'' if not isinstance(input, Tensor) else ' of dtype ' + str(input.dtype)}"
+        )
     if input.dim() == 3:
         alpha_3d = alpha.unsqueeze(0) if isinstance(alpha, Tensor) and alpha.dim() == 4 else alpha
-        return p_pool2d(input.unsqueeze(0), alpha_3d, kernel_size, stride, padding, ceil_mode, check,
-                        backend, input_nonnegative, count_include_pad).squeeze(0)
+        return p_pool2d(
+            input.unsqueeze(0),
+            alpha_3d,
+            kernel_size,
+            stride,
+            padding,
+            ceil_mode,
+            check,
+            backend,
+            input_nonnegative,
+            count_include_pad,
+        ).squeeze(0)
     if input.dim() != 4:
         raise ValueError(f"p_pool2d expects a (N, C, H, W) or (C, H, W) input, got shape {tuple(input.shape)}")
     window = Window.make(kernel_size, stride, padding, ceil_mode)
@@ -136,38 +148,53 @@ def p_pool2d(
                 f"pooling (lower the learning rate, check the data), or pass check=False to propagate them"
             )
         if isinstance(alpha, Tensor) and not bool(((alpha >= 0) & (alpha < math.inf)).all()):
-            raise ValueError("alpha must be >= 0 and finite everywhere in a tensor alpha (got a negative, NaN or inf "
-                             "value): clamp it to [0, a finite maximum]; a float alpha=float('inf') is max pooling")
+            raise ValueError(
+                "alpha must be >= 0 and finite everywhere in a tensor alpha (got a negative, NaN or inf "
+                "value): clamp it to [0, a finite maximum]; a float alpha=float('inf') is max pooling"
+            )
     include_pad = bool(count_include_pad) or window.padding == (0, 0)  # without padding the flag changes nothing
     if not isinstance(alpha, Tensor) and alpha == math.inf:  # the a -> inf limit, in every backend
         return window_max_pool(input, window, include_pad)
-    if (torch.compiler.is_compiling() and not torch.compiler.is_exporting() and backend in BACKENDS
-            and include_pad):
+    if torch.compiler.is_compiling() and not torch.compiler.is_exporting() and backend in BACKENDS and include_pad:
         # torch.compile: the fused kernels as torch.library ops, which Inductor calls (torch.export keeps the
         # reference op's plain torch ops, which any runtime can run). A graph cannot branch on the data: without
         # the caller's word that x >= 0, every window also goes through the signed path.
         op = custom_ops.serves(input, alpha, backend)
         if op is not None:
+
             def compiled(x):
                 return custom_ops.compiled_p_pool2d(x, alpha, window, op)
-            return compiled(input) if input_nonnegative else _with_signed_windows(
-                input, alpha, window, include_pad, compiled)
+
+            return (
+                compiled(input)
+                if input_nonnegative
+                else _with_signed_windows(input, alpha, window, include_pad, compiled)
+            )
     function = _select_backend(backend, input, alpha)
     if function is PPool2dReference:
+
         def reference(x):
             return PPool2dReference.apply(x, alpha, window, include_pad)
+
         if input_nonnegative or (not torch.compiler.is_compiling() and nonnegative_finite(input)):
             return reference(input)
         return _with_signed_windows(input, alpha, window, include_pad, reference)
     # a fused kernel checks for negatives as it reads x (no pass of its own), and writes the backward's state only
     # when a gradient can be asked for; +inf and NaN show in its output
-    need_grad = torch.is_grad_enabled() and (
-        input.requires_grad or (isinstance(alpha, Tensor) and alpha.requires_grad))
+    need_grad = torch.is_grad_enabled() and (input.requires_grad or (isinstance(alpha, Tensor) and alpha.requires_grad))
     check_negative = not input_nonnegative
     if function is triton_fused.PPool2dTriton:  # with its safety nets: a failure falls back to the reference op
+
         def run(x):
-            return triton_fused.apply(x, alpha, window, need_grad, explicit=backend == "triton",
-                                      check_negative=check_negative, include_pad=include_pad)
+            return triton_fused.apply(
+                x,
+                alpha,
+                window,
+                need_grad,
+                explicit=backend == "triton",
+                check_negative=check_negative,
+                include_pad=include_pad,
+            )
 
         def run_nonnegative(x):  # x >= 0 and finite: the reference op answers if Triton fails
             try:
@@ -175,16 +202,26 @@ def p_pool2d(
             except triton_fused.TritonFailure:
                 return PPool2dReference.apply(x, alpha, window, include_pad)
     else:
+
         def run(x):
             return function.apply(x, alpha, window, need_grad, check_negative, include_pad)
+
         run_nonnegative = run
     try:
         y = run(input)
     except NegativeInput:
         return _with_signed_windows(input, alpha, window, include_pad, run_nonnegative)
     except triton_fused.TritonFailure:  # warned once; the path is off from now on
-        return p_pool2d(input, alpha, kernel_size, stride, padding, ceil_mode,  # auto: no Triton any more
-                        input_nonnegative=input_nonnegative, count_include_pad=count_include_pad)
+        return p_pool2d(
+            input,
+            alpha,
+            kernel_size,
+            stride,
+            padding,
+            ceil_mode,  # auto: no Triton any more
+            input_nonnegative=input_nonnegative,
+            count_include_pad=count_include_pad,
+        )
     if check_negative and not math.isfinite(y.amax()):  # +inf or NaN in x (y >= 0 here)
         return _with_signed_windows(input, alpha, window, include_pad, run_nonnegative)
     return y
@@ -200,12 +237,15 @@ def _select_backend(backend: Backend, x: Tensor, alpha: Alpha):
     if backend in ("auto", "cpu_fused") and cpu_fused.supports(x, alpha):
         return cpu_fused.PPool2dCPU
     if backend == "cpu_fused":
-        raise ValueError(f"backend='cpu_fused' serves fp32 CPU tensors with a built kernel; got a {x.dtype} tensor on "
-                         f"{x.device} (kernel enabled: {cpu_fused.enabled()})")
+        raise ValueError(
+            f"backend='cpu_fused' serves fp32 CPU tensors with a built kernel; got a {x.dtype} tensor on "
+            f"{x.device} (kernel enabled: {cpu_fused.enabled()})"
+        )
     if backend == "triton":
         raise ValueError(
             f"backend='triton' serves fp32/fp16/bf16 CUDA tensors (CPU ones with TRITON_INTERPRET=1) with Triton "
             f"installed; got a {x.dtype} tensor on {x.device} (Triton installed: {triton_fused.kernels() is not None}, "
             f"POLYPOOL_TRITON enabled: {triton_fused.enabled()}, interpreter: {triton_fused.interpreting()}, "
-            f"switched off after a failure: {triton_fused.failure() or 'no'})")
+            f"switched off after a failure: {triton_fused.failure() or 'no'})"
+        )
     return PPool2dReference

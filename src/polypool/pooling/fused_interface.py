@@ -36,7 +36,8 @@ def uncovered_negative(x: Tensor, window: Window) -> bool:
     end_h = (out_h - 1) * window.stride[0] + window.kernel[0] - window.padding[0]
     end_w = (out_w - 1) * window.stride[1] + window.kernel[1] - window.padding[1]
     return bool(end_h < height and (x[..., end_h:, :] < 0).any()) or bool(
-        end_w < width and (x[..., :, end_w:] < 0).any())
+        end_w < width and (x[..., :, end_w:] < 0).any()
+    )
 
 
 def is_channels_last(x: Tensor) -> bool:
@@ -47,12 +48,23 @@ def is_channels_last(x: Tensor) -> bool:
 
 def alpha_is_dense(alpha) -> bool:
     """Whether alpha varies over the output positions (then the kernels take one value per output)."""
-    return isinstance(alpha, Tensor) and alpha.dim() >= 1 and (
-        alpha.shape[-1] != 1 or (alpha.dim() >= 2 and alpha.shape[-2] != 1))
+    return (
+        isinstance(alpha, Tensor)
+        and alpha.dim() >= 1
+        and (alpha.shape[-1] != 1 or (alpha.dim() >= 2 and alpha.shape[-2] != 1))
+    )
 
 
-def kernel_alpha(alpha, n: int, c: int, out_h: int, out_w: int, device: torch.device,
-                 channels_last: bool = False, dtype: torch.dtype = torch.float32) -> tuple[Tensor, bool]:
+def kernel_alpha(
+    alpha,
+    n: int,
+    c: int,
+    out_h: int,
+    out_w: int,
+    device: torch.device,
+    channels_last: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, bool]:
     """(alpha as a dense tensor of the kernel's compute dtype, dense): ``(N*C,)`` per plane, or
     ``(N, C, out_h, out_w)`` when dense, laid out like the output (channels_last when ``channels_last``)."""
     if not isinstance(alpha, Tensor):
@@ -66,8 +78,9 @@ def kernel_alpha(alpha, n: int, c: int, out_h: int, out_w: int, device: torch.de
     return a.expand(n, c, out_h, out_w).contiguous(memory_format=memory_format), True
 
 
-def alpha_grad_to_shape(grad: Tensor, dense: bool, n: int, c: int, alpha_shape: torch.Size,
-                        dtype: Optional[torch.dtype]) -> Tensor:
+def alpha_grad_to_shape(
+    grad: Tensor, dense: bool, n: int, c: int, alpha_shape: torch.Size, dtype: Optional[torch.dtype]
+) -> Tensor:
     """The kernel's alpha gradient (per plane ``(N*C,)`` or dense) summed to the user's alpha shape and dtype."""
     if not dense:
         grad = grad.view(n, c, 1, 1)

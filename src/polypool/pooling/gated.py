@@ -38,18 +38,27 @@ class GatedPool2d(_MaxAvgMix):
     Learned parameter: ``gate_weight`` (``(1, 1, kh, kw)`` or ``(C, 1, kh, kw)``).
     """
 
-    def __init__(self, kernel_size: IntOrPair, stride: Optional[IntOrPair] = None, padding: IntOrPair = 0,
-                 ceil_mode: bool = False, *, channels: Optional[int] = None,
-                 gate: Literal["layer", "channel"] = "layer", init_std: float = 1.0,
-                 count_include_pad: bool = True):
+    def __init__(
+        self,
+        kernel_size: IntOrPair,
+        stride: Optional[IntOrPair] = None,
+        padding: IntOrPair = 0,
+        ceil_mode: bool = False,
+        *,
+        channels: Optional[int] = None,
+        gate: Literal["layer", "channel"] = "layer",
+        init_std: float = 1.0,
+        count_include_pad: bool = True,
+    ):
         super().__init__(kernel_size, stride, padding, ceil_mode, count_include_pad)
         if gate not in ("layer", "channel"):
             raise ValueError(f"gate must be 'layer' or 'channel', got {gate!r}")
         if gate == "channel" and (channels is None or channels < 1):
             raise ValueError("gate='channel' learns one mask per channel: pass channels=C")
         self.gate = gate
-        self.gate_weight = nn.Parameter(torch.randn(channels if gate == "channel" else 1, 1, *self.kernel_size)
-                                        * init_std)
+        self.gate_weight = nn.Parameter(
+            torch.randn(channels if gate == "channel" else 1, 1, *self.kernel_size) * init_std
+        )
 
     def gate_values(self, x: Tensor) -> Tensor:
         """sigmoid(w^T x) per window and channel, shape of the output."""
@@ -64,8 +73,10 @@ class GatedPool2d(_MaxAvgMix):
         return pooled_avg + gate * (pooled_max - pooled_avg)
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, " \
-               f"ceil_mode={self.ceil_mode}, gate={self.gate}"
+        return (
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+            f"ceil_mode={self.ceil_mode}, gate={self.gate}"
+        )
 
 
 class MixedPool2d(_MaxAvgMix):
@@ -75,9 +86,17 @@ class MixedPool2d(_MaxAvgMix):
     Learned parameter: ``mix`` (a scalar, initialised to ``mix_init``).
     """
 
-    def __init__(self, kernel_size: IntOrPair, stride: Optional[IntOrPair] = None, padding: IntOrPair = 0,
-                 ceil_mode: bool = False, *, channels: Optional[int] = None, mix_init: float = 0.5,
-                 count_include_pad: bool = True):
+    def __init__(
+        self,
+        kernel_size: IntOrPair,
+        stride: Optional[IntOrPair] = None,
+        padding: IntOrPair = 0,
+        ceil_mode: bool = False,
+        *,
+        channels: Optional[int] = None,
+        mix_init: float = 0.5,
+        count_include_pad: bool = True,
+    ):
         super().__init__(kernel_size, stride, padding, ceil_mode, count_include_pad)
         if not 0.0 <= mix_init <= 1.0:
             raise ValueError(f"mix_init must lie in [0, 1], got {mix_init}")
@@ -88,5 +107,7 @@ class MixedPool2d(_MaxAvgMix):
         return pooled_avg + clamp_inward(self.mix, 0.0, 1.0) * (pooled_max - pooled_avg)
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, " \
-               f"ceil_mode={self.ceil_mode}, mix={self.mix.item():.3g}"
+        return (
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+            f"ceil_mode={self.ceil_mode}, mix={self.mix.item():.3g}"
+        )

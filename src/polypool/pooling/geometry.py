@@ -7,11 +7,11 @@ The windows are exactly those of ``F.max_pool2d`` / ``F.avg_pool2d``: the same o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import torch
-
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -32,7 +32,7 @@ def to_pair(value: IntOrPair, name: str) -> tuple[int, int]:
         return (pair[0], pair[0])
     if len(pair) != 2:
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-    return pair  # type: ignore[return-value]
+    return pair
 
 
 def pooled_size(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool) -> int:
@@ -61,10 +61,14 @@ class Window:
         stride: IntOrPair | None = None,
         padding: IntOrPair = 0,
         ceil_mode: bool = False,
-    ) -> "Window":
+    ) -> Window:
         kernel = to_pair(kernel_size, "kernel_size")
         # torch treats stride=None and stride=[] (what F.max_pool2d's default is) as "stride = kernel".
-        stride_pair = kernel if stride is None or (not isinstance(stride, int) and len(stride) == 0) else to_pair(stride, "stride")
+        stride_pair = (
+            kernel
+            if stride is None or (not isinstance(stride, int) and len(stride) == 0)
+            else to_pair(stride, "stride")
+        )
         pad = to_pair(padding, "padding")
         if min(kernel) < 1 or min(stride_pair) < 1:
             raise ValueError(f"kernel_size and stride must be positive, got kernel_size={kernel}, stride={stride_pair}")
@@ -106,6 +110,7 @@ def pad_ceil_overhang(x: Tensor, window: Window) -> Tensor:
 # The offset loop shared by the poolings that need more than a max or a mean of each window (P-pooling, DPP,
 # Lp): one strided view of the padded input per window offset, each the size of the output.
 
+
 def window_offsets(window: Window, out_h: int, out_w: int):
     """Yield (row_slice, col_slice, di, dj) of every window offset, in padded-input coordinates."""
     (kh, kw), (sh, sw) = window.kernel, window.stride
@@ -115,8 +120,17 @@ def window_offsets(window: Window, out_h: int, out_w: int):
             yield rows, slice(dj, dj + sw * (out_w - 1) + 1, sw), di, dj
 
 
-def overhang_mask(window: Window, height: int, width: int, out_h: int, out_w: int, di: int, dj: int,
-                  like: Tensor, include_pad: bool = True) -> Optional[Tensor]:
+def overhang_mask(
+    window: Window,
+    height: int,
+    width: int,
+    out_h: int,
+    out_w: int,
+    di: int,
+    dj: int,
+    like: Tensor,
+    include_pad: bool = True,
+) -> Optional[Tensor]:
     """None if offset (di, dj) of every window is part of the window, else a 0/1 mask of the outputs where it is:
     in ceil mode the last row/column of windows can overhang the padded input, and the overhang is not part of the
     window; with ``include_pad=False`` (``count_include_pad=False``) the zero padding is not either."""
@@ -130,7 +144,7 @@ def overhang_mask(window: Window, height: int, width: int, out_h: int, out_w: in
     if rows == (0, out_h) and cols == (0, out_w):
         return None
     mask = torch.zeros(out_h, out_w, dtype=like.dtype, device=like.device)
-    mask[rows[0]:max(rows), cols[0]:max(cols)] = 1
+    mask[rows[0] : max(rows), cols[0] : max(cols)] = 1
     return mask
 
 

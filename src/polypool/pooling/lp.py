@@ -28,10 +28,19 @@ class LearnedNormPool2d(nn.Module):
     Learned parameter: ``p`` (``(C, 1, 1)`` or a scalar).
     """
 
-    def __init__(self, kernel_size: IntOrPair, stride: Optional[IntOrPair] = None, padding: IntOrPair = 0,
-                 ceil_mode: bool = False, *, channels: Optional[int] = None, p_init: float = 2.0,
-                 p_range: tuple[float, float] = (1.0, 50.0), per_channel: bool = True,
-                 count_include_pad: bool = True):
+    def __init__(
+        self,
+        kernel_size: IntOrPair,
+        stride: Optional[IntOrPair] = None,
+        padding: IntOrPair = 0,
+        ceil_mode: bool = False,
+        *,
+        channels: Optional[int] = None,
+        p_init: float = 2.0,
+        p_range: tuple[float, float] = (1.0, 50.0),
+        per_channel: bool = True,
+        count_include_pad: bool = True,
+    ):
         super().__init__()
         low, high = (float(v) for v in p_range)
         if not 1.0 <= low <= p_init <= high:
@@ -61,5 +70,7 @@ class LearnedNormPool2d(nn.Module):
         return m * mean.pow(1.0 / p)
 
     def extra_repr(self) -> str:
-        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-                f"ceil_mode={self.ceil_mode}, p_range={self.p_range}")
+        return (
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+            f"ceil_mode={self.ceil_mode}, p_range={self.p_range}"
+        )

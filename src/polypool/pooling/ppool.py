@@ -26,14 +26,21 @@ class DenseAlphaBranch(nn.Module):
     1x1 conv whose bias starts at ``alpha_init``, and a Hardtanh clamp to the alpha range (docs/paper_notes.md).
     """
 
-    def __init__(self, channels: int, window: Window, alpha_init: float, alpha_range: tuple[float, float],
-                 input_scale: float = 1.0):
+    def __init__(
+        self,
+        channels: int,
+        window: Window,
+        alpha_init: float,
+        alpha_range: tuple[float, float],
+        input_scale: float = 1.0,
+    ):
         super().__init__()
         self.window = window
         self.input_scale = input_scale
         self.alpha_range = alpha_range
-        self.conv = nn.Conv2d(channels, channels, window.kernel, window.stride, window.padding,
-                              groups=channels, bias=False)
+        self.conv = nn.Conv2d(
+            channels, channels, window.kernel, window.stride, window.padding, groups=channels, bias=False
+        )
         self.act = nn.PReLU(channels, init=0.25)
         self.proj = nn.Conv2d(channels, channels, 1, groups=channels, bias=True)
         nn.init.constant_(self.proj.bias, alpha_init)
@@ -115,8 +122,7 @@ class PPool2d(nn.Module):
         self.count_include_pad = bool(count_include_pad)
         self.fused_branch = bool(fused_branch)
         if alpha_mode == "dense":
-            self.alpha_branch = DenseAlphaBranch(channels, self.window, alpha_init, self.alpha_range,
-                                                 dense_input_scale)
+            self.alpha_branch = DenseAlphaBranch(channels, self.window, alpha_init, self.alpha_range, dense_input_scale)
             self.register_buffer("last_alpha_stats", torch.full((3,), float("nan")), persistent=False)
         else:
             shape = (channels, 1, 1) if alpha_mode == "channel" else ()
@@ -139,16 +145,35 @@ class PPool2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.alpha_mode == "dense":
             y, _, stats = dense_p_pool2d_with_stats(
-                x, *self.alpha_branch.parameters_for_kernel(), self.kernel_size, self.stride, self.padding,
-                self.ceil_mode, alpha_range=self.alpha_range, input_scale=self.alpha_branch.input_scale,
-                alpha_grad_scale=self.alpha_grad_scale, count_include_pad=self.count_include_pad,
-                fused=self.fused_branch, check=self.check, input_nonnegative=self.input_nonnegative)
+                x,
+                *self.alpha_branch.parameters_for_kernel(),
+                self.kernel_size,
+                self.stride,
+                self.padding,
+                self.ceil_mode,
+                alpha_range=self.alpha_range,
+                input_scale=self.alpha_branch.input_scale,
+                alpha_grad_scale=self.alpha_grad_scale,
+                count_include_pad=self.count_include_pad,
+                fused=self.fused_branch,
+                check=self.check,
+                input_nonnegative=self.input_nonnegative,
+            )
             with torch.no_grad():  # for alpha_stats(): dense alpha exists only during a forward pass
                 self.last_alpha_stats.copy_(stats)
             return y
         alpha = scale_gradient(self.current_alpha(x), self.alpha_grad_scale)
-        return p_pool2d(x, alpha, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.check,
-                        input_nonnegative=self.input_nonnegative, count_include_pad=self.count_include_pad)
+        return p_pool2d(
+            x,
+            alpha,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.ceil_mode,
+            self.check,
+            input_nonnegative=self.input_nonnegative,
+            count_include_pad=self.count_include_pad,
+        )
 
     @torch.no_grad()
     def alpha_stats(self) -> dict:

@@ -37,7 +37,7 @@ Conventions, all documented in the README
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Union
 
 import torch
 from torch import Tensor
@@ -139,7 +139,7 @@ class PPool2dReference(torch.autograd.Function):
             # r^(a-1) at r = 0: 1 if a == 1, else 0 (exact for a > 1, the w_i = 0 convention for a < 1).
             at_zero = (a == 1).to(acc) if isinstance(a, Tensor) else float(a == 1)
             # the a q p/r term is 0 where a = 0, never 0 * (p/r) (which is NaN if r were subnormal)
-            nonzero_a = (a != 0) if isinstance(a, Tensor) else a != 0
+            nonzero_a = a != 0
             need_alpha = need_alpha and isinstance(alpha, Tensor)
             if need_x:
                 coef_p, coef_p_over_r = g_over_den * (a + 1), g_over_den * a * q
@@ -158,7 +158,7 @@ class PPool2dReference(torch.autograd.Function):
             grad_x = None
             if need_x:
                 ph, pw = window.padding
-                grad_x = grad_xp[..., ph:ph + height, pw:pw + width].to(x.dtype)
+                grad_x = grad_xp[..., ph : ph + height, pw : pw + width].to(x.dtype)
             grad_alpha = None
             if need_alpha:
                 grad_alpha = alpha_sum.mul_(g_over_den).mul_(m)

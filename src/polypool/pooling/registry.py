@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
+from typing import Optional
 
 from torch import nn
 
@@ -27,8 +28,14 @@ POOLINGS: dict[str, Callable[..., nn.Module]] = {
 }
 POOLING_NAMES = tuple(POOLINGS)
 # The layers with learned parameters: their parameters get their own learning rate and no weight decay.
-LEARNED_POOLING_TYPES = (StridedConvPool2d, GatedPool2d, MixedPool2d, DetailPreservingPool2d, LearnedNormPool2d,
-                         PPool2d)
+LEARNED_POOLING_TYPES = (
+    StridedConvPool2d,
+    GatedPool2d,
+    MixedPool2d,
+    DetailPreservingPool2d,
+    LearnedNormPool2d,
+    PPool2d,
+)
 
 
 def pooling_options(name: str) -> list[str]:
@@ -43,8 +50,16 @@ def _factory(name: str) -> Callable[..., nn.Module]:
     return POOLINGS[name]
 
 
-def build_pooling(name: str, kernel_size: IntOrPair, stride: Optional[IntOrPair] = None, padding: IntOrPair = 0,
-                  ceil_mode: bool = False, *, channels: Optional[int] = None, **kwargs) -> nn.Module:
+def build_pooling(
+    name: str,
+    kernel_size: IntOrPair,
+    stride: Optional[IntOrPair] = None,
+    padding: IntOrPair = 0,
+    ceil_mode: bool = False,
+    *,
+    channels: Optional[int] = None,
+    **kwargs,
+) -> nn.Module:
     """Build pooling ``name`` with ``nn.MaxPool2d``'s window arguments; ``kwargs`` are the layer's own options.
 
     ``count_include_pad`` (from an average-pooling site) is passed on to the layers that have it (avg, gated,
@@ -64,9 +79,11 @@ def build_pooling(name: str, kernel_size: IntOrPair, stride: Optional[IntOrPair]
         elif not count_include_pad and to_pair(padding, "padding") != (0, 0):
             # Without padding the flag changes nothing (a ceil-mode overhang is never counted), so only padded
             # windows are a problem.
-            raise ValueError(f"pooling {name!r} counts the zero padding in every window and cannot express "
-                             f"count_include_pad=False with padding={padding}; use 'avg', 'gated', 'mixed', 'ppool', "
-                             f"'dpp' or 'lp' there")
+            raise ValueError(
+                f"pooling {name!r} counts the zero padding in every window and cannot express "
+                f"count_include_pad=False with padding={padding}; use 'avg', 'gated', 'mixed', 'ppool', "
+                f"'dpp' or 'lp' there"
+            )
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         raise TypeError(f"pooling {name!r} got unexpected option(s) {unknown}; it accepts {accepted}")

@@ -75,17 +75,21 @@ def _flags(xa: Tensor, window: Window, include_pad: bool) -> tuple[Tensor, Tenso
     return has[0], has[1], has[2]
 
 
-def signed_p_pool2d(x: Tensor, alpha: Union[float, Tensor], window: Window,
-                    include_pad: bool = True) -> tuple[Tensor, Tensor]:
+def signed_p_pool2d(
+    x: Tensor, alpha: Union[float, Tensor], window: Window, include_pad: bool = True
+) -> tuple[Tensor, Tensor]:
     """P-pooling of a real x (any sign, +-inf, NaN), window by window (module docstring), and a bool mask of the
     windows that needed this path: those with a negative or a non-finite element. ``alpha`` is a float or a tensor
     broadcasting to the output ``(N, C, H_out, W_out)``, finite and >= 0."""
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    height, width = x.shape[-2:]
+    _height, _width = x.shape[-2:]
     with torch.autocast(device_type=x.device.type, enabled=False):
         xa = x.to(acc)
-        a = alpha.to(device=x.device, dtype=acc) if isinstance(alpha, Tensor) else torch.tensor(
-            float(alpha), dtype=acc, device=x.device)
+        a = (
+            alpha.to(device=x.device, dtype=acc)
+            if isinstance(alpha, Tensor)
+            else torch.tensor(float(alpha), dtype=acc, device=x.device)
+        )
         # The arithmetic runs on the finite elements only (non-finite ones read as 0, take no gradient and are
         # left out of the sums); the non-finite ones set their windows' outputs through the flags at the end.
         # A traced graph cannot branch on the data: it always takes the general form.

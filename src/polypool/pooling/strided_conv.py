@@ -23,16 +23,32 @@ class StridedConvPool2d(nn.Module):
     Learned parameters: ``conv.weight``, ``conv.bias``.
     """
 
-    def __init__(self, kernel_size: IntOrPair, stride: Optional[IntOrPair] = None, padding: IntOrPair = 0,
-                 ceil_mode: bool = False, *, channels: int, depthwise: bool = False, bias: bool = True):
+    def __init__(
+        self,
+        kernel_size: IntOrPair,
+        stride: Optional[IntOrPair] = None,
+        padding: IntOrPair = 0,
+        ceil_mode: bool = False,
+        *,
+        channels: int,
+        depthwise: bool = False,
+        bias: bool = True,
+    ):
         super().__init__()
         if channels is None or channels < 1:
             raise ValueError("strided_conv pooling learns a channels -> channels convolution: pass channels=C")
         self.window = Window.make(kernel_size, stride, padding, ceil_mode)
         self.kernel_size, self.stride, self.padding = self.window.kernel, self.window.stride, self.window.padding
         self.ceil_mode, self.depthwise = self.window.ceil_mode, depthwise
-        self.conv = nn.Conv2d(channels, channels, self.kernel_size, self.stride, self.padding,
-                              groups=channels if depthwise else 1, bias=bias)
+        self.conv = nn.Conv2d(
+            channels,
+            channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            groups=channels if depthwise else 1,
+            bias=bias,
+        )
         self.reset_parameters()
 
     @torch.no_grad()

@@ -36,9 +36,15 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .fused_interface import (NegativeInput, alpha_grad_to_shape, alpha_is_dense, is_channels_last, kernel_alpha,
-                              raise_if_negative)
 from .dense_branch import branch_grads, branch_tensors, dense_branch_alpha, scale_gradient
+from .fused_interface import (
+    NegativeInput,
+    alpha_grad_to_shape,
+    alpha_is_dense,
+    is_channels_last,
+    kernel_alpha,
+    raise_if_negative,
+)
 from .geometry import Window
 from .reference import PPool2dReference
 
@@ -63,7 +69,7 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def kernels():
     """The Triton kernels module, or None when Triton is not installed. Imported on first use: ``triton.jit``
     reads ``TRITON_INTERPRET`` when the module is imported, so set it before."""
@@ -77,6 +83,7 @@ def kernels():
 
 
 # ------------------------------------------------------------------------------------------------ safety nets
+
 
 class TritonFailure(RuntimeError):
     """The Triton path failed (compile, launch, or the first-result check) and has been switched off for this
@@ -111,7 +118,10 @@ def _record_failure(cause: str) -> None:
     warnings.warn(
         f"polypool: the Triton P-pooling kernels failed, so p_pool2d uses the (slower) reference op from now on in "
         f"this process. Set POLYPOOL_TRITON=0 to skip the Triton path, or POLYPOOL_TRITON=strict to raise instead. "
-        f"Cause: {cause[:800]}", RuntimeWarning, stacklevel=4)
+        f"Cause: {cause[:800]}",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 def _describe(error: BaseException) -> str:
@@ -131,10 +141,18 @@ def supports(x: Tensor, alpha, allow_cpu: bool = False) -> bool:
     return kernels() is not None
 
 
-def apply(x: Tensor, alpha, window: Window, need_grad: bool, explicit: bool, check_negative: bool = True,
-          include_pad: bool = True) -> Tensor:
+def apply(
+    x: Tensor,
+    alpha,
+    window: Window,
+    need_grad: bool,
+    explicit: bool,
+    check_negative: bool = True,
+    include_pad: bool = True,
+) -> Tensor:
     """``PPool2dTriton`` with the safety nets: the first-result check, and on any failure (but NegativeInput) a
     warning and TritonFailure, unless ``explicit`` (``backend="triton"``) or strict mode, which raise it as is."""
+
     def launch():
         _check_first_result(x, alpha, window)
         return PPool2dTriton.apply(x, alpha, window, need_grad, explicit, check_negative, include_pad)
@@ -160,17 +178,25 @@ def _check_first_result(x: Tensor, alpha, window: Window) -> None:
     """Once per (device, dtype, alpha layout): the kernels' forward and gradients on a tiny input against the
     reference op's; a RuntimeError on a mismatch. Skipped while a CUDA graph is being captured (it syncs)."""
     dense = alpha_is_dense(alpha)
-    _check_once((x.device, x.dtype, dense), f"{'dense' if dense else 'per-plane'} alpha",
-                lambda: _first_result_mismatch(x.device, x.dtype, dense, alpha, window))
+    _check_once(
+        (x.device, x.dtype, dense),
+        f"{'dense' if dense else 'per-plane'} alpha",
+        lambda: _first_result_mismatch(x.device, x.dtype, dense, alpha, window),
+    )
 
 
-def _check_dense_first_result(x: Tensor, window: Window, alpha_range, input_scale: float, grad_scale: float,
-                              include_pad: bool) -> None:
+def _check_dense_first_result(
+    x: Tensor, window: Window, alpha_range, input_scale: float, grad_scale: float, include_pad: bool
+) -> None:
     """``_check_first_result`` for the fused dense-alpha branch (its own kernels: the forward computes alpha, the
     backward sums the branch's gradients), against the unfused branch and the reference op."""
-    _check_once((x.device, x.dtype, DENSE_BRANCH), "fused dense-alpha branch",
-                lambda: _dense_first_result_mismatch(x.device, x.dtype, window, alpha_range, input_scale,
-                                                     grad_scale, include_pad))
+    _check_once(
+        (x.device, x.dtype, DENSE_BRANCH),
+        "fused dense-alpha branch",
+        lambda: _dense_first_result_mismatch(
+            x.device, x.dtype, window, alpha_range, input_scale, grad_scale, include_pad
+        ),
+    )
 
 
 def _check_once(key, layout: str, mismatch_of) -> None:
@@ -185,8 +211,10 @@ def _check_once(key, layout: str, mismatch_of) -> None:
             return
         mismatch = mismatch_of()
         if mismatch:
-            raise RuntimeError(f"the first result of the Triton kernels ({dtype}, {layout}, {device}) does not "
-                               f"match the reference op: {mismatch}")
+            raise RuntimeError(
+                f"the first result of the Triton kernels ({dtype}, {layout}, {device}) does not "
+                f"match the reference op: {mismatch}"
+            )
         _checked.add(key)
 
 
@@ -227,8 +255,10 @@ def _first_result_mismatch(device, dtype, dense: bool, alpha, window: Window) ->
     alpha_dtype = alpha.dtype if isinstance(alpha, Tensor) else torch.float32
     results = []
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
-        for function, xv, gv, extra in ((PPool2dTriton, x.to(device, dtype), g.to(device, dtype), (True, True)),
-                                        (PPool2dReference, x, g, ())):
+        for function, xv, gv, extra in (
+            (PPool2dTriton, x.to(device, dtype), g.to(device, dtype), (True, True)),
+            (PPool2dReference, x, g, ()),
+        ):
             xv = xv.clone().requires_grad_(True)
             av = a.to(device if extra else "cpu", alpha_dtype).requires_grad_(True)
             y = function.apply(xv, av, window, *extra)
@@ -237,8 +267,9 @@ def _first_result_mismatch(device, dtype, dense: bool, alpha, window: Window) ->
     return _mismatch(("y", "dx", "dalpha"), *results, dtype)
 
 
-def _dense_first_result_mismatch(device, dtype, window: Window, alpha_range, input_scale: float, grad_scale: float,
-                                 include_pad: bool) -> Optional[str]:
+def _dense_first_result_mismatch(
+    device, dtype, window: Window, alpha_range, input_scale: float, grad_scale: float, include_pad: bool
+) -> Optional[str]:
 
     x, _, g = _first_result_input(window, dtype, dense_alpha=False)
     lo, hi = (float(v) for v in alpha_range)
@@ -246,15 +277,19 @@ def _dense_first_result_mismatch(device, dtype, window: Window, alpha_range, inp
     generator = torch.Generator().manual_seed(1)
     # conv taps of both signs (PReLU's negative side used), weights and biases that put alpha on both sides of the
     # clamp and inside it (its gradient mask used)
-    params = [torch.randn(channels, 1, kh, kw, generator=generator), torch.rand(channels, generator=generator),
-              torch.randn(channels, 1, 1, 1, generator=generator) * (hi - lo),
-              lo + torch.rand(channels, generator=generator) * (hi - lo)]
+    params = [
+        torch.randn(channels, 1, kh, kw, generator=generator),
+        torch.rand(channels, generator=generator),
+        torch.randn(channels, 1, 1, 1, generator=generator) * (hi - lo),
+        lo + torch.rand(channels, generator=generator) * (hi - lo),
+    ]
     names = ("y", "alpha", "dx", "dconv", "dslope", "dweight", "dbias")
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
         xv = x.to(device, dtype).requires_grad_(True)
         pv = [p.to(device).requires_grad_(True) for p in params]
-        y, alpha = DensePPool2dTriton.apply(xv, *pv, window, (lo, hi), input_scale, grad_scale, include_pad,
-                                            True, True, True)  # need_grad, check_negative, explicit (no fallback)
+        y, alpha = DensePPool2dTriton.apply(
+            xv, *pv, window, (lo, hi), input_scale, grad_scale, include_pad, True, True, True
+        )  # need_grad, check_negative, explicit (no fallback)
         got = [y, alpha, *torch.autograd.grad(y, (xv, *pv), g.to(device, dtype))]
         xr = x.clone().requires_grad_(True)
         pr = [p.clone().requires_grad_(True) for p in params]
@@ -266,10 +301,15 @@ def _dense_first_result_mismatch(device, dtype, window: Window, alpha_range, inp
 
 # ------------------------------------------------------------------------------------------------ launches
 
+
 def _alloc(shape, dtype: torch.dtype, device: torch.device, channels_last: bool = False) -> Tensor:
     """Every buffer the kernels fill (each element written once; the tests poison this to check that)."""
-    return torch.empty(shape, dtype=dtype, device=device,
-                       memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return torch.empty(
+        shape,
+        dtype=dtype,
+        device=device,
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format,
+    )
 
 
 def _device_guard(x: Tensor):
@@ -290,8 +330,18 @@ def _span(t: Tensor) -> int:
 def launch_args(window: Window, x: Tensor, total: int, channels_last: bool, *others: Tensor) -> dict:
     (kh, kw), (sh, sw), (ph, pw) = window.kernel, window.stride, window.padding
     idx64 = max(total, _span(x), *(t.numel() for t in others)) > INT64_FROM
-    return dict(KH=kh, KW=kw, SH=sh, SW=sw, PH=ph, PW=pw, CL=channels_last, IDX64=idx64, BLOCK=block_size(total),
-                num_warps=NUM_WARPS)
+    return dict(
+        KH=kh,
+        KW=kw,
+        SH=sh,
+        SW=sw,
+        PH=ph,
+        PW=pw,
+        CL=channels_last,
+        IDX64=idx64,
+        BLOCK=block_size(total),
+        num_warps=NUM_WARPS,
+    )
 
 
 def grid(total: int, block: int) -> tuple[int]:
@@ -308,8 +358,16 @@ class PPool2dTriton(torch.autograd.Function):
     capture it."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, alpha, window: Window, need_grad: bool = True, explicit: bool = True,
-                check_negative: bool = True, include_pad: bool = True):
+    def forward(
+        ctx,
+        x: Tensor,
+        alpha,
+        window: Window,
+        need_grad: bool = True,
+        explicit: bool = True,
+        check_negative: bool = True,
+        include_pad: bool = True,
+    ):
         k = kernels()
         n, c, height, width = x.shape
         out_h, out_w = window.output_size(height, width)
@@ -328,8 +386,25 @@ class PPool2dTriton(torch.autograd.Function):
         negative = _alloc(grid(total, args["BLOCK"]), torch.int8, x.device)
         with _device_guard(x):
             k.p_pool2d_forward_kernel[grid(total, args["BLOCK"])](
-                x, alpha_k, y, den, q, negative, total, c, height, width, out_h, out_w, *x.stride(),
-                DENSE=dense, SAVE_Q=save_q, STORE_STATE=need_grad, INCLUDE_PAD=include_pad, **args)
+                x,
+                alpha_k,
+                y,
+                den,
+                q,
+                negative,
+                total,
+                c,
+                height,
+                width,
+                out_h,
+                out_w,
+                *x.stride(),
+                DENSE=dense,
+                SAVE_Q=save_q,
+                STORE_STATE=need_grad,
+                INCLUDE_PAD=include_pad,
+                **args,
+            )
         # One device sync: the reference pays it too (its shift check), without the kernel's fused pass over x.
         if check_negative:
             raise_if_negative(bool(negative.any()), x, window)
@@ -378,14 +453,27 @@ def _backward_kernels(ctx, x, alpha_k, den, y_or_q, grad_y, need_x: bool, need_a
         partial = _alloc(den.shape, torch.float32, x.device, channels_last) if need_alpha else den
         args = launch_args(ctx.window, x, total_out, channels_last, den, factors)
         k.p_pool2d_grad_factors_kernel[grid(total_out, args["BLOCK"])](
-            x, alpha_k, den, y_or_q, grad_y, factors, partial, total_out, *geometry, **flags,
-            NEED_FACTORS=need_x, NEED_ALPHA=need_alpha, **args)
+            x,
+            alpha_k,
+            den,
+            y_or_q,
+            grad_y,
+            factors,
+            partial,
+            total_out,
+            *geometry,
+            **flags,
+            NEED_FACTORS=need_x,
+            NEED_ALPHA=need_alpha,
+            **args,
+        )
         if need_x:
             total = x.numel()
             grad_x = _alloc(x.shape, x.dtype, x.device, channels_last)  # every element is written: no zero fill
             args = launch_args(ctx.window, x, total, channels_last, den, factors)
             k.p_pool2d_grad_input_kernel[grid(total, args["BLOCK"])](
-                x, alpha_k, factors, grad_x, total, total_out, *geometry, DENSE=ctx.dense, **args)
+                x, alpha_k, factors, grad_x, total, total_out, *geometry, DENSE=ctx.dense, **args
+            )
         if need_alpha:
             grad_map = partial if ctx.dense else partial.sum(dim=(2, 3)).reshape(n * c)
     return grad_x, grad_map
@@ -414,6 +502,7 @@ def _reference_backward(ctx, x, alpha_k, grad_y, need_x: bool, need_alpha: bool)
 
 # ------------------------------------------------------------------------------------------------ dense branch
 
+
 class DensePPool2dTriton(torch.autograd.Function):
     """P-pooling with the fused dense-alpha branch (``dense_alpha.py``), by the Triton kernels; returns (y, alpha)
     with alpha not differentiable. Raises NegativeInput on a negative x (then the unfused path answers).
@@ -425,9 +514,22 @@ class DensePPool2dTriton(torch.autograd.Function):
     for backward: x, den and y (fp32) or q (fp16/bf16), as the C++ kernel saves: neither alpha nor the window max."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, conv_weight, prelu_weight, proj_weight, proj_bias, window: Window,
-                alpha_range: tuple[float, float], input_scale: float, grad_scale: float, include_pad: bool,
-                need_grad: bool, check_negative: bool = True, explicit: bool = True):
+    def forward(
+        ctx,
+        x: Tensor,
+        conv_weight,
+        prelu_weight,
+        proj_weight,
+        proj_bias,
+        window: Window,
+        alpha_range: tuple[float, float],
+        input_scale: float,
+        grad_scale: float,
+        include_pad: bool,
+        need_grad: bool,
+        check_negative: bool = True,
+        explicit: bool = True,
+    ):
 
         k = kernels()
         n, c, height, width = x.shape
@@ -451,8 +553,31 @@ class DensePPool2dTriton(torch.autograd.Function):
         lo, hi = (float(v) for v in alpha_range)
         with _device_guard(x):
             k.p_pool2d_dense_forward_kernel[grid(total, args["BLOCK"])](
-                x, kw, slope, w, b, f, alpha, y, den, q, negative, total, c, height, width, out_h, out_w,
-                *x.stride(), lo, hi, SAVE_Q=save_q, STORE_STATE=need_grad, INCLUDE_PAD=include_pad, **args)
+                x,
+                kw,
+                slope,
+                w,
+                b,
+                f,
+                alpha,
+                y,
+                den,
+                q,
+                negative,
+                total,
+                c,
+                height,
+                width,
+                out_h,
+                out_w,
+                *x.stride(),
+                lo,
+                hi,
+                SAVE_Q=save_q,
+                STORE_STATE=need_grad,
+                INCLUDE_PAD=include_pad,
+                **args,
+            )
         if check_negative:
             raise_if_negative(bool(negative.any()), x, window)
         ctx.window, ctx.q_saved, ctx.channels_last, ctx.explicit = window, save_q, channels_last, explicit
@@ -475,7 +600,7 @@ class DensePPool2dTriton(torch.autograd.Function):
             return (None,) * 13
         k = kernels()
         window: Window = ctx.window
-        n, c, height, width = x.shape
+        _n, c, height, width = x.shape
         out_h, out_w = den.shape[-2:]
         taps = window.kernel[0] * window.kernel[1]
         channels_last = ctx.channels_last
@@ -485,8 +610,9 @@ class DensePPool2dTriton(torch.autograd.Function):
         need_x = ctx.needs_input_grad[0]
         lo, hi = ctx.alpha_range
         try:
-            grad_x, sums = _dense_backward_kernels(ctx, k, x, den, y_or_q, grad_y, f, kw, slope, w, b, need_x, lo, hi,
-                                                   geometry, total_out, taps)
+            grad_x, sums = _dense_backward_kernels(
+                ctx, k, x, den, y_or_q, grad_y, f, kw, slope, w, b, need_x, lo, hi, geometry, total_out, taps
+            )
         except Exception as error:
             if ctx.explicit or mode() == "strict":
                 raise
@@ -498,8 +624,9 @@ class DensePPool2dTriton(torch.autograd.Function):
         return grad_x, *grads, None, None, None, None, None, None, None, None
 
 
-def _dense_backward_kernels(ctx, k, x, den, y_or_q, grad_y, f, kw, slope, w, b, need_x, lo, hi, geometry, total_out,
-                            taps):
+def _dense_backward_kernels(
+    ctx, k, x, den, y_or_q, grad_y, f, kw, slope, w, b, need_x, lo, hi, geometry, total_out, taps
+):
     window, channels_last, c = ctx.window, ctx.channels_last, x.shape[1]
     sums = torch.zeros((c, taps + 3), dtype=torch.float32, device=x.device)  # atomic per-channel sums
     grad_x = None
@@ -509,15 +636,36 @@ def _dense_backward_kernels(ctx, k, x, den, y_or_q, grad_y, f, kw, slope, w, b, 
         alpha = _alloc(den.shape, torch.float32, x.device, channels_last) if need_x else den
         args = launch_args(window, x, total_out, channels_last, den, factors)
         k.p_pool2d_grad_factors_kernel[grid(total_out, args["BLOCK"])](
-            x, alpha, den, y_or_q, grad_y, factors, sums, total_out, *geometry, DENSE=True,
-            Q_SAVED=ctx.q_saved, NEED_FACTORS=need_x, NEED_ALPHA=True, BRANCH=True, k_ptr=kw,
-            slope_ptr=slope, w_ptr=w, b_ptr=b, f_ptr=f, lo=lo, hi=hi, **args)
+            x,
+            alpha,
+            den,
+            y_or_q,
+            grad_y,
+            factors,
+            sums,
+            total_out,
+            *geometry,
+            DENSE=True,
+            Q_SAVED=ctx.q_saved,
+            NEED_FACTORS=need_x,
+            NEED_ALPHA=True,
+            BRANCH=True,
+            k_ptr=kw,
+            slope_ptr=slope,
+            w_ptr=w,
+            b_ptr=b,
+            f_ptr=f,
+            lo=lo,
+            hi=hi,
+            **args,
+        )
         if need_x:
             total = x.numel()
             grad_x = _alloc(x.shape, x.dtype, x.device, channels_last)
             args = launch_args(window, x, total, channels_last, den, factors)
             k.p_pool2d_grad_input_kernel[grid(total, args["BLOCK"])](
-                x, alpha, factors, grad_x, total, total_out, *geometry, DENSE=True, **args)
+                x, alpha, factors, grad_x, total, total_out, *geometry, DENSE=True, **args
+            )
     return grad_x, sums
 
 
@@ -539,14 +687,26 @@ def _dense_reference_backward(ctx, x, grad_y):
     return (*out, None, None, None, None, None, None, None, None)
 
 
-def dense_apply(x: Tensor, params, window: Window, alpha_range, input_scale: float, grad_scale: float,
-                include_pad: bool, need_grad: bool, explicit: bool, check_negative: bool = True):
+def dense_apply(
+    x: Tensor,
+    params,
+    window: Window,
+    alpha_range,
+    input_scale: float,
+    grad_scale: float,
+    include_pad: bool,
+    need_grad: bool,
+    explicit: bool,
+    check_negative: bool = True,
+):
     """``DensePPool2dTriton`` with the safety nets of ``apply``: the first-result check (its own, once per device and
     dtype), and on a failure (but NegativeInput) a warning once, the Triton path off and TritonFailure (the caller
     then runs the unfused path), unless ``explicit`` or strict mode, which raise it as is."""
+
     def launch():
         _check_dense_first_result(x, window, alpha_range, input_scale, grad_scale, include_pad)
-        return DensePPool2dTriton.apply(x, *params, window, alpha_range, input_scale, grad_scale, include_pad,
-                                        need_grad, check_negative, explicit)
+        return DensePPool2dTriton.apply(
+            x, *params, window, alpha_range, input_scale, grad_scale, include_pad, need_grad, check_negative, explicit
+        )
 
     return _guarded(launch, explicit)

@@ -117,8 +117,22 @@ def _load_tap(x_base, h, w, H, W, sxh, sxw, valid):
 
 
 @triton.jit
-def _window_reduce(x_base, k_ptr, c, h0, w0, H, W, sxh, sxw, valid, KH: tl.constexpr, KW: tl.constexpr,
-                   BLOCK: tl.constexpr, CONV: tl.constexpr):
+def _window_reduce(
+    x_base,
+    k_ptr,
+    c,
+    h0,
+    w0,
+    H,
+    W,
+    sxh,
+    sxw,
+    valid,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    BLOCK: tl.constexpr,
+    CONV: tl.constexpr,
+):
     """One read of each window: its max m, its min and, with CONV, the dense branch's depthwise conv sum u (k_ptr:
     the (C, KH*KW) kernel)."""
     m = tl.zeros((BLOCK,), dtype=tl.float32)  # x >= 0 and the padding is 0, so 0 is a neutral start
@@ -126,7 +140,7 @@ def _window_reduce(x_base, k_ptr, c, h0, w0, H, W, sxh, sxw, valid, KH: tl.const
     u = tl.zeros((BLOCK,), dtype=tl.float32)
     for di in tl.static_range(KH):
         for dj in tl.static_range(KW):
-            h, w, v = _load_tap(x_base, h0 + di, w0 + dj, H, W, sxh, sxw, valid)
+            _h, _w, v = _load_tap(x_base, h0 + di, w0 + dj, H, W, sxh, sxw, valid)
             m = tl.maximum(m, v)
             low = tl.minimum(low, v)
             if CONV:
@@ -135,8 +149,23 @@ def _window_reduce(x_base, k_ptr, c, h0, w0, H, W, sxh, sxw, valid, KH: tl.const
 
 
 @triton.jit
-def _window_max(x_base, k_ptr, c, h0, w0, H, W, sxh, sxw, valid, negative_ptr, KH: tl.constexpr, KW: tl.constexpr,
-                BLOCK: tl.constexpr, CONV: tl.constexpr):
+def _window_max(
+    x_base,
+    k_ptr,
+    c,
+    h0,
+    w0,
+    H,
+    W,
+    sxh,
+    sxw,
+    valid,
+    negative_ptr,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    BLOCK: tl.constexpr,
+    CONV: tl.constexpr,
+):
     """The forward's first read of each window: (m, u) of ``_window_reduce``; stores one flag per program: did a
     window hold a negative x? (then the caller shifts the maps and calls again)."""
     m, low, u = _window_reduce(x_base, k_ptr, c, h0, w0, H, W, sxh, sxw, valid, KH, KW, BLOCK, CONV)
@@ -145,8 +174,24 @@ def _window_max(x_base, k_ptr, c, h0, w0, H, W, sxh, sxw, valid, negative_ptr, K
 
 
 @triton.jit
-def _window_sums(x_base, h0, w0, H, W, sxh, sxw, valid, m, a, KH: tl.constexpr, KW: tl.constexpr,
-                 PH: tl.constexpr, PW: tl.constexpr, BLOCK: tl.constexpr, INCLUDE_PAD: tl.constexpr):
+def _window_sums(
+    x_base,
+    h0,
+    w0,
+    H,
+    W,
+    sxh,
+    sxw,
+    valid,
+    m,
+    a,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    PH: tl.constexpr,
+    PW: tl.constexpr,
+    BLOCK: tl.constexpr,
+    INCLUDE_PAD: tl.constexpr,
+):
     """The forward's second read of each window: (sum p r, sum p) with r = x / m and p = r^alpha (m flushed)."""
     inv_m, zero = _normaliser(m)
     num = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -179,11 +224,35 @@ def _store_forward(y_ptr, den_ptr, q_ptr, offs, valid, m, num, den, SAVE_Q: tl.c
 
 @triton.jit
 def p_pool2d_forward_kernel(
-    x_ptr, alpha_ptr, y_ptr, den_ptr, q_ptr, negative_ptr,
-    total, C, H, W, OH, OW, sxn, sxc, sxh, sxw,
-    KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-    DENSE: tl.constexpr, SAVE_Q: tl.constexpr, STORE_STATE: tl.constexpr, CL: tl.constexpr, IDX64: tl.constexpr,
-    BLOCK: tl.constexpr, INCLUDE_PAD: tl.constexpr = True,
+    x_ptr,
+    alpha_ptr,
+    y_ptr,
+    den_ptr,
+    q_ptr,
+    negative_ptr,
+    total,
+    C,
+    H,
+    W,
+    OH,
+    OW,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    SH: tl.constexpr,
+    SW: tl.constexpr,
+    PH: tl.constexpr,
+    PW: tl.constexpr,
+    DENSE: tl.constexpr,
+    SAVE_Q: tl.constexpr,
+    STORE_STATE: tl.constexpr,
+    CL: tl.constexpr,
+    IDX64: tl.constexpr,
+    BLOCK: tl.constexpr,
+    INCLUDE_PAD: tl.constexpr = True,
 ):
     offs = _program_offsets(BLOCK, IDX64)
     valid = offs < total
@@ -215,10 +284,40 @@ def _branch_alpha(u, f_ptr, slope_ptr, w_ptr, b_ptr, plane, c, valid, lo, hi):
 
 @triton.jit
 def p_pool2d_dense_forward_kernel(
-    x_ptr, k_ptr, slope_ptr, w_ptr, b_ptr, f_ptr, alpha_ptr, y_ptr, den_ptr, q_ptr, negative_ptr,
-    total, C, H, W, OH, OW, sxn, sxc, sxh, sxw, lo, hi,
-    KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-    SAVE_Q: tl.constexpr, STORE_STATE: tl.constexpr, CL: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.constexpr,
+    x_ptr,
+    k_ptr,
+    slope_ptr,
+    w_ptr,
+    b_ptr,
+    f_ptr,
+    alpha_ptr,
+    y_ptr,
+    den_ptr,
+    q_ptr,
+    negative_ptr,
+    total,
+    C,
+    H,
+    W,
+    OH,
+    OW,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    lo,
+    hi,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    SH: tl.constexpr,
+    SW: tl.constexpr,
+    PH: tl.constexpr,
+    PW: tl.constexpr,
+    SAVE_Q: tl.constexpr,
+    STORE_STATE: tl.constexpr,
+    CL: tl.constexpr,
+    IDX64: tl.constexpr,
+    BLOCK: tl.constexpr,
     INCLUDE_PAD: tl.constexpr = True,
 ):
     """The forward kernel with alpha from the fused dense branch: the first read of the window (its max) also
@@ -271,12 +370,44 @@ def _window_state(m, den_ptr, yq_ptr, g_ptr, out, mask, Q_SAVED: tl.constexpr):
 
 @triton.jit
 def p_pool2d_grad_factors_kernel(
-    x_ptr, alpha_ptr, den_ptr, yq_ptr, g_ptr, factors_ptr, ga_ptr,
-    total, C, H, W, OH, OW, sxn, sxc, sxh, sxw,
-    KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-    DENSE: tl.constexpr, Q_SAVED: tl.constexpr, NEED_FACTORS: tl.constexpr, NEED_ALPHA: tl.constexpr,
-    CL: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.constexpr,
-    BRANCH: tl.constexpr = False, k_ptr=None, slope_ptr=None, w_ptr=None, b_ptr=None, f_ptr=None, lo=0.0, hi=0.0,
+    x_ptr,
+    alpha_ptr,
+    den_ptr,
+    yq_ptr,
+    g_ptr,
+    factors_ptr,
+    ga_ptr,
+    total,
+    C,
+    H,
+    W,
+    OH,
+    OW,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    SH: tl.constexpr,
+    SW: tl.constexpr,
+    PH: tl.constexpr,
+    PW: tl.constexpr,
+    DENSE: tl.constexpr,
+    Q_SAVED: tl.constexpr,
+    NEED_FACTORS: tl.constexpr,
+    NEED_ALPHA: tl.constexpr,
+    CL: tl.constexpr,
+    IDX64: tl.constexpr,
+    BLOCK: tl.constexpr,
+    BRANCH: tl.constexpr = False,
+    k_ptr=None,
+    slope_ptr=None,
+    w_ptr=None,
+    b_ptr=None,
+    f_ptr=None,
+    lo=0.0,
+    hi=0.0,
 ):
     """Per output, once: the factors that dx needs of each window (NEED_FACTORS), and dalpha (NEED_ALPHA).
 
@@ -319,7 +450,7 @@ def p_pool2d_grad_factors_kernel(
         total_sum = tl.zeros((BLOCK,), dtype=tl.float32)
         for di in tl.static_range(KH):
             for dj in tl.static_range(KW):
-                h, w, v = _load_tap(x_base, h0 + di, w0 + dj, H, W, sxh, sxw, valid)
+                _h, _w, v = _load_tap(x_base, h0 + di, w0 + dj, H, W, sxh, sxw, valid)
                 r = _ratio(v, inv_m, zero)
                 log2_r = _log2_positive(r)
                 p = _pow_unit(r, log2_r, a)
@@ -336,7 +467,7 @@ def p_pool2d_grad_factors_kernel(
             _add_per_channel(ga_ptr, stride, KH * KW + 2, c, gp, valid, CL)
             for di in tl.static_range(KH):
                 for dj in tl.static_range(KW):
-                    h, w, v = _load_tap(x_base, h0 + di, w0 + dj, H, W, sxh, sxw, valid)
+                    _h, _w, v = _load_tap(x_base, h0 + di, w0 + dj, H, W, sxh, sxw, valid)
                     _add_per_channel(ga_ptr, stride, di * KW + dj, c, dz * v, valid, CL)
         else:
             tl.store(ga_ptr + offs, grad, mask=valid)
@@ -353,10 +484,31 @@ def _load_factors(factors_ptr, j, total_out, mask):
 
 @triton.jit
 def p_pool2d_grad_input_kernel(
-    x_ptr, alpha_ptr, factors_ptr, gx_ptr,
-    total, total_out, C, H, W, OH, OW, sxn, sxc, sxh, sxw,
-    KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-    DENSE: tl.constexpr, CL: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.constexpr,
+    x_ptr,
+    alpha_ptr,
+    factors_ptr,
+    gx_ptr,
+    total,
+    total_out,
+    C,
+    H,
+    W,
+    OH,
+    OW,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    SH: tl.constexpr,
+    SW: tl.constexpr,
+    PH: tl.constexpr,
+    PW: tl.constexpr,
+    DENSE: tl.constexpr,
+    CL: tl.constexpr,
+    IDX64: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """dx from the per-output factors of ``p_pool2d_grad_factors_kernel`` (``total_out`` outputs)."""
     offs = _program_offsets(BLOCK, IDX64)

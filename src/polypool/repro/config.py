@@ -13,9 +13,10 @@ import functools
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from . import spec
 from .runs import Run
@@ -70,65 +71,100 @@ def _positive(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=PROG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         usage="%(prog)s DATASET CONFIG [--quick] [--gpus N] [--gpus-per-run K] [--workers W] [--seeds K] "
-              "[--poolings a,b] [--out DIR] [--status | --prefetch | --slurm ...] [-- overrides]",
+        "[--poolings a,b] [--out DIR] [--status | --prefetch | --slurm ...] [-- overrides]",
         description="Reproduce a table of the paper: train every pooling row (x seeds) of "
-                    "configs/DATASET/CONFIG.yaml, then regenerate the table from the run records. Finished runs "
-                    "(their record exists) are skipped and interrupted ones resume from their last checkpoint, so "
-                    "the command can simply be run again. Arguments after -- go to every run "
-                    "(python -m polypool fit ...).",
+        "configs/DATASET/CONFIG.yaml, then regenerate the table from the run records. Finished runs "
+        "(their record exists) are skipped and interrupted ones resume from their last checkpoint, so "
+        "the command can simply be run again. Arguments after -- go to every run "
+        "(python -m polypool fit ...).",
         epilog="examples:\n"
-               "  ./reproduce.sh voc vgg --quick                      # the CPU miniature\n"
-               "  ./reproduce.sh voc vgg --gpus 4                     # one run at a time on 4 GPUs (DDP)\n"
-               "  ./reproduce.sh voc vgg --gpus 8 --gpus-per-run 1    # 8 runs side by side, one GPU each\n"
-               "  ./reproduce.sh voc vgg --status                     # where the table stands\n"
-               "  ./reproduce.sh voc vgg --prefetch                   # on a login node: data and weights\n"
-               "  ./reproduce.sh voc vgg --slurm --gpus-per-run 1 --partition gpu --time 12:00:00")
+        "  ./reproduce.sh voc vgg --quick                      # the CPU miniature\n"
+        "  ./reproduce.sh voc vgg --gpus 4                     # one run at a time on 4 GPUs (DDP)\n"
+        "  ./reproduce.sh voc vgg --gpus 8 --gpus-per-run 1    # 8 runs side by side, one GPU each\n"
+        "  ./reproduce.sh voc vgg --status                     # where the table stands\n"
+        "  ./reproduce.sh voc vgg --prefetch                   # on a login node: data and weights\n"
+        "  ./reproduce.sh voc vgg --slurm --gpus-per-run 1 --partition gpu --time 12:00:00",
+    )
     parser.add_argument("dataset", metavar="DATASET", help="voc, cityscapes or ade20k")
     parser.add_argument("config_name", metavar="CONFIG", help="names configs/DATASET/CONFIG.yaml")
-    parser.add_argument("--quick", action="store_true",
-                        help="the CPU miniature on a generated VOC set (configs/trainer/quick.yaml)")
+    parser.add_argument(
+        "--quick", action="store_true", help="the CPU miniature on a generated VOC set (configs/trainer/quick.yaml)"
+    )
     parser.add_argument("--gpus", type=_nonnegative, default=0, help="GPUs to use on this node (0: the CPU)")
-    parser.add_argument("--gpus-per-run", type=_positive, default=None,
-                        help="GPUs of one run (default: all of --gpus, one run at a time); --gpus / K runs train "
-                             "side by side, each on its own GPUs (CUDA_VISIBLE_DEVICES)")
-    parser.add_argument("--workers", type=_positive, default=None,
-                        help="runs side by side (default: --gpus / --gpus-per-run on GPUs, 1 on the CPU, 2 with "
-                             "--quick on 2 or more cores); on the CPU each gets OMP_NUM_THREADS = cores / workers "
-                             "unless OMP_NUM_THREADS is set")
+    parser.add_argument(
+        "--gpus-per-run",
+        type=_positive,
+        default=None,
+        help="GPUs of one run (default: all of --gpus, one run at a time); --gpus / K runs train "
+        "side by side, each on its own GPUs (CUDA_VISIBLE_DEVICES)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive,
+        default=None,
+        help="runs side by side (default: --gpus / --gpus-per-run on GPUs, 1 on the CPU, 2 with "
+        "--quick on 2 or more cores); on the CPU each gets OMP_NUM_THREADS = cores / workers "
+        "unless OMP_NUM_THREADS is set",
+    )
     parser.add_argument("--seeds", type=_positive, default=1, help="seeds per pooling (0 .. K-1)")
     parser.add_argument("--poolings", default=None, help=f"comma-separated rows (default: all: {','.join(POOLINGS)})")
-    parser.add_argument("--out", default=None,
-                        help="results folder (default: results, results/quick with --quick)")
+    parser.add_argument("--out", default=None, help="results folder (default: results, results/quick with --quick)")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--status", action="store_true",
-                      help="print one line per run and the table's completeness; starts nothing")
-    mode.add_argument("--prefetch", action="store_true",
-                      help="download the dataset and every pretrained weight the runs need, then exit (on a node "
-                           "with internet, e.g. a login node)")
-    mode.add_argument("--slurm", action="store_true",
-                      help="submit one job per missing run through submitit, wait, then regenerate the table")
-    parser.add_argument("--offline", action="store_true",
-                        help="this node has no internet: download nothing; fail at start, naming the path, if the "
-                             "data or a weight is missing; runs get HF_HUB_OFFLINE=1 and WANDB_MODE=offline")
+    mode.add_argument(
+        "--status", action="store_true", help="print one line per run and the table's completeness; starts nothing"
+    )
+    mode.add_argument(
+        "--prefetch",
+        action="store_true",
+        help="download the dataset and every pretrained weight the runs need, then exit (on a node "
+        "with internet, e.g. a login node)",
+    )
+    mode.add_argument(
+        "--slurm",
+        action="store_true",
+        help="submit one job per missing run through submitit, wait, then regenerate the table",
+    )
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        help="this node has no internet: download nothing; fail at start, naming the path, if the "
+        "data or a weight is missing; runs get HF_HUB_OFFLINE=1 and WANDB_MODE=offline",
+    )
     slurm = parser.add_argument_group("--slurm (submitit's AutoExecutor; GPUs per job: --gpus-per-run, else --gpus)")
     slurm.add_argument("--partition", default=None, help="SLURM partition")
     slurm.add_argument("--account", default=None, help="SLURM account")
     slurm.add_argument("--qos", default=None, help="SLURM quality of service")
-    slurm.add_argument("--time", type=parse_time_minutes, default=24 * 60,
-                       help="time limit of each job: minutes or HH:MM:SS (default 24:00:00)")
+    slurm.add_argument(
+        "--time",
+        type=parse_time_minutes,
+        default=24 * 60,
+        help="time limit of each job: minutes or HH:MM:SS (default 24:00:00)",
+    )
     slurm.add_argument("--cpus-per-task", type=_positive, default=None, help="CPUs of each task (one task per GPU)")
     slurm.add_argument("--mem-gb", type=float, default=None, help="memory of each job, GB")
-    slurm.add_argument("--slurm-cluster", choices=("slurm", "local", "debug"), default="slurm",
-                       help="submitit's executor: slurm (default), local (this machine, for testing) or debug")
-    parser.add_argument("--repo", default=".", metavar="DIR",
-                        help="the repository whose configs/ the runs use (default: the current directory; "
-                             "reproduce.sh runs from its checkout)")
-    parser.add_argument("--poll-s", type=float, default=60.0,
-                        help="seconds between the status lines printed while runs train side by side or as jobs")
+    slurm.add_argument(
+        "--slurm-cluster",
+        choices=("slurm", "local", "debug"),
+        default="slurm",
+        help="submitit's executor: slurm (default), local (this machine, for testing) or debug",
+    )
+    parser.add_argument(
+        "--repo",
+        default=".",
+        metavar="DIR",
+        help="the repository whose configs/ the runs use (default: the current directory; "
+        "reproduce.sh runs from its checkout)",
+    )
+    parser.add_argument(
+        "--poll-s",
+        type=float,
+        default=60.0,
+        help="seconds between the status lines printed while runs train side by side or as jobs",
+    )
     return parser
-
 
 
 @dataclass
@@ -175,8 +211,10 @@ class Sweep:
 
     def base_settings(self) -> list[tuple[str, Any]]:
         if self.quick:  # the generated set and the max-pooling network each pooling fine-tunes from (polypool.quick)
-            return [("data.init_args.root", self.quick_data_root()),
-                    ("model.network_weights", quick_network(self.quick_data_root()))]
+            return [
+                ("data.init_args.root", self.quick_data_root()),
+                ("model.network_weights", quick_network(self.quick_data_root())),
+            ]
         if self.gpus_per_run > 1:
             return [("trainer.devices", self.gpus_per_run)]
         return []
@@ -191,14 +229,23 @@ class Sweep:
 
     def values(self) -> dict[str, Any]:
         """The config as the runs see it: the config, its preset and the overrides after --."""
-        extra = self.extra if not self.quick else ["--data.init_args.root", str(self.quick_data_root())] + self.extra
+        extra = self.extra if not self.quick else ["--data.init_args.root", str(self.quick_data_root()), *self.extra]
         return read_config(self.config_files(), extra)
 
     def fit_command(self, run: Run, resume: bool) -> list[str]:
-        return spec.fit_command(self.config_files(), [
-            *self.base_settings(), ("model.pooling", run.pooling), ("seed_everything", run.seed),
-            ("trainer.default_root_dir", run.logdir), ("records_root", self.runs_root),
-            ("experiment", self.config_name)], resume, self.extra)
+        return spec.fit_command(
+            self.config_files(),
+            [
+                *self.base_settings(),
+                ("model.pooling", run.pooling),
+                ("seed_everything", run.seed),
+                ("trainer.default_root_dir", run.logdir),
+                ("records_root", self.runs_root),
+                ("experiment", self.config_name),
+            ],
+            resume,
+            self.extra,
+        )
 
     def max_steps(self) -> Optional[int]:
         steps = get(self.values(), "trainer.max_steps")
@@ -235,12 +282,18 @@ def fit_parser():
     from ..models import SegmentationModel
 
     class ParserOnly(PolypoolCLI):
-        def parse_arguments(self, parser, args) -> None:  # noqa: ARG002 - the parser is all that is wanted
+        def parse_arguments(self, parser, args) -> None:
             raise _ParserBuilt(parser)
 
     try:  # the classes and options of polypool.cli.main
-        ParserOnly(SegmentationModel, SegmentationDataModule, subclass_mode_data=True, auto_configure_optimizers=False,
-                   parser_kwargs={"exit_on_error": False}, args=[])
+        ParserOnly(
+            SegmentationModel,
+            SegmentationDataModule,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,
+            parser_kwargs={"exit_on_error": False},
+            args=[],
+        )
     except _ParserBuilt as built:
         return built.parser
     raise RuntimeError("LightningCLI parsed no arguments")  # pragma: no cover
@@ -258,9 +311,12 @@ def _read_config(files: tuple[str, ...], extra: tuple[str, ...]) -> dict[str, An
     args = ["fit", *spec.fit_args(files), *extra]
     try:
         namespace = fit_parser().parse_args(args)
-    except Exception as error:  # noqa: BLE001 - jsonargparse's ArgumentError, a config file that does not load
-        raise SweepError(f"the config does not parse as python -m polypool fit reads it ({' '.join(files)}, then "
-                         f"the overrides after --): {error}", 2) from None
+    except Exception as error:
+        raise SweepError(
+            f"the config does not parse as python -m polypool fit reads it ({' '.join(files)}, then "
+            f"the overrides after --): {error}",
+            2,
+        ) from None
     return namespace["fit"].as_dict()
 
 
@@ -290,16 +346,23 @@ def make_sweep(args: argparse.Namespace, extra: list[str]) -> Sweep:
         if args.dataset != "voc":
             raise SweepError("--quick generates a mini VOC set; use it with 'voc'", 2)
         if args.gpus or args.gpus_per_run:
-            raise SweepError("--quick trains on the CPU (configs/trainer/quick.yaml): drop --gpus/--gpus-per-run "
-                             "(--workers N trains N runs side by side)", 2)
+            raise SweepError(
+                "--quick trains on the CPU (configs/trainer/quick.yaml): drop --gpus/--gpus-per-run "
+                "(--workers N trains N runs side by side)",
+                2,
+            )
     if args.gpus_per_run is not None and not args.gpus and not args.slurm:
-        raise SweepError(f"--gpus-per-run {args.gpus_per_run} needs --gpus N (the GPUs to share out), e.g. "
-                         f"--gpus {args.gpus_per_run * 2} --gpus-per-run {args.gpus_per_run}", 2)
+        raise SweepError(
+            f"--gpus-per-run {args.gpus_per_run} needs --gpus N (the GPUs to share out), e.g. "
+            f"--gpus {args.gpus_per_run * 2} --gpus-per-run {args.gpus_per_run}",
+            2,
+        )
     per_run = args.gpus_per_run if args.gpus_per_run is not None else args.gpus
     if args.gpus and not args.slurm and args.gpus % per_run:
         divisors = [k for k in range(1, args.gpus + 1) if args.gpus % k == 0]
-        raise SweepError(f"--gpus {args.gpus} does not split into runs of --gpus-per-run {per_run}: use one of "
-                         f"{divisors}", 2)
+        raise SweepError(
+            f"--gpus {args.gpus} does not split into runs of --gpus-per-run {per_run}: use one of {divisors}", 2
+        )
     slots = args.gpus // per_run if per_run else 1
     workers = args.workers if args.workers is not None else slots
     if args.workers is None and args.quick:
@@ -307,16 +370,32 @@ def make_sweep(args: argparse.Namespace, extra: list[str]) -> Sweep:
         # --quick is the fast one (measured: results/bench/quick_workers.md).
         workers = min(QUICK_WORKERS, os.cpu_count() or 1)
     if per_run and not args.slurm and workers > slots:
-        raise SweepError(f"--workers {workers}: {args.gpus} GPUs make only {slots} slots of {per_run} GPU(s); use "
-                         f"--workers {slots} or fewer", 2)
+        raise SweepError(
+            f"--workers {workers}: {args.gpus} GPUs make only {slots} slots of {per_run} GPU(s); use "
+            f"--workers {slots} or fewer",
+            2,
+        )
     if args.workers is not None and args.slurm:
         raise SweepError("--workers is for runs on this node; with --slurm every run is a job of its own", 2)
     out = Path(args.out) if args.out else (spec.QUICK_OUT if args.quick else spec.DEFAULT_OUT)
-    sweep = Sweep(args.dataset, args.config_name, config, args.quick, args.gpus, per_run, workers, args.seeds,
-                  poolings, out, list(extra), args.offline, out_given=args.out is not None, repo=repo)
+    sweep = Sweep(
+        args.dataset,
+        args.config_name,
+        config,
+        args.quick,
+        args.gpus,
+        per_run,
+        workers,
+        args.seeds,
+        poolings,
+        out,
+        list(extra),
+        args.offline,
+        out_given=args.out is not None,
+        repo=repo,
+    )
     if args.quick and extra:  # a data root given after -- is where the quick set goes
         root = get(read_config(sweep.config_files(), extra), "data.init_args.root")
         if root != get(read_config(sweep.config_files(), []), "data.init_args.root"):
             sweep.data_root = Path(str(root))
     return sweep
-

@@ -31,18 +31,35 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional
 
 from .. import wandb_keys as keys
 from . import spec
 
 ALPHA_SECTION = "alpha per P-pooling layer"
 # the runs table's provenance columns: the W&B run config's "provenance" (cli.wandb_run_info) and the trainer's
-PROVENANCE_COLUMNS = tuple(f"{keys.PROVENANCE_CONFIG}.{part}" for part in (
-    "software.polypool", "software.git_commit", "software.git_dirty", "software.torch", "software.cuda",
-    "software.lightning", "software.timm", "hardware.accelerator", "hardware.device_name",
-    "hardware.devices_per_node", "hardware.host")) + ("trainer.precision", "trainer.num_nodes")
+PROVENANCE_COLUMNS = (
+    *tuple(
+        f"{keys.PROVENANCE_CONFIG}.{part}"
+        for part in (
+            "software.polypool",
+            "software.git_commit",
+            "software.git_dirty",
+            "software.torch",
+            "software.cuda",
+            "software.lightning",
+            "software.timm",
+            "hardware.accelerator",
+            "hardware.device_name",
+            "hardware.devices_per_node",
+            "hardware.host",
+        )
+    ),
+    "trainer.precision",
+    "trainer.num_nodes",
+)
 
 
 class DashboardError(RuntimeError):
@@ -65,8 +82,11 @@ def pooling_layers(model: Any) -> dict[str, str]:
     of its ``alpha/<layer>/...`` keys)."""
     from ..pooling import PPool2d
 
-    return {name: module.alpha_mode for name, module in model.network.backbone.named_modules()
-            if isinstance(module, PPool2d)}
+    return {
+        name: module.alpha_mode
+        for name, module in model.network.backbone.named_modules()
+        if isinstance(module, PPool2d)
+    }
 
 
 def config_files(dataset: str, config: str, quick: bool = False, repo: Path = Path(".")) -> list[Path]:
@@ -74,10 +94,14 @@ def config_files(dataset: str, config: str, quick: bool = False, repo: Path = Pa
     current directory)."""
     path = spec.config_file(dataset, config, repo)
     if not path.is_file():
-        known = sorted(f"{p.parent.name}/{p.stem}" for p in (Path(repo) / spec.CONFIGS).glob("*/*.yaml")
-                       if p.parent.name != "trainer")
-        raise DashboardError(f"no config {spec.config_file(dataset, config)}: --dataset/--config name one of "
-                             f"{', '.join(known)}")
+        known = sorted(
+            f"{p.parent.name}/{p.stem}"
+            for p in (Path(repo) / spec.CONFIGS).glob("*/*.yaml")
+            if p.parent.name != "trainer"
+        )
+        raise DashboardError(
+            f"no config {spec.config_file(dataset, config)}: --dataset/--config name one of {', '.join(known)}"
+        )
     return [path] + ([Path(repo) / spec.QUICK_PRESET] if quick else [])
 
 
@@ -101,8 +125,15 @@ def config_layers(files: Sequence[Path]) -> dict[str, str]:
     return pooling_layers(model)
 
 
-def dashboard(entity: str, project: str, dataset: str, experiment: str, layers: Mapping[str, str],
-              trimap_widths: Sequence[int] = keys.TRIMAP_WIDTHS, name: Optional[str] = None):
+def dashboard(
+    entity: str,
+    project: str,
+    dataset: str,
+    experiment: str,
+    layers: Mapping[str, str],
+    trimap_widths: Sequence[int] = keys.TRIMAP_WIDTHS,
+    name: Optional[str] = None,
+):
     """The W&B workspace (``wandb_workspaces.workspaces.Workspace``) of the runs of group ``<dataset>/<experiment>``
     in ``entity/project``, grouped by pooling; ``layers``: ``{P-pooling layer name: alpha mode}`` of the config's
     network (:func:`config_layers`). Pure: it builds the specification and contacts nothing (``save()`` does)."""
@@ -112,48 +143,89 @@ def dashboard(entity: str, project: str, dataset: str, experiment: str, layers: 
     seeds = {"groupby_aggfunc": "mean", "groupby_rangefunc": "minmax"}  # a pooling's seeds: their mean and range
     bars = {"groupby_aggfunc": "mean", "groupby_rangefunc": "stddev", "orientation": "v"}
     line = {"x": keys.STEP, **seeds}
-    miou = ws.Section(name="mIoU", is_open=True, panels=[
-        wr.LinePlot(title="val mIoU over training (periodic validation; the --quick preset has none)",
-                    y=[keys.VAL_MIOU], **line),
-        wr.BarPlot(title="final mIoU, whole val set (the table's number)", metrics=[keys.FINAL_MIOU], **bars),
-        wr.LinePlot(title="loss", y=[keys.TRAIN_LOSS, keys.VAL_LOSS], **line),
-    ])
-    detail = ws.Section(name="Boundary IoU and trimap", is_open=True, panels=[
-        wr.BarPlot(title="final Boundary IoU (d = 2% of the image diagonal)", metrics=[keys.FINAL_BOUNDARY_MIOU],
-                   **bars),
-        wr.BarPlot(title="final trimap mIoU by band width (narrow band: the pixels next to a boundary)",
-                   metrics=[keys.final_trimap_miou(w) for w in trimap_widths], **bars),
-    ])
+    miou = ws.Section(
+        name="mIoU",
+        is_open=True,
+        panels=[
+            wr.LinePlot(
+                title="val mIoU over training (periodic validation; the --quick preset has none)",
+                y=[keys.VAL_MIOU],
+                **line,
+            ),
+            wr.BarPlot(title="final mIoU, whole val set (the table's number)", metrics=[keys.FINAL_MIOU], **bars),
+            wr.LinePlot(title="loss", y=[keys.TRAIN_LOSS, keys.VAL_LOSS], **line),
+        ],
+    )
+    detail = ws.Section(
+        name="Boundary IoU and trimap",
+        is_open=True,
+        panels=[
+            wr.BarPlot(
+                title="final Boundary IoU (d = 2% of the image diagonal)", metrics=[keys.FINAL_BOUNDARY_MIOU], **bars
+            ),
+            wr.BarPlot(
+                title="final trimap mIoU by band width (narrow band: the pixels next to a boundary)",
+                metrics=[keys.final_trimap_miou(w) for w in trimap_widths],
+                **bars,
+            ),
+        ],
+    )
     alpha_panels = []
     for layer, mode in layers.items():
-        alpha_panels.append(wr.LinePlot(title=f"alpha {layer} ({mode}): mean, min, max",
-                                        y=[keys.alpha_stat(layer, s) for s in keys.ALPHA_STATS], **line))
+        alpha_panels.append(
+            wr.LinePlot(
+                title=f"alpha {layer} ({mode}): mean, min, max",
+                y=[keys.alpha_stat(layer, s) for s in keys.ALPHA_STATS],
+                **line,
+            )
+        )
         histogram = keys.alpha_histogram_key(layer, mode)
         if histogram:
             what = "over the probe image" if mode == "dense" else "over the channels"
-            alpha_panels.append(wr.LinePlot(title=f"alpha {layer}: distribution {what}", x=keys.STEP,
-                                            y=[histogram]))
-    alpha = ws.Section(name=ALPHA_SECTION, is_open=True, panels=alpha_panels,
-                       layout_settings=ws.SectionLayoutSettings(columns=2, rows=max(len(layers), 1)))
+            alpha_panels.append(wr.LinePlot(title=f"alpha {layer}: distribution {what}", x=keys.STEP, y=[histogram]))
+    alpha = ws.Section(
+        name=ALPHA_SECTION,
+        is_open=True,
+        panels=alpha_panels,
+        layout_settings=ws.SectionLayoutSettings(columns=2, rows=max(len(layers), 1)),
+    )
     media_panels = []
     dense = [keys.alpha_map(layer) for layer, mode in layers.items() if mode == "dense"]
     if dense:
-        media_panels.append(wr.MediaBrowser(title="dense alpha maps of a val image (mean over channels; the alpha "
-                                                  "range black to white)", media_keys=dense, gallery_axis="step"))
-    media_panels.append(wr.MediaBrowser(title="image | ground truth | prediction", media_keys=[keys.PANEL],
-                                        gallery_axis="step"))
+        media_panels.append(
+            wr.MediaBrowser(
+                title="dense alpha maps of a val image (mean over channels; the alpha range black to white)",
+                media_keys=dense,
+                gallery_axis="step",
+            )
+        )
+    media_panels.append(
+        wr.MediaBrowser(title="image | ground truth | prediction", media_keys=[keys.PANEL], gallery_axis="step")
+    )
     media = ws.Section(name="alpha maps and panels", is_open=True, panels=media_panels)
-    runs = ws.Section(name="Runs and provenance", is_open=True, panels=[
-        wr.RunComparer(diff_only="split", layout=wr.Layout(w=24, h=12))])
-    columns = ([config_column(keys.POOLING_CONFIG), config_column(keys.SEED_CONFIG),
-                summary_column(keys.FINAL_MIOU), summary_column(keys.FINAL_BOUNDARY_MIOU)]
-               + [config_column(c) for c in PROVENANCE_COLUMNS])
+    runs = ws.Section(
+        name="Runs and provenance",
+        is_open=True,
+        panels=[wr.RunComparer(diff_only="split", layout=wr.Layout(w=24, h=12))],
+    )
+    columns = [
+        config_column(keys.POOLING_CONFIG),
+        config_column(keys.SEED_CONFIG),
+        summary_column(keys.FINAL_MIOU),
+        summary_column(keys.FINAL_BOUNDARY_MIOU),
+    ] + [config_column(c) for c in PROVENANCE_COLUMNS]
     return ws.Workspace(
-        entity=entity, project=project, name=name or f"polypool {keys.group(dataset, experiment)}",
+        entity=entity,
+        project=project,
+        name=name or f"polypool {keys.group(dataset, experiment)}",
         sections=[miou, detail, alpha, media, runs],
         settings=ws.WorkspaceSettings(x_axis=keys.STEP, max_runs=100),
-        runset_settings=ws.RunsetSettings(filters=[ws.Metric("Group") == keys.group(dataset, experiment)],
-                                          groupby=[ws.Config(keys.POOLING_CONFIG)], pinned_columns=columns))
+        runset_settings=ws.RunsetSettings(
+            filters=[ws.Metric("Group") == keys.group(dataset, experiment)],
+            groupby=[ws.Config(keys.POOLING_CONFIG)],
+            pinned_columns=columns,
+        ),
+    )
 
 
 def panels(workspace) -> list[tuple[str, Any]]:
@@ -181,9 +253,11 @@ def plotted_keys(workspace) -> set[str]:
 def describe(workspace) -> str:
     """The workspace in words: its runs, and each section's panels with the keys they plot."""
     settings = workspace.runset_settings
-    lines = [f"W&B workspace {workspace.name!r} of {workspace.entity}/{workspace.project}",
-             f"runs: {settings.filters}, grouped by {', '.join(repr(g) for g in settings.groupby)}",
-             f"runs table columns: {', '.join(settings.pinned_columns)}"]
+    lines = [
+        f"W&B workspace {workspace.name!r} of {workspace.entity}/{workspace.project}",
+        f"runs: {settings.filters}, grouped by {', '.join(repr(g) for g in settings.groupby)}",
+        f"runs table columns: {', '.join(settings.pinned_columns)}",
+    ]
     for section in workspace.sections:
         lines.append(f"[{section.name}]")
         for panel in section.panels:
@@ -220,8 +294,10 @@ def save(workspace, url: Optional[str] = None) -> str:
     offline = "(--dry-run prints the dashboard without W&B)"
     problem = unreachable(host)  # one quick try: W&B's own client retries an unreachable server for minutes
     if problem:
-        raise DashboardError(f"{what}: W&B at {host} could not be reached ({problem}). Check the network (and "
-                             f"WANDB_BASE_URL, for a W&B server of your own), then run this command again {offline}")
+        raise DashboardError(
+            f"{what}: W&B at {host} could not be reached ({problem}). Check the network (and "
+            f"WANDB_BASE_URL, for a W&B server of your own), then run this command again {offline}"
+        )
     try:
         wandb.Api()  # the API key and the server, checked before anything else
         target = workspace
@@ -232,17 +308,23 @@ def save(workspace, url: Optional[str] = None) -> str:
         target.save()
         return target.url
     except wandb.errors.UsageError as error:
-        raise DashboardError(f"{what}: no W&B API key is set ({error}). Run `wandb login` (or set WANDB_API_KEY), "
-                             f"then run this command again {offline}") from error
+        raise DashboardError(
+            f"{what}: no W&B API key is set ({error}). Run `wandb login` (or set WANDB_API_KEY), "
+            f"then run this command again {offline}"
+        ) from error
     except wandb.errors.CommError as error:  # AuthenticationError too: an unreachable server or a refused key
-        raise DashboardError(f"{what}: W&B at {host} could not be reached or did not accept the API key ({error}). "
-                             f"Check the network (and WANDB_BASE_URL, for a W&B server of your own) and the key "
-                             f"(`wandb login --relogin`), then run this command again {offline}") from error
-    except Exception as error:  # noqa: BLE001 - W&B's service reports a failed request with an error type of its own
-        raise DashboardError(f"{what}: W&B at {host} did not save it ({type(error).__name__}: {error}). Check that "
-                             f"the project exists and that your API key may write to it"
-                             + (" and that the URL is a workspace of it" if url else "")
-                             + f", then run this command again {offline}") from error
+        raise DashboardError(
+            f"{what}: W&B at {host} could not be reached or did not accept the API key ({error}). "
+            f"Check the network (and WANDB_BASE_URL, for a W&B server of your own) and the key "
+            f"(`wandb login --relogin`), then run this command again {offline}"
+        ) from error
+    except Exception as error:
+        raise DashboardError(
+            f"{what}: W&B at {host} did not save it ({type(error).__name__}: {error}). Check that "
+            f"the project exists and that your API key may write to it"
+            + (" and that the URL is a workspace of it" if url else "")
+            + f", then run this command again {offline}"
+        ) from error
 
 
 def parse_layers(values: Sequence[str]) -> dict[str, str]:
@@ -260,25 +342,42 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", metavar="ENTITY/PROJECT", help="the W&B project the runs log to (--wandb_project)")
     parser.add_argument("--dataset", default="voc")
-    parser.add_argument("--config", default="vgg",
-                        help="the config (experiment) whose runs to show: vgg, vgg_largefov, resnet, ... (the W&B "
-                             "group <dataset>/<config>, as python -m polypool.tables --backbone)")
-    parser.add_argument("--quick", action="store_true",
-                        help="runs of reproduce.sh --quick (configs/trainer/quick.yaml's network: its layer names)")
-    parser.add_argument("--layers", nargs="+", metavar="NAME[:MODE]",
-                        help="the P-pooling layers to plot alpha of (default: those of the config's network)")
+    parser.add_argument(
+        "--config",
+        default="vgg",
+        help="the config (experiment) whose runs to show: vgg, vgg_largefov, resnet, ... (the W&B "
+        "group <dataset>/<config>, as python -m polypool.tables --backbone)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="runs of reproduce.sh --quick (configs/trainer/quick.yaml's network: its layer names)",
+    )
+    parser.add_argument(
+        "--layers",
+        nargs="+",
+        metavar="NAME[:MODE]",
+        help="the P-pooling layers to plot alpha of (default: those of the config's network)",
+    )
     parser.add_argument("--name", help="the workspace's name (default: 'polypool <dataset>/<config>')")
     parser.add_argument("--url", help="update this workspace (a URL this command printed) instead of creating one")
     parser.add_argument("--dry-run", action="store_true", help="print the dashboard's sections and keys; no W&B")
-    parser.add_argument("--repo", type=Path, default=Path("."),
-                        help="the repository whose configs/ name the layers (default: the current directory)")
+    parser.add_argument(
+        "--repo",
+        type=Path,
+        default=Path("."),
+        help="the repository whose configs/ name the layers (default: the current directory)",
+    )
     args = parser.parse_args(argv)
     try:
         entity, _, project = args.path.partition("/")
         if not entity or not project or "/" in project:
             raise DashboardError(f"{args.path!r} is not ENTITY/PROJECT (e.g. my-team/polypool)")
-        layers = (parse_layers(args.layers) if args.layers
-                  else config_layers(config_files(args.dataset, args.config, args.quick, args.repo)))
+        layers = (
+            parse_layers(args.layers)
+            if args.layers
+            else config_layers(config_files(args.dataset, args.config, args.quick, args.repo))
+        )
         name = args.name or f"polypool {keys.group(args.dataset, args.config)}" + (" (quick)" if args.quick else "")
         workspace = dashboard(entity, project, args.dataset, args.config, layers, name=name)
         if args.dry_run:

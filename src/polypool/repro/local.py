@@ -17,9 +17,10 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from . import spec
 from .config import Sweep
@@ -67,8 +68,7 @@ class LocalProcess:
     pseudo-terminal, so that it draws its progress bar. The run is a session of its own (a Ctrl+C reaches the sweep,
     which stops it: :meth:`stop`); ``pass_fds``: descriptors it holds too (its folder's lock)."""
 
-    def __init__(self, command: list[str], env: dict[str, str], log: Path, echo: bool,
-                 pass_fds: Sequence[int] = ()):
+    def __init__(self, command: list[str], env: dict[str, str], log: Path, echo: bool, pass_fds: Sequence[int] = ()):
         log.parent.mkdir(parents=True, exist_ok=True)
         self.log_file = open(log, "ab")
         self.log_file.write(f"\n== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n".encode())
@@ -79,38 +79,59 @@ class LocalProcess:
             if tty:
                 import fcntl
                 import pty
-                import termios
-
                 import struct
+                import termios
 
                 master, slave = pty.openpty()
                 rows, cols = 40, 120  # a terminal that reports no size (e.g. under script(1)): the bar needs one
                 try:
-                    rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(sys.stdout.fileno(), termios.TIOCGWINSZ,
-                                                                         b"\0" * 8))
+                    rows, cols, _, _ = struct.unpack(
+                        "HHHH", fcntl.ioctl(sys.stdout.fileno(), termios.TIOCGWINSZ, b"\0" * 8)
+                    )
                 except OSError:
                     pass
                 try:
                     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows or 40, cols or 120, 0, 0))
                 except OSError:
                     pass
-                self.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=slave,
-                                                stderr=slave, start_new_session=True, pass_fds=pass_fds)
+                self.process = subprocess.Popen(
+                    command,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=slave,
+                    stderr=slave,
+                    start_new_session=True,
+                    pass_fds=pass_fds,
+                )
                 os.close(slave)
                 source = master
             else:
-                self.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                                stderr=subprocess.STDOUT, start_new_session=True,
-                                                pass_fds=pass_fds)
+                self.process = subprocess.Popen(
+                    command,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    pass_fds=pass_fds,
+                )
                 source = os.dup(self.process.stdout.fileno())
                 self.process.stdout.close()
             sys.stdout.flush()
-            self.thread = threading.Thread(target=_copy_output, args=(source, [sys.stdout.buffer, self.log_file]),
-                                           daemon=True)
+            self.thread = threading.Thread(
+                target=_copy_output, args=(source, [sys.stdout.buffer, self.log_file]), daemon=True
+            )
             self.thread.start()
         else:
-            self.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=self.log_file,
-                                            stderr=subprocess.STDOUT, start_new_session=True, pass_fds=pass_fds)
+            self.process = subprocess.Popen(
+                command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=self.log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                pass_fds=pass_fds,
+            )
 
     def poll(self) -> Optional[int]:
         code = self.process.poll()
@@ -139,9 +160,9 @@ def gpu_slots(sweep: Sweep) -> list[Optional[str]]:
         return [None] * sweep.workers
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     ids = [x for x in visible.split(",") if x.strip()] if visible else [str(i) for i in range(sweep.gpus)]
-    ids = ids[:sweep.gpus]
+    ids = ids[: sweep.gpus]
     k = sweep.gpus_per_run
-    return [",".join(ids[i * k:(i + 1) * k]) for i in range(sweep.workers)]
+    return [",".join(ids[i * k : (i + 1) * k]) for i in range(sweep.workers)]
 
 
 def _free_port() -> int:
@@ -158,6 +179,7 @@ def run_lock(run: Run) -> FolderLock:
     """The lock of ``run``'s folder (``<logdir>/run.lock``), held by the sweep and the run's process while it
     trains: a run left training by a sweep killed with ``kill -9`` keeps it, and is not started twice."""
     return FolderLock(run.logdir / "run.lock", f"the folder of the run {run.name}, {run.logdir}")
+
 
 def run_local(sweep: Sweep, todo: list[tuple[Run, bool]], say=print, poll_s: float = 60.0) -> list[Outcome]:
     """Train ``todo`` (run, resume) with ``sweep.workers`` processes side by side; a new run starts whenever one
@@ -195,13 +217,15 @@ def run_local(sweep: Sweep, todo: list[tuple[Run, bool]], say=print, poll_s: flo
                 if threads:
                     run_env_["OMP_NUM_THREADS"] = threads
                 where = f" on GPU {slots[slot]}" if slots[slot] is not None else ""
-                say(f"== {run.name}{': resuming from ' + str(run.last_ckpt) if resume else ''}{where}"
-                    f"{'' if echo else f' (log: {run.log})'}")
-                process = LocalProcess(sweep.fit_command(run, resume), run_env_, run.log, echo,
-                                       pass_fds=locks[run].fds)
+                say(
+                    f"== {run.name}{': resuming from ' + str(run.last_ckpt) if resume else ''}{where}"
+                    f"{'' if echo else f' (log: {run.log})'}"
+                )
+                process = LocalProcess(sweep.fit_command(run, resume), run_env_, run.log, echo, pass_fds=locks[run].fds)
                 locks[run].note(child=process.process.pid, child_command=f"polypool fit, {run.name}")
-                run.write_state("running", pid=process.process.pid, host=socket.gethostname(),
-                                log=str(run.log), gpus=slots[slot])
+                run.write_state(
+                    "running", pid=process.process.pid, host=socket.gethostname(), log=str(run.log), gpus=slots[slot]
+                )
                 active[slot] = (run, process, time.time())
             for slot, (run, process, started) in list(active.items()):
                 code = process.poll()
@@ -220,19 +244,23 @@ def run_local(sweep: Sweep, todo: list[tuple[Run, bool]], say=print, poll_s: flo
                 outcomes.append(Outcome(run, ok, seconds, sweep.gpus_per_run, code))
             if active and not echo and time.time() - last_summary >= poll_s:
                 last_summary = time.time()
-                say(f"-- {time.strftime('%H:%M:%S')}: {len(active)} running, {len(queue)} waiting, "
-                    f"{len(outcomes)} ended")
+                say(
+                    f"-- {time.strftime('%H:%M:%S')}: {len(active)} running, {len(queue)} waiting, "
+                    f"{len(outcomes)} ended"
+                )
                 print_progress([inspect_run(run) for run, _, _ in active.values()], say)
             time.sleep(0.2)
     except _Stop:
-        for run, process, started in active.values():  # all at once: each saves its checkpoint meanwhile
+        for _run, process, _started in active.values():  # all at once: each saves its checkpoint meanwhile
             if process.process.poll() is None:
                 process.process.send_signal(signal.SIGTERM)
         for run, process, started in active.values():
             how = process.stop(signalled=True)
             if how == "killed":
-                say(f"== {run.name}: did not end within 30 s of SIGTERM and was killed; its last checkpoint is the "
-                    f"one before")
+                say(
+                    f"== {run.name}: did not end within 30 s of SIGTERM and was killed; its last checkpoint is the "
+                    f"one before"
+                )
             run.write_state("interrupted", log=str(run.log))
             outcomes.append(Outcome(run, False, time.time() - started, sweep.gpus_per_run, None, "interrupted"))
         raise

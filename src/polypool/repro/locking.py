@@ -30,9 +30,9 @@ import shlex
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
-
+from typing import Any, Optional
 
 # how the harnesses are started (``python -m`` shows the module's file as argv[0])
 PROGRAMS = {"sweep.py": "reproduce.sh", "quick.py": "python -m polypool.quick"}
@@ -47,7 +47,7 @@ def command_line() -> str:
 class LockHeld(Exception):
     """Another live process holds the lock; ``holder`` is what its lock file says (may be empty)."""
 
-    def __init__(self, lock: "FolderLock", holder: dict[str, Any]):
+    def __init__(self, lock: FolderLock, holder: dict[str, Any]):
         self.lock, self.holder = lock, holder
         super().__init__(f"{lock.what} is in use by {describe_holder(holder)} (lock file {lock.path})")
 
@@ -67,7 +67,7 @@ def pid_alive(pid: Any) -> bool:
 
 
 def describe_holder(holder: dict[str, Any]) -> str:
-    """"pid 123 on host h (started 2026-01-02 10:11:12: reproduce.sh voc vgg ...)", and the child it started."""
+    """ "pid 123 on host h (started 2026-01-02 10:11:12: reproduce.sh voc vgg ...)", and the child it started."""
     if not holder.get("pid"):
         return "another process (its lock file does not say which)"
     text = f"pid {holder['pid']} on host {holder.get('host', '?')}"
@@ -136,28 +136,35 @@ class FolderLock:
                 pass
             os.close(fd)  # its holder removed it as we opened it (released): lock the path's file now
 
-    def acquire(self, wait: bool = False, say: Callable[[str], None] = print, poll_s: float = 1.0,
-                waiting: str = "") -> "FolderLock":
+    def acquire(
+        self, wait: bool = False, say: Callable[[str], None] = print, poll_s: float = 1.0, waiting: str = ""
+    ) -> FolderLock:
         said = False
         while not self._try():
             holder = self.holder()
             if not wait:
                 raise LockHeld(self, holder)
             if not said:
-                say(f"{waiting or 'waiting for'} {describe_holder(holder)}, which holds {self.what} "
-                    f"(lock file {self.path}); this one goes on when it ends")
+                say(
+                    f"{waiting or 'waiting for'} {describe_holder(holder)}, which holds {self.what} "
+                    f"(lock file {self.path}); this one goes on when it ends"
+                )
                 said = True
             time.sleep(poll_s)
         if self.unsupported:
-            say(f"warning: {self.unsupported}: going on without a lock on {self.what}; make sure no other sweep "
-                f"uses it")
+            say(
+                f"warning: {self.unsupported}: going on without a lock on {self.what}; make sure no other sweep uses it"
+            )
             return self
         previous = self.holder()
-        if previous.get("pid") and (previous.get("pid"), previous.get("host")) != (os.getpid(),
-                                                                                      socket.gethostname()):
+        if previous.get("pid") and (previous.get("pid"), previous.get("host")) != (os.getpid(), socket.gethostname()):
             self.taken_over = previous
-        self.info = {"pid": os.getpid(), "host": socket.gethostname(),
-                     "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command_line()}
+        self.info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": command_line(),
+        }
         self._write()
         return self
 
@@ -167,9 +174,11 @@ class FolderLock:
         if not previous:
             return None
         if previous.get("host") not in (None, socket.gethostname()):
-            return (f"{self.path} names {describe_holder(previous)}, whose lock this host does not see: it ended, "
-                    f"or it runs on another host of a file system that does not share locks between hosts (then "
-                    f"stop one of the two). Taking the lock")
+            return (
+                f"{self.path} names {describe_holder(previous)}, whose lock this host does not see: it ended, "
+                f"or it runs on another host of a file system that does not share locks between hosts (then "
+                f"stop one of the two). Taking the lock"
+            )
         return f"taking over {self.path} from {describe_holder(previous)}, which ended without releasing it"
 
     def note(self, **values: Any) -> None:
@@ -196,10 +205,10 @@ class FolderLock:
         os.close(self.fd)
         self.fd = None
 
-    def __enter__(self) -> "FolderLock":
+    def __enter__(self) -> FolderLock:
         if self.fd is None and not self.unsupported:
             self.acquire()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()

@@ -15,8 +15,9 @@ import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 
@@ -42,8 +43,10 @@ def repo_root() -> Path:
     for folder in (here, here.parent):
         if (folder / spec.CONFIGS).is_dir() and (folder / "reproduce.sh").is_file():
             return folder
-    raise FileNotFoundError(f"{here} is not the polypool repository (no configs/ and reproduce.sh there): run the "
-                            f"notebook from the repository's root or its notebooks/ folder, or set {REPO_ENV}")
+    raise FileNotFoundError(
+        f"{here} is not the polypool repository (no configs/ and reproduce.sh there): run the "
+        f"notebook from the repository's root or its notebooks/ folder, or set {REPO_ENV}"
+    )
 
 
 def figures_dir() -> Path:
@@ -64,8 +67,10 @@ def _run(command: Sequence[str]) -> None:
     print("$", " ".join(str(c) for c in command), flush=True)
     done = subprocess.run([str(c) for c in command], cwd=repo_root(), capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, command))} failed (exit {done.returncode}):\n"
-                           f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        raise RuntimeError(
+            f"{' '.join(map(str, command))} failed (exit {done.returncode}):\n"
+            f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
 
 
 def quick_runs(dataset: str = "voc", backbone: str = "vgg") -> Path:
@@ -91,10 +96,12 @@ def quick_log_dir(pooling: str, dataset: str = "voc", backbone: str = "vgg", see
     if any((log_dir / "checkpoints").glob("*.ckpt")):
         return log_dir
     if (dataset, backbone) != ("voc", "vgg"):
-        raise FileNotFoundError(f"no checkpoint in {log_dir / 'checkpoints'}: run ./reproduce.sh {dataset} "
-                                f"{backbone} --quick")
-    return train_quick_variant(f"{dataset}_{backbone}_{pooling}_{seed}",
-                               ["--model.pooling", pooling, "--seed_everything", str(seed)])
+        raise FileNotFoundError(
+            f"no checkpoint in {log_dir / 'checkpoints'}: run ./reproduce.sh {dataset} {backbone} --quick"
+        )
+    return train_quick_variant(
+        f"{dataset}_{backbone}_{pooling}_{seed}", ["--model.pooling", pooling, "--seed_everything", str(seed)]
+    )
 
 
 def best_checkpoint(log_dir: Path) -> Path:
@@ -116,11 +123,12 @@ def load_model(checkpoint: Path):
     return model.eval()
 
 
-def train_quick_variant(name: str, overrides: Sequence[str], data_root: Optional[Path] = None,
-                        config: str = str(spec.QUICK_CONFIG)) -> Path:
+def train_quick_variant(
+    name: str, overrides: Sequence[str], data_root: Optional[Path] = None, config: str = str(spec.QUICK_CONFIG)
+) -> Path:
     """One extra quick run (the ``--quick`` preset plus ``overrides``) in ``results/quick/logs/extra/<name>``,
     trained unless its checkpoint exists; returns its log folder. The data defaults to the quick VOC set."""
-    from .quick import pretrained_path, prepare
+    from .quick import prepare, pretrained_path
 
     root = repo_root()
     if data_root is None:  # the quick set and its shared max-pooling network, made if missing
@@ -131,10 +139,20 @@ def train_quick_variant(name: str, overrides: Sequence[str], data_root: Optional
         # on the quick set, start from its shared max-pooling network, as the quick runs do
         start = [] if data_root else [("model.network_weights", pretrained_path(root / QUICK_DATA))]
         data_root = data_root or root / QUICK_DATA
-        _run(spec.fit_command([config, spec.QUICK_PRESET], [
-            ("data.init_args.root", data_root), ("seed_everything", 0), ("wandb_project", "null"),
-            ("trainer.default_root_dir", log_dir), ("records_root", root / QUICK_OUT / "runs_extra"), *start],
-            overrides=[*quick_overrides(), *overrides]))  # the variant's overrides last: Inception keeps its 96 px
+        _run(
+            spec.fit_command(
+                [config, spec.QUICK_PRESET],
+                [
+                    ("data.init_args.root", data_root),
+                    ("seed_everything", 0),
+                    ("wandb_project", "null"),
+                    ("trainer.default_root_dir", log_dir),
+                    ("records_root", root / QUICK_OUT / "runs_extra"),
+                    *start,
+                ],
+                overrides=[*quick_overrides(), *overrides],
+            )
+        )  # the variant's overrides last: Inception keeps its 96 px
     return log_dir
 
 
@@ -149,19 +167,49 @@ def miniature_data(dataset: str) -> Path:
     root = repo_root() / "data" / "quick" / dataset
     if not root.is_dir():
         height, width, _ = MINIATURE_SETS[dataset]
-        _run([sys.executable, "-m", "polypool.data.fixtures", dataset, root, "--train", "32", "--val", "4",
-              "--size", height, width, "--seed", "0"])
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "polypool.data.fixtures",
+                dataset,
+                root,
+                "--train",
+                "32",
+                "--val",
+                "4",
+                "--size",
+                height,
+                width,
+                "--seed",
+                "0",
+            ]
+        )
     return root
 
 
 def miniature_pair(dataset: str) -> dict[str, Path]:
     """``{"max": log dir, "ppool": log dir}`` of two miniature Inception runs on :func:`miniature_data`."""
     # Inception from scratch: lr 1e-4; the quick preset's train split is VOC's name, so give the dataset's own.
-    overrides = ["--model.backbone", "inception_v3", "--model.lr", "0.0001", "--data.init_args.crop_size", "96",
-                 "--data.init_args.train_split", MINIATURE_SETS[dataset][2]]
-    return {pooling: train_quick_variant(f"{dataset}_inception_{pooling}", [*overrides, "--model.pooling", pooling],
-                                         data_root=miniature_data(dataset), config=f"configs/{dataset}/inception.yaml")
-            for pooling in ("max", "ppool")}
+    overrides = [
+        "--model.backbone",
+        "inception_v3",
+        "--model.lr",
+        "0.0001",
+        "--data.init_args.crop_size",
+        "96",
+        "--data.init_args.train_split",
+        MINIATURE_SETS[dataset][2],
+    ]
+    return {
+        pooling: train_quick_variant(
+            f"{dataset}_inception_{pooling}",
+            [*overrides, "--model.pooling", pooling],
+            data_root=miniature_data(dataset),
+            config=f"configs/{dataset}/inception.yaml",
+        )
+        for pooling in ("max", "ppool")
+    }
 
 
 @torch.no_grad()

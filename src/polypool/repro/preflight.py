@@ -12,9 +12,10 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from .config import Sweep, SweepError, get
 from .stopping import run_child
@@ -35,9 +36,12 @@ def nvidia_smi() -> Optional[dict[str, Any]]:
         return {"error": str(error)}
     driver = re.search(r"Driver Version:\s*([\d.]+)", out.stdout)
     cuda = re.search(r"CUDA Version:\s*([\d.]+)", out.stdout)
-    return {"driver": driver.group(1) if driver else None, "cuda": cuda.group(1) if cuda else None,
-            "gpus": len([line for line in listing.stdout.splitlines() if line.startswith("GPU ")]),
-            "error": (out.stderr or out.stdout).strip()[:300] if out.returncode else None}
+    return {
+        "driver": driver.group(1) if driver else None,
+        "cuda": cuda.group(1) if cuda else None,
+        "gpus": len([line for line in listing.stdout.splitlines() if line.startswith("GPU ")]),
+        "error": (out.stderr or out.stdout).strip()[:300] if out.returncode else None,
+    }
 
 
 def _version_tuple(text: Optional[str]) -> tuple[int, ...]:
@@ -62,23 +66,32 @@ def gpu_problem(wanted: int) -> Optional[str]:
     built = torch.version.cuda
     smi = nvidia_smi()
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    lines = [f"--gpus {wanted}, but torch sees {seen} GPU(s).",
-             f"  torch {torch.__version__}: built for CUDA {built} (torch.version.cuda)" if built else
-             f"  torch {torch.__version__}: a CPU-only build (torch.version.cuda is None)"]
+    lines = [
+        f"--gpus {wanted}, but torch sees {seen} GPU(s).",
+        f"  torch {torch.__version__}: built for CUDA {built} (torch.version.cuda)"
+        if built
+        else f"  torch {torch.__version__}: a CPU-only build (torch.version.cuda is None)",
+    ]
     if smi is None:
-        lines.append("  driver: no nvidia-smi on PATH, so no NVIDIA driver on this node (a login node? run on a GPU "
-                     "node, or submit the runs with --slurm)")
+        lines.append(
+            "  driver: no nvidia-smi on PATH, so no NVIDIA driver on this node (a login node? run on a GPU "
+            "node, or submit the runs with --slurm)"
+        )
         fix = "run on a node with NVIDIA GPUs (or: make setup TORCH_CUDA=cu126 there, for a driver of CUDA 12.6+)"
     elif smi.get("error") and not smi.get("driver"):
         lines.append(f"  driver: nvidia-smi failed: {smi['error']}")
         fix = "fix the NVIDIA driver (nvidia-smi must list the GPUs), then run again"
     else:
-        lines.append(f"  driver: {smi['driver']}, supports CUDA up to {smi['cuda']} (nvidia-smi); "
-                     f"{smi['gpus']} GPU(s) listed by nvidia-smi -L")
+        lines.append(
+            f"  driver: {smi['driver']}, supports CUDA up to {smi['cuda']} (nvidia-smi); "
+            f"{smi['gpus']} GPU(s) listed by nvidia-smi -L"
+        )
         flavour = flavour_for(smi["cuda"])
         if built is None or _version_tuple(built) > _version_tuple(smi["cuda"]):
-            fix = (f"make setup TORCH_CUDA={flavour}   (torch built for CUDA {smi['cuda']} or older; README.md, "
-                   f"'Reproducing the tables'), or update the driver")
+            fix = (
+                f"make setup TORCH_CUDA={flavour}   (torch built for CUDA {smi['cuda']} or older; README.md, "
+                f"'Reproducing the tables'), or update the driver"
+            )
         elif visible is not None and smi["gpus"] >= wanted:
             fix = f"unset CUDA_VISIBLE_DEVICES (now {visible!r}) or set it to {wanted} GPUs"
         else:
@@ -157,8 +170,10 @@ def weight_needs(values: dict[str, Any]) -> list[WeightNeed]:
         raise SweepError(f"model.backbone {backbone!r} is not a timm model")
     cfg = get_pretrained_cfg(str(backbone))
     if cfg is None:
-        raise SweepError(f"timm has no pretrained weights for {backbone!r}; set model.pretrained false or pass "
-                         f"-- --model.weights FILE")
+        raise SweepError(
+            f"timm has no pretrained weights for {backbone!r}; set model.pretrained false or pass "
+            f"-- --model.weights FILE"
+        )
     source, location = pretrained_source(cfg)
     if source == "hf-hub":
         if isinstance(location, tuple):
@@ -200,20 +215,25 @@ def fetch_weight(need: WeightNeed) -> Path:
     for url in need.urls()[:1]:
         problem = _probe(url)
         if problem:
-            raise SweepError(f"cannot download the pretrained weights of {need.backbone}: {url} is unreachable "
-                             f"({problem}). They go to {cache}. Run --prefetch on a node with internet (e.g. the "
-                             f"login node; same HF_HOME / TORCH_HOME), or pass a local file: -- --model.weights FILE")
+            raise SweepError(
+                f"cannot download the pretrained weights of {need.backbone}: {url} is unreachable "
+                f"({problem}). They go to {cache}. Run --prefetch on a node with internet (e.g. the "
+                f"login node; same HF_HOME / TORCH_HOME), or pass a local file: -- --model.weights FILE"
+            )
     import timm
 
     try:
         timm.create_model(need.backbone, pretrained=True)
-    except Exception as error:  # noqa: BLE001 - hub, HTTP and file errors
-        raise SweepError(f"cannot download the pretrained weights of {need.backbone} from {need.urls()} into "
-                         f"{cache} ({type(error).__name__}: {error})") from error
+    except Exception as error:
+        raise SweepError(
+            f"cannot download the pretrained weights of {need.backbone} from {need.urls()} into "
+            f"{cache} ({type(error).__name__}: {error})"
+        ) from error
     found = need.cached()
     if found is None:
-        raise SweepError(f"timm loaded {need.backbone}'s weights but they are not in {cache}: check HF_HOME / "
-                         f"TORCH_HOME")
+        raise SweepError(
+            f"timm loaded {need.backbone}'s weights but they are not in {cache}: check HF_HOME / TORCH_HOME"
+        )
     return found
 
 
@@ -223,8 +243,10 @@ def ensure_weights(values: dict[str, Any], offline: bool, say=print) -> None:
     for need in weight_needs(values):
         if need.source == "file":
             if not Path(need.location).is_file():
-                raise SweepError(f"model.weights: no file {need.location}: pass the path of a timm checkpoint or "
-                                 f"state dict for {need.backbone}")
+                raise SweepError(
+                    f"model.weights: no file {need.location}: pass the path of a timm checkpoint or "
+                    f"state dict for {need.backbone}"
+                )
             say(f"weights: {need.backbone} from the local file {need.location}: nothing to fetch")
             continue
         found = need.cached()
@@ -232,10 +254,12 @@ def ensure_weights(values: dict[str, Any], offline: bool, say=print) -> None:
             say(f"weights: {need.backbone} already in {found}: nothing to fetch")
             continue
         if offline:
-            raise SweepError(f"the pretrained weights of {need.backbone} are missing: looked in "
-                             f"{', '.join(str(p) for p in need.looked_in())} ({', '.join(need.urls())}). Run "
-                             f"./reproduce.sh <dataset> <config> --prefetch on a node with internet (same HF_HOME / "
-                             f"TORCH_HOME), or pass -- --model.weights FILE")
+            raise SweepError(
+                f"the pretrained weights of {need.backbone} are missing: looked in "
+                f"{', '.join(str(p) for p in need.looked_in())} ({', '.join(need.urls())}). Run "
+                f"./reproduce.sh <dataset> <config> --prefetch on a node with internet (same HF_HOME / "
+                f"TORCH_HOME), or pass -- --model.weights FILE"
+            )
         say(f"weights: downloading {need.backbone} ({need.urls()[0]}) into {need.cache_dir()}")
         say(f"weights: {need.backbone} in {fetch_weight(need)}")
     if not weight_needs(values):
@@ -289,24 +313,40 @@ def prepare_data(sweep: Sweep, prefetch: bool = False, say=print) -> None:
             return
         download = True
     if download and not sweep.offline:
-        command = [sys.executable, "-m", "polypool.data.download", sweep.dataset, str(root),
-                   "--train-split", train_split]
-        code = run_child(command, left=f"while downloading the {sweep.dataset} data into {root}: run the same "
-                                       f"command again to download it")
+        command = [
+            sys.executable,
+            "-m",
+            "polypool.data.download",
+            sweep.dataset,
+            str(root),
+            "--train-split",
+            train_split,
+        ]
+        code = run_child(
+            command,
+            left=f"while downloading the {sweep.dataset} data into {root}: run the same command again to download it",
+        )
         if code:
             raise SweepError(f"the download failed ({shlex.join(command)})")
     if not root.is_dir():
-        raise SweepError(f"no data at {root}. See README.md, 'Data' (or pass -- --data.init_args.root DIR, or -- "
-                         f"--data.init_args.download true" + (", or run --prefetch on a node with internet)" if
-                                                                sweep.offline else ")."))
+        raise SweepError(
+            f"no data at {root}. See README.md, 'Data' (or pass -- --data.init_args.root DIR, or -- "
+            f"--data.init_args.download true"
+            + (", or run --prefetch on a node with internet)" if sweep.offline else ").")
+        )
     # The layout, not only the folder: an incomplete set would otherwise fail in every run, after the sweep started.
     problem = dataset_ready(sweep.dataset, root, train_split)
     if problem is not None:
-        download_command = shlex.join([".venv/bin/python", "-m", "polypool.data.download", sweep.dataset, str(root),
-                                       "--train-split", train_split])
-        where = (f"./reproduce.sh {sweep.dataset} {sweep.config_name} --prefetch on a node with internet" if
-                 sweep.offline else f"{download_command} (or ./reproduce.sh {sweep.dataset} {sweep.config_name} "
-                                    f"--prefetch)")
-        raise SweepError(f"the {sweep.dataset} data in {root} is incomplete, so every run would fail: {problem}\n"
-                         f"  fix: restore the missing part, or move {root} away and download the set: {where}; or "
-                         f"pass -- --data.init_args.root DIR")
+        download_command = shlex.join(
+            [".venv/bin/python", "-m", "polypool.data.download", sweep.dataset, str(root), "--train-split", train_split]
+        )
+        where = (
+            f"./reproduce.sh {sweep.dataset} {sweep.config_name} --prefetch on a node with internet"
+            if sweep.offline
+            else f"{download_command} (or ./reproduce.sh {sweep.dataset} {sweep.config_name} --prefetch)"
+        )
+        raise SweepError(
+            f"the {sweep.dataset} data in {root} is incomplete, so every run would fail: {problem}\n"
+            f"  fix: restore the missing part, or move {root} away and download the set: {where}; or "
+            f"pass -- --data.init_args.root DIR"
+        )

@@ -25,8 +25,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from . import spec
 from .locking import FolderLock
@@ -51,9 +52,11 @@ def pretrained_path(root: Path) -> Path:
 
 def _note_child(lock: Optional[FolderLock], what: str):
     """``run_child``'s ``on_start``: the lock file names the child too (for a waiting process's message)."""
+
     def note(process) -> None:
         if lock is not None:
             lock.note(child=process.pid, child_command=what)
+
     return note
 
 
@@ -70,11 +73,14 @@ def make_data(root: Path, lock: Optional[FolderLock] = None) -> None:
 
     def left() -> str:
         shutil.rmtree(partial, ignore_errors=True)
-        return (f"while generating the quick set in {root}: nothing of it was kept; run the same command again to "
-                f"generate it")
+        return (
+            f"while generating the quick set in {root}: nothing of it was kept; run the same command again to "
+            f"generate it"
+        )
 
-    code = run_child(command, pass_fds=lock.fds if lock else (),
-                     on_start=_note_child(lock, "the quick set's generation"), left=left)
+    code = run_child(
+        command, pass_fds=lock.fds if lock else (), on_start=_note_child(lock, "the quick set's generation"), left=left
+    )
     if code:
         raise QuickError(f"generating the quick set failed: {shlex.join(command)}")
     (partial / "VOCdevkit").replace(root / "VOCdevkit")
@@ -112,11 +118,23 @@ def pretrain_command(root: Path, resume: bool, overrides: Sequence[str] = (), re
     ``overrides`` (:func:`pretrain_overrides`) come last, so a test can make it tiny. ``repo``: where configs/ is."""
     folder = Path(root) / "pretrain"
     repo = Path(repo)
-    return spec.fit_command([repo / CONFIG, repo / PRESET], [
-        ("data.init_args.root", root), ("model.pooling", "max"), ("model.network_weights", "null"),
-        ("trainer.max_steps", PRETRAIN_STEPS), ("model.lr", PRETRAIN_LR), ("trainer.default_root_dir", folder),
-        ("records_root", folder / spec.RUNS), ("experiment", "pretrain"), ("wandb_project", "null"),
-        ("seed_everything", 0)], resume, pretrain_overrides(overrides))
+    return spec.fit_command(
+        [repo / CONFIG, repo / PRESET],
+        [
+            ("data.init_args.root", root),
+            ("model.pooling", "max"),
+            ("model.network_weights", "null"),
+            ("trainer.max_steps", PRETRAIN_STEPS),
+            ("model.lr", PRETRAIN_LR),
+            ("trainer.default_root_dir", folder),
+            ("records_root", folder / spec.RUNS),
+            ("experiment", "pretrain"),
+            ("wandb_project", "null"),
+            ("seed_everything", 0),
+        ],
+        resume,
+        pretrain_overrides(overrides),
+    )
 
 
 def checkpoint_step(path: Path) -> Optional[int]:
@@ -125,12 +143,13 @@ def checkpoint_step(path: Path) -> Optional[int]:
         import torch
 
         return int(torch.load(path, map_location="cpu", mmap=True, weights_only=False)["global_step"])
-    except Exception:  # noqa: BLE001 - any reason: the message then names no step
+    except Exception:
         return None
 
 
-def pretrain(root: Path, overrides: Sequence[str] = (), say=print, lock: Optional[FolderLock] = None,
-             repo: Path = Path(".")) -> Path:
+def pretrain(
+    root: Path, overrides: Sequence[str] = (), say=print, lock: Optional[FolderLock] = None, repo: Path = Path(".")
+) -> Path:
     """``ROOT/pretrained_max.ckpt``: trained now (resuming an interrupted pre-training) unless it exists. Each
     attempt starts with a line ``== <time> starting|resuming from <last.ckpt>: <command>`` in ``pretrain.log``.
     Stopped (SIGTERM/SIGINT: :class:`polypool.repro.stopping.Stopped`), the pre-training saves its ``last.ckpt`` and
@@ -144,23 +163,36 @@ def pretrain(root: Path, overrides: Sequence[str] = (), say=print, lock: Optiona
     resume = last.is_file()
     command = pretrain_command(root, resume, overrides, repo)
     steps = pretrain_steps(overrides)
-    say(f"quick: training the shared max-pooling network every pooling fine-tunes from "
-        f"({steps} steps; log {folder / 'pretrain.log'})" + (f", resuming from {last}" if resume else ""))
+    say(
+        f"quick: training the shared max-pooling network every pooling fine-tunes from "
+        f"({steps} steps; log {folder / 'pretrain.log'})" + (f", resuming from {last}" if resume else "")
+    )
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "pretrain.log", "a") as log:
-        log.write(f"\n== {time.strftime('%Y-%m-%d %H:%M:%S')} "
-                  f"{'resuming from ' + str(last) if resume else 'starting'}: {shlex.join(command)}\n")
+        log.write(
+            f"\n== {time.strftime('%Y-%m-%d %H:%M:%S')} "
+            f"{'resuming from ' + str(last) if resume else 'starting'}: {shlex.join(command)}\n"
+        )
         log.flush()
+
         def left() -> str:
             step = checkpoint_step(last) if last.is_file() else None
-            kept = (f"its last checkpoint {last} (step {step} of {steps}) is kept; run the same command again to "
-                    f"resume it" if step is not None else
-                    "it had saved no checkpoint yet; run the same command again to start it over")
+            kept = (
+                f"its last checkpoint {last} (step {step} of {steps}) is kept; run the same command again to resume it"
+                if step is not None
+                else "it had saved no checkpoint yet; run the same command again to start it over"
+            )
             return f"during the quick pre-training: {kept} (log: {folder / 'pretrain.log'})"
 
         try:
-            code = run_child(command, stdout=log, stderr=subprocess.STDOUT, pass_fds=lock.fds if lock else (),
-                             on_start=_note_child(lock, "the quick pre-training, polypool fit"), left=left)
+            code = run_child(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                pass_fds=lock.fds if lock else (),
+                on_start=_note_child(lock, "the quick pre-training, polypool fit"),
+                left=left,
+            )
         finally:
             if lock is not None:
                 lock.note(child=None, child_command=None)
@@ -186,8 +218,10 @@ def prepare(root: Path, overrides: Sequence[str] = (), say=print, repo: Path = P
     try:
         lock.acquire(wait=True, say=say, waiting="quick: waiting for")
     except Stopped as stop:
-        stop.left = (f"while waiting for another process to prepare the quick data folder {root} (lock file "
-                     f"{lock.path}): nothing was started here; run the same command again")
+        stop.left = (
+            f"while waiting for another process to prepare the quick data folder {root} (lock file "
+            f"{lock.path}): nothing was started here; run the same command again"
+        )
         raise
     try:
         note = lock.takeover_note()
@@ -201,12 +235,16 @@ def prepare(root: Path, overrides: Sequence[str] = (), say=print, repo: Path = P
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
+    overrides = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", type=Path, help="the data folder (reproduce.sh --quick: data/quick/voc)")
-    parser.add_argument("--repo", type=Path, default=Path("."),
-                        help="the repository whose configs/ the pre-training uses (default: the current directory)")
+    parser.add_argument(
+        "--repo",
+        type=Path,
+        default=Path("."),
+        help="the repository whose configs/ the pre-training uses (default: the current directory)",
+    )
     args = parser.parse_args(argv)
     try:
         with stop_on_signals():

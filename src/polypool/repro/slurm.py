@@ -31,7 +31,7 @@ from .status import inspect_run, print_progress
 try:
     from submitit.helpers import Checkpointable
 except ImportError:  # submitit is a dependency; without it --slurm says how to get it (make_executor)
-    Checkpointable = object  # type: ignore[assignment,misc]
+    Checkpointable = object
 
 
 @dataclass
@@ -63,7 +63,7 @@ def run_job(spec_: JobSpec) -> dict[str, Any]:
         import submitit
 
         rank = submitit.JobEnvironment().global_rank
-    except Exception:  # noqa: BLE001 - outside a submitit job
+    except Exception:
         pass
     log = Path(spec_.log) if rank == 0 else Path(spec_.log).with_name(f"train.rank{rank}.log")
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -83,8 +83,14 @@ def run_job(spec_: JobSpec) -> dict[str, Any]:
             out.write(f"{PROG}: {problem}\n".encode())
             write_state("failed", returncode=1, host=socket.gethostname())
             raise RuntimeError(f"{problem}\nlog: {log}")
-        process = subprocess.Popen(command, cwd=spec_.cwd, env={**os.environ, **spec_.env},
-                                   stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command,
+            cwd=spec_.cwd,
+            env={**os.environ, **spec_.env},
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
         write_state("running", pid=process.pid, host=socket.gethostname())
         code = process.wait()
     seconds = time.time() - start
@@ -112,20 +118,28 @@ def make_executor(sweep: Sweep, args: argparse.Namespace):
     try:
         executor = submitit.AutoExecutor(folder=folder, cluster=args.slurm_cluster)
     except RuntimeError as error:  # submitit's SlurmExecutor: no srun on PATH
-        raise SweepError(f"--slurm: no SLURM on this node ({error}): run on a node that has SLURM's commands (the "
-                         f"cluster's login node), or test the jobs here with --slurm-cluster local") from error
+        raise SweepError(
+            f"--slurm: no SLURM on this node ({error}): run on a node that has SLURM's commands (the "
+            f"cluster's login node), or test the jobs here with --slurm-cluster local"
+        ) from error
     gpus = sweep.gpus_per_run
-    params: dict[str, Any] = {"name": f"polypool-{sweep.dataset}-{sweep.config_name}", "timeout_min": args.time,
-                              "nodes": 1, "tasks_per_node": max(gpus, 1), "gpus_per_node": gpus,
-                              "cpus_per_task": args.cpus_per_task, "mem_gb": args.mem_gb,
-                              "slurm_partition": args.partition, "slurm_account": args.account,
-                              "slurm_qos": args.qos}
+    params: dict[str, Any] = {
+        "name": f"polypool-{sweep.dataset}-{sweep.config_name}",
+        "timeout_min": args.time,
+        "nodes": 1,
+        "tasks_per_node": max(gpus, 1),
+        "gpus_per_node": gpus,
+        "cpus_per_task": args.cpus_per_task,
+        "mem_gb": args.mem_gb,
+        "slurm_partition": args.partition,
+        "slurm_account": args.account,
+        "slurm_qos": args.qos,
+    }
     try:
         executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
     except (NameError, ValueError, AssertionError) as error:
         raise SweepError(f"submitit rejected the job options: {error}", 2) from error
     return executor
-
 
 
 def run_slurm(sweep: Sweep, todo: list[tuple[Run, bool]], args: argparse.Namespace, say=print) -> list[Outcome]:
@@ -135,8 +149,17 @@ def run_slurm(sweep: Sweep, todo: list[tuple[Run, bool]], args: argparse.Namespa
     env = {k: v for k, v in run_env(sweep).items() if k in spec.OFFLINE_ENV or k == "WANDB_MODE"}
     specs = []
     for run, resume in todo:
-        specs.append(JobSpec(sweep.fit_command(run, resume), os.getcwd(), env, str(run.log), str(run.state_file),
-                             sweep.gpus_per_run, str(run.last_ckpt)))
+        specs.append(
+            JobSpec(
+                sweep.fit_command(run, resume),
+                os.getcwd(),
+                env,
+                str(run.log),
+                str(run.state_file),
+                sweep.gpus_per_run,
+                str(run.last_ckpt),
+            )
+        )
         run.logdir.mkdir(parents=True, exist_ok=True)
     if not todo:
         return []
@@ -167,17 +190,23 @@ def run_slurm(sweep: Sweep, todo: list[tuple[Run, bool]], args: argparse.Namespa
                 result = job.result()
                 ok = run.record.is_file()
                 seconds = float(result.get("seconds", time.time() - submitted))
-                say(f"== {run.name}: job {job.job_id} finished in {seconds:.0f} s ({run.record})" if ok else
-                    f"== {run.name}: job {job.job_id} ended without a record; log: {run.log}")
+                say(
+                    f"== {run.name}: job {job.job_id} finished in {seconds:.0f} s ({run.record})"
+                    if ok
+                    else f"== {run.name}: job {job.job_id} ended without a record; log: {run.log}"
+                )
                 message = ""
-            except Exception as error:  # noqa: BLE001 - submitit's FailedJobError, UncompletedJobError
+            except Exception as error:
                 ok, seconds = False, time.time() - submitted
                 message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
                 if run.read_state().get("state") != "failed":
-                    run.write_state("failed", slurm_job=str(job.job_id), log=str(run.log),
-                                    submitit_log=str(job.paths.stdout))
-                say(f"== {run.name}: job {job.job_id} FAILED ({message}); log: {run.log}, submitit's: "
-                    f"{job.paths.stdout}")
+                    run.write_state(
+                        "failed", slurm_job=str(job.job_id), log=str(run.log), submitit_log=str(job.paths.stdout)
+                    )
+                say(
+                    f"== {run.name}: job {job.job_id} FAILED ({message}); log: {run.log}, submitit's: "
+                    f"{job.paths.stdout}"
+                )
             outcomes.append(Outcome(run, ok, seconds, sweep.gpus_per_run, None, message))
         if pending and time.time() - last_summary >= args.poll_s:
             last_summary = time.time()

@@ -20,8 +20,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 from ..callbacks import DEFAULT_RECORDS_ROOT, record_file
 
@@ -29,8 +30,14 @@ PathLike = Union[str, os.PathLike]
 
 # -- the table ----------------------------------------------------------------------------------------------------
 # The supplement's rows, in its order: (pooling name in the registry, row label).
-ROWS = (("max", "Max"), ("avg", "Average"), ("strided_conv", "Strided-C"), ("gated", "Gated"), ("dpp", "DPP"),
-        ("ppool", "P-pooling"))
+ROWS = (
+    ("max", "Max"),
+    ("avg", "Average"),
+    ("strided_conv", "Strided-C"),
+    ("gated", "Gated"),
+    ("dpp", "DPP"),
+    ("ppool", "P-pooling"),
+)
 POOLINGS = tuple(name for name, _ in ROWS)
 LABELS = dict(ROWS)
 
@@ -86,8 +93,12 @@ def table_stem(out: PathLike, dataset: str, config_name: str) -> Path:
 
 
 # -- one run ------------------------------------------------------------------------------------------------------
-def fit_args(configs: Iterable[PathLike], settings: Sequence[tuple[str, Any]] = (), resume: bool = False,
-             overrides: Iterable[Any] = ()) -> list[str]:
+def fit_args(
+    configs: Iterable[PathLike],
+    settings: Sequence[tuple[str, Any]] = (),
+    resume: bool = False,
+    overrides: Iterable[Any] = (),
+) -> list[str]:
     """The arguments of ``python -m polypool fit``: ``--config C ... --key value ... [--ckpt_path last] OVERRIDES``
     (every item a string; the overrides last, so that they win)."""
     args: list[str] = []
@@ -100,8 +111,12 @@ def fit_args(configs: Iterable[PathLike], settings: Sequence[tuple[str, Any]] = 
     return args + [str(arg) for arg in overrides]
 
 
-def fit_command(configs: Iterable[PathLike], settings: Sequence[tuple[str, Any]] = (), resume: bool = False,
-                overrides: Iterable[Any] = ()) -> list[str]:
+def fit_command(
+    configs: Iterable[PathLike],
+    settings: Sequence[tuple[str, Any]] = (),
+    resume: bool = False,
+    overrides: Iterable[Any] = (),
+) -> list[str]:
     """``python -m polypool fit`` (this interpreter) with :func:`fit_args`."""
     return [sys.executable, "-m", "polypool", "fit", *fit_args(configs, settings, resume, overrides)]
 

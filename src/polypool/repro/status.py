@@ -45,8 +45,10 @@ class RunStatus:
         total = "?" if not self.max_steps else str(self.max_steps)
         miou = "-" if self.miou is None else f"{self.miou:.4f}"
         state = self.state + (f" ({self.detail})" if self.detail else "")
-        return (f"{self.run.pooling:<13} {self.run.seed:>4}  {state:<24} {step + '/' + total:>13}  {miou:>7}  "
-                f"{format_duration(self.elapsed):>9}  {self.run.log_path()}")
+        return (
+            f"{self.run.pooling:<13} {self.run.seed:>4}  {state:<24} {step + '/' + total:>13}  {miou:>7}  "
+            f"{format_duration(self.elapsed):>9}  {self.run.log_path()}"
+        )
 
 
 STATUS_HEADER = f"{'pooling':<13} {'seed':>4}  {'state':<24} {'step':>13}  {'mIoU':>7}  {'elapsed':>9}  log"
@@ -72,8 +74,9 @@ def _slurm_job_alive(job_id: str) -> Optional[bool]:
     if not shutil.which("squeue"):
         return None
     try:
-        out = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True,
-                             timeout=30)
+        out = subprocess.run(
+            ["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True, timeout=30
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.returncode == 0 and bool(out.stdout.strip())
@@ -114,8 +117,14 @@ def inspect_run(run: Run, max_steps: Optional[int] = None) -> RunStatus:
             damaged = error
         else:
             steps = record.get("steps")
-            return RunStatus(run, "done", steps, progress.get("max_steps") or max_steps or steps, record.get("miou"),
-                             record.get("wall_time_s"))
+            return RunStatus(
+                run,
+                "done",
+                steps,
+                progress.get("max_steps") or max_steps or steps,
+                record.get("miou"),
+                record.get("wall_time_s"),
+            )
     status = RunStatus(run, "missing", max_steps=max_steps)
     if progress:
         status.step, status.elapsed = progress.get("step"), progress.get("elapsed_s")
@@ -128,7 +137,7 @@ def inspect_run(run: Run, max_steps: Optional[int] = None) -> RunStatus:
         except (OSError, ValueError, KeyError):
             history = {}
         if history:
-            status.step = max(status.step or 0, max(history))
+            status.step = max(status.step or 0, *history)
             validated = [values["val/mIoU"] for values in history.values() if "val/mIoU" in values]
             if validated:
                 status.miou = validated[-1]
@@ -179,8 +188,10 @@ def runs_to_train(statuses: list[RunStatus], say=print) -> list[tuple[Run, bool]
         if status.state == "done":
             say(f"== {run.name}: done ({run.record})")
         elif status.state == "running":
-            say(f"== {run.name}: running elsewhere ({status.detail or run.read_state().get('host', '?')}); "
-                f"log: {run.log_path()}")
+            say(
+                f"== {run.name}: running elsewhere ({status.detail or run.read_state().get('host', '?')}); "
+                f"log: {run.log_path()}"
+            )
         else:
             set_aside_damaged_record(run, say)
             todo.append((run, run.last_ckpt.is_file()))

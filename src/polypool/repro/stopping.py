@@ -17,7 +17,8 @@ import os
 import signal
 import subprocess
 import threading
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Optional, Union
 
 STOP_WAIT_S = 30.0  # how long a stopped child may take to save its checkpoint and end (SLURM's KillWait: 30 s)
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -44,7 +45,7 @@ class Stopped(BaseException):
             return 1
 
 
-def raise_stopped(signum: int, frame: Any) -> None:  # noqa: ARG001
+def raise_stopped(signum: int, frame: Any) -> None:
     raise Stopped(signal.Signals(signum).name)
 
 
@@ -81,11 +82,15 @@ def stop_process(process: subprocess.Popen, wait_s: float = STOP_WAIT_S, signall
     hurry = threading.Event()
     previous = {}
     if threading.current_thread() is threading.main_thread():
-        def kill_now(signum, frame):  # noqa: ARG001
+
+        def kill_now(signum, frame):
             hurry.set()
             _kill_group(process.pid)
-        previous = {signal.SIGINT: signal.signal(signal.SIGINT, kill_now),
-                    signal.SIGTERM: signal.signal(signal.SIGTERM, signal.SIG_IGN)}
+
+        previous = {
+            signal.SIGINT: signal.signal(signal.SIGINT, kill_now),
+            signal.SIGTERM: signal.signal(signal.SIGTERM, signal.SIG_IGN),
+        }
     try:
         if not signalled:
             try:
@@ -106,8 +111,13 @@ def stop_process(process: subprocess.Popen, wait_s: float = STOP_WAIT_S, signall
     return how
 
 
-def run_child(command: Sequence[str], wait_s: float = STOP_WAIT_S, on_start=None,
-              left: Union[str, Callable[[], str], None] = None, **popen: Any) -> int:
+def run_child(
+    command: Sequence[str],
+    wait_s: float = STOP_WAIT_S,
+    on_start=None,
+    left: Union[str, Callable[[], str], None] = None,
+    **popen: Any,
+) -> int:
     """``subprocess.run(command).returncode`` for a child in a session of its own (``popen``: Popen's options,
     e.g. ``stdout``, ``pass_fds``); ``on_start(process)`` is called once it runs. Whatever interrupts the wait
     (:class:`Stopped`, KeyboardInterrupt) stops the child first (:func:`stop_process`), then goes on; a

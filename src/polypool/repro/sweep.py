@@ -28,33 +28,112 @@ pre-training are made (a sweep with another --out waits for it).
 from __future__ import annotations
 
 import argparse
-import socket  # noqa: F401 - polypool.sweep.socket, as before the split
+import socket
 import sys
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from . import spec, tables
-from .config import (PROG, QUICK_WORKERS, Sweep, SweepError, build_parser, get, make_sweep, parse_time_minutes,
-                     quick_network, read_config, resolve_config)
+from .config import (
+    PROG,
+    QUICK_WORKERS,
+    Sweep,
+    SweepError,
+    build_parser,
+    get,
+    make_sweep,
+    parse_time_minutes,
+    quick_network,
+    read_config,
+    resolve_config,
+)
 from .local import LocalProcess, Outcome, gpu_slots, run_env, run_local, run_lock
 from .locking import FolderLock, LockHeld, describe_holder
-from .preflight import (TORCH_CUDA_FLAVOURS, WeightNeed, dataset_ready, ensure_weights, fetch_weight, flavour_for,
-                        gpu_problem, nvidia_smi, prepare_data, quick_data, weight_needs)
+from .preflight import (
+    TORCH_CUDA_FLAVOURS,
+    WeightNeed,
+    dataset_ready,
+    ensure_weights,
+    fetch_weight,
+    flavour_for,
+    gpu_problem,
+    nvidia_smi,
+    prepare_data,
+    quick_data,
+    weight_needs,
+)
 from .runs import STATES, Run
 from .slurm import FitJob, JobSpec, make_executor, run_job, run_slurm
 from .spec import OFFLINE_ENV, POOLINGS
-from .status import (DONE_RECORD_KEYS, HEARTBEAT_S, STATUS_HEADER, RunStatus, completeness, inspect_run, is_alive,
-                     print_progress, runs_to_train, set_aside_damaged_record)
+from .status import (
+    DONE_RECORD_KEYS,
+    HEARTBEAT_S,
+    STATUS_HEADER,
+    RunStatus,
+    completeness,
+    inspect_run,
+    is_alive,
+    print_progress,
+    runs_to_train,
+    set_aside_damaged_record,
+)
 from .stopping import Stopped, stop_on_signals
 
-__all__ = ["DONE_RECORD_KEYS", "HEARTBEAT_S", "OFFLINE_ENV", "POOLINGS", "PROG", "QUICK_WORKERS", "STATES",
-           "STATUS_HEADER", "TORCH_CUDA_FLAVOURS", "FitJob", "JobSpec", "LocalProcess", "Outcome", "Run", "RunStatus",
-           "Sweep", "SweepError", "WeightNeed", "build_parser", "build_table", "completeness", "dataset_ready",
-           "ensure_weights", "fetch_weight", "flavour_for", "get", "gpu_problem", "gpu_slots", "inspect_run",
-           "is_alive", "main", "make_executor", "make_sweep", "nvidia_smi", "parse_time_minutes", "plan",
-           "prepare_data", "print_progress", "print_status", "quick_data", "quick_network", "read_config",
-           "resolve_config", "run_env", "run_job", "run_local", "run_lock", "run_slurm", "runs_to_train",
-           "set_aside_damaged_record", "sweep_lock", "weight_needs"]
+__all__ = [
+    "DONE_RECORD_KEYS",
+    "HEARTBEAT_S",
+    "OFFLINE_ENV",
+    "POOLINGS",
+    "PROG",
+    "QUICK_WORKERS",
+    "STATES",
+    "STATUS_HEADER",
+    "TORCH_CUDA_FLAVOURS",
+    "FitJob",
+    "JobSpec",
+    "LocalProcess",
+    "Outcome",
+    "Run",
+    "RunStatus",
+    "Sweep",
+    "SweepError",
+    "WeightNeed",
+    "build_parser",
+    "build_table",
+    "completeness",
+    "dataset_ready",
+    "ensure_weights",
+    "fetch_weight",
+    "flavour_for",
+    "get",
+    "gpu_problem",
+    "gpu_slots",
+    "inspect_run",
+    "is_alive",
+    "main",
+    "make_executor",
+    "make_sweep",
+    "nvidia_smi",
+    "parse_time_minutes",
+    "plan",
+    "prepare_data",
+    "print_progress",
+    "print_status",
+    "quick_data",
+    "quick_network",
+    "read_config",
+    "resolve_config",
+    "run_env",
+    "run_job",
+    "run_local",
+    "run_lock",
+    "run_slurm",
+    "runs_to_train",
+    "set_aside_damaged_record",
+    "sweep_lock",
+    "weight_needs",
+]
 
 
 def plan(sweep: Sweep) -> list[RunStatus]:
@@ -69,11 +148,13 @@ def print_status(sweep: Sweep, say=print) -> list[RunStatus]:
     for status in statuses:
         say(status.line())
     table = sweep.table_stem.with_suffix(".md")
-    built = f"{table} (built {time.strftime('%Y-%m-%d %H:%M', time.localtime(table.stat().st_mtime))})" \
-        if table.is_file() else f"{table} (not built yet)"
+    built = (
+        f"{table} (built {time.strftime('%Y-%m-%d %H:%M', time.localtime(table.stat().st_mtime))})"
+        if table.is_file()
+        else f"{table} (not built yet)"
+    )
     say(f"table {sweep.table_stem.name}: {completeness(statuses)}; {built}")
     return statuses
-
 
 
 def build_table(sweep: Sweep, failed: list[RunStatus], trained: Sequence[Run] = ()) -> None:
@@ -85,18 +166,34 @@ def build_table(sweep: Sweep, failed: list[RunStatus], trained: Sequence[Run] = 
         committed = sweep.repo / spec.REFERENCE / spec.RUNS
         if committed.is_dir() and committed.resolve() != sweep.runs_root.resolve():
             reference = committed
-    note = ("Failed runs (shown as -): " + ", ".join(f"{s.run.name} (log: {s.run.log_path()})" for s in failed) + "."
-            if failed else "")
+    note = (
+        "Failed runs (shown as -): " + ", ".join(f"{s.run.name} (log: {s.run.log_path()})" for s in failed) + "."
+        if failed
+        else ""
+    )
     try:
-        text = tables.build(sweep.runs_root, sweep.dataset, sweep.config_name, sweep.table_stem, note, sweep.quick,
-                            reference, ",".join(run.name for run in trained), repo=sweep.repo)
+        text = tables.build(
+            sweep.runs_root,
+            sweep.dataset,
+            sweep.config_name,
+            sweep.table_stem,
+            note,
+            sweep.quick,
+            reference,
+            ",".join(run.name for run in trained),
+            repo=sweep.repo,
+        )
     except Stopped as stop:
-        stop.left = (f"while building the table {sweep.table_stem.with_suffix('.md')}: the runs' records are kept; "
-                     f"run the same command again to build it (nothing is trained again)")
+        stop.left = (
+            f"while building the table {sweep.table_stem.with_suffix('.md')}: the runs' records are kept; "
+            f"run the same command again to build it (nothing is trained again)"
+        )
         raise
-    except Exception as error:  # noqa: BLE001 - whatever stops the table: the records are kept
-        raise SweepError(f"the table {sweep.table_stem.with_suffix('.md')} could not be built from "
-                         f"{sweep.runs_root}: {type(error).__name__}: {error}") from error
+    except Exception as error:
+        raise SweepError(
+            f"the table {sweep.table_stem.with_suffix('.md')} could not be built from "
+            f"{sweep.runs_root}: {type(error).__name__}: {error}"
+        ) from error
     print(text, flush=True)
 
 
@@ -105,7 +202,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     extra: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1:]
+        argv, extra = argv[:cut], argv[cut + 1 :]
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -118,8 +215,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def sweep_lock(sweep: Sweep) -> FolderLock:
     """The lock of a sweep's output folder for its config (``OUT/<dataset>_<config>.lock``, beside its table): one
     sweep of a config per output folder at a time (another config's may share the folder)."""
-    return FolderLock(sweep.table_stem.with_suffix(".lock"),
-                      f"the output folder {sweep.out} of {sweep.dataset}/{sweep.config_name}")
+    return FolderLock(
+        sweep.table_stem.with_suffix(".lock"), f"the output folder {sweep.out} of {sweep.dataset}/{sweep.config_name}"
+    )
 
 
 def _main(args: argparse.Namespace, extra: list[str]) -> int:
@@ -133,8 +231,9 @@ def _main(args: argparse.Namespace, extra: list[str]) -> int:
             return _run(args, sweep, start)
         except Stopped as stop:
             left = stop.left or "run the same command again to go on"
-            print(f"{PROG}: stopped ({stop.signal}){'' if left[:1] in ';:,' else ' '}{left}", file=sys.stderr,
-                  flush=True)
+            print(
+                f"{PROG}: stopped ({stop.signal}){'' if left[:1] in ';:,' else ' '}{left}", file=sys.stderr, flush=True
+            )
             return stop.code
 
 
@@ -150,19 +249,26 @@ def _run(args: argparse.Namespace, sweep: Sweep, start: float) -> int:
     if args.prefetch:
         prepare_data(sweep, prefetch=True)
         ensure_weights(sweep.values(), offline=False)
-        print(f"{PROG}: prefetch done: the runs of {sweep.dataset}/{sweep.config_name} find their data and weights "
-              f"(run them with --offline on a node without internet)")
+        print(
+            f"{PROG}: prefetch done: the runs of {sweep.dataset}/{sweep.config_name} find their data and weights "
+            f"(run them with --offline on a node without internet)"
+        )
         return 0
     lock = sweep_lock(sweep)
     try:
         lock.acquire()
     except LockHeld as held:
         holder = held.holder
-        stop_it = (f"stop it (kill {holder['pid']}: its runs keep their last checkpoints) or " if
-                   holder.get("pid") and holder.get("host") == socket.gethostname() else "")
-        raise SweepError(f"another sweep of {sweep.dataset}/{sweep.config_name} is using {sweep.out}: "
-                         f"{describe_holder(holder)} (lock file {lock.path}). Wait for it to end, or {stop_it}"
-                         f"give this one another --out DIR; --status shows its runs") from None
+        stop_it = (
+            f"stop it (kill {holder['pid']}: its runs keep their last checkpoints) or "
+            if holder.get("pid") and holder.get("host") == socket.gethostname()
+            else ""
+        )
+        raise SweepError(
+            f"another sweep of {sweep.dataset}/{sweep.config_name} is using {sweep.out}: "
+            f"{describe_holder(holder)} (lock file {lock.path}). Wait for it to end, or {stop_it}"
+            f"give this one another --out DIR; --status shows its runs"
+        ) from None
     try:
         note = lock.takeover_note()
         if note:
@@ -183,19 +289,27 @@ def _train(args: argparse.Namespace, sweep: Sweep, start: float) -> int:
         except Stopped as stop:
             stop.left = "while fetching the pretrained weights: run the same command again to fetch them"
             raise
-        mode = (f"as {len(todo)} job(s) ({args.slurm_cluster})" if args.slurm else
-                f"{sweep.workers} at a time" + (f", {sweep.gpus_per_run} GPU(s) each" if sweep.gpus_per_run else
-                                                 " on the CPU"))
+        mode = (
+            f"as {len(todo)} job(s) ({args.slurm_cluster})"
+            if args.slurm
+            else f"{sweep.workers} at a time"
+            + (f", {sweep.gpus_per_run} GPU(s) each" if sweep.gpus_per_run else " on the CPU")
+        )
         print(f"== {len(todo)} run(s) to train, {mode}")
     else:
-        print(f"== every run of {sweep.dataset}/{sweep.config_name} has its record in {sweep.runs_root}: nothing to "
-              f"train (delete a record, or pass --out DIR, to train it again); rebuilding the table from them")
+        print(
+            f"== every run of {sweep.dataset}/{sweep.config_name} has its record in {sweep.runs_root}: nothing to "
+            f"train (delete a record, or pass --out DIR, to train it again); rebuilding the table from them"
+        )
     try:
         outcomes = run_slurm(sweep, todo, args) if args.slurm else run_local(sweep, todo, poll_s=args.poll_s)
     except Stopped as stop:
-        stop.left = ("while waiting for the submitted jobs: they go on in SLURM's queue (scancel stops them); run the "
-                     "same command again to wait for them (they are not submitted twice)" if args.slurm else
-                     "; every run keeps its last checkpoint: run the same command again to resume them")
+        stop.left = (
+            "while waiting for the submitted jobs: they go on in SLURM's queue (scancel stops them); run the "
+            "same command again to wait for them (they are not submitted twice)"
+            if args.slurm
+            else "; every run keeps its last checkpoint: run the same command again to resume them"
+        )
         raise
 
     statuses = plan(sweep)
@@ -205,16 +319,24 @@ def _train(args: argparse.Namespace, sweep: Sweep, start: float) -> int:
     build_table(sweep, failed, [o.run for o in trained if o.ok])
     gpu_hours = sum(o.seconds * o.gpus for o in trained) / 3600
     table = sweep.table_stem.with_suffix(".md")
-    print(f"{PROG}: done in {time.time() - start:.0f} s; {len(trained)} run(s) trained, "
-          f"{gpu_hours:.2f} GPU-hours" + (" (CPU)" if not sweep.gpus_per_run else "")
-          + f"; table: {table} ({completeness(statuses)})")
+    print(
+        f"{PROG}: done in {time.time() - start:.0f} s; {len(trained)} run(s) trained, "
+        f"{gpu_hours:.2f} GPU-hours"
+        + (" (CPU)" if not sweep.gpus_per_run else "")
+        + f"; table: {table} ({completeness(statuses)})"
+    )
     if waiting:
-        print(f"{PROG}: {len(waiting)} run(s) still running elsewhere; run again when they end to complete the "
-              f"table", file=sys.stderr)
+        print(
+            f"{PROG}: {len(waiting)} run(s) still running elsewhere; run again when they end to complete the table",
+            file=sys.stderr,
+        )
     if failed:
         lines = "\n".join(f"  {s.run.name}: {s.detail or 'failed'}; log: {s.run.log_path()}" for s in failed)
-        print(f"{PROG}: {len(failed)} run(s) failed:\n{lines}\nrun the same command again to retry them (from "
-              f"their last checkpoint)", file=sys.stderr)
+        print(
+            f"{PROG}: {len(failed)} run(s) failed:\n{lines}\nrun the same command again to retry them (from "
+            f"their last checkpoint)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

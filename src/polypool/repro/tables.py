@@ -18,9 +18,10 @@ import argparse
 import csv
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -34,8 +35,10 @@ PAPER_TABLES = {("voc", "vgg"): "table1_voc_vgg.tsv", ("voc", "resnet"): "table2
 # The supplement's tables ship with the package (results/paper/*.tsv in the checkout link to them).
 PAPER_DIR = Path(__file__).resolve().parent / "paper"
 # The first words of the note above tables of ``./reproduce.sh voc vgg --quick`` runs (see :func:`quick_note`).
-QUICK_NOTE = ("Miniature run (./reproduce.sh voc vgg --quick) on the CPU: the generated detail-heavy VOC-format set, "
-              "not PASCAL VOC, so its numbers are not comparable with the paper's columns.")
+QUICK_NOTE = (
+    "Miniature run (./reproduce.sh voc vgg --quick) on the CPU: the generated detail-heavy VOC-format set, "
+    "not PASCAL VOC, so its numbers are not comparable with the paper's columns."
+)
 PAIRED_MIN_SEEDS = 3  # paired differences against Max need this many seeds of both
 
 
@@ -97,7 +100,7 @@ def load_records(root: Path, dataset: str, backbone: str) -> Table:
     shows as missing. A record without ``miou`` takes the mean of its classes."""
     from ..callbacks import DamagedRecord, read_record
 
-    table = Table(columns=list(VOC_SHORT_NAMES) + ["mean"])
+    table = Table(columns=[*list(VOC_SHORT_NAMES), "mean"])
     for method, _ in METHODS:
         for path in sorted((root / dataset / backbone / method).glob("*.json"), key=_seed_order):
             try:
@@ -150,12 +153,18 @@ def environment_lines(table: Table) -> list[str]:
     if len(runs) == 1:
         lines.append(f"Environment of every run: {next(iter(runs))}.")
     elif runs:
-        lines.append(f"The rows come from {len(runs)} environments: " +
-                     "; ".join(f"{env} ({', '.join(names)})" for env, names in runs.items()) + ".")
+        lines.append(
+            f"The rows come from {len(runs)} environments: "
+            + "; ".join(f"{env} ({', '.join(names)})" for env, names in runs.items())
+            + "."
+        )
     differ = mixed(r.get("provenance") for rs in table.records.values() for r in rs)
     if differ:
-        lines.append("These rows MIX environments, so their differences include the environment's: " +
-                     "; ".join(f"{key} {' / '.join(map(str, values))}" for key, values in differ.items()) + ".")
+        lines.append(
+            "These rows MIX environments, so their differences include the environment's: "
+            + "; ".join(f"{key} {' / '.join(map(str, values))}" for key, values in differ.items())
+            + "."
+        )
     if unrecorded:
         lines.append(f"No environment recorded for {', '.join(unrecorded)} (records written before provenance was).")
     return lines
@@ -179,8 +188,10 @@ def provenance_lines(table: Table) -> list[str]:
                 start = (first.get("layers") or {}).get(name)
                 begin = f"{start['mean']:.4g} (spread {start['std']:.3g})" if start else "?"
                 moves.append(f"{name} {begin} -> {stats['mean']:.4g} (spread {stats['std']:.3g})")
-            lines.append(f"{label} seed {record.get('seed')}: alpha mean from step {first.get('step', '?')} to step "
-                         f"{last.get('step')}: " + "; ".join(moves) + ".")
+            lines.append(
+                f"{label} seed {record.get('seed')}: alpha mean from step {first.get('step', '?')} to step "
+                f"{last.get('step')}: " + "; ".join(moves) + "."
+            )
     return [line for line in lines if line]
 
 
@@ -197,14 +208,18 @@ def load_metrics_csv(path: Path, class_names: Sequence[str] = VOC_CLASSES) -> np
     row = last[prefix]
     if row is None:
         raise ValueError(f"{path} has no evaluation row (no {keys.FINAL_MIOU!r} or {keys.VAL_MIOU!r} value)")
-    per_class = [float(row[keys.class_iou(prefix, name)])
-                 if row.get(keys.class_iou(prefix, name)) not in (None, "", "nan") else None for name in class_names]
+    per_class = [
+        float(row[keys.class_iou(prefix, name)])
+        if row.get(keys.class_iou(prefix, name)) not in (None, "", "nan")
+        else None
+        for name in class_names
+    ]
     return record_values(per_class, float(row[keys.miou(prefix)]))
 
 
 def load_csv_logs(root: Path) -> Table:
     """CSVLogger folders laid out as ``<root>/<pooling>/<seed>/metrics.csv`` (what reproduce.sh writes)."""
-    table = Table(columns=list(VOC_SHORT_NAMES) + ["mean"])
+    table = Table(columns=[*list(VOC_SHORT_NAMES), "mean"])
     for method, _ in METHODS:
         for path in sorted((root / method).glob("*/metrics.csv")):
             table.runs.setdefault(method, []).append(load_metrics_csv(path))
@@ -217,7 +232,7 @@ def load_wandb(path: str, dataset: str, backbone: str) -> Table:
     runs log and the dashboard (``python -m polypool.dashboard``) plots."""
     import wandb
 
-    table = Table(columns=list(VOC_SHORT_NAMES) + ["mean"])
+    table = Table(columns=[*list(VOC_SHORT_NAMES), "mean"])
     for run in wandb.Api().runs(path, filters={"group": keys.group(dataset, backbone), "state": "finished"}):
         method = keys.config_value(run.config, keys.POOLING_CONFIG)
         summary = run.summary
@@ -282,8 +297,12 @@ def _cells(style: str, runs: dict[str, list[np.ndarray]], width: int) -> list[li
             continue
         mean, std = row
         seeds = len(runs[method])
-        cells.append([format_cell(m, s, seeds, not math.isnan(m) and round(m, 1) == b, style)
-                      for m, s, b in zip(mean, std, best)])
+        cells.append(
+            [
+                format_cell(m, s, seeds, not math.isnan(m) and round(m, 1) == b, style)
+                for m, s, b in zip(mean, std, best)
+            ]
+        )
     return cells
 
 
@@ -331,8 +350,9 @@ class PairedDifference:
         return self.mean - half, self.mean + half
 
 
-def paired_differences(table: Table, baseline: str = "max",
-                       min_seeds: int = PAIRED_MIN_SEEDS) -> list[PairedDifference]:
+def paired_differences(
+    table: Table, baseline: str = "max", min_seeds: int = PAIRED_MIN_SEEDS
+) -> list[PairedDifference]:
     """Each method minus ``baseline``, paired by seed (seed s of both), for every :func:`paired_metrics` metric
     where both have the same ``min_seeds`` or more seeds (a NaN value drops that seed)."""
     out = []
@@ -341,8 +361,11 @@ def paired_differences(table: Table, baseline: str = "max",
         for method, _ in METHODS:
             if method == baseline:
                 continue
-            diffs = [v - base[s] for s, v in zip(table.seeds.get(method, []), values.get(method, []))
-                     if s is not None and s in base and not (math.isnan(v) or math.isnan(base[s]))]
+            diffs = [
+                v - base[s]
+                for s, v in zip(table.seeds.get(method, []), values.get(method, []))
+                if s is not None and s in base and not (math.isnan(v) or math.isnan(base[s]))
+            ]
             if len(diffs) >= min_seeds:
                 out.append(PairedDifference(method, metric, diffs))
     return out
@@ -359,7 +382,7 @@ def paired_rows(differences: Sequence[PairedDifference]) -> tuple[list[str], lis
             d = next((d for d in differences if d.method == method and d.metric == metric), None)
             low, high = d.interval if d else (0.0, 0.0)
             cells.append("-" if d is None else f"{d.mean:+.1f} [{low:+.1f}, {high:+.1f}]")
-        rows.append([labels[method]] + cells)
+        rows.append([labels[method], *cells])
     return metrics, rows
 
 
@@ -372,8 +395,11 @@ def findings(table: Table, baseline: str = "max") -> list[str]:
         means = {m: float(np.nanmean(v)) for m, v in values.items() if v and not np.all(np.isnan(v))}
         if means:
             ranking = sorted(means, key=means.get, reverse=True)
-            lines.append(f"{metric} (mean over seeds), best first: " +
-                         ", ".join(f"{labels[m]} {means[m]:.1f}" for m in ranking) + ".")
+            lines.append(
+                f"{metric} (mean over seeds), best first: "
+                + ", ".join(f"{labels[m]} {means[m]:.1f}" for m in ranking)
+                + "."
+            )
     differences = paired_differences(table, baseline)
     for method in dict.fromkeys(d.method for d in differences):
         parts = []
@@ -382,12 +408,16 @@ def findings(table: Table, baseline: str = "max") -> list[str]:
             low, high = d.interval
             verdict = "better" if low > 0 else ("worse" if high < 0 else "no clear difference")
             parts.append(f"{d.metric} {d.mean:+.1f} [{low:+.1f}, {high:+.1f}] ({verdict})")
-        lines.append(f"{labels[method]} vs {labels[baseline]}, paired over {len(mine[0].diffs)} seeds, "
-                     f"mean difference [95% interval]: " + "; ".join(parts) + ".")
+        lines.append(
+            f"{labels[method]} vs {labels[baseline]}, paired over {len(mine[0].diffs)} seeds, "
+            f"mean difference [95% interval]: " + "; ".join(parts) + "."
+        )
     if not differences:
         seeds = min((len(r) for r in table.runs.values()), default=0)
-        lines.append(f"No paired comparison: it needs {PAIRED_MIN_SEEDS} seeds of each pooling (these runs have "
-                     f"{seeds} for the pooling with fewest); run with --seeds {PAIRED_MIN_SEEDS}.")
+        lines.append(
+            f"No paired comparison: it needs {PAIRED_MIN_SEEDS} seeds of each pooling (these runs have "
+            f"{seeds} for the pooling with fewest); run with --seeds {PAIRED_MIN_SEEDS}."
+        )
     return lines
 
 
@@ -414,8 +444,11 @@ def recipe_differences(config_files: Sequence[str], root: Path = Path(".")) -> l
     for name in config_files[1:]:
         changed.update(flat(yaml.safe_load((root / name).read_text())))
     unset = object()
-    return [f"{key.replace('init_args.', '')} {value} (full: {base.get(key, 'default')})"
-            for key, value in changed.items() if base.get(key, unset) != value]
+    return [
+        f"{key.replace('init_args.', '')} {value} (full: {base.get(key, 'default')})"
+        for key, value in changed.items()
+        if base.get(key, unset) != value
+    ]
 
 
 def argument_defaults(config: dict) -> dict:
@@ -448,14 +481,17 @@ def quick_note(table: Table, extra: str = "", repo: Path = Path(".")) -> str:
     from ..data.fixtures import PRESETS
 
     preset = PRESETS["quick"]
-    config_files = next((r.get("config_files") for rs in table.records.values() for r in rs
-                         if r.get("config_files")), [])
+    config_files = next(
+        (r.get("config_files") for rs in table.records.values() for r in rs if r.get("config_files")), []
+    )
     steps = sorted({r.get("steps") for rs in table.records.values() for r in rs} - {None})
-    parts = [QUICK_NOTE,
-             f"Data: `python -m polypool.data.fixtures voc DIR --preset quick` ({preset['train']} train and "
-             f"{preset['val']} val images of {preset['size'][0]}x{preset['size'][1]} px, seed {preset['seed']}; "
-             f"README, 'The CPU miniature').",
-             f"Steps per run: {', '.join(map(str, steps)) or '?'}."]
+    parts = [
+        QUICK_NOTE,
+        f"Data: `python -m polypool.data.fixtures voc DIR --preset quick` ({preset['train']} train and "
+        f"{preset['val']} val images of {preset['size'][0]}x{preset['size'][1]} px, seed {preset['seed']}; "
+        f"README, 'The CPU miniature').",
+        f"Steps per run: {', '.join(map(str, steps)) or '?'}.",
+    ]
     differences = recipe_differences(config_files, repo)
     if differences:
         parts.append(f"Differences from `{config_files[0]}`: " + "; ".join(differences) + ".")
@@ -466,10 +502,18 @@ def trained_note(table: Table, runs_root: Path, trained: str) -> str:
     """Which of the table's runs this sweep trained now and which it read from records already in ``runs_root``."""
     now = {name.strip() for name in trained.split(",") if name.strip()}  # "<pooling> seed <seed>", as the sweep names
     labels = dict(METHODS)
-    named = [f"{labels[m]} seed {r.get('seed')}" for m, rs in table.records.items() for r in rs
-             if f"{m} seed {r.get('seed')}" in now]
-    read = [f"{labels[m]} seed {r.get('seed')}" for m, rs in table.records.items() for r in rs
-            if f"{m} seed {r.get('seed')}" not in now]
+    named = [
+        f"{labels[m]} seed {r.get('seed')}"
+        for m, rs in table.records.items()
+        for r in rs
+        if f"{m} seed {r.get('seed')}" in now
+    ]
+    read = [
+        f"{labels[m]} seed {r.get('seed')}"
+        for m, rs in table.records.items()
+        for r in rs
+        if f"{m} seed {r.get('seed')}" not in now
+    ]
     parts = [f"Trained by this sweep: {', '.join(named) if named else 'none'}."]
     if read:
         parts.append(f"Read from records of earlier sweeps in {runs_root}: {', '.join(read)}.")
@@ -481,15 +525,19 @@ def missing_runs(table: Table) -> list[str]:
 
 
 def markdown(title: str, columns: Sequence[str], rows: list[list[str]]) -> str:
-    lines = [f"**{title}**", "", "| Method | " + " | ".join(columns) + " |",
-             "|---|" + "---:|" * len(columns)]
+    lines = [f"**{title}**", "", "| Method | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
 
 def latex(title: str, columns: Sequence[str], rows: list[list[str]]) -> str:
-    lines = [f"% {title}", "\\begin{tabular}{l" + "c" * len(columns) + "}", "\\toprule",
-             "Method & " + " & ".join(columns) + " \\\\", "\\midrule"]
+    lines = [
+        f"% {title}",
+        "\\begin{tabular}{l" + "c" * len(columns) + "}",
+        "\\toprule",
+        "Method & " + " & ".join(columns) + " \\\\",
+        "\\midrule",
+    ]
     lines += [" & ".join(row).replace("±", "$\\pm$") + " \\\\" for row in rows]
     lines += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(lines)
@@ -502,13 +550,21 @@ def reference_rows(ours: Table, reference: Table) -> tuple[list[str], list[list[
     summary = Table(columns=columns)
     for method, runs in reference.runs.items():
         details = reference.detail.get(method, [np.full(len(reference.detail_columns), np.nan)] * len(runs))
-        summary.runs[method] = [np.concatenate([[run[-1]], [d[reference.detail_columns.index(c)] for c in columns[1:]]])
-                                for run, d in zip(runs, details)]
-    return ["mIoU"] + columns[1:], render_rows(summary, "md")
+        summary.runs[method] = [
+            np.concatenate([[run[-1]], [d[reference.detail_columns.index(c)] for c in columns[1:]]])
+            for run, d in zip(runs, details)
+        ]
+    return ["mIoU", *columns[1:]], render_rows(summary, "md")
 
 
-def write_tables(ours: Table, paper: Optional[Table], out_stem: Path, note: str = "",
-                 reference: Optional[tuple[str, Table]] = None, below: Sequence[str] = ()) -> str:
+def write_tables(
+    ours: Table,
+    paper: Optional[Table],
+    out_stem: Path,
+    note: str = "",
+    reference: Optional[tuple[str, Table]] = None,
+    below: Sequence[str] = (),
+) -> str:
     """Write ``<out_stem>.{md,csv,tex}``; returns the markdown. Our rows carry the detail columns (Boundary IoU,
     trimap mIoU) after the paper's; with 3+ seeds a section gives each pooling's paired difference against Max.
     ``reference`` = (its title, its table): rows trained elsewhere (the committed miniature), shown apart from ours,
@@ -516,8 +572,10 @@ def write_tables(ours: Table, paper: Optional[Table], out_stem: Path, note: str 
     ours_columns = ours.columns + ours.detail_columns
     sections = [("ours", ours_columns, render_rows(ours, "md", detail=True))]
     if paper is not None:
-        sections += [("paper (supplement)", ours.columns, render_rows(paper, "md")),
-                     ("ours - paper", ours.columns, delta_rows(ours, paper))]
+        sections += [
+            ("paper (supplement)", ours.columns, render_rows(paper, "md")),
+            ("ours - paper", ours.columns, delta_rows(ours, paper)),
+        ]
     if reference is not None:
         sections.append((reference[0], *reference_rows(ours, reference[1])))
     differences = paired_differences(ours)
@@ -540,26 +598,44 @@ def write_tables(ours: Table, paper: Optional[Table], out_stem: Path, note: str 
     out_stem.with_suffix(".md").write_text(text)
     with open(out_stem.with_suffix(".csv"), "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["table", "method"] + ours_columns)
-        writer.writerows([["ours"] + r for r in render_rows(ours, "csv", detail=True)])
+        writer.writerow(["table", "method", *ours_columns])
+        writer.writerows([["ours", *r] for r in render_rows(ours, "csv", detail=True)])
         if paper is not None:
-            writer.writerows([["paper"] + r for r in render_rows(paper, "csv")])
-            writer.writerows([["ours - paper"] + r for r in delta_rows(ours, paper)])
+            writer.writerows([["paper", *r] for r in render_rows(paper, "csv")])
+            writer.writerows([["ours - paper", *r] for r in delta_rows(ours, paper)])
         if differences:
-            writer.writerow(["paired vs max", "method"] + metrics)
-            writer.writerows([["paired vs max"] + r for r in rows])
+            writer.writerow(["paired vs max", "method", *metrics])
+            writer.writerows([["paired vs max", *r] for r in rows])
         if reference is not None:
             writer.writerow([reference[0], "method"] + sections[-1 - bool(differences)][1])
-            writer.writerows([[reference[0]] + r for r in sections[-1 - bool(differences)][2]])
-    tex = [latex(title, columns, render_rows(ours, "tex", detail=True) if title == "ours" else (
-        render_rows(paper, "tex") if title.startswith("paper") else rows)) for title, columns, rows in sections]
+            writer.writerows([[reference[0], *r] for r in sections[-1 - bool(differences)][2]])
+    tex = [
+        latex(
+            title,
+            columns,
+            render_rows(ours, "tex", detail=True)
+            if title == "ours"
+            else (render_rows(paper, "tex") if title.startswith("paper") else rows),
+        )
+        for title, columns, rows in sections
+    ]
     out_stem.with_suffix(".tex").write_text("\n\n".join(tex) + "\n")
     return text
 
 
-def build(runs: Path, dataset: str, backbone: str, out: Optional[Path] = None, note: str = "", quick: bool = False,
-          reference: Optional[Path] = None, trained: Optional[str] = None, csv_logs: Optional[Path] = None,
-          wandb: Optional[str] = None, repo: Path = Path(".")) -> str:
+def build(
+    runs: Path,
+    dataset: str,
+    backbone: str,
+    out: Optional[Path] = None,
+    note: str = "",
+    quick: bool = False,
+    reference: Optional[Path] = None,
+    trained: Optional[str] = None,
+    csv_logs: Optional[Path] = None,
+    wandb: Optional[str] = None,
+    repo: Path = Path("."),
+) -> str:
     """The table of one experiment, written to ``<out>.{md,csv,tex}`` (default ``results/<dataset>_<backbone>``);
     returns the markdown. What ``python -m polypool.tables`` does, and what the sweep calls when its runs end.
     ``repo``: where the runs' config files are read (the --quick note's differences)."""
@@ -580,10 +656,13 @@ def build(runs: Path, dataset: str, backbone: str, out: Optional[Path] = None, n
         committed = load_records(reference, dataset, backbone)
         if committed.runs:
             seeds = max(len(r) for r in committed.runs.values())
-            committed_rows = (f"committed reference ({reference}, {seeds} seed(s); trained when it was committed, "
-                              f"not by this sweep)", committed)
-    return write_tables(ours, paper, out or spec.table_stem(spec.DEFAULT_OUT, dataset, backbone), note,
-                        committed_rows, below)
+            committed_rows = (
+                f"committed reference ({reference}, {seeds} seed(s); trained when it was committed, not by this sweep)",
+                committed,
+            )
+    return write_tables(
+        ours, paper, out or spec.table_stem(spec.DEFAULT_OUT, dataset, backbone), note, committed_rows, below
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> str:
@@ -593,20 +672,42 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     source.add_argument("--csv-logs", type=Path, help="CSVLogger folders: <dir>/<pooling>/<seed>/metrics.csv")
     source.add_argument("--wandb", help="ENTITY/PROJECT: read finished runs from the W&B API")
     parser.add_argument("--dataset", default="voc")
-    parser.add_argument("--backbone", default="vgg",
-                        help="the experiment (config name) whose runs to read: vgg, vgg_largefov, resnet, ...")
+    parser.add_argument(
+        "--backbone",
+        default="vgg",
+        help="the experiment (config name) whose runs to read: vgg, vgg_largefov, resnet, ...",
+    )
     parser.add_argument("--out", type=Path, help="output stem (default results/<dataset>_<backbone>)")
     parser.add_argument("--note", default="", help="a line printed above the tables (e.g. 'miniature run')")
     parser.add_argument("--quick", action="store_true", help="note that these are reproduce.sh --quick runs")
-    parser.add_argument("--reference", type=Path,
-                        help="run records trained elsewhere (results/quick/reference/runs), shown beside ours")
-    parser.add_argument("--trained", help="the runs this sweep trained now, comma-separated ('max seed 0,...'): the "
-                                          "table says which rows were trained now and which were read from records")
-    parser.add_argument("--repo", type=Path, default=Path("."),
-                        help="the repository whose config files the records name (default: the current directory)")
+    parser.add_argument(
+        "--reference", type=Path, help="run records trained elsewhere (results/quick/reference/runs), shown beside ours"
+    )
+    parser.add_argument(
+        "--trained",
+        help="the runs this sweep trained now, comma-separated ('max seed 0,...'): the "
+        "table says which rows were trained now and which were read from records",
+    )
+    parser.add_argument(
+        "--repo",
+        type=Path,
+        default=Path("."),
+        help="the repository whose config files the records name (default: the current directory)",
+    )
     args = parser.parse_args(argv)
-    text = build(args.runs, args.dataset, args.backbone, args.out, args.note, args.quick, args.reference,
-                 args.trained, args.csv_logs, args.wandb, args.repo)
+    text = build(
+        args.runs,
+        args.dataset,
+        args.backbone,
+        args.out,
+        args.note,
+        args.quick,
+        args.reference,
+        args.trained,
+        args.csv_logs,
+        args.wandb,
+        args.repo,
+    )
     print(text)
     return text
 
