@@ -85,10 +85,10 @@ clean:
 # ruff (lint and format check) and mypy, configured in pyproject.toml; the same hooks run on commit with pre-commit
 # (.pre-commit-config.yaml: pre-commit install). make format applies ruff's fixes and formatting.
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks scripts notebooks
-	$(VENV)/bin/ruff format --check src tests benchmarks scripts notebooks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts
 	$(VENV)/bin/mypy
 
 format: setup
-	$(VENV)/bin/ruff check --fix src tests benchmarks scripts notebooks
-	$(VENV)/bin/ruff format src tests benchmarks scripts notebooks
+	$(VENV)/bin/ruff check --fix src tests benchmarks scripts
+	$(VENV)/bin/ruff format src tests benchmarks scripts

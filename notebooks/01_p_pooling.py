@@ -22,8 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from polypool.pooling import p_pool2d
 from polypool.repro.notebooks import save_figure
+from polypool.pooling import p_pool2d
 
 torch.manual_seed(0)
 ALPHAS = np.concatenate([[0.0], np.logspace(-2, 4, 121)])
@@ -45,7 +45,7 @@ def ours(x, alpha):
 
 
 def textbook(x, alpha):
-    return ((x ** (alpha + 1)).sum() / (x**alpha).sum()).item()
+    return ((x ** (alpha + 1)).sum() / (x ** alpha).sum()).item()
 
 
 reference = np.array([textbook(window.double(), a) if a < 300 else ours(window.double(), a) for a in ALPHAS])
@@ -64,32 +64,21 @@ finite = np.isfinite(curves["textbook formula, fp32"])
 left.plot(x_axis[finite], curves["textbook formula, fp32"][finite], "--", label="textbook formula, fp32 (until NaN)")
 left.axhline(window.mean().item(), color="tab:green", ls=":", label=f"average pooling = {window.mean().item():.3f}")
 left.axhline(window.max().item(), color="tab:red", ls=":", label=f"max pooling = {window.max().item():g}")
-left.set(
-    xscale="log",
-    xlabel="α (α = 0 drawn at 1e-3)",
-    ylabel="pooled value y",
-    title="One 3×3 window: P-pooling moves from average to max",
-)
+left.set(xscale="log", xlabel="α (α = 0 drawn at 1e-3)", ylabel="pooled value y",
+         title="One 3×3 window: P-pooling moves from average to max")
 left.legend(loc="center right", fontsize=8)
 for name, values in curves.items():
     error = np.abs(values - reference) / reference
     error = np.where(np.isfinite(error), np.maximum(error, 1e-9), np.nan)
     right.plot(x_axis, error, "--" if "textbook" in name else "-", label=name)
-right.set(
-    xscale="log",
-    yscale="log",
-    xlabel="α",
-    ylabel="relative error vs float64 (floored at 1e-9)",
-    title="Stability: the textbook formula breaks (gaps = NaN/inf)",
-)
+right.set(xscale="log", yscale="log", xlabel="α", ylabel="relative error vs float64 (floored at 1e-9)",
+          title="Stability: the textbook formula breaks (gaps = NaN/inf)")
 right.legend(fontsize=8)
 save_figure(fig, "01_alpha_sweep")
 plt.show()
 for name, values in curves.items():
     broken = ALPHAS[~np.isfinite(values)]
-    print(
-        f"{name:24s} first non-finite at alpha = {broken[0]:.3g}" if len(broken) else f"{name:24s} finite for all alpha"
-    )
+    print(f"{name:24s} first non-finite at alpha = {broken[0]:.3g}" if len(broken) else f"{name:24s} finite for all alpha")
 
 # %% [markdown]
 # ## 2. Where the gradient goes inside a window
@@ -110,17 +99,14 @@ for k, alpha in enumerate(grad_alphas):
     x = window.clone().requires_grad_(True)
     p_pool2d(x, alpha, kernel_size=3).sum().backward()
     ours_grad = x.grad.flatten().double()
-    s_a, s_a1 = (values**alpha).sum(), (values ** (alpha + 1)).sum()
-    closed = ((alpha + 1) * values**alpha * s_a - alpha * values ** (alpha - 1) * s_a1) / s_a**2
+    s_a, s_a1 = (values ** alpha).sum(), (values ** (alpha + 1)).sum()
+    closed = ((alpha + 1) * values ** alpha * s_a - alpha * values ** (alpha - 1) * s_a1) / s_a ** 2
     worst = max(worst, (ours_grad - closed).abs().max().item())
     ax.bar(np.arange(9) + (k - 2) * width, ours_grad.numpy(), width, label=f"α = {alpha:g}")
 ax.axhline(0, color="black", lw=0.8)
 ax.set_xticks(np.arange(9), [f"{v:g}" for v in values.tolist()])
-ax.set(
-    xlabel="element value x_i of the window",
-    ylabel="∂y/∂x_i",
-    title="Gradient inside one 3×3 window: from uniform (α = 0, average) to the max element (large α)",
-)
+ax.set(xlabel="element value x_i of the window", ylabel="∂y/∂x_i",
+       title="Gradient inside one 3×3 window: from uniform (α = 0, average) to the max element (large α)")
 ax.legend()
 save_figure(fig, "01_window_gradients")
 plt.show()
@@ -166,13 +152,8 @@ for alpha in prop2_alphas:
 fig, ax = plt.subplots(figsize=(7, 4))
 ax.plot(prop2_alphas, np.maximum(forward_gap, 1e-17), "o-", label="forward: max |y − max_pool(x)|")
 ax.plot(prop2_alphas, np.maximum(backward_gap, 1e-17), "s-", label="backward: max |∂L/∂x − max_pool's|")
-ax.set(
-    xscale="log",
-    yscale="log",
-    xlabel="α",
-    ylabel="largest deviation over 4,096 windows",
-    title="Prop. 2: P-pooling → max pooling as α → ∞ (float64)",
-)
+ax.set(xscale="log", yscale="log", xlabel="α", ylabel="largest deviation over 4,096 windows",
+       title="Prop. 2: P-pooling → max pooling as α → ∞ (float64)")
 ax.legend()
 save_figure(fig, "01_props")
 plt.show()
@@ -195,13 +176,12 @@ assert forward_gap[-1] < 1e-3 * forward_gap[0] and backward_gap[-1] < 1e-3 * bac
 # noise; average pooling keeps 1/8 of either and leaves the noise unbiased; P-pooling moves between the two
 # with α, and since small activations get weight $x^\alpha$, dark details fade quickly as α grows.
 
-
 # %%
 def surviving_contrast(image, structure, value, pool, stages=3):
     out = image
     for _ in range(stages):
         out = pool(out)
-    on_structure = F.max_pool2d(structure, 2**stages) > 0  # output cells that contain the structure
+    on_structure = F.max_pool2d(structure, 2 ** stages) > 0  # output cells that contain the structure
     inside, outside = out[on_structure].mean().item(), out[~on_structure].mean().item()
     return (inside - outside) / (value - BACKGROUND_MEAN), outside - BACKGROUND_MEAN
 
@@ -231,12 +211,9 @@ fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
 for ax, kind in zip(axes[:2], kept):
     for name, style in zip(poolings, ("o-", "s-", "^--", "v--", "d--")):
         ax.plot(shifts, kept[kind][name], style, label=name)
-    ax.set(
-        xlabel="structure position inside the 8-pixel output cell (pixels)",
-        ylabel="fraction of contrast kept after 3 pools",
-        ylim=(-0.05, 1.05),
-        title=f"1-px {kind} through three 2×2 pools",
-    )
+    ax.set(xlabel="structure position inside the 8-pixel output cell (pixels)",
+           ylabel="fraction of contrast kept after 3 pools", ylim=(-0.05, 1.05),
+           title=f"1-px {kind} through three 2×2 pools")
     ax.legend(fontsize=8)
 names = list(poolings)
 axes[2].bar(range(len(names)), [np.mean(bias[n]) for n in names], color=[f"C{i}" for i in range(len(names))])
@@ -245,7 +222,5 @@ axes[2].set(ylabel="mean background output − true mean (0.4)", title="Bias of 
 save_figure(fig, "01_detail_shift")
 plt.show()
 for name in poolings:
-    print(
-        f"{name:12s} bright line kept {np.mean(kept['bright line'][name]):.3f}, "
-        f"dark gap kept {np.mean(kept['dark gap'][name]):.3f}, background bias {np.mean(bias[name]):+.3f}"
-    )
+    print(f"{name:12s} bright line kept {np.mean(kept['bright line'][name]):.3f}, "
+          f"dark gap kept {np.mean(kept['dark gap'][name]):.3f}, background bias {np.mean(bias[name]):+.3f}")

@@ -13,6 +13,7 @@
 # so their numbers are not comparable with the paper's, and every figure made from them says so in its title.
 
 # %%
+from pathlib import Path
 
 import matplotlib
 
@@ -43,16 +44,13 @@ for backbone, (table, kind) in tables.items():
     if kind == "none":
         print(f"voc/{backbone}: no runs (./reproduce.sh voc {backbone} trains them)")
     else:
-        print(
-            f"voc/{backbone}: {kind} runs, seeds per pooling: { ({LABELS[m]: len(r) for m, r in table.runs.items()}) }"
-        )
+        print(f"voc/{backbone}: {kind} runs, seeds per pooling: {({LABELS[m]: len(r) for m, r in table.runs.items()})}")
 
 # %% [markdown]
 # ## The tables
 #
 # Written to `results/quick/voc_<backbone>.{md,csv,tex}` for quick runs and `results/voc_<backbone>.*` for full
 # runs, exactly as `reproduce.sh` writes them. A dash is a run that does not exist (never filled in).
-
 
 # %%
 def show_markdown(text: str) -> None:
@@ -86,7 +84,6 @@ for backbone, (table, kind) in tables.items():
 # marks each of our values, so a change of exactly 0 is visible). A class absent from our validation set (possible
 # in a miniature run) is marked n/a.
 
-
 # %%
 def deltas(table: Table, method: str) -> np.ndarray:
     row, base = table.row(method), table.row("max")
@@ -117,15 +114,8 @@ for backbone, (ours, kind) in tables.items():
     top.legend()
     methods = [m for m, _ in METHODS if m != "max"]
     positions = np.arange(len(methods))
-    bottom.bar(
-        positions - 0.2,
-        [deltas(paper, m)[-1] for m in methods],
-        0.4,
-        color="tab:orange",
-        alpha=0.5,
-        hatch="//",
-        label="paper",
-    )
+    bottom.bar(positions - 0.2, [deltas(paper, m)[-1] for m in methods], 0.4, color="tab:orange", alpha=0.5,
+               hatch="//", label="paper")
     if kind != "none":
         draw_ours(bottom, positions + 0.2, np.array([deltas(ours, m)[-1] for m in methods]), "tab:orange", kind)
     bottom.axhline(0, color="black", lw=0.8)
@@ -133,26 +123,18 @@ for backbone, (ours, kind) in tables.items():
     bottom.set(ylabel="mIoU − mIoU(max) [points]", title="mIoU of each pooling minus max pooling's")
     bottom.legend()
     table_name = {"vgg": "Table 1, VGG16", "resnet": "Table 2, ResNet"}[backbone]
-    status = {
-        "quick": f"{QUICK_LABEL} (not comparable to the paper)",
-        "full": "full runs",
-        "none": "ours: no runs yet (paper only)",
-    }[kind]
-    fig.suptitle(
-        f"VOC 2012 val, {table_name}: ours vs the paper\n{status}",
-        fontsize=12,
-        color="tab:red" if kind != "full" else "black",
-    )
+    status = {"quick": f"{QUICK_LABEL} (not comparable to the paper)", "full": "full runs",
+              "none": "ours: no runs yet (paper only)"}[kind]
+    fig.suptitle(f"VOC 2012 val, {table_name}: ours vs the paper\n{status}", fontsize=12,
+                 color="tab:red" if kind != "full" else "black")
     fig.tight_layout()
     save_figure(fig, f"02_voc_{backbone}_deltas")
     plt.show()
     if kind != "none":
         recognised = {LABELS[m]: int((np.nan_to_num(ours.row(m)[0][:-1]) > 0).sum()) for m in ours.runs}
         print(f"voc/{backbone}: classes with IoU > 0, per pooling: {recognised}")
-        print(
-            f"voc/{backbone} mIoU, ours: "
-            + ", ".join(f"{LABELS[m]} {ours.row(m)[0][-1]:.1f}" for m, _ in METHODS if ours.row(m) is not None)
-        )
+        print(f"voc/{backbone} mIoU, ours: " + ", ".join(
+            f"{LABELS[m]} {ours.row(m)[0][-1]:.1f}" for m, _ in METHODS if ours.row(m) is not None))
 
 # %% [markdown]
 # ## Details: trimap mIoU against the band width, and Boundary IoU
@@ -162,7 +144,6 @@ for backbone, (ours, kind) in tables.items():
 # (mean over seeds, bars: ± std over seeds); the legend gives each pooling's Boundary IoU (Cheng et al., 2021;
 # d = 2% of the image diagonal). Both come from the run records, so a table without detail metrics (records written
 # before they existed, or the paper's) has no line here.
-
 
 # %%
 def trimap_curves(table: Table) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
@@ -185,20 +166,11 @@ for backbone, (table, kind) in tables.items():
         ax.errorbar(widths, mean, yerr=std, marker="o", capsize=3, label=f"{LABELS[method]} (bIoU {boundary:.1f})")
     ax.set_xscale("log", base=2)
     ax.set(xlabel="band width w around the ground-truth boundaries [px]", ylabel="trimap mIoU [%]")
-    status = {
-        "quick": f"{QUICK_LABEL} (not PASCAL VOC)",
-        "full": "full runs",
-        "none": "no runs with detail metrics yet",
-    }[kind]
+    status = {"quick": f"{QUICK_LABEL} (not PASCAL VOC)", "full": "full runs",
+              "none": "no runs with detail metrics yet"}[kind]
     if not curves:
-        ax.text(
-            0.5,
-            0.5,
-            f"voc/{backbone}: no run records with detail metrics",
-            ha="center",
-            va="center",
-            transform=ax.transAxes,
-        )
+        ax.text(0.5, 0.5, f"voc/{backbone}: no run records with detail metrics", ha="center", va="center",
+                transform=ax.transAxes)
     else:
         ax.legend()
     ax.set_title(f"voc/{backbone}: trimap mIoU by band width\n{status}", color="tab:red" if kind != "full" else "black")
@@ -206,8 +178,5 @@ for backbone, (table, kind) in tables.items():
     save_figure(fig, f"02_voc_{backbone}_trimap")
     plt.show()
     for method, (widths, mean, _, boundary) in curves.items():
-        print(
-            f"voc/{backbone} {LABELS[method]}: trimap mIoU "
-            + ", ".join(f"{w}px {m:.1f}" for w, m in zip(widths, mean))
-            + f"; Boundary IoU {boundary:.1f}"
-        )
+        print(f"voc/{backbone} {LABELS[method]}: trimap mIoU " +
+              ", ".join(f"{w}px {m:.1f}" for w, m in zip(widths, mean)) + f"; Boundary IoU {boundary:.1f}")

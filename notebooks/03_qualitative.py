@@ -29,18 +29,8 @@ from scipy import ndimage
 
 from polypool.data import ADE20KDataModule, CityscapesDataModule, VOCSegmentationDataModule
 from polypool.data.classes import IGNORE_INDEX
-from polypool.repro.notebooks import (
-    MINIATURE_LABEL,
-    QUICK_DATA,
-    QUICK_LABEL,
-    best_checkpoint,
-    load_model,
-    miniature_data,
-    miniature_pair,
-    quick_log_dir,
-    repo_root,
-    save_figure,
-)
+from polypool.repro.notebooks import (MINIATURE_LABEL, QUICK_DATA, QUICK_LABEL, best_checkpoint, load_model,
+                                      miniature_data, miniature_pair, quick_log_dir, repo_root, save_figure)
 
 ROOT = repo_root()
 NUM_IMAGES = 3
@@ -61,16 +51,12 @@ def checkpoints_and_data(dataset: str) -> tuple[dict[str, Path], Path, str]:
         return {p: best_checkpoint(d) for p, d in full.items()}, ROOT / config["data"]["init_args"]["root"], "full runs"
     if dataset == "voc":
         return ({p: best_checkpoint(quick_log_dir(p)) for p in ("max", "ppool")}, ROOT / QUICK_DATA, QUICK_LABEL)
-    return (
-        {p: best_checkpoint(d) for p, d in miniature_pair(dataset).items()},
-        miniature_data(dataset),
-        MINIATURE_LABEL.format(dataset=dataset),
-    )
+    return ({p: best_checkpoint(d) for p, d in miniature_pair(dataset).items()}, miniature_data(dataset),
+            MINIATURE_LABEL.format(dataset=dataset))
 
 
 # %% [markdown]
 # ## Colouring and the error map
-
 
 # %%
 def colour(mask: np.ndarray, palette: np.ndarray) -> np.ndarray:
@@ -93,12 +79,9 @@ def error_map(truth: np.ndarray, pred_max: np.ndarray, pred_p: np.ndarray) -> tu
     valid = truth != IGNORE_INDEX
     wrong_max, wrong_p = (pred_max != truth) & valid, (pred_p != truth) & valid
     near = boundary_band(truth)
-    rgb = np.full((*truth.shape, 3), 255, dtype=np.float32)
-    for selection, value in (
-        ((wrong_max & ~wrong_p), (220, 30, 30)),
-        ((wrong_p & ~wrong_max), (30, 80, 220)),
-        ((wrong_max & wrong_p), (90, 90, 90)),
-    ):
+    rgb = np.full(truth.shape + (3,), 255, dtype=np.float32)
+    for selection, value in (((wrong_max & ~wrong_p), (220, 30, 30)), ((wrong_p & ~wrong_max), (30, 80, 220)),
+                             ((wrong_max & wrong_p), (90, 90, 90))):
         strength = np.where(near, 1.0, 0.35)[selection][:, None]
         rgb[selection] = 255 * (1 - strength) + np.array(value, dtype=np.float32) * strength
     rgb[~valid] = (235, 235, 200)  # ignored pixels: pale yellow
@@ -108,7 +91,6 @@ def error_map(truth: np.ndarray, pred_max: np.ndarray, pred_p: np.ndarray) -> tu
 
 # %% [markdown]
 # ## The panels
-
 
 # %%
 def panel(dataset: str) -> dict:
@@ -129,37 +111,23 @@ def panel(dataset: str) -> dict:
         truth = truth.numpy()
         errors, counts = error_map(truth, preds["max"], preds["ppool"])
         totals = {k: totals[k] + counts[k] for k in totals}
-        shown = (image * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
-        columns = [
-            (shown, "image"),
-            (colour(truth, datamodule.palette), "ground truth"),
-            (colour(preds["max"], datamodule.palette), "max pooling"),
-            (colour(preds["ppool"], datamodule.palette), "P-pooling"),
-            (errors, f"errors near boundaries: max {counts['max']}, P {counts['P']}"),
-        ]
+        shown = ((image * std + mean).clamp(0, 1).permute(1, 2, 0).numpy())
+        columns = [(shown, "image"), (colour(truth, datamodule.palette), "ground truth"),
+                   (colour(preds["max"], datamodule.palette), "max pooling"),
+                   (colour(preds["ppool"], datamodule.palette), "P-pooling"),
+                   (errors, f"errors near boundaries: max {counts['max']}, P {counts['P']}")]
         for ax, (picture, title) in zip(axes[row], columns):
             ax.imshow(picture, interpolation="nearest")
             ax.set_title(title, fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
         axes[row, 0].set_ylabel(f"val image {row}", fontsize=9)
-    handles = [
-        plt.Rectangle((0, 0), 1, 1, color=np.array(c) / 255)
-        for c in ((220, 30, 30), (30, 80, 220), (90, 90, 90), (235, 235, 200))
-    ]
-    fig.legend(
-        handles,
-        ["only max wrong", "only P wrong", "both wrong", "ignored"],
-        loc="lower right",
-        ncol=4,
-        fontsize=9,
-        title=f"error map (full colour: within {BOUNDARY_PX} px of a boundary)",
-    )
-    fig.suptitle(
-        f"{dataset} ({figure} of the supplement), {backbone}: max pooling vs P-pooling\n{label}",
-        color="black" if label == "full runs" else "tab:red",
-        fontsize=11,
-    )
+    handles = [plt.Rectangle((0, 0), 1, 1, color=np.array(c) / 255) for c in
+               ((220, 30, 30), (30, 80, 220), (90, 90, 90), (235, 235, 200))]
+    fig.legend(handles, ["only max wrong", "only P wrong", "both wrong", "ignored"], loc="lower right", ncol=4,
+               fontsize=9, title=f"error map (full colour: within {BOUNDARY_PX} px of a boundary)")
+    fig.suptitle(f"{dataset} ({figure} of the supplement), {backbone}: max pooling vs P-pooling\n{label}",
+                 color="black" if label == "full runs" else "tab:red", fontsize=11)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     save_figure(fig, f"03_qualitative_{dataset}")
     plt.show()
@@ -168,7 +136,5 @@ def panel(dataset: str) -> dict:
 
 for dataset in SETUPS:
     totals = panel(dataset)
-    print(
-        f"{dataset}: wrong pixels within {BOUNDARY_PX} px of a boundary, over {totals['band']} such pixels: "
-        f"max pooling {totals['max']}, P-pooling {totals['P']}"
-    )
+    print(f"{dataset}: wrong pixels within {BOUNDARY_PX} px of a boundary, over {totals['band']} such pixels: "
+          f"max pooling {totals['max']}, P-pooling {totals['P']}")

@@ -28,16 +28,8 @@ import torch
 
 from polypool.callbacks import AlphaHistory, load_alpha_history
 from polypool.data import VOCSegmentationDataModule
-from polypool.repro.notebooks import (
-    QUICK_DATA,
-    QUICK_LABEL,
-    best_checkpoint,
-    load_model,
-    quick_log_dir,
-    repo_root,
-    save_figure,
-    train_quick_variant,
-)
+from polypool.repro.notebooks import (QUICK_DATA, QUICK_LABEL, best_checkpoint, load_model, quick_log_dir,
+                                      repo_root, save_figure, train_quick_variant)
 
 ROOT = repo_root()
 full_dense = ROOT / "results" / "logs" / "voc" / "vgg" / "ppool" / "0"
@@ -47,19 +39,15 @@ else:
     RUNS, LABEL = {"dense": quick_log_dir("ppool")}, QUICK_LABEL
 for mode in ("layer", "channel"):
     kwargs = f'{{"alpha_mode": "{mode}", "alpha_init": 3.0, "alpha_range": [0.0, 50.0]}}'
-    RUNS[mode] = train_quick_variant(
-        f"voc_vgg_ppool_{mode}",
-        ["--model.pooling", "ppool", "--model.pooling_kwargs", kwargs, "--model.pooling_lr_mult", "180"],
-    )
+    RUNS[mode] = train_quick_variant(f"voc_vgg_ppool_{mode}", ["--model.pooling", "ppool", "--model.pooling_kwargs",
+                                                               kwargs, "--model.pooling_lr_mult", "180"])
 TITLE_COLOUR = "black" if LABEL == "full run" else "tab:red"  # quick runs are flagged in red
 HISTORY = {mode: load_alpha_history(run / AlphaHistory.filename) for mode, run in RUNS.items()}
 LAYERS = list(HISTORY["dense"][-1]["layers"])  # backbone module names, in network order
 NAMES = {name: f"pool{i + 1} ({name})" for i, name in enumerate(LAYERS)}
 for mode, history in HISTORY.items():
-    print(
-        f"{mode:8s} {len(history)} snapshots, steps {history[0]['step']}..{history[-1]['step']}, "
-        f"from {RUNS[mode].relative_to(ROOT)}"
-    )
+    print(f"{mode:8s} {len(history)} snapshots, steps {history[0]['step']}..{history[-1]['step']}, "
+          f"from {RUNS[mode].relative_to(ROOT)}")
 
 # %% [markdown]
 # ## 1. The final α per layer
@@ -67,7 +55,6 @@ for mode, history in HISTORY.items():
 # Layer mode: the one α of each layer. Channel mode: the distribution over channels (box: quartiles, whiskers:
 # 5–95%). Dense mode: the distribution of the α map over the probe image (the first training image; 1,024 sampled
 # positions per layer).
-
 
 # %%
 def distribution(snapshot_layer: dict) -> np.ndarray:
@@ -91,19 +78,14 @@ for ax, mode, colour in zip(axes, ("layer", "channel", "dense"), ("C0", "C1", "C
     ax.ticklabel_format(axis="y", useOffset=False)
     ax.set(ylabel="α", title=f"{mode} α at step {HISTORY[mode][-1]['step']}")
     ax.legend(fontsize=8)
-fig.suptitle(
-    f"Learned α per pooling layer of VGG16 (box: quartiles, whiskers: 5–95%; note each panel's α axis)\n{LABEL}",
-    color=TITLE_COLOUR,
-    y=1.06,
-)
+fig.suptitle(f"Learned α per pooling layer of VGG16 (box: quartiles, whiskers: 5–95%; note each panel's α axis)"
+             f"\n{LABEL}", color=TITLE_COLOUR, y=1.06)
 save_figure(fig, "04_alpha_per_layer")
 plt.show()
 for mode in HISTORY:
     first, last = HISTORY[mode][0]["layers"], HISTORY[mode][-1]["layers"]
-    print(
-        f"{mode:8s} mean alpha, first -> last snapshot:",
-        {NAMES[name]: f"{first[name]['mean']:.3f} -> {last[name]['mean']:.3f}" for name in LAYERS},
-    )
+    print(f"{mode:8s} mean alpha, first -> last snapshot:",
+          {NAMES[name]: f"{first[name]['mean']:.3f} -> {last[name]['mean']:.3f}" for name in LAYERS})
 
 # %% [markdown]
 # ## 2. α's histogram over training
@@ -114,9 +96,8 @@ for mode in HISTORY:
 # each panel. The cyan line is the mean.
 
 # %%
-fig, axes = plt.subplots(
-    3, len(LAYERS), figsize=(3.4 * len(LAYERS), 10), squeeze=False, gridspec_kw={"hspace": 0.5, "wspace": 0.3}
-)
+fig, axes = plt.subplots(3, len(LAYERS), figsize=(3.4 * len(LAYERS), 10), squeeze=False,
+                         gridspec_kw={"hspace": 0.5, "wspace": 0.3})
 for row, mode in enumerate(("layer", "channel", "dense")):
     history = HISTORY[mode]
     steps = [snapshot["step"] for snapshot in history]
@@ -126,15 +107,8 @@ for row, mode in enumerate(("layer", "channel", "dense")):
         margin = max((high - low) * 0.05, 1e-4 * max(abs(high), 1.0))
         edges = np.linspace(low - margin, high + margin, 31)
         counts = np.stack([np.histogram(v, edges)[0] / len(v) for v in values])
-        image = axes[row, col].imshow(
-            counts,
-            aspect="auto",
-            cmap="magma",
-            vmin=0,
-            vmax=1,
-            interpolation="nearest",
-            extent=(edges[0], edges[-1], steps[-1], steps[0]),
-        )
+        image = axes[row, col].imshow(counts, aspect="auto", cmap="magma", vmin=0, vmax=1, interpolation="nearest",
+                                      extent=(edges[0], edges[-1], steps[-1], steps[0]))
         axes[row, col].plot([v.mean() for v in values], steps, color="cyan", lw=1, label="mean α")
         axes[row, col].set_title(f"{mode} α, {NAMES[name]}", fontsize=9)
         axes[row, col].set_xlabel("α", fontsize=8)
@@ -171,19 +145,16 @@ axes[0].set_title("val image 0")
 for ax, (name, alpha) in zip(axes[1:], maps.items()):
     channel_mean = alpha.mean(0).numpy()
     centre = float(channel_mean.mean())  # drawn as the deviation from the map's mean, which can be tiny
-    shown = ax.imshow(
-        channel_mean - centre, cmap="coolwarm", norm=matplotlib.colors.CenteredNorm(), interpolation="nearest"
-    )  # white = the map's mean
-    ax.set_title(
-        f"{NAMES[name]}: α {centre:.4f}, range {channel_mean.min():.4f} to {channel_mean.max():.4f}", fontsize=9
-    )
+    shown = ax.imshow(channel_mean - centre, cmap="coolwarm", norm=matplotlib.colors.CenteredNorm(),
+                      interpolation="nearest")  # white = the map's mean
+    ax.set_title(f"{NAMES[name]}: α {centre:.4f}, range {channel_mean.min():.4f} to {channel_mean.max():.4f}",
+                 fontsize=9)
     fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label=f"α − {centre:.4f} (channel mean)")
 for ax in axes:
     ax.set_xticks([])
     ax.set_yticks([])
-fig.suptitle(
-    f"Dense α maps of VGG16's pooling layers (red: more max-like, blue: more average-like)\n{LABEL}", color=TITLE_COLOUR
-)
+fig.suptitle(f"Dense α maps of VGG16's pooling layers (red: more max-like, blue: more average-like)\n{LABEL}",
+             color=TITLE_COLOUR)
 fig.tight_layout()
 save_figure(fig, "04_dense_alpha_maps")
 plt.show()

@@ -52,10 +52,8 @@ def notebook_of(script: Path) -> nbformat.NotebookNode:
     notebook = nbformat.v4.new_notebook()
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     notebook.metadata["language_info"] = {"name": "python"}
-    notebook.cells = [
-        nbformat.v4.new_markdown_cell(source) if kind == "markdown" else nbformat.v4.new_code_cell(source)
-        for kind, source in cells_of(script)
-    ]
+    notebook.cells = [nbformat.v4.new_markdown_cell(source) if kind == "markdown" else nbformat.v4.new_code_cell(source)
+                      for kind, source in cells_of(script)]
     return notebook
 
 
@@ -63,9 +61,7 @@ def execute(notebook: nbformat.NotebookNode, timeout: int = 3600) -> nbformat.No
     """Runs every cell in a fresh kernel of this Python, from the repository root; raises on the first error."""
     from nbclient import NotebookClient
 
-    NotebookClient(
-        notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
-    ).execute()
+    NotebookClient(notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
     return notebook
 
 
