@@ -161,7 +161,8 @@ def test_fit_logs_checkpoints_and_writes_a_record_that_the_table_reads(voc_root,
     assert [snapshot["step"] for snapshot in history] == [0, 4]
     pool = history[-1]["layers"]["features.maxpool"]  # dense alpha over the probe image: 64 channels x 12 x 12
     assert pool["mode"] == "dense" and sum(pool["hist"]["counts"]) == 64 * 12 * 12
-    assert pool["sampled"] and len(pool["values"]) == 1024 and pool["min"] <= min(pool["values"])
+    # the sampled values are written rounded to 6 decimals: one may round below the exact minimum
+    assert pool["sampled"] and len(pool["values"]) == 1024 and pool["min"] <= min(pool["values"]) + 5e-7
     assert 1.0 <= pool["min"] <= pool["mean"] <= pool["max"] <= 50.0
     assert (
         type(cli.trainer.loggers[0]).__name__ == "ResumableCSVLogger"
