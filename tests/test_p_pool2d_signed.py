@@ -65,8 +65,12 @@ def per_window_reference(x, alpha, kernel, stride=None, padding=0, ceil_mode=Fal
                     e = window_elements(x[b, ch], window, include_pad, i, j)
                     s = e.min().clamp(max=0)
                     u = e - s
-                    # u^a, with 0^a = 1 at a = 0, else 0 (and no 0 * inf in the gradient at u = 0)
-                    p = torch.where(u > 0, torch.where(u > 0, u, 1.0) ** a, (a == 0).double())
+                    # (u / max u)^a, with 0^a = 1 at a = 0, else 0 (and no 0 * inf in the gradient at u = 0). y is the
+                    # same with or without dividing by max u; dy/da at a = 0, where the zeros' -inf is dropped (the
+                    # README's convention), is the max-normalised form's
+                    u_max = u.max()
+                    r = u / torch.where(u_max > 0, u_max, 1.0)
+                    p = torch.where(r > 0, torch.where(r > 0, r, 1.0) ** a, (a == 0).double())
                     out.append(s + (p * u).sum() / p.sum())
     return torch.stack(out).view(n, c, out_h, out_w)
 
@@ -144,7 +148,7 @@ def test_gradients_on_signed_inputs(backend):
         return
     x = torch.randn(2, 3, 7, 8, generator=gen)
     x[0, 0] = x[0, 0].abs()  # windows the kernel serves next to windows it hands over
-    a = torch.tensor([0.5, 3.0, 20.0]).view(3, 1, 1)
+    a = torch.tensor([0.0, 0.5, 20.0]).view(3, 1, 1)  # at 0, only a rounding could give the minimum a weight
     need(backend, x, a)
     x.requires_grad_(True)
     a.requires_grad_(True)
@@ -247,3 +251,61 @@ def test_dense_alpha_with_non_finite_inputs_takes_the_unfused_path():
     assert y[0, 2, 2] == math.inf  # the window with +inf (the kernel's arithmetic gives NaN there)
     y[0, 2, 2] = 0.0
     assert y.isfinite().all()  # every other window
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tiny_windows_beside_signed_ones_keep_finite_gradients(backend):
+    """The signed path also runs over the windows a backend serves (its result there is not used): its backward
+    must not put 0 * inf = NaN into them. A window of values near 1e-25 (its span squared underflows) and one with a
+    subnormal ratio at alpha < 1, each next to a window with a negative element."""
+    for values, alpha in (([1e-25, 2e-25, -1.0, 2.0], 3.0), ([1e-45, 0.5, -1.0, 2.0], 0.01)):
+        x = torch.tensor(values).view(1, 1, 1, 4)
+        a = torch.tensor(alpha)
+        need(backend, x, a)
+        x.requires_grad_(True)
+        a.requires_grad_(True)
+        p_pool2d(x, a, (1, 2), backend=backend).sum().backward()
+        assert torch.isfinite(x.grad).all() and torch.isfinite(a.grad), (values, x.grad, a.grad)
+    # a window of close negatives, its zero padding left out: the padding's r would be far above 1 (poolformer's
+    # token mixer pools so; its alpha gradient was NaN)
+    x = torch.tensor([[-1.2003, -1.1664], [-1.1595, -1.1528]]).view(1, 1, 2, 2)
+    a = torch.tensor(30.0)
+    need(backend, x, a)
+    x.requires_grad_(True)
+    a.requires_grad_(True)
+    p_pool2d(x, a, 3, 1, 1, backend=backend, count_include_pad=False).square().sum().backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(a.grad), (x.grad, a.grad)
+
+
+@pytest.mark.parametrize(
+    "kernel,stride,padding,ceil_mode,include_pad",
+    [(2, 2, 0, False, True), (3, 2, 1, True, True), (3, 2, 1, True, False), (3, 1, 1, False, False)],
+)
+def test_the_traced_form_equals_the_eager_one(kernel, stride, padding, ceil_mode, include_pad):
+    """torch.compile/torch.export trace the unfolded form; eager calls run the offset loop: same numbers and
+    gradients, non-finite inputs and per-channel and dense alpha included."""
+    from polypool.pooling.signed import signed_p_pool2d, signed_p_pool2d_unfolded
+
+    window = Window.make(kernel, stride, padding, ceil_mode)
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 3, 7, 9, generator=gen, dtype=torch.float64)
+    x[0, 1, 2, 3], x[1, 0, 4, 4], x[1, 2, 0, 0], x[0, 0, 6, 8] = math.inf, -math.inf, math.nan, -math.inf
+    out_h, out_w = window.output_size(7, 9)
+    for alpha in (
+        torch.tensor([0.0, 2.5, 30.0], dtype=torch.float64).view(3, 1, 1),
+        torch.rand(2, 3, out_h, out_w, generator=gen, dtype=torch.float64) * 10,
+        4.0,
+    ):
+        results = []
+        for form in (signed_p_pool2d, signed_p_pool2d_unfolded):
+            xx = x.clone().requires_grad_(True)
+            aa = alpha.clone().requires_grad_(True) if isinstance(alpha, torch.Tensor) else alpha
+            y, needed = form(xx, aa, window, include_pad)
+            torch.where(torch.isfinite(y), y, 0.0).sum().backward()
+            results.append((y, needed, xx.grad, aa.grad if isinstance(aa, torch.Tensor) else None))
+        (y1, n1, gx1, ga1), (y2, n2, gx2, ga2) = results
+        assert torch.equal(n1, n2)
+        torch.testing.assert_close(y1, y2, equal_nan=True)
+        torch.testing.assert_close(gx1, gx2, equal_nan=True)
+        if ga1 is not None:
+            torch.testing.assert_close(ga1, ga2)

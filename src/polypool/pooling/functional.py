@@ -222,7 +222,7 @@ def p_pool2d(
             input_nonnegative=input_nonnegative,
             count_include_pad=count_include_pad,
         )
-    if check_negative and not math.isfinite(y.amax()):  # +inf or NaN in x (y >= 0 here)
+    if check_negative and not math.isfinite(y.detach().amax()):  # +inf or NaN in x (y >= 0 here)
         return _with_signed_windows(input, alpha, window, include_pad, run_nonnegative)
     return y
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 from typing import Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .geometry import Window, overhang_mask, pad_window_input, window_offsets
@@ -81,8 +82,9 @@ def signed_p_pool2d(
     """P-pooling of a real x (any sign, +-inf, NaN), window by window (module docstring), and a bool mask of the
     windows that needed this path: those with a negative or a non-finite element. ``alpha`` is a float or a tensor
     broadcasting to the output ``(N, C, H_out, W_out)``, finite and >= 0."""
+    if torch.compiler.is_compiling():
+        return signed_p_pool2d_unfolded(x, alpha, window, include_pad)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    _height, _width = x.shape[-2:]
     with torch.autocast(device_type=x.device.type, enabled=False):
         xa = x.to(acc)
         a = (
@@ -92,9 +94,8 @@ def signed_p_pool2d(
         )
         # The arithmetic runs on the finite elements only (non-finite ones read as 0, take no gradient and are
         # left out of the sums); the non-finite ones set their windows' outputs through the flags at the end.
-        # A traced graph cannot branch on the data: it always takes the general form.
         low, high = torch.aminmax(xa.detach())
-        all_finite = not torch.compiler.is_compiling() and bool((low > -torch.inf) & (high < torch.inf))
+        all_finite = bool((low > -torch.inf) & (high < torch.inf))
         finite = None if all_finite else torch.isfinite(xa)
         x_f = xa if all_finite else torch.where(finite, xa, 0.0)
         # m and s: the max and min(0, min) of each window's finite elements, by running maximum/minimum over the
@@ -113,21 +114,29 @@ def signed_p_pool2d(
         m = torch.where(no_finite, 0.0, m)
         s = torch.where(no_finite, 0.0, s).clamp(max=0)
         span = m - s
-        # r_i = (x_i - s) / span = 1 - (m - x_i) / span; where the finite elements all equal (span 0), r := 1
-        flat = span < torch.finfo(acc).tiny
-        minus_inv_span = torch.where(flat, 0.0, -1.0 / torch.where(flat, 1.0, span))
-        one = torch.ones((), dtype=acc, device=x.device)
+        # r_i = (x_i - s) / span. Where the finite elements are all equal, or within
+        # sqrt(tiny) of each other (then y = m to that precision), r := 1: 1/span^2, in the backward, stays finite
+        # (else 0 * inf = NaN would reach the gradients of windows whose output the backends computed)
+        tiny = torch.finfo(acc).tiny
+        flat = span < tiny**0.5
+        inv_span = torch.where(flat, 0.0, 1.0 / torch.where(flat, 1.0, span))
+        flat_one = flat.to(acc)
         zero_pow = torch.zeros_like(m).pow(a)  # 0^a: 1 at a = 0 (avg_pool2d counts every element), else 0
         den = torch.zeros_like(m)
         num = torch.zeros_like(m)  # sum_i p_i (m - x_i)
         for k, (v, in_window) in enumerate(_masked_views(x_f, window, include_pad)):
             gap = m - v
-            r = torch.addcmul(one, gap, minus_inv_span)
-            positive = r > 0
-            p = torch.where(positive, torch.where(positive, r, 1.0).pow(a), zero_pow)  # no inf * 0 at r = 0
+            # (x - s) / span: exactly 0 at the window's minimum, whose weight (and its ln r in dy/dalpha) must
+            # vanish; 1 where the window is flat
+            r = torch.addcmul(flat_one, v - s, inv_span)
             use = in_window
             if not all_finite:
                 use = ~nonfinite_views[k] if in_window is None else ~nonfinite_views[k] & in_window
+            if use is not None:  # a tap outside the window (a left-out zero can lie far above s): r := 0, not r^a = inf
+                r = torch.where(use, r, 0.0)
+            # r below the smallest normal number counts as 0, as in the reference op: r^(a-1) stays finite
+            positive = r >= tiny
+            p = torch.where(positive, torch.where(positive, r, 1.0).pow(a), zero_pow)  # no inf * 0 at r = 0
             if use is not None:
                 p = torch.where(use, p, 0.0)
             den = den + p
@@ -141,4 +150,69 @@ def signed_p_pool2d(
             y = torch.where(has_pinf, torch.where(at_zero & has_ninf, torch.nan, torch.inf), y)
             y = torch.where(has_nan, torch.nan, y)
             needed = needed | has_nan | has_pinf | has_ninf
+    return y.to(x.dtype), needed
+
+
+def signed_p_pool2d_unfolded(
+    x: Tensor, alpha: Union[float, Tensor], window: Window, include_pad: bool = True
+) -> tuple[Tensor, Tensor]:
+    """:func:`signed_p_pool2d`'s arithmetic on the unfolded windows ``(N, C, kh*kw, H_out, W_out)``, without a
+    branch on the data: what ``torch.compile`` and ``torch.export`` trace (a few dozen ops, where the offset loop
+    would put a few hundred in the graph). It holds kh*kw/stride^2 copies of x, so eager calls use the loop."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    height, width = x.shape[-2:]
+    out_h, out_w = window.output_size(height, width)
+    taps = window.kernel[0] * window.kernel[1]
+    tiny = torch.finfo(acc).tiny
+
+    def unfold(t: Tensor) -> Tensor:  # (..., H', W') -> (..., taps, H_out, W_out)
+        cols = F.unfold(t.reshape(-1, 1, *t.shape[-2:]), window.kernel, stride=window.stride)
+        return cols.view(*t.shape[:-2], taps, out_h, out_w)
+
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        xa = x.to(acc)
+        a = (
+            alpha.to(device=x.device, dtype=acc)
+            if isinstance(alpha, Tensor)
+            else torch.tensor(float(alpha), dtype=acc, device=x.device)
+        )
+        if a.dim() >= 2:  # (..., H_out, W_out) -> (..., 1, H_out, W_out): one value for the window's taps
+            a = a.unsqueeze(-3)
+        # which taps are elements of their window: the padding when include_pad, the ceil overhang never
+        (ph, pw), (oh, ow) = window.padding, window.overhang(height, width)
+        ones = torch.ones(1, 1, height, width, dtype=acc, device=x.device)
+        if include_pad:
+            ones = F.pad(F.pad(ones, (pw, pw, ph, ph), value=1.0), (0, ow, 0, oh))
+        else:
+            ones = pad_window_input(ones, window)
+        valid = unfold(ones)[0, 0] > 0
+        raw = unfold(pad_window_input(xa, window))
+        finite = torch.isfinite(raw)
+        use = finite & valid
+        v = torch.where(finite, raw, 0.0)
+        m = torch.where(use, v, -torch.inf).amax(dim=-3)
+        s = torch.where(use, v, torch.inf).amin(dim=-3)
+        no_finite = m == -torch.inf
+        m = torch.where(no_finite, 0.0, m)
+        s = torch.where(no_finite, 0.0, s).clamp(max=0)
+        span = m - s
+        flat = span < tiny**0.5
+        inv_span = torch.where(flat, 0.0, 1.0 / torch.where(flat, 1.0, span))
+        gap = m.unsqueeze(-3) - v
+        r = flat.to(acc).unsqueeze(-3) + (v - s.unsqueeze(-3)) * inv_span.unsqueeze(-3)
+        r = torch.where(use, r, 0.0)  # a tap outside the window: r := 0, not r^a = inf
+        positive = r >= tiny
+        zero_pow = torch.zeros((), dtype=acc, device=x.device).pow(a)
+        p = torch.where(positive, torch.where(positive, r, 1.0).pow(a), zero_pow)
+        p = torch.where(use, p, 0.0)
+        den = p.sum(dim=-3)
+        y = m - (p * gap).sum(dim=-3) / torch.where(den > 0, den, 1.0)
+        has_nan = (torch.isnan(raw) & valid).any(dim=-3)
+        has_pinf = ((raw == torch.inf) & valid).any(dim=-3)
+        has_ninf = ((raw == -torch.inf) & valid).any(dim=-3)
+        at_zero = (a.squeeze(-3) if a.dim() >= 3 else a) == 0
+        y = torch.where(has_ninf & (at_zero | no_finite), -torch.inf, y)
+        y = torch.where(has_pinf, torch.where(at_zero & has_ninf, torch.nan, torch.inf), y)
+        y = torch.where(has_nan, torch.nan, y)
+        needed = has_nan | has_pinf | has_ninf | (s < 0)
     return y.to(x.dtype), needed
