@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
-from helpers import REPO, in_repo  # noqa: F401 - in_repo: an autouse fixture
+from helpers import REPO, fit_args, in_repo  # noqa: F401 - in_repo: an autouse fixture
 
 from polypool import callbacks
 from polypool.callbacks import files, run_record
@@ -28,42 +28,6 @@ from polypool.repro import sweep as sw
 @pytest.fixture(scope="module")
 def voc_root(tmp_path_factory):
     return make_voc(tmp_path_factory.mktemp("voc"), n_train=4, n_val=2, size=(32, 32), seed=0)
-
-
-def fit_args(root, folder, steps=3, extra=()):
-    """A fit of ``steps`` steps of resnet18 on the 32 px fixture, no periodic validation unless ``extra`` asks."""
-    return [
-        "fit",
-        "--config",
-        "configs/voc/resnet.yaml",
-        "--config",
-        "configs/trainer/quick.yaml",
-        "--data.init_args.root",
-        str(root),
-        "--data.init_args.batch_size",
-        "2",
-        "--data.init_args.crop_size",
-        "32",
-        "--model.backbone",
-        "resnet18",
-        "--model.output_stride",
-        "8",
-        "--trainer.max_epochs",
-        "-1",
-        "--trainer.max_steps",
-        str(steps),
-        "--trainer.default_root_dir",
-        str(folder / "logs"),
-        "--trainer.enable_progress_bar",
-        "false",
-        "--records_root",
-        str(folder / "runs"),
-        "--wandb_project",
-        "null",
-        "--seed_everything",
-        "0",
-        *extra,
-    ]
 
 
 VALIDATE_EVERY_STEP = ["--trainer.val_check_interval", "1", "--trainer.limit_val_batches", "1"]

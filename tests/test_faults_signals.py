@@ -24,6 +24,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from helpers import fit_args as shared_fit_args
 
 from polypool.cli import main
 from polypool.data.fixtures import make_voc
@@ -391,40 +392,8 @@ def test_a_run_whose_folder_another_process_holds_is_left_alone(voc_root, tmp_pa
 
 
 def fit_args(root, folder, steps, extra=()):
-    return [
-        "fit",
-        "--config",
-        "configs/voc/resnet.yaml",
-        "--config",
-        "configs/trainer/quick.yaml",
-        "--data.init_args.root",
-        str(root),
-        "--data.init_args.batch_size",
-        "2",
-        "--data.init_args.crop_size",
-        "32",
-        "--model.backbone",
-        "resnet18",
-        "--model.output_stride",
-        "8",
-        "--trainer.max_epochs",
-        "-1",
-        "--trainer.max_steps",
-        str(steps),
-        "--trainer.default_root_dir",
-        str(folder / "logs"),
-        "--trainer.enable_progress_bar",
-        "false",
-        "--records_root",
-        str(folder / "runs"),
-        "--wandb_project",
-        "null",
-        "--seed_everything",
-        "0",
-        "--checkpoint_every_minutes",
-        "null",
-        *extra,
-    ]
+    """helpers.fit_args without the timed checkpoint: only the signal saves one."""
+    return shared_fit_args(root, folder, steps, ["--checkpoint_every_minutes", "null", *extra])
 
 
 class SignalAt(L.Callback):
